@@ -1,0 +1,78 @@
+"""One registry of checkpoint readers. Each reader says whether it knows a path (cheaply, from names and the first
+bytes) and opens it into a :class:`~explorer.core.checkpoint.Checkpoint` without reading tensor bytes.
+
+Order of dispatch: readers by priority (highest first); the first whose ``identify`` answers yes opens the path.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from ...errors import InputNotFoundError, UnsupportedFormatError
+from ..checkpoint import Checkpoint
+
+
+@dataclass(frozen=True)
+class Reader:
+    label: str
+    identify: Callable[[str], bool]
+    open: Callable[[str], Checkpoint]
+    priority: int = 0
+
+
+_READERS: list[Reader] = []
+
+
+def register(reader: Reader) -> Reader:
+    _READERS.append(reader)
+    _READERS.sort(key=lambda r: -r.priority)
+    return reader
+
+
+def readers() -> list[Reader]:
+    _ensure_builtin()
+    return list(_READERS)
+
+
+SUPPORTED = (".pt, .pth, .bin, .ckpt (torch.save zip or legacy), .safetensors, *.index.json (sharded), "
+             "a folder of shards, a torch.distributed.checkpoint folder (.metadata + *.distcp)")
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open a checkpoint file or folder with the first reader that recognises it."""
+    _ensure_builtin()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputNotFoundError(f"{path}: no such file or folder — check the path")
+    if not os.path.isdir(path) and not os.access(path, os.R_OK):
+        raise UnsupportedFormatError(f"{path}: permission denied — check the file's permissions")
+    for reader in _READERS:
+        if reader.identify(path):
+            return reader.open(path)
+    what = "folder" if os.path.isdir(path) else "file"
+    raise UnsupportedFormatError(f"{path}: not a checkpoint this tool can read (no reader recognises this {what}). "
+                                 f"Supported: {SUPPORTED}")
+
+
+_loaded = False
+
+
+def _ensure_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    from . import torch_zip, legacy, safetensors_reader, sharded  # noqa: F401  (they register themselves)
+    try:
+        from . import dcp  # noqa: F401
+    except ImportError:  # pragma: no cover - optional reader
+        pass
+
+
+def read_head(path: str, n: int = 16) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(n)
+    except (IsADirectoryError, PermissionError, OSError):
+        return b""

@@ -1,0 +1,88 @@
+"""torch.save's legacy format (before 1.6, or ``_use_new_zipfile_serialization=False``): a run of pickles followed by
+raw storages, each an 8-byte element count and its bytes."""
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+
+from ...errors import CorruptFileError
+from ..bytesource import ByteSource
+from ..checkpoint import Checkpoint
+from ..safe_pickle import ITEMSIZE, SafeUnpickler, storage_from_pid
+from . import Reader, read_head, register
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+# protocol 2 pickle of a 10-byte LONG1: how every legacy file starts
+LEGACY_HEAD = b"\x80\x02\x8a\x0a"
+
+
+def identify(path: str) -> bool:
+    return os.path.isfile(path) and read_head(path, 4) == LEGACY_HEAD
+
+
+_PARSE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                 RecursionError, MemoryError, UnicodeDecodeError, OverflowError, struct.error)
+
+
+def open_legacy(path: str) -> Checkpoint:
+    storages: dict = {}
+    regions: dict[str, tuple[int, int]] = {}
+
+    def resolve(ref):
+        key = ref.key
+        if key not in regions:
+            raise CorruptFileError(f"{path}: storage {key!r} is not in the file's storage list; the file is corrupt")
+        offset, length = regions[key]
+        return path, offset, length
+
+    source = ByteSource(resolve)
+
+    def persistent_load(pid):
+        ref = storage_from_pid(pid)
+        ref.source = source
+        if ref.view is not None:  # (view_key, offset, size) of a view into root storage ``ref.key``
+            root = storages.setdefault(ref.key, ref)
+            ref.nbytes = root.nbytes
+            return ref
+        return storages.setdefault(ref.key, ref)
+
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as f:
+            if SafeUnpickler(f).load() != MAGIC_NUMBER:
+                raise CorruptFileError(f"{path}: not a torch.save legacy file (wrong magic number)")
+            if SafeUnpickler(f).load() != PROTOCOL_VERSION:
+                raise CorruptFileError(f"{path}: unsupported legacy torch.save protocol version")
+            SafeUnpickler(f).load()  # sys_info: byte order and type sizes
+            up = SafeUnpickler(f, persistent_load)
+            root = up.load()
+            keys = SafeUnpickler(f).load()
+            if not isinstance(keys, list):
+                raise CorruptFileError(f"{path}: the storage list is not a list; the file is corrupt")
+            pos = f.tell()
+            for key in keys:
+                ref = storages.get(str(key))
+                if ref is None:
+                    raise CorruptFileError(f"{path}: lists storage {key!r} that no tensor uses; the file is corrupt")
+                f.seek(pos)
+                head = f.read(8)
+                if len(head) < 8:
+                    raise CorruptFileError(f"{path}: truncated inside the storage data — re-download or re-save it")
+                (numel,) = struct.unpack("<q", head)
+                nbytes = numel * ITEMSIZE.get(ref.dtype or "uint8", 1)
+                if numel < 0 or pos + 8 + nbytes > size:
+                    raise CorruptFileError(f"{path}: storage {key!r} claims {nbytes} bytes past the end of the file; "
+                                           "the file is truncated — re-download or re-save it")
+                regions[str(key)] = (pos + 8, nbytes)
+                pos += 8 + nbytes
+    except CorruptFileError:
+        raise
+    except _PARSE_ERRORS as e:
+        raise CorruptFileError(f"{path}: legacy torch.save file could not be parsed ({type(e).__name__}: "
+                               f"{str(e)[:200]}); the file is corrupt or truncated") from e
+    return Checkpoint(path, "torch-legacy", root, up.references)
+
+
+register(Reader("torch.save (legacy)", identify, open_legacy, priority=40))

@@ -1,0 +1,120 @@
+"""Sharded checkpoints: ``*.safetensors.index.json`` / ``pytorch_model.bin.index.json`` (a ``weight_map`` of
+key -> shard file), or a folder holding such an index or several shards. Every shard name must stay in the folder."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import OrderedDict
+
+from ...errors import CorruptFileError, UnsafePathError, UnsupportedFormatError
+from ..checkpoint import Checkpoint
+from . import Reader, register
+
+SHARD_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
+
+
+def _index_in(folder: str) -> str | None:
+    found = sorted(glob.glob(os.path.join(glob.escape(folder), "*.index.json")))
+    for preferred in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        for f in found:
+            if os.path.basename(f) == preferred:
+                return f
+    return found[0] if found else None
+
+
+def _shards_in(folder: str) -> list[str]:
+    files: list[str] = []
+    for pat in SHARD_PATTERNS:
+        files.extend(glob.glob(os.path.join(glob.escape(folder), pat)))
+    return sorted(f for f in files if os.path.isfile(f))
+
+
+def identify(path: str) -> bool:
+    if os.path.isfile(path):
+        return path.endswith(".index.json")
+    if os.path.isdir(path) and not os.path.exists(os.path.join(path, ".metadata")):
+        return _index_in(path) is not None or bool(_shards_in(path))
+    return False
+
+
+def _safe_shard(folder: str, name: object, index_path: str) -> str:
+    if not isinstance(name, str) or not name:
+        raise CorruptFileError(f"{index_path}: a weight_map entry names shard {name!r}, which is not a file name")
+    if os.path.isabs(name):
+        raise UnsafePathError(f"{index_path}: shard {name!r} is an absolute path; shards must lie in the index's "
+                              "folder — refusing to read it")
+    real_folder = os.path.realpath(folder)
+    full = os.path.realpath(os.path.join(folder, name))
+    if os.path.commonpath([real_folder, full]) != real_folder:
+        raise UnsafePathError(f"{index_path}: shard {name!r} lies outside the index's folder; refusing to read it")
+    return full
+
+
+def open_index(index_path: str) -> Checkpoint:
+    from . import open_checkpoint
+    folder = os.path.dirname(os.path.abspath(index_path))
+    try:
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptFileError(f"{index_path}: the shard index is not readable JSON ({e})") from e
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CorruptFileError(f"{index_path}: the shard index has no 'weight_map'; it is not a sharded-checkpoint "
+                               "index")
+    shard_names: list[str] = []
+    for name in weight_map.values():
+        if name not in shard_names:
+            shard_names.append(name)
+    paths = {name: _safe_shard(folder, name, index_path) for name in shard_names}
+    root: OrderedDict = OrderedDict()
+    for name in sorted(shard_names):
+        if not os.path.isfile(paths[name]):
+            raise CorruptFileError(f"{index_path}: shard {name!r} is missing from {folder}; download every shard "
+                                   "the index names")
+        shard = open_checkpoint(paths[name])
+        sd = shard.get(shard.resolve_entry(None))
+        for key, rec in sd.items():
+            owner = weight_map.get(key)
+            if owner is None or owner == name:  # trust the index: a key lives where the weight map says
+                if key in root and owner is None:
+                    continue
+                root[key] = rec
+    missing = [k for k in weight_map if k not in root]
+    if missing:
+        raise CorruptFileError(f"{index_path}: {len(missing)} keys of the weight map are not in their shards "
+                               f"(first: {missing[0]!r}); a shard is incomplete — re-download it")
+    meta = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
+    return Checkpoint(index_path, "sharded", root, [], meta)
+
+
+def open_folder(folder: str) -> Checkpoint:
+    from . import open_checkpoint
+    index = _index_in(folder)
+    if index is not None:
+        return open_index(index)
+    shards = _shards_in(folder)
+    if not shards:
+        raise UnsupportedFormatError(f"{folder}: the folder holds no index and no checkpoint files")
+    if len(shards) == 1:
+        return open_checkpoint(shards[0])
+    root: OrderedDict = OrderedDict()
+    refs: list[str] = []
+    for path in shards:
+        shard = open_checkpoint(path)
+        refs.extend(r for r in shard.references if r not in refs)
+        sd = shard.get(shard.resolve_entry(None))
+        for key, rec in sd.items():
+            if key in root:
+                raise CorruptFileError(f"{folder}: key {key!r} is in more than one shard (again in "
+                                       f"{os.path.basename(path)}); open one file, or add an index")
+            root[key] = rec
+    return Checkpoint(folder, "sharded", root, refs)
+
+
+def open_sharded(path: str) -> Checkpoint:
+    return open_index(path) if os.path.isfile(path) else open_folder(path)
+
+
+register(Reader("sharded (index or folder)", identify, open_sharded, priority=30))

@@ -1,0 +1,119 @@
+"""Plain records the core hands out: what a tensor is and where its bytes are, without the bytes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+EntryPath = tuple[str, ...]
+
+# kinds of a state-dict entry
+TENSOR = "tensor"              # a tensor in a checkpoint whose role we cannot know
+PARAMETER = "parameter"
+BUFFER = "buffer"
+NON_PERSISTENT = "non_persistent"  # a buffer that state_dict() leaves out
+EXTRA_STATE = "extra_state"
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a tensor's bytes are: a file (or a record inside a zip) and the tensor's view on its storage."""
+
+    file: str                     # file on disk holding the bytes
+    record: str | None = None     # zip record name (torch.save zip format), None for raw files
+    offset: int | None = None     # byte offset of the storage in ``file`` (None: resolved lazily from ``record``)
+    storage_nbytes: int = 0       # bytes of the whole storage
+    storage_offset: int = 0       # element offset of the tensor inside its storage
+    stride: tuple[int, ...] = ()
+    storage_key: str = ""         # the storage's id inside the file (tensors sharing it are views of one buffer)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor: its path from the loaded object's root, shape, dtype and size, and where its bytes are."""
+
+    path: EntryPath
+    shape: tuple[int, ...]
+    dtype: str                    # as torch prints it without ``torch.``: "float32", "bfloat16", "int64"
+    nbytes: int
+    location: Location | None = None
+    device: str = "cpu"           # the device it was saved from ("cuda:0" opens on CPU all the same)
+    kind: str = TENSOR
+    requires_grad: bool = False
+
+    @property
+    def key(self) -> str:
+        """The state-dict key (the last path element)."""
+        return self.path[-1] if self.path else ""
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class StateDictRef:
+    """A mapping of tensors found inside a loaded object, and how good a candidate state dict it is."""
+
+    path: EntryPath
+    tensors: int
+    score: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class ModuleInfo:
+    """A module of a model (or of a pickled ``torch.save(model)``): its dotted name and class."""
+
+    name: str
+    class_name: str
+    qualname: str = ""            # "torch.nn.modules.batchnorm.BatchNorm1d"
+
+
+@dataclass
+class SideSummary:
+    """Totals shown under a tree."""
+
+    tensors: int = 0
+    parameters: int = 0           # elements
+    nbytes: int = 0
+    bytes_per_dtype: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, infos) -> "SideSummary":
+        s = cls()
+        for info in infos:
+            s.tensors += 1
+            s.parameters += info.numel
+            s.nbytes += info.nbytes
+            s.bytes_per_dtype[info.dtype] = s.bytes_per_dtype.get(info.dtype, 0) + info.nbytes
+        return s
+
+
+def dtype_name(dtype: Any) -> str:
+    """``torch.float32`` -> ``"float32"``."""
+    text = str(dtype)
+    return text[len("torch."):] if text.startswith("torch.") else text
+
+
+# ---- statuses shared by simulation, diff and the views --------------------------------------------------------------
+# load simulation (per key of the model's state dict, and unexpected checkpoint keys)
+MATCHED = "matched"                 # loads, value identical to before
+VALUE_CHANGED = "changed"           # loads, value differs from before
+MISSING = "missing"                 # in the model, not in the checkpoint
+UNEXPECTED = "unexpected"           # in the checkpoint, not taken by the model
+SHAPE_MISMATCH = "shape_mismatch"   # both, shapes differ: torch raises (even with strict=False)
+DTYPE_CAST = "dtype_cast"           # loads with a dtype conversion (fp16 -> fp32 ...)
+RUNNING_STAT = "running_stat_overwritten"  # a BatchNorm/norm running statistic replaced by the checkpoint's
+NOT_LOADED = "not_loaded"           # would have loaded, but the load raised before reaching it
+# diff of two sides
+IDENTICAL = "identical"
+CHANGED = "changed"
+ONLY_A = "only_a"
+ONLY_B = "only_b"
+SHAPE_DIFFERS = "shape_differs"
+DTYPE_DIFFERS = "dtype_differs"
+
+RUNNING_STAT_NAMES = ("running_mean", "running_var", "num_batches_tracked")

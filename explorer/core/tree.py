@@ -1,0 +1,101 @@
+"""Dotted state-dict keys as a module hierarchy: ``layers.0.attn.q_proj.weight`` -> layers / 0 / attn / q_proj / weight.
+
+Children keep first-seen order, except that numeric siblings (``layers.2`` before ``layers.10``) sort numerically.
+Every node knows its parent and its row, so a Qt model over it answers ``parent()`` in O(1).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+
+class Node:
+    __slots__ = ("name", "parent", "children", "row", "key", "data", "_index", "path")
+
+    def __init__(self, name: str, parent: "Node | None" = None, path: str = ""):
+        self.name = name
+        self.parent = parent
+        self.children: list[Node] = []
+        self.row = 0
+        self.key: str | None = None     # the full state-dict key for a leaf
+        self.data: Any = None            # what the owner attaches (TensorInfo, per-side pair, ...)
+        self._index: dict[str, Node] = {}
+        self.path = path                 # dotted path of this node ("" for the root)
+
+    @property
+    def is_leaf(self) -> bool:
+        return self.key is not None
+
+    def child(self, name: str) -> "Node | None":
+        return self._index.get(name)
+
+    def _add(self, name: str) -> "Node":
+        node = self._index.get(name)
+        if node is None:
+            node = Node(name, self, f"{self.path}.{name}" if self.path else name)
+            self._index[name] = node
+            self.children.append(node)
+        return node
+
+    def walk(self) -> Iterator["Node"]:
+        """Pre-order, iteratively (trees can be 100k nodes deep in width, and deep in nesting)."""
+        stack = [self]
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children))
+
+    def leaves(self) -> Iterator["Node"]:
+        return (n for n in self.walk() if n.is_leaf)
+
+    def __repr__(self):
+        return f"Node({self.path!r}{', leaf' if self.is_leaf else ''})"
+
+
+def _numeric_order(children: list[Node]) -> list[Node]:
+    if sum(c.name.isdigit() for c in children) < 2:
+        return children
+    # stable: numeric names sorted among themselves, occupying the slots numeric names had
+    numeric = sorted((c for c in children if c.name.isdigit()), key=lambda c: int(c.name))
+    it = iter(numeric)
+    return [next(it) if c.name.isdigit() else c for c in children]
+
+
+class Tree:
+    """A tree over an ordered set of dotted keys, with a key -> node and path -> node index."""
+
+    def __init__(self, keys: Iterable[str] = ()):
+        self.root = Node("")
+        self.by_key: dict[str, Node] = {}
+        self.by_path: dict[str, Node] = {"": self.root}
+        for key in keys:
+            self.add(key)
+        self.finish()
+
+    def add(self, key: str, data: Any = None) -> Node:
+        """Add a key (a node may be both a tensor and the parent of others, if a file's keys say so)."""
+        node = self.by_key.get(key)
+        if node is None:
+            node = self.root
+            for part in key.split("."):
+                node = node.child(part) or node._add(part)
+                self.by_path.setdefault(node.path, node)
+            node.key = key
+            self.by_key[key] = node
+        if data is not None:
+            node.data = data
+        return node
+
+    def finish(self) -> "Tree":
+        """Order numeric siblings numerically and number rows."""
+        for node in self.root.walk():
+            node.children = _numeric_order(node.children)
+            for row, child in enumerate(node.children):
+                child.row = row
+        return self
+
+    def __len__(self) -> int:
+        return len(self.by_key)
+
+
+def build_tree(keys: Iterable[str]) -> Tree:
+    return Tree(keys)
