@@ -1,0 +1,79 @@
+"""Compare two checkpoints (or a model and a checkpoint) key by key: identical, changed (by how much), only in one,
+shape or dtype differs."""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..core.diff import IDENTICAL_MEANS, diff_sides
+from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
+from ..core.sides import open_side
+
+LARGEST = 10
+
+
+def add_arguments(p):
+    p.add_argument("a", metavar="A", help="a checkpoint file or folder, or a model spec (MODULE:CALLABLE, demo:NAME)")
+    p.add_argument("b", metavar="B", help="the other checkpoint or model spec")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _f(v, spec=".4g") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def render_text(report, out) -> None:
+    w = out.write
+    s = report.summary
+    w(f"A: {report.a}\nB: {report.b}\n")
+    w(f"{len(report.keys)} keys: {s[IDENTICAL]} identical, {s[CHANGED]} changed, {s[ONLY_A]} only in A, "
+      f"{s[ONLY_B]} only in B, {s[SHAPE_DIFFERS]} shape differs, {s[DTYPE_DIFFERS]} dtype differs\n")
+    w(f"({IDENTICAL_MEANS})\n")
+    others = [k for k in report.keys if k.status != IDENTICAL]
+    if others:
+        w("\nkeys that are not identical (A's order, then B-only):\n")
+        for k in others:
+            if k.status in (CHANGED, DTYPE_DIFFERS) and k.shape_a == k.shape_b:
+                extra = (f"max|Δ| {_f(k.max_abs_diff)}  mean|Δ| {_f(k.mean_abs_diff)}  rel {_f(k.rel_l2)}  "
+                         f"cos {_f(k.cosine, '.6f')}")
+                if k.differing is not None:
+                    extra += f"  {k.differing:,} differ"
+                if k.nonfinite:
+                    extra += f"  {k.nonfinite:,} NaN/Inf differ"
+            elif k.status == SHAPE_DIFFERS:
+                extra = f"{list(k.shape_a)} -> {list(k.shape_b)}"
+            elif k.status == ONLY_A:
+                extra = f"{list(k.shape_a)} {k.dtype_a}"
+            elif k.status == ONLY_B:
+                extra = f"{list(k.shape_b)} {k.dtype_b}"
+            else:
+                extra = ""
+            if k.status == DTYPE_DIFFERS:
+                extra = f"{k.dtype_a} -> {k.dtype_b}  " + extra
+            if k.error:
+                extra += f"  (not compared: {k.error})"
+            renamed = f"  (B: {k.key_b})" if k.key_b else ""
+            w(f"  {k.status:<14} {k.key}{renamed}  {extra}\n")
+    big = report.largest(LARGEST)
+    if big:
+        w(f"\nlargest changes (by ||Δ||/||A||):\n")
+        for k in big:
+            w(f"  {k.key:<40} rel {_f(k.rel_l2)}  max|Δ| {_f(k.max_abs_diff)}  cos {_f(k.cosine, '.6f')}\n")
+    tops = [m for name, m in report.modules.items() if name and "." not in name]
+    if len(tops) > 1:
+        w("\nper top-level module:\n")
+        for m in tops:
+            parts = ", ".join(f"{n} {st}" for st, n in m.counts.items() if n)
+            w(f"  {m.name:<30} {m.tensors} tensors: {parts}\n")
+
+
+def run(args) -> int:
+    a = open_side(args.a)
+    b = open_side(args.b)
+    report = diff_sides(a, b)
+    if args.json:
+        json.dump(report.to_json(), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        render_text(report, sys.stdout)
+    return 0

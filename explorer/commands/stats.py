@@ -1,0 +1,93 @@
+"""Statistics, percentiles, histogram and health flags of one tensor of a checkpoint or model."""
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import sys
+
+from ..core.sides import open_side
+from ..core.stats import DEFAULT_PERCENTILES, tensor_stats
+from ..errors import ExplorerError, KeyNotFoundError
+
+TEXT_ROWS = 32  # histogram rows printed as text (adjacent bins merged); --json gives every bin
+
+
+def add_arguments(p):
+    p.add_argument("target", metavar="PATH", help="a checkpoint file or folder, or a model spec MODULE:CALLABLE / "
+                   "file.py:CALLABLE / demo:NAME")
+    p.add_argument("key", metavar="KEY", help="a state-dict key of the default state dict (e.g. 'fc.weight'), or an "
+                   "entry path joined by '/' (e.g. 'state_dict/fc.weight', 'optimizer/state/0/exp_avg')")
+    p.add_argument("--bins", type=int, default=256, help="histogram bins (default 256)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def resolve_tensor(side, key: str):
+    """(tensor, display key) for KEY: a key of the default state dict, else an entry path joined by "/"."""
+    if side.kind == "model":
+        return side.read_key(key), key
+    default = side.default_state_dict
+    if default is not None:
+        infos = side.state_dict_infos(default)
+        if key in infos:
+            return side.read_key(key, default), key
+    path = tuple(p for p in key.strip("/").split("/") if p)
+    known = {info.path: info for info in side.entries}
+    if path in known:
+        return side.read(path), key
+    names = list(side.state_dict_infos(default).keys()) if default is not None else []
+    names += ["/".join(i.path) for i in side.entries]
+    close = difflib.get_close_matches(key, names, n=3)
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+        " — list the keys with: python main.py inspect " + str(side.path)
+    raise KeyNotFoundError(f"{side.path}: no tensor {key!r}{hint}")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, int) or (isinstance(v, float) and v.is_integer() and abs(v) < 1e15):
+        return f"{int(v):,}" if isinstance(v, int) else f"{v:.6g}"
+    return f"{v:.6g}"
+
+
+def render_text(key, t, s, out) -> None:
+    w = out.write
+    measured = ", measured as |z|" if s.measured != "value" else ""
+    w(f"{key}  {list(t.shape)} {s.dtype}  ({s.numel:,} elements{measured})\n")
+    w(f"  finite   {s.count:,}    NaN {s.nan:,}    +Inf {s.posinf:,}    -Inf {s.neginf:,}\n")
+    w(f"  min      {_fmt(s.min)}\n  max      {_fmt(s.max)}\n  mean     {_fmt(s.mean)}\n"
+      f"  std      {_fmt(s.std)}   (population, ddof=0)\n  L2       {_fmt(s.l2)}\n  max |x|  {_fmt(s.absmax)}\n")
+    w(f"  zeros    {s.zero_count:,} ({s.zeros:.2%})\n")
+    if s.percentiles:
+        w("  percentiles  " + "  ".join(f"p{k}={_fmt(v)}" for k, v in s.percentiles.items()) + "\n")
+    w(f"  flags    {', '.join(s.flags) if s.flags else 'none'}\n")
+    if not s.notes:
+        w("  every figure above is exact\n")
+    for note in s.notes:
+        w(f"  note: {note}\n")
+    h = s.histogram
+    nb = len(h.counts)
+    group = max(1, math.ceil(nb / TEXT_ROWS))
+    rows = [(h.edges[i], h.edges[min(i + group, nb)], int(h.counts[i:i + group].sum())) for i in range(0, nb, group)]
+    peak = max((c for _, _, c in rows), default=0) or 1
+    merged = f", {group} bins per row" if group > 1 else ""
+    w(f"  histogram ({nb} bins{merged}{', integer-aligned' if h.integer else ''}; NaN/Inf counted above):\n")
+    for lo, hi, c in rows:
+        w(f"    [{lo:>12.5g}, {hi:>12.5g})  {c:>12,}  {'#' * round(40 * c / peak)}\n")
+    if h.below or h.above:
+        w(f"    outside the range: {h.below:,} below, {h.above:,} above\n")
+
+
+def run(args) -> int:
+    if args.bins < 1:
+        raise ExplorerError(f"--bins must be at least 1 (got {args.bins})")
+    side = open_side(args.target)
+    t, key = resolve_tensor(side, args.key)
+    s = tensor_stats(t, bins=args.bins, percentiles=DEFAULT_PERCENTILES)
+    if args.json:
+        json.dump(s.to_json(key, tuple(t.shape), s.dtype), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        render_text(key, t, s, sys.stdout)
+    return 0

@@ -1,0 +1,412 @@
+"""Statistics of one tensor against numpy/torch references, for every dtype a checkpoint can hold."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from explorer.core import stats as S
+from explorer.core.stats import health_scan, histogram, tensor_stats
+from explorer.errors import Cancelled, ExplorerError
+
+ROOT = Path(__file__).resolve().parents[2]
+P = (1, 5, 25, 50, 75, 95, 99)
+
+
+def as_f64(x: torch.Tensor) -> np.ndarray:
+    """The values statistics are defined on, as float64 (complex: magnitude in the tensor's own precision)."""
+    if x.is_complex():
+        x = x.abs()
+    if x.dtype == torch.bool:
+        return x.numpy().astype(np.float64).reshape(-1)
+    return x.to(torch.float64).numpy().reshape(-1)
+
+
+def check(x: torch.Tensor, s, rtol=1e-6, exact_pct=True):
+    v = as_f64(x)
+    fin = v[np.isfinite(v)]
+    assert s.numel == v.size
+    assert s.count == fin.size
+    assert s.nan == int(np.isnan(v).sum())
+    assert s.posinf == int((v == np.inf).sum())
+    assert s.neginf == int((v == -np.inf).sum())
+    assert s.zero_count == int((v == 0).sum())
+    if fin.size == 0:
+        assert s.min is None and s.mean is None and all(p is None for p in s.percentiles.values())
+        return
+    assert s.min == fin.min() and s.max == fin.max()
+    assert s.absmax == np.abs(fin).max()
+    scale = max(np.abs(fin).max(), 1e-300)
+    assert s.mean == pytest.approx(fin.mean(), rel=rtol, abs=rtol * scale)
+    assert s.std == pytest.approx(fin.std(), rel=rtol, abs=rtol * scale * 1e-3)
+    assert s.l2 == pytest.approx(np.sqrt((fin * fin).sum()), rel=rtol)
+    ref = np.percentile(fin, P)
+    got = np.array([s.percentiles[p] for p in P])
+    if exact_pct:
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=0)
+    # the histogram holds every finite value exactly once, NaN/Inf aside
+    h = s.histogram
+    assert h.counts.sum() + h.below + h.above == fin.size
+    assert (h.nan, h.posinf, h.neginf) == (s.nan, s.posinf, s.neginf)
+    if h.exact:
+        ref_counts, _ = np.histogram(fin, bins=h.edges)
+        np.testing.assert_array_equal(h.counts, ref_counts)
+
+
+def make(dtype: torch.dtype, n: int, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if dtype == torch.bool:
+        return torch.rand(n, generator=g) > 0.3
+    if dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64):
+        info = torch.iinfo(dtype)
+        lo, hi = max(info.min, -(2 ** 40)), min(info.max, 2 ** 40)
+        return torch.randint(lo, hi, (n,), generator=g, dtype=torch.int64).to(dtype)
+    if dtype in (torch.uint16, torch.uint32, torch.uint64):
+        hi = {torch.uint16: 2 ** 16, torch.uint32: 2 ** 32, torch.uint64: 2 ** 50}[dtype]
+        return torch.randint(0, hi, (n,), generator=g, dtype=torch.int64).to(dtype)
+    if dtype.is_complex:
+        return torch.randn(n, generator=g, dtype=dtype)
+    return (torch.randn(n, generator=g) * 3).to(dtype)
+
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2,
+          torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32, torch.uint64,
+          torch.bool, torch.complex64, torch.complex128]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_every_dtype_matches_numpy(dtype):
+    x = make(dtype, 20_011)
+    s = tensor_stats(x)
+    check(x, s)
+    assert s.exact and not [n for n in s.notes if "estimated" in n]
+    if dtype.is_complex:
+        assert s.measured == "magnitude"
+    if dtype in (torch.bool, torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64, torch.uint32):
+        assert s.histogram.integer
+        assert np.all(np.diff(s.histogram.edges) >= 1) and s.histogram.edges[0] % 1 == 0.5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int32])
+def test_large_tensor_two_threads_exact(dtype):
+    """Several chunks and both threads: merge of moments, bucket refinement for exact percentiles."""
+    n = 4 * S.CHUNK + 12_345
+    x = make(dtype, n, seed=1)
+    if dtype.is_floating_point:
+        x[::100_003] = 0
+    s = tensor_stats(x)
+    check(x, s, rtol=2e-6)
+
+
+def test_nan_inf_never_break_the_range():
+    x = torch.randn(S.CHUNK * 4 + 10)
+    x[5] = float("nan")
+    x[S.CHUNK * 3 + 7] = float("inf")
+    x[S.CHUNK * 2 + 1] = -float("inf")
+    x[17] = float("nan")
+    x[18] = 0.0
+    x[19] = -0.0
+    s = tensor_stats(x)
+    check(x, s)
+    assert s.flags == ["nan", "inf"]
+    assert np.all(np.isfinite(s.histogram.edges))
+    assert s.histogram.edges[0] == s.min and s.histogram.edges[-1] == s.max
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_nan_inf_small(dtype):
+    x = torch.tensor([1.0, float("nan"), -2.0, float("inf"), -float("inf"), 0.0, 3.5], dtype=dtype)
+    s = tensor_stats(x)
+    check(x, s)
+    assert (s.nan, s.posinf, s.neginf, s.count) == (1, 1, 1, 4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int64, torch.bool])
+def test_all_nan_and_empty(dtype):
+    empty = torch.empty(0, 3, dtype=dtype)
+    s = tensor_stats(empty)
+    assert s.numel == 0 and s.count == 0 and s.min is None and s.flags == []
+    assert s.histogram.counts.sum() == 0 and len(s.histogram.edges) == 257
+    json.dumps(s.to_json("k", (0, 3), "x"))
+    if dtype.is_floating_point:
+        x = torch.full((5,), float("nan"), dtype=dtype)
+        s = tensor_stats(x)
+        assert s.nan == 5 and s.count == 0 and s.flags == ["nan"]
+        out = s.to_json("k", (5,), "x")
+        assert out["min"] is None and out["percentiles"]["50"] is None
+        json.dumps(out, allow_nan=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.int64, torch.bool])
+def test_zero_dim(dtype):
+    x = torch.tensor(3, dtype=dtype) if dtype != torch.bool else torch.tensor(True)
+    s = tensor_stats(x)
+    check(x, s)
+    assert s.numel == 1 and s.std == 0
+    assert "constant" not in s.flags  # one value is not "constant"
+
+
+def test_constant_tensor_gets_a_sensible_range():
+    s = tensor_stats(torch.full((1000,), 2.5))
+    assert s.flags == ["constant"]
+    e = s.histogram.edges
+    assert e[0] < 2.5 < e[-1] and e[-1] - e[0] == pytest.approx(1.0)
+    assert s.histogram.counts.sum() == 1000
+    big = tensor_stats(torch.full((10,), 1e30))
+    assert big.histogram.edges[0] < 1e30 < big.histogram.edges[-1] and big.flags == ["constant", "extreme"]
+    zeros = tensor_stats(torch.zeros(10, 10))
+    assert zeros.flags == ["all_zeros"] and zeros.zeros == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+def test_huge_magnitude(dtype):
+    big = {torch.float32: 3e38, torch.float64: 1e150, torch.float16: 6e4}[dtype]
+    x = torch.tensor([big, -big, big / 2, 1.0, -big / 3] * 100, dtype=dtype)
+    s = tensor_stats(x)
+    check(x, s, rtol=1e-5)
+    assert "extreme" in s.flags and not s.nan and not s.posinf
+    assert np.all(np.isfinite(s.histogram.edges))
+
+
+def test_variance_is_accurate_for_a_large_offset():
+    """1 + 1e-3 * noise: naive sum-of-squares loses every digit of the variance in float32."""
+    g = torch.Generator().manual_seed(3)
+    x = 1 + 1e-3 * torch.randn(3 * S.CHUNK, generator=g)
+    s = tensor_stats(x)
+    ref = x.double().numpy()
+    assert s.std == pytest.approx(ref.std(), rel=1e-5)
+    assert s.mean == pytest.approx(ref.mean(), rel=1e-7)
+
+
+def test_integer_bins_one_per_value():
+    x = torch.tensor([0, 1, 1, 2, 5, 5, 5, -3], dtype=torch.int16)
+    s = tensor_stats(x)
+    h = s.histogram
+    assert h.integer and h.edges[0] == -3.5 and h.edges[-1] == 5.5 and len(h.counts) == 9
+    assert h.counts.tolist() == [1, 0, 0, 1, 2, 1, 0, 0, 3]
+    wide = tensor_stats(torch.arange(1000, dtype=torch.int32), bins=10)
+    assert wide.histogram.counts.tolist() == [100] * 10
+    assert tensor_stats(torch.tensor([True, False, True])).histogram.counts.tolist() == [1, 2]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_histogram_with_explicit_range(dtype):
+    x = torch.tensor([-5.0, -1.0, -0.5, 0.0, 0.25, 1.0, 1.0, 7.0, float("nan")], dtype=dtype)
+    h = histogram(x, bins=4, range=(-1.0, 1.0))
+    assert h.edges.tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert h.counts.tolist() == [1, 1, 2, 2]           # 1.0 == the top edge lands in the last bin
+    assert (h.below, h.above, h.nan) == (1, 1, 1)
+    with pytest.raises(ExplorerError):
+        histogram(x, bins=4, range=(1.0, 1.0))
+    with pytest.raises(ExplorerError):
+        histogram(x, bins=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32, torch.complex64, torch.float16])
+def test_histogram_range_matches_numpy(dtype):
+    x = make(dtype, 3 * S.CHUNK + 17, seed=9)
+    v = as_f64(x)
+    fin = v[np.isfinite(v)]
+    lo, hi = np.percentile(fin, [10, 80])
+    h = histogram(x, bins=50, range=(lo, hi))
+    ref, _ = np.histogram(fin, bins=h.edges)
+    np.testing.assert_array_equal(h.counts, ref)
+    assert h.below == int((fin < lo).sum()) and h.above == int((fin > hi).sum())
+    assert h.counts.sum() + h.below + h.above == fin.size
+
+
+def test_values_on_bin_edges():
+    """Values exactly on edges: float64 binning alone would put 0.0 of [-3, 3] / 256 bins one bin low."""
+    x = torch.tensor([-3.0, 0.0, 0.0, 1.5, 3.0, -1.5] * 10_000 + [0.75] * 3)
+    for h in (tensor_stats(x).histogram, histogram(x, 256, range=(-3.0, 3.0)),
+              histogram(x.double(), 8, range=(-3.0, 3.0)), histogram(torch.arange(-50, 50, dtype=torch.int32), 7,
+                                                                    range=(-10, 4))):
+        v = x.double().numpy() if len(h.counts) != 7 else np.arange(-50, 50, dtype=np.float64)
+        ref, _ = np.histogram(v, bins=h.edges)
+        np.testing.assert_array_equal(h.counts, ref)
+
+
+def test_estimated_mode_says_so_and_is_close():
+    x = torch.randn(2 * S.CHUNK, generator=torch.Generator().manual_seed(5))
+    s = tensor_stats(x, exact=False)
+    assert not s.exact and s.notes and not s.histogram.exact
+    ref = np.percentile(x.double().numpy(), P)
+    got = np.array([s.percentiles[p] for p in P])
+    np.testing.assert_allclose(got, ref, rtol=0.01, atol=1e-3)
+    exact_h = tensor_stats(x).histogram
+    assert s.histogram.counts.sum() == x.numel()
+    assert np.abs(s.histogram.counts - exact_h.counts).max() <= 0.02 * exact_h.counts.max() + 2
+
+
+def test_64bit_percentiles_beyond_gather_limit_are_estimated_and_say_so(monkeypatch):
+    x = make(torch.float64, 50_000, seed=11)
+    exact = tensor_stats(x)
+    check(x, exact)                               # gathered: exact
+    monkeypatch.setattr(S, "GATHER_LIMIT", 100)
+    s = tensor_stats(x)
+    assert not s.exact and any("interpolated" in n for n in s.notes)
+    ref = np.percentile(x.numpy(), P)
+    got = np.array([s.percentiles[p] for p in P])
+    np.testing.assert_allclose(got, ref, rtol=0.07, atol=1e-3)   # within the bucket (1/16 octave for float64)
+    assert s.histogram.exact and s.mean == exact.mean
+
+
+@pytest.mark.parametrize("x", [torch.full((3_000_000,), 2.5), torch.zeros(3_000_000),
+                               torch.tensor([1.0, -1.0, 0.0] * 1_000_000)], ids=["const", "zeros", "three"])
+def test_estimated_mode_point_masses(x):
+    e, s = tensor_stats(x, exact=False), tensor_stats(x)
+    np.testing.assert_array_equal(e.histogram.counts, s.histogram.counts)
+    assert e.zero_count == s.zero_count and e.flags == s.flags
+    for p in P:   # inside its bucket: the zero bucket spans |x| < 2**-133
+        assert e.percentiles[p] == pytest.approx(s.percentiles[p], abs=1e-39)
+
+
+def test_estimated_mode_with_a_range_says_what_is_estimated():
+    x = torch.randn(100_000, generator=torch.Generator().manual_seed(6))
+    s = tensor_stats(x, exact=False, range=(-1.0, 1.0), bins=20)
+    assert s.histogram.exact and not s.exact and any("percentiles" in n for n in s.notes)
+    with pytest.raises(ExplorerError):
+        tensor_stats(x, exact="yes")
+    np.testing.assert_array_equal(s.histogram.counts, np.histogram(x.double().numpy(), bins=s.histogram.edges)[0])
+
+
+def test_non_contiguous_views():
+    base = torch.randn(300, 500, generator=torch.Generator().manual_seed(2))
+    for view in (base.t(), base[:, ::3], base[::2, 1:400:7].t()):
+        check(view, tensor_stats(view))
+
+
+def test_cancel_and_progress():
+    x = torch.randn(5 * S.CHUNK)
+    seen = []
+    tensor_stats(x, progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1][0] == seen[-1][1] and all(d <= t for d, t in seen)
+    assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return len(calls) > 2
+    with pytest.raises(Cancelled):
+        tensor_stats(x, should_stop=stop)
+    with pytest.raises(Cancelled):
+        tensor_stats(torch.randn(100), should_stop=lambda: True)
+    assert torch.get_num_threads() >= 1
+
+
+def test_threads_setting_restored():
+    before = torch.get_num_threads()
+    tensor_stats(torch.randn(5 * S.CHUNK))
+    assert torch.get_num_threads() == before
+
+
+def test_unsupported_dtypes_raise_explorer_errors():
+    with pytest.raises(ExplorerError):
+        tensor_stats(torch.empty(3, device="meta"))
+    with pytest.raises(ExplorerError):
+        tensor_stats(torch.empty(4, dtype=torch.float4_e2m1fn_x2))
+    with pytest.raises(ExplorerError):
+        tensor_stats([1.0, 2.0])
+
+
+def test_health_scan(tmp_path):
+    sd = {"ok.weight": torch.randn(4, 4), "bad.nan": torch.tensor([1.0, float("nan")]),
+          "bad.inf": torch.tensor([float("inf"), 1.0], dtype=torch.bfloat16), "z.bias": torch.zeros(3),
+          "c.scale": torch.full((3,), 0.5), "big.weight": torch.tensor([1e5, -2.0]),
+          "n.count": torch.tensor(10 ** 6), "h.half": torch.tensor([1.0, 2.0], dtype=torch.float16),
+          "m.mask": torch.tensor([True, True])}
+    path = tmp_path / "c.pt"
+    torch.save({"model": sd, "epoch": 3}, path)
+    from explorer.core.sides import open_side
+    seen = []
+    flags = health_scan(open_side(path), progress=lambda d, t: seen.append((d, t)))
+    assert list(flags) == list(sd)
+    assert flags == {"ok.weight": [], "bad.nan": ["nan"], "bad.inf": ["inf"], "z.bias": ["all_zeros"],
+                     "c.scale": ["constant"], "big.weight": ["extreme"], "n.count": [], "h.half": [],
+                     "m.mask": ["constant"]}
+    assert seen[-1][0] == seen[-1][1]
+    for key, t in sd.items():  # the full statistics agree with the cheap scan
+        assert tensor_stats(t).flags == flags[key], key
+
+
+# ---- command line ----------------------------------------------------------------------------------------------------
+class Result:
+    def __init__(self, returncode, stdout, stderr):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """The command line in-process (fast); ``cli.sub(...)`` runs it as a real subprocess."""
+    from explorer.cli import main
+
+    def run(*args):
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    def sub(*args):
+        return subprocess.run([sys.executable, "main.py", *map(str, args)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120)
+    run.sub = sub
+    return run
+
+
+@pytest.fixture
+def files(tmp_path):
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(0)
+    sd = {"enc.weight": torch.randn(64, 32, generator=g), "enc.bias": torch.randn(64, generator=g),
+          "head.weight": torch.randn(10, 64, generator=g).to(torch.bfloat16), "step": torch.tensor(7)}
+    torch.save({"state_dict": sd, "epoch": 3}, tmp_path / "nested.pt")
+    torch.save(sd, tmp_path / "flat.pt")
+    save_file(sd, tmp_path / "flat.safetensors")
+    shard = tmp_path / "sharded"
+    shard.mkdir()
+    save_file({k: sd[k] for k in ("enc.weight", "step")}, shard / "model-00001-of-00002.safetensors")
+    save_file({k: sd[k] for k in ("enc.bias", "head.weight")}, shard / "model-00002-of-00002.safetensors")
+    wm = {"enc.weight": "model-00001-of-00002.safetensors", "step": "model-00001-of-00002.safetensors",
+          "enc.bias": "model-00002-of-00002.safetensors", "head.weight": "model-00002-of-00002.safetensors"}
+    (shard / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    return sd, tmp_path
+
+
+SCHEMA = {"key", "shape", "dtype", "count", "min", "max", "mean", "std", "l2", "absmax", "zeros", "nan", "posinf",
+          "neginf", "percentiles", "histogram"}
+
+
+@pytest.mark.parametrize("where", ["nested.pt", "flat.pt", "flat.safetensors", "sharded"])
+def test_cli_stats_json_every_format(files, where, cli):
+    sd, tmp = files
+    r = cli("stats", tmp / where, "head.weight", "--json", "--bins", "16")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert SCHEMA <= set(out)
+    assert out["key"] == "head.weight" and out["shape"] == [10, 64] and out["dtype"] == "bfloat16"
+    ref = sd["head.weight"].double().numpy().ravel()
+    assert out["count"] == ref.size and out["min"] == ref.min() and out["max"] == ref.max()
+    assert out["mean"] == pytest.approx(ref.mean(), rel=1e-12)
+    assert list(out["percentiles"]) == ["1", "5", "25", "50", "75", "95", "99"]
+    assert out["percentiles"]["50"] == pytest.approx(np.percentile(ref, 50), rel=1e-12)
+    assert len(out["histogram"]["counts"]) == 16 and len(out["histogram"]["edges"]) == 17
+    assert out["histogram"]["counts"] == np.histogram(ref, bins=out["histogram"]["edges"])[0].tolist()
+
+
+def test_cli_stats_entry_path_and_text(files, cli):
+    _, tmp = files
+    r = cli.sub("stats", tmp / "nested.pt", "state_dict/enc.weight")   # once as a real process
+    assert r.returncode == 0, r.stderr
+    assert "percentiles" in r.stdout and "histogram" in r.stdout and "flags    none" in r.stdout
+    r = cli("stats", tmp / "nested.pt", "state_dict/step", "--json")
+    assert json.loads(r.stdout)["histogram"]["integer"] is True
+    r = cli.sub("stats", tmp / "nested.pt", "enc.weigth")
+    assert r.returncode == 2 and "enc.weight" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = cli("stats", tmp / "nested.pt", "enc.weight", "--bins", "0")
+    assert r.returncode == 2 and "bins" in r.stderr
+    r = cli("stats", "demo:MyBatchNormModel", "bn.running_var", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["flags"] == ["constant"]
