@@ -1,0 +1,1452 @@
+"""Predict what ``model.load_state_dict(checkpoint)`` would do, without doing it to the model.
+
+How it stays exact: torch itself does the key matching. The model is deep-copied into a *stand-in* whose parameters and
+buffers are data-less meta tensors of the same shape and dtype (tensors of at most ``_SMALL`` elements, such as
+BatchNorm's ``num_batches_tracked``, are real clones, because torch's own code looks at their device). Every hook,
+``_load_from_state_dict`` override (BatchNorm versions, InstanceNorm, weight-norm renames), the checkpoint's
+``_metadata``, ``strict`` and ``assign`` then run for real on the stand-in. The stand-in tensors are instances of
+small ``Parameter``/``Tensor`` subclasses whose ``copy_`` records (destination, source) into the running pass instead of
+copying, and whose common in-place methods record that a hook changed them.
+
+Two passes:
+
+* the structural pass gives torch a meta-tensor checkpoint: raise or not, exception type and text, missing and
+  unexpected keys in torch's order, which tensor receives which checkpoint tensor -- no tensor bytes are read;
+* the value pass (``compare_values=True``) gives torch the checkpoint's tensors as read-only memory maps; each
+  recorded ``copy_`` is performed into a temporary tensor of the model's dtype (so torch's own casting rules and
+  copy errors apply) and compared bit for bit with the model's current value, then dropped. One tensor at a time: the
+  model's data and the checkpoint's data are never copied as a whole.
+
+The user's model is never written: the stand-in shares no tensor with it, and afterwards every parameter and buffer
+slot of the model is checked (object identity and version counter) to prove it.
+
+Known limits (each reported, never silently wrong where it can be detected):
+
+* a hook that reaches the *real* model through a closure (not through its ``module`` argument) runs against it: the
+  snapshot check reports it in ``notes``;
+* a hook that changes a model tensor in place (``zero_``, ``mul_`` ...) other than by ``copy_``: the key is reported
+  changed with ``certain=False``;
+* hooks that read the *model's* values see data-less stand-ins (the checkpoint's values are real in the values pass);
+* copy errors that depend on the destination's memory layout (overlapping, expanded parameters) are not reproduced;
+* torch's own matching is quadratic in the number of children of one module (a flat ``Sequential`` of 1,000 layers):
+  the simulation pays it as the real load does.
+"""
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import os
+import re
+import threading
+import types
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..errors import Cancelled, ExplorerError, KeyNotFoundError
+from .records import (DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, RUNNING_STAT, RUNNING_STAT_NAMES, SHAPE_MISMATCH,
+                      UNEXPECTED, VALUE_CHANGED)
+from .records import dtype_name as _dtype_name
+
+_DTYPE_NAMES: dict = {}
+
+
+def dtype_name(dtype) -> str:
+    """``torch.float32`` -> ``"float32"`` (cached: ``str(dtype)`` is slow enough to show on 2,000 tensors)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = _dtype_name(dtype)
+    return name
+
+_EXTRA_STATE_SUFFIX = "_extra_state"
+_SMALL = 1  # stand-in tensors with at most this many elements are real clones (torch inspects their device)
+_FINAL_PREFIX = "Error(s) in loading state_dict for "
+_SCRATCH_MAX = 1 << 31  # tensors larger than this get their own temporary
+
+
+class SimulationError(ExplorerError, RuntimeError):
+    """The simulation itself could not run (e.g. the model cannot be copied)."""
+
+
+# ---- the report -------------------------------------------------------------------------------------------------
+
+@dataclass
+class KeyReport:
+    key: str
+    kind: str                                   # "parameter" | "buffer" | "extra_state"
+    status: str                                 # one of the status constants of records.py
+    changed: bool = False                       # value, dtype or shape after the load differs from before
+    dtype_cast: list[str] | None = None         # [from, to] when copy_ converts
+    running_stat: bool = False                  # a norm running statistic the checkpoint overwrites
+    shape_model: tuple[int, ...] | None = None
+    shape_checkpoint: tuple[int, ...] | None = None
+    dtype_model: str | None = None
+    dtype_checkpoint: str | None = None
+    source_key: str | None = None               # the checkpoint key the value comes from (after hooks' renames)
+    explanation: str = ""
+    certain: bool = True                        # False when ``changed`` could not be computed (assumed True)
+    before: dict | None = None                  # running statistics: summary before and after
+    after: dict | None = None
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "kind": self.kind, "status": self.status, "changed": bool(self.changed),
+                "dtype_cast": list(self.dtype_cast) if self.dtype_cast else None,
+                "running_stat": bool(self.running_stat)}
+
+
+@dataclass
+class LoadReport:
+    model: str = ""
+    checkpoint: str = ""
+    entry: list[str] = field(default_factory=list)
+    strict: bool = True
+    assign: bool = False
+    raises: bool = False
+    error_type: str | None = None
+    error_message: str | None = None
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    keys: "OrderedDict[str, KeyReport]" = field(default_factory=OrderedDict)
+    changed_keys: list[str] = field(default_factory=list)
+    changed_buffers: list[str] = field(default_factory=list)
+    running_stats: dict[str, dict] = field(default_factory=dict)   # key -> {"before": {...}, "after": {...}}
+    suggestions: list = field(default_factory=list)                # remap.Suggestion
+    explanation: str = ""                                          # the whole load, in a few sentences
+    notes: list[str] = field(default_factory=list)                 # other things worth knowing
+    aborted: bool = False              # an exception stopped the load part way (hook, set_extra_state, ...)
+    values_compared: bool = False
+    ignored_keys: list[str] = field(default_factory=list)          # checkpoint keys torch drops without a word
+    mismatched_keys: list[str] = field(default_factory=list)       # size mismatches (torch raises on them)
+
+    @property
+    def loaded_keys(self) -> list[str]:
+        return [k for k, r in self.keys.items() if r.source_key is not None and r.status not in (MISSING, UNEXPECTED)]
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "checkpoint": self.checkpoint,
+            "entry": list(self.entry),
+            "strict": bool(self.strict),
+            "assign": bool(self.assign),
+            "raises": bool(self.raises),
+            "error_type": self.error_type,
+            "error_message": self.error_message,
+            "missing_keys": list(self.missing_keys),
+            "unexpected_keys": list(self.unexpected_keys),
+            "keys": [r.to_json() for r in self.keys.values()],
+            "changed_keys": list(self.changed_keys),
+            "changed_buffers": list(self.changed_buffers),
+            "suggestions": [s.to_json() if hasattr(s, "to_json") else s for s in self.suggestions],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json())
+
+
+# ---- inputs -----------------------------------------------------------------------------------------------------
+
+def _model_of(model_side) -> tuple[nn.Module, str]:
+    if isinstance(model_side, nn.Module):
+        return model_side, type(model_side).__name__
+    model = getattr(model_side, "model", None)
+    if isinstance(model, nn.Module):
+        return model, str(getattr(model_side, "label", "") or type(model).__name__)
+    raise SimulationError(f"expected a model (nn.Module or ModelSide), got {type(model_side).__name__}")
+
+
+def _meta_like(t: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="meta") \
+        if t.layout == torch.strided else torch.empty(tuple(t.shape), dtype=t.dtype, device="meta")
+    return out
+
+
+def _as_meta_dict(sd: Mapping) -> Any:
+    """A copy of a state dict with every tensor replaced by a meta tensor (Parameters stay Parameters)."""
+    out = OrderedDict()
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor):
+            m = _meta_like(v)
+            out[k] = nn.Parameter(m, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else m
+        else:
+            out[k] = v
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+    return out
+
+
+def _own_metadata(obj):
+    """torch writes into the ``_metadata`` it is given (``assign=True`` adds ``assign_to_params_buffers`` to every
+    module's entry): hand it a private copy, so one simulation never changes the next one, nor the checkpoint."""
+    meta = getattr(obj, "_metadata", None)
+    if meta is not None and isinstance(obj, Mapping):
+        try:
+            obj._metadata = copy.deepcopy(meta)
+        except Exception:
+            pass
+    return obj
+
+
+def _view_dict(sd: Mapping) -> Any:
+    """The same tensors as detached views (no bytes copied), so nothing torch does can touch the caller's objects."""
+    out = OrderedDict()
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor):
+            d = v.detach()
+            out[k] = nn.Parameter(d, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else d
+        else:
+            out[k] = v
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+    return out
+
+
+class _CheckpointInput:
+    """The checkpoint side, able to hand torch the object at ``entry`` with meta tensors or with real values."""
+
+    def __init__(self, side, entry):
+        self.side = side
+        self.entry_path: tuple[str, ...] = ()
+        self.record_of: Callable[[str], Any] | None = None
+        if isinstance(side, Mapping):
+            self.label = "<dict>"
+            self._meta = lambda: _as_meta_dict(side)
+            self._real = lambda: _view_dict(side)
+        elif isinstance(side, nn.Module) or isinstance(getattr(side, "model", None), nn.Module):
+            model, self.label = _model_of(side)
+            self._meta = lambda: _as_meta_dict(model.state_dict())
+            self._real = lambda: _view_dict(model.state_dict())
+        elif hasattr(side, "load_object") and hasattr(side, "resolve_entry"):
+            self.label = str(getattr(side, "path", ""))
+            try:
+                self.entry_path = tuple(side.resolve_entry(entry))
+            except KeyNotFoundError:
+                # no mapping holds a tensor: an empty (or tensor-less) dict at the root is still a state dict
+                if entry is not None or not isinstance(getattr(side, "root", None), Mapping):
+                    raise
+                self.entry_path = ()
+            self._meta = lambda: _own_metadata(side.load_object(self.entry_path, device="meta"))
+            self._real = lambda: _own_metadata(side.load_object(self.entry_path, device="cpu"))
+            if hasattr(side, "record") and hasattr(side, "read"):
+                self.record_of = lambda key: side.record(self.entry_path + (key,))
+                self.read_key = lambda key: side.read(self.entry_path + (key,))
+        else:
+            raise SimulationError(f"expected a checkpoint, a model or a dict, got {type(side).__name__}")
+
+    def meta(self):
+        return self._meta()
+
+    def real(self):
+        return self._real()
+
+
+# ---- the stand-in -----------------------------------------------------------------------------------------------
+
+_LOCAL = threading.local()   # the recorder of the pass running on this thread
+_INPLACE_NAMES = ("__setitem__", "add_", "sub_", "mul_", "div_", "fill_", "zero_", "clamp_", "normal_", "uniform_",
+                  "copysign_", "abs_", "neg_", "t_", "transpose_", "resize_", "set_", "requires_grad_", "lerp_",
+                  "addcmul_", "addcdiv_", "exp_", "log_", "sqrt_", "pow_", "masked_fill_", "index_copy_",
+                  "index_fill_", "scatter_", "bernoulli_", "kaiming_uniform_", "trunc_normal_", "fill_diagonal_")
+
+
+class _StandInMixin:
+    """Stand-in tensors record ``copy_`` (and in-place changes) into the running pass's recorder instead of
+    performing them. A method override costs nothing on other tensors (a ``TorchFunctionMode`` would see every
+    torch call of the load and doubles its time)."""
+
+    __slots__ = ()
+
+    def copy_(self, src, non_blocking=False):
+        rec = getattr(_LOCAL, "recorder", None)
+        if rec is not None and id(self) in rec.standin.tracked:
+            return rec._on_copy(self, src)
+        return torch.Tensor.copy_(self, src, non_blocking)
+
+
+def _inplace(name):
+    base = getattr(torch.Tensor, name, None)
+    if base is None:
+        return None
+
+    def method(self, *args, **kwargs):
+        rec = getattr(_LOCAL, "recorder", None)
+        if rec is not None and id(self) in rec.standin.tracked and name != "requires_grad_":
+            rec.inplace.setdefault(id(self), []).append(name)
+        return base(self, *args, **kwargs)
+    method.__name__ = name
+    return method
+
+
+for _name in _INPLACE_NAMES:
+    _m = _inplace(_name)
+    if _m is not None:
+        setattr(_StandInMixin, _name, _m)
+
+
+class _StandInParameter(_StandInMixin, nn.Parameter):
+    pass
+
+
+class _StandInBuffer(_StandInMixin, torch.Tensor):
+    __torch_function__ = torch._C._disabled_torch_function_impl
+
+
+def _standin_tensor(t: torch.Tensor, templates: dict | None = None) -> torch.Tensor | None:
+    if torch.nn.parameter.is_lazy(t):
+        try:  # uninitialized: nothing to protect but the object itself (torch's lazy hooks materialize it in place)
+            return type(t)(requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else type(t)()
+        except Exception:
+            return None
+    if t.numel() <= _SMALL or t.is_meta or t.layout != torch.strided or t.is_quantized:
+        data = t.detach().clone()  # tiny, or a layout meta tensors cannot stand for (a copy of that one tensor)
+    elif templates is not None and t.layout == torch.strided:
+        # one meta tensor per (shape, stride, dtype): _make_subclass gives every stand-in its own tensor object
+        sig = (t.shape, t.stride(), t.dtype)
+        data = templates.get(sig)
+        if data is None:
+            data = templates[sig] = _meta_like(t)
+    else:
+        data = _meta_like(t)
+    if isinstance(t, nn.Parameter):  # what Parameter.__new__ does, without its Python frame
+        return torch.Tensor._make_subclass(_StandInParameter, data, t.requires_grad)
+    return torch.Tensor._make_subclass(_StandInBuffer, data, False)
+
+
+class _ModelIndex:
+    """The model's module tree, walked once per simulation (models with thousands of modules make every walk count)."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.named = list(model.named_modules(remove_duplicate=False))
+        seen: set[int] = set()
+        self.unique = [m for _, m in self.named if not (id(m) in seen or seen.add(id(m)))]
+        base = nn.Module.set_extra_state
+        self.extra_state_names = [n for n, m in self.named if getattr(type(m), "set_extra_state", base) is not base]
+        self._slots = None
+
+    @property
+    def slots(self) -> "OrderedDict[str, _Slot]":
+        if self._slots is None:
+            self._slots = _model_slots(self.model, self)
+        return self._slots
+
+
+class _StandIn:
+    """A data-less copy of the model; ``orig_of`` maps each stand-in tensor (by id) back to the model's tensor."""
+
+    def __init__(self, model: nn.Module, index: "_ModelIndex | None" = None):
+        index = index or _ModelIndex(model)
+        memo: dict[int, Any] = {}
+        self.orig_of: dict[int, torch.Tensor] = {}
+        self.standin_of: dict[int, torch.Tensor] = {}
+        is_lazy = torch.nn.parameter.is_lazy
+        Tensor = torch.Tensor
+        templates: dict = {}
+        for mod in index.unique:
+            candidates = [*mod._parameters.values(), *mod._buffers.values()]
+            # plain tensor attributes (not registered) are copied as stand-ins too: never a second copy of data
+            for v in mod.__dict__.values():
+                if isinstance(v, Tensor):
+                    candidates.append(v)
+                elif type(v) in (list, tuple) and v:   # e.g. a cache list: one level deep
+                    candidates += [x for x in v if isinstance(x, Tensor)]
+            for t in candidates:
+                if t is None or id(t) in memo or not isinstance(t, Tensor):
+                    continue
+                s = _standin_tensor(t, templates)
+                if s is None:
+                    continue
+                memo[id(t)] = s
+                self.standin_of[id(t)] = s
+                if not is_lazy(t):
+                    self.orig_of[id(s)] = t
+        try:
+            tree_memo = dict(memo)
+            self.module = _fast_tree(model, tree_memo, index.unique)
+            self.by_name = {name: tree_memo[id(m)] for name, m in index.named}
+        except Exception:  # an unusual module: let deepcopy do it, with its own rules
+            try:
+                self.module = copy.deepcopy(model, dict(memo))
+            except Exception as e:
+                raise SimulationError(f"cannot make a data-less copy of {type(model).__name__} to simulate on "
+                                      f"({type(e).__name__}: {e})") from e
+            self.by_name = dict(self.module.named_modules(remove_duplicate=False))
+        self.tracked = set(self.orig_of)
+
+
+_ATOMIC = (type(None), bool, int, float, complex, str, bytes, type, torch.dtype, torch.device, types.FunctionType,
+           types.BuiltinFunctionType)
+
+
+_ATOMIC_SET = frozenset(_ATOMIC)
+_REGISTRIES = frozenset(("_parameters", "_buffers", "_modules"))
+_EMPTYABLE = frozenset((dict, OrderedDict, set))
+
+
+def _fast_tree(model: nn.Module, memo: dict, mods: list) -> nn.Module:
+    """``copy.deepcopy(model, memo)`` without its per-object overhead for what every module holds: the registries
+    are rebuilt around the stand-in tensors, empty hook dicts are made new, atomic values are shared, and everything
+    else (user attributes, hooks, bound methods) goes through ``copy.deepcopy`` with the same memo, so it sees the
+    copies of modules and tensors."""
+    for mod in mods:
+        cls = type(mod)
+        if getattr(cls, "__deepcopy__", None) is not None or hasattr(cls, "__slots__") and cls.__slots__:
+            raise TypeError(f"{cls.__name__} customises copying")
+        memo[id(mod)] = cls.__new__(cls)
+    memo.setdefault(id(memo), []).extend(mods)  # deepcopy's keep-alive convention
+    for mod in mods:
+        new = memo[id(mod)]
+        d = mod.__dict__.copy()
+        for k, v in d.items():
+            t = type(v)
+            if t in _ATOMIC_SET:
+                continue
+            if k in _REGISTRIES:
+                d[k] = t((n, memo.get(id(x), x) if x is not None else None) for n, x in v.items())
+            elif t in _EMPTYABLE and not v:
+                d[k] = t()
+            elif isinstance(v, torch.Tensor) and id(v) in memo:
+                d[k] = memo[id(v)]
+            else:
+                try:
+                    d[k] = copy.deepcopy(v, memo)
+                except Exception:  # a lock, a generator, an open file: shared, as nothing here should write it
+                    pass
+        new.__dict__.update(d)
+    return memo[id(model)]
+
+
+# ---- the recorder -----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Copy:
+    src_key: str | None
+    src_dtype: torch.dtype
+    src_shape: tuple[int, ...]
+    changed: bool | None = None       # value pass only
+    error: str | None = None
+    after: dict | None = None         # running-stat summary of the value copied in
+    is_self: bool = False             # the source is the destination itself (BatchNorm filling num_batches_tracked)
+    exact: bool = False               # the source is the checkpoint's tensor itself (not a view, not computed)
+    src_ref: Any = None               # a real tensor a hook (or torch) made during the structural pass
+
+
+class _Recorder:
+    """Records copies into stand-in tensors instead of performing them; in the value pass compares them."""
+
+    def __init__(self, standin: _StandIn, src_keys: dict[int, str], *, compare: bool,
+                 progress: Callable[[int, int], Any] | None = None, total: int = 0,
+                 should_stop: Callable[[], bool] | None = None, want_summary: set[int] | None = None):
+        self.standin = standin
+        self.src_keys = src_keys
+        self.compare = compare
+        self.copies: dict[int, list[_Copy]] = {}
+        self.inplace: dict[int, list[str]] = {}
+        self.progress = progress
+        self.total = total
+        self.done = 0
+        self.should_stop = should_stop
+        self.cancelled = False
+        self.internal_errors: list[str] = []
+        self.want_summary = want_summary or set()
+        self._buf: torch.Tensor | None = None
+        self.record_of: Callable[[str], Any] | None = None   # checkpoint key -> TensorRecord (values pass)
+        self._fds: dict[str, int] = {}
+
+    def source_key(self, src) -> str | None:
+        seen = 0
+        while isinstance(src, torch.Tensor) and seen < 8:
+            key = self.src_keys.get(id(src))
+            if key is not None:
+                return key
+            src = src._base
+            seen += 1
+        return None
+
+    def _scratch(self, dest: torch.Tensor) -> torch.Tensor:
+        """A tensor of ``dest``'s shape and dtype on the CPU, in one reused buffer: the values pass holds one tensor's
+        worth of bytes at a time, and does not pay fresh pages for every tensor."""
+        shape = tuple(dest.shape)
+        n = 1
+        for d in shape:
+            n *= d
+        nbytes = n * dest.element_size()
+        if n == 0 or nbytes > _SCRATCH_MAX:
+            return torch.empty(shape, dtype=dest.dtype)
+        buf = self._buf
+        if buf is None or buf.numel() < nbytes:
+            buf = self._buf = torch.empty(max(nbytes, 1 << 16), dtype=torch.uint8)
+        try:
+            return buf[:nbytes].view(dest.dtype).view(shape)
+        except (RuntimeError, TypeError):
+            return torch.empty(shape, dtype=dest.dtype)
+
+    def _read_into(self, src: torch.Tensor, tmp: torch.Tensor) -> bool:
+        """Fill ``tmp`` with ``src``'s values read from the file with ``pread`` when ``src`` is exactly a checkpoint
+        tensor stored contiguously (the same bytes its memory map would give, without a page fault per 4 KiB, which
+        costs more than the read itself on some machines). False: let ``copy_`` read the memory map."""
+        if self.record_of is None or src.dtype != tmp.dtype or src.is_meta or src.device.type != "cpu":
+            return False
+        key = self.src_keys.get(id(src))
+        if key is None:
+            return False
+        return self._read_key_into(key, tmp, tuple(src.shape))
+
+    def _read_key_into(self, key: str, tmp: torch.Tensor, shape: tuple | None = None) -> bool:
+        """Read checkpoint tensor ``key`` into ``tmp`` (same dtype and shape, stored contiguously) with ``pread``."""
+        try:
+            rec = self.record_of(key)
+            ref = rec.storage
+            source = getattr(ref, "source", None)
+            if source is None or getattr(ref, "view", None) is not None or rec.dtype != dtype_name(tmp.dtype):
+                return False
+            rshape = tuple(rec.shape)
+            if rshape != tuple(tmp.shape) or (shape is not None and rshape != shape) or not tmp.is_contiguous():
+                return False
+            expect, acc = [], 1
+            for d in reversed(rshape):
+                expect.append(acc)
+                acc *= max(d, 1)
+            if any(d > 1 and st != e for d, st, e in zip(rshape, rec.stride, reversed(expect))):
+                return False
+            file, offset, length = source.region(ref)
+            itemsize = tmp.element_size()
+            start = rec.storage_offset * itemsize
+            nbytes = tmp.numel() * itemsize
+            if nbytes == 0 or start + nbytes > length:
+                return False
+            fd = self._fds.get(file)
+            if fd is None:
+                fd = self._fds[file] = os.open(file, os.O_RDONLY)
+            view = memoryview(tmp.view(-1).view(torch.uint8).numpy())
+            got = 0
+            while got < nbytes:  # preadv may return less than asked (signals, huge reads)
+                n = os.preadv(fd, [view[got:]], offset + start + got)
+                if n <= 0:
+                    return False
+                got += n
+            return True
+        except Exception:  # anything unusual: the memory map is always right
+            return False
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
+    def _on_copy(self, dest: torch.Tensor, src: Any):
+        if not isinstance(src, torch.Tensor):
+            return torch.Tensor.copy_(dest, src)  # let torch raise its own TypeError
+        ev = _Copy(self.source_key(src), src.dtype, src.shape, is_self=src is dest,
+                   exact=id(src) in self.src_keys)
+        self.copies.setdefault(id(dest), []).append(ev)
+        if not self.compare and not ev.exact and not ev.is_self and not src.is_meta:
+            ev.src_ref = src  # made during the load (e.g. torch.tensor(0)): its values are known without the file
+        if not self.compare or self.cancelled:
+            return dest
+        if self.should_stop is not None and self.should_stop():
+            self.cancelled = True
+            return dest
+        orig = self.standin.orig_of[id(dest)]
+        if src.is_meta or orig.is_meta:
+            ev.changed = None if not orig.is_meta else False
+        else:
+            tmp = self._scratch(dest)
+            if ev.is_self:
+                src = orig.detach()
+            try:
+                if not self._read_into(src, tmp):
+                    tmp.copy_(src.detach())
+            except Exception as ex:  # the same error torch would meet copying into the model: let torch record it
+                ev.error = f"{type(ex).__name__}: {ex}"
+                self.copies[id(dest)].pop()
+                raise
+            try:
+                ev.changed = not _same_bits(orig.detach(), tmp)
+                if id(dest) in self.want_summary:
+                    ev.after = summarize(tmp)
+            except Exception as e:  # a bug of ours must not become part of torch's error text
+                self.internal_errors.append(f"comparing {ev.src_key}: {type(e).__name__}: {e}")
+                ev.changed = None
+            del tmp
+        self.done += 1
+        if self.progress is not None:
+            try:
+                self.progress(self.done, max(self.total, self.done))
+            except Exception as e:
+                self.internal_errors.append(f"progress callback: {type(e).__name__}: {e}")
+        return dest
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equality (NaNs and -0.0 count as they are stored). Compared as bytes with numpy: single-threaded
+    and vectorised, it is many times faster than ``torch.equal`` on a busy machine."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    a = a.detach().to("cpu")
+    b = b.detach().to("cpu")
+    if a.numel() == 0:
+        return True
+    try:
+        ab = a.contiguous().reshape(-1).view(torch.uint8).numpy()
+        bb = b.contiguous().reshape(-1).view(torch.uint8).numpy()
+        return bool(np.array_equal(ab, bb))
+    except (RuntimeError, TypeError):  # layouts numpy cannot see (quantized, ...)
+        return bool(torch.equal(a, b))
+
+
+def summarize(t: torch.Tensor) -> dict:
+    """A short summary of a running statistic (or any tensor)."""
+    t = t.detach()
+    if t.is_meta:
+        return {"shape": list(t.shape), "dtype": dtype_name(t.dtype)}
+    out: dict[str, Any] = {"shape": list(t.shape), "dtype": dtype_name(t.dtype)}
+    if t.numel() == 0:
+        return out
+    if t.numel() == 1 and not t.is_floating_point():
+        out["value"] = int(t.reshape(-1)[0].item()) if t.dtype != torch.bool else bool(t.reshape(-1)[0].item())
+        return out
+    f = t.to(torch.float64)
+    out.update(mean=float(f.mean()), min=float(f.min()), max=float(f.max()))
+    if f.numel() > 1:
+        out["std"] = float(f.std())
+    return out
+
+
+# ---- one run of torch's load_state_dict on a stand-in --------------------------------------------------------------
+
+@dataclass
+class _PassResult:
+    standin: _StandIn
+    recorder: _Recorder
+    exc: BaseException | None
+    returned: Any
+    missing: list[str]
+    unexpected: list[str]
+    finished: bool                 # torch walked every module and ran the root's post hooks
+    extra_state_set: dict[str, Any]
+    sd_keys: list[str]             # keys of the object handed to torch, in order
+    sd_infos: dict[str, tuple]     # key -> (shape, dtype) of the object handed to torch
+
+
+def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, compare: bool,
+              progress=None, total: int = 0, should_stop=None, want_summary_keys=(),
+              index: "_ModelIndex | None" = None, record_of=None) -> _PassResult:
+    index = index or _ModelIndex(model)
+    if isinstance(sd_obj, Mapping) and getattr(sd_obj, "_metadata", None) is not None:
+        meta = sd_obj._metadata
+        sd_obj = OrderedDict(sd_obj)  # the same values; torch copies the mapping the same way
+        sd_obj._metadata = meta  # type: ignore[attr-defined]
+        _own_metadata(sd_obj)
+    standin = _StandIn(model, index)
+    root = standin.module
+    src_keys: dict[int, str] = {}
+    sd_infos: dict[str, tuple] = {}
+    sd_keys: list[str] = []
+    if isinstance(sd_obj, Mapping):
+        for k, v in sd_obj.items():
+            sd_keys.append(k)
+            if isinstance(v, torch.Tensor):
+                src_keys[id(v)] = k
+                sd_infos[k] = (tuple(v.shape), dtype_name(v.dtype))
+    state: dict[str, Any] = {"missing": None, "unexpected": None, "finished": False}
+    extra_state_set: dict[str, Any] = {}
+    handles = []
+
+    def make_pre(prefix):
+        def pre(module, state_dict, pfx, local_metadata, strict_, missing_keys, unexpected_keys, error_msgs):
+            if state["missing"] is None:
+                state["missing"], state["unexpected"] = missing_keys, unexpected_keys
+        return pre
+
+    want_summary: set[int] = set()
+    # the root's pre-hook runs first of all: it hands over torch's missing/unexpected lists (kept even if the load
+    # stops part way); registered last, it runs after the root's own pre-hooks
+    handles.append(root.register_load_state_dict_pre_hook(make_pre("")))
+    for name in index.extra_state_names:
+        mod = standin.by_name[name]
+        bound = getattr(mod, "set_extra_state")
+
+        def wrapper(value, _bound=bound, _name=name):
+            extra_state_set[_name] = value
+            return _bound(value)
+        object.__setattr__(mod, "set_extra_state", wrapper)
+
+    def post(module, incompatible):
+        state["finished"] = True
+        state["missing"], state["unexpected"] = incompatible.missing_keys, incompatible.unexpected_keys
+    handles.append(root.register_load_state_dict_post_hook(post))
+
+    keys_by_standin = {}
+    for key, value in root.state_dict(keep_vars=True).items() if want_summary_keys else ():
+        keys_by_standin[key] = value
+    for key in want_summary_keys:
+        v = keys_by_standin.get(key)
+        if isinstance(v, torch.Tensor):
+            want_summary.add(id(v))
+
+    recorder = _Recorder(standin, src_keys, compare=compare, progress=progress, total=total,
+                         should_stop=should_stop, want_summary=want_summary)
+    recorder.record_of = record_of
+    exc = None
+    returned = None
+    with warnings.catch_warnings():
+        # the value pass copies real checkpoint tensors into meta stand-ins; torch warns that this is a no-op
+        warnings.filterwarnings("ignore", message=r"for .*: copying from a non-meta parameter in the checkpoint")
+        previous = getattr(_LOCAL, "recorder", None)
+        _LOCAL.recorder = recorder
+        try:
+            returned = root.load_state_dict(sd_obj, strict=strict, assign=assign)
+        except Exception as e:  # what torch (or a hook) raises: part of the answer
+            exc = e
+        finally:
+            _LOCAL.recorder = previous
+            recorder.close()
+    if recorder.cancelled:
+        raise Cancelled("simulation cancelled")
+    missing = list(state["missing"] or [])
+    unexpected = list(state["unexpected"] or [])
+    if returned is not None:
+        missing, unexpected = list(returned.missing_keys), list(returned.unexpected_keys)
+    return _PassResult(standin, recorder, exc, returned, missing, unexpected, bool(state["finished"]),
+                       extra_state_set, sd_keys, sd_infos)
+
+
+# ---- the model's keys -------------------------------------------------------------------------------------------
+
+@dataclass
+class _Slot:
+    key: str
+    kind: str
+    module: str | None       # module path holding the tensor (None for extra state / unknown)
+    name: str | None
+    orig: Any                # the model's tensor (or extra state value)
+
+
+def _model_slots(model: nn.Module, index: "_ModelIndex | None" = None) -> "OrderedDict[str, _Slot]":
+    index = index or _ModelIndex(model)
+    sd = model.state_dict(keep_vars=True)
+    param_ids = {id(p) for m in index.unique for p in m._parameters.values() if p is not None}
+    where: dict[str, tuple[str, str]] = {}
+    for mname, mod in index.named:
+        for n in list(mod._parameters) + list(mod._buffers):
+            where[f"{mname}.{n}" if mname else n] = (mname, n)
+    out: OrderedDict[str, _Slot] = OrderedDict()
+    for key, value in sd.items():
+        if key.endswith(_EXTRA_STATE_SUFFIX) and (not isinstance(value, torch.Tensor) or key not in where):
+            mname = key[: -len(_EXTRA_STATE_SUFFIX)].rstrip(".")
+            out[key] = _Slot(key, "extra_state", mname, None, value)
+            continue
+        mname, n = where.get(key, (None, None))
+        kind = "parameter" if isinstance(value, torch.Tensor) and id(value) in param_ids else "buffer"
+        out[key] = _Slot(key, kind, mname, n, value)
+    return out
+
+
+def _standin_slot_value(modules: dict, slot: _Slot):
+    if slot.module is None or slot.name is None:
+        return None
+    mod = modules.get(slot.module)
+    if mod is None:
+        return None
+    if slot.name in mod._parameters:
+        return mod._parameters[slot.name]
+    return mod._buffers.get(slot.name)
+
+
+def _snapshot(index: _ModelIndex) -> list:
+    """Which tensor object sits in every parameter/buffer slot of the model, and its version counter."""
+    try:
+        return [(tuple(reg), [(id(t), t._version) if t is not None else None for t in reg.values()])
+                for mod in index.unique for reg in (mod._parameters, mod._buffers)]
+    except Exception:  # inference tensors have no version counter
+        return _snapshot_slow(index)
+
+
+def _snapshot_slow(index: _ModelIndex) -> list:
+    snap = []
+    for mname, mod in index.named:
+        for reg in (mod._parameters, mod._buffers):
+            for n, t in reg.items():
+                ver = None
+                if isinstance(t, torch.Tensor):
+                    try:
+                        ver = t._version
+                    except Exception:
+                        ver = None
+                snap.append((mname, n, id(t), ver, tuple(t.shape) if isinstance(t, torch.Tensor) else None))
+    return snap
+
+
+# ---- the simulation ---------------------------------------------------------------------------------------------
+
+def simulate_load(model_side, checkpoint_side, *, entry=None, strict: bool = True, assign: bool = False,
+                  compare_values: bool = True, progress: Callable[[int, int], Any] | None = None,
+                  should_stop: Callable[[], bool] | None = None, suggest: bool = True) -> LoadReport:
+    """What ``model.load_state_dict(<checkpoint at entry>, strict=strict, assign=assign)`` would do.
+
+    ``progress(done, total)`` is called during the value comparison; ``should_stop()`` returning True cancels
+    (raises :class:`explorer.errors.Cancelled`). The model and the checkpoint are never modified.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()  # thousands of small objects (deepcopy, meta tensors): with torch imported, GC passes dominate
+    try:
+        return _simulate(model_side, checkpoint_side, entry=entry, strict=strict, assign=assign,
+                         compare_values=compare_values, progress=progress, should_stop=should_stop, suggest=suggest)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_values, progress, should_stop,
+              suggest) -> LoadReport:
+    model, model_label = _model_of(model_side)
+    ckpt = _CheckpointInput(checkpoint_side, entry)
+    index = _ModelIndex(model)
+    before = _snapshot(index)
+    if should_stop is not None and should_stop():
+        raise Cancelled("simulation cancelled")
+
+    meta_sd = ckpt.meta()
+    structural = _run_pass(model, meta_sd, strict=strict, assign=assign, compare=False, index=index)
+    final = structural
+    values = None
+    slots = index.slots
+    if compare_values and _compare_from_structural(structural, ckpt, index, assign=assign, progress=progress,
+                                                   should_stop=should_stop):
+        final = structural
+        values = structural
+    elif compare_values:
+        total = sum(len(v) for v in structural.recorder.copies.values())
+        stat_keys = [k for k in slots if _is_running_stat(k)]
+        real_sd = ckpt.real()
+        values = _run_pass(model, real_sd, strict=strict, assign=assign, compare=True, progress=progress,
+                           total=total, should_stop=should_stop, want_summary_keys=stat_keys, index=index,
+                           record_of=ckpt.record_of)
+        final = values
+        if progress is not None and values.recorder.done < total:
+            progress(total, total)
+    elif _meta_trouble(structural.exc):
+        # a hook needed the checkpoint's values (meta tensors have none): ask torch again with the real ones
+        values = _run_pass(model, ckpt.real(), strict=strict, assign=assign, compare=False, index=index)
+        final = values
+
+    after = _snapshot(index)
+    report = _build_report(model, model_label, ckpt, slots, final, meta_sd, strict=strict, assign=assign,
+                           compared=values is not None and compare_values)
+    if before != after:
+        report.notes.append("WARNING: code of the model (a hook holding a reference to the model itself) modified "
+                            "the real model during the simulation; its tensors may have changed")
+    for err in final.recorder.internal_errors:
+        report.notes.append(f"internal: {err}")
+    if suggest and (report.missing_keys or report.unexpected_keys or report.mismatched_keys):
+        try:
+            from .remap import suggest_remaps
+            report.suggestions = suggest_remaps(model, checkpoint_side, entry=entry, report=report,
+                                                strict=strict, assign=assign, index=index)
+        except Cancelled:
+            raise
+        except Exception as e:  # suggestions are a help, never a reason to lose the report
+            report.notes.append(f"remap suggestions failed: {type(e).__name__}: {e}")
+    return report
+
+
+def _compare_from_structural(res: _PassResult, ckpt: _CheckpointInput, index: _ModelIndex, *, assign: bool,
+                            progress, should_stop) -> bool:
+    """The values pass without running torch again: when every copy the structural pass recorded came straight from
+    a checkpoint tensor (or from a tensor made during the load), read each of those tensors by key, one at a time,
+    with ``pread``, and compare. No memory map, no file descriptor per tensor (a 50,000-tensor file would exhaust
+    them). False when the answer needs torch to see real values (hooks that compute from them, views such as the 0.3
+    scalar upgrade, assign=True, extra state, copy errors): the caller then runs the full values pass."""
+    if ckpt.record_of is None or assign or res.extra_state_set or _meta_trouble(res.exc):
+        return False
+    if torch.__future__.get_swap_module_params_on_conversion():
+        return False
+    rec = res.recorder
+    todo = []
+    for dest_id, evs in rec.copies.items():
+        ev = evs[-1]
+        if ev.is_self:
+            continue
+        if not (ev.exact or ev.src_ref is not None) or any(not (e.exact or e.src_ref is not None or e.is_self)
+                                                          for e in evs):
+            return False
+        todo.append((dest_id, ev))
+    stat_ids = set()
+    for key, slot in index.slots.items():
+        if _is_running_stat(key) and isinstance(slot.orig, torch.Tensor):
+            s = res.standin.standin_of.get(id(slot.orig))
+            if s is not None:
+                stat_ids.add(id(s))
+    helper = _Recorder(res.standin, {}, compare=True)
+    helper.record_of = ckpt.record_of
+    results = []
+    try:
+        for i, (dest_id, ev) in enumerate(todo):
+            if should_stop is not None and should_stop():
+                raise Cancelled("simulation cancelled")
+            orig = res.standin.orig_of[dest_id]
+            if orig.is_meta:
+                results.append((ev, False, None))
+                continue
+            tmp = helper._scratch(orig)
+            if ev.src_ref is not None:
+                tmp.copy_(ev.src_ref.detach())
+            elif not (ev.src_dtype == orig.dtype and helper._read_key_into(ev.src_key, tmp)):
+                src = ckpt.read_key(ev.src_key)  # one tensor, memory-mapped, dropped at once (casts, odd layouts)
+                tmp.copy_(src)
+                del src
+            results.append((ev, not _same_bits(orig.detach(), tmp), summarize(tmp) if dest_id in stat_ids else None))
+            if progress is not None:
+                progress(i + 1, len(todo))
+    except Cancelled:
+        raise
+    except Exception:  # a copy error torch would put in its message, or an unreadable tensor: ask torch itself
+        return False
+    finally:
+        helper.close()
+    for ev, changed, after in results:
+        ev.changed, ev.after = changed, after
+    if progress is not None and not todo:
+        progress(0, 0)
+    return True
+
+
+def _meta_trouble(exc) -> bool:
+    if exc is None:
+        return False
+    text = str(exc)
+    return isinstance(exc, (NotImplementedError,)) or "meta" in text and not text.startswith(_FINAL_PREFIX)
+
+
+def structural_counts(model: nn.Module, sd_obj: Any, *, strict: bool = True, assign: bool = False,
+                      index: "_ModelIndex | None" = None) -> dict:
+    """Missing / unexpected / mismatched counts and the raise of one structural run (used by remap previews)."""
+    index = index or _ModelIndex(model)
+    res = _run_pass(model, sd_obj, strict=strict, assign=assign, compare=False, index=index)
+    msg = str(res.exc) if res.exc is not None else ""
+    mismatched = _mismatched_keys(msg, list(res.sd_infos) + list(index.slots))
+    return {"missing": len(res.missing), "unexpected": len(res.unexpected), "mismatched": len(mismatched),
+            "raises": res.exc is not None, "missing_keys": res.missing, "unexpected_keys": res.unexpected,
+            "mismatched_keys": mismatched}
+
+
+_MISMATCH = re.compile(r"(?:^|\n\t)size mismatch for (.*?): copying a param with shape torch\.Size")
+
+
+def _mismatched_keys(message: str, candidates) -> list[str]:
+    """Keys torch reported as size mismatches, in the candidates' order (one scan of the message)."""
+    if "size mismatch for " not in message:
+        return []
+    found = set(_MISMATCH.findall(message))
+    return [k for k in dict.fromkeys(candidates) if k in found]
+
+
+def _is_running_stat(key: str) -> bool:
+    return key.rsplit(".", 1)[-1] in RUNNING_STAT_NAMES
+
+
+def _shape(v) -> tuple[int, ...] | None:
+    return tuple(v.shape) if isinstance(v, torch.Tensor) else None
+
+
+def _fmt_shape(s) -> str:
+    return "[" + ", ".join(str(x) for x in s) + "]" if s is not None else "?"
+
+
+def _module_desc(model: nn.Module, path: str) -> str:
+    try:
+        mod = model.get_submodule(path) if path else model
+    except AttributeError:
+        return f"module {path!r}"
+    cls = type(mod).__name__
+    return f"the model itself ({cls})" if not path else f"module '{path}' ({cls})"
+
+
+def _deep_equal(a, b) -> bool | None:
+    """Equality of extra-state values; None when it cannot be decided."""
+    try:
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+                return False
+            if a.is_meta or b.is_meta:
+                return None
+            return _same_bits(a, b)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            if list(a.keys()) != list(b.keys()):
+                return False
+            res = [_deep_equal(a[k], b[k]) for k in a]
+            return None if None in res and False not in res else all(r is True for r in res)
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            if type(a) is not type(b) or len(a) != len(b):
+                return False
+            res = [_deep_equal(x, y) for x, y in zip(a, b)]
+            return None if None in res and False not in res else all(r is True for r in res)
+        return bool(a == b) and type(a) is type(b)
+    except Exception:
+        return None
+
+
+def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassResult, meta_sd, *, strict, assign,
+                  compared: bool) -> LoadReport:
+    rep = LoadReport(model=model_label, checkpoint=ckpt.label, entry=list(ckpt.entry_path), strict=strict,
+                     assign=assign, values_compared=compared)
+    exc = res.exc
+    message = str(exc) if exc is not None else ""
+    if exc is not None:
+        rep.raises = True
+        rep.error_type = type(exc).__name__
+        rep.error_message = message
+        rep.aborted = not (res.finished and isinstance(exc, RuntimeError) and message.startswith(_FINAL_PREFIX))
+    rep.missing_keys = list(res.missing)
+    rep.unexpected_keys = list(res.unexpected)
+    missing = set(rep.missing_keys)
+    ck_infos = res.sd_infos
+    mismatched = set(_mismatched_keys(message, list(slots) + list(ck_infos)))
+    rep.mismatched_keys = [k for k in list(slots) + list(ck_infos) if k in mismatched]
+    rep.mismatched_keys = list(dict.fromkeys(rep.mismatched_keys))
+    standin = res.standin
+    rec = res.recorder
+    standin_modules = standin.by_name
+    used_sources: set[str] = set()
+    loaded = 0
+
+    tied: dict[int, list[str]] = {}
+    for key, slot in slots.items():
+        if isinstance(slot.orig, torch.Tensor):
+            tied.setdefault(id(slot.orig), []).append(key)
+
+    for key, slot in slots.items():
+        kr = KeyReport(key=key, kind=slot.kind, status=MATCHED)
+        orig = slot.orig
+        if isinstance(orig, torch.Tensor) and torch.nn.parameter.is_lazy(orig):
+            # a lazy module's uninitialized parameter: torch's lazy hook materializes it from the checkpoint
+            s_now = _standin_slot_value(standin_modules, slot)
+            done = isinstance(s_now, torch.Tensor) and not torch.nn.parameter.is_lazy(s_now)
+            kr.changed = done
+            if key in ck_infos:
+                kr.shape_checkpoint, kr.dtype_checkpoint = ck_infos[key]
+            kr.status = MISSING if key in missing else (VALUE_CHANGED if done else NOT_LOADED)
+            kr.source_key = key if done else None
+            if done:
+                loaded += 1
+                used_sources.add(key)
+            kr.explanation = ("Uninitialized parameter of a lazy module: "
+                              + ("the load materializes it with the checkpoint's shape and values." if done else
+                                 "it stays uninitialized."))
+            rep.keys[key] = kr
+            continue
+        if isinstance(orig, torch.Tensor):
+            kr.shape_model = tuple(orig.shape)
+            kr.dtype_model = dtype_name(orig.dtype)
+        if key in ck_infos:
+            kr.shape_checkpoint, kr.dtype_checkpoint = ck_infos[key]
+        loaded_here = False
+        self_filled = False
+        changed: bool | None = False
+        if slot.kind == "extra_state":
+            mod_path = slot.module or ""
+            if mod_path in res.extra_state_set:
+                loaded_here = True
+                kr.source_key = key
+                used_sources.add(key)
+                try:
+                    mod = standin.module.get_submodule(mod_path) if mod_path else standin.module
+                    now = mod.get_extra_state()
+                    eq = _deep_equal(orig, now) if compared else None
+                except Exception:
+                    eq = None
+                changed = (not eq) if eq is not None else None
+        else:
+            s_orig = standin.standin_of.get(id(orig)) if isinstance(orig, torch.Tensor) else None
+            s_now = _standin_slot_value(standin_modules, slot)
+            evs = rec.copies.get(id(s_orig), []) if s_orig is not None else []
+            # torch.__future__ swap_module_params_on_conversion + assign: the slot keeps its object, whose contents
+            # (and class) torch.utils.swap_tensors replaced by the checkpoint's tensor
+            swapped_in = s_now is s_orig and not evs and s_orig is not None and \
+                not isinstance(s_now, _StandInMixin) and not torch.nn.parameter.is_lazy(orig)
+            if s_orig is not None and s_now is not None and (s_now is not s_orig or swapped_in):
+                # assign=True (or a hook) put a new tensor in the slot
+                loaded_here = True
+                kr.source_key = rec.source_key(s_now) or key
+                used_sources.add(kr.source_key)
+                kr.dtype_checkpoint = dtype_name(s_now.dtype)
+                kr.shape_checkpoint = tuple(s_now.shape)
+                if tuple(s_now.shape) != tuple(orig.shape) or s_now.dtype != orig.dtype:
+                    changed = True
+                elif compared and not s_now.is_meta and not orig.is_meta:
+                    changed = not _same_bits(orig.detach(), s_now.detach())
+                    if _is_running_stat(key):
+                        kr.before, kr.after = summarize(orig), summarize(s_now)
+                else:
+                    changed = None
+            elif s_orig is not None:
+                if evs:
+                    ev = evs[-1]
+                    loaded_here = True
+                    kr.source_key = ev.src_key
+                    for e in evs:
+                        if e.src_key:
+                            used_sources.add(e.src_key)
+                    if ev.src_dtype != orig.dtype:
+                        kr.dtype_cast = [dtype_name(ev.src_dtype), dtype_name(orig.dtype)]
+                    if ev.src_key is not None and ev.src_key in ck_infos:
+                        kr.shape_checkpoint, kr.dtype_checkpoint = ck_infos[ev.src_key]
+                    else:
+                        kr.shape_checkpoint, kr.dtype_checkpoint = tuple(ev.src_shape), dtype_name(ev.src_dtype)
+                    if ev.is_self:
+                        changed = False
+                    elif compared:
+                        changed = ev.changed
+                    elif orig.is_meta:
+                        changed = False
+                    else:
+                        changed = None
+                    if _is_running_stat(key) and ev.after is not None:
+                        kr.before, kr.after = summarize(orig), ev.after
+                    if ev.is_self:  # BatchNorm without a version filled the key in with the model's own tensor
+                        kr.source_key = None
+                        self_filled = True
+                if rec.inplace.get(id(s_orig)):
+                    changed = None if changed is not True else True
+                    rep.notes.append(f"{key}: modified in place ({', '.join(rec.inplace[id(s_orig)])}) by code that "
+                                     "runs during the load (a hook); its value after the load cannot be predicted")
+        if changed is None:
+            kr.certain = False
+            changed = True
+        kr.changed = bool(changed)
+        # status
+        if key in mismatched:
+            kr.status = SHAPE_MISMATCH
+        elif key in missing:
+            kr.status = MISSING
+        elif self_filled:
+            kr.status = MATCHED
+        elif loaded_here:
+            loaded += 1
+            if _is_running_stat(key) and kr.kind == "buffer":
+                kr.running_stat = True
+            if kr.running_stat and kr.changed:
+                kr.status = RUNNING_STAT
+            elif kr.dtype_cast:
+                kr.status = DTYPE_CAST
+            elif kr.changed:
+                kr.status = VALUE_CHANGED
+            else:
+                kr.status = MATCHED
+        else:
+            kr.status = NOT_LOADED
+        if self_filled and kr.status == MATCHED:
+            kr.explanation = ("Not in the checkpoint, and the checkpoint's _metadata gives this BatchNorm no version "
+                              "(or version 1): BatchNorm fills the key in with the model's own value, so torch does "
+                              "not report it missing; the value does not change.")
+        else:
+            kr.explanation = _explain_key(kr, slot, rep, res, model, slots, tied, message)
+        rep.keys[key] = kr
+
+    for key in rep.unexpected_keys:
+        if key in rep.keys or not isinstance(key, str):
+            continue
+        info = ck_infos.get(key)
+        kind = "extra_state" if key.endswith(_EXTRA_STATE_SUFFIX) else \
+            "buffer" if _is_running_stat(key) else "parameter"
+        v = meta_sd.get(key) if isinstance(meta_sd, Mapping) else None
+        if isinstance(v, nn.Parameter):
+            kind = "parameter"
+        kr = KeyReport(key=key, kind=kind, status=UNEXPECTED, shape_checkpoint=info[0] if info else None,
+                       dtype_checkpoint=info[1] if info else None)
+        kr.explanation = _explain_unexpected(key, model, message)
+        rep.keys[key] = kr
+    for key in rep.mismatched_keys:
+        if key not in rep.keys:  # a key a hook renamed onto a model tensor, or a checkpoint-only name
+            info = ck_infos.get(key)
+            rep.keys[key] = KeyReport(key=key, kind="parameter", status=SHAPE_MISMATCH,
+                                      shape_checkpoint=info[0] if info else None,
+                                      explanation=f"size mismatch for {key} (see the error message)")
+
+    unexpected = set(rep.unexpected_keys)
+    for key in res.sd_keys:
+        if key not in used_sources and key not in unexpected and key not in mismatched and key not in slots:
+            rep.ignored_keys.append(key)
+    rep.changed_keys = [k for k, r in rep.keys.items() if r.changed and r.status != UNEXPECTED]
+    rep.changed_buffers = [k for k in rep.changed_keys if rep.keys[k].kind == "buffer"]
+    rep.running_stats = {k: {"before": r.before, "after": r.after} for k, r in rep.keys.items()
+                         if r.running_stat and r.before is not None}
+    rep.explanation = _explain_load(rep, loaded)
+    if rep.ignored_keys:
+        rep.notes.append(f"{len(rep.ignored_keys)} checkpoint key(s) are dropped without being reported by torch "
+                         f"(e.g. under a submodule set to None, or consumed by a hook): "
+                         + ", ".join(map(str, rep.ignored_keys[:8])) + (" ..." if len(rep.ignored_keys) > 8 else ""))
+    return rep
+
+
+# ---- explanations -----------------------------------------------------------------------------------------------
+
+class _Near:
+    """Finds, for a missing key, the unexpected checkpoint key that most likely meant it (indexed once per report:
+    a naive scan is quadratic and takes seconds on 2,000 prefixed keys)."""
+
+    def __init__(self, candidates):
+        self.candidates = list(candidates)
+        self.exact = set(self.candidates)
+        self.by_suffix: dict[str, str] = {}
+        self.by_leaf: dict[str, list[str]] = {}
+        for c in self.candidates:
+            if not isinstance(c, str):
+                continue
+            i = c.find(".")
+            while i != -1:
+                self.by_suffix.setdefault(c[i + 1:], c)
+                i = c.find(".", i + 1)
+            self.by_leaf.setdefault(c.rsplit(".", 1)[-1], []).append(c)
+
+    def __call__(self, key: str) -> str | None:
+        hit = self.by_suffix.get(key)            # the checkpoint's key carries an extra prefix
+        if hit is not None:
+            return hit
+        i = key.find(".")
+        while i != -1:                           # the model's key carries an extra prefix
+            if key[i + 1:] in self.exact:
+                return key[i + 1:]
+            i = key.find(".", i + 1)
+        for c in self.by_leaf.get(key.rsplit(".", 1)[-1], ())[:200]:
+            if _one_edit(c, key):
+                return c
+        return None
+
+
+def _near(key: str, candidates) -> str | None:
+    return _Near(candidates)(key)
+
+
+def _one_edit(a: str, b: str) -> bool:
+    if a == b or abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        return sum(x != y for x, y in zip(a, b)) == 1
+    if len(a) > len(b):
+        a, b = b, a
+    i = 0
+    while i < len(a) and a[i] == b[i]:
+        i += 1
+    return a[i:] == b[i + 1:]
+
+
+def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, model, slots, tied, message) -> str:
+    key = kr.key
+    mod_path = key.rsplit(".", 1)[0] if "." in key else ""
+    st = kr.status
+    src = f"the checkpoint's '{kr.source_key}'" if kr.source_key and kr.source_key != key else "the checkpoint"
+    renamed = f" (a load hook renamed it from '{kr.source_key}')" if kr.source_key and kr.source_key != key else ""
+    aliases = [k for k in tied.get(id(slot.orig), []) if k != key] if isinstance(slot.orig, torch.Tensor) else []
+    if st == SHAPE_MISMATCH:
+        ck = kr.shape_checkpoint
+        m = kr.shape_model
+        hint = ""
+        if ck is not None and m is not None and len(ck) == len(m) == 2 and tuple(reversed(ck)) == tuple(m):
+            hint = " The shapes are transposed: the checkpoint may come from a layer that stores the weight the " \
+                   "other way round (e.g. Conv1D vs Linear); transpose it before loading."
+        elif ck is not None and m is not None and len(ck) == len(m) and ck[1:] == m[1:]:
+            hint = (f" Only the first dimension differs ({ck[0]} vs {m[0]}): a different number of outputs (classes, "
+                    "vocabulary, channels). Build the model with the checkpoint's size, or drop this key from the "
+                    "checkpoint and retrain that layer.")
+        return (f"The checkpoint has shape {_fmt_shape(ck)}, the model {_fmt_shape(m)}: torch refuses to copy it and "
+                f"raises, even with strict=False; the model keeps its current value.{hint}")
+    if st == MISSING:
+        near_index = getattr(rep, "_near_index", None)
+        if near_index is None:
+            near_index = _Near(rep.unexpected_keys)
+            object.__setattr__(rep, "_near_index", near_index)
+        near = near_index(key)
+        text = f"Not in the checkpoint: the model keeps its current (initial) value."
+        if kr.changed and aliases:
+            text = (f"Not in the checkpoint, but this tensor is shared (tied) with '{', '.join(aliases)}', which is "
+                    f"loaded, so its value changes anyway; torch still lists it as missing.")
+        if key.endswith("num_batches_tracked"):
+            text += (" The checkpoint's _metadata gives this BatchNorm version 2 or later, so torch requires "
+                     "num_batches_tracked; a checkpoint without _metadata (e.g. .safetensors) or of version 1 would "
+                     "have it filled in silently.")
+        if near:
+            text += f" The checkpoint has '{near}' instead: see the remap suggestions."
+        if rep.strict:
+            text += " With strict=True this alone makes load_state_dict raise."
+        return text
+    if st == NOT_LOADED:
+        if f'While copying the parameter named "{key}"' in message or f'While swapping the parameter named "{key}"' \
+                in message:
+            return ("The checkpoint's value for this key cannot be copied (see the error message: not a tensor, or a "
+                    "copy error); the model keeps its current value and the load raises.")
+        if rep.aborted:
+            return ("Would load, but the load stopped part way with an exception before reaching this module; the "
+                    "model keeps its current value.")
+        return ("Not loaded and not reported missing by torch (a hook or a custom _load_from_state_dict skipped it); "
+                "the model keeps its current value.")
+    parts = []
+    if st == DTYPE_CAST:
+        f, t = kr.dtype_cast
+        parts.append(f"Loads from {src}{renamed}, stored as {f}; copy_ converts it to the model's {t} (the model's "
+                     f"dtype does not change; the values carry only {f} precision). Pass assign=True to keep {f}.")
+    elif kr.running_stat:
+        b, a = kr.before, kr.after
+        what = "replaced by the checkpoint's"
+        if b and a and "mean" in b and "mean" in a:
+            what += f" (mean {b['mean']:.4g} -> {a['mean']:.4g})"
+        elif b and a and "value" in b and "value" in a:
+            what += f" ({b['value']} -> {a['value']})"
+        if kr.changed and key.endswith("num_batches_tracked"):
+            parts.append(f"BatchNorm's count of training batches {what}{renamed}; it sets the averaging factor "
+                         "when momentum=None and does not affect eval() outputs.")
+        elif kr.changed:
+            parts.append(f"Normalisation running statistic {what}{renamed}; in eval() mode the layer normalises "
+                         "with these values, so outputs change.")
+        else:
+            parts.append(f"Normalisation running statistic loaded from {src}{renamed}; identical to the model's.")
+    elif st == VALUE_CHANGED:
+        if rep.assign and kr.dtype_checkpoint and kr.dtype_checkpoint != kr.dtype_model:
+            parts.append(f"assign=True replaces the model's {kr.dtype_model} tensor by the checkpoint's "
+                         f"{kr.dtype_checkpoint} tensor: the model's dtype becomes {kr.dtype_checkpoint}.")
+        elif rep.assign:
+            parts.append(f"assign=True puts {src}'s tensor itself into the model{renamed}.")
+        else:
+            parts.append(f"Loads from {src}{renamed}; the model's current value is replaced.")
+    else:
+        parts.append(f"Loads from {src}{renamed}; identical to the model's current value.")
+    if not kr.certain:
+        parts.append("(Whether the value differs could not be computed; assumed changed.)")
+    if aliases:
+        parts.append(f"Shared (tied) with '{', '.join(aliases)}': whichever key torch loads last sets both.")
+    return " ".join(parts)
+
+
+def _explain_unexpected(key: str, model: nn.Module, message: str) -> str:
+    parts = key.split(".")
+    mod = model
+    path = []
+    for i, p in enumerate(parts[:-1]):
+        child = mod._modules.get(p) if p in mod._modules else None
+        if p in mod._modules and child is None:
+            return (f"'{'.'.join(path + [p])}' is None in the model; torch ignores keys under it.")
+        if child is None:
+            where = _module_desc(model, ".".join(path))
+            return (f"Rejected by {where}: it has no submodule '{p}'. The model keeps its own value for whatever this "
+                    "was meant to fill; check for a prefix or a renamed layer (see the remap suggestions).")
+        mod = child
+        path.append(p)
+    leaf = parts[-1]
+    where = _module_desc(model, ".".join(path))
+    if leaf in RUNNING_STAT_NAMES and getattr(mod, "track_running_stats", True) is False:
+        return (f"Rejected by {where}: it has track_running_stats=False, so it keeps no running statistics; the "
+                "checkpoint's statistics are not used (the checkpoint's layer tracked them: the model normalises "
+                "with batch statistics instead, also in eval()).")
+    if leaf in mod._parameters and mod._parameters[leaf] is None:
+        return f"Rejected by {where}: its parameter '{leaf}' is registered as None, so torch refuses any value for it."
+    if leaf in mod._buffers and mod._buffers[leaf] is None:
+        return f"Rejected by {where}: its buffer '{leaf}' is registered as None, so torch refuses any value for it."
+    if leaf in getattr(mod, "_non_persistent_buffers_set", ()):
+        return (f"Rejected by {where}: '{leaf}' is a non-persistent buffer (register_buffer(..., persistent=False)); "
+                "it is never loaded from a state dict.")
+    if leaf == _EXTRA_STATE_SUFFIX:
+        return f"Rejected by {where}: it does not implement set_extra_state, so it takes no extra state."
+    return f"Rejected by {where}: it has no parameter or buffer '{leaf}'."
+
+
+def _explain_load(rep: LoadReport, loaded: int) -> str:
+    n_changed = len([k for k in rep.changed_keys if rep.keys[k].status not in (MISSING, UNEXPECTED)])
+    casts = sum(1 for r in rep.keys.values() if r.status == DTYPE_CAST)
+    stats = sum(1 for r in rep.keys.values() if r.status == RUNNING_STAT)
+    total = sum(1 for r in rep.keys.values() if r.status != UNEXPECTED)
+    pieces = []
+    head = (f"{loaded} of {total} model keys load from the checkpoint ({n_changed} change value"
+            + (f", {casts} with a dtype conversion" if casts else "")
+            + (f", {stats} BatchNorm/norm running statistics replaced" if stats else "") + ").")
+    if not rep.raises:
+        pieces.append("The load succeeds. " + head)
+        if rep.missing_keys:
+            pieces.append(f"{len(rep.missing_keys)} missing key(s) keep their current (initial) values — the model is "
+                          "only partly loaded, silently (strict=False).")
+        if rep.unexpected_keys:
+            pieces.append(f"{len(rep.unexpected_keys)} unexpected checkpoint key(s) are ignored.")
+    elif rep.aborted:
+        pieces.append(f"load_state_dict raises {rep.error_type} part way through (raised by code that runs during the "
+                      f"load, e.g. a hook). " + head.replace("load from", "are already loaded from")
+                      + " The model is left half-loaded: those copies are not undone.")
+    else:
+        reasons = []
+        if rep.mismatched_keys:
+            reasons.append(f"{len(rep.mismatched_keys)} size mismatch(es) (these raise even with strict=False)")
+        if rep.strict and rep.missing_keys:
+            reasons.append(f"{len(rep.missing_keys)} missing key(s)")
+        if rep.strict and rep.unexpected_keys:
+            reasons.append(f"{len(rep.unexpected_keys)} unexpected key(s)")
+        why = ", ".join(reasons) if reasons else "the errors in the message"
+        pieces.append(f"load_state_dict raises {rep.error_type} because of {why}. It raises only after copying: "
+                      + head.replace("load from", "are already loaded from")
+                      + (" The model is left half-loaded, not unchanged." if n_changed else
+                         " No value changes, so the model is effectively unchanged."))
+        if rep.strict and not rep.mismatched_keys:
+            pieces.append("With strict=False the same call would return the missing and unexpected keys instead of "
+                          "raising.")
+    return " ".join(pieces)
+
+
+def render_text(rep: LoadReport, out, *, verbose: bool = False) -> None:
+    """The human-readable report of the ``simulate`` command."""
+    w = out.write
+    w(f"model:      {rep.model}\n")
+    w(f"checkpoint: {rep.checkpoint}" + (f"  [entry {'/'.join(rep.entry)}]" if rep.entry else "") + "\n")
+    w(f"call:       model.load_state_dict(sd, strict={rep.strict}, assign={rep.assign})\n\n")
+    if rep.raises:
+        w(f"WOULD RAISE {rep.error_type}:\n")
+        for line in (rep.error_message or "").splitlines():
+            w(f"    {line}\n")
+    else:
+        w(f"would succeed: missing_keys={len(rep.missing_keys)}, unexpected_keys={len(rep.unexpected_keys)}\n")
+    w("\n" + rep.explanation + "\n\n")
+    width = min(60, max([len(k) for k in rep.keys] + [10]))
+    for key, r in rep.keys.items():
+        flag = "*" if r.changed and r.status != UNEXPECTED else " "
+        cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else ""
+        w(f" {flag} {key:<{width}} {r.status:<26}{cast}\n")
+        if verbose or r.status not in (MATCHED, VALUE_CHANGED):
+            w(f"     {r.explanation}\n")
+    w(f"\n(* = value, dtype or shape changes)  changed: {len(rep.changed_keys)}, "
+      f"changed buffers: {len(rep.changed_buffers)}\n")
+    if rep.running_stats:
+        w("running statistics overwritten:\n")
+        for k, v in rep.running_stats.items():
+            w(f"  {k}: {_brief(v['before'])} -> {_brief(v['after'])}\n")
+    for note in rep.notes:
+        w(f"note: {note}\n")
+    if rep.suggestions:
+        w("\nsuggested fixes (preview with the fix applied):\n")
+        for s in rep.suggestions:
+            w(f"  - {s.title}: {s.preview_text()}\n")
+            if verbose:
+                for line in s.snippet.splitlines():
+                    w(f"      {line}\n")
+
+
+def _brief(summary: dict | None) -> str:
+    if not summary:
+        return "?"
+    if "value" in summary:
+        return str(summary["value"])
+    if "mean" in summary:
+        return f"mean {summary['mean']:.4g} [{summary['min']:.4g}, {summary['max']:.4g}]"
+    return _fmt_shape(summary.get("shape"))
+
+
+__all__ = ["simulate_load", "LoadReport", "KeyReport", "structural_counts", "summarize", "render_text",
+           "SimulationError"]
