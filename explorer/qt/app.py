@@ -1,0 +1,125 @@
+"""Start the window: ``python main.py [LEFT [RIGHT]] [--model SPEC] [--simulate] [--screenshot OUT.png]``.
+
+The window shows first; torch is imported by the first background job that needs it. With no arguments the demo
+pair opens (the article's BatchNorm model and a checkpoint of it after a few train-mode steps, simulation run).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSettings, QTimer
+from PySide6.QtWidgets import QApplication
+
+ORG = "StateDictExplorer"
+APP = "State-Dict Explorer"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python main.py", description="State-Dict Explorer: the window. "
+                                "(Command-line tools: python main.py inspect|simulate|diff|stats --help)")
+    p.add_argument("left", nargs="?", help="checkpoint file or folder, or model spec, for the left pane")
+    p.add_argument("right", nargs="?", help="checkpoint file or folder for the right pane")
+    p.add_argument("--model", metavar="SPEC", help="model for the left pane: MODULE:CALLABLE, file.py:CALLABLE or "
+                   "demo:NAME (the positional paths then fill the right pane)")
+    p.add_argument("--simulate", action="store_true", help="simulate load_state_dict(right) into the left model")
+    p.add_argument("--select", metavar="KEY", help="select this key once loaded (detail pane)")
+    p.add_argument("--filter", metavar="TEXT", help="start with this key filter")
+    p.add_argument("--screenshot", metavar="OUT.png", help="render the window to a PNG once everything has loaded, "
+                   "then exit (works offscreen)")
+    p.add_argument("--size", default="1400x860", help="window size for --screenshot (default 1400x860)")
+    p.add_argument("--settings", metavar="FILE.ini", help=argparse.SUPPRESS)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    targets = ([args.model] if args.model else []) + [t for t in (args.left, args.right) if t]
+    if len(targets) > 2:
+        print("error: at most two things to open (LEFT RIGHT, or --model SPEC RIGHT)", file=sys.stderr)
+        return 2
+    if args.screenshot and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")   # a screenshot needs no screen
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setOrganizationName(ORG)
+    app.setApplicationName(APP)
+    from . import resources
+    resources.apply_style(app)
+    from .errors_ui import install_excepthook
+    from .main_window import MainWindow
+    settings = QSettings(args.settings, QSettings.IniFormat) if args.settings else QSettings(ORG, APP)
+    window = MainWindow(settings)
+    install_excepthook(lambda: window)
+    if args.screenshot:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            print(f"error: --size {args.size!r}: expected WIDTHxHEIGHT", file=sys.stderr)
+            return 2
+        window.resize(w, h)
+    window.show()
+    if args.filter:
+        window.filter_edit.setText(args.filter)
+    if args.select:
+        window.select_when_ready = args.select
+    state = {"rc": 0}
+
+    def start():
+        if not targets:
+            window.open_demo()
+            return
+        if args.simulate:
+            window.simulate_wanted = True
+        for side, text in enumerate(targets):
+            window.open_path(side, text)
+    QTimer.singleShot(0, start)       # the window paints first, then work starts (torch is imported in a worker)
+    if args.screenshot:
+        _schedule_screenshot(app, window, args.screenshot, state)
+    app.exec()
+    from .compute_process import shutdown
+    shutdown()
+    return state["rc"]
+
+
+def _schedule_screenshot(app, window, out: str, state: dict, timeout_s: float = 120.0) -> None:
+    t0 = time.monotonic()
+    calm = {"n": 0}
+    timer = QTimer(window)
+
+    def tick():
+        idle = window.is_idle() and (window.comparison is not None or window.load_failures > 0)
+        calm["n"] = calm["n"] + 1 if idle else 0
+        late = time.monotonic() - t0 > timeout_s
+        if calm["n"] < 4 and not late:
+            return
+        timer.stop()
+        if late:
+            print("warning: still busy after %.0f s; taking the screenshot anyway" % timeout_s, file=sys.stderr)
+        try:
+            save_screenshot(window, out)
+            print(f"wrote {out}")
+        except OSError as e:
+            print(f"error: cannot write {out}: {e}", file=sys.stderr)
+            state["rc"] = 2
+        window.close()
+        app.quit()
+    timer.timeout.connect(tick)
+    timer.start(100)
+
+
+def save_screenshot(window, out: str) -> None:
+    """Render the window to a PNG (atomically)."""
+    from .detail_pane import atomic_write_bytes
+    pm = window.grab()
+    ba = QByteArray()
+    buf = QBuffer(ba)
+    buf.open(QIODevice.WriteOnly)
+    pm.save(buf, "PNG", 6)
+    buf.close()
+    atomic_write_bytes(os.fspath(out), bytes(ba.data()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

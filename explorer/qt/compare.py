@@ -1,0 +1,359 @@
+"""The aligned comparison the window shows: the union of two sides' keys as one module tree, each leaf holding what
+the left and the right side have at that key and a status.
+
+Plain Python (no Qt): built in a worker thread, then handed to ``StateTreeModel``. Filtering is done here too, on
+Python lists, and gives a smaller ``Tree`` to show (a recursive ``QSortFilterProxyModel`` is ~1 s per keystroke
+at 100k rows).
+"""
+from __future__ import annotations
+
+import gc
+import re
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+# statuses: the same strings as explorer.core.records (kept literal here so this module does not import the core
+# package -- and torch with it -- at window start-up)
+MATCHED = "matched"
+VALUE_CHANGED = "changed"
+MISSING = "missing"
+UNEXPECTED = "unexpected"
+SHAPE_MISMATCH = "shape_mismatch"
+DTYPE_CAST = "dtype_cast"
+RUNNING_STAT = "running_stat_overwritten"
+NOT_LOADED = "not_loaded"
+IDENTICAL = "identical"
+CHANGED = "changed"
+ONLY_A = "only_a"
+ONLY_B = "only_b"
+SHAPE_DIFFERS = "shape_differs"
+DTYPE_DIFFERS = "dtype_differs"
+SAME_LAYOUT = "same_layout"        # ours: both sides have the key, same shape and dtype, values not compared yet
+
+NON_PERSISTENT = "non_persistent"
+
+# What counts for "problems only": what would break or silently change a load.
+PROBLEM_STATUSES = frozenset({MISSING, UNEXPECTED, SHAPE_MISMATCH, DTYPE_CAST, RUNNING_STAT, NOT_LOADED,
+                              ONLY_A, ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS})
+# What counts for "differences only": anything but "the same".
+SAME_STATUSES = frozenset({MATCHED, IDENTICAL, SAME_LAYOUT, None})
+
+
+@dataclass
+class SideData:
+    """One opened side, as the window needs it (computed off the GUI thread)."""
+
+    side: Any                      # explorer.core Checkpoint or ModelSide
+    text: str                      # what the user opened (path or spec)
+    entry: tuple | None            # the chosen state dict inside a checkpoint
+    infos: dict                    # key -> TensorInfo (a model: non-persistent buffers included)
+    classes: dict                  # module name -> ModuleInfo
+
+    @property
+    def is_model(self) -> bool:
+        return getattr(self.side, "kind", "") == "model"
+
+    @property
+    def label(self) -> str:
+        return str(getattr(self.side, "path", self.text))
+
+
+def load_side_data(text: str, entry: tuple | None = None, *, progress=None, should_stop=None) -> SideData:
+    """Open a path or model spec (the worker half of File -> Open)."""
+    with _INIT_LOCK:   # two panes open at once: the core's reader registry must be complete before either uses it
+        from explorer.core.loaders import readers
+        readers()
+        from explorer.core.sides import open_side   # imports torch: only ever in a worker
+        freeze_heap()
+    was = gc.isenabled()
+    gc.disable()                                   # PERFORMANCE.md: the cyclic GC taxes bulk parsing after torch
+    try:
+        side = open_side(text)
+        return side_data(side, text, entry)
+    finally:
+        if was:
+            gc.enable()
+
+
+_frozen_after_torch = False
+_INIT_LOCK = threading.Lock()
+
+
+def freeze_heap() -> None:
+    """Move everything allocated so far (Qt, pyqtgraph, torch: hundreds of thousands of objects) out of the cyclic
+    GC's reach. Without it a full collection takes 50-110 ms and, holding the GIL, stalls the GUI thread."""
+    global _frozen_after_torch
+    if not _frozen_after_torch:
+        gc.freeze()
+        _frozen_after_torch = "torch" in sys.modules
+
+
+def side_data(side, text: str, entry: tuple | None = None) -> SideData:
+    if getattr(side, "kind", "") == "model":
+        infos = side.all_infos() if hasattr(side, "all_infos") else side.state_dict_infos()
+        entry = ()
+    else:
+        if entry is None:
+            entry = side.default_state_dict
+        infos = side.state_dict_infos(entry) if entry is not None else {}
+    try:
+        classes = side.module_classes(entry)
+    except Exception:   # classes are decoration: never fail a load for them
+        classes = {}
+    return SideData(side, text, entry, dict(infos), dict(classes))
+
+
+class Row:
+    """A leaf: the key on both sides and its status."""
+
+    __slots__ = ("key", "left", "right", "diff_status", "sim_status", "explanation", "max_abs_diff", "renamed_from")
+
+    def __init__(self, key: str, left=None, right=None):
+        self.key = key
+        self.left = left                 # TensorInfo or None
+        self.right = right
+        self.diff_status: str | None = structural_status(left, right)
+        self.sim_status: str | None = None
+        self.explanation = ""
+        self.max_abs_diff: float | None = None
+        self.renamed_from: str | None = None   # the right side's original key when a remap renamed it
+
+    def info(self, side: int):
+        return self.left if side == 0 else self.right
+
+
+def structural_status(left, right) -> str | None:
+    """What the two sides' headers alone say about a key."""
+    if left is None and right is None:
+        return None
+    if right is None:
+        return None if getattr(left, "kind", "") == NON_PERSISTENT else ONLY_A
+    if left is None:
+        return ONLY_B
+    if tuple(left.shape) != tuple(right.shape):
+        return SHAPE_DIFFERS
+    if left.dtype != right.dtype:
+        return DTYPE_DIFFERS
+    return SAME_LAYOUT
+
+
+@dataclass
+class ModuleData:
+    """A module row: classes on each side, totals, and how many problems/differences lie below."""
+
+    path: str
+    classes: list = field(default_factory=lambda: [None, None])
+    present: list = field(default_factory=lambda: [0, 0])     # tensors below, per side
+    nbytes: list = field(default_factory=lambda: [0, 0])
+    problems: int = 0
+    differences: int = 0
+
+
+class Comparison:
+    """Union of the left and right keys as one tree (``explorer.core.tree.Tree``), leaves carrying ``Row``."""
+
+    def __init__(self, left: SideData | None, right: SideData | None, rename: dict | None = None):
+        from explorer.core.tree import Tree
+        self.left = left
+        self.right = right
+        self.rename = dict(rename or {})            # right key -> key it is shown (and loaded) as
+        self.simulated = False
+        self.report = None                           # LoadReport of the last simulation
+        self.rows: dict[str, Row] = {}
+        lk = left.infos if left else {}
+        rk = right.infos if right else {}
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            right_by_shown: dict[str, Any] = {}
+            origin: dict[str, str] = {}
+            for key, info in rk.items():
+                shown = self.rename.get(key, key)
+                right_by_shown[shown] = info
+                if shown != key:
+                    origin[shown] = key
+            for key, info in lk.items():
+                self.rows[key] = Row(key, info, right_by_shown.get(key))
+            for key, info in right_by_shown.items():
+                if key not in self.rows:
+                    self.rows[key] = Row(key, None, info)
+            for key, orig in origin.items():
+                self.rows[key].renamed_from = orig
+            self.tree = Tree(self.rows.keys())
+            for key, row in self.rows.items():
+                self.tree.by_key[key].data = row
+            self.modules: dict[str, ModuleData] = {}
+            self._build_modules()
+            self.recount()
+        finally:
+            if was:
+                gc.enable()
+
+    # ---- modules ------------------------------------------------------------------------------------------------
+    def _build_modules(self) -> None:
+        tree = self.tree
+        for path, node in tree.by_path.items():
+            if not node.is_leaf or node.children:
+                self.modules[path] = ModuleData(path)
+        for i, sd in enumerate((self.left, self.right)):
+            if sd is None:
+                continue
+            for name, mi in sd.classes.items():
+                md = self.modules.get(name)
+                if md is not None:
+                    md.classes[i] = getattr(mi, "class_name", str(mi))
+        for key, row in self.rows.items():
+            parts = key.split(".")
+            for i, info in enumerate((row.left, row.right)):
+                if info is None:
+                    continue
+                prefix = ""
+                md = self.modules[""]
+                md.present[i] += 1
+                md.nbytes[i] += info.nbytes
+                for p in parts[:-1]:
+                    prefix = f"{prefix}.{p}" if prefix else p
+                    md = self.modules.get(prefix)
+                    if md is not None:
+                        md.present[i] += 1
+                        md.nbytes[i] += info.nbytes
+
+    def recount(self) -> None:
+        for md in self.modules.values():
+            md.problems = md.differences = 0
+        for key, row in self.rows.items():
+            st = self.status(row)
+            problem = st in PROBLEM_STATUSES
+            different = st not in SAME_STATUSES
+            if not (problem or different):
+                continue
+            parts = key.split(".")
+            prefix = ""
+            targets = [self.modules[""]]
+            for p in parts[:-1]:
+                prefix = f"{prefix}.{p}" if prefix else p
+                md = self.modules.get(prefix)
+                if md is not None:
+                    targets.append(md)
+            for md in targets:
+                md.problems += problem
+                md.differences += different
+
+    # ---- statuses -----------------------------------------------------------------------------------------------
+    def status(self, row: Row) -> str | None:
+        return row.sim_status if self.simulated else row.diff_status
+
+    def apply_diff(self, report) -> None:
+        """Fill value statuses (identical / changed / ...) from a core DiffReport."""
+        keys = getattr(report, "keys", None) or getattr(report, "entries", None) or {}
+        items = keys.items() if isinstance(keys, dict) else ((getattr(k, "key", None), k) for k in keys)
+        for key, kr in items:
+            shown = self.rename.get(key, key)
+            row = self.rows.get(shown) or self.rows.get(key)
+            if row is None:
+                continue
+            row.diff_status = getattr(kr, "status", row.diff_status)
+            mad = getattr(kr, "max_abs_diff", None)
+            row.max_abs_diff = mad
+            expl = getattr(kr, "explanation", "") or ""
+            if expl and not self.simulated:
+                row.explanation = expl
+        self.recount()
+
+    def apply_simulation(self, report) -> None:
+        """Paint a core LoadReport: per key status and explanation."""
+        self.simulated = True
+        self.report = report
+        for row in self.rows.values():
+            row.sim_status = None
+            row.explanation = ""
+        keys = getattr(report, "keys", {}) or {}
+        for key, kr in keys.items():
+            row = self.rows.get(key)
+            if row is None:      # an unexpected key known under its original (un-renamed) name
+                row = next((r for r in self.rows.values() if r.renamed_from == key), None)
+            if row is None:
+                continue
+            row.sim_status = kr.status
+            row.explanation = getattr(kr, "explanation", "") or ""
+        for row in self.rows.values():
+            if row.sim_status is None and row.left is not None and row.left.kind == NON_PERSISTENT:
+                row.explanation = row.explanation or "non-persistent buffer: not in state_dict(), never loaded"
+        self.recount()
+
+    def clear_simulation(self) -> None:
+        self.simulated = False
+        self.report = None
+        self.recount()
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.rows.values():
+            st = self.status(row)
+            out[st] = out.get(st, 0) + 1
+        return out
+
+    # ---- filtering ----------------------------------------------------------------------------------------------
+    def filtered_keys(self, text: str = "", *, regex: bool = False, differences_only: bool = False,
+                      problems_only: bool = False) -> list[str] | None:
+        """Keys to show, or None when nothing is filtered (show the whole tree)."""
+        if not text and not differences_only and not problems_only:
+            return None
+        match: Callable[[str], Any]
+        if text and regex:
+            try:
+                pattern = re.compile(text, re.IGNORECASE)
+            except re.error as e:
+                raise ValueError(f"regular expression: {e}") from e
+            match = pattern.search
+        elif text:
+            low = text.lower()
+            match = lambda k: low in k.lower()  # noqa: E731
+        else:
+            match = None  # type: ignore[assignment]
+        out = []
+        status = self.status
+        for key, row in self.rows.items():
+            if match is not None and not match(key):
+                continue
+            if problems_only or differences_only:
+                st = status(row)
+                if problems_only and st not in PROBLEM_STATUSES:
+                    continue
+                if differences_only and st in SAME_STATUSES:
+                    continue
+            out.append(key)
+        return out
+
+    def subtree(self, keys: Iterable[str]):
+        """A Tree over some keys, sharing this comparison's rows."""
+        from explorer.core.tree import Tree
+        was = gc.isenabled()
+        gc.disable()
+        try:
+            t = Tree(keys)
+            for key, node in t.by_key.items():
+                node.data = self.rows[key]
+            return t
+        finally:
+            if was:
+                gc.enable()
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return ""
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{int(f)} B" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1024
+    return str(n)
+
+
+def shape_text(shape) -> str:
+    if shape is None:
+        return ""
+    return "(" + ", ".join(str(s) for s in shape) + ")" if len(shape) != 1 else f"({shape[0]},)"

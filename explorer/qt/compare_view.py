@@ -1,0 +1,354 @@
+"""The two aligned panes and the status column between them.
+
+Three ``QTreeView``s show one ``StateTreeModel`` (left columns | status | right columns) and share one selection
+model, so a row is the same index in all three; expanding, collapsing and scrolling are mirrored. Drops of files or
+folders land here: one onto a pane opens it there, two fill both panes.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, Qt, Signal
+from PySide6.QtGui import QFontMetrics
+from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter,
+                               QToolButton, QTreeView, QVBoxLayout, QWidget)
+
+from . import compare as C
+from .tree_model import (COLUMNS, LEFT, LEFT_COLUMNS, NAME_COLUMN, RIGHT, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole,
+                         StateTreeModel)
+
+HEADER_HEIGHT = 62   # every panel's header has this height, so the three views start at the same y
+
+
+def urls_to_paths(mime) -> list[str]:
+    if mime is None or not mime.hasUrls():
+        return []
+    out = []
+    for url in mime.urls():
+        if url.isLocalFile():
+            out.append(url.toLocalFile())
+    return out
+
+
+class PaneHeader(QFrame):
+    """Above a pane: which side, what is open, the state-dict chooser and an inline error line."""
+
+    sig_entry_chosen = Signal(object)       # the chosen entry path (tuple)
+    sig_open_clicked = Signal()
+
+    def __init__(self, title: str, parent=None):
+        super().__init__(parent)
+        self.setObjectName("PaneHeader")
+        self.setFixedHeight(HEADER_HEIGHT)
+        self.title = QLabel(f"<b>{title}</b>")
+        self.path = QLabel("nothing open: drop a checkpoint here, or use File → Open")
+        self.path.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.path.setMinimumWidth(50)
+        self.info = QLabel("")
+        self.info.setStyleSheet("color: palette(mid);")
+        self.entry = QComboBox()
+        self.entry.setToolTip("Which mapping of tensors inside the file to use as the state dict (best first)")
+        self.entry.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.entry.setMinimumContentsLength(26)
+        self.entry.hide()
+        self.entry.activated.connect(self._on_entry)
+        self.error = QLabel("")
+        self.error.setObjectName("InlineError")
+        self.error.setStyleSheet("color: #C0392B;")
+        self.error.setWordWrap(False)
+        self.error.hide()
+        for label in (self.path, self.info, self.error):   # long texts must never widen the pane
+            label.setMinimumWidth(1)
+            label.setSizePolicy(QSizePolicy.Ignored, QSizePolicy.Preferred)
+        self.open_button = QToolButton()
+        self.open_button.setText("Open…")
+        self.open_button.clicked.connect(self.sig_open_clicked)
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.title)
+        top.addWidget(self.path, 1)
+        top.addWidget(self.open_button)
+        bottom = QHBoxLayout()
+        bottom.setContentsMargins(0, 0, 0, 0)
+        bottom.addWidget(self.info, 1)
+        bottom.addWidget(self.error, 1)
+        bottom.addWidget(self.entry)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 2, 4, 2)
+        lay.setSpacing(2)
+        lay.addLayout(top)
+        lay.addLayout(bottom)
+        self._full_path = ""
+        self._entries: list[tuple] = []
+
+    def set_side(self, data: "C.SideData | None") -> None:
+        self.error.hide()
+        if data is None:
+            self._full_path = ""
+            self.path.setText("nothing open: drop a checkpoint here, or use File → Open")
+            self.info.setText("")
+            self.entry.hide()
+            return
+        side = data.side
+        self._full_path = data.label
+        self._elide_path()
+        self.path.setToolTip(data.label)
+        n = len(data.infos)
+        nbytes = sum(i.nbytes for i in data.infos.values())
+        kind = "model" if data.is_model else getattr(side, "format", "checkpoint")
+        refs = getattr(side, "references", []) or []
+        extra = f", names {len(refs)} objects" if refs else ""
+        self.info.setText(f"{kind} · {n} tensors · {C.human_bytes(nbytes)}{extra}")
+        self.info.setToolTip("objects the file names (never run):\n" + "\n".join(refs[:40]) if refs else "")
+        sds = list(getattr(side, "state_dicts", []) or [])
+        self.entry.blockSignals(True)
+        self.entry.clear()
+        self._entries = []
+        for ref in sds:
+            label = "/".join(ref.path) or "(top level)"
+            self.entry.addItem(f"{label}  · {ref.tensors} tensors")
+            self.entry.setItemData(self.entry.count() - 1, ref.reason, Qt.ToolTipRole)
+            self._entries.append(tuple(ref.path))
+        if data.entry is not None and tuple(data.entry) in self._entries:
+            self.entry.setCurrentIndex(self._entries.index(tuple(data.entry)))
+        self.entry.blockSignals(False)
+        self.entry.setVisible(not data.is_model and len(sds) > 1)
+
+    def set_error(self, text: str) -> None:
+        self.error.setText(text)
+        self.error.setToolTip(text)
+        self.error.setVisible(bool(text))
+        self.info.setVisible(not text)
+
+    def _on_entry(self, i: int) -> None:
+        if 0 <= i < len(self._entries):
+            self.sig_entry_chosen.emit(self._entries[i])
+
+    def _elide_path(self) -> None:
+        if self._full_path:
+            fm = QFontMetrics(self.path.font())
+            self.path.setText(fm.elidedText(self._full_path, Qt.ElideMiddle, max(self.path.width(), 80)))
+
+    def resizeEvent(self, event):
+        super().resizeEvent(event)
+        self._elide_path()
+
+
+class SyncedTree(QTreeView):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setUniformRowHeights(True)          # 100k rows stay fluid
+        self.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.setSelectionMode(QAbstractItemView.SingleSelection)
+        self.setVerticalScrollMode(QAbstractItemView.ScrollPerPixel)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)   # same viewport height in all three views
+        self.setAllColumnsShowFocus(True)
+        self.setAcceptDrops(False)               # drops go to the CompareView
+        self.setExpandsOnDoubleClick(True)
+        self.setEditTriggers(QAbstractItemView.NoEditTriggers)
+
+
+class CompareView(QWidget):
+    sig_current_changed = Signal(object)            # core tree Node or None
+    sig_files_dropped = Signal(object, list)        # side (LEFT / RIGHT / None for "both"), paths
+    sig_entry_chosen = Signal(int, object)          # side, entry path
+    sig_open_clicked = Signal(int)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setAcceptDrops(True)
+        self.model = StateTreeModel(self)
+        self.left_header = PaneHeader("Left")
+        self.right_header = PaneHeader("Right")
+        self.left_header.sig_entry_chosen.connect(lambda e: self.sig_entry_chosen.emit(LEFT, e))
+        self.right_header.sig_entry_chosen.connect(lambda e: self.sig_entry_chosen.emit(RIGHT, e))
+        self.left_header.sig_open_clicked.connect(lambda: self.sig_open_clicked.emit(LEFT))
+        self.right_header.sig_open_clicked.connect(lambda: self.sig_open_clicked.emit(RIGHT))
+        self.left = SyncedTree()
+        self.status = SyncedTree()
+        self.right = SyncedTree()
+        self.views = (self.left, self.status, self.right)
+        for v in self.views:
+            v.setModel(self.model)
+        # one selection model for all three: selecting is in step by construction
+        self.selection = QItemSelectionModel(self.model, self)   # kept referenced (PySide segfault otherwise)
+        for v in self.views:
+            v.setSelectionModel(self.selection)
+        self.selection.currentChanged.connect(self._on_current)
+        self._configure_columns()
+        self._syncing = False
+        for v in self.views:
+            v.expanded.connect(lambda idx, src=v: self._mirror(src, idx, True))
+            v.collapsed.connect(lambda idx, src=v: self._mirror(src, idx, False))
+            v.verticalScrollBar().valueChanged.connect(lambda val, src=v: self._scroll(src, val))
+        self.left.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.status.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.right.setVerticalScrollBarPolicy(Qt.ScrollBarAlwaysOn)
+        status_header = QLabel("<b>Status</b><br><span style='color:gray'>right → left</span>")
+        status_header.setAlignment(Qt.AlignCenter)
+        status_header.setFixedHeight(HEADER_HEIGHT)
+        self.splitter = QSplitter(Qt.Horizontal)
+        self.splitter.setChildrenCollapsible(False)
+        for header, view in ((self.left_header, self.left), (status_header, self.status),
+                             (self.right_header, self.right)):
+            box = QWidget()
+            lay = QVBoxLayout(box)
+            lay.setContentsMargins(0, 0, 0, 0)
+            lay.setSpacing(0)
+            lay.addWidget(header)
+            lay.addWidget(view, 1)
+            self.splitter.addWidget(box)
+        self.panels = [self.splitter.widget(i) for i in range(3)]
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 0)
+        self.splitter.setStretchFactor(2, 1)
+        self.splitter.setSizes([560, 215, 560])
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.splitter)
+
+    def _configure_columns(self) -> None:
+        for view, shown, tree_col in ((self.left, LEFT_COLUMNS, NAME_COLUMN[LEFT]),
+                                      (self.status, [STATUS_COLUMN], STATUS_COLUMN),
+                                      (self.right, RIGHT_COLUMNS, NAME_COLUMN[RIGHT])):
+            for c in range(len(COLUMNS)):
+                view.setColumnHidden(c, c not in shown)
+            view.setTreePosition(tree_col)
+            h = view.header()
+            h.setStretchLastSection(False)
+            h.setSectionsMovable(False)
+            h.setMinimumSectionSize(30)
+            if view is self.status:
+                view.setIndentation(0)
+                view.setRootIsDecorated(False)
+                h.setSectionResizeMode(STATUS_COLUMN, QHeaderView.Stretch)
+                continue
+            h.setSectionResizeMode(tree_col, QHeaderView.Stretch)
+            widths = {"kind": 100, "shape": 90, "dtype": 70, "size": 70}
+            for c in shown[1:]:
+                h.setSectionResizeMode(c, QHeaderView.Interactive)
+                h.resizeSection(c, widths[COLUMNS[c].field])
+
+    # ---- content ------------------------------------------------------------------------------------------------
+    def set_tree(self, comparison, tree=None, *, expand: str | int = "auto") -> None:
+        """Show a comparison (or a filtered tree of it), keeping the current key and expanded modules if possible."""
+        current = self.current_path()
+        expanded = self.expanded_paths() if self.model.comparison is not None else set()
+        self.model.set_tree(comparison, tree)
+        if comparison is None:
+            return
+        root = tree if tree is not None else comparison.tree
+        n = len(root)
+        if expand == "all" or (expand == "auto" and (n <= 400 or tree is not None and n <= 2000)):
+            self.expand_all()
+        else:
+            self._restore_expanded(expanded)
+        if current:
+            self.select_path(current)
+
+    def refresh(self) -> None:
+        self.model.refresh()
+        for v in self.views:
+            v.viewport().update()
+
+    def expand_all(self) -> None:
+        self._syncing = True
+        try:
+            for v in self.views:
+                v.expandAll()
+        finally:
+            self._syncing = False
+
+    def expanded_paths(self) -> set[str]:
+        out = set()
+        model = self.model
+        stack = [QModelIndex()]
+        while stack and len(out) < 5000:
+            parent = stack.pop()
+            for r in range(model.rowCount(parent)):
+                idx = model.index(r, 0, parent)
+                if model.hasChildren(idx) and self.left.isExpanded(idx):
+                    out.add(model.data(idx, NodeRole).path)
+                    stack.append(idx)
+        return out
+
+    def _restore_expanded(self, paths: set[str]) -> None:
+        self._syncing = True
+        try:
+            if not paths:   # a large tree: open the top level so the panes are not one lone row
+                root = QModelIndex()
+                for r in range(min(self.model.rowCount(root), 200)):
+                    idx = self.model.index(r, 0, root)
+                    for v in self.views:
+                        v.expand(idx)
+                return
+            for path in sorted(paths, key=lambda p: p.count(".")):
+                idx = self.model.index_of_path(path)
+                if idx.isValid():
+                    for v in self.views:
+                        v.expand(idx)
+        finally:
+            self._syncing = False
+
+    def current_node(self):
+        idx = self.selection.currentIndex()
+        return self.model.data(idx, NodeRole) if idx.isValid() else None
+
+    def current_path(self) -> str:
+        node = self.current_node()
+        return node.path if node is not None else ""
+
+    def select_path(self, path: str) -> bool:
+        idx = self.model.index_of_path(path)
+        if not idx.isValid():
+            return False
+        self.selection.setCurrentIndex(idx, QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+        self.right.scrollTo(idx)
+        return True
+
+    # ---- keeping the views in step ----------------------------------------------------------------------------
+    def _mirror(self, src, idx, expand: bool) -> None:
+        if self._syncing:
+            return
+        self._syncing = True
+        try:
+            for v in self.views:
+                if v is not src:
+                    v.setExpanded(idx, expand)
+        finally:
+            self._syncing = False
+
+    def _scroll(self, src, value: int) -> None:
+        for v in self.views:
+            if v is not src and v.verticalScrollBar().value() != value:
+                v.verticalScrollBar().setValue(value)
+
+    def _on_current(self, current: QModelIndex, previous: QModelIndex) -> None:
+        self.sig_current_changed.emit(self.model.data(current, NodeRole) if current.isValid() else None)
+
+    # ---- drag and drop (Qt overrides) -------------------------------------------------------------------------
+    def side_at(self, pos: QPoint) -> int:
+        """The pane under a point of this widget (the status column counts for the nearer pane)."""
+        for side, panel in ((LEFT, self.panels[0]), (RIGHT, self.panels[2])):
+            if panel.geometry().contains(self.splitter.mapFrom(self, pos)):
+                return side
+        return LEFT if pos.x() < self.width() / 2 else RIGHT
+
+    def dragEnterEvent(self, event):
+        if urls_to_paths(event.mimeData()):
+            event.acceptProposedAction()
+        else:
+            event.ignore()
+
+    def dragMoveEvent(self, event):
+        if urls_to_paths(event.mimeData()):
+            event.acceptProposedAction()
+
+    def dropEvent(self, event):
+        paths = urls_to_paths(event.mimeData())
+        if not paths:
+            event.ignore()
+            return
+        event.acceptProposedAction()
+        if len(paths) >= 2:
+            self.sig_files_dropped.emit(None, paths[:2])
+        else:
+            self.sig_files_dropped.emit(self.side_at(event.position().toPoint()), paths)

@@ -1,0 +1,177 @@
+"""Number crunching in a child process, so the GUI thread never waits for the GIL.
+
+Measured on a shared 2-core machine: with statistics (2 threads) and a diff running in *threads* of the window's
+process, the event loop stalled 150-330 ms at a time (the GUI thread drops the GIL in every Qt call and must win it
+back from busy workers, which the OS may have descheduled). In a child process the GUI process only copies tensors
+into shared memory and waits on a pipe.
+
+One long-lived child (``spawn``: no fork of a process holding Qt and threads), started ahead of need. Jobs are plain
+functions of this package's Qt-free modules, called by name; progress and cancellation cross the pipe. Results and
+exceptions come back pickled (``explorer.errors`` types keep their class, so expected errors stay expected).
+"""
+from __future__ import annotations
+
+import importlib
+import threading
+import traceback
+from typing import Any
+
+from explorer.errors import Cancelled
+
+_CANCEL_POLL_S = 0.02
+
+
+def _child_main(conn, cancel) -> None:  # the child process
+    import torch.multiprocessing  # noqa: F401  (tensors arrive through shared memory)
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        job, func_path, args, kwargs = msg
+        last = [0.0]
+
+        def progress(done, total, _job=job):
+            import time
+            now = time.monotonic()
+            if now - last[0] > 0.05 or done >= total:
+                last[0] = now
+                conn.send(("progress", _job, int(done), int(total)))
+
+        def should_stop(_job=job):
+            return cancel.value == _job
+        try:
+            mod_name, _, fn_name = func_path.rpartition(".")
+            fn = getattr(importlib.import_module(mod_name), fn_name)
+            out = fn(*args, progress=progress, should_stop=should_stop, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+            text = traceback.format_exc()
+            try:
+                conn.send(("error", job, e, text))
+            except Exception:  # an exception that cannot be pickled: send its text
+                conn.send(("error", job, RuntimeError(f"{type(e).__name__}: {e}"), text))
+        else:
+            conn.send(("result", job, out, None))
+
+
+class ComputeProcess:
+    """The parent's handle: ``call("module.function", *args, progress=..., should_stop=...)`` from a worker
+    thread (one call at a time; a lock queues the rest)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc = None
+        self._conn = None
+        self._cancel = None
+        self._job = 0
+        self._start_lock = threading.Lock()
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._proc is not None and self._proc.is_alive():
+                return
+            import multiprocessing as mp
+
+            import torch.multiprocessing  # noqa: F401  (registers shared-memory pickling of tensors)
+            ctx = mp.get_context("spawn")
+            parent, child = ctx.Pipe()
+            self._cancel = ctx.Value("q", -1, lock=False)
+            self._proc = ctx.Process(target=_child_main, args=(child, self._cancel), daemon=True,
+                                     name="state-dict-explorer-compute")
+            # The child needs only this package. Hide the main module while the spawn data is prepared, so the
+            # child never re-runs whatever script started the window (an unguarded one would open a second
+            # window in the child and never answer).
+            import sys
+            import types
+            real_main = sys.modules["__main__"]
+            sys.modules["__main__"] = types.ModuleType("__main__")
+            try:
+                self._proc.start()
+            finally:
+                sys.modules["__main__"] = real_main
+            child.close()
+            self._conn = parent
+
+    def call(self, func_path: str, *args, progress=None, should_stop=None, **kwargs) -> Any:
+        with self._lock:
+            self.start()
+            self._job += 1
+            job = self._job
+            self._cancel.value = -1
+            self._conn.send((job, func_path, args, kwargs))
+            cancelled = False
+            while True:
+                if not cancelled and should_stop is not None and should_stop():
+                    self._cancel.value = job   # the child raises Cancelled at its next check
+                    cancelled = True
+                if not self._conn.poll(_CANCEL_POLL_S):
+                    if not self._proc.is_alive():
+                        code = self._proc.exitcode
+                        self._proc = None
+                        raise RuntimeError(f"the compute process died (exit code {code}); it restarts on the "
+                                           "next request")
+                    continue
+                kind, got, payload, text = self._read()
+                if got != job:
+                    continue
+                if kind == "progress":
+                    if progress is not None and not cancelled:
+                        try:
+                            progress(payload, text)
+                        except Cancelled:
+                            self._cancel.value = job
+                            cancelled = True
+                    continue
+                if kind == "error":
+                    if isinstance(payload, BaseException):
+                        payload.__traceback_text__ = text  # type: ignore[attr-defined]
+                        raise payload
+                    raise RuntimeError(str(payload))
+                if cancelled:
+                    raise Cancelled(f"{func_path}: cancelled")
+                return payload
+
+    def _read(self):
+        msg = self._conn.recv()
+        if msg[0] == "progress":
+            _, job, done, total = msg
+            return "progress", job, done, total
+        return msg
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if proc is None:
+            return
+        try:
+            if self._cancel is not None:
+                self._cancel.value = self._job
+            conn.send(None)
+        except Exception:  # noqa: BLE001
+            pass
+        try:
+            proc.join(timeout)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(1.0)
+        except (AssertionError, OSError, ValueError):   # never started, or already gone
+            pass
+
+
+_ENGINE: ComputeProcess | None = None
+
+
+def engine() -> ComputeProcess:
+    global _ENGINE
+    if _ENGINE is None:
+        import atexit
+        _ENGINE = ComputeProcess()
+        atexit.register(shutdown)
+    return _ENGINE
+
+
+def shutdown() -> None:
+    if _ENGINE is not None:
+        _ENGINE.shutdown()

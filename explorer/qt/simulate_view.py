@@ -1,0 +1,183 @@
+"""The banner above the panes: what ``load_state_dict`` would do, in plain words, with torch's exact message, and
+the remap suggestions (preview, apply, export). Also the place for inline messages (expected errors)."""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QFont
+from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QToolButton, QVBoxLayout,
+                               QWidget)
+
+from . import compare as C
+
+OK_STYLE = "QFrame#Banner { background: #e8f6ef; border: 1px solid #009E73; border-radius: 4px; }"
+BAD_STYLE = "QFrame#Banner { background: #fdecea; border: 1px solid #C0392B; border-radius: 4px; }"
+INFO_STYLE = "QFrame#Banner { background: #eef3fa; border: 1px solid #0072B2; border-radius: 4px; }"
+
+
+def plural(n: int, word: str, many: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (many or word + 's')}"
+
+
+def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, str]:
+    """(raises, plain-words summary) of a LoadReport."""
+    keys = getattr(report, "keys", {}) or {}
+    counts: dict[str, int] = {}
+    running = []
+    for k, kr in keys.items():
+        counts[kr.status] = counts.get(kr.status, 0) + 1
+        if kr.status == C.RUNNING_STAT:
+            running.append(k)
+    raises = bool(getattr(report, "raises", False))
+    loads = counts.get(C.MATCHED, 0) + counts.get(C.VALUE_CHANGED, 0) + counts.get(C.DTYPE_CAST, 0) + \
+        counts.get(C.RUNNING_STAT, 0)
+    missing = len(getattr(report, "missing_keys", []) or []) or counts.get(C.MISSING, 0)
+    unexpected = len(getattr(report, "unexpected_keys", []) or []) or counts.get(C.UNEXPECTED, 0)
+    shape = counts.get(C.SHAPE_MISMATCH, 0)
+    cast = counts.get(C.DTYPE_CAST, 0)
+    if raises:
+        head = f"<b>✗ load_state_dict would raise {getattr(report, 'error_type', '') or 'an error'}.</b>"
+    else:
+        head = "<b>✓ load_state_dict would succeed.</b>"
+    explanation = getattr(report, "explanation", "") or ""
+    if explanation:
+        head += " " + _html(explanation)
+    parts = [f"{plural(loads, 'key')} would load"
+             + (f" ({counts.get(C.VALUE_CHANGED, 0) + counts.get(C.RUNNING_STAT, 0)} with new values)" if loads else ""),
+             f"{missing} would stay missing", f"{unexpected} would be ignored (unexpected)"]
+    if shape:
+        parts.append(f"<span style='color:#C0392B'>{plural(shape, 'shape mismatch', 'shape mismatches')}</span>")
+    if cast:
+        parts.append(f"{cast} would be cast to the model's dtype")
+    if counts.get(C.NOT_LOADED):
+        parts.append(f"{counts[C.NOT_LOADED]} not reached")
+    text = head + "<br>In numbers: " + ", ".join(parts) + "."
+    if running:
+        shown = ", ".join(running[:4]) + (f" and {len(running) - 4} more" if len(running) > 4 else "")
+        text += f"<br>⟳ Running statistics overwritten: {shown}."
+    return raises, text
+
+
+def _html(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+class SuggestionRow(QWidget):
+    sig_apply = Signal(object)
+    sig_export = Signal(object)
+
+    def __init__(self, suggestion, parent=None):
+        super().__init__(parent)
+        self.suggestion = suggestion
+        desc = getattr(suggestion, "title", None) or getattr(suggestion, "description", None) or str(suggestion)
+        preview_text = getattr(suggestion, "preview_text", None)
+        ptext = f"  →  {preview_text()}" if callable(preview_text) else ""
+        label = QLabel(f"💡 {desc}<span style='color:#555'>{ptext}</span>")
+        label.setTextFormat(Qt.RichText)
+        label.setWordWrap(True)
+        tip = [getattr(suggestion, "reason", "") or ""]
+        if getattr(suggestion, "snippet", ""):
+            tip.append("Equivalent Python:\n" + suggestion.snippet)
+        label.setToolTip("\n\n".join(t for t in tip if t))
+        self.apply_button = QPushButton("Apply")
+        self.apply_button.setToolTip("Rename the right side's keys this way and re-align the rows")
+        self.export_button = QPushButton("Export fixed…")
+        self.export_button.setToolTip("Save the right side's state dict with this remap applied")
+        self.apply_button.clicked.connect(lambda: self.sig_apply.emit(self.suggestion))
+        self.export_button.clicked.connect(lambda: self.sig_export.emit(self.suggestion))
+        lay = QHBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(label, 1)
+        lay.addWidget(self.apply_button)
+        lay.addWidget(self.export_button)
+
+
+class Banner(QFrame):
+    """Simulation summary, suggestions, or an inline message. Hidden when empty."""
+
+    sig_apply = Signal(object)
+    sig_export = Signal(object)
+    sig_closed = Signal()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setObjectName("Banner")
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        self.summary.setTextFormat(Qt.RichText)
+        self.summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.message = QPlainTextEdit()
+        self.message.setReadOnly(True)
+        mono = QFont("monospace")
+        mono.setStyleHint(QFont.TypeWriter)
+        mono.setPointSize(max(8, self.font().pointSize() - 1))
+        self.message.setFont(mono)
+        self.message.setMaximumHeight(72)
+        self.message.setLineWrapMode(QPlainTextEdit.WidgetWidth)
+        self.message.hide()
+        self.close_button = QToolButton()
+        self.close_button.setText("✕")
+        self.close_button.setAutoRaise(True)
+        self.close_button.setToolTip("Hide this banner")
+        self.close_button.clicked.connect(self._close)
+        self.suggestions_box = QVBoxLayout()
+        self.suggestions_box.setContentsMargins(0, 0, 0, 0)
+        self.rows: list[SuggestionRow] = []
+        top = QHBoxLayout()
+        top.setContentsMargins(0, 0, 0, 0)
+        top.addWidget(self.summary, 1)
+        top.addWidget(self.close_button, 0, Qt.AlignTop)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(8, 4, 8, 4)
+        lay.setSpacing(3)
+        lay.addLayout(top)
+        lay.addWidget(self.message)
+        lay.addLayout(self.suggestions_box)
+        self.raises: bool | None = None
+        self.hide()
+
+    def _close(self) -> None:
+        self.hide()
+        self.sig_closed.emit()
+
+    def _clear_suggestions(self) -> None:
+        for row in self.rows:
+            self.suggestions_box.removeWidget(row)
+            row.deleteLater()
+        self.rows = []
+
+    def show_report(self, report, comparison=None) -> None:
+        raises, text = summarize(report, comparison)
+        self.raises = raises
+        self.setStyleSheet(BAD_STYLE if raises else OK_STYLE)
+        self.summary.setText(text)
+        msg = getattr(report, "error_message", "") or ""
+        if msg:
+            etype = getattr(report, "error_type", "") or ""
+            self.message.setPlainText(f"{etype}: {msg}" if etype and not msg.startswith(etype) else msg)
+            self.message.show()
+        else:
+            self.message.hide()
+        self._clear_suggestions()
+        for s in list(getattr(report, "suggestions", []) or [])[:4]:
+            row = SuggestionRow(s)
+            row.sig_apply.connect(self.sig_apply)
+            row.sig_export.connect(self.sig_export)
+            self.suggestions_box.addWidget(row)
+            self.rows.append(row)
+        self.show()
+
+    def show_message(self, html: str, *, error: bool = True, details: str = "") -> None:
+        """An inline message: an expected error or a hint. Cleared by the next action."""
+        self.raises = None
+        self.setStyleSheet(BAD_STYLE if error else INFO_STYLE)
+        self.summary.setText(html)
+        self._clear_suggestions()
+        if details:
+            self.message.setPlainText(details)
+            self.message.show()
+        else:
+            self.message.hide()
+        self.show()
+
+    def text(self) -> str:
+        return self.summary.text() + ("\n" + self.message.toPlainText() if self.message.isVisible() else "")

@@ -1,0 +1,279 @@
+"""``StateTreeModel``: a thin ``QAbstractItemModel`` over the comparison's ``explorer.core.tree.Tree``.
+
+One model holds both sides' columns and the status column; the window shows it in three views (left columns,
+status, right columns) that share one selection model, so rows are the same indexes everywhere and stay aligned.
+``createIndex`` only ever gets nodes the core tree owns; ``parent()`` uses the cached ``node.row``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt
+from PySide6.QtGui import QBrush, QColor, QFont
+
+from . import compare as C
+from . import theme
+
+NodeRole = Qt.UserRole + 1      # data() -> the core tree Node
+KeyRole = Qt.UserRole + 2       # data() -> the full dotted path of the row
+StatusRole = Qt.UserRole + 3    # data() -> status string (leaves) or problem count (modules)
+
+LEFT, RIGHT = 0, 1
+_CELL_ROLES = (Qt.DisplayRole, Qt.DecorationRole, Qt.ForegroundRole, Qt.BackgroundRole, Qt.FontRole,
+               Qt.TextAlignmentRole, Qt.ToolTipRole, StatusRole)
+_ROLES = frozenset(int(r) for r in _CELL_ROLES) | {int(NodeRole), int(KeyRole)}
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    side: int | None                 # LEFT / RIGHT / None (the status column)
+    field: str                       # name / kind / shape / dtype / size / status
+    align: Qt.AlignmentFlag = Qt.AlignLeft | Qt.AlignVCenter
+
+
+COLUMNS = [
+    Column("Name", LEFT, "name"), Column("Kind", LEFT, "kind"), Column("Shape", LEFT, "shape"),
+    Column("Dtype", LEFT, "dtype"), Column("Size", LEFT, "size", Qt.AlignRight | Qt.AlignVCenter),
+    Column("Status", None, "status"),
+    Column("Name", RIGHT, "name"), Column("Kind", RIGHT, "kind"), Column("Shape", RIGHT, "shape"),
+    Column("Dtype", RIGHT, "dtype"), Column("Size", RIGHT, "size", Qt.AlignRight | Qt.AlignVCenter),
+]
+LEFT_COLUMNS = [i for i, c in enumerate(COLUMNS) if c.side == LEFT]
+RIGHT_COLUMNS = [i for i, c in enumerate(COLUMNS) if c.side == RIGHT]
+STATUS_COLUMN = next(i for i, c in enumerate(COLUMNS) if c.side is None)
+NAME_COLUMN = {LEFT: LEFT_COLUMNS[0], RIGHT: RIGHT_COLUMNS[0]}
+
+
+class StateTreeModel(QAbstractItemModel):
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.comparison: C.Comparison | None = None
+        self._root = _EmptyRoot()
+        self._cells: dict[tuple[int, int], dict] = {}
+        self._bold = QFont()
+        self._bold.setBold(True)
+        self._italic = QFont()
+        self._italic.setItalic(True)
+
+    # ---- content ------------------------------------------------------------------------------------------------
+    def set_tree(self, comparison: "C.Comparison | None", tree=None) -> None:
+        """Show a comparison (or a filtered tree of it): a reset, as a new file is a new model."""
+        self.beginResetModel()
+        self._cells.clear()
+        self.comparison = comparison
+        self._root = (tree.root if tree is not None else comparison.tree.root) if comparison else _EmptyRoot()
+        self.endResetModel()
+
+    def refresh(self) -> None:
+        """Statuses changed (a simulation or diff landed): repaint everything, same structure."""
+        self._cells.clear()
+        if self.rowCount() == 0:
+            return
+        self.layoutAboutToBeChanged.emit()
+        self.layoutChanged.emit()
+
+    def node(self, index: QModelIndex):
+        if index.isValid():
+            return index.internalPointer()
+        return self._root
+
+    def index_of_path(self, path: str) -> QModelIndex:
+        """The index of a dotted path in the tree shown (invalid if the filter hides it); walks parents, O(depth)."""
+        if self.comparison is None or not path:
+            return QModelIndex()
+        node = self._root
+        for part in path.split("."):
+            nxt = _child(node, part)
+            if nxt is None:
+                return QModelIndex()
+            node = nxt
+        return self.createIndex(node.row, 0, node)
+
+    # ---- QAbstractItemModel (Qt overrides keep Qt's names) ------------------------------------------------------
+    def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
+        if column < 0 or column >= len(COLUMNS) or row < 0:
+            return QModelIndex()
+        if parent.isValid() and parent.column() != 0:
+            return QModelIndex()
+        pnode = self.node(parent)
+        if row >= len(pnode.children):
+            return QModelIndex()
+        return self.createIndex(row, column, pnode.children[row])
+
+    def parent(self, index: QModelIndex = QModelIndex()):  # type: ignore[override]
+        if not index.isValid():
+            return QModelIndex()
+        node = index.internalPointer()
+        parent = node.parent
+        if parent is None or parent is self._root:
+            return QModelIndex()
+        return self.createIndex(parent.row, 0, parent)
+
+    def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
+        if parent.isValid() and parent.column() != 0:
+            return 0
+        return len(self.node(parent).children)
+
+    def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
+        return len(COLUMNS)
+
+    def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:
+        if parent.isValid() and parent.column() != 0:
+            return False
+        return bool(self.node(parent).children)
+
+    def flags(self, index: QModelIndex):
+        return _FLAGS if index.isValid() else _NO_FLAGS
+
+    def headerData(self, section: int, orientation, role=Qt.DisplayRole):
+        if orientation == Qt.Horizontal and 0 <= section < len(COLUMNS):
+            if role == Qt.DisplayRole:
+                return COLUMNS[section].header
+            if role == Qt.TextAlignmentRole:
+                return int(COLUMNS[section].align)
+        return None
+
+    def data(self, index: QModelIndex, role=Qt.DisplayRole) -> Any:
+        # Painting asks for ~10 roles per visible cell; most are not ours. Answer those at once, and compute each
+        # cell's roles once (cached until the content or the statuses change): a repaint is then dict lookups.
+        if role not in _ROLES or not index.isValid():
+            return None
+        node = index.internalPointer()
+        if role == NodeRole:
+            return node
+        if role == KeyRole:
+            return node.path
+        ckey = (id(node), index.column())
+        cell = self._cells.get(ckey)
+        if cell is None:
+            cell = self._cells[ckey] = self._cell(node, COLUMNS[index.column()])
+        return cell.get(int(role))
+
+    def _cell(self, node, col: Column) -> dict:
+        try:
+            if node.is_leaf and not node.children:
+                return self._leaf_cell(node, node.data, col)
+            return self._module_cell(node, col)
+        except Exception as e:  # noqa: BLE001 - one odd tensor shows an error text; painting carries on
+            return {Qt.DisplayRole: f"**error**: {e}"}
+
+    # ---- cells: every role of one cell at once ---------------------------------------------------------------
+    def _leaf_cell(self, node, row: "C.Row", col: Column) -> dict:
+        comp = self.comparison
+        if col.side is None:
+            status = comp.status(row) if comp else None
+            text, glyph, color = theme.status_style(status)
+            out = {StatusRole: status, Qt.ToolTipRole: _tooltip(row, status), Qt.TextAlignmentRole: _CENTER}
+            if text:
+                out[Qt.DisplayRole] = f"{glyph} {text}"
+                out[Qt.ForegroundRole] = _brush("white")
+                if status != C.SAME_LAYOUT:
+                    out[Qt.BackgroundRole] = _brush(color)
+            else:
+                out[Qt.DisplayRole] = ""
+            return out
+        info = row.info(col.side)
+        f = col.field
+        if info is None:          # the placeholder: this side lacks the key
+            return {Qt.BackgroundRole: _HATCH if f == "name" else _PLACEHOLDER, Qt.DisplayRole: ""}
+        out = {Qt.TextAlignmentRole: int(col.align)}
+        if f == "name":
+            out[Qt.DisplayRole] = f"{node.name}  ← {row.renamed_from}" if col.side == RIGHT and row.renamed_from \
+                else node.name
+            out[Qt.ToolTipRole] = (f"{row.key}\n{info.kind}, {C.shape_text(info.shape)} {info.dtype}, "
+                                   f"{C.human_bytes(info.nbytes)}"
+                                   f"{', saved from ' + info.device if info.device not in ('cpu', '?') else ''}")
+        elif f == "kind":
+            style = theme.KIND_STYLE.get(info.kind, theme.KIND_STYLE["tensor"])
+            out[Qt.DisplayRole] = theme.KIND_STYLE.get(info.kind, (info.kind,))[0]
+            out[Qt.DecorationRole] = theme.kind_icon(info.kind)
+            out[Qt.ForegroundRole] = _brush(style[2])
+        elif f == "shape":
+            out[Qt.DisplayRole] = C.shape_text(info.shape)
+        elif f == "dtype":
+            out[Qt.DisplayRole] = info.dtype
+        elif f == "size":
+            out[Qt.DisplayRole] = C.human_bytes(info.nbytes)
+        if info.kind == C.NON_PERSISTENT:
+            out[Qt.FontRole] = self._italic
+        return out
+
+    def _module_cell(self, node, col: Column) -> dict:
+        comp = self.comparison
+        md = comp.modules.get(node.path) if comp else None
+        if md is None:
+            return {}
+        if col.side is None:
+            out = {StatusRole: md.problems, Qt.TextAlignmentRole: _CENTER}
+            if md.problems:
+                out[Qt.DisplayRole] = f"⚠ {md.problems} problem{'s' if md.problems != 1 else ''}"
+                out[Qt.ForegroundRole] = _brush("#C0392B")
+                out[Qt.FontRole] = self._bold
+            elif md.differences:
+                out[Qt.DisplayRole] = f"Δ {md.differences} differ"
+            else:
+                out[Qt.DisplayRole] = ""
+            return out
+        side = col.side
+        present = md.present[side]
+        f = col.field
+        if not present:
+            return {Qt.BackgroundRole: _HATCH if f == "name" else _PLACEHOLDER}
+        cls = md.classes[side]
+        out = {Qt.TextAlignmentRole: int(col.align),
+               Qt.ToolTipRole: f"{node.path}{'  (' + cls + ')' if cls else ''}\n{present} tensors, "
+                               f"{md.problems} problems below"}
+        if f == "name":
+            out[Qt.DisplayRole] = f"{node.name}  {cls}" if cls else node.name
+        elif f == "kind":
+            out[Qt.DisplayRole] = f"{present} tensor{'s' if present != 1 else ''}"
+            out[Qt.ForegroundRole] = _brush("#7f8c8d")
+        elif f == "size":
+            out[Qt.DisplayRole] = C.human_bytes(md.nbytes[side])
+        else:
+            out[Qt.DisplayRole] = ""
+        return out
+
+
+_CENTER = int(Qt.AlignCenter)
+_FLAGS = Qt.ItemIsEnabled | Qt.ItemIsSelectable
+_NO_FLAGS = Qt.NoItemFlags
+_PLACEHOLDER = QBrush(theme.PLACEHOLDER_BG)
+_HATCH = QBrush(theme.PLACEHOLDER_BG, Qt.BDiagPattern)
+
+
+@lru_cache(maxsize=None)
+def _brush(color: str) -> QBrush:
+    return QBrush(QColor(color))
+
+
+def _tooltip(row: "C.Row", status) -> str:
+    text = theme.status_text(status)
+    parts = [row.key, text]
+    if row.renamed_from:
+        parts.append(f"right side key: {row.renamed_from}")
+    if row.max_abs_diff is not None:
+        parts.append(f"max |Δ| = {row.max_abs_diff:.4g}")
+    if row.explanation:
+        parts.append(row.explanation)
+    return "\n".join(p for p in parts if p)
+
+
+def _child(node, name):
+    child = getattr(node, "child", None)
+    return child(name) if child else None
+
+
+class _EmptyRoot:
+    """The root shown before anything is open."""
+    children: list = []
+    parent = None
+    row = 0
+    path = ""
+    name = ""
+    key = None
+    data = None
+    is_leaf = False

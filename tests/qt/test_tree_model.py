@@ -1,0 +1,126 @@
+"""The tree model over the core tree: Qt's model tester, placeholders, problem counts, filtering."""
+from __future__ import annotations
+
+from PySide6.QtCore import QModelIndex, Qt
+
+from explorer.core.records import BUFFER, NON_PERSISTENT, PARAMETER, TENSOR, ModuleInfo, TensorInfo
+from explorer.qt import compare as C
+from explorer.qt.tree_model import LEFT_COLUMNS, NAME_COLUMN, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole, StateTreeModel
+
+
+def info(key, shape, dtype="float32", kind=PARAMETER):
+    n = 1
+    for s in shape:
+        n *= s
+    return TensorInfo((key,), tuple(shape), dtype, n * 4, None, "cpu", kind)
+
+
+def side(infos, classes=None):
+    return C.SideData(side=None, text="x", entry=(), infos={i.key: i for i in infos}, classes=classes or {})
+
+
+def sample_comparison():
+    left = side([info("enc.0.weight", (4, 4)), info("enc.0.bias", (4,)), info("enc.bn.running_mean", (4,), kind=BUFFER),
+                 info("enc.bn.mask", (4,), kind=NON_PERSISTENT), info("head.weight", (2, 4))],
+                {"": ModuleInfo("", "Net"), "enc": ModuleInfo("enc", "Encoder"), "enc.bn": ModuleInfo("enc.bn", "BatchNorm1d")})
+    right = side([info("enc.0.weight", (4, 4), kind=TENSOR), info("enc.0.bias", (4,), "float16", kind=TENSOR),
+                  info("enc.bn.running_mean", (4,), kind=TENSOR), info("head.weight", (3, 4), kind=TENSOR),
+                  info("extra.scale", (1,), kind=TENSOR)])
+    return C.Comparison(left, right)
+
+
+def test_model_passes_qt_model_tester(qtmodeltester):
+    model = StateTreeModel()
+    qtmodeltester.check(model)                     # empty
+    comp = sample_comparison()
+    model.set_tree(comp)
+    qtmodeltester.check(model)
+    model.set_tree(comp, comp.subtree(comp.filtered_keys("bn")))   # a reset to a filtered tree
+    qtmodeltester.check(model)
+    model.set_tree(None)
+    qtmodeltester.check(model)
+
+
+def test_union_tree_placeholders_and_statuses():
+    comp = sample_comparison()
+    rows = comp.rows
+    assert list(rows) == ["enc.0.weight", "enc.0.bias", "enc.bn.running_mean", "enc.bn.mask", "head.weight",
+                          "extra.scale"]
+    assert rows["enc.0.weight"].diff_status == C.SAME_LAYOUT
+    assert rows["enc.0.bias"].diff_status == C.DTYPE_DIFFERS
+    assert rows["head.weight"].diff_status == C.SHAPE_DIFFERS
+    assert rows["extra.scale"].diff_status == C.ONLY_B and rows["extra.scale"].left is None
+    assert rows["enc.bn.mask"].diff_status is None       # non-persistent: never saved, so never "only left"
+    model = StateTreeModel()
+    model.set_tree(comp)
+    extra = model.index_of_path("extra.scale")
+    assert extra.isValid()
+    left_name = extra.siblingAtColumn(NAME_COLUMN[0])
+    right_name = extra.siblingAtColumn(NAME_COLUMN[1])
+    assert model.data(left_name) == ""                   # placeholder on the left
+    assert model.data(left_name, Qt.BackgroundRole) is not None
+    assert model.data(right_name) == "scale"
+    assert "only right" in model.data(extra.siblingAtColumn(STATUS_COLUMN))
+    # module rows: class and problem count
+    enc = model.index_of_path("enc")
+    assert model.data(enc.siblingAtColumn(NAME_COLUMN[0])) == "enc  Encoder"
+    assert model.data(enc.siblingAtColumn(STATUS_COLUMN)) == "⚠ 1 problem"      # the dtype difference
+    root_problems = comp.modules[""].problems
+    assert root_problems == 3   # dtype, shape, only right
+    # kinds are distinct in text and decoration
+    mask = model.index_of_path("enc.bn.mask")
+    kind_col = LEFT_COLUMNS[1]
+    assert model.data(mask.siblingAtColumn(kind_col)) == "non-persistent"
+    assert model.data(mask.siblingAtColumn(kind_col), Qt.DecorationRole) is not None
+    assert model.data(model.index_of_path("enc.0.weight").siblingAtColumn(kind_col)) == "parameter"
+    assert model.data(model.index_of_path("enc.0.weight").siblingAtColumn(RIGHT_COLUMNS[1])) == "tensor"
+
+
+def test_parent_and_index_round_trip():
+    comp = sample_comparison()
+    model = StateTreeModel()
+    model.set_tree(comp)
+    stack = [QModelIndex()]
+    seen = 0
+    while stack:
+        parent = stack.pop()
+        for r in range(model.rowCount(parent)):
+            idx = model.index(r, 0, parent)
+            assert model.parent(idx) == parent
+            node = model.data(idx, NodeRole)
+            assert model.index_of_path(node.path) == idx
+            seen += 1
+            stack.append(idx)
+    assert seen == len(comp.tree.by_path) - 1
+
+
+def test_filters():
+    comp = sample_comparison()
+    assert comp.filtered_keys() is None
+    assert comp.filtered_keys("BN") == ["enc.bn.running_mean", "enc.bn.mask"]
+    assert comp.filtered_keys(r"^enc\.\d", regex=True) == ["enc.0.weight", "enc.0.bias"]
+    assert comp.filtered_keys(problems_only=True) == ["enc.0.bias", "head.weight", "extra.scale"]
+    assert "enc.0.weight" not in comp.filtered_keys(differences_only=True)
+    try:
+        comp.filtered_keys("[", regex=True)
+    except ValueError as e:
+        assert "regular expression" in str(e)
+    else:
+        raise AssertionError("a bad regex must raise ValueError")
+
+
+def test_hundred_thousand_keys_build_and_filter_quickly():
+    import time
+    keys = [info(f"layers.{i}.block{j}.weight", (8,)) for i in range(10_000) for j in range(10)]
+    t = time.perf_counter()
+    comp = C.Comparison(side(keys), side(keys[:50_000]))
+    build = time.perf_counter() - t
+    t = time.perf_counter()
+    few = comp.filtered_keys("layers.9999.")
+    filt = time.perf_counter() - t
+    assert len(few) == 10 and len(comp.subtree(few)) == 10
+    model = StateTreeModel()
+    model.set_tree(comp)
+    assert model.rowCount() == 1 and model.rowCount(model.index(0, 0)) == 10_000
+    # generous bounds (shared machines): building is a worker's job, filtering happens per keystroke
+    assert build < 10 and filt < 0.5, (build, filt)

@@ -1,0 +1,324 @@
+"""The window with real files: aligned panes, drag and drop, simulate, the detail pane, errors, keyboard, settings."""
+from __future__ import annotations
+
+from PySide6.QtCore import QMimeData, QModelIndex, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
+
+from explorer.qt import compare as C
+from explorer.qt.tree_model import STATUS_COLUMN, NodeRole, StatusRole
+
+from .conftest import open_both, wait_idle
+
+
+def all_indexes(model):
+    out, stack = [], [QModelIndex()]
+    while stack:
+        parent = stack.pop()
+        for r in range(model.rowCount(parent)):
+            idx = model.index(r, 0, parent)
+            out.append(idx)
+            stack.append(idx)
+    return out
+
+
+def row_tops(view, model):
+    """y of every visible row in a view, by key path."""
+    out = {}
+    for idx in all_indexes(model):
+        rect = view.visualRect(idx.siblingAtColumn(_shown_column(view)))
+        if rect.isValid() and rect.height() > 0:
+            out[model.data(idx, NodeRole).path] = (rect.top(), rect.height())
+    return out
+
+
+def _shown_column(view):
+    return next(c for c in range(view.model().columnCount()) if not view.isColumnHidden(c))
+
+
+def assert_aligned(window):
+    cv = window.compare
+    tops = [row_tops(v, cv.model) for v in cv.views]
+    assert tops[0], "nothing visible"
+    assert tops[0] == tops[1] == tops[2]
+    ys = [v.viewport().mapTo(window, v.viewport().rect().topLeft()).y() for v in cv.views]
+    assert len(set(ys)) == 1, f"views start at different heights: {ys}"
+
+
+def test_rows_aligned_and_in_step(qtbot, make_window, two_checkpoints):
+    w = make_window()
+    open_both(qtbot, w, *two_checkpoints)
+    cv = w.compare
+    comp = w.comparison
+    assert set(comp.rows) == {"fc1.weight", "fc1.bias", "fc2.weight", "bn.running_mean", "bn.running_var",
+                              "head.weight"}
+    assert comp.rows["fc2.weight"].right is None and comp.rows["head.weight"].left is None
+    assert_aligned(w)
+    # collapse in the right pane: the left pane and the status column follow
+    fc1 = cv.model.index_of_path("fc1")
+    assert all(v.isExpanded(fc1) for v in cv.views)
+    cv.right.collapse(fc1)
+    assert not cv.left.isExpanded(fc1) and not cv.status.isExpanded(fc1)
+    assert_aligned(w)
+    cv.left.expand(fc1)
+    assert cv.right.isExpanded(fc1) and cv.status.isExpanded(fc1)
+    # selection is shared
+    cv.select_path("bn.running_var")
+    for v in cv.views:
+        assert v.currentIndex() == cv.model.index_of_path("bn.running_var")
+    # status column says what differs, in words
+    status = cv.model.data(cv.model.index_of_path("head.weight").siblingAtColumn(STATUS_COLUMN))
+    assert "only right" in status
+
+
+def test_scrolling_in_step_with_many_rows(qtbot, make_window, tmp_path):
+    import torch
+    a = {f"blocks.{i}.w": torch.zeros(2) for i in range(600)}
+    b = {f"blocks.{i}.w": torch.zeros(2) for i in range(0, 600, 2)}
+    torch.save(a, tmp_path / "many_a.pt")
+    torch.save(b, tmp_path / "many_b.pt")
+    w = make_window()
+    open_both(qtbot, w, tmp_path / "many_a.pt", tmp_path / "many_b.pt")
+    cv = w.compare
+    cv.expand_all()
+    bar = cv.left.verticalScrollBar()
+    assert bar.maximum() > 1000
+    bar.setValue(bar.maximum() // 2)
+    assert cv.right.verticalScrollBar().value() == bar.value() == cv.status.verticalScrollBar().value()
+    cv.right.verticalScrollBar().setValue(77)
+    assert bar.value() == 77
+    assert_aligned(w)
+
+
+def drop(widget, paths, pos):
+    """Real QDragEnterEvent + QDropEvent objects with file URLs, handed to the widget's handlers (Qt only routes
+    sendEvent()'d drops during a platform drag, which offscreen tests cannot start)."""
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(p)) for p in paths])
+    enter = QDragEnterEvent(pos, Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    enter.setAccepted(False)
+    widget.dragEnterEvent(enter)
+    assert enter.isAccepted(), "the drag was refused"
+    event = QDropEvent(QPointF(pos), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    event.setAccepted(False)
+    widget.dropEvent(event)
+    accepted = event.isAccepted()
+    return accepted
+
+
+def test_drop_two_files_opens_both(qtbot, make_window, two_checkpoints):
+    w = make_window()
+    cv = w.compare
+    assert drop(cv, two_checkpoints, cv.rect().center())
+
+    def both():
+        return all(s is not None for s in w.sides) and w.comparison is not None and w.comparison.right is not None
+    qtbot.waitUntil(both, timeout=20000)
+    assert w.sides[0].text == str(two_checkpoints[0]) and w.sides[1].text == str(two_checkpoints[1])
+
+
+def test_drop_one_file_on_the_right_pane(qtbot, make_window, two_checkpoints):
+    w = make_window()
+    cv = w.compare
+    right_panel = cv.panels[2]
+    pos = right_panel.mapTo(cv, right_panel.rect().center())
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=20000) as blocker:
+        assert drop(cv, [two_checkpoints[1]], pos)
+    assert blocker.args == [1]
+    assert w.sides[0] is None and w.sides[1].text == str(two_checkpoints[1])
+
+
+def test_drop_of_non_files_is_refused(make_window):
+    w = make_window()
+    mime = QMimeData()
+    mime.setText("just text")
+    enter = QDragEnterEvent(w.compare.rect().center(), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    enter.setAccepted(False)
+    w.compare.dragEnterEvent(enter)
+    assert not enter.isAccepted()
+
+
+def test_simulate_paints_statuses(qtbot, make_window, model_spec, problem_checkpoint):
+    w = make_window()
+    open_both(qtbot, w, model_spec, problem_checkpoint)
+    with qtbot.waitSignal(w.sig_simulation_done, timeout=30000) as blocker:
+        w.act_simulate.trigger()
+    report = blocker.args[0]
+    model = w.compare.model
+    wait_idle(qtbot, w)
+
+    def status(key):
+        return model.data(model.index_of_path(key).siblingAtColumn(STATUS_COLUMN), StatusRole)
+
+    def text(key):
+        return model.data(model.index_of_path(key).siblingAtColumn(STATUS_COLUMN))
+    assert status("2.bias") == C.MISSING and "missing" in text("2.bias")
+    assert status("extra.weight") == C.UNEXPECTED and "unexpected" in text("extra.weight")
+    assert status("2.weight") == C.SHAPE_MISMATCH and "shape mismatch" in text("2.weight")
+    for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert status(key) == C.RUNNING_STAT and "running stat" in text(key)
+    assert status("0.weight") == C.VALUE_CHANGED
+    # module rows count the problems below them
+    assert model.data(model.index_of_path("2").siblingAtColumn(STATUS_COLUMN)) == "⚠ 2 problems"
+    # the banner: raises, torch's exact message, running statistics named
+    banner = w.banner
+    assert banner.isVisible() and banner.raises is True
+    assert report.error_message and report.error_message in banner.message.toPlainText()
+    assert "size mismatch for 2.weight" in banner.message.toPlainText()
+    assert "would raise RuntimeError" in banner.summary.text()
+    assert "1.running_mean" in banner.summary.text()
+    # problems only: the matched keys go, the problems stay
+    w.problems_only.setChecked(True)
+    qtbot.waitUntil(lambda: not w._filter_pending, timeout=5000)
+    shown = {model.data(i, NodeRole).path for i in all_indexes(model) if model.data(i, NodeRole).is_leaf}
+    assert shown == {"2.bias", "extra.weight", "2.weight", "1.running_mean", "1.running_var",
+                     "1.num_batches_tracked"}
+
+
+def test_simulate_options_and_message_without_model(qtbot, make_window, two_checkpoints):
+    w = make_window()
+    open_both(qtbot, w, *two_checkpoints)
+    w.act_simulate.trigger()
+    assert w.banner.isVisible() and "<b>model</b> on the left" in w.banner.summary.text()
+    assert w.act_simulate.shortcut().toString() == "Ctrl+L"
+
+
+def test_selecting_a_key_draws_both_histograms(qtbot, make_window, two_checkpoints):
+    w = make_window()
+    open_both(qtbot, w, *two_checkpoints)
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000,
+                          check_params_cb=lambda key: key == "fc1.weight"):
+        w.compare.select_path("fc1.weight")
+    d = w.detail
+    xl, yl = d.left_item.getData()
+    xr, yr = d.right_item.getData()
+    assert d.left_item.isVisible() and d.right_item.isVisible()
+    assert yl.sum() == 128 and yr.sum() == 128             # every element of both 16x8 tensors is binned
+    assert len(xl) == len(yl) + 1 or len(xl) == len(yl)   # step mode edges
+    assert d.delta.isVisible() and d.delta_item.isVisible()   # same shapes: right - left
+    dx, dy = d.delta_item.getData()
+    assert dy.sum() == 128
+    assert d.result.delta_max_abs is not None and abs(d.result.delta_max_abs - 0.5) < 1e-5
+    assert d.table.item(2, 0).text() == "128"              # elements
+    # 1-D buffer: per-channel plot of both sides
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000):
+        w.compare.select_path("bn.running_mean")
+    assert d.channel.isVisible()
+    assert len(d.channel_left.getData()[1]) == 16 and len(d.channel_right.getData()[1]) == 16
+    # exports
+    png = w.settings.fileName() + ".png"
+    csvp = w.settings.fileName() + ".csv"
+    d.export_png_to(png)
+    d.export_csv_to(csvp)
+    with open(png, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(csvp, encoding="utf-8") as f:
+        text = f.read()
+    assert "bin_low,bin_high,count_left,count_right" in text and "channel,left,right" in text
+    # log y and bins
+    d.log_y.setChecked(True)
+    assert d.hist.getPlotItem().ctrl.logYCheck.isChecked()
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000):
+        d.bins.setValue(32)
+    assert len(d.result.left.counts) == 32
+
+
+def test_bad_file_shows_error_and_keeps_working(qtbot, make_window, two_checkpoints, tmp_path):
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"PK\x03\x04 this is not really a zip file")
+    w = make_window()
+    open_both(qtbot, w, *two_checkpoints)
+    before = w.sides[1]
+    with qtbot.waitSignal(w.sig_load_failed, timeout=20000) as blocker:
+        w.open_path(1, str(bad))
+    assert blocker.args[0] == 1
+    header = w.compare.right_header
+    assert header.error.isVisible() and "broken.pt" in header.error.text()
+    assert w.sides[1] is before and w.comparison.right is before      # what was open stays open
+    # and the window still works
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000):
+        w.compare.select_path("fc1.bias")
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=20000):
+        w.open_path(1, str(two_checkpoints[0]))
+    assert not header.error.isVisible()
+
+
+def test_unexpected_error_goes_to_a_dialog(qtbot, make_window, two_checkpoints, monkeypatch):
+    import explorer.qt.main_window as mw
+    shown = []
+    monkeypatch.setattr(mw, "show_error_dialog", lambda parent, doing, exc: shown.append((doing, exc)))
+
+    def boom(text, entry=None, **kw):
+        raise ZeroDivisionError("a bug")
+    monkeypatch.setattr(mw.C, "load_side_data", boom)
+    w = make_window()
+    with qtbot.waitSignal(w.sig_load_failed, timeout=10000):
+        w.open_path(0, str(two_checkpoints[0]))
+    assert shown and isinstance(shown[0][1], ZeroDivisionError) and "Opening" in shown[0][0]
+
+
+def test_newest_request_wins(qtbot, make_window):
+    import threading
+    w = make_window()
+    got = []
+    gate = threading.Event()
+
+    def slow(value, *, progress=None, should_stop=None):
+        gate.wait(5)
+        return value
+    w.runner.start("test", "first", slow, "first", on_result=got.append)
+    w.runner.start("test", "second", lambda v, **k: v, "second", on_result=got.append)
+    gate.set()
+    qtbot.waitUntil(lambda: not w.runner.is_busy(), timeout=10000)
+    assert got == ["second"]
+
+
+def test_keyboard_filter_copy_and_settings(qtbot, make_window, two_checkpoints):
+    w = make_window()
+    open_both(qtbot, w, *two_checkpoints)
+    # Ctrl+F / Ctrl+C / Ctrl+O are wired
+    assert w.act_find.shortcut().toString() == "Ctrl+F"
+    assert w.act_copy.shortcut().toString() == "Ctrl+C"
+    assert w.act_open_left.shortcut().toString() == "Ctrl+O"
+    w.compare.select_path("bn.running_mean")
+    w.act_copy.trigger()
+    assert QGuiApplication.clipboard().text() == "bn.running_mean"
+    # filter: substring, then a bad regex shows an error instead of filtering
+    w.filter_edit.setText("running")
+    w.apply_filter()
+    model = w.compare.model
+    leaves = {model.data(i, NodeRole).path for i in all_indexes(model) if model.data(i, NodeRole).is_leaf}
+    assert leaves == {"bn.running_mean", "bn.running_var"}
+    w.regex_box.setChecked(True)
+    w.filter_edit.setText("fc[")
+    w.apply_filter()
+    assert w.filter_count.text() == "bad regex"
+    w.filter_edit.setText("")
+    w.apply_filter()
+    # settings persist: recent files, options, splitters
+    w.act_assign.setChecked(True)
+    w.compare.splitter.setSizes([500, 200, 500])
+    sizes = w.compare.splitter.sizes()
+    w.close()
+    w2 = make_window()
+    assert set(w2.recent_files()[:2]) == {str(two_checkpoints[0]), str(two_checkpoints[1])}
+    assert w2.act_assign.isChecked() and w2.regex_box.isChecked()
+    assert w2.compare.splitter.sizes() == sizes
+
+
+def test_nested_checkpoint_offers_its_state_dicts(qtbot, make_window, tmp_path):
+    import torch
+    sd = {"fc.weight": torch.ones(2, 2), "fc.bias": torch.zeros(2)}
+    ema = {"fc.weight": torch.full((2, 2), 0.5), "fc.bias": torch.zeros(2), "fc.extra": torch.zeros(1)}
+    path = tmp_path / "nested.pt"
+    torch.save({"epoch": 3, "state_dict": sd, "ema": ema}, path)
+    w = make_window()
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=20000):
+        w.open_path(1, str(path))
+    combo = w.compare.right_header.entry
+    assert combo.isVisible() and combo.count() >= 2
+    assert combo.currentText().startswith("state_dict")          # the best one is the default
+    assert w.sides[1].entry == ("state_dict",)
+    i = next(i for i in range(combo.count()) if combo.itemText(i).startswith("ema"))
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=20000):
+        combo.activated.emit(i)
+    assert w.sides[1].entry == ("ema",) and "fc.extra" in w.sides[1].infos
