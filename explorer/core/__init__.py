@@ -1,13 +1,28 @@
-"""The explorer's core: reading checkpoints, model sides, trees (and later simulation, diff, statistics).
+"""The explorer's core: reading checkpoints, model sides, trees, load simulation, diff and statistics.
 
-Never imports Qt: everything here runs and is tested without a display.
+Never imports Qt: everything here runs and is tested without a display. Names are imported lazily, so that
+``import explorer.core.tree`` does not pay for ``import torch`` (about a second) before it is needed.
 """
-from .checkpoint import Checkpoint
-from .loaders import open_checkpoint
-from .model_source import ModelSide, resolve_spec
-from .records import TensorInfo, StateDictRef, Location
-from .sides import open_side
-from .tree import Tree, Node, build_tree
+from __future__ import annotations
 
-__all__ = ["Checkpoint", "open_checkpoint", "ModelSide", "resolve_spec", "TensorInfo", "StateDictRef", "Location",
-           "open_side", "Tree", "Node", "build_tree"]
+import importlib
+
+_EXPORTS = {
+    "Checkpoint": "checkpoint", "open_checkpoint": "loaders", "ModelSide": "model_source",
+    "resolve_spec": "model_source", "TensorInfo": "records", "StateDictRef": "records", "Location": "records",
+    "open_side": "sides", "Tree": "tree", "Node": "tree", "build_tree": "tree",
+    "simulate_load": "simulate", "LoadReport": "simulate", "apply_remap": "remap",
+    "tensor_stats": "stats", "histogram": "stats", "health_scan": "stats", "TensorStats": "stats",
+    "diff_sides": "diff", "DiffReport": "diff",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'explorer.core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

@@ -107,3 +107,15 @@ def test_tree_numeric_order():
     assert [c.name for c in layers.children] == ["0", "1", "2", "10"]
     assert [c.row for c in layers.children] == [0, 1, 2, 3]
     assert tree.by_key["layers.10.w"].parent.parent is layers
+
+
+def test_import_contract_keeps_qt_out_of_the_core():
+    """import-linter's forbidden contract (pyproject.toml): core, errors, cli and commands never import Qt."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    r = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "1 kept, 0 broken" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+
+
+def test_core_package_import_is_lazy():
+    r = run("-c", "import sys, explorer.core, explorer.core.tree; sys.exit('torch' in sys.modules)")
+    assert r.returncode == 0, r.stderr
