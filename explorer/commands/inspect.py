@@ -16,6 +16,7 @@ def add_arguments(p):
 
 
 def inspect_json(side) -> dict:
+    """The ``--json`` object of issue 2: every tensor in file order; ``state_dicts`` best first."""
     return {
         "path": side.path,
         "format": side.format,
@@ -49,6 +50,10 @@ def render_text(side, out) -> None:
     default = side.default_state_dict
     if default is None:
         w("no state dict (no mapping of tensors) in this file\n")
+        for i in side.entries:
+            w(f"  {'/'.join(i.path) or '(the file is one tensor)'}  {list(i.shape)} {i.dtype} {human_bytes(i.nbytes)}\n")
+        if side.entries:
+            w(f"totals: {len(side.entries)} tensors\n")
         return
     infos = side.state_dict_infos(default) if side.kind == "checkpoint" else side.all_infos()
     modules = side.module_classes(default)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable
 
 import numpy as np
@@ -14,17 +15,50 @@ from .safe_pickle import ITEMSIZE, StorageRef, TensorRecord
 TORCH_DTYPES = {name: getattr(torch, name) for name in ITEMSIZE if hasattr(torch, name)}
 
 
-class ByteSource:
-    """Maps a storage key to ``(file, byte offset, byte length)`` and reads it as a copy-on-write memory map.
+class FileMaps:
+    """One private (copy-on-write) memory map per file, shared by every read from it.
 
-    The file is never written: numpy's mode ``"c"`` keeps any write in private memory.
+    A map per tensor would hold one file descriptor and one kernel mapping per live tensor: reading 50,000 tensors
+    runs out of both (EMFILE, ``vm.max_map_count``). Mapping costs no reads; pages are read when touched. Like
+    ``torch.load(mmap=True)``, values read through one map share its private pages: changing a read tensor in place
+    changes what a later read of the same storage returns (never the file) — clone before modifying.
     """
 
-    def __init__(self, resolve: Callable[[StorageRef], tuple[str, int, int]]):
+    def __init__(self):
+        self._maps: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def bytes_of(self, file: str, offset: int, length: int, size: int) -> np.ndarray:
+        with self._lock:
+            m = self._maps.get(file)
+            if m is None or len(m) != size:  # first use, or the file changed: map it again (old views keep theirs)
+                m = self._maps[file] = np.memmap(file, dtype=np.uint8, mode="c", shape=(size,))
+        return m[offset:offset + length]
+
+
+class ByteSource:
+    """Maps a storage key to ``(file, byte offset, byte length)`` and reads it through a copy-on-write memory map.
+
+    The file is never written: numpy's mode ``"c"`` keeps any write in private memory. Sources of one checkpoint
+    may share ``maps`` (see :class:`FileMaps`).
+    """
+
+    def __init__(self, resolve: Callable[[StorageRef], tuple[str, int, int]],
+                 describe: Callable[[StorageRef], tuple[str, str | None, int | None]] | None = None,
+                 maps: FileMaps | None = None):
         self._resolve = resolve
+        self._describe = describe
+        self.maps = maps if maps is not None else FileMaps()
 
     def region(self, ref: StorageRef) -> tuple[str, int, int]:
+        """``(file, byte offset, byte length)`` of a storage: may open the file (zip directory lookup)."""
         return self._resolve(ref)
+
+    def describe(self, ref: StorageRef) -> tuple[str, str | None, int | None]:
+        """``(file, record inside it or None, byte offset or None when not known without a lookup)``, cheaply."""
+        if self._describe is not None:
+            return self._describe(ref)
+        return "", None, None
 
     def storage_bytes(self, ref: StorageRef) -> torch.Tensor:
         file, offset, length = self._resolve(ref)
@@ -40,8 +74,7 @@ class ByteSource:
             raise CorruptFileError(
                 f"{file}: storage {ref.key!r} lies at bytes {offset}..{offset + need} but the file has {size} bytes; "
                 "the file is truncated — re-download or re-save it")
-        arr = np.memmap(file, dtype=np.uint8, mode="c", offset=offset, shape=(need,))
-        return torch.from_numpy(arr)
+        return torch.from_numpy(self.maps.bytes_of(file, offset, need, size))
 
 
 def read_record(record: TensorRecord, *, file_label: str = "") -> torch.Tensor:
@@ -52,8 +85,20 @@ def read_record(record: TensorRecord, *, file_label: str = "") -> torch.Tensor:
     dtype = TORCH_DTYPES.get(record.dtype or "")
     if dtype is None:
         raise CorruptFileError(f"{file_label}: cannot read tensors of dtype {record.dtype!r}")
-    raw = ref.source.storage_bytes(ref)
     itemsize = ITEMSIZE[record.dtype]
+    if (len(record.stride) != len(record.shape) or record.storage_offset < 0
+            or not all(type(st) is int and st >= 0 for st in record.stride)):
+        raise CorruptFileError(f"{file_label}: a tensor of shape {list(record.shape)} has an invalid stride "
+                               f"{list(record.stride)} or storage offset {record.storage_offset}; the file is corrupt")
+    try:
+        raw = ref.source.storage_bytes(ref)
+    except PermissionError as e:
+        from ..errors import UnsupportedFormatError
+        raise UnsupportedFormatError(f"{e.filename or file_label}: permission denied while reading a tensor of "
+                                     f"{file_label} — check the permissions of the checkpoint's files") from e
+    except OSError as e:
+        raise CorruptFileError(f"{e.filename or file_label}: could not read a tensor of {file_label} "
+                               f"({e.strerror or e}); check that every file of the checkpoint is present") from e
     base_offset = 0
     if ref.view is not None:  # legacy format view into a root storage
         base_offset = int(ref.view[1])
@@ -63,7 +108,7 @@ def read_record(record: TensorRecord, *, file_label: str = "") -> torch.Tensor:
     if numel == 0:
         return torch.empty(record.shape, dtype=dtype)
     last = base_offset + record.storage_offset + sum((s - 1) * st for s, st in zip(record.shape, record.stride))
-    if any(st < 0 for st in record.stride) or last >= flat.numel() or record.storage_offset < 0:
+    if last >= flat.numel():
         raise CorruptFileError(
             f"{file_label}: a tensor of shape {list(record.shape)} needs element {last} of a storage holding "
             f"{flat.numel()}; the file is corrupt — re-save it")

@@ -1,17 +1,24 @@
 """A checkpoint as the explorer sees it: the loaded object (tensors as records, foreign objects inert), every tensor's
-path, the candidate state dicts ranked best first, and on-demand access to values."""
+path, the candidate state dicts ranked best first, and on-demand access to values.
+
+Listing is built for files with tens of thousands of tensors: one pass collects every tensor's path and record
+(``_walk``); the :class:`~explorer.core.records.TensorInfo` of an entry is made the first time someone looks at it
+(``entries`` is a lazy, cached sequence); flat formats (safetensors) hand over a table and their records are made on
+demand too.
+"""
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from typing import Any, Iterator
+from collections.abc import Sequence
+from typing import Any, Callable, Iterator
 
 import torch
 
 from ..errors import CorruptFileError, KeyNotFoundError
 from .bytesource import read_record
 from .records import EntryPath, Location, ModuleInfo, StateDictRef, TensorInfo
-from .safe_pickle import Inert, StorageRef, TensorRecord, is_module_state
+from .safe_pickle import Inert, StorageRef, TensorRecord, gc_paused, is_module_state
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
 
@@ -20,7 +27,7 @@ class RecoveredModule(OrderedDict):
     """The state dict of a pickled ``nn.Module`` (``torch.save(model)``), rebuilt from the pickle's structure alone.
 
     Keys are state-dict keys (``"0.weight"``), values tensor records; ``modules`` lists every submodule's class.
-    Non-persistent buffers are left out, as ``state_dict()`` would.
+    Non-persistent buffers are left out, as ``state_dict()`` would (they are kept in ``non_persistent``).
     """
 
     def __init__(self, class_name: str = ""):
@@ -36,6 +43,8 @@ def _recover_module(obj: Inert) -> RecoveredModule:
     stack: list[tuple[str, Any]] = [("", obj)]
     while stack:
         prefix, mod = stack.pop()
+        if len(stack) > 1_000_000 or prefix.count(".") > MAX_DEPTH:  # a module that contains itself
+            raise CorruptFileError(f"module nesting deeper than {MAX_DEPTH} levels")
         state = mod.state_dict() if isinstance(mod, Inert) else None
         name = prefix[:-1]
         qual = mod.global_name if isinstance(mod, Inert) else type(mod).__name__
@@ -63,31 +72,47 @@ def _recover_module(obj: Inert) -> RecoveredModule:
     return out
 
 
-def _normalize(obj: Any, depth: int = 0) -> Any:
-    """Replace pickled modules by their recovered state dicts, everywhere in the object."""
+def _normalize(obj: Any, depth: int = 0, memo: dict | None = None) -> Any:
+    """Replace pickled modules by their recovered state dicts, everywhere in the object.
+
+    A pickle can share one container many times (a "billion laughs" DAG: 64 levels, each holding the level below
+    twice, is 2**64 paths); ``memo`` visits each container once and keeps the sharing."""
+    if memo is None:
+        memo = {}
+    key = id(obj)
+    if key in memo:
+        return memo[key]
     if depth > MAX_DEPTH:
         raise CorruptFileError("nesting deeper than %d levels" % MAX_DEPTH)
-    if is_module_state(obj):
-        return _recover_module(obj)
+    memo[key] = obj  # a cycle back to this container sees it as it is
+    if isinstance(obj, Inert):
+        if is_module_state(obj):
+            out = memo[key] = _recover_module(obj)
+            return out
+        st = obj.state_dict()
+        if isinstance(st, dict):
+            _normalize(st, depth + 1, memo)
+            object.__setattr__(obj, "_state", st)
+        return obj
     if isinstance(obj, dict):
-        for k, v in list(obj.items()):
-            if isinstance(v, (dict, list, Inert)):
-                obj[k] = _normalize(v, depth + 1)
+        for k, v in obj.items():
+            if isinstance(v, (dict, list, tuple, Inert)):
+                new = _normalize(v, depth + 1, memo)
+                if new is not v:
+                    obj[k] = new  # replacing a value while iterating is fine: the key set does not change
         return obj
     if isinstance(obj, list):
         for i, v in enumerate(obj):
             if isinstance(v, (dict, list, tuple, Inert)):
-                obj[i] = _normalize(v, depth + 1)
+                obj[i] = _normalize(v, depth + 1, memo)
         return obj
     if isinstance(obj, tuple):
         if any(isinstance(v, (dict, list, tuple, Inert)) for v in obj):
-            return tuple(_normalize(v, depth + 1) for v in obj)
+            new = tuple(_normalize(v, depth + 1, memo) for v in obj)
+            if any(a is not b for a, b in zip(new, obj)):
+                memo[key] = new
+                return new
         return obj
-    if isinstance(obj, Inert):
-        st = obj.state_dict()
-        if isinstance(st, dict):
-            _normalize(st, depth + 1)
-            object.__setattr__(obj, "_state", st)
     return obj
 
 
@@ -95,7 +120,7 @@ def children(obj: Any) -> Iterator[tuple[str, Any]]:
     """The named children of a container in the loaded object (list indices as strings)."""
     if isinstance(obj, dict):
         for k, v in obj.items():
-            yield str(k), v
+            yield (k if type(k) is str else str(k)), v
     elif isinstance(obj, (list, tuple)):
         for i, v in enumerate(obj):
             yield str(i), v
@@ -109,6 +134,25 @@ def children(obj: Any) -> Iterator[tuple[str, Any]]:
             yield from ((str(i), v) for i, v in enumerate(obj._items))
 
 
+def _child(obj: Any, part: str) -> Any:
+    """``obj``'s child named ``part`` (as :func:`children` names it); raises ``LookupError`` when there is none."""
+    if isinstance(obj, dict):
+        if part in obj:
+            return obj[part]
+        for k, v in obj.items():
+            if type(k) is not str and str(k) == part:
+                return v
+        raise LookupError(part)
+    if isinstance(obj, (list, tuple)):
+        if part.isdigit() and str(int(part)) == part and int(part) < len(obj):
+            return obj[int(part)]
+        raise LookupError(part)
+    for key, value in children(obj):
+        if key == part:
+            return value
+    raise LookupError(part)
+
+
 _GOOD_NAMES = {"state_dict": 3.0, "model_state_dict": 3.0, "model_state": 2.5, "model": 2.5, "module": 2.0,
                "net": 2.0, "network": 2.0, "weights": 2.0, "params": 1.5, "ema": 1.2, "model_ema": 1.2,
                "state_dict_ema": 1.2, "generator": 1.5, "student": 1.3, "teacher": 1.1}
@@ -117,10 +161,10 @@ _OPTIMIZER_KEYS = {"exp_avg", "exp_avg_sq", "momentum_buffer", "step", "max_exp_
                    "sum", "mu", "eta", "ax", "prev", "step_size"}
 
 
-def _score(path: EntryPath, mapping: dict, n_tensors: int) -> tuple[float, str]:
+def _score(path: EntryPath, mapping, n_tensors: int) -> tuple[float, str]:
     score = float(n_tensors)
     reasons = []
-    keys = [str(k) for k in mapping.keys()]
+    keys = [k if type(k) is str else str(k) for k in mapping.keys()]
     if any("." in k for k in keys):
         score *= 2.0
         reasons.append("dotted module keys")
@@ -146,72 +190,199 @@ def _score(path: EntryPath, mapping: dict, n_tensors: int) -> tuple[float, str]:
     return score, ", ".join(reasons)
 
 
+class FlatTable:
+    """A flat state dict described by a table instead of records (safetensors): the reader has parsed and checked
+    every key, shape, dtype and byte range; records are made on demand by ``make_record(i)``."""
+
+    __slots__ = ("keys", "make_record", "records")
+
+    def __init__(self, keys: list[str], make_record: Callable[[int], TensorRecord]):
+        self.keys = keys
+        self.make_record = make_record
+        self.records: list[TensorRecord | None] = [None] * len(keys)
+
+    def record(self, i: int) -> TensorRecord:
+        rec = self.records[i]
+        if rec is None:
+            rec = self.records[i] = self.make_record(i)
+        return rec
+
+
+class EntryList(Sequence):
+    """Every tensor of a checkpoint in file order, as :class:`TensorInfo`; each made the first time it is looked at."""
+
+    __slots__ = ("_ck", "_infos")
+
+    def __init__(self, ck: "Checkpoint"):
+        self._ck = ck
+        self._infos: list[TensorInfo | None] = [None] * len(ck._paths)
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self._infos)))]
+        info = self._infos[i]
+        if info is None:
+            if i < 0:
+                i += len(self._infos)
+            info = self._infos[i] = self._ck._make_info(i)
+        return info
+
+    def __iter__(self):
+        infos = self._infos
+        if None in infos:
+            make = self._ck._make_info
+            with gc_paused():
+                for i, info in enumerate(infos):
+                    if info is None:
+                        infos[i] = make(i)
+        return iter(infos)
+
+    def __eq__(self, other):
+        if isinstance(other, (EntryList, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self):
+        return f"<{len(self)} entries of {self._ck.path}>"
+
+
+def _location(ref: StorageRef, rec: TensorRecord, fallback_file: str) -> Location:
+    source = ref.source
+    describe = getattr(source, "describe", None)
+    if describe is not None:
+        file, record, offset = describe(ref)
+    else:
+        file, record, offset = fallback_file, f"data/{ref.key}", None
+    return Location(file, record, offset, ref.nbytes, rec.storage_offset, rec.stride, ref.key)
+
+
 class Checkpoint:
-    """What a reader found in a file or folder. Build with a reader (``explorer.core.loaders.open_checkpoint``)."""
+    """What a reader found in a file or folder. Build with a reader (``explorer.core.loaders.open_checkpoint``).
+
+    ``root`` is the loaded object; readers of flat formats may pass ``table`` (a :class:`FlatTable`) instead, and
+    the root is then made the first time it is asked for.
+    """
 
     kind = "checkpoint"
 
-    def __init__(self, path: str, fmt: str, root: Any, references: list[str] | None = None,
-                 metadata: dict | None = None):
+    def __init__(self, path: str, fmt: str, root: Any = None, references: list[str] | None = None,
+                 metadata: dict | None = None, *, table: FlatTable | None = None):
         self.path = str(path)
         self.format = fmt
-        self.root = _normalize(root)
         self.references = list(references or [])
         self.metadata = dict(metadata or {})   # format-level metadata (safetensors __metadata__, ...)
-        self._records: dict[EntryPath, TensorRecord] = {}
-        self.entries: list[TensorInfo] = []
-        self.state_dicts: list[StateDictRef] = []
-        self._walk()
+        self._table = table
+        self._kinds: dict[int, str] = {}
+        self._index: dict | None = None
+        with gc_paused():
+            if table is not None:
+                self._root = None
+                self._paths = _KeyPaths(table.keys)
+                self._recs: list[TensorRecord] | None = None
+                self._by_parent: dict[EntryPath, range | list[int]] = {(): range(len(table.keys))}
+                self.state_dicts = self._rank([((), _KeysOnly(table.keys), len(table.keys))]) if table.keys else []
+            else:
+                try:
+                    self._root = _normalize(root)
+                except CorruptFileError as e:
+                    raise CorruptFileError(f"{self.path}: {e}; the file is not a checkpoint (or is hostile) — "
+                                           "nothing was loaded") from None
+                self._walk()
+        self.entries: EntryList = EntryList(self)
 
     # ---- structure ---------------------------------------------------------------------------------------------
+    @property
+    def root(self) -> Any:
+        """The loaded object: tensors as records, foreign objects as inert placeholders."""
+        if self._root is None and self._table is not None:
+            table = self._table
+            with gc_paused():
+                self._root = OrderedDict((k, table.record(i)) for i, k in enumerate(table.keys))
+        return self._root
+
+    @property
+    def _records(self) -> dict[EntryPath, TensorRecord]:  # kept for callers of the first version
+        return {p: self._record_at(i) for i, p in enumerate(self._paths)}
+
     def _walk(self) -> None:
-        candidates: list[tuple[EntryPath, dict, int]] = []
-        seen: set[int] = set()
-        stack: list[tuple[EntryPath, Any]] = [((), self.root)]
+        paths: list[EntryPath] = []
+        recs: list[TensorRecord] = []
+        kinds = self._kinds
+        by_parent: dict[EntryPath, list[int]] = {}
+        candidates: list[tuple] = []  # (path, mapping) of every dict, in the order they are first seen
+        root = self._root
+        if isinstance(root, TensorRecord):  # torch.save(tensor): the file is one tensor, at the empty path
+            self._paths, self._recs, self._by_parent, self.state_dicts = [()], [root], {}, []
+            return
+        seen = {id(root)}
+        # a frame: path, iterator over (key, value), kinds of a recovered module, indices of its tensors
+        stack: list[tuple] = [self._frame((), root, candidates, by_parent)]
         while stack:
-            path, obj = stack.pop()
-            if len(path) > MAX_DEPTH:
-                raise CorruptFileError(f"{self.path}: nesting deeper than {MAX_DEPTH} levels")
-            if isinstance(obj, TensorRecord):
-                self._records[path] = obj
-                self.entries.append(self._info(path, obj))
-                continue
-            if id(obj) in seen or not isinstance(obj, (dict, list, tuple, Inert)):
-                continue
-            seen.add(id(obj))
-            kids = list(children(obj))
-            if isinstance(obj, dict):
-                n = sum(isinstance(v, TensorRecord) for _, v in kids)
-                if n:
-                    candidates.append((path, obj, n))
-            for key, value in reversed(kids):
-                stack.append((path + (key,), value))
+            path, it, mod_kinds, idx = stack[-1]
+            for key, value in it:
+                if isinstance(value, TensorRecord):
+                    i = len(paths)
+                    paths.append(path + (key,))
+                    recs.append(value)
+                    idx.append(i)
+                    if mod_kinds is not None:
+                        kind = mod_kinds.get(key)
+                        if kind is not None:
+                            kinds[i] = kind
+                    continue
+                if isinstance(value, (dict, list, tuple, Inert)):
+                    if id(value) in seen:  # shared or cyclic container: listed once, where first seen
+                        continue
+                    seen.add(id(value))
+                    if len(stack) >= MAX_DEPTH:
+                        raise CorruptFileError(f"{self.path}: nesting deeper than {MAX_DEPTH} levels; the file is "
+                                               "not a checkpoint (or is hostile) — nothing was loaded")
+                    stack.append(self._frame(path + (key,), value, candidates, by_parent))
+                    break
+            else:
+                stack.pop()
+        self._paths, self._recs, self._by_parent = paths, recs, by_parent
+        self.state_dicts = self._rank([(p, m, len(by_parent[p])) for p, m in candidates if by_parent[p]])
+
+    @staticmethod
+    def _frame(path, obj, candidates, by_parent):
+        idx: list[int] = []
+        by_parent[path] = idx
+        if isinstance(obj, dict):
+            candidates.append((path, obj))
+            items = ((k if type(k) is str else str(k), v) for k, v in obj.items()) \
+                if not all(type(k) is str for k in obj) else iter(obj.items())
+            return path, items, obj.kinds if isinstance(obj, RecoveredModule) else None, idx
+        return path, children(obj), None, idx
+
+    def _rank(self, candidates) -> list[StateDictRef]:
         ranked = []
         for path, mapping, n in candidates:
             score, reason = _score(path, mapping, n)
             ranked.append(StateDictRef(path, n, score, reason))
         ranked.sort(key=lambda r: -r.score)  # stable: file order breaks ties
-        self.state_dicts = ranked
+        return ranked
 
-    def _info(self, path: EntryPath, rec: TensorRecord) -> TensorInfo:
+    def _record_at(self, i: int) -> TensorRecord:
+        if self._recs is not None:
+            return self._recs[i]
+        return self._table.record(i)  # type: ignore[union-attr]
+
+    def _make_info(self, i: int) -> TensorInfo:
+        rec = self._record_at(i)
+        path = self._paths[i]
+        kind = self._kinds.get(i) or ("parameter" if rec.is_parameter else "tensor")
         ref = rec.storage
-        kind = "parameter" if rec.is_parameter else "tensor"
-        parent = self._parent_of(path)
-        if isinstance(parent, RecoveredModule):
-            kind = parent.kinds.get(path[-1], kind)
         if isinstance(ref, StorageRef):
-            loc = Location(file=self.path, record=f"data/{ref.key}", storage_nbytes=ref.nbytes,
-                           storage_offset=rec.storage_offset, stride=rec.stride, storage_key=ref.key)
-            device = ref.device
+            loc, device = _location(ref, rec, self.path), ref.device
         else:
-            loc, device = None, "?"
+            loc, device = None, "meta"
         return TensorInfo(path, rec.shape, rec.dtype or "unknown", rec.nbytes, loc, device, kind, rec.requires_grad)
-
-    def _parent_of(self, path: EntryPath):
-        try:
-            return self.get(path[:-1])
-        except KeyNotFoundError:
-            return None
 
     @property
     def default_state_dict(self) -> EntryPath | None:
@@ -223,15 +394,27 @@ class Checkpoint:
 
     def get(self, path: EntryPath) -> Any:
         """The object at ``path`` in the loaded object (tensors as records, foreign objects inert)."""
+        path = tuple(path)
+        if self._table is not None and self._root is None and len(path) == 1:
+            i = self._index_of(path)
+            if i is not None:
+                return self._record_at(i)
         obj = self.root
         for part in path:
-            for key, value in children(obj):
-                if key == part:
-                    obj = value
-                    break
-            else:
-                raise KeyNotFoundError(f"{self.path}: no entry {'/'.join(path)!r}")
+            try:
+                obj = _child(obj, part)
+            except LookupError:
+                raise KeyNotFoundError(f"{self.path}: no entry {'/'.join(path)!r}") from None
         return obj
+
+    def _index_of(self, path: EntryPath) -> int | None:
+        if self._table is not None:  # indexed by key: a flat table's paths are (key,)
+            if self._index is None:
+                self._index = {k: i for i, k in enumerate(self._table.keys)}
+            return self._index.get(path[0]) if len(path) == 1 else None
+        if self._index is None:
+            self._index = {p: i for i, p in enumerate(self._paths)}
+        return self._index.get(path)
 
     def resolve_entry(self, entry: str | EntryPath | None) -> EntryPath:
         """``None`` -> the best state dict; ``"/"`` -> the root; ``"a/b"`` -> ``("a", "b")``."""
@@ -239,19 +422,21 @@ class Checkpoint:
             if self.default_state_dict is None:
                 raise KeyNotFoundError(f"{self.path}: holds no mapping of tensors to use as a state dict")
             return self.default_state_dict
-        if isinstance(entry, tuple):
-            return entry
+        if isinstance(entry, (tuple, list)):
+            return tuple(entry)
         path = tuple(p for p in entry.strip("/").split("/") if p) if entry.strip("/") else ()
-        self.get(path)
+        if path not in self._by_parent:
+            self.get(path)
         return path
 
     def state_dict_infos(self, entry: str | EntryPath | None = None) -> "OrderedDict[str, TensorInfo]":
         """key -> TensorInfo for the tensors of one state dict (default: the best one), in file order."""
         path = self.resolve_entry(entry)
-        n = len(path)
+        entries = self.entries
         out: OrderedDict[str, TensorInfo] = OrderedDict()
-        for info in self.entries:
-            if len(info.path) == n + 1 and info.path[:n] == path:
+        with gc_paused():
+            for i in self._by_parent.get(path, ()):
+                info = entries[i]
                 out[info.path[-1]] = info
         return out
 
@@ -265,13 +450,16 @@ class Checkpoint:
 
     # ---- values ------------------------------------------------------------------------------------------------
     def record(self, path: EntryPath) -> TensorRecord:
-        rec = self._records.get(tuple(path))
-        if rec is None:
+        i = self._index_of(tuple(path))
+        if i is None:
             raise KeyNotFoundError(f"{self.path}: no tensor at {'/'.join(path)!r}")
-        return rec
+        return self._record_at(i)
 
     def read(self, path: EntryPath) -> torch.Tensor:
-        """One tensor's values, read on demand (memory-mapped where the format allows)."""
+        """One tensor's values, read on demand (memory-mapped where the format allows).
+
+        Tensors read from one checkpoint share one private map per file (see ``bytesource.FileMaps``): clone a
+        value before changing it in place if later reads must see the file's bytes."""
         return read_record(self.record(path), file_label=self.path)
 
     def read_key(self, key: str, entry: str | EntryPath | None = None) -> torch.Tensor:
@@ -284,40 +472,90 @@ class Checkpoint:
         values. A state dict keeps its ``_metadata`` (BatchNorm versions etc.), as torch relies on it.
         """
         path = self.resolve_entry(entry)
-        return self._materialize(self.get(path), path, device, 0)
+        return self._materialize(self.get(path), path, device, 0, {})
 
-    def _materialize(self, obj, path, device, depth):
+    def _materialize(self, obj, path, device, depth, memo):
+        """``memo``: an object shared in the file is made once and shared in the result, as torch.load does."""
         if depth > MAX_DEPTH:
             raise CorruptFileError(f"{self.path}: nesting deeper than {MAX_DEPTH} levels")
+        if not isinstance(obj, (TensorRecord, dict, list, tuple)):
+            return obj
+        done = memo.get(id(obj))
+        if done is not None:
+            return done[1]
         if isinstance(obj, TensorRecord):
             if device == "meta":
-                from .bytesource import TORCH_DTYPES
-                dt = TORCH_DTYPES.get(obj.dtype or "")
-                if dt is None:
-                    raise CorruptFileError(f"{self.path}: cannot represent dtype {obj.dtype!r} at {'/'.join(path)}")
-                t = torch.empty_strided(obj.shape, obj.stride, dtype=dt, device="meta") \
-                    if len(obj.stride) == len(obj.shape) else torch.empty(obj.shape, dtype=dt, device="meta")
+                t = self._meta_tensor(obj, path)
             else:
-                t = self.read(path)
-            return torch.nn.Parameter(t, requires_grad=obj.requires_grad) if obj.is_parameter else t
-        if isinstance(obj, dict):
+                t = read_record(obj, file_label=self.path)
+            out = torch.nn.Parameter(t, requires_grad=obj.requires_grad) if obj.is_parameter else t
+        elif isinstance(obj, dict):
             out = OrderedDict() if isinstance(obj, OrderedDict) else {}
+            memo[id(obj)] = (obj, out)
             for k, v in obj.items():
-                out[k] = self._materialize(v, path + (str(k),), device, depth + 1)
+                out[k] = self._materialize(v, path + (str(k),), device, depth + 1, memo)
             meta = getattr(obj, "_metadata", None)
             if meta is not None:
                 if not isinstance(out, OrderedDict):
                     out = OrderedDict(out)
                 out._metadata = meta  # type: ignore[attr-defined]
-            return out
-        if isinstance(obj, list):
-            return [self._materialize(v, path + (str(i),), device, depth + 1) for i, v in enumerate(obj)]
-        if isinstance(obj, tuple):
-            return tuple(self._materialize(v, path + (str(i),), device, depth + 1) for i, v in enumerate(obj))
-        return obj
+        elif isinstance(obj, list):
+            out = []
+            memo[id(obj)] = (obj, out)
+            out.extend(self._materialize(v, path + (str(i),), device, depth + 1, memo) for i, v in enumerate(obj))
+        else:
+            out = tuple(self._materialize(v, path + (str(i),), device, depth + 1, memo) for i, v in enumerate(obj))
+        memo[id(obj)] = (obj, out)  # keeps ``obj`` alive so its id stays its own
+        return out
+
+    def _meta_tensor(self, rec: TensorRecord, path) -> torch.Tensor:
+        from .bytesource import TORCH_DTYPES
+        where = "/".join(path) or "/"
+        dt = TORCH_DTYPES.get(rec.dtype or "")
+        if dt is None:
+            raise CorruptFileError(f"{self.path}: cannot represent dtype {rec.dtype!r} at {where}")
+        try:
+            if len(rec.stride) == len(rec.shape) and all(type(s) is int and s >= 0 for s in rec.stride):
+                return torch.empty_strided(rec.shape, rec.stride, dtype=dt, device="meta")
+            return torch.empty(rec.shape, dtype=dt, device="meta")
+        except (RuntimeError, TypeError, ValueError, OverflowError) as e:
+            raise CorruptFileError(f"{self.path}: the tensor at {where} has an impossible shape {list(rec.shape)[:8]} "
+                                   f"({type(e).__name__}); the file is corrupt") from None
 
     def close(self) -> None:
         """Nothing stays open between reads; kept for symmetry with other sides."""
 
     def __repr__(self):
         return f"Checkpoint({self.path!r}, {self.format}, {len(self.entries)} tensors)"
+
+
+class _KeyPaths(Sequence):
+    """The entry paths of a flat table, ``(key,)``, made when asked for (no 50,000 tuples up front)."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys):
+        self._keys = keys
+
+    def __len__(self):
+        return len(self._keys)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [(k,) for k in self._keys[i]]
+        return (self._keys[i],)
+
+    def __iter__(self):
+        return ((k,) for k in self._keys)
+
+
+class _KeysOnly:
+    """Enough of a mapping for :func:`_score`: its keys."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self, keys):
+        self._keys = keys
+
+    def keys(self):
+        return self._keys

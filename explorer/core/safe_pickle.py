@@ -8,6 +8,8 @@ inert placeholder class that only remembers what it was called with. ``persisten
 """
 from __future__ import annotations
 
+import _compat_pickle
+import gc
 import io
 import pickle
 from collections import OrderedDict
@@ -28,17 +30,28 @@ ITEMSIZE = {
     "float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int64": 8, "int32": 4, "int16": 2, "int8": 1,
     "uint8": 1, "uint16": 2, "uint32": 4, "uint64": 8, "bool": 1, "complex64": 8, "complex128": 16, "complex32": 4,
     "float8_e4m3fn": 1, "float8_e5m2": 1, "float8_e4m3fnuz": 1, "float8_e5m2fnuz": 1, "float8_e8m0fnu": 1,
-    "qint8": 1, "quint8": 1, "qint32": 4,
+    "float4_e2m1fn_x2": 1, "qint8": 1, "quint8": 1, "qint32": 4, "quint4x2": 1, "quint2x4": 1,
+    "bits8": 1, "bits16": 2, "bits1x8": 1, "bits2x4": 1, "bits4x2": 1,
+    # sub-byte integer dtypes are stored one element per byte
+    **{f"int{i}": 1 for i in range(1, 8)}, **{f"uint{i}": 1 for i in range(1, 8)},
 }
 
-TORCH_DTYPE_NAMES = set(ITEMSIZE) | {"float4_e2m1fn_x2", "quint4x2", "quint2x4"}
+TORCH_DTYPE_NAMES = set(ITEMSIZE)
+# names a pickle may use for a dtype besides the canonical one
+DTYPE_ALIASES = {"float": "float32", "double": "float64", "half": "float16", "long": "int64", "int": "int32",
+                 "short": "int16", "cfloat": "complex64", "cdouble": "complex128", "chalf": "complex32"}
 
 
 class StorageType:
     """What ``torch.FloatStorage`` (or ``torch.storage.UntypedStorage``) stands for: a dtype, nothing callable."""
 
+    __slots__ = ("dtype",)
+
     def __init__(self, dtype: str | None):
         self.dtype = dtype
+
+    def __setstate__(self, state):  # a pickle's BUILD on a storage type changes nothing
+        pass
 
     def __repr__(self):
         return f"StorageType({self.dtype})"
@@ -53,43 +66,200 @@ class StorageRef:
         self.key = key
         self.dtype = dtype
         self.device = device
-        self.numel = int(numel)
+        self.numel = numel = numel if type(numel) is int else int(numel)
         # typed storages count elements, untyped ones (torch >= 2.1, dtype carried by the tensor) count bytes
-        self.nbytes = self.numel * ITEMSIZE.get(dtype, 1) if dtype else self.numel
+        self.nbytes = numel * ITEMSIZE.get(dtype, 1) if dtype else numel
         self.view = view  # legacy format: (view_key, element offset, view size) into a root storage
         self.source = source  # the ByteSource that can read this storage's bytes
 
+    def __repr__(self):
+        return f"StorageRef({self.key!r}, {self.dtype}, {self.device}, {self.nbytes} bytes)"
+
+
+def _int_tuple(values, what: str) -> tuple:
+    if type(values) is tuple and all(type(v) is int for v in values):
+        return values
+    try:
+        out = tuple(operator_index(v) for v in values)
+    except TypeError:
+        raise pickle.UnpicklingError(f"a tensor's {what} is not a sequence of integers: {str(values)[:80]!r}") from None
+    return out
+
+
+def operator_index(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError
+    return int(v)
+
 
 class TensorRecord:
-    """A tensor as the file describes it: its storage, view and dtype, and whether it was an ``nn.Parameter``."""
+    """A tensor as the file describes it: its storage, view and dtype, and whether it was an ``nn.Parameter``.
 
-    __slots__ = ("storage", "storage_offset", "shape", "stride", "dtype", "requires_grad", "is_parameter")
+    While a zip pickle is parsed, ``storage`` holds the raw persistent id (a tuple); it becomes a :class:`StorageRef`
+    the first time it is asked for (one Python call less per tensor of the file: parsing is most of listing).
+    """
+
+    __slots__ = ("_storage", "_ctx", "storage_offset", "shape", "stride", "dtype", "requires_grad", "is_parameter",
+                 "numel")
+
+    _file_ctx = None  # per-file subclasses (see PickleContext) know how to turn a persistent id into a StorageRef
 
     def __init__(self, storage, storage_offset, shape, stride, dtype, requires_grad=False):
-        self.storage = storage
-        self.storage_offset = int(storage_offset)
-        self.shape = tuple(int(s) for s in shape)
-        self.stride = tuple(int(s) for s in stride)
+        self._storage = storage
+        self._set(storage_offset, shape, stride)
         self.dtype = dtype
-        self.requires_grad = bool(requires_grad)
+        self.requires_grad = requires_grad is True
         self.is_parameter = False
 
-    @property
-    def numel(self) -> int:
+    def _set(self, storage_offset, shape, stride):
+        # the checks are inlined: this runs once per tensor of a file, 50,000 times for a large one
+        if type(storage_offset) is not int or storage_offset < 0:
+            storage_offset = operator_index_or_fail(storage_offset, "storage offset")
+            if storage_offset < 0:
+                raise pickle.UnpicklingError(f"a tensor has a negative storage offset {storage_offset}")
+        self.storage_offset = storage_offset
+        if type(shape) is not tuple:
+            shape = _int_tuple(shape, "shape")
         n = 1
-        for s in self.shape:
+        for s in shape:
+            if type(s) is not int or s < 0:
+                raise pickle.UnpicklingError(f"a tensor's shape is not a sequence of sizes: {str(shape)[:80]!r}")
             n *= s
-        return n
+        if n >= 1 << 62:
+            raise pickle.UnpicklingError(f"a tensor claims {n} elements, more than any machine holds")
+        self.numel = n
+        self.shape = shape
+        if type(stride) is not tuple:
+            stride = _int_tuple(stride, "stride")
+        self.stride = stride  # its items are checked when the tensor is read
+
+    @property
+    def storage(self):
+        ref = self._storage
+        if type(ref) is tuple:
+            ctx = getattr(self, "_ctx", None) or self._file_ctx
+            if ctx is None:
+                raise pickle.UnpicklingError("a tensor refers to a storage but the file has none")
+            ref = self._storage = ctx.resolve(ref)
+        return ref
+
+    @storage.setter
+    def storage(self, value):
+        self._storage = value
 
     @property
     def nbytes(self) -> int:
         return self.numel * ITEMSIZE.get(self.dtype, 1)
 
+    @property
+    def device(self) -> str:
+        ref = self.storage
+        return ref.device if isinstance(ref, StorageRef) else "meta"
+
     def __repr__(self):
         return f"TensorRecord({list(self.shape)}, {self.dtype})"
 
 
-class Inert:
+class _SealedClass(type):
+    """Metaclass of classes a pickle may name through our stand-ins: a BUILD on the class changes nothing."""
+
+    def __setattr__(cls, name, value):
+        pass
+
+    def __delattr__(cls, name):
+        pass
+
+
+class _NoState:
+    def __get__(self, obj, cls=None):
+        return _ignore
+
+
+def _ignore(*args, **kwargs):
+    return None
+
+
+class PickleContext:
+    """One file's storages: turns persistent ids into shared :class:`StorageRef` records, on demand."""
+
+    def __init__(self, source=None, label: str = ""):
+        self.source = source
+        self.label = label
+        self.refs: dict[str, StorageRef] = {}
+        ctx = self
+
+        class TensorV2(TensorRecord, metaclass=_SealedClass):
+            """``torch._utils._rebuild_tensor_v2`` for this file: called by the C unpickler, one frame per tensor."""
+
+            __slots__ = ()
+            _file_ctx = ctx
+            __setstate__ = _NoState()
+
+            def __init__(self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
+                         metadata=None):
+                self._storage = storage
+                st = storage[1] if type(storage) is tuple and len(storage) > 1 else storage
+                self.dtype = st.dtype if type(st) is StorageType or type(st) is StorageRef else None
+                self._set(storage_offset, size, stride)
+                self.requires_grad = requires_grad is True
+                self.is_parameter = False
+
+        self.tensor_v2 = TensorV2
+
+        def tensor_v3(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, dtype=None,
+                      metadata=None):
+            rec = TensorRecord(storage, storage_offset, size, stride, _dtype_of(dtype), requires_grad)
+            rec._ctx = ctx
+            return rec
+
+        def tensor_v1(storage, storage_offset, size, stride, *rest):
+            rec = TensorRecord(storage, storage_offset, size, stride, _storage_dtype(storage))
+            rec._ctx = ctx
+            return rec
+
+        self.stand_ins = {"_rebuild_tensor_v2": TensorV2, "_rebuild_tensor_v3": _sealed(tensor_v3),
+                          "_rebuild_tensor": _sealed(tensor_v1)}
+
+    def resolve(self, pid) -> StorageRef:
+        key = pid[2] if type(pid) is tuple and len(pid) > 2 else None
+        ref = self.refs.get(key) if type(key) is str else None
+        if ref is None:
+            try:
+                ref = storage_from_pid(pid, self.source)
+            except pickle.UnpicklingError as e:
+                from ..errors import CorruptFileError
+                raise CorruptFileError(f"{self.label}: {e}; the file is corrupt") from None
+            self.refs[ref.key] = ref
+        return ref
+
+
+def operator_index_or_fail(v, what: str) -> int:
+    try:
+        return operator_index(v)
+    except TypeError:
+        raise pickle.UnpicklingError(f"a tensor's {what} is not an integer: {str(v)[:80]!r}") from None
+
+
+class _InertMeta(type):
+    """Placeholder classes are shared by every file: a pickle's BUILD on the class itself must not change them."""
+
+    def __setattr__(cls, name, value):
+        pass
+
+    def __delattr__(cls, name):
+        pass
+
+
+class _StateSetter:
+    """``__setstate__`` that works on instances and is a no-op when a pickle BUILDs the placeholder class itself."""
+
+    def __get__(self, obj, cls=None):
+        if obj is None:
+            return _ignore
+        return lambda state: object.__setattr__(obj, "_state", state)
+
+
+class Inert(metaclass=_InertMeta):
     """Stands for an object of a class the file names. It remembers its arguments and state and does nothing."""
 
     _global = "?"
@@ -106,21 +276,28 @@ class Inert:
     def __init__(self, *args, **kwargs):
         pass
 
-    def __setstate__(self, state):
-        object.__setattr__(self, "_state", state)
+    __setstate__ = _StateSetter()
+
+    def __setattr__(self, name, value):  # only through __setstate__
+        pass
 
     # list-like and dict-like pickles push their items through these
     def append(self, item):
         self._items.append(item)
 
     def extend(self, items):
-        self._items.extend(items)
+        if isinstance(items, (list, tuple)):
+            self._items.extend(items)
 
     def __setitem__(self, key, value):
         try:
             self._dict_items[key] = value
         except TypeError:  # unhashable key: keep it in the item list
             self._items.append((key, value))
+
+    def __call__(self, *args, **kwargs):
+        """A pickle may call what it built (``getattr(x, 'system')(...)``): the result is one more placeholder."""
+        return type(self)(*args, **kwargs)
 
     def __reduce_ex__(self, protocol):  # never re-pickled into something live
         raise TypeError(f"{self._global} is an inert placeholder")
@@ -151,7 +328,7 @@ def placeholder(module: str, name: str) -> type:
     cls = _placeholder_classes.get(full)
     if cls is None:
         safe_name = name.replace(".", "_") or "anonymous"
-        cls = type(safe_name, (Inert,), {"_global": full, "__module__": "explorer.inert"})
+        cls = _InertMeta(safe_name, (Inert,), {"_global": full, "__module__": "explorer.inert"})
         _placeholder_classes[full] = cls
     return cls
 
@@ -166,50 +343,61 @@ def is_module_state(obj: Any) -> bool:
 
 # ---- safe stand-ins for the globals tensor pickles need ---------------------------------------------------------
 
+def _storage_dtype(storage) -> str | None:
+    if isinstance(storage, StorageRef):
+        return storage.dtype
+    if type(storage) is tuple and len(storage) > 1 and isinstance(storage[1], StorageType):
+        return storage[1].dtype
+    return None
+
+
 def _rebuild_tensor(storage, storage_offset, size, stride, *rest):
-    dtype = storage.dtype if isinstance(storage, StorageRef) else None
-    return TensorRecord(storage, storage_offset, size, stride, dtype)
+    return TensorRecord(storage, storage_offset, size, stride, _storage_dtype(storage))
 
 
 def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                        metadata=None):
-    return TensorRecord(storage, storage_offset, size, stride,
-                        storage.dtype if isinstance(storage, StorageRef) else None, requires_grad)
+    return TensorRecord(storage, storage_offset, size, stride, _storage_dtype(storage), requires_grad)
 
 
 def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, backward_hooks, dtype,
                        metadata=None):
-    name = _dtype_of(dtype)
-    if isinstance(storage, StorageRef):
-        storage.dtype = storage.dtype or name
-    return TensorRecord(storage, storage_offset, size, stride, name, requires_grad)
+    return TensorRecord(storage, storage_offset, size, stride, _dtype_of(dtype), requires_grad)
+
+
+def _rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False, *rest):
+    """A tensor saved from the ``meta`` device: a shape and a dtype, no bytes anywhere."""
+    return TensorRecord(None, 0, size, stride, _dtype_of(dtype), requires_grad)
 
 
 def _rebuild_parameter(data, requires_grad=True, backward_hooks=None, *rest):
     if isinstance(data, TensorRecord):
-        data.requires_grad = bool(requires_grad)
+        data.requires_grad = requires_grad is True
         data.is_parameter = True
     return data
 
 
 def _rebuild_from_type_v2(func, new_type, args, state):
     # a tensor subclass: rebuild the plain tensor record; the subclass is information only
-    return func(*args) if callable(func) else None
-
-
-class _DType:
-    """``torch.float32`` and friends are plain values; we keep their names."""
+    if isinstance(args, tuple) and (isinstance(func, _Sealed) or (type(func) is _SealedClass
+                                                                  and issubclass(func, TensorRecord))):
+        return func(*args)
+    return placeholder("torch._tensor", "_rebuild_from_type_v2")(func, new_type, args, state)
 
 
 def _dtype_of(value) -> str | None:
-    if isinstance(value, str):
-        return value
-    name = getattr(value, "_dtype_name", None)
-    return name
+    if isinstance(value, TorchDtype):
+        return str(value)
+    return None
 
 
 class TorchDtype(str):
     """A torch dtype named in a pickle, kept as its name (``"float32"``)."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        pass
 
     @property
     def _dtype_name(self):
@@ -245,17 +433,45 @@ def _numpy_scalar(dtype, data=None, *rest):
     return placeholder("numpy.core.multiarray", "scalar")(dtype, data, *rest)
 
 
+class _Sealed:
+    """Base of our stand-in callables: no attributes, and a pickle's BUILD on them changes nothing."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        pass
+
+
 def _sealed(fn):
     """Wrap a stand-in function in an instance that has no attributes a pickle's BUILD could overwrite."""
-    cls = type(fn.__name__, (), {"__slots__": (), "__call__": staticmethod(fn),
-                                 "__repr__": lambda self: f"<safe {fn.__name__}>"})
+    cls = type(fn.__name__, (_Sealed,), {"__slots__": (), "__call__": staticmethod(fn),
+                                         "__repr__": lambda self: f"<safe {fn.__name__}>"})
     return cls()
 
 
-class SafeUnpickler(pickle.Unpickler):
-    """Unpickles with every global replaced (see module doc). ``references`` lists what the file named."""
+def _simple(kind):
+    def build(*args):
+        try:
+            if kind is complex:
+                return complex(*[a for a in args if isinstance(a, (int, float, str))][:2])
+            if kind is slice:
+                return slice(*[a if isinstance(a, int) or a is None else None for a in args][:3])
+            return kind(args[0]) if args and isinstance(args[0], (list, tuple, set, frozenset)) else kind()
+        except (TypeError, ValueError):  # unhashable items: keep them in a tuple
+            return tuple(args[0]) if args and isinstance(args[0], (list, tuple)) else ()
+    build.__name__ = kind.__name__
+    return _sealed(build)
 
-    ALLOWED_BUILTINS = {"set": set, "frozenset": frozenset, "complex": complex, "slice": slice}
+
+class SafeUnpickler(pickle.Unpickler):
+    """Unpickles with every global replaced (see module doc). ``references`` lists what the file named.
+
+    Every object a global can stand for here is ours: records, inert placeholders, or sealed functions that build
+    plain containers. Nothing the file names is imported, looked up or called.
+    """
+
+    ALLOWED_BUILTINS = {"set": _simple(set), "frozenset": _simple(frozenset), "complex": _simple(complex),
+                        "slice": _simple(slice)}
 
     TENSOR_MACHINERY = {
         ("torch._utils", "_rebuild_tensor"): _sealed(_rebuild_tensor),
@@ -263,17 +479,26 @@ class SafeUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_tensor_v3"): _sealed(_rebuild_tensor_v3),
         ("torch._utils", "_rebuild_parameter"): _sealed(_rebuild_parameter),
         ("torch._utils", "_rebuild_parameter_with_state"): _sealed(_rebuild_parameter),
+        ("torch._utils", "_rebuild_meta_tensor_no_storage"): _sealed(_rebuild_meta_tensor_no_storage),
         ("torch._tensor", "_rebuild_from_type_v2"): _sealed(_rebuild_from_type_v2),
+        # real classes, and C callables: a BUILD on them raises (the file does not open), nothing else happens
         ("collections", "OrderedDict"): OrderedDict,
         ("torch", "Size"): tuple,
         ("_codecs", "encode"): _sealed(_codecs_encode),
     }
 
-    def __init__(self, file, persistent_load: Callable[[Any], Any] | None = None):
+    def __init__(self, file, persistent_load: Callable[[Any], Any] | None = None,
+                 context: PickleContext | None = None):
+        """``persistent_load`` turns each persistent id into a storage record as it is read (legacy format);
+        with a ``context`` instead, ids stay raw tuples until a tensor's storage is first asked for (zip format)."""
         super().__init__(file, encoding="utf-8")
         self.references: list[str] = []
         self._seen: set[str] = set()
-        self._persistent_load = persistent_load
+        self._context = context
+        if persistent_load is not None:
+            self.persistent_load = persistent_load
+        elif context is not None:
+            self.persistent_load = tuple  # a C callable: the raw id, no Python frame per tensor
 
     def _note(self, full: str) -> None:
         if full not in self._seen:
@@ -282,44 +507,98 @@ class SafeUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
         module, name = str(module), str(name)
+        if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol-2 pickles use Python 2 names
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        elif module in _compat_pickle.IMPORT_MAPPING:
+            module = _compat_pickle.IMPORT_MAPPING[module]
         key = (module, name)
-        if key in self.TENSOR_MACHINERY:
-            return self.TENSOR_MACHINERY[key]
-        if module == "torch" and name.endswith("Storage"):
-            return StorageType(STORAGE_DTYPES.get(name))
+        if module == "torch._utils" and self._context is not None and name in self._context.stand_ins:
+            return self._context.stand_ins[name]
+        found = self.TENSOR_MACHINERY.get(key)
+        if found is not None:
+            return found
+        if module == "torch":
+            if name.endswith("Storage") and name in STORAGE_DTYPES:
+                return StorageType(STORAGE_DTYPES[name])
+            if name in TORCH_DTYPE_NAMES:
+                return TorchDtype(name)
+            if name in DTYPE_ALIASES:
+                return TorchDtype(DTYPE_ALIASES[name])
         if module in ("torch.storage", "torch") and name in ("UntypedStorage", "TypedStorage", "_UntypedStorage"):
             return StorageType(None)
-        if module == "torch" and name in TORCH_DTYPE_NAMES:
-            return TorchDtype(name)
         if module in ("builtins", "__builtin__") and name in self.ALLOWED_BUILTINS:
             return self.ALLOWED_BUILTINS[name]
         self._note(f"{module}.{name}")
         if module == "numpy" and name == "dtype":
             return NumpyDtype
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
-            return _sealed(_numpy_scalar)
+            return _NUMPY_SCALAR
         return placeholder(module, name)
-
-    def persistent_load(self, pid):
-        if self._persistent_load is None:
-            raise pickle.UnpicklingError("the pickle refers to external storage but this file has none")
-        return self._persistent_load(pid)
+    # no ``persistent_load`` method: without one given, a persistent id is an UnpicklingError of the C unpickler
 
 
-def storage_from_pid(pid) -> StorageRef:
+_NUMPY_SCALAR = _sealed(_numpy_scalar)
+
+
+def storage_from_pid(pid, source=None) -> StorageRef:
     """Interpret a torch persistent id ``('storage', type, key, location, numel[, view])``."""
-    if not isinstance(pid, tuple) or len(pid) < 5 or pid[0] != "storage":
+    if type(pid) is not tuple or len(pid) < 5 or pid[0] != "storage":
         raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]!r}")
     storage_type, key, location, numel = pid[1], pid[2], pid[3], pid[4]
     dtype = storage_type.dtype if isinstance(storage_type, StorageType) else None
-    if not isinstance(numel, int) or numel < 0:
+    if type(numel) is not int or numel < 0:
         raise pickle.UnpicklingError(f"storage {key!r} has an invalid size {numel!r}")
     view = pid[5] if len(pid) > 5 else None
-    return StorageRef(str(key), dtype, str(location), numel, view)
+    if view is not None and not (type(view) is tuple and len(view) == 3 and type(view[1]) is int
+                                 and type(view[2]) is int and view[1] >= 0 and view[2] >= 0):
+        raise pickle.UnpicklingError(f"storage {key!r} has an invalid view {str(view)[:80]!r}")
+    return StorageRef(key if type(key) is str else str(key), dtype,
+                      location if type(location) is str else str(location), numel, view, source)
 
 
 def safe_loads(data: bytes, persistent_load=None) -> tuple[Any, list[str]]:
     """Unpickle ``data`` without running any of its code; return the object and the globals it named."""
     up = SafeUnpickler(io.BytesIO(data), persistent_load)
-    obj = up.load()
+    with gc_paused():
+        obj = up.load()
     return obj, up.references
+
+
+class BoundedReader:
+    """A binary file seen by the unpickler, refusing reads past the end of the file *before* they are attempted.
+
+    A corrupt length field (``BINBYTES8`` of 2**40...) otherwise makes the C unpickler allocate that much and then
+    fail; here it is an ``UnpicklingError`` at once. ``peek`` lets the unpickler read ahead in large blocks and then
+    consume exactly the pickle's bytes, so the file stays positioned right after it (the legacy format relies on it).
+    """
+
+    __slots__ = ("_f", "_end")
+
+    def __init__(self, f, end: int):
+        self._f = f
+        self._end = end
+
+    def read(self, n: int = -1) -> bytes:
+        if n is not None and n > self._end - self._f.tell():
+            raise pickle.UnpicklingError(f"a length field claims {n} bytes, past the end of the file")
+        return self._f.read(n)
+
+    def readline(self) -> bytes:
+        return self._f.readline()
+
+    def peek(self, n: int = 0) -> bytes:
+        return self._f.peek(n)
+
+
+class gc_paused:
+    """Pause the cyclic garbage collector around bulk parsing: after ``import torch`` it costs 2-3x otherwise."""
+
+    def __enter__(self):
+        self._was = gc.isenabled()
+        gc.disable()
+        return self
+
+    def __exit__(self, *exc):
+        if self._was:
+            gc.enable()
+        return False

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from ...errors import InputNotFoundError, UnsupportedFormatError
+from ...errors import CorruptFileError, InputNotFoundError, UnsupportedFormatError
 from ..checkpoint import Checkpoint
 
 
@@ -45,13 +45,30 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file or folder — check the path")
-    if not os.path.isdir(path) and not os.access(path, os.R_OK):
-        raise UnsupportedFormatError(f"{path}: permission denied — check the file's permissions")
-    for reader in _READERS:
-        if reader.identify(path):
-            return reader.open(path)
-    what = "folder" if os.path.isdir(path) else "file"
-    raise UnsupportedFormatError(f"{path}: not a checkpoint this tool can read (no reader recognises this {what}). "
+    is_dir = os.path.isdir(path)
+    if not os.access(path, os.R_OK | (os.X_OK if is_dir else 0)):
+        raise UnsupportedFormatError(f"{path}: permission denied — check the {'folder' if is_dir else 'file'}'s "
+                                     "permissions (or run as a user who may read it)")
+    if not is_dir and os.path.getsize(path) == 0:
+        raise CorruptFileError(f"{path}: the file is empty (0 bytes); it was not fully written or downloaded — "
+                               "re-download or re-save it")
+    try:
+        for reader in _READERS:
+            if reader.identify(path):
+                return reader.open(path)
+    except PermissionError as e:
+        raise UnsupportedFormatError(f"{path}: permission denied reading {e.filename or path} — check the "
+                                     "permissions of the checkpoint's files") from e
+    except IsADirectoryError as e:
+        raise UnsupportedFormatError(f"{path}: expected a file but {e.filename or path} is a folder") from e
+    except OSError as e:
+        raise CorruptFileError(f"{path}: could not be read ({e.strerror or e}); check the disk and the file") from e
+    if is_dir:
+        raise UnsupportedFormatError(f"{path}: the folder holds no checkpoint this tool can read (no .metadata, no "
+                                     "*.index.json, no *.safetensors/*.bin/*.pt/*.pth files) — open a checkpoint file "
+                                     f"or the folder that holds one. Supported: {SUPPORTED}")
+    raise UnsupportedFormatError(f"{path}: not a checkpoint this tool can read (neither a torch.save file, "
+                                 f"safetensors, a shard index nor a DCP folder) — check that it is the right file. "
                                  f"Supported: {SUPPORTED}")
 
 

@@ -9,7 +9,7 @@ import struct
 from ...errors import CorruptFileError
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
-from ..safe_pickle import ITEMSIZE, SafeUnpickler, storage_from_pid
+from ..safe_pickle import ITEMSIZE, BoundedReader, SafeUnpickler, gc_paused, storage_from_pid
 from . import Reader, read_head, register
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
@@ -37,9 +37,12 @@ def open_legacy(path: str) -> Checkpoint:
         offset, length = regions[key]
         return path, offset, length
 
-    source = ByteSource(resolve)
+    source = ByteSource(resolve, lambda ref: (path, None, regions.get(ref.key, (None, 0))[0]))
 
     def persistent_load(pid):
+        if type(pid) is tuple and len(pid) == 4 and pid[0] == "module":
+            # ('module', class, source file, source code): torch kept the class's source; the class is a placeholder
+            return pid[1]
         ref = storage_from_pid(pid)
         ref.source = source
         if ref.view is not None:  # (view_key, offset, size) of a view into root storage ``ref.key``
@@ -50,15 +53,18 @@ def open_legacy(path: str) -> Checkpoint:
 
     size = os.path.getsize(path)
     try:
-        with open(path, "rb") as f:
-            if SafeUnpickler(f).load() != MAGIC_NUMBER:
-                raise CorruptFileError(f"{path}: not a torch.save legacy file (wrong magic number)")
-            if SafeUnpickler(f).load() != PROTOCOL_VERSION:
-                raise CorruptFileError(f"{path}: unsupported legacy torch.save protocol version")
-            SafeUnpickler(f).load()  # sys_info: byte order and type sizes
-            up = SafeUnpickler(f, persistent_load)
+        with open(path, "rb") as f, gc_paused():
+            bf = BoundedReader(f, size)
+            if SafeUnpickler(bf).load() != MAGIC_NUMBER:
+                raise CorruptFileError(f"{path}: not a torch.save legacy file (wrong magic number) — it may be a "
+                                       "plain pickle; open it only if you trust it, with pickle")
+            if SafeUnpickler(bf).load() != PROTOCOL_VERSION:
+                raise CorruptFileError(f"{path}: unsupported legacy torch.save protocol version; re-save it with a "
+                                       "current torch")
+            SafeUnpickler(bf).load()  # sys_info: byte order and type sizes
+            up = SafeUnpickler(bf, persistent_load)
             root = up.load()
-            keys = SafeUnpickler(f).load()
+            keys = SafeUnpickler(bf).load()
             if not isinstance(keys, list):
                 raise CorruptFileError(f"{path}: the storage list is not a list; the file is corrupt")
             pos = f.tell()
@@ -72,7 +78,7 @@ def open_legacy(path: str) -> Checkpoint:
                     raise CorruptFileError(f"{path}: truncated inside the storage data — re-download or re-save it")
                 (numel,) = struct.unpack("<q", head)
                 nbytes = numel * ITEMSIZE.get(ref.dtype or "uint8", 1)
-                if numel < 0 or pos + 8 + nbytes > size:
+                if numel < 0 or nbytes < ref.nbytes or pos + 8 + nbytes > size:
                     raise CorruptFileError(f"{path}: storage {key!r} claims {nbytes} bytes past the end of the file; "
                                            "the file is truncated — re-download or re-save it")
                 regions[str(key)] = (pos + 8, nbytes)
@@ -82,7 +88,13 @@ def open_legacy(path: str) -> Checkpoint:
     except _PARSE_ERRORS as e:
         raise CorruptFileError(f"{path}: legacy torch.save file could not be parsed ({type(e).__name__}: "
                                f"{str(e)[:200]}); the file is corrupt or truncated") from e
-    return Checkpoint(path, "torch-legacy", root, up.references)
+    try:
+        return Checkpoint(path, "torch-legacy", root, up.references)
+    except CorruptFileError:
+        raise
+    except (RecursionError, TypeError, ValueError, AttributeError) as e:
+        raise CorruptFileError(f"{path}: the pickled object has an unexpected structure ({type(e).__name__}); "
+                               "the file is corrupt or not a checkpoint") from e
 
 
 register(Reader("torch.save (legacy)", identify, open_legacy, priority=40))

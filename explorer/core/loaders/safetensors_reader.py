@@ -3,14 +3,19 @@ the safetensors library does (length within the file, offsets in order and in ra
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from collections import OrderedDict
+from itertools import chain
+from operator import itemgetter
+
+import numpy as np
 
 from ...errors import CorruptFileError
 from ..bytesource import ByteSource
-from ..checkpoint import Checkpoint
-from ..safe_pickle import StorageRef, TensorRecord
+from ..checkpoint import Checkpoint, FlatTable
+from ..safe_pickle import StorageRef, TensorRecord, gc_paused
 from . import Reader, read_head, register
 
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
@@ -19,40 +24,47 @@ DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat1
           "C128": "complex128", "F8_E8M0": "float8_e8m0fnu"}
 ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
              "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8, "C128": 16, "F8_E8M0": 1}
+DTYPE_SET = set(DTYPES)
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
 
 def identify(path: str) -> bool:
+    """By content (a torch.save zip named ``.safetensors`` is still a zip); a too-short ``.safetensors`` file is
+    claimed so that the error says what is wrong with it."""
     if not os.path.isfile(path):
         return False
-    if path.endswith(".safetensors"):
-        return True
     head = read_head(path, 9)
     if len(head) < 9:
-        return False
+        return path.endswith(".safetensors")
     (n,) = struct.unpack("<Q", head[:8])
     return head[8:9] == b"{" and 2 <= n <= MAX_HEADER
 
 
-def read_header(path: str) -> tuple[dict, int]:
-    """The parsed JSON header and where the data begins."""
+def read_header(path: str, *, fast: bool = False) -> tuple[dict, int]:
+    """The parsed JSON header and where the data begins. ``fast`` skips the duplicate-key hook: the caller checks."""
     size = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
             raise CorruptFileError(f"{path}: {size} bytes is too short for a safetensors file (it needs an 8-byte "
-                                   "header length); the file is truncated or not safetensors")
+                                   "header length); the file is empty or truncated — re-download it")
         (n,) = struct.unpack("<Q", head)
         if n > MAX_HEADER or n > size - 8:
             raise CorruptFileError(f"{path}: the safetensors header claims {n} bytes but the file has {size - 8} "
-                                   "after the length field; the file is truncated or corrupt")
+                                   "after the length field; the file is truncated or not safetensors — "
+                                   "re-download it")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as e:
-        raise CorruptFileError(f"{path}: the safetensors header is not valid JSON ({e}); the file is corrupt") from e
+        text = raw.decode("utf-8")
+        header = json.loads(text) if fast else json.loads(text, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as e:
+        raise CorruptFileError(f"{path}: the safetensors header is not valid JSON ({str(e)[:120]}); the file is "
+                               "corrupt — re-download it") from e
     if not isinstance(header, dict):
         raise CorruptFileError(f"{path}: the safetensors header is not a JSON object; the file is corrupt")
+    if fast and raw.count(b'"data_offsets"') != len(header) - ("__metadata__" in header):
+        # a key given twice (json keeps the last) or a malformed entry: the careful parse names it
+        return read_header(path)
     return header, 8 + n
 
 
@@ -65,29 +77,29 @@ def _no_duplicates(pairs):
     return out
 
 
-def open_safetensors(path: str) -> Checkpoint:
-    header, data_start = read_header(path)
-    size = os.path.getsize(path)
-    data_len = size - data_start
-    meta = header.pop("__metadata__", None)
-    regions: dict[str, tuple[int, int]] = {}
-    source = ByteSource(lambda ref: (path, *regions[ref.key]))
-    root: OrderedDict = OrderedDict()
+def _contiguous_strides(shape) -> tuple[int, ...]:
+    stride, acc = [], 1
+    for s in reversed(shape):
+        stride.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(stride))
+
+
+def _validate_slowly(path: str, header: dict, data_len: int) -> None:
+    """Check every entry and name the first bad one (the fast check only says that something is wrong)."""
     spans = []
     for key, spec in header.items():
         if not isinstance(spec, dict):
             raise CorruptFileError(f"{path}: header entry {key!r} is not an object; the file is corrupt")
         code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
-        if code not in DTYPES:
+        if not isinstance(code, str) or code not in DTYPES:
             raise CorruptFileError(f"{path}: tensor {key!r} has unknown dtype {code!r}; this safetensors version "
                                    "may be newer than the tool — known: " + ", ".join(DTYPES))
-        if (not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape)
+        if (not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2
-                or not all(isinstance(o, int) and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
+                or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
             raise CorruptFileError(f"{path}: tensor {key!r} has an invalid shape or data_offsets; the file is corrupt")
-        numel = 1
-        for s in shape:
-            numel *= s
+        numel = math.prod(shape)
         begin, end = offsets
         if end - begin != numel * ITEMSIZES[code]:
             raise CorruptFileError(f"{path}: tensor {key!r} of shape {shape} and dtype {code} needs "
@@ -97,19 +109,81 @@ def open_safetensors(path: str) -> Checkpoint:
             raise CorruptFileError(f"{path}: tensor {key!r} ends at byte {end} of a {data_len}-byte data section; "
                                    "the file is truncated — re-download it")
         spans.append((begin, end, key))
-        regions[key] = (data_start + begin, end - begin)
-        ref = StorageRef(key, DTYPES[code], "cpu", numel, source=source)
-        stride, acc = [], 1
-        for s in reversed(shape):
-            stride.append(acc)
-            acc *= max(s, 1)
-        root[key] = TensorRecord(ref, 0, shape, tuple(reversed(stride)), DTYPES[code])
     spans.sort()
     for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
         if b1 < e0:
             raise CorruptFileError(f"{path}: tensors {k0!r} and {k1!r} overlap in the data section; the file is corrupt")
+
+
+def _validate_fast(specs: list, data_len: int):
+    """Vectorised checks of every entry; returns (codes, shapes, begins) or None when something is off."""
+    try:
+        codes = list(map(itemgetter("dtype"), specs))
+        shapes = list(map(itemgetter("shape"), specs))
+        offsets = list(map(itemgetter("data_offsets"), specs))
+        if not set(codes) <= DTYPE_SET or not set(map(type, shapes)) <= {list} \
+                or not set(map(type, offsets)) <= {list}:
+            return None
+        if not specs:
+            return codes, ([], [0]), []
+        dims = list(chain.from_iterable(shapes))
+        if dims and (not set(map(type, dims)) <= {int} or min(dims) < 0):
+            return None
+        flat = list(chain.from_iterable(offsets))
+        if len(flat) != 2 * len(offsets) or set(map(len, offsets)) != {2} or not set(map(type, flat)) <= {int}:
+            return None
+        spans = np.array(flat, dtype=np.int64)
+        begins, ends = spans[0::2], spans[1::2]
+        prods = list(map(math.prod, shapes))
+        if prods and max(prods) >= 1 << 56:  # the int64 arithmetic below could wrap: the careful check decides
+            return None
+        numels = np.array(prods, dtype=np.int64)
+        sizes = np.fromiter(map(ITEMSIZES.__getitem__, codes), dtype=np.int64, count=len(codes))
+        if (begins < 0).any() or (ends > data_len).any() or not np.array_equal(ends - begins, numels * sizes):
+            return None
+        if not (begins[1:] >= ends[:-1]).all():  # not in file order: sort, then look for overlaps
+            order = np.argsort(begins, kind="stable")
+            if (ends[order[:-1]] > begins[order[1:]]).any():
+                return None
+        # shapes as one flat list of sizes plus where each starts: no per-tensor container outlives the parse
+        # (the cyclic GC would otherwise walk 50,000 small lists as soon as it runs again)
+        starts = np.zeros(len(shapes) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, shapes), dtype=np.int64, count=len(shapes)), out=starts[1:])
+        return codes, (dims, starts.tolist()), begins
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return None
+
+
+def open_safetensors(path: str) -> Checkpoint:
+    with gc_paused():
+        header, data_start = read_header(path, fast=True)
+        size = os.path.getsize(path)
+        data_len = size - data_start
+        meta = header.pop("__metadata__", None)
+        keys = list(header)
+        specs = list(header.values())
+        checked = _validate_fast(specs, data_len) if all(type(s) is dict for s in specs) else None
+        if checked is None:
+            _validate_slowly(path, header, data_len)
+            raise CorruptFileError(f"{path}: the safetensors header is inconsistent; the file is corrupt")
+        codes, (dims, starts), begins = checked
+        del header, specs, checked
+    source = ByteSource(lambda ref: (path, data_start + int(begins[int(ref.key[1:])]), ref.nbytes),
+                        lambda ref: (path, None, data_start + int(begins[int(ref.key[1:])])))
+
+    strides: dict[tuple, tuple] = {}
+
+    def make_record(i: int) -> TensorRecord:
+        shape = tuple(dims[starts[i]:starts[i + 1]])
+        stride = strides.get(shape)
+        if stride is None:
+            stride = strides[shape] = _contiguous_strides(shape)
+        dtype = DTYPES[codes[i]]
+        ref = StorageRef(f"#{i}", dtype, "cpu", math.prod(shape), source=source)
+        return TensorRecord(ref, 0, shape, stride, dtype)
+
     metadata = meta if isinstance(meta, dict) else {}
-    return Checkpoint(path, "safetensors", root, [], metadata)
+    return Checkpoint(path, "safetensors", None, [], metadata, table=FlatTable(keys, make_record))
 
 
 register(Reader("safetensors", identify, open_safetensors, priority=60))

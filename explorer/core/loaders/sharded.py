@@ -40,10 +40,14 @@ def identify(path: str) -> bool:
 
 def _safe_shard(folder: str, name: object, index_path: str) -> str:
     if not isinstance(name, str) or not name:
-        raise CorruptFileError(f"{index_path}: a weight_map entry names shard {name!r}, which is not a file name")
+        raise CorruptFileError(f"{index_path}: a weight_map entry names shard {name!r}, which is not a file name; "
+                               "the index is corrupt — re-download it")
     if os.path.isabs(name):
         raise UnsafePathError(f"{index_path}: shard {name!r} is an absolute path; shards must lie in the index's "
                               "folder — refusing to read it")
+    if "\0" in name:
+        raise CorruptFileError(f"{index_path}: shard name {name!r} holds a NUL byte, which no file name can; the "
+                               "index is corrupt — re-download it")
     real_folder = os.path.realpath(folder)
     full = os.path.realpath(os.path.join(folder, name))
     if os.path.commonpath([real_folder, full]) != real_folder:
@@ -51,29 +55,47 @@ def _safe_shard(folder: str, name: object, index_path: str) -> str:
     return full
 
 
+def _open_shard(path: str, label: str) -> Checkpoint:
+    """A shard is a checkpoint *file*: never an index or a folder (an index naming itself, or two naming each
+    other, would otherwise recurse without end)."""
+    from . import readers
+    if not os.path.isfile(path) or path.endswith(".index.json"):
+        raise CorruptFileError(f"{label}: shard {os.path.basename(path)!r} is not a checkpoint file (an index or a "
+                               "folder cannot be a shard) — the index is corrupt")
+    for reader in readers():
+        if reader.open is not open_sharded and reader.identify(path):
+            return reader.open(path)
+    raise CorruptFileError(f"{label}: shard {os.path.basename(path)!r} is not a checkpoint file this tool reads; "
+                           "re-download it")
+
+
 def open_index(index_path: str) -> Checkpoint:
-    from . import open_checkpoint
     folder = os.path.dirname(os.path.abspath(index_path))
     try:
         with open(index_path, encoding="utf-8") as f:
             index = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CorruptFileError(f"{index_path}: the shard index is not readable JSON ({e})") from e
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
+        raise CorruptFileError(f"{index_path}: the shard index is not readable JSON ({str(e)[:120]}); re-download "
+                               "the index, or open the shard files directly") from e
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CorruptFileError(f"{index_path}: the shard index has no 'weight_map'; it is not a sharded-checkpoint "
-                               "index")
+                               "index — open the shard files or their folder instead")
     shard_names: list[str] = []
     for name in weight_map.values():
         if name not in shard_names:
             shard_names.append(name)
     paths = {name: _safe_shard(folder, name, index_path) for name in shard_names}
     root: OrderedDict = OrderedDict()
+    refs: list[str] = []
     for name in sorted(shard_names):
         if not os.path.isfile(paths[name]):
             raise CorruptFileError(f"{index_path}: shard {name!r} is missing from {folder}; download every shard "
                                    "the index names")
-        shard = open_checkpoint(paths[name])
+        shard = _open_shard(paths[name], index_path)
+        refs.extend(r for r in shard.references if r not in refs)
+        if shard.default_state_dict is None:
+            raise CorruptFileError(f"{index_path}: shard {name!r} holds no tensors; re-download it")
         sd = shard.get(shard.resolve_entry(None))
         for key, rec in sd.items():
             owner = weight_map.get(key)
@@ -86,24 +108,26 @@ def open_index(index_path: str) -> Checkpoint:
         raise CorruptFileError(f"{index_path}: {len(missing)} keys of the weight map are not in their shards "
                                f"(first: {missing[0]!r}); a shard is incomplete — re-download it")
     meta = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
-    return Checkpoint(index_path, "sharded", root, [], meta)
+    return Checkpoint(index_path, "sharded", root, refs, meta)
 
 
 def open_folder(folder: str) -> Checkpoint:
-    from . import open_checkpoint
     index = _index_in(folder)
     if index is not None:
         return open_index(index)
     shards = _shards_in(folder)
     if not shards:
-        raise UnsupportedFormatError(f"{folder}: the folder holds no index and no checkpoint files")
+        raise UnsupportedFormatError(f"{folder}: the folder holds no index (*.index.json) and no checkpoint files "
+                                     f"({', '.join(SHARD_PATTERNS)}) — open a checkpoint file or its folder")
     if len(shards) == 1:
-        return open_checkpoint(shards[0])
+        return _open_shard(shards[0], folder)
     root: OrderedDict = OrderedDict()
     refs: list[str] = []
     for path in shards:
-        shard = open_checkpoint(path)
+        shard = _open_shard(path, folder)
         refs.extend(r for r in shard.references if r not in refs)
+        if shard.default_state_dict is None:
+            continue
         sd = shard.get(shard.resolve_entry(None))
         for key, rec in sd.items():
             if key in root:

@@ -1,0 +1,387 @@
+"""torch.distributed.checkpoint folders: a ``.metadata`` pickle plus ``*.distcp`` data files.
+
+``.metadata`` is read with the safe unpickler: its classes (``Metadata``, ``TensorStorageMetadata``, ``MetadataIndex``,
+``_StorageInfo``...) become inert placeholders whose recorded state we interpret. It lists every tensor's global
+shape, dtype and chunks, and where each chunk lies (file, byte offset, length), so the folder lists without opening a
+data file.
+
+How torch 2.x's ``FileSystemWriter`` lays bytes out (torch/distributed/checkpoint/filesystem.py, ``_write_item``):
+with the default ``SerializationFormat.TORCH_SAVE`` each chunk is a complete ``torch.save(tensor)`` zip archive at
+``[offset, offset + length)`` of its ``.distcp`` file, and each non-tensor value ("bytes" item) is ``torch.save(obj)``
+the same way. With ``SerializationFormat.SAFETENSORS`` a ``.distcp`` file is a safetensors file keyed by the tensor's
+fully qualified name. A value is read by finding its chunk's storage inside the embedded archive and memory-mapping
+it; a tensor split into several chunks is assembled from them.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import pickle
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import torch
+
+from ...errors import CorruptFileError, UnsafePathError
+from ..bytesource import TORCH_DTYPES, ByteSource, read_record
+from ..checkpoint import Checkpoint
+from ..safe_pickle import Inert, SafeUnpickler, StorageRef, TensorRecord, TorchDtype, gc_paused
+from . import Reader, register
+
+METADATA = ".metadata"
+DATA_SUFFIX = ".distcp"
+MAX_BYTES_ITEM = 1 << 20  # non-tensor values larger than this are listed, not read, when the folder opens
+
+# classes torch's own .metadata names: expected, so not listed among the file's references
+_DCP_MACHINERY = (
+    "torch.distributed.checkpoint.metadata.", "torch.distributed.checkpoint.filesystem._StorageInfo",
+    "torch.distributed.checkpoint.filesystem._StoragePrefix", "torch._utils._get_layout", "pathlib.PosixPath",
+    "torch.serialization._get_layout", "pathlib.WindowsPath", "pathlib.Path", "pathlib._local.PosixPath", "pathlib._local.WindowsPath",
+)
+
+
+def identify(path: str) -> bool:
+    if os.path.isdir(path):
+        return os.path.isfile(os.path.join(path, METADATA))
+    return os.path.basename(path) == METADATA and os.path.isfile(path)
+
+
+def _state(obj) -> dict:
+    st = obj.state_dict() if isinstance(obj, Inert) else None
+    return st if isinstance(st, dict) else {}
+
+
+def _name(obj) -> str:
+    return obj.global_name.rsplit(".", 1)[-1] if isinstance(obj, Inert) else type(obj).__name__
+
+
+class _FileView(io.RawIOBase):
+    """Bytes ``[start, start + length)`` of a file, as a seekable file of their own (for torch's zip reader)."""
+
+    def __init__(self, path: str, start: int, length: int):
+        super().__init__()
+        self._f = open(path, "rb")
+        self._start, self._length, self._pos = start, length, 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, pos, whence=0):
+        base = {0: 0, 1: self._pos, 2: self._length}[whence]
+        self._pos = max(0, min(self._length, base + pos))
+        return self._pos
+
+    def readinto(self, buf):
+        n = min(len(buf), self._length - self._pos)
+        if n <= 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        data = self._f.read(n)
+        buf[:len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self):
+        self._f.close()
+        super().close()
+
+
+class _Chunk:
+    __slots__ = ("offsets", "sizes", "file", "offset", "length", "transforms")
+
+    def __init__(self, offsets, sizes, file, offset, length, transforms):
+        self.offsets, self.sizes, self.file = offsets, sizes, file
+        self.offset, self.length, self.transforms = offset, length, transforms
+
+
+class DcpSource(ByteSource):
+    """Reads a tensor of a DCP folder: each chunk from its ``.distcp`` file, assembled into the whole tensor."""
+
+    def __init__(self, folder: str):
+        super().__init__(self._region)
+        self.folder = folder
+        self.chunks: dict[str, list[_Chunk]] = {}
+        self.shapes: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+        self._records: dict[tuple, TensorRecord] = {}
+
+    def _region(self, ref):
+        chunks = self.chunks.get(ref.key) or []
+        if len(chunks) == 1:
+            c = chunks[0]
+            return c.file, c.offset, c.length
+        raise CorruptFileError(f"{self.folder}: tensor {ref.key!r} is stored in {len(chunks)} chunks, not one region")
+
+    def describe(self, ref):
+        chunks = self.chunks.get(ref.key) or []
+        if not chunks:
+            return self.folder, None, None
+        c = chunks[0]
+        return c.file, None, c.offset
+
+    def storage_bytes(self, ref: StorageRef) -> torch.Tensor:
+        key = ref.key
+        chunks = self.chunks.get(key)
+        shape = self.shapes[key]
+        dtype = TORCH_DTYPES.get(ref.dtype or "")
+        if not chunks or dtype is None:
+            raise CorruptFileError(f"{self.folder}: tensor {key!r} has no readable chunks (dtype {ref.dtype})")
+        if len(chunks) == 1 and all(o == 0 for o in chunks[0].offsets) and tuple(chunks[0].sizes) == shape:
+            t = self._read_chunk(key, chunks[0], dtype)
+            if not t.is_contiguous():
+                t = t.contiguous()
+        else:
+            t = torch.zeros(shape, dtype=dtype)
+            covered = 0
+            for c in chunks:
+                part = self._read_chunk(key, c, dtype)
+                view = t
+                for dim, (o, s) in enumerate(zip(c.offsets, c.sizes)):
+                    if o < 0 or o + s > shape[dim]:
+                        raise CorruptFileError(f"{self.folder}: a chunk of {key!r} lies outside its shape "
+                                               f"{list(shape)}; the metadata is corrupt")
+                    view = view.narrow(dim, o, s)
+                view.copy_(part)
+                covered += part.numel()
+            if covered < t.numel():
+                raise CorruptFileError(f"{self.folder}: the chunks of {key!r} cover {covered} of {t.numel()} "
+                                       "elements; a rank's data is missing — copy every .distcp file")
+        return t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+
+    def _read_chunk(self, key: str, c: _Chunk, dtype) -> torch.Tensor:
+        label = f"{c.file} (chunk of {key!r} at byte {c.offset})"
+        if c.transforms:
+            raise CorruptFileError(f"{label}: stored through DCP storage extensions {list(c.transforms)} (e.g. "
+                                   "compression), which this tool does not read yet — load it with torch")
+        size = os.path.getsize(c.file) if os.path.isfile(c.file) else -1
+        if size < 0:
+            raise CorruptFileError(f"{c.file}: a data file of the DCP checkpoint is missing — copy every .distcp "
+                                   "file with the .metadata")
+        if c.offset < 0 or c.offset + c.length > size:
+            raise CorruptFileError(f"{label}: the chunk ends past the end of the file ({size} bytes); the file is "
+                                   "truncated — copy it again")
+        with open(c.file, "rb") as f:
+            f.seek(c.offset)
+            head = f.read(4)
+        if head == b"PK\x03\x04":
+            rec = self._chunk_record(c, label)
+        else:
+            rec = self._safetensors_record(key, c, label)
+        if tuple(rec.shape) != tuple(c.sizes):
+            raise CorruptFileError(f"{label}: the chunk holds shape {list(rec.shape)}, the metadata says "
+                                   f"{list(c.sizes)}; the checkpoint is inconsistent")
+        t = read_record(rec, file_label=label)
+        return t if t.dtype == dtype else t.to(dtype)
+
+    def _chunk_record(self, c: _Chunk, label: str) -> TensorRecord:
+        """The tensor record inside a chunk's embedded archive, parsed once; its bytes go through the folder's maps."""
+        from .torch_zip import open_archive, parse_archive
+        key = (c.file, c.offset)
+        with self._lock:
+            rec = self._records.get(key)
+        if rec is not None:
+            return rec
+        with _FileView(c.file, c.offset, c.length) as view:
+            archive = open_archive(view, label)
+            root, _ = parse_archive(archive, label, base_offset=c.offset, file=c.file, maps=self.maps)
+            if not isinstance(root, TensorRecord):
+                raise CorruptFileError(f"{label}: the chunk does not hold a tensor; the checkpoint is inconsistent")
+            ref = root.storage
+            file, offset, length = ref.source.region(ref)  # look the storage up while the archive is open
+        from ..bytesource import ByteSource
+        ref.source = ByteSource(lambda r, region=(file, offset, length): region, maps=self.maps)
+        with self._lock:
+            self._records[key] = root
+        return root
+
+    def _safetensors_record(self, key: str, c: _Chunk, label: str) -> TensorRecord:
+        """``SerializationFormat.SAFETENSORS``: a safetensors blob, keyed by fqn, begins at the chunk's offset."""
+        from .safetensors_reader import DTYPES, ITEMSIZES
+        try:
+            with open(c.file, "rb") as f:
+                f.seek(c.offset)
+                (n,) = struct.unpack("<Q", f.read(8))
+                if n > 100 * 1024 * 1024 or c.offset + 8 + n > os.path.getsize(c.file):
+                    raise ValueError("header length out of range")
+                header = json.loads(f.read(n).decode("utf-8"))
+            spec = header[key]
+            code, shape, (begin, end) = spec["dtype"], tuple(spec["shape"]), spec["data_offsets"]
+            dtype = DTYPES[code]
+            numel = 1
+            for d in shape:
+                numel *= int(d)
+            if end - begin != numel * ITEMSIZES[code]:
+                raise ValueError("data_offsets do not match the shape")
+        except (OSError, ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
+            raise CorruptFileError(f"{label}: neither a torch.save archive nor a safetensors entry for {key!r} "
+                                   f"({type(e).__name__}: {e}); the file is corrupt") from e
+        start = c.offset + 8 + n + begin
+        src = ByteSource(lambda ref: (c.file, start, end - begin))
+        ref = StorageRef(key, dtype, "cpu", numel, source=src)
+        return TensorRecord(ref, 0, shape, _contiguous(shape), dtype)
+
+
+def _safe_file(folder: str, name: object, meta_path: str) -> str:
+    if not isinstance(name, str) or not name or os.path.isabs(name):
+        raise UnsafePathError(f"{meta_path}: a chunk names data file {name!r}, which is not a file name inside the "
+                              "checkpoint folder — refusing to read it")
+    real = os.path.realpath(folder)
+    full = os.path.realpath(os.path.join(folder, name))
+    if os.path.commonpath([real, full]) != real:
+        raise UnsafePathError(f"{meta_path}: data file {name!r} lies outside the checkpoint folder — refusing to "
+                              "read it")
+    return full
+
+
+def _contiguous(shape) -> tuple:
+    stride, acc = [], 1
+    for s in reversed(shape):
+        stride.append(acc)
+        acc *= max(s, 1)
+    return tuple(reversed(stride))
+
+
+def _read_bytes_item(folder: str, info: dict, meta_path: str):
+    """A non-tensor value (``torch.save(obj)`` bytes), read with the safe unpickler. Returns (value, references)."""
+    from .torch_zip import open_archive, parse_archive
+    rel, offset, length = info.get("relative_path"), info.get("offset"), info.get("length")
+    if not isinstance(offset, int) or not isinstance(length, int):
+        return "<unreadable: no location>", []
+    if info.get("transform_descriptors"):
+        return f"<stored through extensions {list(info['transform_descriptors'])}>", []
+    if length > MAX_BYTES_ITEM:
+        return f"<{length} bytes, not read>", []
+    file = _safe_file(folder, rel, meta_path)
+    if not os.path.isfile(file) or offset + length > os.path.getsize(file):
+        raise CorruptFileError(f"{file}: a data file of the DCP checkpoint is missing or truncated — copy every "
+                               ".distcp file with the .metadata")
+    view = _FileView(file, offset, length)
+    try:
+        root, refs = parse_archive(open_archive(view, f"{file}@{offset}"), f"{file}@{offset}",
+                                   base_offset=offset, file=file)
+    finally:
+        view.close()
+    return root, refs
+
+
+def open_dcp(path: str) -> Checkpoint:
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    meta_path = os.path.join(folder, METADATA)
+    try:
+        with open(meta_path, "rb") as f, gc_paused():
+            up = SafeUnpickler(f)
+            md = up.load()
+    except OSError as e:
+        raise CorruptFileError(f"{meta_path}: cannot read the DCP metadata ({e.strerror}) — check permissions") from e
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            RecursionError, MemoryError, UnicodeDecodeError, OverflowError) as e:
+        raise CorruptFileError(f"{meta_path}: the DCP metadata could not be parsed ({type(e).__name__}); the file "
+                               "is truncated or corrupt — copy the checkpoint folder again") from e
+    state = _state(md)
+    sdm = state.get("state_dict_metadata")
+    if _name(md) != "Metadata" or not isinstance(sdm, dict):
+        raise CorruptFileError(f"{meta_path}: not torch.distributed.checkpoint metadata (it holds a {_name(md)}); "
+                               "open the checkpoint folder that torch.distributed.checkpoint.save wrote")
+    storage = state.get("storage_data") if isinstance(state.get("storage_data"), dict) else {}
+    planner = state.get("planner_data") if isinstance(state.get("planner_data"), dict) else {}
+
+    # where each (fqn, chunk offsets) lies
+    where: dict[tuple, dict] = {}
+    where_by_fqn: dict[str, list] = {}
+    for index, info in storage.items():
+        ist, sinfo = _state(index), _state(info)
+        fqn = ist.get("fqn")
+        if not isinstance(fqn, str):
+            continue
+        off = ist.get("offset")
+        key = (fqn, tuple(off) if isinstance(off, (tuple, list)) else None)
+        where[key] = sinfo
+        where_by_fqn.setdefault(fqn, []).append(sinfo)
+
+    source = DcpSource(folder)
+    refs = [r for r in up.references if not r.startswith(_DCP_MACHINERY)]
+    flat: list[tuple[tuple, Any]] = []
+    for fqn, item in sdm.items():
+        fqn = str(fqn)
+        kind = _name(item)
+        if kind == "TensorStorageMetadata":
+            st = _state(item)
+            props = st.get("properties")
+            pstate = props._state if isinstance(props, Inert) else None
+            dtype = None
+            if isinstance(pstate, tuple) and pstate and isinstance(pstate[0], TorchDtype):
+                dtype = str(pstate[0])
+            elif isinstance(pstate, dict) and isinstance(pstate.get("dtype"), TorchDtype):
+                dtype = str(pstate["dtype"])
+            size = st.get("size")
+            if dtype is None or not isinstance(size, tuple) or not all(type(s) is int and s >= 0 for s in size):
+                raise CorruptFileError(f"{meta_path}: tensor {fqn!r} has no valid dtype or size in the metadata; "
+                                       "the file is corrupt")
+            chunks = []
+            for ch in st.get("chunks") or []:
+                cst = _state(ch)
+                offsets, sizes = cst.get("offsets"), cst.get("sizes")
+                if not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or len(offsets) != len(size):
+                    raise CorruptFileError(f"{meta_path}: a chunk of {fqn!r} has no valid offsets/sizes")
+                sinfo = where.get((fqn, offsets))
+                if sinfo is None:
+                    raise CorruptFileError(f"{meta_path}: no data file holds the chunk of {fqn!r} at {list(offsets)}; "
+                                           "the metadata is incomplete")
+                file = _safe_file(folder, sinfo.get("relative_path"), meta_path)
+                chunks.append(_Chunk(offsets, sizes, file, int(sinfo.get("offset", -1)),
+                                     int(sinfo.get("length", -1)), sinfo.get("transform_descriptors")))
+            numel = 1
+            for s in size:
+                numel *= s
+            source.chunks[fqn] = chunks
+            source.shapes[fqn] = size
+            ref = StorageRef(fqn, dtype, "cpu", numel, source=source)
+            value = TensorRecord(ref, 0, size, _contiguous(size), dtype)
+        else:  # BytesStorageMetadata: a pickled value
+            infos = where_by_fqn.get(fqn) or []
+            if infos:
+                value, item_refs = _read_bytes_item(folder, infos[0], meta_path)
+                refs.extend(r for r in item_refs if r not in refs)
+            else:
+                value = "<missing>"
+        loc = planner.get(fqn)
+        parts = tuple(str(p) for p in loc) if isinstance(loc, (tuple, list)) and loc else (fqn,)
+        flat.append((parts, value))
+    with gc_paused():
+        root = _nest(flat)
+    files = sorted({c.file for cs in source.chunks.values() for c in cs})
+    metadata = {"dcp_version": state.get("version"), "data_files": [os.path.relpath(f, folder) for f in files]}
+    return Checkpoint(folder, "torch-dcp", root, refs, metadata)
+
+
+def _nest(flat: list[tuple[tuple, Any]]) -> OrderedDict:
+    """Nested dicts from ``(path, value)`` pairs; a path that clashes with another stays whole at the top level."""
+    root: OrderedDict = OrderedDict()
+    for parts, value in flat:
+        node = root
+        ok = True
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = OrderedDict()
+            elif not isinstance(nxt, OrderedDict):
+                ok = False
+                break
+            node = nxt
+        if ok and parts[-1] not in node:
+            node[parts[-1]] = value
+        else:
+            root[".".join(parts)] = value
+    return root
+
+
+register(Reader("torch.distributed.checkpoint", identify, open_dcp, priority=70))
