@@ -8,7 +8,9 @@ demand too.
 """
 from __future__ import annotations
 
+import copy
 import re
+import sys
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, Callable, Iterator
@@ -36,6 +38,17 @@ class RecoveredModule(OrderedDict):
         self.modules: dict[str, ModuleInfo] = {}
         self.kinds: dict[str, str] = {}
         self.non_persistent: dict[str, TensorRecord] = {}
+        # what module.state_dict() would attach: per module, {"version": cls._version}
+        self._metadata: OrderedDict[str, dict] = OrderedDict()
+
+
+def _module_version(qualname: str) -> int:
+    """``_version`` of a module class, known without importing anything: torch's own classes are already imported
+    (torch is); any other class is looked up only if it is already in ``sys.modules``, else ``nn.Module``'s 1."""
+    module, _, name = qualname.rpartition(".")
+    cls = getattr(sys.modules.get(module), name, None) if module.startswith("torch.") else None
+    version = getattr(cls, "_version", 1)
+    return version if isinstance(version, int) else 1
 
 
 def _recover_module(obj: Inert) -> RecoveredModule:
@@ -49,6 +62,7 @@ def _recover_module(obj: Inert) -> RecoveredModule:
         name = prefix[:-1]
         qual = mod.global_name if isinstance(mod, Inert) else type(mod).__name__
         out.modules[name] = ModuleInfo(name, qual.rsplit(".", 1)[-1], qual)
+        out._metadata[name] = {"version": _module_version(qual)}
         if not isinstance(state, dict):
             continue
         params = state.get("_parameters") or {}
@@ -420,6 +434,8 @@ class Checkpoint:
         """``None`` -> the best state dict; ``"/"`` -> the root; ``"a/b"`` -> ``("a", "b")``."""
         if entry is None:
             if self.default_state_dict is None:
+                if isinstance(self.root, dict):  # an empty state dict (or one of non-tensors) is still one
+                    return ()
                 raise KeyNotFoundError(f"{self.path}: holds no mapping of tensors to use as a state dict")
             return self.default_state_dict
         if isinstance(entry, (tuple, list)):
@@ -498,7 +514,8 @@ class Checkpoint:
             if meta is not None:
                 if not isinstance(out, OrderedDict):
                     out = OrderedDict(out)
-                out._metadata = meta  # type: ignore[attr-defined]
+                # each caller gets its own copy: load_state_dict(assign=True) writes into the per-module entries
+                out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
         elif isinstance(obj, list):
             out = []
             memo[id(obj)] = (obj, out)

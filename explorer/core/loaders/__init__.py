@@ -6,6 +6,7 @@ Order of dispatch: readers by priority (highest first); the first whose ``identi
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -73,13 +74,22 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 _loaded = False
+_loading = threading.Lock()
 
 
 def _ensure_builtin() -> None:
+    """Import the built-in readers once; safe when two threads open files at the same time."""
     global _loaded
     if _loaded:
         return
-    _loaded = True
+    with _loading:
+        if _loaded:
+            return
+        _import_builtin()
+        _loaded = True
+
+
+def _import_builtin() -> None:
     from . import torch_zip, legacy, safetensors_reader, sharded  # noqa: F401  (they register themselves)
     try:
         from . import dcp  # noqa: F401
