@@ -73,7 +73,7 @@ def run(args) -> int:
     if args.screenshot:
         take_screenshot(args.screenshot, args.variant, args.seed)
     if args.json:
-        json.dump(demo.to_json(), sys.stdout)
+        sys.stdout.write(json.dumps(demo.to_json()))  # dumps uses the C encoder; dump(fp) does not
         sys.stdout.write("\n")
     else:
         render_text(demo, sys.stdout)

@@ -72,7 +72,7 @@ def run(args) -> int:
     b = open_side(args.b)
     report = diff_sides(a, b)
     if args.json:
-        json.dump(report.to_json(), sys.stdout)
+        sys.stdout.write(json.dumps(report.to_json()))  # dumps uses the C encoder; dump(fp) does not
         sys.stdout.write("\n")
     else:
         render_text(report, sys.stdout)

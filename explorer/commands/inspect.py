@@ -85,7 +85,7 @@ def render_text(side, out) -> None:
 def run(args) -> int:
     side = open_side(args.target)
     if args.json:
-        json.dump(inspect_json(side), sys.stdout)
+        sys.stdout.write(json.dumps(inspect_json(side)))  # dumps uses the C encoder; dump(fp) does not
         sys.stdout.write("\n")
     else:
         render_text(side, sys.stdout)

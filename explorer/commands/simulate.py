@@ -42,7 +42,7 @@ def run(args) -> int:
     entry = args.entry if side.kind != "model" else None
     report = simulate_load(model, side, entry=entry, strict=args.strict, assign=args.assign)
     if args.json:
-        json.dump(report.to_json(), sys.stdout)
+        sys.stdout.write(json.dumps(report.to_json()))  # dumps uses the C encoder; dump(fp) does not
         sys.stdout.write("\n")
     else:
         render_text(report, sys.stdout, verbose=args.verbose)

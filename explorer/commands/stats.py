@@ -86,7 +86,7 @@ def run(args) -> int:
     t, key = resolve_tensor(side, args.key)
     s = tensor_stats(t, bins=args.bins, percentiles=DEFAULT_PERCENTILES)
     if args.json:
-        json.dump(s.to_json(key, tuple(t.shape), s.dtype), sys.stdout)
+        sys.stdout.write(json.dumps(s.to_json(key, tuple(t.shape), s.dtype)))  # dumps uses the C encoder; dump(fp) does not
         sys.stdout.write("\n")
     else:
         render_text(key, t, s, sys.stdout)

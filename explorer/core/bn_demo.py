@@ -18,7 +18,6 @@ import inspect
 import io
 import math
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -27,6 +26,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .atomic import atomic_write_text
 from ..errors import ExplorerError
 from .demo_models import ConvBatchNormModel, MyBatchNormModel
 
@@ -667,7 +667,7 @@ class BatchNormDemo:
 
     def save_script(self, path: str | os.PathLike) -> None:
         """Write :meth:`export_script` atomically (a temporary file in the same folder, then ``os.replace``)."""
-        write_text_atomic(path, self.export_script())
+        atomic_write_text(path, self.export_script())
 
 
 def _round_trip(sd: OrderedDict) -> OrderedDict:
@@ -694,20 +694,6 @@ def old_version_state_dict(model: nn.Module, metadata: str) -> OrderedDict:
     return out
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 # --- the exported script ---------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
+from .atomic import atomic_output
 from ..errors import Cancelled, ExplorerError
 from .records import dtype_name
 
@@ -218,7 +218,7 @@ def part_candidates(missing: list[str], unexpected: list[str], limit: int = 2) -
     return [Remap("rename_part", old=o, new=n) for (o, n), c in votes.most_common(limit) if c >= 2]
 
 
-def _edit_distance_le1(a: str, b: str) -> bool:
+def within_one_edit(a: str, b: str) -> bool:
     """At most one insertion, deletion, substitution or swap of two neighbouring characters."""
     if a == b:
         return True
@@ -265,7 +265,7 @@ def rename_candidates(missing: list[str], unexpected: list[str], model_shapes: M
                 and all(uleaves.get(leaf) == shape for leaf, shape in leaves.items())]
         if not fits:
             continue
-        close = [f for f in fits if _edit_distance_le1(f, mmod)]
+        close = [f for f in fits if within_one_edit(f, mmod)]
         choice = close[0] if len(close) == 1 else fits[0]
         used.add(choice)
         for leaf in unex_groups[choice]:
@@ -285,7 +285,7 @@ def rename_candidates(missing: list[str], unexpected: list[str], model_shapes: M
         same = by_shape.get(ck_shapes[u], ())
         if len(same) > 5000:  # a quadratic search would take seconds: leave it to the other rules
             continue
-        cands = [m for m in same if m not in taken and _edit_distance_le1(u, m)]
+        cands = [m for m in same if m not in taken and within_one_edit(u, m)]
         if len(cands) == 1:
             renames[u] = cands[0]
             taken.add(cands[0])
@@ -509,35 +509,24 @@ def apply_remap(checkpoint_side, remap: Remap, out_path: str | os.PathLike, *, e
     if not isinstance(meta_sd, Mapping):
         raise RemapError(f"{ck.label}: the object at this entry is not a state dict")
     is_st = out_path.endswith(".safetensors")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(out_path), dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if is_st:
-                items = []
-                new_keys = remap.apply(OrderedDict((k, None) for k in meta_sd)) if remap.kind != "entry" else \
-                    OrderedDict((k, None) for k in meta_sd)
-                for (old, v), new in zip(meta_sd.items(), new_keys):
-                    if not isinstance(v, torch.Tensor):
-                        continue
-                    items.append((new, _reader(checkpoint_side, ck, old), tuple(v.shape), dtype_name(v.dtype)))
-                _write_safetensors(f, items, should_stop, progress)
-            else:
-                real = ck.real()
-                fixed = remap.apply(real) if remap.kind != "entry" else real
-                if should_stop is not None and should_stop():
-                    raise Cancelled("export cancelled")
-                torch.save(fixed, f)
-                if progress is not None:
-                    progress(1, 1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_output(out_path) as f:
+        if is_st:
+            items = []
+            new_keys = remap.apply(OrderedDict((k, None) for k in meta_sd)) if remap.kind != "entry" else \
+                OrderedDict((k, None) for k in meta_sd)
+            for (old, v), new in zip(meta_sd.items(), new_keys):
+                if not isinstance(v, torch.Tensor):
+                    continue
+                items.append((new, _reader(checkpoint_side, ck, old), tuple(v.shape), dtype_name(v.dtype)))
+            _write_safetensors(f, items, should_stop, progress)
+        else:
+            real = ck.real()
+            fixed = remap.apply(real) if remap.kind != "entry" else real
+            if should_stop is not None and should_stop():
+                raise Cancelled("export cancelled")
+            torch.save(fixed, f)
+            if progress is not None:
+                progress(1, 1)
     return out_path
 
 

@@ -54,6 +54,7 @@ from ..errors import Cancelled, ExplorerError, KeyNotFoundError
 from .records import (DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, RUNNING_STAT, RUNNING_STAT_NAMES, SHAPE_MISMATCH,
                       UNEXPECTED, VALUE_CHANGED)
 from .records import dtype_name as _dtype_name
+from .remap import within_one_edit
 
 _DTYPE_NAMES: dict = {}
 
@@ -1222,26 +1223,13 @@ class _Near:
                 return key[i + 1:]
             i = key.find(".", i + 1)
         for c in self.by_leaf.get(key.rsplit(".", 1)[-1], ())[:200]:
-            if _one_edit(c, key):
+            if c != key and within_one_edit(c, key):
                 return c
         return None
 
 
 def _near(key: str, candidates) -> str | None:
     return _Near(candidates)(key)
-
-
-def _one_edit(a: str, b: str) -> bool:
-    if a == b or abs(len(a) - len(b)) > 1:
-        return False
-    if len(a) == len(b):
-        return sum(x != y for x, y in zip(a, b)) == 1
-    if len(a) > len(b):
-        a, b = b, a
-    i = 0
-    while i < len(a) and a[i] == b[i]:
-        i += 1
-    return a[i:] == b[i + 1:]
 
 
 def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, model, slots, tied, message) -> str:

@@ -2,17 +2,22 @@
 
 How it is computed (see ``/work/shared/PERFORMANCE.md`` for the measurements behind these choices):
 
-* The tensor is read in chunks of ~1M elements straight from its memory map, by two threads (torch intra-op threads
+* The tensor is read in chunks of 512K elements straight from its memory map, by two threads (torch intra-op threads
   set to 1 meanwhile), each reusing its own buffers: memory stays bounded (a few tens of MB) whatever the size.
 * **Narrow dtypes** (bool, int8, uint8, int16, uint16, float16, bfloat16, every float8): one pass counts each raw bit
   pattern (at most 65,536 of them). Every figure then follows *exactly* from those counts: each pattern is one value.
 * **Wide dtypes** (float32, float64, int32, uint32, int64, uint64, and the magnitude of complex numbers):
   pass 1 computes count, finite min/max, NaN/+Inf/-Inf counts and mean/variance per chunk, merged across chunks with
   Chan's method (accurate even for ``1 + 1e-3*noise``), plus a count of the top 16 bits of each value (65,536
-  buckets in value order). Pass 2 (``exact=True``, the default) bins every value into the histogram (float64
+  buckets in value order). Pass 2 (``exact=True``, the default) bins values into the histogram (float64
   arithmetic; the rare values within 1e-9 bin widths of an edge are placed by comparing them with the edge, as
   numpy does) and, for float32/int32, counts the low 16 bits of the values in the few buckets that hold the wanted
-  percentiles and the zeros -- which makes percentiles and the zero count exact. For 64-bit values the elements of
+  percentiles and the zeros -- which makes percentiles and the zero count exact. For float32/int32 (range = min..max)
+  a bucket whose whole value span lies inside one bin gives that bin its count from pass 1; pass 2 then picks out
+  (one 65,536-entry table lookup per value, then numpy compaction) and bins only the values of the buckets that
+  straddle a bin edge or are refined -- ~10% of the values for Gaussian data -- unless they are more than
+  :data:`SELECT_MAX` of them (then every value is binned); when there are none, there is no pass 2 at all.
+  For 64-bit values the elements of
   the percentile buckets are gathered (exact) unless there are more than :data:`GATHER_LIMIT`, when the percentile
   is interpolated inside its bucket (said in ``notes``); zeros are counted in pass 1.
   With ``exact=False`` there is no pass 2: histogram and percentiles are interpolated from the 65,536 buckets
@@ -30,6 +35,7 @@ Values of int64/uint64 beyond 2**53 are measured as float64 (rounded).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import threading
 from dataclasses import dataclass, field
@@ -42,9 +48,11 @@ from ..errors import Cancelled, ExplorerError
 from .records import dtype_name
 
 CHUNK = 1 << 20              # elements per chunk: stays in cache, amortises the per-op overhead
+STATS_CHUNK = CHUNK // 2     # elements per chunk of tensor_stats: its ~8 ops per chunk then mostly hit L2
 PASS2_CHUNK = CHUNK // 2     # pass 2 holds ~7 bytes of buffers per element of a chunk
 THREADS = 2                  # worker threads for large tensors
 PARALLEL_MIN = 4 * CHUNK     # below this, one thread
+SELECT_MAX = 0.6             # pass 2 bins only the values of edge-straddling/refined buckets, if at most this share
 GATHER_LIMIT = 4 << 20       # 64-bit values gathered for exact percentiles, at most (32 MB)
 EXTREME = 1e4                # a float tensor with max |x| above this is flagged "extreme"
 DEFAULT_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -171,11 +179,14 @@ def _check_stop(should_stop):
 
 def run_chunked(n_chunks: int, make_state: Callable[[], object], work: Callable[[object, int], int],
                 *, total: int, progress: ProgressFn | None = None, should_stop: StopFn | None = None,
-                threads: int = THREADS) -> list:
+                threads: int = THREADS, dynamic: bool = False) -> list:
     """Call ``work(state, i)`` for every chunk index, spread over ``threads`` threads, each with its own state.
 
     ``work`` returns the number of elements it handled (for progress). The calling thread is one of the workers and
     the only one calling ``progress``/``should_stop``. Returns the states, to be merged by the caller.
+    ``dynamic``: each thread takes the next chunk not yet taken (a thread the OS holds back leaves its share to
+    the others; which state gets which chunk then varies from run to run), else thread ``w`` takes chunks
+    ``w, w + threads, ...``.
     """
     threads = max(1, min(threads, n_chunks))
     states = [make_state() for _ in range(threads)]
@@ -191,10 +202,18 @@ def run_chunked(n_chunks: int, make_state: Callable[[], object], work: Callable[
     done = [0] * threads
     stop = threading.Event()
     errors: list[BaseException] = []
+    taken = itertools.count()   # next() is atomic under the GIL
+
+    def indices(w: int) -> Iterator[int]:
+        if not dynamic:
+            yield from range(w, n_chunks, threads)
+            return
+        while (i := next(taken)) < n_chunks:
+            yield i
 
     def loop(w: int, main: bool):
         try:
-            for i in range(w, n_chunks, threads):
+            for i in indices(w):
                 if stop.is_set():
                     return
                 if main:
@@ -403,7 +422,7 @@ class _WideState:
             self.fbuf = None
             self.f64 = torch.empty(chunk, dtype=torch.float64)
             self.sbuf = self.f64.view(torch.int32)[:chunk]   # used once the float64 binning is done
-            self.hbuf = torch.empty(chunk, dtype=torch.int32)
+            self.mbuf = torch.empty(chunk, dtype=torch.bool)
         else:
             self.fbuf = torch.empty(chunk, dtype=plan.wide if fl else torch.float64)
         self.hist: torch.Tensor | None = None
@@ -458,6 +477,13 @@ def _count_into(st, idx: torch.Tensor, size: int) -> None:
     if st.refine is None:
         st.refine = torch.zeros(size, dtype=torch.int64)
     st.refine.index_add_(0, idx, _ONES.expand(idx.numel()))
+
+
+def _compact(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``v[mask]`` for 1-D ``v`` and ``mask``, through numpy (``flatnonzero`` + ``take``): for sparse masks ~10x
+    faster than torch's boolean indexing, whose nonzero costs ~2 ms per 1M elements whatever the density."""
+    a = v.numpy()
+    return torch.from_numpy(a.take(np.flatnonzero(mask.numpy())))
 
 
 _EDGE_EPS = 1e-9   # in bin widths: float64 binning can misplace only values this close to an edge
@@ -522,8 +548,24 @@ class _Wide:
         # zeros: 32-bit data counts them exactly in pass 2 (refining the zero buckets) or, estimated, takes the zero
         # buckets (|x| < 2**-133 for float32); otherwise they are counted here, in the chunks whose zero bucket is hit
         self.count_zeros = plan.bits == 64 or (not exact and not self.float)
-        self.merged = False
         self.nonfinite_chunks: set[int] = set()
+        self.moments: list[tuple[int, float, float] | None] = [None] * len(chunks)
+
+    def fold_moments(self, st: _WideState) -> None:
+        """Chan et al.: merge the chunks' (n, mean, M2) in chunk order into ``st`` (and the sum of squares)."""
+        for m in self.moments:
+            if m is None:
+                continue
+            n, mean_c, m2_c = m
+            if st.n == 0:
+                st.mean, st.m2 = mean_c, m2_c
+            else:
+                tot = st.n + n
+                d = mean_c - st.mean
+                st.mean += d * n / tot
+                st.m2 += m2_c + d * d * st.n * n / tot
+            st.n += n
+            st.sumsq += m2_c + n * mean_c * mean_c
 
     def values(self, i: int) -> torch.Tensor:
         c = self.chunks[i]
@@ -563,16 +605,7 @@ class _Wide:
             buf.sub_(mean_c)
             buf.mul_(buf)
             m2_c = float(buf.sum())
-        # Chan et al.: merge this chunk's (n, mean, M2) into the running one
-        if st.n == 0:
-            st.mean, st.m2 = mean_c, m2_c
-        else:
-            tot = st.n + n
-            d = mean_c - st.mean
-            st.mean += d * n / tot
-            st.m2 += m2_c + d * d * st.n * n / tot
-        st.n += n
-        st.sumsq += m2_c + n * mean_c * mean_c
+        self.moments[i] = (n, mean_c, m2_c)    # merged in chunk order afterwards, whichever thread took it
         st.min = min(st.min, mn)
         st.max = max(st.max, mx)
         raw = _top16(v.view(_INT_VIEW[self.plan.bits]), st.ibuf[:n], self.plan.bits)
@@ -584,17 +617,19 @@ class _Wide:
 
     # pass 2: histogram (float64 binning) and refinement of percentile buckets
     def pass2_factory(self, edges: np.ndarray | None, clip: bool, lut: torch.Tensor | None,
-                      gather_lut: torch.Tensor | None):
+                      gather_lut: torch.Tensor | None, select: torch.Tensor | None = None):
+        """``select`` (bool per raw top-16 bucket, 32-bit data only): only the values of the selected buckets are
+        binned/refined (the other buckets' histogram bins follow from pass 1's bucket counts)."""
         plan = self.plan
         nb = len(edges) - 1 if edges is not None else 0   # no edges: no histogram in this pass
         lo = float(edges[0]) if nb else 0.0
         norm = nb / (float(edges[-1]) - lo) if nb else 0.0
         edges_t = torch.from_numpy(np.ascontiguousarray(edges, dtype=np.float64)) if nb else None
         refine_size = (int(lut.max()) + 1) << 16 if lut is not None else 0
-        # One bincount for both: non-target values count their histogram bin (0..nb-1), values of the refined
-        # buckets count (slot << 16 | low 16 bits) -- their bins are added afterwards from their exact values.
-        self.merged = merged = lut is not None and clip and 0 < nb < 65536 and plan.bits == 32
-        lut_e = (lut << 16) | torch.where(lut > 0, 0xFFFF, 0).to(torch.int32) if merged else None
+        # Values of the refined buckets (percentiles, zeros: usually a small share) are picked out by one table
+        # lookup and compaction, then counted by (slot << 16 | low 16 bits); every value passed to ``piece`` is
+        # binned in float64 (with ``select``, only the values of the selected buckets are).
+        refine_sel = (lut > 0) if lut is not None else None
 
         def work(st: _WideState, i: int) -> int:
             v = self.values(i)
@@ -602,22 +637,23 @@ class _Wide:
             if i in self.nonfinite_chunks:
                 v = v[torch.isfinite(v)]
             for off in range(0, v.numel(), PASS2_CHUNK):  # half chunks: pass 2 needs more buffers per element
-                piece(st, v[off:off + PASS2_CHUNK])
+                p = v[off:off + PASS2_CHUNK]
+                if select is not None:
+                    p = selected(st, p)
+                    if not p.numel():
+                        continue
+                piece(st, p)
             return n_all
+
+        def selected(st: _WideState, v: torch.Tensor) -> torch.Tensor:
+            """The values of ``v`` whose top-16 bucket is selected (one table lookup per value, then compaction)."""
+            n = v.numel()
+            raw = _top16(v.view(torch.int32), st.ibuf[:n], 32)
+            mask = torch.index_select(select, 0, raw, out=st.mbuf[:n])
+            return _compact(v, mask)
 
         def piece(st: _WideState, v: torch.Tensor) -> None:
             n = v.numel()
-            if merged:
-                h = _bin_values(v, st.f64[:n], st.hbuf[:n], lo, norm, nb, edges_t, True)
-                bits = v.view(torch.int32)
-                raw = _top16(bits, st.ibuf[:n], 32)
-                e = torch.index_select(lut_e, 0, raw, out=st.sbuf[:n])
-                torch.bitwise_or(bits, -65536, out=raw)          # the top bits are no longer needed
-                raw.bitwise_and_(e)                               # slot << 16 | low16, or 0
-                h.bitwise_and_(e.bitwise_not_())                  # the bin, or 0 for refined values
-                h.add_(raw)
-                _count_into(st, h, refine_size)
-                return
             if nb:
                 idx = _bin_values(v, st.f64[:n], st.ibuf[:n], lo, norm, nb, edges_t, clip)
                 h = torch.bincount(idx, minlength=nb if clip else nb + 2)
@@ -625,13 +661,18 @@ class _Wide:
                     st.hist = h
                 else:
                     st.hist += h
-            if lut is not None:
-                bits = v.view(_INT_VIEW[plan.bits])
-                raw = _top16(bits, st.ibuf[:n], plan.bits)
-                slot = torch.index_select(lut, 0, raw, out=st.sbuf[:n])
-                low = torch.bitwise_and(bits, 0xFFFF, out=raw)  # the top bits are no longer needed
-                slot.bitwise_left_shift_(16).bitwise_or_(low)
-                _count_into(st, slot, refine_size)
+            if lut is not None:   # 32-bit data
+                bits = v.view(torch.int32)
+                raw = _top16(bits, st.ibuf[:n], 32)
+                mask = torch.index_select(refine_sel, 0, raw, out=st.mbuf[:n])
+                sb = _compact(bits, mask)
+                k = sb.numel()
+                if k:
+                    raw = _top16(sb, st.ibuf[:k], 32)
+                    slot = torch.index_select(lut, 0, raw, out=st.sbuf[:k])
+                    low = torch.bitwise_and(sb, 0xFFFF, out=raw)
+                    slot.bitwise_left_shift_(16).bitwise_or_(low)
+                    _count_into(st, slot, refine_size)
             if gather_lut is not None:
                 raw = _top16(v.view(_INT_VIEW[plan.bits]), st.ibuf[:n], plan.bits)
                 mask = torch.index_select(gather_lut, 0, raw)
@@ -756,10 +797,10 @@ def _prepare(t: torch.Tensor):
     plan = _plan(t)
     t = dense_order(t)
     if t.is_contiguous():
-        chunks = list(iter_chunks(t, CHUNK))
+        chunks = list(iter_chunks(t, STATS_CHUNK))
         parallel = t.numel() >= PARALLEL_MIN
     else:  # a strided view that no permutation makes dense: bounded copies, one thread
-        chunks = list(iter_chunks(t, CHUNK))
+        chunks = list(iter_chunks(t, STATS_CHUNK))
         parallel = False
     return t, plan, chunks, parallel
 
@@ -790,7 +831,7 @@ def _tensor_stats(t, bins, range, percentiles, progress, should_stop, exact) -> 
     total = numel * (1 if plan.narrow or not (exact or range is not None) else 2)
     if plan.narrow:
         states = run_chunked(len(chunks), lambda: _NarrowState(plan.bits), _narrow_work(chunks, plan.bits),
-                             total=total, progress=progress, should_stop=should_stop, threads=threads)
+                             total=total, progress=progress, should_stop=should_stop, threads=threads, dynamic=True)
         counts = sum(s.counts for s in states[1:]) + states[0].counts if len(states) > 1 else states[0].counts
         return _finish_narrow(plan, counts.numpy(), numel, bins, range, percentiles)
     return _wide_stats(plan, chunks, numel, threads, bins, range, percentiles, bool(exact) or range is not None,
@@ -840,11 +881,12 @@ def _wide_stats(plan, chunks, numel, threads, bins, rng, percentiles, second_pas
         return lambda done, tot: progress(offset + done, total)
 
     states = run_chunked(len(chunks), make, eng.pass1, total=numel, progress=report(0), should_stop=should_stop,
-                         threads=threads)
+                         threads=threads, dynamic=True)
     st = states[0]
     for o in states[1:]:
         st.merge(o)
     del states
+    eng.fold_moments(st)
     st.fbuf = st.ibuf = None      # pass 1's buffers, before pass 2 allocates its own
     eng.nonfinite_chunks = st.nonfinite_chunks
     notes: list[str] = []
@@ -883,26 +925,46 @@ def _wide_stats(plan, chunks, numel, threads, bins, rng, percentiles, second_pas
             elif int(sum(int(st.buckets[r]) for r in target_raws)) <= GATHER_LIMIT:
                 gather_lut = torch.zeros(65536, dtype=torch.bool)
                 gather_lut[target_raws] = True
-        work = eng.pass2_factory(edges, clipped, lut, gather_lut)
+        # 32-bit data, range = min..max: a bucket whose whole value span lies in one bin gives that bin its count
+        # straight from pass 1; pass 2 then bins only the values of the buckets that straddle an edge, plus those
+        # of the refined buckets (percentiles, zeros) -- unless they are most of the values.
+        select = base = None
+        run2 = True
+        if exact and plan.bits == 32 and clipped and 0 < nb < 65536:
+            raws, bins_of, straddle = _bucket_bins(st.buckets.numpy(), is_float, edges, mn, mx)
+            chosen = straddle | np.isin(raws, np.array(refine_raws, dtype=np.int64))
+            bc = st.buckets.numpy()[raws]
+            n_sel = int(bc[chosen].sum())
+            if n_sel <= SELECT_MAX * count:
+                base = np.bincount(bins_of[~chosen], weights=bc[~chosen], minlength=nb)[:nb].astype(np.int64)
+                select = torch.zeros(65536, dtype=torch.bool)
+                select[torch.from_numpy(raws[chosen])] = True
+                run2 = n_sel > 0     # else every bin and figure is already exact: no second pass
+        work = eng.pass2_factory(edges, clipped, lut, gather_lut, select)
 
         def make2():
             return _WideState(plan, max(min(chunk_len, PASS2_CHUNK), 1), second=True)
-        states2 = run_chunked(len(chunks), make2, work, total=numel, progress=report(numel),
-                              should_stop=should_stop, threads=threads)
+        if run2:
+            states2 = run_chunked(len(chunks), make2, work, total=numel, progress=report(numel),
+                                  should_stop=should_stop, threads=threads, dynamic=True)
+        else:
+            states2 = [make2()]
+            if progress is not None:
+                progress(total, total)
         s2 = states2[0]
         for o in states2[1:]:
             s2.merge(o)
-        if eng.merged:
-            s2.hist = s2.refine[:nb].clone()
         h = s2.hist.numpy() if s2.hist is not None else np.zeros(nb + (0 if clipped else 2), np.int64)
         if clipped:
             hc, below, above = h[:nb].copy(), 0, 0
+            if base is not None:
+                hc += base
         else:
             hc = h[1:nb + 1].copy()
             below, above = int(h[0]), int(h[nb + 1])
         hist_exact = True
         if lut is not None:
-            ref = s2.refine.numpy()
+            ref = s2.refine.numpy() if s2.refine is not None else np.zeros((len(refine_raws) + 1) << 16, np.int64)
             low = np.arange(65536, dtype=np.int64)
             zeros = 0
             for s, r in enumerate(refine_raws, 1):
@@ -911,9 +973,6 @@ def _wide_stats(plan, chunks, numel, threads, bins, rng, percentiles, second_pas
                     zeros += int(cnt[0])    # +0.0 / -0.0 (or the integer 0): low bits all zero
                 nz = cnt > 0
                 vals = _decode((np.int64(r) << np.int64(16)) | low[nz], 32, is_float)
-                if eng.merged:  # their bins, from their exact values
-                    b = np.clip(np.searchsorted(edges, vals, side="right") - 1, 0, nb - 1)
-                    hc += np.bincount(b, weights=cnt[nz], minlength=nb).astype(np.int64)
                 if r in target_raws:
                     _store_exact(values_at, vals, cnt[nz], r, order, cum, need, pos)
         elif gather_lut is not None:
@@ -960,6 +1019,19 @@ def _wide_stats(plan, chunks, numel, threads, bins, rng, percentiles, second_pas
         notes.append("values beyond 2**53 are measured as float64 (rounded)")
     return TensorStats(plan.name, numel, count, mn, mx, mean, std, l2, absmax, zeros, st.nan, st.posinf,
                        st.neginf, pct, hist, flags, exact_all, notes, plan.measured)
+
+
+def _bucket_bins(counts: np.ndarray, is_float: bool, edges: np.ndarray, mn: float, mx: float):
+    """For each non-empty raw top-16 bucket of 32-bit data (``raws``): the bin of its lowest value and whether its
+    values may fall in more than one bin (an edge inside its span; bins as ``edges[i] <= x < edges[i+1]``, the
+    last one closed, every value within ``[mn, mx] = [edges[0], edges[-1]]``)."""
+    raws = np.flatnonzero(counts).astype(np.int64)
+    lo, hi = _bucket_bounds(raws, 32, is_float)
+    lo, hi = np.clip(lo, mn, mx), np.clip(hi, mn, mx)
+    nb = len(edges) - 1
+    b_lo = np.clip(np.searchsorted(edges, lo, side="right") - 1, 0, nb - 1)
+    b_hi = np.clip(np.searchsorted(edges, hi, side="right") - 1, 0, nb - 1)
+    return raws, b_lo, b_lo != b_hi
 
 
 def _store_exact(values_at, vals, cnts, raw, order, cum, need, pos):
@@ -1069,7 +1141,7 @@ def _range_histogram(t, bins, range, progress, should_stop) -> Histogram:
     chunk_len = max((c.numel() for c in chunks), default=1)
     states = run_chunked(len(chunks), lambda: _WideState(plan, max(chunk_len, 1), second=True), work,
                          total=t.numel(), progress=progress, should_stop=should_stop,
-                         threads=THREADS if parallel else 1)
+                         threads=THREADS if parallel else 1, dynamic=True)
     st = states[0]
     for o in states[1:]:
         st.merge(o)

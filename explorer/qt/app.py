@@ -111,7 +111,7 @@ def _schedule_screenshot(app, window, out: str, state: dict, timeout_s: float = 
 
 def save_screenshot(window, out: str) -> None:
     """Render the window to a PNG (atomically)."""
-    from .detail_pane import atomic_write_bytes
+    from ..core.atomic import atomic_write_bytes
     pm = window.grab()
     ba = QByteArray()
     buf = QBuffer(ba)

@@ -14,25 +14,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-# statuses: the same strings as explorer.core.records (kept literal here so this module does not import the core
-# package -- and torch with it -- at window start-up)
-MATCHED = "matched"
-VALUE_CHANGED = "changed"
-MISSING = "missing"
-UNEXPECTED = "unexpected"
-SHAPE_MISMATCH = "shape_mismatch"
-DTYPE_CAST = "dtype_cast"
-RUNNING_STAT = "running_stat_overwritten"
-NOT_LOADED = "not_loaded"
-IDENTICAL = "identical"
-CHANGED = "changed"
-ONLY_A = "only_a"
-ONLY_B = "only_b"
-SHAPE_DIFFERS = "shape_differs"
-DTYPE_DIFFERS = "dtype_differs"
-SAME_LAYOUT = "same_layout"        # ours: both sides have the key, same shape and dtype, values not compared yet
+from ..core.records import (  # noqa: F401  (re-exported for the views; records imports no torch)
+    CHANGED, DTYPE_CAST, DTYPE_DIFFERS, IDENTICAL, MATCHED, MISSING, NOT_LOADED, NON_PERSISTENT, ONLY_A, ONLY_B,
+    RUNNING_STAT, SHAPE_DIFFERS, SHAPE_MISMATCH, UNEXPECTED, VALUE_CHANGED)
 
-NON_PERSISTENT = "non_persistent"
+SAME_LAYOUT = "same_layout"        # ours: both sides have the key, same shape and dtype, values not compared yet
 
 # What counts for "problems only": what would break or silently change a load.
 PROBLEM_STATUSES = frozenset({MISSING, UNEXPECTED, SHAPE_MISMATCH, DTYPE_CAST, RUNNING_STAT, NOT_LOADED,

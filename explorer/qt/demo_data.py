@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+from ..core.atomic import atomic_output
+
 
 def demo_checkpoint_path() -> str:
     """Where the demo checkpoint lives: the platform's cache folder (a temp folder if there is none)."""
@@ -38,13 +40,7 @@ def make_demo_checkpoint(path: str, *, steps: int = 5, progress=None, should_sto
         if progress:
             progress(step + 1, steps)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=os.path.dirname(path))
-    os.close(fd)
-    try:
+    with atomic_output(path) as f:
         torch.save({"epoch": steps, "model_state_dict": model.state_dict(),
-                    "optimizer_state_dict": opt.state_dict()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+                    "optimizer_state_dict": opt.state_dict()}, f)
     return path

@@ -10,7 +10,6 @@ import csv
 import io
 import math
 import os
-import tempfile
 
 import numpy as np
 import pyqtgraph as pg
@@ -19,6 +18,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QPushButton, QSizePolicy,
                                QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
+from ..core.atomic import atomic_write_bytes
 from . import compare as C
 from . import theme
 from .detail_compute import DetailResult
@@ -26,32 +26,6 @@ from .detail_compute import DetailResult
 STAT_ROWS = [("shape", "shape"), ("dtype", "dtype"), ("elements", "numel"), ("finite", "count"), ("min", "min"), ("max", "max"),
              ("mean", "mean"), ("std", "std"), ("|max|", "absmax"), ("L2 norm", "l2"), ("zeros", "zero_count"),
              ("NaN", "nan"), ("+Inf", "posinf"), ("−Inf", "neginf")]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename over the target: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(path)[1], dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)       # mkstemp makes 0600 files; an export gets the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def fmt(value) -> str:

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from explorer.core.bn_demo import (DEFAULT_SEQUENCE, LEFT, RIGHT, BatchNormDemo, DemoActionError, describe,
                                    make_batch, make_model, observe, old_version_state_dict, run_default_sequence,
-                                   write_text_atomic, VARIANTS)
+                                   VARIANTS)
+from explorer.core.atomic import atomic_write_text as write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
 VARIANT_NAMES = list(VARIANTS)

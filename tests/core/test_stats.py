@@ -410,3 +410,61 @@ def test_cli_stats_entry_path_and_text(files, cli):
     r = cli("stats", "demo:MyBatchNormModel", "bn.running_var", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["flags"] == ["constant"]
+
+
+def _pass2_cases():
+    g = torch.Generator().manual_seed(21)
+    n = 2 * S.CHUNK + 777
+    noisy = 1 + 1e-3 * torch.randn(n, generator=g)                   # every value in 1-2 buckets
+    gauss = torch.randn(n, generator=g) * 0.02
+    gauss[::997] = 0.0
+    gauss[5] = -0.0
+    gauss[S.CHUNK + 3] = float("nan")
+    gauss[S.CHUNK + 4] = float("inf")
+    edges = torch.tensor([-3.0, 0.0, 0.0, 1.5, 3.0, -1.5, 0.75] * 50_000)   # values exactly on bin edges
+    few = torch.tensor([2.0 ** -140, -(2.0 ** -140), 0.0, 7.0, -7.0] * 30_000)  # subnormals in the zero buckets
+    ints = torch.randint(-100_000, 100_000, (n,), generator=g, dtype=torch.int32)
+    uniform = torch.rand(n, generator=g) + 1                          # every bucket straddles an edge
+    return {"noisy": noisy, "gauss": gauss, "edges": edges, "few": few, "ints": ints, "uniform": uniform,
+            "complex": torch.randn(300_000, generator=g, dtype=torch.complex64)}
+
+
+@pytest.mark.parametrize("select_max", [0.0, 1.0])
+@pytest.mark.parametrize("case", list(_pass2_cases()))
+def test_pass2_selective_and_full_binning_agree_and_are_exact(monkeypatch, case, select_max):
+    """Pass 2 either bins every value, or only the values of the buckets that straddle a bin edge (the others'
+    bins follow from their bucket): both exact, same figures."""
+    x = _pass2_cases()[case]
+    monkeypatch.setattr(S, "SELECT_MAX", select_max)
+    s = tensor_stats(x)
+    check(x, s, rtol=2e-6)
+    assert s.exact and s.histogram.exact
+    monkeypatch.setattr(S, "SELECT_MAX", 1.0 - select_max)
+    o = tensor_stats(x)
+    np.testing.assert_array_equal(o.histogram.counts, s.histogram.counts)
+    assert o.percentiles == s.percentiles and o.zero_count == s.zero_count
+    assert histogram(x).counts.tolist() == s.histogram.counts.tolist()
+
+
+def test_no_second_pass_when_every_bucket_sits_in_one_bin(monkeypatch):
+    x = torch.tensor([-1000.0, 1.0, 2.0, 3.0] * 1_000_000)   # no bucket holds an edge of the 256 bins
+    calls = []
+    real = S.run_chunked
+    monkeypatch.setattr(S, "run_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seen = []
+    h = histogram(x, progress=lambda d, t: seen.append((d, t)))
+    assert len(calls) == 1 and seen[-1][0] == seen[-1][1]
+    ref, _ = np.histogram(x.numpy(), bins=h.edges)
+    np.testing.assert_array_equal(h.counts, ref)
+    assert h.exact
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32, torch.bfloat16])
+def test_same_figures_whatever_thread_took_which_chunk(monkeypatch, dtype):
+    """Chunks go to whichever thread is free; moments are merged in chunk order, so every figure is identical
+    to the one-thread result, to the last bit."""
+    x = make(dtype, 6 * S.CHUNK + 4321, seed=3)
+    two = tensor_stats(x)
+    monkeypatch.setattr(S, "THREADS", 1)
+    one = tensor_stats(x)
+    assert two.to_json("k", x.shape, "d") == one.to_json("k", x.shape, "d")

@@ -1,0 +1,177 @@
+"""Issue 7: hostile and broken input never runs code, never crashes, never hangs, and every error is clean.
+
+The harness runs in quick mode in a subprocess (it forks one sandboxed child per run); these tests read its JSON.
+Bugs the harness has found and the readers have not fixed yet are listed in ``KNOWN``, one (input, op) each, and
+tested by ``test_known_bug`` with ``xfail(strict=True)``: when a reader is fixed, that test XPASSes, fails, and the
+entry must be removed. Everything else must be clean now. Code execution and crashes are never tolerated.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.hostile import corpus as corpus_mod
+from tests.hostile.harness import ROOT, exercise
+
+# (input, op) -> the bug, as shell patterns (fnmatch). Keep this short and exact; each entry is a strict xfail below,
+# and fails (XPASS) once the reader is fixed: then delete it. Proposed fixes: see the issue 7 report.
+KNOWN: dict[tuple[str, str], str] = {
+    ("*:long-binput-2^27", "read"):
+        "memory: CPython's C unpickler keeps its memo in an array; a LONG_BINPUT index of 2**27 in a 9-byte pickle "
+        "allocates and zeroes 2 GB before any reader code runs (proposed: cap RLIMIT_AS in SafeUnpickler.load)",
+}
+
+
+def _known(run) -> tuple[str, str] | None:
+    for key in KNOWN:
+        if fnmatch.fnmatchcase(run["input"], key[0]) and fnmatch.fnmatchcase(run["op"], key[1]):
+            return key
+    return None
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory):
+    out = tmp_path_factory.mktemp("hostile") / "quick.json"
+    r = subprocess.run([sys.executable, "-m", "tests.hostile.harness", "--quick", "--json", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    print(r.stdout[-6000:])
+    assert out.exists(), f"the harness did not finish (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    data = json.loads(out.read_text())
+    data["table"] = r.stdout
+    return data
+
+
+def _bad(data, kinds=None):
+    return [r for r in data["runs"] if r["problems"] and (kinds is None or r["outcome"] in kinds)]
+
+
+def _fmt(runs) -> str:
+    return "\n".join(f"[{r['outcome']}] {r['input']} :: {r['op']} (rc={r['rc']}, signal={r['signal']}) -- "
+                     + "; ".join(f"{k}: {d}" for k, d in r["problems"])[:500] for r in runs)
+
+
+def test_covers_every_category(harness):
+    cats = {r["category"] for r in harness["runs"]}
+    want = {"valid", "hostile-pickle", "bomb", "truncated", "flipped", "filesystem", "safetensors-header",
+            "zip-structure", "sharded", "dcp", "keys", "many-tensors"}
+    assert want <= cats, f"missing categories: {want - cats}"
+    ops = {r["op"] for r in harness["runs"]}
+    assert {"read", "inspect", "inspect-json", "stats", "diff", "simulate"} <= ops
+    assert len(harness["runs"]) > 400
+
+
+def test_no_code_executed(harness):
+    bad = _bad(harness, {"code-exec"})
+    assert not bad, "hostile input ran code:\n" + _fmt(bad)
+
+
+def test_no_crashes(harness):
+    bad = _bad(harness, {"crash"})
+    assert not bad, _fmt(bad)
+
+
+def test_inputs_unchanged(harness):
+    assert harness["changed_inputs"] == []
+
+
+def test_every_run_clean_or_a_correct_result(harness):
+    """Exit 2 with one line (not 'internal error', no traceback), or exit 0 with the right tensors; no hang, memory
+    bounded. Known bugs are checked one by one in test_known_bug."""
+    bad = [r for r in _bad(harness) if _known(r) is None]
+    assert not bad, f"{len(bad)} failing runs:\n" + _fmt(bad)
+
+
+def test_known_bugs_are_still_in_the_corpus(harness):
+    """A known bug whose input was renamed or dropped must not turn its xfail into a silent pass."""
+    matched = {_known(r) for r in harness["runs"]}
+    assert set(KNOWN) <= matched, f"not run: {sorted(set(KNOWN) - matched)}"
+
+
+@pytest.mark.parametrize("case", [pytest.param(k, id=f"{k[0]}::{k[1]}",
+                                               marks=pytest.mark.xfail(strict=True, reason=v))
+                                  for k, v in KNOWN.items()])
+def test_known_bug(harness, case):
+    runs = [r for r in harness["runs"] if _known(r) == case]
+    assert runs, f"{case} was not run"
+    assert not _bad({"runs": runs}), _fmt(runs)
+
+
+def test_real_subprocess_agrees(harness):
+    """The fork server runs what ``python main.py`` runs: a fresh interpreter gives the same answers."""
+    real = {r["input"]: r for r in harness["real"]}
+    assert real["valid-zip"]["rc"] == 0
+    assert real["zip:os.system"]["rc"] in (0, 2) and "Traceback" not in real["zip:os.system"]["stderr"]
+    forked = {(r["input"], r["op"]): r for r in harness["runs"]}
+    assert forked[("valid-zip", "inspect-json")]["rc"] == 0
+
+
+def test_quick_mode_is_quick(harness):
+    # issue 7 asks < 90 s on 2 cores; the bound here leaves room for a loaded CI machine
+    assert harness["seconds"] < 240, harness["seconds"]
+
+
+# ---- in-process: every reader raises only ExplorerError ---------------------------------------------------------
+
+# inputs that cannot be run in-process until their bug is fixed (they hang or eat GBs): see test_known_bug
+IN_PROCESS_SKIP = {"zip:long-binput-2^27", "legacy:long-binput-2^27"}
+
+
+@pytest.fixture(scope="module")
+def quick_corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile-corpus")
+    inputs = corpus_mod.build(str(root), quick=True)
+    yield root, inputs
+    for dirpath, dirnames, _ in os.walk(root):  # let pytest clean the permission cases up
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+
+
+def _known_in_process(name: str) -> bool:
+    return name in IN_PROCESS_SKIP or any(fnmatch.fnmatchcase(name, k[0]) and fnmatch.fnmatchcase("read", k[1])
+                                          for k in KNOWN)
+
+
+def test_readers_raise_only_explorer_errors(quick_corpus, monkeypatch):
+    """open_checkpoint over every quick input, then every registered reader forced onto every regular file (a reader
+    handed a file it would not have chosen must still fail cleanly): only ExplorerError, never code."""
+    from explorer.core.loaders import readers
+    from explorer.errors import ExplorerError
+    root, inputs = quick_corpus
+    monkeypatch.setenv("BROWSER", os.path.join(root, "browser.sh"))
+    problems = []
+    for inp in inputs:
+        if _known_in_process(inp.name):
+            continue
+        try:
+            exercise(inp.path)
+        except ExplorerError:
+            pass
+        except Exception as e:  # noqa: BLE001 - the point of the test
+            problems.append(f"{inp.name}: open_checkpoint raised {type(e).__name__}: {str(e)[:200]}")
+        if not os.path.isfile(inp.path) or inp.category == "many-tensors":
+            continue
+        for reader in readers():
+            try:
+                reader.open(inp.path)
+            except ExplorerError:
+                pass
+            except Exception as e:  # noqa: BLE001
+                problems.append(f"{inp.name}: reader {reader.label!r} raised {type(e).__name__}: {str(e)[:200]}")
+    assert os.listdir(os.path.join(root, "markers")) == [], "hostile code ran"
+    assert os.path.exists(os.path.join(root, "canary", "alive")), "hostile code deleted the canary"
+    assert not problems, "\n".join(problems)
+
+
+def test_hostile_references_are_listed_not_run(quick_corpus):
+    """A hostile object inside a valid checkpoint: the tensors list, the global is named, nothing runs."""
+    root, inputs = quick_corpus
+    by = {i.name: i for i in inputs}
+    got = exercise(by["zip:lightning-with-payload"].path)
+    assert got["entries"] == by["zip:lightning-with-payload"].entries
+    assert {"os.system", "omegaconf.dictconfig.DictConfig"} <= set(got["references"])
+    assert os.listdir(os.path.join(root, "markers")) == []
