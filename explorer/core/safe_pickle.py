@@ -11,7 +11,10 @@ from __future__ import annotations
 import _compat_pickle
 import gc
 import io
+import os
 import pickle
+import sys
+import threading
 from collections import OrderedDict
 from typing import Any, Callable
 
@@ -492,6 +495,7 @@ class SafeUnpickler(pickle.Unpickler):
         """``persistent_load`` turns each persistent id into a storage record as it is read (legacy format);
         with a ``context`` instead, ids stay raw tuples until a tensor's storage is first asked for (zip format)."""
         super().__init__(file, encoding="utf-8")
+        self._file = file
         self.references: list[str] = []
         self._seen: set[str] = set()
         self._context = context
@@ -499,6 +503,10 @@ class SafeUnpickler(pickle.Unpickler):
             self.persistent_load = persistent_load
         elif context is not None:
             self.persistent_load = tuple  # a C callable: the raw id, no Python frame per tensor
+
+    def load(self):
+        with _quiet_bytearray_bug(), _memo_cap(_size_of(self._file)):
+            return super().load()
 
     def _note(self, full: str) -> None:
         if full not in self._seen:
@@ -588,6 +596,80 @@ class BoundedReader:
 
     def peek(self, n: int = 0) -> bytes:
         return self._f.peek(n)
+
+
+class _quiet_bytearray_bug:
+    """CPython 3.11's C unpickler: when a BYTEARRAY8 opcode claims more memory than can be allocated, the half-built
+    bytearray is freed with an uninitialised export count and CPython may print "SystemError: deallocated bytearray
+    object has exported buffers" through ``sys.excepthook`` -- a second stderr line -- before the load raises
+    MemoryError (which every reader reports as a corrupt file). Drop that one message while a pickle loads."""
+
+    def __enter__(self):
+        self._hook = hook = sys.excepthook
+
+        def quiet(tp, value, tb):
+            if tp is SystemError and "deallocated bytearray object has exported buffers" in str(value):
+                return
+            hook(tp, value, tb)
+        sys.excepthook = quiet
+        return self
+
+    def __exit__(self, *exc):
+        sys.excepthook = self._hook
+        return False
+
+
+def _size_of(file) -> int:
+    """Bytes a pickle stream holds (what a BoundedReader has left, a file's size, a BytesIO's length); a large guess
+    when unknown (then the cap is loose)."""
+    if isinstance(file, BoundedReader):
+        return max(0, file._end - file._f.tell())
+    try:
+        return os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        pass
+    try:
+        return len(file.getbuffer())
+    except (AttributeError, TypeError):
+        return 1 << 30
+
+
+class _memo_cap:
+    """CPython's C unpickler keeps its memo in an array as long as the largest index a PUT / LONG_BINPUT names, and
+    zeroes it up front: a 9-byte pickle naming index 2**27 allocates and touches 2 GB (2**29: 8 GB), before any of
+    our code runs. Cap the address space while a pickle loads so such a claim fails at once as MemoryError (a corrupt
+    file) instead of as gigabytes of RSS. Linux only; never raises an existing lower limit; process-wide while it
+    lasts, so only applied while the process has one thread (the command line, the window's compute process)."""
+
+    def __init__(self, pickle_bytes: int):
+        # what parsing may add: objects for every opcode (~40x the pickle for a file of 10**6 tensors), never the
+        # 16 bytes per memo index a hostile PUT claims
+        self.headroom = (256 << 20) + 64 * pickle_bytes
+
+    def __enter__(self):
+        self._old = None
+        if threading.active_count() > 1:  # a limit on the whole process must not fail another thread's allocation
+            return self
+        try:
+            import resource
+            with open("/proc/self/statm") as f:
+                vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            old = resource.getrlimit(resource.RLIMIT_AS)
+            soft = vm + self.headroom
+            if old[1] != resource.RLIM_INFINITY:
+                soft = min(soft, old[1])
+            if old[0] == resource.RLIM_INFINITY or old[0] > soft:
+                resource.setrlimit(resource.RLIMIT_AS, (soft, old[1]))
+                self._old = old
+        except (ImportError, OSError, ValueError):
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_AS, self._old)
+        return False
 
 
 class gc_paused:
