@@ -190,30 +190,36 @@ def test_reading_values_of_a_truncated_file_fails_clearly(tmp_path, sd):
 
 
 def test_permission_denied(tmp_path, sd):
-    """Runs the command as an unprivileged user when the tests run as root (root reads any file)."""
+    """A file the user may not read. Root reads any file, so as root the command runs in a forked child that has
+    dropped to "nobody" (the interpreter is already loaded: its files need not be readable by nobody)."""
     folder = Path(tempfile.mkdtemp(prefix="sde-perm-"))
     try:
         os.chmod(folder, 0o755)
         path = folder / "secret.pt"
         torch.save(sd, path)
         os.chmod(path, 0o000)
-        preexec = None
-        if os.geteuid() == 0:
-            def preexec():  # drop to "nobody" in the child only
-                os.setgid(65534)
-                os.setuid(65534)
+        from explorer.cli import main
+        main(["inspect", str(folder / "nothing-here.pt")])  # import every reader before the fork
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 99
             try:
-                probe = subprocess.run([sys.executable, "-c", "import explorer, torch"], cwd=ROOT,
-                                       capture_output=True, preexec_fn=preexec, timeout=120).returncode
-            except OSError:  # e.g. the interpreter itself is not executable by others
-                probe = -1
-            if probe != 0:
-                pytest.skip("running as root and an unprivileged user cannot run the tool here: root reads every "
-                            "file, so permission denied cannot happen")
-        r = subprocess.run([sys.executable, "main.py", "inspect", str(path)], cwd=ROOT, capture_output=True,
-                           text=True, preexec_fn=preexec, timeout=120)
-        assert r.returncode == 2, r.stdout + r.stderr
-        assert "permission denied" in r.stderr and str(path) in r.stderr and r.stderr.count("\n") == 1
+                os.close(read_end)
+                sys.stderr = os.fdopen(write_end, "w")
+                if os.geteuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                code = main(["inspect", str(path)])
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "r") as f:
+            stderr = f.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 2, (status, stderr)
+        assert "permission denied" in stderr and str(path) in stderr and stderr.count("\n") == 1, stderr
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
