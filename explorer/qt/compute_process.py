@@ -22,6 +22,11 @@ _CANCEL_POLL_S = 0.02
 
 
 def _child_main(conn, cancel) -> None:  # the child process
+    import os
+    try:  # number crunching yields the CPU to the window: on 2 cores a busy child otherwise delays the GUI thread
+        os.nice(10)
+    except (AttributeError, OSError):
+        pass
     import torch.multiprocessing  # noqa: F401  (tensors arrive through shared memory)
     while True:
         try:
