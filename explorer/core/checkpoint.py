@@ -8,7 +8,6 @@ demand too.
 """
 from __future__ import annotations
 
-import copy
 import re
 import sys
 from collections import OrderedDict
@@ -19,7 +18,7 @@ import torch
 
 from ..errors import CorruptFileError, KeyNotFoundError
 from .bytesource import read_record
-from .records import EntryPath, Location, ModuleInfo, StateDictRef, TensorInfo
+from .records import EntryPath, Location, ModuleInfo, StateDictRef, TensorInfo, copy_metadata
 from .safe_pickle import Inert, StorageRef, TensorRecord, gc_paused, is_module_state
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
@@ -515,7 +514,7 @@ class Checkpoint:
                 if not isinstance(out, OrderedDict):
                     out = OrderedDict(out)
                 # each caller gets its own copy: load_state_dict(assign=True) writes into the per-module entries
-                out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+                out._metadata = copy_metadata(meta)  # type: ignore[attr-defined]
         elif isinstance(obj, list):
             out = []
             memo[id(obj)] = (obj, out)

@@ -53,6 +53,7 @@ import torch.nn as nn
 from ..errors import Cancelled, ExplorerError, KeyNotFoundError
 from .records import (DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, RUNNING_STAT, RUNNING_STAT_NAMES, SHAPE_MISMATCH,
                       UNEXPECTED, VALUE_CHANGED)
+from .records import copy_metadata
 from .records import dtype_name as _dtype_name
 from .remap import within_one_edit
 
@@ -180,7 +181,7 @@ def _as_meta_dict(sd: Mapping) -> Any:
             out[k] = v
     meta = getattr(sd, "_metadata", None)
     if meta is not None:
-        out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+        out._metadata = copy_metadata(meta)  # type: ignore[attr-defined]
     return out
 
 
@@ -190,7 +191,7 @@ def _own_metadata(obj):
     meta = getattr(obj, "_metadata", None)
     if meta is not None and isinstance(obj, Mapping):
         try:
-            obj._metadata = copy.deepcopy(meta)
+            obj._metadata = copy_metadata(meta)
         except Exception:
             pass
     return obj
@@ -207,7 +208,7 @@ def _view_dict(sd: Mapping) -> Any:
             out[k] = v
     meta = getattr(sd, "_metadata", None)
     if meta is not None:
-        out._metadata = copy.deepcopy(meta)  # type: ignore[attr-defined]
+        out._metadata = copy_metadata(meta)  # type: ignore[attr-defined]
     return out
 
 
@@ -235,8 +236,9 @@ class _CheckpointInput:
                 if entry is not None or not isinstance(getattr(side, "root", None), Mapping):
                     raise
                 self.entry_path = ()
-            self._meta = lambda: _own_metadata(side.load_object(self.entry_path, device="meta"))
-            self._real = lambda: _own_metadata(side.load_object(self.entry_path, device="cpu"))
+            # load_object hands out a private _metadata each time
+            self._meta = lambda: side.load_object(self.entry_path, device="meta")
+            self._real = lambda: side.load_object(self.entry_path, device="cpu")
             if hasattr(side, "record") and hasattr(side, "read"):
                 self.record_of = lambda key: side.record(self.entry_path + (key,))
                 self.read_key = lambda key: side.read(self.entry_path + (key,))
