@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a negative answer (e.g. the load would raise), 2 bad in
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import sys
 
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    # A command is one short run that builds many small objects (10**6 entries for a big file) and few cycles: the
+    # cyclic GC would re-scan everything torch and the file's structure allocated, again and again (PERFORMANCE.md).
+    gc.disable()
     try:
         return int(args._run(args) or 0)
     except ExplorerError as e:
@@ -64,3 +68,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
               "(please report this with the file's format)", file=sys.stderr)
         return 2
+    finally:
+        gc.enable()
