@@ -170,19 +170,25 @@ def _meta_like(t: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _as_meta_dict(sd: Mapping) -> Any:
-    """A copy of a state dict with every tensor replaced by a meta tensor (Parameters stay Parameters)."""
+def _map_tensors(sd: Mapping, fn) -> Any:
+    """A copy of a state dict with ``fn`` applied to every tensor (Parameters stay Parameters) and its own
+    ``_metadata``."""
     out = OrderedDict()
     for k, v in sd.items():
         if isinstance(v, torch.Tensor):
-            m = _meta_like(v)
-            out[k] = nn.Parameter(m, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else m
+            t = fn(v)
+            out[k] = nn.Parameter(t, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else t
         else:
             out[k] = v
     meta = getattr(sd, "_metadata", None)
     if meta is not None:
         out._metadata = copy_metadata(meta)  # type: ignore[attr-defined]
     return out
+
+
+def _as_meta_dict(sd: Mapping) -> Any:
+    """A copy of a state dict with every tensor replaced by a meta tensor."""
+    return _map_tensors(sd, _meta_like)
 
 
 def _own_metadata(obj):
@@ -199,17 +205,7 @@ def _own_metadata(obj):
 
 def _view_dict(sd: Mapping) -> Any:
     """The same tensors as detached views (no bytes copied), so nothing torch does can touch the caller's objects."""
-    out = OrderedDict()
-    for k, v in sd.items():
-        if isinstance(v, torch.Tensor):
-            d = v.detach()
-            out[k] = nn.Parameter(d, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else d
-        else:
-            out[k] = v
-    meta = getattr(sd, "_metadata", None)
-    if meta is not None:
-        out._metadata = copy_metadata(meta)  # type: ignore[attr-defined]
-    return out
+    return _map_tensors(sd, lambda v: v.detach())
 
 
 class _CheckpointInput:

@@ -1,8 +1,6 @@
 """Diff of two sides on pairs with known differences, against torch float64 references."""
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -205,29 +203,6 @@ def test_zero_norms():
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli(capsys):
-    """The command line in-process (fast); ``cli.sub(...)`` runs it as a real subprocess."""
-    from explorer.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    def sub(*args):
-        return subprocess.run([sys.executable, "main.py", *map(str, args)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
-    run.sub = sub
-    return run
-
-
 def test_cli_diff_formats(pair, tmp_path, cli):
     from safetensors.torch import save_file
     base, pert, a, b = pair

@@ -1,7 +1,5 @@
 """Statistics of one tensor against numpy/torch references, for every dtype a checkpoint can hold."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -333,29 +331,6 @@ def test_health_scan(tmp_path):
 
 
 # ---- command line ----------------------------------------------------------------------------------------------------
-class Result:
-    def __init__(self, returncode, stdout, stderr):
-        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
-
-
-@pytest.fixture
-def cli(capsys):
-    """The command line in-process (fast); ``cli.sub(...)`` runs it as a real subprocess."""
-    from explorer.cli import main
-
-    def run(*args):
-        capsys.readouterr()
-        code = main([str(a) for a in args])
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    def sub(*args):
-        return subprocess.run([sys.executable, "main.py", *map(str, args)], cwd=ROOT, capture_output=True,
-                              text=True, timeout=120)
-    run.sub = sub
-    return run
-
-
 @pytest.fixture
 def files(tmp_path):
     from safetensors.torch import save_file
