@@ -2,11 +2,11 @@
 the action, the observed buffers and one sentence saying what changed (``--json`` for teaching material)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
+from . import print_json
 from ..core.bn_demo import SIDES, VARIANTS, BatchNormDemo, run_default_sequence
 from ..errors import ExplorerError
 
@@ -73,8 +73,7 @@ def run(args) -> int:
     if args.screenshot:
         take_screenshot(args.screenshot, args.variant, args.seed)
     if args.json:
-        sys.stdout.write(json.dumps(demo.to_json()))  # dumps uses the C encoder; dump(fp) does not
-        sys.stdout.write("\n")
+        print_json(demo.to_json())
     else:
         render_text(demo, sys.stdout)
     return 0

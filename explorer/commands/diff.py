@@ -2,9 +2,9 @@
 shape or dtype differs."""
 from __future__ import annotations
 
-import json
 import sys
 
+from . import print_json
 from ..core.diff import IDENTICAL_MEANS, diff_sides
 from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
 from ..core.sides import open_side
@@ -72,8 +72,7 @@ def run(args) -> int:
     b = open_side(args.b)
     report = diff_sides(a, b)
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json()))  # dumps uses the C encoder; dump(fp) does not
-        sys.stdout.write("\n")
+        print_json(report.to_json())
     else:
         render_text(report, sys.stdout)
     return 0

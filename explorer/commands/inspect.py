@@ -1,9 +1,9 @@
 """Print the tree of a checkpoint or model with totals (tensors, parameters, bytes per dtype)."""
 from __future__ import annotations
 
-import json
 import sys
 
+from . import print_json
 from ..core.records import SideSummary
 from ..core.sides import open_side
 from ..core.tree import Tree
@@ -85,8 +85,7 @@ def render_text(side, out) -> None:
 def run(args) -> int:
     side = open_side(args.target)
     if args.json:
-        sys.stdout.write(json.dumps(inspect_json(side)))  # dumps uses the C encoder; dump(fp) does not
-        sys.stdout.write("\n")
+        print_json(inspect_json(side))
     else:
         render_text(side, sys.stdout)
     return 0

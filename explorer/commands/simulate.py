@@ -5,9 +5,9 @@ Exit status: 0 the load would succeed, 1 it would raise, 2 bad input.
 """
 from __future__ import annotations
 
-import json
 import sys
 
+from . import print_json
 from ..core.model_source import ModelSide
 from ..core.sides import open_side
 from ..errors import ModelSpecError
@@ -42,8 +42,7 @@ def run(args) -> int:
     entry = args.entry if side.kind != "model" else None
     report = simulate_load(model, side, entry=entry, strict=args.strict, assign=args.assign)
     if args.json:
-        sys.stdout.write(json.dumps(report.to_json()))  # dumps uses the C encoder; dump(fp) does not
-        sys.stdout.write("\n")
+        print_json(report.to_json())
     else:
         render_text(report, sys.stdout, verbose=args.verbose)
     if args.write_fixed:

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import sys
 
+from . import print_json
 from ..core.sides import open_side
 from ..core.stats import DEFAULT_PERCENTILES, tensor_stats
 from ..errors import ExplorerError, KeyNotFoundError
@@ -86,8 +86,7 @@ def run(args) -> int:
     t, key = resolve_tensor(side, args.key)
     s = tensor_stats(t, bins=args.bins, percentiles=DEFAULT_PERCENTILES)
     if args.json:
-        sys.stdout.write(json.dumps(s.to_json(key, tuple(t.shape), s.dtype)))  # dumps uses the C encoder; dump(fp) does not
-        sys.stdout.write("\n")
+        print_json(s.to_json(key, tuple(t.shape), s.dtype))
     else:
         render_text(key, t, s, sys.stdout)
     return 0

@@ -164,7 +164,8 @@ class TensorRecord:
 
 
 class _SealedClass(type):
-    """Metaclass of classes a pickle may name through our stand-ins: a BUILD on the class changes nothing."""
+    """Metaclass of classes a pickle may name (our stand-ins and the shared placeholder classes): a BUILD or any
+    other attribute write on the class itself changes nothing."""
 
     def __setattr__(cls, name, value):
         pass
@@ -243,16 +244,6 @@ def operator_index_or_fail(v, what: str) -> int:
         raise pickle.UnpicklingError(f"a tensor's {what} is not an integer: {str(v)[:80]!r}") from None
 
 
-class _InertMeta(type):
-    """Placeholder classes are shared by every file: a pickle's BUILD on the class itself must not change them."""
-
-    def __setattr__(cls, name, value):
-        pass
-
-    def __delattr__(cls, name):
-        pass
-
-
 class _StateSetter:
     """``__setstate__`` that works on instances and is a no-op when a pickle BUILDs the placeholder class itself."""
 
@@ -262,7 +253,7 @@ class _StateSetter:
         return lambda state: object.__setattr__(obj, "_state", state)
 
 
-class Inert(metaclass=_InertMeta):
+class Inert(metaclass=_SealedClass):
     """Stands for an object of a class the file names. It remembers its arguments and state and does nothing."""
 
     _global = "?"
@@ -331,7 +322,7 @@ def placeholder(module: str, name: str) -> type:
     cls = _placeholder_classes.get(full)
     if cls is None:
         safe_name = name.replace(".", "_") or "anonymous"
-        cls = _InertMeta(safe_name, (Inert,), {"_global": full, "__module__": "explorer.inert"})
+        cls = _SealedClass(safe_name, (Inert,), {"_global": full, "__module__": "explorer.inert"})
         _placeholder_classes[full] = cls
     return cls
 
