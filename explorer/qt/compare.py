@@ -167,6 +167,9 @@ class Comparison:
                     self.rows[key] = Row(key, None, info)
             for key, orig in origin.items():
                 self.rows[key].renamed_from = orig
+            if left is None or right is None:  # with one side open nothing is "only left": there is no comparison
+                for row in self.rows.values():
+                    row.diff_status = None
             self.tree = Tree(self.rows.keys())
             for key, row in self.rows.items():
                 self.tree.by_key[key].data = row

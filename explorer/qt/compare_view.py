@@ -96,7 +96,7 @@ class PaneHeader(QFrame):
         kind = "model" if data.is_model else getattr(side, "format", "checkpoint")
         refs = getattr(side, "references", []) or []
         extra = f", names {len(refs)} objects" if refs else ""
-        self.info.setText(f"{kind} · {n} tensors · {C.human_bytes(nbytes)}{extra}")
+        self.info.setText(f"{kind} · {n:,} tensor{'' if n == 1 else 's'} · {C.human_bytes(nbytes)}{extra}")
         self.info.setToolTip("objects the file names (never run):\n" + "\n".join(refs[:40]) if refs else "")
         sds = list(getattr(side, "state_dicts", []) or [])
         self.entry.blockSignals(True)

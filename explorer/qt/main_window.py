@@ -509,7 +509,7 @@ class MainWindow(QMainWindow):
             return
         if keys is None:
             self.compare.set_tree(comp, None, expand="auto")
-            self.filter_count.setText(f"{len(comp.rows):,} keys")
+            self.filter_count.setText(f"{len(comp.rows):,} key{'' if len(comp.rows) == 1 else 's'}")
             self.sig_filter_applied.emit()
             return
         self.filter_count.setText(f"{len(keys):,} of {len(comp.rows):,} keys")

@@ -322,3 +322,17 @@ def test_nested_checkpoint_offers_its_state_dicts(qtbot, make_window, tmp_path):
     with qtbot.waitSignal(w.sig_side_loaded, timeout=20000):
         combo.activated.emit(i)
     assert w.sides[1].entry == ("ema",) and "fc.extra" in w.sides[1].infos
+
+
+def test_one_side_open_is_not_a_comparison(tmp_path):
+    """With only the left side open no key is "only left": there is nothing to compare it with."""
+    import torch
+    from explorer.qt import compare as C
+    from explorer.core.loaders import open_checkpoint
+    path = tmp_path / "tiny.pt"
+    torch.save({"w": torch.tensor(3.0)}, path)
+    side = C.side_data(open_checkpoint(path), str(path))
+    comp = C.Comparison(side, None)
+    assert comp.rows["w"].diff_status is None
+    both = C.Comparison(side, C.side_data(open_checkpoint(path), str(path)))
+    assert both.rows["w"].diff_status == C.SAME_LAYOUT
