@@ -821,10 +821,25 @@ def tensor_stats(t: torch.Tensor, *, bins: int = 256, range: tuple[float, float]
     if not isinstance(exact, bool):
         raise ExplorerError(f"exact must be True or False, not {exact!r}")
     with _single_intraop():  # our ops are small: torch's own threads only add barrier waits (awful under load)
-        return _tensor_stats(t, bins, range, percentiles, progress, should_stop, exact)
+        return next(_stats_steps(t, bins, range, percentiles, progress, should_stop, exact, False))
 
 
-def _tensor_stats(t, bins, range, percentiles, progress, should_stop, exact) -> TensorStats:
+def tensor_stats_steps(t: torch.Tensor, *, bins: int = 256, range: tuple[float, float] | None = None,
+                       percentiles: Sequence[float] = DEFAULT_PERCENTILES, progress: ProgressFn | None = None,
+                       should_stop: StopFn | None = None) -> Iterator[TensorStats]:
+    """The exact statistics of ``t`` (as ``tensor_stats``), in steps, with no work done twice.
+
+    When the exact figures need a second pass over the values (float32/64 and complex data), first yields
+    what pass 1 alone gives -- every figure but the histogram, percentiles and float zeros exact; those estimated
+    from 65,536 value buckets, said in ``notes``, ``exact`` False -- then the exact result (``exact`` True).
+    Otherwise yields the exact result once. A viewer can show a complete picture after one pass and replace it.
+    Progress covers both passes.
+    """
+    with _single_intraop():
+        yield from _stats_steps(t, bins, range, percentiles, progress, should_stop, True, True)
+
+
+def _stats_steps(t, bins, range, percentiles, progress, should_stop, exact, estimate_first) -> Iterator[TensorStats]:
     t, plan, chunks, parallel = _prepare(t)
     numel = t.numel()
     threads = THREADS if parallel else 1
@@ -833,9 +848,10 @@ def _tensor_stats(t, bins, range, percentiles, progress, should_stop, exact) -> 
         states = run_chunked(len(chunks), lambda: _NarrowState(plan.bits), _narrow_work(chunks, plan.bits),
                              total=total, progress=progress, should_stop=should_stop, threads=threads, dynamic=True)
         counts = sum(s.counts for s in states[1:]) + states[0].counts if len(states) > 1 else states[0].counts
-        return _finish_narrow(plan, counts.numpy(), numel, bins, range, percentiles)
-    return _wide_stats(plan, chunks, numel, threads, bins, range, percentiles, bool(exact) or range is not None,
-                       exact, progress, should_stop, total)
+        yield _finish_narrow(plan, counts.numpy(), numel, bins, range, percentiles)
+        return
+    yield from _wide_steps(plan, chunks, numel, threads, bins, range, percentiles, bool(exact) or range is not None,
+                           exact, progress, should_stop, total, estimate_first)
 
 
 def _finish_narrow(plan: _Plan, counts: np.ndarray, numel: int, bins: int, rng, percentiles) -> TensorStats:
@@ -867,8 +883,11 @@ def _finish_narrow(plan: _Plan, counts: np.ndarray, numel: int, bins: int, rng, 
                        hist, flags, True, [], plan.measured)
 
 
-def _wide_stats(plan, chunks, numel, threads, bins, rng, percentiles, second_pass, exact, progress, should_stop,
-                total) -> TensorStats:
+def _wide_steps(plan, chunks, numel, threads, bins, rng, percentiles, second_pass, exact, progress, should_stop,
+                total, estimate_first: bool = False) -> Iterator[TensorStats]:
+    """Yields the statistics: once, or -- with ``estimate_first`` when a second pass follows -- first the figures
+    pass 1 alone gives (histogram and percentiles estimated from the value buckets, ``exact`` False), then the
+    result of both passes."""
     eng = _Wide(plan, chunks, exact)
     chunk_len = max((c.numel() for c in chunks), default=0)
 
@@ -915,110 +934,125 @@ def _wide_stats(plan, chunks, numel, threads, bins, rng, percentiles, second_pas
     zeros = st.zeros
     refine_raws = sorted(set(target_raws) | set(zero_raws))
 
-    if second_pass and count:
-        lut = gather_lut = None
-        if exact and refine_raws:
-            if plan.bits == 32:
-                lut = torch.zeros(65536, dtype=torch.int32)
-                for s, r in enumerate(refine_raws, 1):
-                    lut[r] = s
-            elif int(sum(int(st.buckets[r]) for r in target_raws)) <= GATHER_LIMIT:
-                gather_lut = torch.zeros(65536, dtype=torch.bool)
-                gather_lut[target_raws] = True
-        # 32-bit data, range = min..max: a bucket whose whole value span lies in one bin gives that bin its count
-        # straight from pass 1; pass 2 then bins only the values of the buckets that straddle an edge, plus those
-        # of the refined buckets (percentiles, zeros) -- unless they are most of the values.
-        select = base = None
-        run2 = True
-        if exact and plan.bits == 32 and clipped and 0 < nb < 65536:
-            raws, bins_of, straddle = _bucket_bins(st.buckets.numpy(), is_float, edges, mn, mx)
-            chosen = straddle | np.isin(raws, np.array(refine_raws, dtype=np.int64))
-            bc = st.buckets.numpy()[raws]
-            n_sel = int(bc[chosen].sum())
-            if n_sel <= SELECT_MAX * count:
-                base = np.bincount(bins_of[~chosen], weights=bc[~chosen], minlength=nb)[:nb].astype(np.int64)
-                select = torch.zeros(65536, dtype=torch.bool)
-                select[torch.from_numpy(raws[chosen])] = True
-                run2 = n_sel > 0     # else every bin and figure is already exact: no second pass
-        work = eng.pass2_factory(edges, clipped, lut, gather_lut, select)
-
-        def make2():
-            return _WideState(plan, max(min(chunk_len, PASS2_CHUNK), 1), second=True)
-        if run2:
-            states2 = run_chunked(len(chunks), make2, work, total=numel, progress=report(numel),
-                                  should_stop=should_stop, threads=threads, dynamic=True)
-        else:
-            states2 = [make2()]
-            if progress is not None:
-                progress(total, total)
-        s2 = states2[0]
-        for o in states2[1:]:
-            s2.merge(o)
-        h = s2.hist.numpy() if s2.hist is not None else np.zeros(nb + (0 if clipped else 2), np.int64)
-        if clipped:
-            hc, below, above = h[:nb].copy(), 0, 0
-            if base is not None:
-                hc += base
-        else:
-            hc = h[1:nb + 1].copy()
-            below, above = int(h[0]), int(h[nb + 1])
-        hist_exact = True
-        if lut is not None:
-            ref = s2.refine.numpy() if s2.refine is not None else np.zeros((len(refine_raws) + 1) << 16, np.int64)
-            low = np.arange(65536, dtype=np.int64)
-            zeros = 0
-            for s, r in enumerate(refine_raws, 1):
-                cnt = ref[s << 16:(s + 1) << 16]
-                if r in zero_raws:
-                    zeros += int(cnt[0])    # +0.0 / -0.0 (or the integer 0): low bits all zero
-                nz = cnt > 0
-                vals = _decode((np.int64(r) << np.int64(16)) | low[nz], 32, is_float)
-                if r in target_raws:
-                    _store_exact(values_at, vals, cnt[nz], r, order, cum, need, pos)
-        elif gather_lut is not None:
-            g = torch.cat(s2.gathered).double().numpy() if s2.gathered else np.zeros(0)
-            g.sort()
-            _store_gathered(values_at, g, target_raws, order, kc, cum, need, pos)
-        elif exact and target_raws:
-            exact_all = False
-            notes.append(f"percentiles interpolated inside their value bucket: the buckets holding them have more "
-                         f"than {GATHER_LIMIT:,} values (64-bit data)")
-        elif target_raws:
-            exact_all = False
-            notes.append("percentiles interpolated inside their value bucket (top 16 bits of each value; exact=False)")
-    else:
-        hc, below, above = _hist_from_buckets(kc, order, plan.bits, is_float, mn, mx, edges, integer) if count \
-            else (np.zeros(nb, np.int64), 0, 0)
-        hist_exact = not count
-        if count:
-            exact_all = False
-            notes.append("histogram and percentiles estimated from 65,536 value buckets (top 16 bits of each value, "
-                         "a bucket spans <= 0.8% of its value for float32): counts of a bucket split across bins in "
-                         "proportion to overlap, percentiles interpolated inside their bucket; run exact for exact "
-                         "figures")
-    if zero_raws and not (second_pass and exact):
-        zeros = sum(int(st.buckets[r]) for r in zero_raws)
+    def zeros_from_buckets(notes: list[str]) -> int:
         if eng.float:
             notes.append("zeros estimated: float32 values with |x| < 2**-133 (9.2e-41) counted as zero")
-    pct: dict = {}
-    for p, (lo, hi, frac) in ranks.items():
-        a = values_at.get(lo)
-        b = values_at.get(hi)
-        if a is None or b is None:
-            a = _bucket_estimate(lo, kc, cum, order, plan.bits, is_float, mn, mx)
-            b = _bucket_estimate(hi, kc, cum, order, plan.bits, is_float, mn, mx)
-        pct[p] = _lerp(a, b, frac)
-    if not count:
-        pct = {p: None for p in percentiles}
-    hist = Histogram(edges, np.asarray(hc, np.int64), st.nan, st.posinf, st.neginf, below, above, integer,
-                     hist_exact)
-    flags = _flags(plan, count, mn, mx, absmax, st.nan, st.posinf, st.neginf, numel)
-    if plan.measured == "magnitude":
-        notes.append("complex tensor: statistics of the magnitude |z|")
-    if plan.name in ("int64", "uint64", "uint32") and count and max(abs(mn), abs(mx)) > 2 ** 53:
-        notes.append("values beyond 2**53 are measured as float64 (rounded)")
-    return TensorStats(plan.name, numel, count, mn, mx, mean, std, l2, absmax, zeros, st.nan, st.posinf,
-                       st.neginf, pct, hist, flags, exact_all, notes, plan.measured)
+        return sum(int(st.buckets[r]) for r in zero_raws)
+
+    def assemble(hc, below, above, hist_exact, values_at, exact_all, notes, zeros) -> TensorStats:
+        pct: dict = {}
+        for p, (lo, hi, frac) in ranks.items():
+            a = values_at.get(lo)
+            b = values_at.get(hi)
+            if a is None or b is None:
+                a = _bucket_estimate(lo, kc, cum, order, plan.bits, is_float, mn, mx)
+                b = _bucket_estimate(hi, kc, cum, order, plan.bits, is_float, mn, mx)
+            pct[p] = _lerp(a, b, frac)
+        if not count:
+            pct = {p: None for p in percentiles}
+        hist = Histogram(edges, np.asarray(hc, np.int64), st.nan, st.posinf, st.neginf, below, above, integer,
+                         hist_exact)
+        flags = _flags(plan, count, mn, mx, absmax, st.nan, st.posinf, st.neginf, numel)
+        notes = list(notes)
+        if plan.measured == "magnitude":
+            notes.append("complex tensor: statistics of the magnitude |z|")
+        if plan.name in ("int64", "uint64", "uint32") and count and max(abs(mn), abs(mx)) > 2 ** 53:
+            notes.append("values beyond 2**53 are measured as float64 (rounded)")
+        return TensorStats(plan.name, numel, count, mn, mx, mean, std, l2, absmax, zeros, st.nan, st.posinf,
+                           st.neginf, pct, hist, flags, exact_all, notes, plan.measured)
+
+    def estimate() -> TensorStats:
+        """Pass 1's figures alone: histogram and percentiles interpolated from the value buckets."""
+        est_notes: list[str] = []
+        if count:
+            hc, below, above = _hist_from_buckets(kc, order, plan.bits, is_float, mn, mx, edges, integer)
+            est_notes.append("histogram and percentiles estimated from 65,536 value buckets (top 16 bits of each "
+                             "value, a bucket spans <= 0.8% of its value for float32): counts of a bucket split "
+                             "across bins in proportion to overlap, percentiles interpolated inside their bucket; "
+                             "run exact for exact figures")
+        else:
+            hc, below, above = np.zeros(nb, np.int64), 0, 0
+        est_zeros = zeros_from_buckets(est_notes) if zero_raws else zeros
+        return assemble(hc, below, above, not count, {}, not count, est_notes, est_zeros)
+
+    if not (second_pass and count):
+        yield estimate()
+        return
+    if estimate_first and is_float:   # integer buckets span 65,536 whole numbers: too coarse to show
+        yield estimate()
+    lut = gather_lut = None
+    if exact and refine_raws:
+        if plan.bits == 32:
+            lut = torch.zeros(65536, dtype=torch.int32)
+            for s, r in enumerate(refine_raws, 1):
+                lut[r] = s
+        elif int(sum(int(st.buckets[r]) for r in target_raws)) <= GATHER_LIMIT:
+            gather_lut = torch.zeros(65536, dtype=torch.bool)
+            gather_lut[target_raws] = True
+    # 32-bit data, range = min..max: a bucket whose whole value span lies in one bin gives that bin its count
+    # straight from pass 1; pass 2 then bins only the values of the buckets that straddle an edge, plus those
+    # of the refined buckets (percentiles, zeros) -- unless they are most of the values.
+    select = base = None
+    run2 = True
+    if exact and plan.bits == 32 and clipped and 0 < nb < 65536:
+        raws, bins_of, straddle = _bucket_bins(st.buckets.numpy(), is_float, edges, mn, mx)
+        chosen = straddle | np.isin(raws, np.array(refine_raws, dtype=np.int64))
+        bc = st.buckets.numpy()[raws]
+        n_sel = int(bc[chosen].sum())
+        if n_sel <= SELECT_MAX * count:
+            base = np.bincount(bins_of[~chosen], weights=bc[~chosen], minlength=nb)[:nb].astype(np.int64)
+            select = torch.zeros(65536, dtype=torch.bool)
+            select[torch.from_numpy(raws[chosen])] = True
+            run2 = n_sel > 0     # else every bin and figure is already exact: no second pass
+    work = eng.pass2_factory(edges, clipped, lut, gather_lut, select)
+
+    def make2():
+        return _WideState(plan, max(min(chunk_len, PASS2_CHUNK), 1), second=True)
+    if run2:
+        states2 = run_chunked(len(chunks), make2, work, total=numel, progress=report(numel),
+                              should_stop=should_stop, threads=threads, dynamic=True)
+    else:
+        states2 = [make2()]
+        if progress is not None:
+            progress(total, total)
+    s2 = states2[0]
+    for o in states2[1:]:
+        s2.merge(o)
+    h = s2.hist.numpy() if s2.hist is not None else np.zeros(nb + (0 if clipped else 2), np.int64)
+    if clipped:
+        hc, below, above = h[:nb].copy(), 0, 0
+        if base is not None:
+            hc += base
+    else:
+        hc = h[1:nb + 1].copy()
+        below, above = int(h[0]), int(h[nb + 1])
+    hist_exact = True
+    if lut is not None:
+        ref = s2.refine.numpy() if s2.refine is not None else np.zeros((len(refine_raws) + 1) << 16, np.int64)
+        low = np.arange(65536, dtype=np.int64)
+        zeros = 0
+        for s, r in enumerate(refine_raws, 1):
+            cnt = ref[s << 16:(s + 1) << 16]
+            if r in zero_raws:
+                zeros += int(cnt[0])    # +0.0 / -0.0 (or the integer 0): low bits all zero
+            nz = cnt > 0
+            vals = _decode((np.int64(r) << np.int64(16)) | low[nz], 32, is_float)
+            if r in target_raws:
+                _store_exact(values_at, vals, cnt[nz], r, order, cum, need, pos)
+    elif gather_lut is not None:
+        g = torch.cat(s2.gathered).double().numpy() if s2.gathered else np.zeros(0)
+        g.sort()
+        _store_gathered(values_at, g, target_raws, order, kc, cum, need, pos)
+    elif exact and target_raws:
+        exact_all = False
+        notes.append(f"percentiles interpolated inside their value bucket: the buckets holding them have more "
+                     f"than {GATHER_LIMIT:,} values (64-bit data)")
+    elif target_raws:
+        exact_all = False
+        notes.append("percentiles interpolated inside their value bucket (top 16 bits of each value; exact=False)")
+    if zero_raws and not exact:
+        zeros = zeros_from_buckets(notes)
+    yield assemble(hc, below, above, hist_exact, values_at, exact_all, notes, zeros)
 
 
 def _bucket_bins(counts: np.ndarray, is_float: bool, edges: np.ndarray, mn: float, mx: float):

@@ -7,7 +7,9 @@ into shared memory and waits on a pipe.
 
 One long-lived child (``spawn``: no fork of a process holding Qt and threads), started ahead of need. Jobs are plain
 functions of this package's Qt-free modules, called by name; progress and cancellation cross the pipe. Results and
-exceptions come back pickled (``explorer.errors`` types keep their class, so expected errors stay expected).
+exceptions come back pickled (``explorer.errors`` types keep their class, so expected errors stay expected). A job
+asked for ``partial=`` results gets a ``partial(obj)`` callback; each call sends ``obj`` to the parent's callback
+(a first look before the final result).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ def _child_main(conn, cancel) -> None:  # the child process
             return
         if msg is None:
             return
-        job, func_path, args, kwargs = msg
+        job, func_path, args, kwargs, want_partial = msg
         last = [0.0]
 
         def progress(done, total, _job=job):
@@ -47,6 +49,11 @@ def _child_main(conn, cancel) -> None:  # the child process
 
         def should_stop(_job=job):
             return cancel.value == _job
+
+        def partial(obj, _job=job):
+            conn.send(("partial", _job, obj, None))
+        if want_partial:
+            kwargs = dict(kwargs, partial=partial)
         try:
             mod_name, _, fn_name = func_path.rpartition(".")
             fn = getattr(importlib.import_module(mod_name), fn_name)
@@ -99,13 +106,13 @@ class ComputeProcess:
             child.close()
             self._conn = parent
 
-    def call(self, func_path: str, *args, progress=None, should_stop=None, **kwargs) -> Any:
+    def call(self, func_path: str, *args, progress=None, should_stop=None, partial=None, **kwargs) -> Any:
         with self._lock:
             self.start()
             self._job += 1
             job = self._job
             self._cancel.value = -1
-            self._conn.send((job, func_path, args, kwargs))
+            self._conn.send((job, func_path, args, kwargs, partial is not None))
             cancelled = False
             while True:
                 if not cancelled and should_stop is not None and should_stop():
@@ -128,6 +135,10 @@ class ComputeProcess:
                         except Cancelled:
                             self._cancel.value = job
                             cancelled = True
+                    continue
+                if kind == "partial":
+                    if not cancelled:
+                        partial(payload)
                     continue
                 if kind == "error":
                     if isinstance(payload, BaseException):

@@ -11,6 +11,7 @@ import numpy as np
 
 CHANNEL_PLOT_MAX = 65536      # 1-D tensors up to this length get a per-channel plot
 DELTA_MAX_ELEMENTS = 16_000_000  # above this, the delta histogram samples every k-th element
+FIRST_LOOK_MIN = 4_000_000       # elements of float data needing a second pass, from which pass 1 is shown first
 
 
 @dataclass
@@ -35,6 +36,7 @@ class DetailResult:
     delta_counts: np.ndarray | None = None
     delta_note: str = ""
     delta_max_abs: float | None = None
+    estimated: bool = False         # a first look: histogram/percentiles from pass 1 alone; the exact result follows
 
 
 def _read(sd, key: str):
@@ -63,14 +65,15 @@ def read_pair(comparison, key: str) -> tuple[list, list, list[str]]:
     return tensors, infos, errors
 
 
-def compute_detail(comparison, key: str, bins: int = 128, *, progress=None, should_stop=None) -> DetailResult:
+def compute_detail(comparison, key: str, bins: int = 128, *, progress=None, should_stop=None,
+                   partial=None) -> DetailResult:
     """Statistics of both sides' tensor at ``key``, in this process (see ``compute_detail_isolated``)."""
     tensors, infos, errors = read_pair(comparison, key)
     return detail_from_tensors(key, bins, tensors, _brief(infos), errors, progress=progress,
-                               should_stop=should_stop)
+                               should_stop=should_stop, partial=partial)
 
 
-def compute_detail_isolated(comparison, key: str, bins: int = 128, *, progress=None, should_stop=None):
+def compute_detail_isolated(comparison, key: str, bins: int = 128, *, progress=None, should_stop=None, partial=None):
     """The same, computed in the compute process, so the GUI process never shares its GIL with the number
     crunching. A checkpoint side is opened there by path (nothing is copied); a model's tensor is copied once into
     shared memory."""
@@ -99,10 +102,11 @@ def compute_detail_isolated(comparison, key: str, bins: int = 128, *, progress=N
         s.copy_(t)
         specs.append(("tensor", s))
     return engine().call("explorer.qt.detail_compute.detail_from_specs", key, bins, specs, _brief(infos),
-                         progress=progress, should_stop=should_stop)
+                         progress=progress, should_stop=should_stop, partial=partial)
 
 
-def detail_from_specs(key: str, bins: int, specs: list, infos: list, *, progress=None, should_stop=None):
+def detail_from_specs(key: str, bins: int, specs: list, infos: list, *, progress=None, should_stop=None,
+                      partial=None):
     """In the compute process: get each side's tensor (open a file by path, cached; or take the shared tensor)."""
     tensors, errors = [None, None], ["", ""]
     for i, spec in enumerate(specs):
@@ -118,7 +122,8 @@ def detail_from_specs(key: str, bins: int, specs: list, infos: list, *, progress
                 errors[i] = spec[1]
         except Exception as e:  # noqa: BLE001 - one unreadable side still shows the other
             errors[i] = f"{type(e).__name__}: {e}"
-    return detail_from_tensors(key, bins, tensors, infos, errors, progress=progress, should_stop=should_stop)
+    return detail_from_tensors(key, bins, tensors, infos, errors, progress=progress, should_stop=should_stop,
+                               partial=partial)
 
 
 def _brief(infos) -> list:
@@ -126,39 +131,82 @@ def _brief(infos) -> list:
 
 
 def detail_from_tensors(key: str, bins: int, tensors: list, infos: list, errors: list, *, progress=None,
-                        should_stop=None) -> DetailResult:
-    """What the detail pane shows, from the two tensors (either may be None). Runs in any process."""
+                        should_stop=None, partial=None) -> DetailResult:
+    """What the detail pane shows, from the two tensors (either may be None). Runs in any process.
+
+    ``partial(result)``: when the exact figures need a second pass over large float tensors (together at least
+    ``FIRST_LOOK_MIN`` elements), called first with the result pass 1 gives (``estimated`` True: histogram and percentiles estimated, every other figure exact); the
+    exact result is returned as usual. No value is read twice for it.
+    """
+    from explorer.core.stats import tensor_stats_steps
     from explorer.errors import Cancelled
-    out = DetailResult(key, bins)
     stop = should_stop or (lambda: False)
     tensors = list(tensors)
+    sides = [SideValues(), SideValues()]
+    fractions = [0.0, 0.0]
+    steps: dict[int, Any] = {}
     for i in range(2):
-        sv = out.left if i == 0 else out.right
+        sv = sides[i]
         if infos[i] is None:
             continue
         sv.present = True
         sv.shape, sv.dtype = infos[i]
         sv.error = errors[i]
-        t = tensors[i]
-        if t is None:
+        if tensors[i] is None:
             continue
-        if stop():
-            raise Cancelled("detail: cancelled")
 
         def sub_progress(done, total, _i=i):
+            fractions[_i] = done / max(total, 1)
             if progress:
-                progress(_i * 1000 + int(1000 * done / max(total, 1)), 3000)
+                progress(int(1000 * sum(fractions)), 3000)
+        steps[i] = tensor_stats_steps(tensors[i], bins=bins, progress=sub_progress, should_stop=should_stop)
+
+    def step(i: int) -> bool:
+        """The next figures of side ``i``; False when it has no more (or failed)."""
         try:
-            sv.stats = tensor_stats(t, bins=bins, progress=sub_progress, should_stop=should_stop)
+            sides[i].stats = next(steps[i])
+            return True
+        except StopIteration:
+            return False
         except Cancelled:
             raise
-        except Exception as e:  # noqa: BLE001
-            sv.error = f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - one side's failure still shows the other
+            sides[i].error = f"{type(e).__name__}: {e}"
+            sides[i].stats = None
             tensors[i] = None
-            continue
-        if t.dim() == 1 and 1 < t.numel() <= CHANNEL_PLOT_MAX and not t.dtype.is_complex:
-            sv.channel = t.float().numpy().copy()
-    # shared edges so the two histograms overlay bin for bin
+            del steps[i]
+            return False
+
+    for i in list(steps):
+        if stop():
+            raise Cancelled("detail: cancelled")
+        step(i)
+    rough = [i for i in steps if sides[i].stats is not None and not sides[i].stats.exact]
+    if partial is not None and sum(sides[i].stats.numel for i in rough) >= FIRST_LOOK_MIN:
+        partial(_assemble(key, bins, sides, tensors, exact=False, should_stop=stop))
+    for i in rough:
+        if stop():
+            raise Cancelled("detail: cancelled")
+        step(i)
+    return _assemble(key, bins, sides, tensors, exact=True, should_stop=stop, progress=progress)
+
+
+def _assemble(key: str, bins: int, sides: list, tensors: list, *, exact: bool, should_stop, progress=None) \
+        -> DetailResult:
+    """A DetailResult from each side's statistics: histograms on shared edges (both sides overlay bin for bin),
+    per-channel values, and (``exact``) the delta histogram."""
+    from explorer.errors import Cancelled
+    out = DetailResult(key, bins, estimated=not exact)
+    for i, sv in enumerate(sides):
+        mine = SideValues(sv.present, sv.stats, None, None, sv.error, sv.shape, sv.dtype)
+        t = tensors[i]
+        if t is not None and sv.stats is not None and t.dim() == 1 and 1 < t.numel() <= CHANNEL_PLOT_MAX \
+                and not t.dtype.is_complex:
+            mine.channel = t.float().numpy().copy()
+        if i == 0:
+            out.left = mine
+        else:
+            out.right = mine
     ranges = [_finite_range(s.stats) for s in (out.left, out.right) if s.stats is not None]
     ranges = [r for r in ranges if r is not None]
     if ranges:
@@ -174,11 +222,16 @@ def detail_from_tensors(key: str, bins: int, tensors: list, infos: list, errors:
             if edges is not None and len(edges) == bins + 1 and np.isclose(edges[0], lo) and np.isclose(edges[-1], hi):
                 sv.counts = _counts(h)
                 out.edges = edges
+            elif not exact and edges is not None:   # a first look: re-spread the estimated bins, no pass over values
+                out.edges = np.linspace(lo, hi, bins + 1)
+                sv.counts = _rebin(edges, _counts(h), out.edges)
             else:
                 e, c = histogram(t, bins, (lo, hi))
                 sv.counts, out.edges = c, e
-            if stop():
+            if should_stop():
                 raise Cancelled("detail: cancelled")
+    if not exact:
+        return out
     if tensors[0] is not None and tensors[1] is not None and tuple(tensors[0].shape) == tuple(tensors[1].shape) \
             and tensors[0].numel() > 0 and not (tensors[0].dtype.is_complex or tensors[1].dtype.is_complex):
         if progress:
@@ -203,6 +256,13 @@ def detail_from_tensors(key: str, bins: int, tensors: list, infos: list, errors:
     if progress:
         progress(3000, 3000)
     return out
+
+
+def _rebin(edges: np.ndarray, counts: np.ndarray, new_edges: np.ndarray) -> np.ndarray:
+    """Counts on ``new_edges`` from a histogram on ``edges``, the values taken as spread evenly inside each bin."""
+    cdf = np.concatenate(([0.0], np.cumsum(counts, dtype=np.float64)))
+    at = np.interp(new_edges, np.asarray(edges, np.float64), cdf, left=0.0, right=cdf[-1])
+    return np.maximum(np.diff(np.round(at)), 0).astype(np.int64)
 
 
 _SIDES: dict = {}
@@ -235,11 +295,6 @@ def diff_paths(text_a: str, entry_a, text_b: str, entry_b, remap=None, *, progre
 
 
 # ---- statistics: explorer.core.stats -------------------------------------------------------------------------
-def tensor_stats(t, *, bins=128, progress=None, should_stop=None):
-    from explorer.core.stats import tensor_stats as core_tensor_stats
-    return core_tensor_stats(t, bins=bins, progress=progress, should_stop=should_stop)
-
-
 def histogram(t, bins: int, rng: tuple[float, float], should_stop=None):
     """(edges, counts) of ``t`` over a range."""
     from explorer.core.stats import histogram as core_histogram

@@ -211,7 +211,7 @@ class DetailPane(QWidget):
         if row is not None and row.explanation:
             text += f"<br><span style='color:#555'>{row.explanation}</span>"
         if computing:
-            text += " &nbsp;<i>computing…</i>"
+            text += " &nbsp;<i>computing…</i>" if computing is True else f" &nbsp;<i>{computing}</i>"
         self.title.setText(text)
 
     def show_error(self, key: str, message: str) -> None:
@@ -220,9 +220,12 @@ class DetailPane(QWidget):
         self.title.setText(f"<b>{key}</b> &nbsp;<span style='color:#C0392B'>could not read values: {message}</span>")
 
     def show_result(self, res: DetailResult, row: "C.Row | None" = None, status: str | None = None) -> None:
+        """Show a result; one marked ``estimated`` (a large tensor's first pass) is replaced by the exact one."""
         self.result = res
         self.key = res.key
-        self._set_title(res.key, row, status)
+        self._set_title(res.key, row, status,
+                        computing="≈ histogram and percentiles estimated; computing exact figures…"
+                        if res.estimated else False)
         for c, sv in enumerate((res.left, res.right)):
             st = sv.stats
             for r, (_, attr) in enumerate(STAT_ROWS):
@@ -270,8 +273,8 @@ class DetailPane(QWidget):
             self.channel.hide()
         self._apply_log(self.log_y.isChecked())
         self.hist.enableAutoRange()
-        self.export_png.setEnabled(True)
-        self.export_csv.setEnabled(True)
+        self.export_png.setEnabled(not res.estimated)    # exports carry exact figures only
+        self.export_csv.setEnabled(not res.estimated)
 
     def _show_percentiles(self, res: DetailResult) -> None:
         names: list[str] = []
@@ -286,7 +289,10 @@ class DetailPane(QWidget):
             for c, sv in enumerate((res.left, res.right)):
                 pct = getattr(sv.stats, "percentiles", None) or {}
                 value = next((v for k, v in pct.items() if _pname(k) == name), None)
-                item = QTableWidgetItem(fmt(float(value)) if value is not None else "")
+                text = fmt(float(value)) if value is not None else ""
+                if text and not getattr(sv.stats, "exact", True):
+                    text = "≈ " + text      # interpolated inside a value bucket (see TensorStats.notes)
+                item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
                 self.table.setItem(base + i, c, item)
 

@@ -80,6 +80,7 @@ class MainWindow(QMainWindow):
     sig_comparison_ready = Signal()
     sig_simulation_done = Signal(object)   # LoadReport
     sig_detail_shown = Signal(str)         # key
+    sig_detail_first_look = Signal(str)    # key: pass 1's figures of a large tensor shown, exact ones to follow
     sig_filter_applied = Signal()
     sig_exported = Signal(str)
 
@@ -623,6 +624,7 @@ class MainWindow(QMainWindow):
         self.detail.show_pending(key, row, comp.status(row))
         self.runner.start("detail", f"Statistics of {key}…", compute_detail_isolated, comp, key, self.detail.bins.value(),
                           on_result=lambda res, r=row, c=comp: self._detail_ready(c, r, res),
+                          on_partial=lambda res, r=row, c=comp: self._detail_first_look(c, r, res),
                           on_error=lambda e, k=key: self._detail_failed(k, e),
                           on_cancelled=self._resume_diff)
 
@@ -632,6 +634,12 @@ class MainWindow(QMainWindow):
         self.detail.show_result(res, row, comp.status(row))
         self.sig_detail_shown.emit(res.key)
         QTimer.singleShot(0, self._resume_diff)
+
+    def _detail_first_look(self, comp, row, res) -> None:
+        """Pass 1's figures of a large tensor (estimated histogram/percentiles), shown until the exact ones come."""
+        if comp is self.comparison:
+            self.detail.show_result(res, row, comp.status(row))
+            self.sig_detail_first_look.emit(res.key)
 
     def _detail_failed(self, key: str, exc: BaseException) -> None:
         QTimer.singleShot(0, self._resume_diff)

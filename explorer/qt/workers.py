@@ -40,6 +40,7 @@ class WorkerSignals(QObject):
     """Signals of one task (QRunnable is not a QObject). Emitted from the worker thread, delivered queued."""
 
     progress = Signal(int, int)
+    partial = Signal(object)       # a first look, before ``result`` (tasks started with ``on_partial``)
     result = Signal(object)
     error = Signal(object)         # the exception, with ``__traceback_text__`` attached
     cancelled = Signal()
@@ -47,14 +48,14 @@ class WorkerSignals(QObject):
 
 
 class Task(QRunnable):
-    def __init__(self, channel: str, label: str, fn: Callable, args: tuple, kwargs: dict):
+    def __init__(self, channel: str, label: str, fn: Callable, args: tuple, kwargs: dict, partial: bool = False):
         super().__init__()
         self.setAutoDelete(False)      # Python owns it (the runner's set) until ``finished``
         self.channel = channel
         self.label = label
         self.fn = fn
         self.args = args
-        self.kwargs = kwargs
+        self.kwargs = dict(kwargs, partial=self._partial) if partial else kwargs
         self.signals = WorkerSignals()
         self._stop = threading.Event()
         self._last_progress = 0.0
@@ -83,6 +84,10 @@ class Task(QRunnable):
                 self.signals.progress.emit(min(1000, int(1000 * int(done) / total)), 1000)
             except RuntimeError:       # the window went away
                 pass
+
+    def _partial(self, value) -> None:
+        if not self._stop.is_set():
+            self._emit(self.signals.partial, value)
 
     def run(self) -> None:  # worker thread
         try:
@@ -137,16 +142,19 @@ class Runner(QObject):
     def start(self, channel: str, label: str, fn: Callable, *args,
               on_result: Callable[[Any], None] | None = None,
               on_error: Callable[[BaseException], None] | None = None,
-              on_cancelled: Callable[[], None] | None = None, **kwargs) -> Task:
+              on_cancelled: Callable[[], None] | None = None,
+              on_partial: Callable[[Any], None] | None = None, **kwargs) -> Task:
         old = self._current.get(channel)
         if old is not None:
             old.cancel()
-        task = Task(channel, label, fn, args, kwargs)
+        task = Task(channel, label, fn, args, kwargs, partial=on_partial is not None)
         self._current[channel] = task
         self._running.add(task)
         s = task.signals
         # the newest request wins: a slot checks that its task is still the channel's current one
         s.result.connect(lambda value, t=task: self._is_current(t) and on_result and on_result(value))
+        if on_partial is not None:
+            s.partial.connect(lambda value, t=task: self._is_current(t) and on_partial(value))
         s.error.connect(lambda exc, t=task: self._is_current(t) and on_error and on_error(exc))
         s.cancelled.connect(lambda t=task: self._is_current(t) and on_cancelled and on_cancelled())
         s.progress.connect(lambda d, n, t=task: self._on_progress(t, d, n))

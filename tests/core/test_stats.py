@@ -443,3 +443,53 @@ def test_same_figures_whatever_thread_took_which_chunk(monkeypatch, dtype):
     monkeypatch.setattr(S, "THREADS", 1)
     one = tensor_stats(x)
     assert two.to_json("k", x.shape, "d") == one.to_json("k", x.shape, "d")
+
+
+# ---- in steps: pass 1's figures first, then the exact ones ---------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
+def test_steps_estimate_then_exact_with_no_work_done_twice(monkeypatch, dtype):
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(3_000_000, generator=g) * 3).to(dtype)
+    x[::1000] = 0
+    passes = {"pass1": 0}
+    real = S._Wide.pass1
+
+    def counted(self, st, i):
+        passes["pass1"] += 1
+        return real(self, st, i)
+    monkeypatch.setattr(S._Wide, "pass1", counted)
+    seen = []
+    steps = list(S.tensor_stats_steps(x, bins=64, progress=lambda d, t: seen.append((d, t))))
+    n_chunks = passes["pass1"]
+    passes["pass1"] = 0
+    exact = tensor_stats(x, bins=64)
+    assert passes["pass1"] == n_chunks, "the steps read each chunk once in pass 1, as tensor_stats does"
+    assert len(steps) == 2
+    est, final = steps
+    assert final.exact and not est.exact and est.notes and "estimated" in " ".join(est.notes)
+    assert json.dumps(final.to_json("k", x.shape, "d"), sort_keys=True) == \
+        json.dumps(exact.to_json("k", x.shape, "d"), sort_keys=True)
+    check(x, final)
+    # pass 1's own figures are already the exact ones
+    for attr in ("numel", "count", "min", "max", "mean", "std", "l2", "absmax", "nan", "posinf", "neginf", "flags"):
+        assert getattr(est, attr) == getattr(final, attr), attr
+    assert int(est.histogram.counts.sum()) == final.count
+    np.testing.assert_array_equal(est.histogram.edges, final.histogram.edges)
+    span = final.max - final.min
+    for p, v in final.percentiles.items():
+        assert abs(est.percentiles[p] - v) <= 0.01 * max(abs(v), 1e-30) + 1e-3 * span, p
+    assert seen[-1][0] == seen[-1][1] and all(b >= a for (a, _), (b, _) in zip(seen, seen[1:]))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int8, torch.bool, torch.int32])
+def test_steps_exact_at_once_for_narrow_and_integer_dtypes(dtype):
+    x = (torch.randn(3_000_000) * 4).to(dtype)
+    steps = list(S.tensor_stats_steps(x))
+    assert len(steps) == 1 and steps[0].exact
+    check(x, steps[0])
+
+
+def test_steps_of_empty_and_all_nan_tensors_are_one_exact_result():
+    for x in (torch.empty(0), torch.full((10,), float("nan"))):
+        steps = list(S.tensor_stats_steps(x))
+        assert len(steps) == 1 and steps[0].exact

@@ -336,3 +336,38 @@ def test_one_side_open_is_not_a_comparison(tmp_path):
     assert comp.rows["w"].diff_status is None
     both = C.Comparison(side, C.side_data(open_checkpoint(path), str(path)))
     assert both.rows["w"].diff_status == C.SAME_LAYOUT
+
+
+def test_large_tensor_first_look_then_exact(qtbot, make_window, tmp_path):
+    """A large float tensor: pass 1's figures are shown first (marked ≈, exports off), then replaced by the exact
+    ones -- which equal numpy's."""
+    import numpy as np
+    import torch
+    from safetensors.torch import save_file
+
+    from explorer.qt.detail_compute import FIRST_LOOK_MIN
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(FIRST_LOOK_MIN // 2 + 1000, generator=g)
+    b = a + 0.01 * torch.randn(a.shape, generator=g)
+    pa, pb = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    save_file({"w": a}, str(pa))
+    save_file({"w": b}, str(pb))
+    w = make_window()
+    open_both(qtbot, w, str(pa), str(pb))
+    d = w.detail
+    looks = []
+    w.sig_detail_first_look.connect(
+        lambda key: looks.append((key, d.result.estimated, d.export_csv.isEnabled(),
+                                  [d.table.item(r, 0).text() for r in range(d.table.rowCount())])))
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=60000, check_params_cb=lambda key: key == "w"):
+        w.compare.select_path("w")
+    assert len(looks) == 1 and looks[0][0] == "w" and looks[0][1] is True and looks[0][2] is False
+    assert any(t.startswith("≈ ") for t in looks[0][3]), looks[0][3]
+    res = d.result
+    assert not res.estimated and d.export_csv.isEnabled()
+    assert not any(d.table.item(r, 0).text().startswith("≈") for r in range(d.table.rowCount()))
+    ref = np.percentile(a.double().numpy(), [1, 50, 99])
+    got = [res.left.stats.percentiles[p] for p in (1, 50, 99)]
+    assert got == [float(v) for v in ref]
+    assert res.left.counts.sum() == a.numel() and res.right.counts.sum() == b.numel()
+    np.testing.assert_array_equal(res.left.counts, np.histogram(a.double().numpy(), bins=res.edges)[0])

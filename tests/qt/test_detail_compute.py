@@ -1,0 +1,60 @@
+"""The detail pane's worker half (Qt-free): a first look for large float tensors, no value read twice."""
+import numpy as np
+import torch
+
+from explorer.core import stats as S
+from explorer.qt import detail_compute as D
+
+
+def _infos(*ts):
+    return [None if t is None else (tuple(t.shape), str(t.dtype).replace("torch.", "")) for t in ts]
+
+
+def test_first_look_only_for_large_float_tensors(monkeypatch):
+    monkeypatch.setattr(D, "FIRST_LOOK_MIN", 300_000)
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(200_000, generator=g)
+    b = a * 1.5
+    looks = []
+    out = D.detail_from_tensors("w", 64, [a, b], _infos(a, b), ["", ""], partial=looks.append)
+    assert len(looks) == 1
+    first = looks[0]
+    assert first.estimated and not out.estimated
+    assert not first.left.stats.exact and not first.right.stats.exact
+    assert out.left.stats.exact and out.right.stats.exact
+    # shared edges in both; the first look's counts are an estimate of the same bins
+    np.testing.assert_array_equal(first.edges, out.edges)
+    assert first.left.counts.sum() == out.left.counts.sum() == a.numel()
+    assert np.abs(first.right.counts - out.right.counts).max() <= 0.05 * out.right.counts.max() + 2
+    np.testing.assert_array_equal(out.right.counts, np.histogram(b.double().numpy(), bins=out.edges)[0])
+    assert first.delta_counts is None and out.delta_counts is not None
+    # small, or narrow dtypes (exact in one pass): no first look
+    looks.clear()
+    D.detail_from_tensors("w", 64, [a[:1000], None], _infos(a[:1000], None), ["", ""], partial=looks.append)
+    h = a.to(torch.bfloat16)
+    D.detail_from_tensors("w", 64, [h, h], _infos(h, h), ["", ""], partial=looks.append)
+    assert looks == []
+
+
+def test_first_look_reads_each_value_once_in_pass_one(monkeypatch):
+    monkeypatch.setattr(D, "FIRST_LOOK_MIN", 1)
+    calls = {"n": 0}
+    real = S._Wide.pass1
+
+    def counted(self, st, i):
+        calls["n"] += 1
+        return real(self, st, i)
+    monkeypatch.setattr(S._Wide, "pass1", counted)
+    a = torch.randn(3 * S.STATS_CHUNK + 5)
+    D.detail_from_tensors("w", 32, [a, None], _infos(a, None), ["", ""], partial=lambda r: None)
+    with_look = calls["n"]
+    calls["n"] = 0
+    D.detail_from_tensors("w", 32, [a, None], _infos(a, None), ["", ""])
+    assert with_look == calls["n"] == 4
+
+
+def test_one_failing_side_still_shows_the_other():
+    a = torch.randn(1000)
+    bad = torch.empty(10, device="meta")
+    out = D.detail_from_tensors("w", 16, [a, bad], _infos(a, bad), ["", ""], partial=lambda r: None)
+    assert out.left.stats is not None and out.right.stats is None and "meta" in out.right.error
