@@ -242,7 +242,7 @@ def _assemble(key: str, bins: int, sides: list, tensors: list, *, exact: bool, s
         if a.numel() > DELTA_MAX_ELEMENTS:
             step = -(-a.numel() // DELTA_MAX_ELEMENTS)
             a, b = a[::step], b[::step]
-            out.delta_note = f"every {step}th element"
+            out.delta_note = f"every {_ordinal(step)} element"
         import torch
         d = b.to(torch.float64 if a.dtype == torch.float64 else torch.float32) - \
             a.to(torch.float64 if a.dtype == torch.float64 else torch.float32)
@@ -256,6 +256,12 @@ def _assemble(key: str, bins: int, sides: list, tensors: list, *, exact: bool, s
     if progress:
         progress(3000, 3000)
     return out
+
+
+def _ordinal(n: int) -> str:
+    """2 -> '2nd', 11 -> '11th', 23 -> '23rd'."""
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
 
 
 def _rebin(edges: np.ndarray, counts: np.ndarray, new_edges: np.ndarray) -> np.ndarray:

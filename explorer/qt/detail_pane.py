@@ -171,6 +171,7 @@ class DetailPane(QWidget):
         for item in (self.left_item, self.right_item, self.delta_item):
             item.setData([0, 1], [0], stepMode="center", fillLevel=0)
             item.hide()
+        self._sync_legend()
         self.channel_left.setData([], [])
         self.channel_right.setData([], [])
         self.delta.hide()
@@ -252,6 +253,7 @@ class DetailPane(QWidget):
             else:
                 item.setData([0, 1], [0], stepMode="center", fillLevel=0)
                 item.hide()
+        self._sync_legend()
         if res.delta_counts is not None:
             note = f" ({res.delta_note})" if res.delta_note else ""
             mad = f", max |Δ| {res.delta_max_abs:.3g}" if res.delta_max_abs is not None else ""
@@ -275,6 +277,15 @@ class DetailPane(QWidget):
         self.hist.enableAutoRange()
         self.export_png.setEnabled(not res.estimated)    # exports carry exact figures only
         self.export_csv.setEnabled(not res.estimated)
+
+    def _sync_legend(self) -> None:
+        """The legend names only the sides drawn (one side open: no 'right' entry)."""
+        legend = self.hist.getPlotItem().legend
+        for item, name in ((self.left_item, "left"), (self.right_item, "right")):
+            legend.removeItem(item)
+        for item, name in ((self.left_item, "left"), (self.right_item, "right")):
+            if item.isVisibleTo(self.hist.getPlotItem()):
+                legend.addItem(item, name)
 
     def _show_percentiles(self, res: DetailResult) -> None:
         names: list[str] = []

@@ -58,3 +58,8 @@ def test_one_failing_side_still_shows_the_other():
     bad = torch.empty(10, device="meta")
     out = D.detail_from_tensors("w", 16, [a, bad], _infos(a, bad), ["", ""], partial=lambda r: None)
     assert out.left.stats is not None and out.right.stats is None and "meta" in out.right.error
+
+
+def test_ordinals_in_the_delta_note():
+    assert [D._ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == \
+        ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]

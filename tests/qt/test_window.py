@@ -371,3 +371,20 @@ def test_large_tensor_first_look_then_exact(qtbot, make_window, tmp_path):
     assert got == [float(v) for v in ref]
     assert res.left.counts.sum() == a.numel() and res.right.counts.sum() == b.numel()
     np.testing.assert_array_equal(res.left.counts, np.histogram(a.double().numpy(), bins=res.edges)[0])
+
+
+def test_legend_names_only_the_sides_drawn(qtbot, make_window, two_checkpoints):
+    def names(w):
+        return [label.text for _, label in w.detail.hist.getPlotItem().legend.items]
+    w = make_window()
+    w.open_path(0, str(two_checkpoints[0]))
+    qtbot.waitUntil(lambda: w.comparison is not None and w.is_idle(), timeout=30000)
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000, check_params_cb=lambda key: key == "fc1.weight"):
+        w.compare.select_path("fc1.weight")
+    assert names(w) == ["left"]
+    w.open_path(1, str(two_checkpoints[1]))
+    qtbot.waitUntil(lambda: w.comparison.right is not None and w.is_idle(), timeout=30000)
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000, check_params_cb=lambda key: key == "fc1.weight"):
+        w.compare.select_path("fc1.bias")
+        w.compare.select_path("fc1.weight")
+    assert names(w) == ["left", "right"]
