@@ -93,6 +93,16 @@ class DetailPane(QWidget):
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.Fixed)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setMinimumWidth(250)
+        # percentiles beside the statistics, so both are in view without scrolling
+        self.pct_table = QTableWidget(0, 2)
+        self.pct_table.setHorizontalHeaderLabels(["Left", "Right"])
+        self.pct_table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
+        self.pct_table.verticalHeader().setDefaultSectionSize(19)
+        self.pct_table.verticalHeader().setSectionResizeMode(QHeaderView.Fixed)
+        self.pct_table.setEditTriggers(QTableWidget.NoEditTriggers)
+        self.pct_table.setMinimumWidth(190)
+        self.pct_table.setToolTip("Percentiles of the finite values (numpy's linear interpolation); "
+                                  "≈: estimated, the exact figures follow")
         self.log_y = QCheckBox("Log y")
         self.log_y.toggled.connect(self._apply_log)
         self.bins = QSpinBox()
@@ -139,7 +149,11 @@ class DetailPane(QWidget):
         left_box = QWidget()
         lb = QVBoxLayout(left_box)
         lb.setContentsMargins(0, 0, 0, 0)
-        lb.addWidget(self.table, 1)
+        tables = QHBoxLayout()
+        tables.setContentsMargins(0, 0, 0, 0)
+        tables.addWidget(self.table, 5)
+        tables.addWidget(self.pct_table, 4)
+        lb.addLayout(tables, 1)
         lb.addWidget(self.flags)
         self.plots = QWidget()
         pl = QHBoxLayout(self.plots)
@@ -152,7 +166,7 @@ class DetailPane(QWidget):
         self.splitter.addWidget(self.plots)
         self.splitter.setStretchFactor(0, 0)
         self.splitter.setStretchFactor(1, 1)
-        self.splitter.setSizes([300, 900])
+        self.splitter.setSizes([540, 760])
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 2, 4, 2)
         lay.addLayout(controls)
@@ -168,6 +182,7 @@ class DetailPane(QWidget):
         for r in range(self.table.rowCount()):
             for c in range(2):
                 self.table.setItem(r, c, QTableWidgetItem(""))
+        self.pct_table.setRowCount(0)
         for item in (self.left_item, self.right_item, self.delta_item):
             item.setData([0, 1], [0], stepMode="center", fillLevel=0)
             item.hide()
@@ -193,6 +208,9 @@ class DetailPane(QWidget):
                 elif info is None and attr == "shape":
                     text = "(absent)"
                 self.table.setItem(r, c, QTableWidgetItem(text))
+        for r in range(self.pct_table.rowCount()):
+            for c in range(2):
+                self.pct_table.setItem(r, c, QTableWidgetItem(""))
 
     def show_module(self, path: str, md) -> None:
         self.clear(f"<b>{path or '(root)'}</b> — module"
@@ -293,19 +311,18 @@ class DetailPane(QWidget):
             for k in (getattr(sv.stats, "percentiles", None) or {}):
                 if _pname(k) not in names:
                     names.append(_pname(k))
-        base = len(STAT_ROWS)
-        self.table.setRowCount(base + len(names))
+        self.pct_table.setRowCount(len(names))
         for i, name in enumerate(names):
-            self.table.setVerticalHeaderItem(base + i, QTableWidgetItem(name))
+            self.pct_table.setVerticalHeaderItem(i, QTableWidgetItem(name))
             for c, sv in enumerate((res.left, res.right)):
                 pct = getattr(sv.stats, "percentiles", None) or {}
                 value = next((v for k, v in pct.items() if _pname(k) == name), None)
                 text = fmt(float(value)) if value is not None else ""
-                if text and not getattr(sv.stats, "exact", True):
-                    text = "≈ " + text      # interpolated inside a value bucket (see TensorStats.notes)
+                if text and not getattr(sv.stats, "exact", True):   # interpolated inside a value bucket
+                    text = f"≈ {float(value):.4g}"
                 item = QTableWidgetItem(text)
                 item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                self.table.setItem(base + i, c, item)
+                self.pct_table.setItem(i, c, item)
 
     def _show_flags(self, res: DetailResult) -> None:
         parts = []
@@ -353,10 +370,11 @@ class DetailPane(QWidget):
         w = csv.writer(out)
         w.writerow(["key", res.key if res else self.key])
         w.writerow(["statistic", "left", "right"])
-        for r in range(self.table.rowCount()):
-            head = self.table.verticalHeaderItem(r)
-            w.writerow([head.text() if head else "",
-                        *((self.table.item(r, c).text() if self.table.item(r, c) else "") for c in range(2))])
+        for table in (self.table, self.pct_table):
+            for r in range(table.rowCount()):
+                head = table.verticalHeaderItem(r)
+                w.writerow([head.text() if head else "",
+                            *((table.item(r, c).text() if table.item(r, c) else "") for c in range(2))])
         if res is not None and res.edges is not None:
             w.writerow([])
             w.writerow(["bin_low", "bin_high", "count_left", "count_right"])

@@ -358,14 +358,18 @@ def test_large_tensor_first_look_then_exact(qtbot, make_window, tmp_path):
     looks = []
     w.sig_detail_first_look.connect(
         lambda key: looks.append((key, d.result.estimated, d.export_csv.isEnabled(),
-                                  [d.table.item(r, 0).text() for r in range(d.table.rowCount())])))
+                                  [d.pct_table.item(r, 0).text() for r in range(d.pct_table.rowCount())])))
     with qtbot.waitSignal(w.sig_detail_shown, timeout=60000, check_params_cb=lambda key: key == "w"):
         w.compare.select_path("w")
     assert len(looks) == 1 and looks[0][0] == "w" and looks[0][1] is True and looks[0][2] is False
     assert any(t.startswith("≈ ") for t in looks[0][3]), looks[0][3]
     res = d.result
     assert not res.estimated and d.export_csv.isEnabled()
-    assert not any(d.table.item(r, 0).text().startswith("≈") for r in range(d.table.rowCount()))
+    assert d.pct_table.rowCount() == 7
+    assert not any(d.pct_table.item(r, 0).text().startswith("≈") for r in range(d.pct_table.rowCount()))
+    assert d.pct_table.verticalHeaderItem(3).text() == "p50"
+    from explorer.qt.detail_pane import fmt
+    assert d.pct_table.item(3, 0).text() == fmt(float(res.left.stats.percentiles[50]))
     ref = np.percentile(a.double().numpy(), [1, 50, 99])
     got = [res.left.stats.percentiles[p] for p in (1, 50, 99)]
     assert got == [float(v) for v in ref]
