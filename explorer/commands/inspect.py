@@ -1,7 +1,9 @@
 """Print the tree of a checkpoint or model with totals (tensors, parameters, bytes per dtype)."""
 from __future__ import annotations
 
+import json
 import sys
+from json.encoder import encode_basestring_ascii as _enc  # json.dumps' own string encoder (ensure_ascii)
 
 from . import print_json
 from ..core.records import SideSummary
@@ -28,12 +30,94 @@ def inspect_json(side) -> dict:
     }
 
 
+class _Encoded(dict):
+    """value -> its JSON text, made once per distinct value (dtypes, kinds, devices, shapes repeat)."""
+
+    __slots__ = ("_encode",)
+
+    def __init__(self, encode):
+        super().__init__()
+        self._encode = encode
+
+    def __missing__(self, value):
+        text = self[value] = self._encode(value)
+        return text
+
+
+def _entry_columns(side, chunk: int = 65536):
+    """``side.entry_columns()`` (a checkpoint lists its entries column-wise), else made from ``side.entries``."""
+    columns = getattr(side, "entry_columns", None)
+    if columns is not None:
+        yield from columns(chunk)
+        return
+    entries = list(side.entries)
+    for start in range(0, len(entries), chunk):
+        infos = entries[start:start + chunk]
+        yield (None, [i.path for i in infos], [i.shape for i in infos], [i.dtype for i in infos],
+               [i.nbytes for i in infos], [i.kind for i in infos], [i.device for i in infos])
+
+
+def write_inspect_json(side, out) -> None:
+    """``print_json(inspect_json(side))``, byte for byte, written in chunks: no dict, list or TensorInfo per entry
+    and no 100 MB string for a file of 10**6 tensors (the strings come from json's own encoder)."""
+    head = json.dumps({"path": side.path, "format": side.format})
+    tail = json.dumps({"state_dicts": [{"path": list(r.path), "tensors": r.tensors} for r in side.state_dicts],
+                       "default_state_dict": list(side.default_state_dict)
+                       if side.default_state_dict is not None else None,
+                       "references": list(side.references)})
+    out.write(head[:-1] + ', "entries": [')
+    # everything after an entry's last path element, per distinct (shape, dtype, nbytes, kind, device): entries
+    # repeat these, so most entries cost one key encoding, one lookup and two concatenations
+    suffix = _Encoded(lambda row: '], "shape": %s, "dtype": %s, "nbytes": %s, "kind": %s, "device": %s}' % (
+        json.dumps(list(row[0])), _enc(row[1]), int.__repr__(row[2]), _enc(row[3]), _enc(row[4])))
+    first = True
+    for prefix, keys, shapes, dtypes, nbytes, kinds, devices in _entry_columns(side):
+        if prefix is None:  # whole paths
+            paths = map('{"path": '.__add__, (json.dumps(list(path))[:-1] for path in keys))
+        else:
+            paths = map(('{"path": [' + "".join(_enc(p) + ", " for p in prefix)).__add__, map(_enc, keys))
+        body = ", ".join(map(str.__add__, paths, map(suffix.__getitem__, zip(shapes, dtypes, nbytes, kinds, devices))))
+        if len(suffix) > 100_000:  # sizes all different: the cache would only hold memory
+            suffix.clear()
+        if body:
+            out.write(body if first else ", " + body)
+            first = False
+    out.write("], " + tail[1:] + "\n")
+
+
 def human_bytes(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
+
+
+def _numeric_names(names: list[str]) -> list[str]:
+    """The order :class:`Tree` gives one level of names: numeric names sorted among themselves, in their slots."""
+    if sum(map(str.isdigit, names)) < 2:
+        return names
+    numeric = iter(sorted((n for n in names if n.isdigit()), key=int))
+    return [next(numeric) if n.isdigit() else n for n in names]
+
+
+class _LeafText:
+    """One tree line of a tensor; everything after its name is made once per distinct (kind, shape, dtype, size,
+    device)."""
+
+    def __init__(self):
+        self._tails: dict[tuple, str] = {}
+
+    def __call__(self, indent: str, name: str, i) -> str:
+        row = (i.kind, i.shape, i.dtype, i.nbytes, i.device)
+        tail = self._tails.get(row)
+        if tail is None:
+            if len(self._tails) > 100_000:
+                self._tails.clear()
+            dev = f"  ({i.device})" if i.device not in ("cpu", "") else ""
+            tail = self._tails[row] = (f" {i.kind:<14} {str(list(i.shape)):<18} {i.dtype:<10} "
+                                       f"{human_bytes(i.nbytes)}{dev}\n")
+        return f"{indent}{name:<24}{tail}"
 
 
 def render_text(side, out) -> None:
@@ -57,23 +141,34 @@ def render_text(side, out) -> None:
         return
     infos = side.state_dict_infos(default) if side.kind == "checkpoint" else side.all_infos()
     modules = side.module_classes(default)
-    tree = Tree(infos.keys())
     w(f"state dict {'/'.join(default) or '/'}:\n")
-    for node in tree.root.walk():
-        if node is tree.root:
-            continue
-        depth = node.path.count(".")
-        indent = "  " * (depth + 1)
-        if node.is_leaf:
-            i = infos[node.key]
-            dev = f"  ({i.device})" if i.device not in ("cpu", "") else ""
-            w(f"{indent}{node.name:<24} {i.kind:<14} {str(list(i.shape)):<18} {i.dtype:<10} "
-              f"{human_bytes(i.nbytes)}{dev}\n")
-        if node.children:
-            cls = modules.get(node.path)
-            label = f"  {cls.class_name}" if cls else ""
-            if not node.is_leaf:
-                w(f"{indent}{node.name}{label}\n")
+    leaf = _LeafText()
+    lines: list[str] = []
+    keys = list(infos)
+    if "." not in "\n".join(keys):  # flat keys: the tree is one level, numeric names in numeric order
+        for key in _numeric_names(keys):
+            lines.append(leaf("  ", key, infos[key]))
+            if len(lines) >= 65536:
+                w("".join(lines))
+                lines.clear()
+    else:
+        tree = Tree(keys)
+        for node in tree.root.walk():
+            if node is tree.root:
+                continue
+            depth = node.path.count(".")
+            indent = "  " * (depth + 1)
+            if node.is_leaf:
+                lines.append(leaf(indent, node.name, infos[node.key]))
+            if node.children:
+                cls = modules.get(node.path)
+                label = f"  {cls.class_name}" if cls else ""
+                if not node.is_leaf:
+                    lines.append(f"{indent}{node.name}{label}\n")
+            if len(lines) >= 65536:
+                w("".join(lines))
+                lines.clear()
+    w("".join(lines))
     total = SideSummary.of(i for i in infos.values() if i.kind != "non_persistent")
     w(f"totals: {total.tensors} tensors, {total.parameters:,} elements, {human_bytes(total.nbytes)}\n")
     for dt, nb in sorted(total.bytes_per_dtype.items(), key=lambda kv: -kv[1]):
@@ -85,7 +180,7 @@ def render_text(side, out) -> None:
 def run(args) -> int:
     side = open_side(args.target)
     if args.json:
-        print_json(inspect_json(side))
+        write_inspect_json(side, sys.stdout)
     else:
         render_text(side, sys.stdout)
     return 0

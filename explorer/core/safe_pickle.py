@@ -191,6 +191,7 @@ class PickleContext:
         self.label = label
         self.refs: dict[str, StorageRef] = {}
         ctx = self
+        sizes = {}.setdefault  # only plain tuples of plain ints reach it (checked before)
 
         class TensorV2(TensorRecord, metaclass=_SealedClass):
             """``torch._utils._rebuild_tensor_v2`` for this file: called by the C unpickler, one frame per tensor."""
@@ -204,7 +205,24 @@ class PickleContext:
                 self._storage = storage
                 st = storage[1] if type(storage) is tuple and len(storage) > 1 else storage
                 self.dtype = st.dtype if type(st) is StorageType or type(st) is StorageRef else None
-                self._set(storage_offset, size, stride)
+                # TensorRecord._set inlined for the usual values (one Python call less per tensor of the file)
+                if type(storage_offset) is int and storage_offset >= 0 and type(size) is tuple \
+                        and type(stride) is tuple:
+                    n = 1
+                    for s in size:
+                        if type(s) is not int or s < 0:
+                            raise pickle.UnpicklingError(
+                                f"a tensor's shape is not a sequence of sizes: {str(size)[:80]!r}")
+                        n *= s
+                    if n >= 1 << 62:
+                        raise pickle.UnpicklingError(f"a tensor claims {n} elements, more than any machine holds")
+                    self.storage_offset = storage_offset
+                    self.numel = n
+                    # one tuple per distinct shape and stride (the pickle makes new ones for every tensor)
+                    self.shape = sizes(size, size)
+                    self.stride = sizes(stride, stride)
+                else:
+                    self._set(storage_offset, size, stride)
                 self.requires_grad = requires_grad is True
                 self.is_parameter = False
 

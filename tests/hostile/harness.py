@@ -354,7 +354,8 @@ def _collect(task, files, status, ru, seconds, killed, base_rss) -> Run:
         run.peak_mb = round(ru.ru_maxrss / 1024, 1)
         run.grow_mb = round(max(0.0, ru.ru_maxrss * 1024 - base_rss) / 2 ** 20, 1)
     err = _read_text(files["err"], 20000)
-    out = _read_text(files["out"], 1 << 26)
+    # a JSON answer is read whole (10**6 entries are ~100 MB; cut at 64 MB it would not parse); other output's head
+    out = _read_text(files["out"], 1 << 30 if task["op"] in ("read", "inspect-json") else 1 << 26)
     audit = _read_text(files["audit"], 20000)
     run.stderr = err[:2000]
     run.stdout_head = out[:300]
