@@ -10,19 +10,23 @@ from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SH
 from ..core.sides import open_side
 
 LARGEST = 10
+LISTED = 100      # keys listed per status in the text output (--all: every one)
 
 
 def add_arguments(p):
     p.add_argument("a", metavar="A", help="a checkpoint file or folder, or a model spec (MODULE:CALLABLE, demo:NAME)")
     p.add_argument("b", metavar="B", help="the other checkpoint or model spec")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object (every key)")
+    p.add_argument("--all", action="store_true",
+                   help=f"list every key that is not identical (default: the first {LISTED} of each status)")
 
 
 def _f(v, spec=".4g") -> str:
     return "—" if v is None else format(v, spec)
 
 
-def render_text(report, out) -> None:
+def render_text(report, out, listed: int | None = LISTED) -> None:
+    """``listed``: keys listed per status (None: all); the rest are counted in one line per status."""
     w = out.write
     s = report.summary
     w(f"A: {report.a}\nB: {report.b}\n")
@@ -32,7 +36,11 @@ def render_text(report, out) -> None:
     others = [k for k in report.keys if k.status != IDENTICAL]
     if others:
         w("\nkeys that are not identical (A's order, then B-only):\n")
+        shown = {st: 0 for st in s}
         for k in others:
+            shown[k.status] += 1
+            if listed is not None and shown[k.status] > listed:
+                continue
             if k.status in (CHANGED, DTYPE_DIFFERS) and k.shape_a == k.shape_b:
                 extra = (f"max|Δ| {_f(k.max_abs_diff)}  mean|Δ| {_f(k.mean_abs_diff)}  rel {_f(k.rel_l2)}  "
                          f"cos {_f(k.cosine, '.6f')}")
@@ -54,6 +62,9 @@ def render_text(report, out) -> None:
                 extra += f"  (not compared: {k.error})"
             renamed = f"  (B: {k.key_b})" if k.key_b else ""
             w(f"  {k.status:<14} {k.key}{renamed}  {extra}\n")
+        for st, n in shown.items():
+            if listed is not None and n > listed:
+                w(f"  … and {n - listed:,} more {st} keys (--all lists them, --json gives every key)\n")
     big = report.largest(LARGEST)
     if big:
         w(f"\nlargest changes (by ||Δ||/||A||):\n")
@@ -74,5 +85,5 @@ def run(args) -> int:
     if args.json:
         print_json(report.to_json())
     else:
-        render_text(report, sys.stdout)
+        render_text(report, sys.stdout, None if args.all else LISTED)
     return 0

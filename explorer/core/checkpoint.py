@@ -665,8 +665,38 @@ class Checkpoint:
             # key -> info, in file order (a later entry with the same key replaces the earlier one, in its place)
             return OrderedDict(zip(map(_LAST, map(_PATH_OF, infos)), infos))
 
+    def state_dict_columns(self, entry: str | EntryPath | None = None) -> tuple[list, list, list, list, list, list]:
+        """``(keys, shapes, dtypes, nbytes, kinds, devices)`` of one state dict's tensors, as
+        :meth:`state_dict_infos` gives them, column-wise: a state dict listed in bulk (10**6 tiny tensors) costs no
+        :class:`TensorInfo` per tensor."""
+        path = self.resolve_entry(entry)
+        idx = self._by_parent.get(path, ())
+        if type(idx) is range and idx.step == 1 and len(idx) and isinstance(self._paths, _SegmentPaths) \
+                and not self.entries._complete:
+            cols: tuple[list, ...] = ([], [], [], [], [], [])
+            at = 0
+            for prefix, *chunk in self.entry_columns():
+                n = len(chunk[0])
+                lo, hi = max(idx.start - at, 0), min(idx.stop - at, n)
+                if lo < hi:
+                    if prefix != path:   # not the layout this fast path assumes: the careful way below
+                        break
+                    for col, part in zip(cols, chunk):
+                        col += part[lo:hi]
+                at += n
+                if at >= idx.stop:
+                    break
+            keys = cols[0]
+            if len(keys) == len(idx) and len(set(keys)) == len(keys):   # a repeated key: state_dict_infos decides
+                return cols
+        infos = list(self.state_dict_infos(path).items())
+        return ([k for k, _ in infos], [i.shape for _, i in infos], [i.dtype for _, i in infos],
+                [i.nbytes for _, i in infos], [i.kind for _, i in infos], [i.device for _, i in infos])
+
     def module_classes(self, entry: str | EntryPath | None = None) -> dict[str, ModuleInfo]:
         """Module classes recovered from a pickled module, when the state dict came from one."""
+        if self._table is not None and self._root is None:   # a flat table (safetensors...) pickles no module
+            return {}
         try:
             obj = self.get(self.resolve_entry(entry))
         except KeyNotFoundError:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import attrgetter
 from typing import Callable, Mapping
 
 import numpy as np
@@ -40,7 +42,7 @@ IDENTICAL_MEANS = ("identical = same shape, dtype and bytes (bit-exact): a NaN e
                    "(torch.equal would call it unequal); -0.0 and +0.0 differ")
 
 
-@dataclass
+@dataclass(slots=True)
 class KeyDiff:
     key: str                              # A's key (B's key after the remap)
     status: str
@@ -124,7 +126,7 @@ class DiffReport:
     identical_means: str = IDENTICAL_MEANS
 
     def __post_init__(self):
-        self.by_key = {k.key: k for k in self.keys}
+        self.by_key = dict(zip(map(attrgetter("key"), self.keys), self.keys))
         self.modules = self._modules()
 
     @property
@@ -133,8 +135,14 @@ class DiffReport:
 
     def _modules(self) -> "OrderedDict[str, ModuleDiff]":
         mods: OrderedDict[str, ModuleDiff] = OrderedDict()
-        mods[""] = ModuleDiff("")
+        top = mods[""] = ModuleDiff("")
         for k in self.keys:
+            if "." not in k.key:   # a key of the root module (10**6 tiny tensors: all of them): counted at once
+                top.counts[k.status] += 1
+                top.tensors += 1
+                if k.rel_l2 is not None and (top.max_rel_l2 is None or k.rel_l2 > top.max_rel_l2):
+                    top.max_rel_l2, top.largest_key = k.rel_l2, k.key
+                continue
             parts = k.key.split(".")
             names = [""] + [".".join(parts[:i]) for i in range(1, len(parts))]
             for name in names:
@@ -330,17 +338,32 @@ def diff_sides(a, b, *, entry_a=None, entry_b=None, remap=None, progress: Progre
         return _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop)
 
 
+def _columns(side, entry) -> tuple[list, list, list, list]:
+    """(keys, shapes, dtypes, nbytes) of one state dict of a side, in its order (column-wise when the side can:
+    10**6 tiny tensors then cost no TensorInfo each)."""
+    columns = getattr(side, "state_dict_columns", None)
+    if columns is not None:
+        keys, shapes, dtypes, nbytes, *_ = columns(entry)
+        return keys, [s if type(s) is tuple else tuple(s) for s in shapes], dtypes, nbytes
+    infos = side.state_dict_infos(entry)
+    return (list(infos), [tuple(i.shape) for i in infos.values()], [i.dtype for i in infos.values()],
+            [i.nbytes for i in infos.values()])
+
+
 def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffReport:
-    infos_a = a.state_dict_infos(entry_a)
-    infos_b = b.state_dict_infos(entry_b)
+    keys_a, shapes_a, dtypes_a, nbytes_a = _columns(a, entry_a)
+    keys_b, shapes_b, dtypes_b, nbytes_b = _columns(b, entry_b)
     fn = _remap_fn(remap)
-    mapped_b: "OrderedDict[str, tuple[str, object]]" = OrderedDict()
-    for kb, ib in infos_b.items():
-        ka = fn(kb)
-        if ka in mapped_b:
-            raise ExplorerError(f"the remap sends two keys of B to {ka!r} ({mapped_b[ka][0]!r} and {kb!r})")
-        mapped_b[ka] = (kb, ib)
-    total = max(1, sum(i.nbytes for i in infos_a.values()) + sum(ib.nbytes for _, ib in mapped_b.values()))
+    mapped = list(map(fn, keys_b)) if remap is not None else keys_b   # B's keys in A's terms
+    index_b = dict(zip(mapped, range(len(mapped))))
+    if len(index_b) != len(mapped):
+        seen: dict[str, str] = {}
+        for kb, ka in zip(keys_b, mapped):
+            if ka in seen:
+                raise ExplorerError(f"the remap sends two keys of B to {ka!r} ({seen[ka]!r} and {kb!r})")
+            seen[ka] = kb
+    index_a = dict(zip(keys_a, range(len(keys_a))))
+    total = max(1, sum(nbytes_a) + sum(nbytes_b))
     done = [0]
 
     def tick(n):
@@ -348,23 +371,23 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
         if progress is not None:
             progress(min(done[0], total), total)
 
-    keys: list[KeyDiff] = []
-    for ka, ia in infos_a.items():
+    # every key of A as "only in A" at first, made in bulk (10**6 tiny tensors: no Python loop per key); the keys
+    # both sides have are then compared and replaced, in A's order
+    keys: list[KeyDiff] = list(map(KeyDiff, keys_a, repeat(ONLY_A), shapes_a, repeat(None), dtypes_a, repeat(None)))
+    common = list(compress(range(len(keys_a)), map(index_b.__contains__, keys_a)))
+    tick(sum(nbytes_a) - sum(map(nbytes_a.__getitem__, common)))
+    for i in common:
         _check_stop(should_stop)
-        if ka not in mapped_b:
-            keys.append(KeyDiff(ka, ONLY_A, tuple(ia.shape), None, ia.dtype, None))
-            tick(ia.nbytes)
-            continue
-        kb, ib = mapped_b[ka]
-        kd = KeyDiff(ka, CHANGED, tuple(ia.shape), tuple(ib.shape), ia.dtype, ib.dtype,
-                     key_b=kb if kb != ka else None)
-        keys.append(kd)
-        if tuple(ia.shape) != tuple(ib.shape):
+        ka, shape_a, dtype_a, nb_a = keys_a[i], shapes_a[i], dtypes_a[i], nbytes_a[i]
+        j = index_b[ka]
+        kb, shape_b, dtype_b, nb_b = keys_b[j], shapes_b[j], dtypes_b[j], nbytes_b[j]
+        kd = keys[i] = KeyDiff(ka, CHANGED, shape_a, shape_b, dtype_a, dtype_b, key_b=kb if kb != ka else None)
+        if shape_a != shape_b:
             kd.status = SHAPE_DIFFERS
-            tick(ia.nbytes + ib.nbytes)
+            tick(nb_a + nb_b)
             continue
         base = done[0]
-        sub = None if progress is None else (lambda d, t, base=base, nb=ia.nbytes + ib.nbytes:
+        sub = None if progress is None else (lambda d, t, base=base, nb=nb_a + nb_b:
                                              progress(min(base + (nb * d // max(t, 1)), total), total))
         try:
             ta = a.read_key(ka, entry_a)
@@ -372,17 +395,17 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
         except Cancelled:
             raise
         except ExplorerError as e:
-            kd.status = DTYPE_DIFFERS if ia.dtype != ib.dtype else CHANGED
+            kd.status = DTYPE_DIFFERS if dtype_a != dtype_b else CHANGED
             kd.error = str(e)
-            tick(ia.nbytes + ib.nbytes)
+            tick(nb_a + nb_b)
             continue
         try:
-            if ia.dtype == ib.dtype and ta.dtype == tb.dtype:
+            if dtype_a == dtype_b and ta.dtype == tb.dtype:
                 if bytes_equal(ta, tb, should_stop=should_stop, progress=sub):
                     kd.status = IDENTICAL
                     kd.differing = 0
                     done[0] = base
-                    tick(ia.nbytes + ib.nbytes)
+                    tick(nb_a + nb_b)
                     continue
             else:
                 kd.status = DTYPE_DIFFERS
@@ -396,12 +419,12 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
             kd.rel_l2, kd.cosine = m["rel_l2"], m["cosine"]
             kd.differing, kd.nonfinite = m["differing"], m["nonfinite"]
         done[0] = base
-        tick(ia.nbytes + ib.nbytes)
-    for ka, (kb, ib) in mapped_b.items():
-        if ka not in infos_a:
-            keys.append(KeyDiff(ka, ONLY_B, None, tuple(ib.shape), None, ib.dtype,
-                                key_b=kb if kb != ka else None))
-            tick(ib.nbytes)
+        tick(nb_a + nb_b)
+    _check_stop(should_stop)
+    only_b = [j for j, ka in enumerate(mapped) if ka not in index_a]
+    keys += [KeyDiff(mapped[j], ONLY_B, None, shapes_b[j], None, dtypes_b[j],
+                     key_b=keys_b[j] if keys_b[j] != mapped[j] else None) for j in only_b]
+    tick(sum(map(nbytes_b.__getitem__, only_b)))
     if progress is not None:
         progress(total, total)
     return DiffReport(_label(a), _label(b), keys)

@@ -244,3 +244,24 @@ def test_cli_diff_model_spec(tmp_path, cli):
     for k in out["keys"]:
         if k["status"] == "changed":   # a freshly built model differs only where init is random
             assert k["rel_l2"] is None or not math.isnan(k["rel_l2"])
+
+
+def test_text_lists_the_first_keys_of_each_status_and_counts_the_rest(tmp_path, cli):
+    """A diff of very different files stays readable: the first LISTED keys of each status, then one line with how
+    many more; --all lists every one, --json always has every key."""
+    from explorer.commands.diff import LISTED
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save({f"x{i}": torch.zeros(1) for i in range(LISTED + 7)} | {"same": torch.ones(2)}, a)
+    torch.save({f"y{i}": torch.zeros(1) for i in range(3)} | {"same": torch.ones(2)}, b)
+    r = cli("diff", str(a), str(b))
+    assert r.returncode == 0
+    lines = r.stdout.splitlines()
+    assert sum(1 for ln in lines if ln.strip().startswith("only_a")) == LISTED
+    assert sum(1 for ln in lines if ln.strip().startswith("only_b")) == 3
+    assert "… and 7 more only_a keys (--all lists them, --json gives every key)" in r.stdout
+    assert "more only_b" not in r.stdout
+    r = cli("diff", str(a), str(b), "--all")
+    assert sum(1 for ln in r.stdout.splitlines() if ln.strip().startswith("only_a")) == LISTED + 7
+    assert "more only_a" not in r.stdout
+    j = json.loads(cli("diff", str(a), str(b), "--json").stdout)
+    assert len(j["keys"]) == LISTED + 7 + 1 + 3 and j["summary"]["only_a"] == LISTED + 7
