@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import CorruptFileError
-from .safe_pickle import ITEMSIZE, StorageRef, TensorRecord
+from .safe_pickle import ITEMSIZE, StorageRef, TensorRecord, address_space_lock
 
 # dtypes numpy cannot hold are viewed through torch
 TORCH_DTYPES = {name: getattr(torch, name) for name in ITEMSIZE if hasattr(torch, name)}
@@ -32,7 +32,8 @@ class FileMaps:
         with self._lock:
             m = self._maps.get(file)
             if m is None or len(m) != size:  # first use, or the file changed: map it again (old views keep theirs)
-                m = self._maps[file] = np.memmap(file, dtype=np.uint8, mode="c", shape=(size,))
+                with address_space_lock:   # never while a pickle loads under an address-space cap
+                    m = self._maps[file] = np.memmap(file, dtype=np.uint8, mode="c", shape=(size,))
         return m[offset:offset + length]
 
 

@@ -643,12 +643,22 @@ def _size_of(file) -> int:
         return 1 << 30
 
 
+# Held while a pickle loads under an address-space cap in a process with other threads (the window), and by
+# whoever maps a file (bytesource.FileMaps): a big mapping must not meet the cap, nor the cap a big mapping.
+address_space_lock = threading.RLock()
+MULTI_THREAD_HEADROOM = 1 << 30   # above what parsing needs: other threads' ordinary allocations go on meanwhile
+
+
 class _memo_cap:
     """CPython's C unpickler keeps its memo in an array as long as the largest index a PUT / LONG_BINPUT names, and
-    zeroes it up front: a 9-byte pickle naming index 2**27 allocates and touches 2 GB (2**29: 8 GB), before any of
-    our code runs. Cap the address space while a pickle loads so such a claim fails at once as MemoryError (a corrupt
-    file) instead of as gigabytes of RSS. Linux only; never raises an existing lower limit; process-wide while it
-    lasts, so only applied while the process has one thread (the command line, the window's compute process)."""
+    zeroes it up front: a 9-byte pickle naming index 2**27 allocates and touches 2 GB (2**30: 16 GB), before any
+    of our code runs. Cap the address space while a pickle loads so such a claim fails at once as MemoryError (a
+    corrupt file) instead of as gigabytes of RSS. Linux only; never raises an existing lower limit.
+
+    The limit is process-wide while it lasts. With one thread (the command line, the window's compute process) the
+    headroom is what parsing needs; with other threads (the window) another :data:`MULTI_THREAD_HEADROOM` is left
+    for their ordinary allocations, and :data:`address_space_lock` keeps our own file mappings from starting
+    meanwhile (a claim beyond ~1 GB still fails at once; a smaller one is bounded by the headroom)."""
 
     def __init__(self, pickle_bytes: int):
         # what parsing may add: objects for every opcode (~40x the pickle for a file of 10**6 tensors), never the
@@ -657,14 +667,19 @@ class _memo_cap:
 
     def __enter__(self):
         self._old = None
-        if threading.active_count() > 1:  # a limit on the whole process must not fail another thread's allocation
-            return self
+        self._locked = False
+        if threading.active_count() > 1:
+            address_space_lock.acquire()
+            self._locked = True
+            headroom = self.headroom + MULTI_THREAD_HEADROOM
+        else:
+            headroom = self.headroom
         try:
             import resource
             with open("/proc/self/statm") as f:
                 vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
             old = resource.getrlimit(resource.RLIMIT_AS)
-            soft = vm + self.headroom
+            soft = vm + headroom
             if old[1] != resource.RLIM_INFINITY:
                 soft = min(soft, old[1])
             if old[0] == resource.RLIM_INFINITY or old[0] > soft:
@@ -675,9 +690,13 @@ class _memo_cap:
         return self
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            import resource
-            resource.setrlimit(resource.RLIMIT_AS, self._old)
+        try:
+            if self._old is not None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_AS, self._old)
+        finally:
+            if self._locked:
+                address_space_lock.release()
         return False
 
 

@@ -372,3 +372,47 @@ def test_hostile_shard_indexes(tmp_path):
         with pytest.raises(CorruptFileError) as info:
             open_checkpoint(tmp_path / name)
         assert name in str(info.value)
+
+
+_MEMO_BOMB_CHILD = r"""
+import resource, sys, threading, time, zipfile
+sys.path.insert(0, sys.argv[1])
+from explorer.core.loaders import open_checkpoint
+from explorer.errors import ExplorerError
+threads = int(sys.argv[3])
+stop = threading.Event()
+for _ in range(threads):          # the window: a GUI thread and workers besides the one that loads
+    threading.Thread(target=stop.wait, daemon=True).start()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t0 = time.monotonic()
+try:
+    open_checkpoint(sys.argv[2])
+    outcome = "opened"
+except ExplorerError as e:
+    outcome = "error: " + str(e)
+grew = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
+print(f"{grew} {time.monotonic() - t0:.2f} {outcome}")
+"""
+
+
+@pytest.mark.parametrize("threads", [0, 2])
+def test_memo_bomb_stays_small_with_other_threads_running(tmp_path, threads):
+    """A 9-byte pickle whose LONG_BINPUT names memo index 2**27 makes CPython's C unpickler allocate and zero 2 GB.
+    The address space is capped while a pickle loads -- also in a process with other threads (the window), where
+    the cap leaves them another GB. The child runs under a hard limit, so a regression cannot take the machine."""
+    import struct
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("bomb/data.pkl", b"\x80\x02Nr" + struct.pack("<I", 2 ** 27) + b".")
+        z.writestr("bomb/version", "3\n")
+    root = str(Path(__file__).resolve().parents[2])
+
+    def limit():  # 6 GB of address space above the interpreter's start: the 2 GB memo fits without the cap
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (6 << 30, resource.RLIM_INFINITY))
+    out = subprocess.run([sys.executable, "-c", _MEMO_BOMB_CHILD, root, str(path), str(threads)],
+                         capture_output=True, text=True, timeout=120, preexec_fn=limit)
+    assert out.returncode == 0, out.stderr[-2000:]
+    grew_mb, seconds, outcome = out.stdout.split(" ", 2)
+    assert outcome.startswith("error: ") and str(path) in outcome, outcome
+    assert int(grew_mb) < 300, f"peak RSS grew by {grew_mb} MB"
