@@ -102,6 +102,9 @@ def _numeric_names(names: list[str]) -> list[str]:
     return [next(numeric) if n.isdigit() else n for n in names]
 
 
+TREE_DEPTH = 64   # levels of the text tree; deeper keys are listed whole
+
+
 class _LeafText:
     """One tree line of a tensor; everything after its name is made once per distinct (kind, shape, dtype, size,
     device)."""
@@ -178,6 +181,12 @@ def render_text(side, out) -> None:
                 w("".join(lines))
                 lines.clear()
     else:
+        # a key nested deeper than TREE_DEPTH levels is listed whole after the tree: indenting each of its levels
+        # would print ~depth**2 characters (a 20,000-part key: 400 MB of spaces)
+        deep = [k for k in keys if k.count(".") >= TREE_DEPTH]
+        if deep:
+            deep_set = set(deep)
+            keys = [k for k in keys if k not in deep_set]
         tree = Tree(keys)
         for node in tree.root.walk():
             if node is tree.root:
@@ -194,6 +203,9 @@ def render_text(side, out) -> None:
             if len(lines) >= 65536:
                 w("".join(lines))
                 lines.clear()
+        if deep:
+            lines.append(f"  keys nested more than {TREE_DEPTH} levels deep, shown whole:\n")
+            lines += (leaf("    ", key, infos[key]) for key in deep)
     w("".join(lines))
     total = _totals(infos.values())
     w(f"totals: {total.tensors} tensors, {total.parameters:,} elements, {human_bytes(total.nbytes)}\n")

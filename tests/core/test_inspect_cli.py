@@ -233,3 +233,22 @@ def test_permission_denied_simulated(tmp_path, sd, monkeypatch, capsys):
                         real_access(p, mode, **kw))
     code, _, stderr = inspect_in_process(capsys, path)
     assert code == 2 and "permission denied" in stderr and str(path) in stderr and stderr.count("\n") == 1
+
+
+def test_very_deep_keys_are_listed_whole_not_indented(tmp_path, cli):
+    """A key of 5,000 dotted parts: indenting each level would print ~50 MB of spaces; it is listed whole after the
+    tree, so the output grows with the key's length only."""
+    from explorer.commands.inspect import TREE_DEPTH
+    deep = ".".join(["m"] * 5000)
+    edge = ".".join(["n"] * TREE_DEPTH)       # exactly TREE_DEPTH levels: still in the tree
+    path = tmp_path / "deep.pt"
+    torch.save({deep: torch.zeros(1), edge: torch.zeros(3), "fc.weight": torch.zeros(2, 2)}, path)
+    r = cli("inspect", str(path))
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) < 30_000
+    lines = r.stdout.splitlines()
+    assert any(ln.strip().startswith("weight") for ln in lines)             # the tree as usual
+    assert any(ln.startswith("  " * TREE_DEPTH + "n ") for ln in lines)      # the deepest level the tree shows
+    i = lines.index(f"  keys nested more than {TREE_DEPTH} levels deep, shown whole:")
+    assert lines[i + 1].split()[0] == deep and "[1]" in lines[i + 1]
+    assert "totals: 3 tensors" in r.stdout
