@@ -30,8 +30,8 @@ def render_text(report, out, listed: int | None = LISTED) -> None:
     w = out.write
     s = report.summary
     w(f"A: {report.a}\nB: {report.b}\n")
-    w(f"{len(report.keys)} keys: {s[IDENTICAL]} identical, {s[CHANGED]} changed, {s[ONLY_A]} only in A, "
-      f"{s[ONLY_B]} only in B, {s[SHAPE_DIFFERS]} shape differs, {s[DTYPE_DIFFERS]} dtype differs\n")
+    w(f"{len(report.keys):,} keys: {s[IDENTICAL]:,} identical, {s[CHANGED]:,} changed, {s[ONLY_A]:,} only in A, "
+      f"{s[ONLY_B]:,} only in B, {s[SHAPE_DIFFERS]:,} shape differs, {s[DTYPE_DIFFERS]:,} dtype differs\n")
     w(f"({IDENTICAL_MEANS})\n")
     others = [k for k in report.keys if k.status != IDENTICAL]
     if others:
