@@ -743,7 +743,9 @@ def _choose_edges(lo: float | None, hi: float | None, bins: int, integer: bool, 
         a, b = float(rng[0]), float(rng[1])
         if not (math.isfinite(a) and math.isfinite(b)) or not a < b:
             raise ExplorerError(f"histogram range {rng!r} must be two finite numbers, low < high")
-        return np.linspace(a, b, bins + 1), False, False
+        # every finite value inside: binned as with the data's own range (no below/above, edge-straddling buckets)
+        covers = lo is None or (a <= lo and hi <= b)
+        return np.linspace(a, b, bins + 1), False, covers
     if lo is None:
         return np.linspace(0.0, 1.0, bins + 1), False, True
     if integer:
@@ -827,12 +829,13 @@ def tensor_stats(t: torch.Tensor, *, bins: int = 256, range: tuple[float, float]
 def tensor_stats_steps(t: torch.Tensor, *, bins: int = 256, range: tuple[float, float] | None = None,
                        percentiles: Sequence[float] = DEFAULT_PERCENTILES, progress: ProgressFn | None = None,
                        should_stop: StopFn | None = None) -> Iterator[TensorStats]:
-    """The exact statistics of ``t`` (as ``tensor_stats``), in steps, with no work done twice.
+    """The exact statistics of ``t`` (as ``tensor_stats``), in two steps, with no work done twice.
 
-    When the exact figures need a second pass over the values (float32/64 and complex data), first yields
-    what pass 1 alone gives -- every figure but the histogram, percentiles and float zeros exact; those estimated
-    from 65,536 value buckets, said in ``notes``, ``exact`` False -- then the exact result (``exact`` True).
-    Otherwise yields the exact result once. A viewer can show a complete picture after one pass and replace it.
+    Yields twice. First what pass 1 gives: when the exact figures need a second pass over the values (float32/64,
+    int32/64, complex data) every figure but the histogram, percentiles and float zeros is exact, those are
+    estimated from 65,536 value buckets, said in ``notes``, and ``exact`` is False; otherwise the exact result.
+    Then the exact result. Between the two the caller may ``send`` a histogram range for the final figures -- e.g.
+    one shared by two tensors so that their histograms overlay bin for bin -- at no extra pass.
     Progress covers both passes.
     """
     with _single_intraop():
@@ -848,7 +851,10 @@ def _stats_steps(t, bins, range, percentiles, progress, should_stop, exact, esti
         states = run_chunked(len(chunks), lambda: _NarrowState(plan.bits), _narrow_work(chunks, plan.bits),
                              total=total, progress=progress, should_stop=should_stop, threads=threads, dynamic=True)
         counts = sum(s.counts for s in states[1:]) + states[0].counts if len(states) > 1 else states[0].counts
-        yield _finish_narrow(plan, counts.numpy(), numel, bins, range, percentiles)
+        first = _finish_narrow(plan, counts.numpy(), numel, bins, range, percentiles)
+        rng2 = yield first
+        if estimate_first:   # steps: the second value, on the range sent (every figure follows from the counts)
+            yield first if rng2 is None else _finish_narrow(plan, counts.numpy(), numel, bins, rng2, percentiles)
         return
     yield from _wide_steps(plan, chunks, numel, threads, bins, range, percentiles, bool(exact) or range is not None,
                            exact, progress, should_stop, total, estimate_first)
@@ -975,11 +981,21 @@ def _wide_steps(plan, chunks, numel, threads, bins, rng, percentiles, second_pas
         est_zeros = zeros_from_buckets(est_notes) if zero_raws else zeros
         return assemble(hc, below, above, not count, {}, not count, est_notes, est_zeros)
 
+    def take_range(rng2) -> None:
+        """The histogram of the final figures on ``rng2`` (sent between the steps), not on this tensor's own."""
+        nonlocal edges, integer, clipped, nb
+        if rng2 is not None:
+            edges, integer, clipped = _choose_edges(mn, mx, bins, plan.integer, rng2)
+            nb = len(edges) - 1
+
     if not (second_pass and count):
-        yield estimate()
+        rng2 = yield estimate()
+        if estimate_first:   # steps: the second value, on the range sent (the same buckets: no pass)
+            take_range(rng2)
+            yield estimate()
         return
-    if estimate_first and is_float:   # integer buckets span 65,536 whole numbers: too coarse to show
-        yield estimate()
+    if estimate_first:
+        take_range((yield estimate()))
     lut = gather_lut = None
     if exact and refine_raws:
         if plan.bits == 32:

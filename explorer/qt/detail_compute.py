@@ -161,13 +161,10 @@ def detail_from_tensors(key: str, bins: int, tensors: list, infos: list, errors:
                 progress(int(1000 * sum(fractions)), 3000)
         steps[i] = tensor_stats_steps(tensors[i], bins=bins, progress=sub_progress, should_stop=should_stop)
 
-    def step(i: int) -> bool:
-        """The next figures of side ``i``; False when it has no more (or failed)."""
+    def step(i: int, send=None) -> None:
+        """Side ``i``'s next figures (``send``: the histogram range of its final ones)."""
         try:
-            sides[i].stats = next(steps[i])
-            return True
-        except StopIteration:
-            return False
+            sides[i].stats = next(steps[i]) if send is None else steps[i].send(send)
         except Cancelled:
             raise
         except Exception as e:  # noqa: BLE001 - one side's failure still shows the other
@@ -175,20 +172,38 @@ def detail_from_tensors(key: str, bins: int, tensors: list, infos: list, errors:
             sides[i].stats = None
             tensors[i] = None
             del steps[i]
-            return False
 
+    for i in list(steps):   # pass 1 of each side
+        if stop():
+            raise Cancelled("detail: cancelled")
+        step(i)
+    rough = [i for i in steps if not sides[i].stats.exact and sides[i].stats.histogram is not None
+             and _is_float(sides[i].stats.dtype)]    # integer buckets are too coarse to show
+    if partial is not None and sum(sides[i].stats.numel for i in rough) >= FIRST_LOOK_MIN:
+        partial(_assemble(key, bins, sides, tensors, exact=False, should_stop=stop))
+    # the final figures of both sides on one range, so that their histograms overlay bin for bin (no extra pass)
+    ranges = [r for r in (_finite_range(sides[i].stats) for i in steps) if r is not None]
+    common = _common_range(ranges) if len({tuple(r) for r in ranges}) > 1 else None
     for i in list(steps):
         if stop():
             raise Cancelled("detail: cancelled")
-        step(i)
-    rough = [i for i in steps if sides[i].stats is not None and not sides[i].stats.exact]
-    if partial is not None and sum(sides[i].stats.numel for i in rough) >= FIRST_LOOK_MIN:
-        partial(_assemble(key, bins, sides, tensors, exact=False, should_stop=stop))
-    for i in rough:
-        if stop():
-            raise Cancelled("detail: cancelled")
-        step(i)
+        step(i, common)
     return _assemble(key, bins, sides, tensors, exact=True, should_stop=stop, progress=progress)
+
+
+def _is_float(dtype: str) -> bool:
+    return dtype.startswith(("float", "bfloat", "complex"))
+
+
+def _common_range(ranges: list) -> tuple[float, float] | None:
+    """One histogram range holding every side's finite values."""
+    if not ranges:
+        return None
+    lo = min(r[0] for r in ranges)
+    hi = max(r[1] for r in ranges)
+    if hi <= lo:
+        lo, hi = lo - 0.5, hi + 0.5
+    return lo, hi
 
 
 def _assemble(key: str, bins: int, sides: list, tensors: list, *, exact: bool, should_stop, progress=None) \
@@ -210,10 +225,7 @@ def _assemble(key: str, bins: int, sides: list, tensors: list, *, exact: bool, s
     ranges = [_finite_range(s.stats) for s in (out.left, out.right) if s.stats is not None]
     ranges = [r for r in ranges if r is not None]
     if ranges:
-        lo = min(r[0] for r in ranges)
-        hi = max(r[1] for r in ranges)
-        if hi <= lo:
-            lo, hi = lo - 0.5, hi + 0.5
+        lo, hi = _common_range(ranges)
         for sv, t in ((out.left, tensors[0]), (out.right, tensors[1])):
             if t is None or sv.stats is None:
                 continue

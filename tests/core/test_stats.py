@@ -446,6 +446,10 @@ def test_same_figures_whatever_thread_took_which_chunk(monkeypatch, dtype):
 
 
 # ---- in steps: pass 1's figures first, then the exact ones ---------------------------------------------------------
+def _same(a, b) -> bool:
+    return json.dumps(a.to_json("k", [1], "d"), sort_keys=True) == json.dumps(b.to_json("k", [1], "d"), sort_keys=True)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
 def test_steps_estimate_then_exact_with_no_work_done_twice(monkeypatch, dtype):
     g = torch.Generator().manual_seed(7)
@@ -467,8 +471,7 @@ def test_steps_estimate_then_exact_with_no_work_done_twice(monkeypatch, dtype):
     assert len(steps) == 2
     est, final = steps
     assert final.exact and not est.exact and est.notes and "estimated" in " ".join(est.notes)
-    assert json.dumps(final.to_json("k", x.shape, "d"), sort_keys=True) == \
-        json.dumps(exact.to_json("k", x.shape, "d"), sort_keys=True)
+    assert _same(final, exact)
     check(x, final)
     # pass 1's own figures are already the exact ones
     for attr in ("numel", "count", "min", "max", "mean", "std", "l2", "absmax", "nan", "posinf", "neginf", "flags"):
@@ -481,15 +484,60 @@ def test_steps_estimate_then_exact_with_no_work_done_twice(monkeypatch, dtype):
     assert seen[-1][0] == seen[-1][1] and all(b >= a for (a, _), (b, _) in zip(seen, seen[1:]))
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int8, torch.bool, torch.int32])
-def test_steps_exact_at_once_for_narrow_and_integer_dtypes(dtype):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int8, torch.bool])
+def test_steps_of_narrow_dtypes_are_exact_at_once(dtype):
     x = (torch.randn(3_000_000) * 4).to(dtype)
-    steps = list(S.tensor_stats_steps(x))
-    assert len(steps) == 1 and steps[0].exact
-    check(x, steps[0])
+    first, final = S.tensor_stats_steps(x)
+    assert first is final and final.exact
+    check(x, final)
 
 
-def test_steps_of_empty_and_all_nan_tensors_are_one_exact_result():
+def test_steps_of_int32_estimate_then_exact():
+    x = (torch.randn(3_000_000) * 4).to(torch.int32)
+    first, final = S.tensor_stats_steps(x)
+    assert not first.exact and final.exact
+    check(x, final)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int32, torch.float16])
+def test_steps_take_a_shared_range_between_the_steps_at_no_extra_pass(monkeypatch, dtype):
+    """The detail pane sends both tensors' common range after pass 1: the final histogram is on it, exactly as
+    numpy bins the values, and no chunk is read a third time."""
+    g = torch.Generator().manual_seed(9)
+    x = (torch.randn(2_500_000, generator=g) * 3).to(dtype)
+    lo, hi = float(x.min()) - 1.25, float(x.max()) + 0.5
+    reads = {"n": 0}
+    for name in ("pass1",):
+        real = getattr(S._Wide, name)
+
+        def counted(self, st, i, _real=real):
+            reads["n"] += 1
+            return _real(self, st, i)
+        monkeypatch.setattr(S._Wide, name, counted)
+    steps = S.tensor_stats_steps(x, bins=50)
+    first = next(steps)
+    final = steps.send((lo, hi))
+    assert next(steps, None) is None
+    assert final.exact and final.histogram.edges[0] == lo and final.histogram.edges[-1] == hi
+    ref = np.histogram(as_f64(x), bins=np.linspace(lo, hi, 51))[0]
+    np.testing.assert_array_equal(final.histogram.counts, ref)
+    assert final.histogram.below == final.histogram.above == 0
+    if dtype in (torch.float32, torch.float64, torch.int32):   # pass 1 once (pass 2 is the second read)
+        assert reads["n"] == len(list(S.iter_chunks(x, S.STATS_CHUNK)))
+    assert final.min == first.min and final.percentiles == tensor_stats(x).percentiles
+
+
+def test_an_explicit_range_covering_the_data_bins_as_numpy_does():
+    x = torch.randn(3_000_000, generator=torch.Generator().manual_seed(4))
+    for lo, hi in ((float(x.min()), float(x.max())), (-10.0, 10.0), (float(x.min()), 7.0), (-0.5, 0.5)):
+        h = tensor_stats(x, bins=64, range=(lo, hi)).histogram
+        v = x.double().numpy()
+        inside = v[(v >= lo) & (v <= hi)]
+        np.testing.assert_array_equal(h.counts, np.histogram(inside, bins=np.linspace(lo, hi, 65))[0])
+        assert h.below == int((v < lo).sum()) and h.above == int((v > hi).sum())
+
+
+def test_steps_of_empty_and_all_nan_tensors():
     for x in (torch.empty(0), torch.full((10,), float("nan"))):
-        steps = list(S.tensor_stats_steps(x))
-        assert len(steps) == 1 and steps[0].exact
+        first, final = S.tensor_stats_steps(x)
+        assert final.exact and final.count == 0

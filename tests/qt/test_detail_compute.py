@@ -63,3 +63,25 @@ def test_one_failing_side_still_shows_the_other():
 def test_ordinals_in_the_delta_note():
     assert [D._ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 23, 101, 111)] == \
         ["1st", "2nd", "3rd", "4th", "11th", "12th", "13th", "21st", "22nd", "23rd", "101st", "111th"]
+
+
+def test_two_sides_share_one_range_with_no_extra_pass(monkeypatch):
+    """Both sides' final histograms are on their common range, made in their own second pass: the only histogram
+    pass afterwards is the delta's (right - left)."""
+    called = []
+    real = D.histogram
+
+    def counted(t, *args, **kwargs):
+        called.append(t)
+        return real(t, *args, **kwargs)
+    monkeypatch.setattr(D, "histogram", counted)
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(300_000, generator=g)
+    b = a * 2 + 1
+    out = D.detail_from_tensors("w", 40, [a, b], _infos(a, b), ["", ""])
+    lo, hi = min(float(a.min()), float(b.min())), max(float(a.max()), float(b.max()))
+    assert out.edges[0] == lo and out.edges[-1] == hi
+    for t, sv in ((a, out.left), (b, out.right)):
+        np.testing.assert_array_equal(sv.counts, np.histogram(t.double().numpy(), bins=out.edges)[0])
+        assert sv.stats.exact
+    assert len(called) == 1 and torch.equal(called[0], (b - a)[torch.isfinite(b - a)])
