@@ -15,6 +15,8 @@ import struct
 from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import compress, filterfalse, repeat
+from operator import and_, itemgetter, or_
 from typing import Any, Callable
 
 import torch
@@ -161,9 +163,23 @@ def _dot_suffixes(key: str):
         i = key.find(".", i + 1)
 
 
+def _leaf(key: str) -> str:
+    return key.rpartition(".")[2]
+
+
+def _with_leaves(keys, leaves: set) -> list:
+    """The dotted keys whose last part is in ``leaves``, in order (C iterators: 10**6 keys in a blink)."""
+    dotted = [k for k in keys if "." in k]
+    return list(compress(dotted, map(leaves.__contains__, map(itemgetter(2), map(str.rpartition, dotted,
+                                                                                   repeat("."))))))
+
+
 def prefix_candidates(model_keys, ck_keys, missing, unexpected) -> list[Remap]:
     model_set, ck_set = set(model_keys), set(ck_keys)
     votes: Counter = Counter()
+    # an unexpected key votes only when one of its dotted suffixes is a model key (strip) or a missing key's
+    # (replace): both end with a model key's last part, so the others are skipped up front
+    unexpected = _with_leaves(unexpected, {_leaf(k) for k in model_set} | {_leaf(m) for m in missing})
     for u in unexpected:
         for pre, suf in _dot_suffixes(u):
             if suf in model_set:
@@ -186,10 +202,10 @@ def prefix_candidates(model_keys, ck_keys, missing, unexpected) -> list[Remap]:
                         votes[("replace_prefix", pre, mpre)] += 1
                 break
     for pre in KNOWN_PREFIXES:
-        n_ck = sum(k.startswith(pre) for k in ck_keys)
+        n_ck = sum(map(str.startswith, ck_keys, repeat(pre)))
         if n_ck and n_ck >= len(ck_set) / 2:
             votes[("strip_prefix", pre, "")] += 0
-        n_m = sum(k.startswith(pre) for k in model_keys)
+        n_m = sum(map(str.startswith, model_keys, repeat(pre)))
         if n_m and n_m >= len(model_set) / 2 and not n_ck:
             votes[("add_prefix", "", pre)] += 0
     simpler = {"strip_prefix": 0, "add_prefix": 1, "replace_prefix": 2}
@@ -209,6 +225,17 @@ def part_candidates(missing: list[str], unexpected: list[str], limit: int = 2) -
         for i in range(len(parts)):
             patterns.setdefault((len(parts), i, tuple(parts[:i]), tuple(parts[i + 1:])), parts[i])
     votes: Counter = Counter()
+    # an unexpected key matches a pattern only if it has a missing key's module path (the last part differs) or a
+    # missing key's last part (another part differs): skip the others up front
+    m_leaves = {m.rpartition(".")[2] for m in missing}
+    m_paths = {m.rpartition(".")[0] for m in missing}
+    if len(unexpected) > 64:
+        parts = list(map(str.rpartition, unexpected, repeat(".")))
+        keep = list(map(m_leaves.__contains__, map(itemgetter(2), parts)))
+        if not all(keep):
+            keep = list(map(or_, keep, map(m_paths.__contains__, map(itemgetter(0), parts))))
+        unexpected = list(compress(unexpected, keep))
+        del parts, keep
     for u in unexpected:
         parts = u.split(".")
         for i in range(len(parts)):
@@ -247,18 +274,32 @@ def rename_candidates(missing: list[str], unexpected: list[str], model_shapes: M
     renames: dict[str, str] = {}
     taken: set[str] = set()
     miss = [m for m in missing if m in model_shapes]
-    unex = [u for u in unexpected if u in ck_shapes]
+    unex = list(compress(unexpected, map(ck_shapes.__contains__, unexpected)))
     # 1. whole modules renamed: every missing leaf of a model module is in one checkpoint module with the same shape
     miss_groups: "OrderedDict[str, dict]" = OrderedDict()
     for m in miss:
         if m not in taken:
             mod, leaf = _split(m)
             miss_groups.setdefault(mod, {})[leaf] = model_shapes[m]
+    # only checkpoint keys whose last part names a model tensor can be renamed here: the others are left out of the
+    # groups (a group without any cannot fit), keeping the groups in the order of their first key among all
+    model_leaves = {_split(k)[1] for k in model_shapes}
+    useful_keys = list(compress(unex, map(model_leaves.__contains__, map(itemgetter(2), map(
+        str.rpartition, unex, repeat("."))))))
+    useful = [(u, *_split(u)) for u in useful_keys]
     unex_groups: "OrderedDict[str, dict]" = OrderedDict()
-    for u in unex:
+    if len({mod for _, mod, _ in useful}) > 1:   # the order of the groups matters: that of their first key
+        for mod in dict.fromkeys(map(itemgetter(0), map(str.rpartition, unex, repeat(".")))):
+            unex_groups[mod] = None  # type: ignore[assignment]
+    for u, mod, leaf in useful:
         if u not in renames:
-            mod, leaf = _split(u)
-            unex_groups.setdefault(mod, {})[leaf] = ck_shapes[u]
+            g = unex_groups.get(mod)
+            if g is None:
+                g = unex_groups[mod] = {}
+            g[leaf] = ck_shapes[u]
+    for mod in [m for m, g in unex_groups.items() if g is None]:
+        del unex_groups[mod]
+    del useful_keys, useful
     used: set[str] = set()
     for mmod, leaves in miss_groups.items():
         fits = [umod for umod, uleaves in unex_groups.items() if umod not in used and umod != mmod
@@ -279,7 +320,10 @@ def rename_candidates(missing: list[str], unexpected: list[str], model_shapes: M
     by_shape: dict[tuple, list[str]] = {}
     for m in miss:
         by_shape.setdefault(model_shapes[m], []).append(m)
-    for u in unex:
+    # one edit changes the length by at most one: other checkpoint keys cannot pair
+    lengths = {len(m) + d for m in miss for d in (-1, 0, 1)}
+    for u in compress(unex, map(and_, map(lengths.__contains__, map(len, unex)),
+                                map(by_shape.__contains__, map(ck_shapes.__getitem__, unex)))):
         if u in renames:
             continue
         same = by_shape.get(ck_shapes[u], ())
@@ -290,7 +334,7 @@ def rename_candidates(missing: list[str], unexpected: list[str], model_shapes: M
             renames[u] = cands[0]
             taken.add(cands[0])
     # 3. what is left, in order, when the shapes and leaf names line up one for one
-    rest_u = [u for u in unex if u not in renames]
+    rest_u = list(filterfalse(renames.__contains__, unex))
     rest_m = [m for m in miss if m not in taken]
     if rest_u and len(rest_u) == len(rest_m) and all(
             ck_shapes[u] == model_shapes[m] and _split(u)[1] == _split(m)[1] for u, m in zip(rest_u, rest_m)):
@@ -300,17 +344,24 @@ def rename_candidates(missing: list[str], unexpected: list[str], model_shapes: M
 
 
 def suggest_remaps(model: nn.Module, checkpoint_side, *, entry=None, report=None, strict: bool = True,
-                   assign: bool = False, limit: int = MAX_SUGGESTIONS, index=None) -> list[Suggestion]:
-    """Candidate fixes, each previewed by re-running the structural simulation; best first, only improvements."""
+                   assign: bool = False, limit: int = MAX_SUGGESTIONS, index=None, meta_sd=None,
+                   ck_shapes=None) -> list[Suggestion]:
+    """Candidate fixes, each previewed by re-running the structural simulation; best first, only improvements.
+
+    ``meta_sd`` / ``ck_shapes``: the meta checkpoint at ``entry`` and its ``_tensor_shapes``, when the caller has them
+    already (the simulation does: 10**6 meta tensors are not made twice)."""
     from .simulate import _CheckpointInput, _ModelIndex, structural_counts
     index = index or _ModelIndex(model)
     ck = _CheckpointInput(checkpoint_side, entry)
-    meta_sd = ck.meta()
+    if meta_sd is None:
+        meta_sd = ck.meta()
+        ck_shapes = None
     if not isinstance(meta_sd, Mapping):
         return []
     model_shapes = OrderedDict((k, tuple(sl.orig.shape)) for k, sl in index.slots.items()
                                if isinstance(sl.orig, torch.Tensor))
-    ck_shapes = _tensor_shapes(meta_sd)
+    if ck_shapes is None:
+        ck_shapes = _tensor_shapes(meta_sd)
     if report is None:
         base = structural_counts(model, meta_sd, strict=strict, assign=assign, index=index)
         missing, unexpected = base["missing_keys"], base["unexpected_keys"]
@@ -369,7 +420,7 @@ def suggest_remaps(model: nn.Module, checkpoint_side, *, entry=None, report=None
         miss1, unex1 = c["missing_keys"], c["unexpected_keys"]
     else:
         miss1, unex1 = missing, unexpected
-    renames = rename_candidates(miss1, unex1, model_shapes, _tensor_shapes(sd1))
+    renames = rename_candidates(miss1, unex1, model_shapes, _tensor_shapes(sd1) if sd1 is not meta_sd else ck_shapes)
     if renames:
         rn = Remap("rename", renames=renames)
         remap = Remap("chain", parts=[first, rn]) if first is not None else rn

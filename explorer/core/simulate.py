@@ -44,6 +44,8 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter
 from typing import Any, Callable
 
 import numpy as np
@@ -60,6 +62,11 @@ from .remap import within_one_edit
 _DTYPE_NAMES: dict = {}
 
 
+def _all_str(keys) -> bool:
+    """Every item is exactly a ``str`` (one C pass)."""
+    return set(map(type, keys)) <= {str}
+
+
 def dtype_name(dtype) -> str:
     """``torch.float32`` -> ``"float32"`` (cached: ``str(dtype)`` is slow enough to show on 2,000 tensors)."""
     name = _DTYPE_NAMES.get(dtype)
@@ -68,6 +75,7 @@ def dtype_name(dtype) -> str:
     return name
 
 _EXTRA_STATE_SUFFIX = "_extra_state"
+_SHAPE_OF = attrgetter("shape")
 _SMALL = 1  # stand-in tensors with at most this many elements are real clones (torch inspects their device)
 _FINAL_PREFIX = "Error(s) in loading state_dict for "
 _SCRATCH_MAX = 1 << 31  # tensors larger than this get their own temporary
@@ -103,6 +111,116 @@ class KeyReport:
                 "running_stat": bool(self.running_stat)}
 
 
+class KeyTable(Mapping):
+    """``LoadReport.keys``: key -> :class:`KeyReport`, in report order. The reports of unexpected checkpoint keys are
+    made the first time they are asked for (10**6 unexpected keys would otherwise cost seconds and a gigabyte for
+    objects that a text or JSON answer writes in bulk); they are the same objects either way.
+
+    Kept as three parts in order: ``_head`` (reports made at once), ``_block`` (the unexpected keys, reports made
+    when asked for, in ``_made``) and ``_tail`` (reports added afterwards)."""
+
+    def __init__(self, items=()):
+        self._head: dict = dict(items)
+        self._block: list = []
+        self._index: dict | None = None   # key -> None, for the block (built when first needed)
+        self._made: dict = {}
+        self._tail: dict = {}
+        self._ctx: "_UnexpectedContext | None" = None
+
+    def _in_block(self, key) -> bool:
+        if not self._block:
+            return False
+        if self._index is None:
+            self._index = dict.fromkeys(self._block)
+        return key in self._index
+
+    def __getitem__(self, key) -> KeyReport:
+        r = self._head.get(key)
+        if r is not None or key in self._head:
+            return r
+        r = self._made.get(key)
+        if r is not None:
+            return r
+        if self._in_block(key):
+            r = self._made[key] = self._ctx.report(key)
+            return r
+        return self._tail[key]
+
+    def __setitem__(self, key, value: KeyReport) -> None:
+        if key in self._head:
+            self._head[key] = value
+        elif self._in_block(key):
+            self._made[key] = value
+        elif self._block or self._tail:
+            self._tail[key] = value
+        else:
+            self._head[key] = value
+
+    def __delitem__(self, key) -> None:
+        if key in self._head:
+            del self._head[key]
+        elif self._in_block(key):
+            self._block.remove(key)
+            del self._index[key]   # type: ignore[index]
+            self._made.pop(key, None)
+        else:
+            del self._tail[key]
+
+    def __contains__(self, key) -> bool:
+        try:
+            return key in self._head or key in self._tail or self._in_block(key)
+        except TypeError:
+            return False
+
+    def __iter__(self):
+        return chain(self._head, self._block, self._tail)
+
+    def __len__(self) -> int:
+        return len(self._head) + len(self._block) + len(self._tail)
+
+    def __repr__(self) -> str:
+        return f"<KeyTable of {len(self)} keys>"
+
+    def _add_unexpected(self, keys: list, ctx: "_UnexpectedContext") -> None:
+        """``keys``: unique, none of them in the table yet."""
+        self._ctx = ctx
+        self._block = keys
+        self._index = None
+
+    def made_items(self):
+        """(key, report) of every report made so far: all but unexpected keys not asked for yet (whose report would
+        be ``status=UNEXPECTED``, ``changed=False``, no source, no dtype cast)."""
+        return chain(self._head.items(), self._made.items(), self._tail.items())
+
+    def runs(self):
+        """The table in order as runs: ``(True, [key, ...])`` for unexpected keys whose report is not made,
+        ``(False, [(key, report), ...])`` for the others."""
+        if self._head:
+            yield False, list(self._head.items())
+        if self._block:
+            made = self._made
+            if not made:
+                yield True, self._block
+            else:
+                run: list = []
+                lazy = True
+                for k in self._block:
+                    r = made.get(k)
+                    if run and (r is None) != lazy:
+                        yield lazy, run
+                        run = []
+                    lazy = r is None
+                    run.append(k if lazy else (k, r))
+                if run:
+                    yield lazy, run
+        if self._tail:
+            yield False, list(self._tail.items())
+
+
+def _made_items(keys):
+    return keys.made_items() if isinstance(keys, KeyTable) else keys.items()
+
+
 @dataclass
 class LoadReport:
     model: str = ""
@@ -115,7 +233,7 @@ class LoadReport:
     error_message: str | None = None
     missing_keys: list[str] = field(default_factory=list)
     unexpected_keys: list[str] = field(default_factory=list)
-    keys: "OrderedDict[str, KeyReport]" = field(default_factory=OrderedDict)
+    keys: "KeyTable" = field(default_factory=KeyTable)                # key -> KeyReport, in order
     changed_keys: list[str] = field(default_factory=list)
     changed_buffers: list[str] = field(default_factory=list)
     running_stats: dict[str, dict] = field(default_factory=dict)   # key -> {"before": {...}, "after": {...}}
@@ -129,7 +247,21 @@ class LoadReport:
 
     @property
     def loaded_keys(self) -> list[str]:
-        return [k for k, r in self.keys.items() if r.source_key is not None and r.status not in (MISSING, UNEXPECTED)]
+        return [k for k, r in _made_items(self.keys) if r.source_key is not None
+                and r.status not in (MISSING, UNEXPECTED)]
+
+    def _keys_json(self) -> list[dict]:
+        keys = self.keys
+        if not isinstance(keys, KeyTable):
+            return [r.to_json() for r in keys.values()]
+        out: list[dict] = []
+        for lazy, run in keys.runs():
+            if lazy:
+                out += [{"key": k, "kind": kind, "status": UNEXPECTED, "changed": False, "dtype_cast": None,
+                         "running_stat": False} for k, kind in zip(run, keys._ctx.kinds(run))]
+            else:
+                out += [r.to_json() for _, r in run]
+        return out
 
     def to_json(self) -> dict:
         return {
@@ -143,14 +275,64 @@ class LoadReport:
             "error_message": self.error_message,
             "missing_keys": list(self.missing_keys),
             "unexpected_keys": list(self.unexpected_keys),
-            "keys": [r.to_json() for r in self.keys.values()],
+            "keys": self._keys_json(),
             "changed_keys": list(self.changed_keys),
             "changed_buffers": list(self.changed_buffers),
             "suggestions": [s.to_json() if hasattr(s, "to_json") else s for s in self.suggestions],
         }
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json())
+        """``json.dumps(self.to_json())``, byte for byte, with the per-key part written in bulk."""
+        keys = self.keys
+        if not isinstance(keys, KeyTable) or keys._ctx is None:
+            return json.dumps(self.to_json())
+        was_enabled = gc.isenabled()
+        gc.disable()  # see _write_unexpected
+        try:
+            return self._dumps_bulk(keys)
+        finally:
+            if was_enabled:
+                gc.enable()
+
+    def _dumps_bulk(self, keys: "KeyTable") -> str:
+        d = self.to_json_without_keys()
+        names = list(d)
+        at = names.index("keys")
+        head = json.dumps({k: d[k] for k in names[:at]})
+        tail = json.dumps({k: d[k] for k in names[at + 1:]})
+        parts = []
+        for lazy, run in keys.runs():
+            if lazy:
+                parts.append(_unexpected_json(run, keys._ctx.kinds))
+            else:
+                parts.append(json.dumps([r.to_json() for _, r in run])[1:-1])
+        body = ", ".join(p for p in parts if p)
+        return head[:-1] + (", " if at else "") + '"keys": [' + body + "]" + (", " + tail[1:] if at + 1 < len(names)
+                                                                           else "}")
+
+    def to_json_without_keys(self) -> dict:
+        keys = self.keys
+        try:
+            self.keys = KeyTable()
+            d = self.to_json()
+        finally:
+            self.keys = keys
+        return d
+
+
+_JSON_STR = json.encoder.encode_basestring_ascii  # what json.dumps uses for str with its defaults (C when available)
+
+
+def _unexpected_json(keys: list, kind_of) -> str:
+    """The JSON of the reports of these unexpected keys, joined by ", " (as ``json.dumps`` writes a list's items)."""
+    kinds = kind_of(keys)
+    if all(k == "parameter" for k in set(kinds)):
+        pre, post = '{"key": ', ', "kind": "parameter", "status": "unexpected", "changed": false, "dtype_cast": null, ' \
+            '"running_stat": false}'
+        if _all_str(keys):
+            return pre + (post + ", " + pre).join(map(_JSON_STR, keys)) + post if keys else ""
+    return ", ".join(json.dumps({"key": k, "kind": kind, "status": UNEXPECTED, "changed": False, "dtype_cast": None,
+                                 "running_stat": False}) for k, kind in zip(keys, kinds))
 
 
 # ---- inputs -----------------------------------------------------------------------------------------------------
@@ -548,8 +730,9 @@ class _Recorder:
     def _on_copy(self, dest: torch.Tensor, src: Any):
         if not isinstance(src, torch.Tensor):
             return torch.Tensor.copy_(dest, src)  # let torch raise its own TypeError
-        ev = _Copy(self.source_key(src), src.dtype, src.shape, is_self=src is dest,
-                   exact=id(src) in self.src_keys)
+        is_self = src is dest  # a stand-in: never a checkpoint tensor (nor a view of one)
+        ev = _Copy(None if is_self else self.source_key(src), src.dtype, src.shape, is_self=is_self,
+                   exact=not is_self and id(src) in self.src_keys)
         self.copies.setdefault(id(dest), []).append(ev)
         if not self.compare and not ev.exact and not ev.is_self and not src.is_meta:
             ev.src_ref = src  # made during the load (e.g. torch.tensor(0)): its values are known without the file
@@ -646,20 +829,28 @@ def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, comp
     index = index or _ModelIndex(model)
     if isinstance(sd_obj, Mapping) and getattr(sd_obj, "_metadata", None) is not None:
         meta = sd_obj._metadata
-        sd_obj = OrderedDict(sd_obj)  # the same values; torch copies the mapping the same way
+        # the same items with a private _metadata: torch copies the mapping into its own OrderedDict first, so the
+        # type of this copy is not seen (a dict copies 10**6 items many times faster than an OrderedDict)
+        sd_obj = _PlainStateDict(sd_obj)
         sd_obj._metadata = meta  # type: ignore[attr-defined]
         _own_metadata(sd_obj)
     standin = _StandIn(model, index)
     root = standin.module
     src_keys: dict[int, str] = {}
-    sd_infos: dict[str, tuple] = {}
+    sd_infos: Mapping = {}
     sd_keys: list[str] = []
     if isinstance(sd_obj, Mapping):
-        for k, v in sd_obj.items():
-            sd_keys.append(k)
-            if isinstance(v, torch.Tensor):
-                src_keys[id(v)] = k
-                sd_infos[k] = (tuple(v.shape), dtype_name(v.dtype))
+        # in bulk (C iterators, no Python frame per key): 10**6 keys cost a fraction of a second
+        sd_keys = list(sd_obj.keys())
+        vals = list(sd_obj.values())
+        mask = list(map(isinstance, vals, repeat(torch.Tensor)))
+        if all(mask):
+            t_keys, t_vals = sd_keys, vals
+        else:
+            t_keys, t_vals = list(compress(sd_keys, mask)), list(compress(vals, mask))
+        src_keys = _IdIndex(t_keys, t_vals)  # type: ignore[assignment]
+        sd_infos = _Infos(sd_obj, t_keys, t_vals)
+        del vals, mask
     state: dict[str, Any] = {"missing": None, "unexpected": None, "finished": False}
     extra_state_set: dict[str, Any] = {}
     handles = []
@@ -721,6 +912,73 @@ def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, comp
         missing, unexpected = list(returned.missing_keys), list(returned.unexpected_keys)
     return _PassResult(standin, recorder, exc, returned, missing, unexpected, bool(state["finished"]),
                        extra_state_set, sd_keys, sd_infos)
+
+
+class _PlainStateDict(dict):
+    """A dict that can carry ``_metadata`` (torch only checks for a Mapping and copies it)."""
+
+
+class _Infos(Mapping):
+    """key -> (shape, dtype name) of the tensors handed to torch, in order, each made when first asked for (a report
+    over 10**6 unexpected keys asks for a handful). ``sd``: the mapping handed to torch (torch works on its own copy
+    of it); ``keys`` / ``vals``: its tensor entries."""
+
+    __slots__ = ("_sd", "_keys", "_vals", "_made")
+
+    def __init__(self, sd: Mapping, keys: list, vals: list):
+        self._sd, self._keys, self._vals = sd, keys, vals
+        self._made: dict = {}
+
+    def __getitem__(self, key):
+        info = self._made.get(key)
+        if info is None:
+            v = self._sd[key]
+            if not isinstance(v, torch.Tensor):
+                raise KeyError(key)
+            info = self._made[key] = (tuple(v.shape), dtype_name(v.dtype))
+        return info
+
+    def __contains__(self, key) -> bool:
+        try:
+            return isinstance(self._sd.get(key), torch.Tensor)
+        except TypeError:
+            return False
+
+    def __iter__(self):
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def shapes(self) -> "OrderedDict[str, tuple]":
+        """str key -> shape, in order (what ``remap._tensor_shapes`` gives for the same mapping)."""
+        keys, vals = self._keys, self._vals
+        if not _all_str(keys):
+            mask = [isinstance(k, str) for k in keys]
+            keys, vals = list(compress(keys, mask)), list(compress(vals, mask))
+        return OrderedDict(zip(keys, map(tuple, map(_SHAPE_OF, vals))))
+
+
+class _IdIndex:
+    """id(checkpoint tensor) -> its key, built the first time it is looked in (a load that copies nothing -- every
+    key unexpected -- never builds it)."""
+
+    __slots__ = ("_keys", "_vals", "_d")
+
+    def __init__(self, keys: list, vals: list):
+        self._keys, self._vals = keys, vals
+        self._d: dict | None = None
+
+    def _index(self) -> dict:
+        if self._d is None:
+            self._d = dict(zip(map(id, self._vals), self._keys))  # a tensor under two keys: the last one, as before
+        return self._d
+
+    def get(self, i, default=None):
+        return self._index().get(i, default)
+
+    def __contains__(self, i) -> bool:
+        return i in self._index()
 
 
 # ---- the model's keys -------------------------------------------------------------------------------------------
@@ -853,8 +1111,11 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
     if suggest and (report.missing_keys or report.unexpected_keys or report.mismatched_keys):
         try:
             from .remap import suggest_remaps
+            # the meta checkpoint of the structural pass (torch copies it; built once: 10**6 tensors take seconds)
+            shapes = structural.sd_infos.shapes() if isinstance(structural.sd_infos, _Infos) else None
             report.suggestions = suggest_remaps(model, checkpoint_side, entry=entry, report=report,
-                                                strict=strict, assign=assign, index=index)
+                                                strict=strict, assign=assign, index=index, meta_sd=meta_sd,
+                                                ck_shapes=shapes)
         except Cancelled:
             raise
         except Exception as e:  # suggestions are a help, never a reason to lose the report
@@ -1013,9 +1274,12 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
     rep.unexpected_keys = list(res.unexpected)
     missing = set(rep.missing_keys)
     ck_infos = res.sd_infos
-    mismatched = set(_mismatched_keys(message, list(slots) + list(ck_infos)))
-    rep.mismatched_keys = [k for k in list(slots) + list(ck_infos) if k in mismatched]
-    rep.mismatched_keys = list(dict.fromkeys(rep.mismatched_keys))
+    if "size mismatch for " in message:
+        mismatched = set(_mismatched_keys(message, list(slots) + list(ck_infos)))
+        rep.mismatched_keys = [k for k in list(slots) + list(ck_infos) if k in mismatched]
+        rep.mismatched_keys = list(dict.fromkeys(rep.mismatched_keys))
+    else:
+        mismatched = set()
     standin = res.standin
     rec = res.recorder
     standin_modules = standin.by_name
@@ -1155,19 +1419,26 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
             kr.explanation = _explain_key(kr, slot, rep, res, model, slots, tied, message)
         rep.keys[key] = kr
 
-    for key in rep.unexpected_keys:
-        if key in rep.keys or not isinstance(key, str):
-            continue
-        info = ck_infos.get(key)
+    # unexpected keys: their reports are made when asked for (see KeyTable); text and JSON write them in bulk
+    unex = list(rep.unexpected_keys)
+    if not _all_str(unex):
+        unex = [k for k in unex if isinstance(k, str)]
+    table = rep.keys
+    if len(table) and not set(table).isdisjoint(unex):
+        unex = [k for k in unex if k not in table]
+    if len(set(unex)) != len(unex):
+        unex = list(dict.fromkeys(unex))
+    # kinds: "parameter" but for running-statistic and extra-state names (unless the checkpoint holds a Parameter)
+    special = {}
+    for key in list(compress(unex, map(str.endswith, unex, repeat(_SPECIAL_ENDINGS)))):
         kind = "extra_state" if key.endswith(_EXTRA_STATE_SUFFIX) else \
             "buffer" if _is_running_stat(key) else "parameter"
         v = meta_sd.get(key) if isinstance(meta_sd, Mapping) else None
         if isinstance(v, nn.Parameter):
             kind = "parameter"
-        kr = KeyReport(key=key, kind=kind, status=UNEXPECTED, shape_checkpoint=info[0] if info else None,
-                       dtype_checkpoint=info[1] if info else None)
-        kr.explanation = _explain_unexpected(key, model, message)
-        rep.keys[key] = kr
+        if kind != "parameter":
+            special[key] = kind
+    table._add_unexpected(unex, _UnexpectedContext(model, message, ck_infos, special))
     for key in rep.mismatched_keys:
         if key not in rep.keys:  # a key a hook renamed onto a model tensor, or a checkpoint-only name
             info = ck_infos.get(key)
@@ -1175,13 +1446,18 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                                       shape_checkpoint=info[0] if info else None,
                                       explanation=f"size mismatch for {key} (see the error message)")
 
-    unexpected = set(rep.unexpected_keys)
-    for key in res.sd_keys:
-        if key not in used_sources and key not in unexpected and key not in mismatched and key not in slots:
-            rep.ignored_keys.append(key)
-    rep.changed_keys = [k for k, r in rep.keys.items() if r.changed and r.status != UNEXPECTED]
+    # checkpoint keys neither used, nor reported, nor a model key (set operations: 10**6 keys in a blink)
+    rest = set(res.sd_keys)
+    rest.difference_update(rep.unexpected_keys)
+    rest -= used_sources
+    rest -= mismatched
+    rest.difference_update(slots)
+    if rest:
+        rep.ignored_keys = [k for k in res.sd_keys if k in rest]
+    made = list(_made_items(rep.keys))
+    rep.changed_keys = [k for k, r in made if r.changed and r.status != UNEXPECTED]
     rep.changed_buffers = [k for k in rep.changed_keys if rep.keys[k].kind == "buffer"]
-    rep.running_stats = {k: {"before": r.before, "after": r.after} for k, r in rep.keys.items()
+    rep.running_stats = {k: {"before": r.before, "after": r.after} for k, r in made
                          if r.running_stat and r.before is not None}
     rep.explanation = _explain_load(rep, loaded)
     if rep.ignored_keys:
@@ -1191,13 +1467,98 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
     return rep
 
 
+_SPECIAL_ENDINGS = (_EXTRA_STATE_SUFFIX,) + tuple(RUNNING_STAT_NAMES)
+
+
+class _UnexpectedContext:
+    """What the report of an unexpected key is made from (see :class:`KeyTable`)."""
+
+    def __init__(self, model, message: str, ck_infos: Mapping, special: dict):
+        self.model = model
+        self.message = message
+        self.ck_infos = ck_infos
+        self.special = special     # key -> kind, where not "parameter"
+        self._explainers: dict = {}
+
+    def kinds(self, keys: list) -> list:
+        return list(map(self.special.get, keys, repeat("parameter")))
+
+    def report(self, key) -> KeyReport:
+        info = self.ck_infos.get(key)
+        return KeyReport(key=key, kind=self.special.get(key, "parameter"), status=UNEXPECTED,
+                         shape_checkpoint=info[0] if info else None, dtype_checkpoint=info[1] if info else None,
+                         explanation=self.explain([key])[0])
+
+    def explain(self, keys: list) -> list[str]:
+        """``_explain_unexpected(key, model, message)`` of each key, worked out once per module path."""
+        cache = self._explainers
+        if len(keys) > 1:  # keys all under one module path (a flat checkpoint): in bulk
+            parts = list(map(str.rpartition, keys, repeat(".")))
+            heads = set(map(itemgetter(0, 1), parts))
+            if len(heads) == 1:
+                path, dot = next(iter(heads))
+                ex = cache.get(path + dot)
+                if ex is None:
+                    ex = cache[path + dot] = _unexpected_explainer(self.model, path.split(".") if dot else [])
+                if type(ex) is str:
+                    return [ex] * len(keys)
+                leaves = list(map(itemgetter(2), parts))
+                if ex[1].isdisjoint(leaves):
+                    return list(map(str.__add__, map(ex[0].__add__, leaves), repeat("'.")))
+        out = []
+        append = out.append
+        for key in keys:
+            path, dot, leaf = key.rpartition(".")
+            head = path + dot
+            ex = cache.get(head)
+            if ex is None:
+                ex = cache[head] = _unexpected_explainer(self.model, path.split(".") if dot else [])
+            if type(ex) is str:
+                append(ex)
+            elif leaf in ex[1]:
+                append(_explain_unexpected(key, self.model, self.message))
+            else:
+                append(ex[0] + leaf + "'.")
+        return out
+
+
+def _unexpected_explainer(model: nn.Module, parts: list[str]):
+    """For keys under the module path ``parts``: the explanation itself when it does not depend on the key's last
+    part, else ``(text before the leaf name, leaf names that need _explain_unexpected itself)``."""
+    mod = model
+    path: list[str] = []
+    for p in parts:
+        child = mod._modules.get(p) if p in mod._modules else None
+        if p in mod._modules and child is None:
+            return f"'{'.'.join(path + [p])}' is None in the model; torch ignores keys under it."
+        if child is None:
+            where = _module_desc(model, ".".join(path))
+            return (f"Rejected by {where}: it has no submodule '{p}'. The model keeps its own value for whatever this "
+                    "was meant to fill; check for a prefix or a renamed layer (see the remap suggestions).")
+        mod = child
+        path.append(p)
+    where = _module_desc(model, ".".join(path))
+    special = set(RUNNING_STAT_NAMES) | {_EXTRA_STATE_SUFFIX} | set(mod._parameters) | set(mod._buffers) | \
+        set(getattr(mod, "_non_persistent_buffers_set", ()))
+    return (f"Rejected by {where}: it has no parameter or buffer '", special)
+
+
 # ---- explanations -----------------------------------------------------------------------------------------------
 
 class _Near:
     """Finds, for a missing key, the unexpected checkpoint key that most likely meant it (indexed once per report:
     a naive scan is quadratic and takes seconds on 2,000 prefixed keys)."""
 
-    def __init__(self, candidates):
+    def __init__(self, candidates, leaves: set | None = None):
+        """``leaves``: the last parts of the keys that will be asked about. Every rule pairs keys with the same last
+        part, so the other candidates are left out of the index (10**6 unexpected keys, a few missing ones)."""
+        self.all_candidates = candidates
+        self.leaves = leaves
+        if leaves is not None:
+            if not _all_str(candidates):
+                candidates = [c for c in candidates if isinstance(c, str)]
+            candidates = compress(candidates, map(leaves.__contains__, map(itemgetter(2), map(
+                str.rpartition, candidates, repeat(".")))))
         self.candidates = list(candidates)
         self.exact = set(self.candidates)
         self.by_suffix: dict[str, str] = {}
@@ -1212,6 +1573,8 @@ class _Near:
             self.by_leaf.setdefault(c.rsplit(".", 1)[-1], []).append(c)
 
     def __call__(self, key: str) -> str | None:
+        if self.leaves is not None and key.rsplit(".", 1)[-1] not in self.leaves:
+            self.__init__(self.all_candidates)   # a key nobody announced: index everything
         hit = self.by_suffix.get(key)            # the checkpoint's key carries an extra prefix
         if hit is not None:
             return hit
@@ -1253,7 +1616,8 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
     if st == MISSING:
         near_index = getattr(rep, "_near_index", None)
         if near_index is None:
-            near_index = _Near(rep.unexpected_keys)
+            near_index = _Near(rep.unexpected_keys, leaves={k.rsplit(".", 1)[-1] for k in rep.missing_keys
+                                                            if isinstance(k, str)})
             object.__setattr__(rep, "_near_index", near_index)
         near = near_index(key)
         text = f"Not in the checkpoint: the model keeps its current (initial) value."
@@ -1350,9 +1714,10 @@ def _explain_unexpected(key: str, model: nn.Module, message: str) -> str:
 
 def _explain_load(rep: LoadReport, loaded: int) -> str:
     n_changed = len([k for k in rep.changed_keys if rep.keys[k].status not in (MISSING, UNEXPECTED)])
-    casts = sum(1 for r in rep.keys.values() if r.status == DTYPE_CAST)
-    stats = sum(1 for r in rep.keys.values() if r.status == RUNNING_STAT)
-    total = sum(1 for r in rep.keys.values() if r.status != UNEXPECTED)
+    made = [r for _, r in _made_items(rep.keys)]   # the reports not made yet are all unexpected keys
+    casts = sum(1 for r in made if r.status == DTYPE_CAST)
+    stats = sum(1 for r in made if r.status == RUNNING_STAT)
+    total = sum(1 for r in made if r.status != UNEXPECTED)
     pieces = []
     head = (f"{loaded} of {total} model keys load from the checkpoint ({n_changed} change value"
             + (f", {casts} with a dtype conversion" if casts else "")
@@ -1400,13 +1765,19 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False) -> None:
     else:
         w(f"would succeed: missing_keys={len(rep.missing_keys)}, unexpected_keys={len(rep.unexpected_keys)}\n")
     w("\n" + rep.explanation + "\n\n")
-    width = min(60, max([len(k) for k in rep.keys] + [10]))
-    for key, r in rep.keys.items():
-        flag = "*" if r.changed and r.status != UNEXPECTED else " "
-        cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else ""
-        w(f" {flag} {key:<{width}} {r.status:<26}{cast}\n")
-        if verbose or r.status not in (MATCHED, VALUE_CHANGED):
-            w(f"     {r.explanation}\n")
+    keys = rep.keys
+    width = min(60, max(max(map(len, keys), default=0), 10))
+    runs = keys.runs() if isinstance(keys, KeyTable) else [(False, list(keys.items()))]
+    for lazy, run in runs:
+        if lazy:  # unexpected keys without a report yet: the same lines, written in bulk
+            _write_unexpected(w, run, keys._ctx, width)
+            continue
+        for key, r in run:
+            flag = "*" if r.changed and r.status != UNEXPECTED else " "
+            cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else ""
+            w(f" {flag} {key:<{width}} {r.status:<26}{cast}\n")
+            if verbose or r.status not in (MATCHED, VALUE_CHANGED):
+                w(f"     {r.explanation}\n")
     w(f"\n(* = value, dtype or shape changes)  changed: {len(rep.changed_keys)}, "
       f"changed buffers: {len(rep.changed_buffers)}\n")
     if rep.running_stats:
@@ -1422,6 +1793,28 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False) -> None:
             if verbose:
                 for line in s.snippet.splitlines():
                     w(f"      {line}\n")
+
+
+def _write_unexpected(w, keys: list, ctx: _UnexpectedContext, width: int, chunk: int = 65536) -> None:
+    """What render_text writes for each of these keys' reports (status unexpected, unchanged, no cast)."""
+    was_enabled = gc.isenabled()
+    gc.disable()  # millions of short-lived strings: with 10**6 tensors alive, each full GC pass costs more than them
+    try:
+        _write_unexpected_chunks(w, keys, ctx, width, chunk)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _write_unexpected_chunks(w, keys: list, ctx: _UnexpectedContext, width: int, chunk: int) -> None:
+    mid = f" {UNEXPECTED:<26}\n     "
+    for at in range(0, len(keys), chunk):
+        part = keys[at:at + chunk]
+        expl = ctx.explain(part)
+        # "   {key:<width}{mid}{explanation}\n" for each key, without a Python frame per key
+        padded = map(str.ljust, part, repeat(width)) if _all_str(part) else \
+            [f"{k:<{width}}" for k in part]
+        w("".join(chain.from_iterable(zip(repeat("   "), padded, repeat(mid), expl, repeat("\n")))))
 
 
 def _brief(summary: dict | None) -> str:

@@ -1,0 +1,115 @@
+"""Simulating a load where nearly every checkpoint key is unexpected (the hostile corpus has 10**6 tiny tensors
+against a small model): the report, its text and its JSON cost a bounded amount of Python work per key, and the bulk
+paths give exactly what the per-key ones give.
+
+The scaling test counts Python function calls (``sys.setprofile``), not seconds: deterministic on a busy machine.
+Before the bulk paths, a simulation made ~25 Python calls per unexpected key (report, explanations, remap candidates,
+text and JSON; ~40 s for 10**6 keys).
+"""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn as nn
+
+from explorer.core.demo_models import MyBatchNormModel
+from explorer.core.loaders import open_checkpoint
+from explorer.core.records import UNEXPECTED
+from explorer.core.simulate import KeyTable, _explain_unexpected, render_text, simulate_load
+
+
+_READERS = ("checkpoint.py", "safe_pickle.py", "/loaders/")  # reading the file: measured in test_many_tensors.py
+
+
+def _python_calls(fn) -> int:
+    """Python function calls made by ``fn()``, but those of the checkpoint's reader (which makes a ``.safetensors``
+    file's records when the state dict is first materialized)."""
+    count = 0
+
+    def prof(frame, event, arg):
+        nonlocal count
+        if event == "call" and not any(r in frame.f_code.co_filename for r in _READERS):
+            count += 1
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return count
+
+
+def _flat(n: int) -> OrderedDict:
+    t = torch.zeros(1)
+    return OrderedDict((f"t{i}", t[0:1]) for i in range(n))
+
+
+def _answer(model, sd, **kw) -> tuple[str, str]:
+    rep = simulate_load(model, sd, **kw)
+    buf = io.StringIO()
+    render_text(rep, buf)
+    return buf.getvalue(), rep.dumps()
+
+
+@pytest.mark.parametrize("ext", ["pt", "safetensors"])
+def test_unexpected_keys_python_work_per_key(tmp_path, ext):
+    """``simulate`` of a checkpoint file + text + JSON: 20,000 more unexpected keys cost about one Python call each
+    -- torch's own (the generator that writes them into its error message) -- not ~25 as before."""
+    from safetensors.torch import save_file
+    model = MyBatchNormModel()
+    paths = []
+    for n in (2_000, 22_000):
+        sd = OrderedDict((f"t{i}", torch.zeros(1)) for i in range(n))
+        path = str(tmp_path / f"many-{n}.{ext}")
+        save_file(sd, path) if ext == "safetensors" else torch.save(sd, path)
+        paths.append(path)
+    small, large = (open_checkpoint(p) for p in paths)
+    _answer(model, small)  # imports, caches
+    extra = _python_calls(lambda: _answer(model, large)) - _python_calls(lambda: _answer(model, small))
+    assert extra / 20_000 <= 1.5, f"{extra / 20_000:.2f} Python calls per unexpected key"
+
+
+class _Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.enc = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False))
+        self.gone = None
+        self.register_buffer("scratch", torch.zeros(1), persistent=False)
+        self.lin = nn.Linear(2, 2)
+        self.lin.register_parameter("bias", None)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_bulk_answers_equal_per_key_reports(strict):
+    """The unexpected keys' lines and JSON written in bulk are those of their reports made one by one, and each
+    report's explanation is ``_explain_unexpected``'s."""
+    model = _Odd()
+    sd = OrderedDict()
+    for i in range(300):
+        sd[f"x{i}"] = torch.zeros(1)
+        sd[f"enc.0.w{i}"] = torch.zeros(1)
+        sd[f"enc.{i + 5}.weight"] = torch.zeros(1)
+        sd[f"gone.{i}.bias"] = torch.zeros(1)
+    for k in ("scratch", "lin.bias", "enc.1.running_mean", "enc.1.num_batches_tracked", "enc.0._extra_state",
+              "bn.running_var", "wei\u00e9ght", 'q"uote'):
+        sd[k] = torch.zeros(1)
+    sd["p.running_mean"] = nn.Parameter(torch.zeros(1))
+    sd.update(model.state_dict())
+    text, js = _answer(model, sd, strict=strict)
+    rep = simulate_load(model, sd, strict=strict)
+    assert isinstance(rep.keys, KeyTable)
+    assert json.loads(js) == rep.to_json() and js == json.dumps(rep.to_json())
+    msg = rep.error_message or ""
+    for k in rep.unexpected_keys:     # every report made one at a time
+        r = rep.keys[k]
+        assert r.status == UNEXPECTED and r.explanation == _explain_unexpected(k, model, msg)
+    buf = io.StringIO()
+    render_text(rep, buf)
+    assert buf.getvalue() == text
+    assert rep.dumps() == js
+    assert rep.keys["p.running_mean"].kind == "parameter" and rep.keys["bn.running_var"].kind == "buffer"
+    assert rep.keys["enc.0._extra_state"].kind == "extra_state"
