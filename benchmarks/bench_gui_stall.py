@@ -86,7 +86,7 @@ def main(argv=None) -> int:
 
     def done(k):
         if k == key:
-            log("histograms shown")
+            log("histograms shown (exact)")
             QTimer.singleShot(300, app.quit)
 
     def start():
@@ -98,6 +98,7 @@ def main(argv=None) -> int:
         select_when_ready()
     w.sig_side_loaded.connect(lambda s: log(f"{'left' if s == 0 else 'right'} opened"))
     w.sig_detail_shown.connect(done)
+    w.sig_detail_first_look.connect(lambda k: log("first look shown (histograms, percentiles estimated)"))
     QTimer.singleShot(3000, start)     # let the compute process start first, as it does while the user looks
     QTimer.singleShot(600_000, app.quit)
     app.exec()
