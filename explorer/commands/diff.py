@@ -67,7 +67,7 @@ def render_text(report, out, listed: int | None = LISTED) -> None:
                 w(f"  … and {n - listed:,} more {st} keys (--all lists them, --json gives every key)\n")
     big = report.largest(LARGEST)
     if big:
-        w(f"\nlargest changes (by ||Δ||/||A||):\n")
+        w("\nlargest changes (by ||Δ||/||A||):\n")
         for k in big:
             w(f"  {k.key:<40} rel {_f(k.rel_l2)}  max|Δ| {_f(k.max_abs_diff)}  cos {_f(k.cosine, '.6f')}\n")
     tops = [m for name, m in report.modules.items() if name and "." not in name]

@@ -6,7 +6,6 @@ import math
 import sys
 from json.encoder import encode_basestring_ascii as _enc  # json.dumps' own string encoder (ensure_ascii)
 
-from . import print_json
 from ..core.records import SideSummary
 from ..core.sides import open_side
 from ..core.tree import Tree

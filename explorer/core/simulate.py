@@ -1522,21 +1522,31 @@ class _UnexpectedContext:
         return out
 
 
-def _unexpected_explainer(model: nn.Module, parts: list[str]):
-    """For keys under the module path ``parts``: the explanation itself when it does not depend on the key's last
-    part, else ``(text before the leaf name, leaf names that need _explain_unexpected itself)``."""
+def _module_at(model: nn.Module, parts: list[str]) -> tuple[nn.Module, list[str], str | None]:
+    """The submodule at the module path ``parts`` and that path; or, where the walk stops (a submodule set to None,
+    or missing), the explanation of why torch rejects the keys under it."""
     mod = model
     path: list[str] = []
     for p in parts:
         child = mod._modules.get(p) if p in mod._modules else None
         if p in mod._modules and child is None:
-            return f"'{'.'.join(path + [p])}' is None in the model; torch ignores keys under it."
+            return mod, path, f"'{'.'.join(path + [p])}' is None in the model; torch ignores keys under it."
         if child is None:
             where = _module_desc(model, ".".join(path))
-            return (f"Rejected by {where}: it has no submodule '{p}'. The model keeps its own value for whatever this "
-                    "was meant to fill; check for a prefix or a renamed layer (see the remap suggestions).")
+            return mod, path, (f"Rejected by {where}: it has no submodule '{p}'. The model keeps its own value for "
+                               "whatever this was meant to fill; check for a prefix or a renamed layer (see the "
+                               "remap suggestions).")
         mod = child
         path.append(p)
+    return mod, path, None
+
+
+def _unexpected_explainer(model: nn.Module, parts: list[str]):
+    """For keys under the module path ``parts``: the explanation itself when it does not depend on the key's last
+    part, else ``(text before the leaf name, leaf names that need _explain_unexpected itself)``."""
+    mod, path, stop = _module_at(model, parts)
+    if stop is not None:
+        return stop
     where = _module_desc(model, ".".join(path))
     special = set(RUNNING_STAT_NAMES) | {_EXTRA_STATE_SUFFIX} | set(mod._parameters) | set(mod._buffers) | \
         set(getattr(mod, "_non_persistent_buffers_set", ()))
@@ -1595,7 +1605,6 @@ def _near(key: str, candidates) -> str | None:
 
 def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, model, slots, tied, message) -> str:
     key = kr.key
-    mod_path = key.rsplit(".", 1)[0] if "." in key else ""
     st = kr.status
     src = f"the checkpoint's '{kr.source_key}'" if kr.source_key and kr.source_key != key else "the checkpoint"
     renamed = f" (a load hook renamed it from '{kr.source_key}')" if kr.source_key and kr.source_key != key else ""
@@ -1620,7 +1629,7 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
                                                             if isinstance(k, str)})
             object.__setattr__(rep, "_near_index", near_index)
         near = near_index(key)
-        text = f"Not in the checkpoint: the model keeps its current (initial) value."
+        text = "Not in the checkpoint: the model keeps its current (initial) value."
         if kr.changed and aliases:
             text = (f"Not in the checkpoint, but this tensor is shared (tied) with '{', '.join(aliases)}', which is "
                     f"loaded, so its value changes anyway; torch still lists it as missing.")
@@ -1682,18 +1691,9 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
 
 def _explain_unexpected(key: str, model: nn.Module, message: str) -> str:
     parts = key.split(".")
-    mod = model
-    path = []
-    for i, p in enumerate(parts[:-1]):
-        child = mod._modules.get(p) if p in mod._modules else None
-        if p in mod._modules and child is None:
-            return (f"'{'.'.join(path + [p])}' is None in the model; torch ignores keys under it.")
-        if child is None:
-            where = _module_desc(model, ".".join(path))
-            return (f"Rejected by {where}: it has no submodule '{p}'. The model keeps its own value for whatever this "
-                    "was meant to fill; check for a prefix or a renamed layer (see the remap suggestions).")
-        mod = child
-        path.append(p)
+    mod, path, stop = _module_at(model, parts[:-1])
+    if stop is not None:
+        return stop
     leaf = parts[-1]
     where = _module_desc(model, ".".join(path))
     if leaf in RUNNING_STAT_NAMES and getattr(mod, "track_running_stats", True) is False:

@@ -37,13 +37,14 @@ def many(tmp_path_factory):
     return make
 
 
-def _python_calls(fn) -> int:
-    """Python function calls (frames entered, generator resumptions included) made by ``fn()``."""
+def _python_calls(fn, exclude: tuple[str, ...] = ()) -> int:
+    """Python function calls (frames entered, generator resumptions included) made by ``fn()``, but those of code
+    in files whose path contains one of ``exclude``."""
     count = 0
 
     def prof(frame, event, arg):
         nonlocal count
-        if event == "call":
+        if event == "call" and not (exclude and any(x in frame.f_code.co_filename for x in exclude)):
             count += 1
     sys.setprofile(prof)
     try:

@@ -21,6 +21,7 @@ from explorer.core.demo_models import MyBatchNormModel
 from explorer.core.loaders import open_checkpoint
 from explorer.core.records import UNEXPECTED
 from explorer.core.simulate import KeyTable, _explain_unexpected, render_text, simulate_load
+from tests.core.test_many_tensors import _python_calls as python_calls
 
 
 _READERS = ("checkpoint.py", "safe_pickle.py", "/loaders/")  # reading the file: measured in test_many_tensors.py
@@ -29,18 +30,7 @@ _READERS = ("checkpoint.py", "safe_pickle.py", "/loaders/")  # reading the file:
 def _python_calls(fn) -> int:
     """Python function calls made by ``fn()``, but those of the checkpoint's reader (which makes a ``.safetensors``
     file's records when the state dict is first materialized)."""
-    count = 0
-
-    def prof(frame, event, arg):
-        nonlocal count
-        if event == "call" and not any(r in frame.f_code.co_filename for r in _READERS):
-            count += 1
-    sys.setprofile(prof)
-    try:
-        fn()
-    finally:
-        sys.setprofile(None)
-    return count
+    return python_calls(fn, exclude=_READERS)
 
 
 def _flat(n: int) -> OrderedDict:
