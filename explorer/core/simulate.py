@@ -257,8 +257,7 @@ class LoadReport:
         out: list[dict] = []
         for lazy, run in keys.runs():
             if lazy:
-                out += [{"key": k, "kind": kind, "status": UNEXPECTED, "changed": False, "dtype_cast": None,
-                         "running_stat": False} for k, kind in zip(run, keys._ctx.kinds(run))]
+                out += map(_unexpected_dict, run, keys._ctx.kinds(run))
             else:
                 out += [r.to_json() for _, r in run]
         return out
@@ -321,18 +320,22 @@ class LoadReport:
 
 
 _JSON_STR = json.encoder.encode_basestring_ascii  # what json.dumps uses for str with its defaults (C when available)
+# the JSON of an unexpected key's report not made yet: KeyReport.to_json itself, with the key and kind put in
+_UNEXPECTED_JSON = KeyReport(key="", kind="", status=UNEXPECTED).to_json()
+
+
+def _unexpected_dict(key, kind: str) -> dict:
+    return dict(_UNEXPECTED_JSON, key=key, kind=kind)
 
 
 def _unexpected_json(keys: list, kind_of) -> str:
     """The JSON of the reports of these unexpected keys, joined by ", " (as ``json.dumps`` writes a list's items)."""
     kinds = kind_of(keys)
-    if all(k == "parameter" for k in set(kinds)):
-        pre, post = '{"key": ', ', "kind": "parameter", "status": "unexpected", "changed": false, "dtype_cast": null, ' \
-            '"running_stat": false}'
-        if _all_str(keys):
-            return pre + (post + ", " + pre).join(map(_JSON_STR, keys)) + post if keys else ""
-    return ", ".join(json.dumps({"key": k, "kind": kind, "status": UNEXPECTED, "changed": False, "dtype_cast": None,
-                                 "running_stat": False}) for k, kind in zip(keys, kinds))
+    if keys and _all_str(keys) and set(kinds) == {"parameter"}:   # one text around each key
+        marker = "\x00key\x00"
+        pre, post = json.dumps(_unexpected_dict(marker, "parameter")).split(_JSON_STR(marker))
+        return pre + (post + ", " + pre).join(map(_JSON_STR, keys)) + post
+    return ", ".join(map(json.dumps, map(_unexpected_dict, keys, kinds)))
 
 
 # ---- inputs -----------------------------------------------------------------------------------------------------
