@@ -62,6 +62,7 @@ class _Plot(pg.PlotWidget):
         for axis in ("bottom", "left"):
             self.getPlotItem().getAxis(axis).enableAutoSIPrefix(False)
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
+        self.getPlotItem().getViewBox().setDefaultPadding(0.04)   # the first and last point clear of the frame
 
 
 def _brush(color: str, alpha: int = 70):
@@ -185,9 +186,10 @@ class DetailPane(QWidget):
         for item in (self.left_item, self.right_item, self.delta_item):
             item.setData([0, 1], [0], stepMode="center", fillLevel=0)
             item.hide()
+        for item in (self.channel_left, self.channel_right):
+            item.setData([], [])
+            item.hide()
         self._sync_legend()
-        self.channel_left.setData([], [])
-        self.channel_right.setData([], [])
         self.delta.hide()
         self.channel.hide()
         self.export_png.setEnabled(False)
@@ -270,7 +272,6 @@ class DetailPane(QWidget):
             else:
                 item.setData([0, 1], [0], stepMode="center", fillLevel=0)
                 item.hide()
-        self._sync_legend()
         if res.delta_counts is not None:
             note = f" ({res.delta_note})" if res.delta_note else ""
             mad = f", max |Δ| {res.delta_max_abs:.3g}" if res.delta_max_abs is not None else ""
@@ -286,23 +287,28 @@ class DetailPane(QWidget):
                     item.setData(np.arange(len(sv.channel)), sv.channel)
                 else:
                     item.setData([], [])
+                item.setVisible(sv.channel is not None)
             self.channel.setTitle(f"Per channel: {res.key.rsplit('.', 1)[-1]}", color="#333", size="9pt")
             self.channel.show()
         else:
             self.channel.hide()
+        self._sync_legend()
         self._apply_log(self.log_y.isChecked())
         self.hist.enableAutoRange()
         self.export_png.setEnabled(not res.estimated)    # exports carry exact figures only
         self.export_csv.setEnabled(not res.estimated)
 
     def _sync_legend(self) -> None:
-        """The legend names only the sides drawn (one side open: no 'right' entry)."""
-        legend = self.hist.getPlotItem().legend
-        for item, name in ((self.left_item, "left"), (self.right_item, "right")):
-            legend.removeItem(item)
-        for item, name in ((self.left_item, "left"), (self.right_item, "right")):
-            if item.isVisibleTo(self.hist.getPlotItem()):
-                legend.addItem(item, name)
+        """Each legend names only the sides drawn (one side open: no 'right' entry)."""
+        for plot, entries in ((self.hist, ((self.left_item, "left"), (self.right_item, "right"))),
+                              (self.channel, ((self.channel_left, "left (before)"),
+                                              (self.channel_right, "right (after)")))):
+            legend = plot.getPlotItem().legend
+            for item, _ in entries:
+                legend.removeItem(item)
+            for item, name in entries:
+                if item.isVisibleTo(plot.getPlotItem()):
+                    legend.addItem(item, name)
 
     def _show_percentiles(self, res: DetailResult) -> None:
         names: list[str] = []

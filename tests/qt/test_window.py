@@ -386,9 +386,17 @@ def test_legend_names_only_the_sides_drawn(qtbot, make_window, two_checkpoints):
     with qtbot.waitSignal(w.sig_detail_shown, timeout=20000, check_params_cb=lambda key: key == "fc1.weight"):
         w.compare.select_path("fc1.weight")
     assert names(w) == ["left"]
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000, check_params_cb=lambda key: key == "bn.running_mean"):
+        w.compare.select_path("bn.running_mean")
+    assert w.detail.channel.isVisible()
+    assert [label.text for _, label in w.detail.channel.getPlotItem().legend.items] == ["left (before)"]
     w.open_path(1, str(two_checkpoints[1]))
     qtbot.waitUntil(lambda: w.comparison.right is not None and w.is_idle(), timeout=30000)
     with qtbot.waitSignal(w.sig_detail_shown, timeout=20000, check_params_cb=lambda key: key == "fc1.weight"):
         w.compare.select_path("fc1.bias")
         w.compare.select_path("fc1.weight")
     assert names(w) == ["left", "right"]
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000, check_params_cb=lambda key: key == "bn.running_mean"):
+        w.compare.select_path("bn.running_mean")
+    assert [label.text for _, label in w.detail.channel.getPlotItem().legend.items] == \
+        ["left (before)", "right (after)"]
