@@ -649,6 +649,13 @@ address_space_lock = threading.RLock()
 MULTI_THREAD_HEADROOM = 1 << 30   # above what parsing needs: other threads' ordinary allocations go on meanwhile
 
 
+def _others_may_allocate() -> bool:
+    """May another thread allocate while this one parses? Yes off the main thread -- the window parses in Qt's pool
+    threads, which Python's ``threading`` does not count until they ask for ``current_thread()``, while its GUI
+    thread runs -- or when Python knows of other threads."""
+    return threading.current_thread() is not threading.main_thread() or threading.active_count() > 1
+
+
 class _memo_cap:
     """CPython's C unpickler keeps its memo in an array as long as the largest index a PUT / LONG_BINPUT names, and
     zeroes it up front: a 9-byte pickle naming index 2**27 allocates and touches 2 GB (2**30: 16 GB), before any
@@ -668,7 +675,7 @@ class _memo_cap:
     def __enter__(self):
         self._old = None
         self._locked = False
-        if threading.active_count() > 1:
+        if _others_may_allocate():
             address_space_lock.acquire()
             self._locked = True
             headroom = self.headroom + MULTI_THREAD_HEADROOM

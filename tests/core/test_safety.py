@@ -416,3 +416,23 @@ def test_memo_bomb_stays_small_with_other_threads_running(tmp_path, threads):
     grew_mb, seconds, outcome = out.stdout.split(" ", 2)
     assert outcome.startswith("error: ") and str(path) in outcome, outcome
     assert int(grew_mb) < 300, f"peak RSS grew by {grew_mb} MB"
+
+
+def test_a_pickle_parsed_off_the_main_thread_leaves_room_for_the_others():
+    """The window parses in Qt pool threads, which ``threading.active_count()`` does not count: a parse there
+    must take the cap with headroom for the GUI thread (and the lock), as with any other thread running."""
+    import _thread
+    import threading
+
+    from explorer.core import safe_pickle
+    seen = []
+    done = threading.Event()
+
+    def foreign():      # a thread Python's threading module knows nothing of, like Qt's
+        cap = safe_pickle._memo_cap(1000)
+        with cap:
+            seen.append(cap._locked)
+        done.set()
+    _thread.start_new_thread(foreign, ())
+    assert done.wait(10)
+    assert seen == [True]     # (the main thread alone: test_memo_bomb_stays_small_with_other_threads_running[0])
