@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from json.encoder import encode_basestring_ascii as _enc  # json.dumps' own string encoder (ensure_ascii)
 
@@ -134,20 +133,6 @@ def _rows(side, entry) -> dict[str, tuple]:
     return {k: (i.kind, tuple(i.shape), i.dtype, i.nbytes, i.device) for k, i in infos.items()}
 
 
-def _totals(rows) -> SideSummary:
-    """What ``SideSummary.of`` gives for the persistent tensors of ``rows``."""
-    s = SideSummary()
-    per_dtype = s.bytes_per_dtype
-    for kind, shape, dtype, nbytes, _ in rows:
-        if kind == "non_persistent":
-            continue
-        s.tensors += 1
-        s.parameters += math.prod(shape)
-        s.nbytes += nbytes
-        per_dtype[dtype] = per_dtype.get(dtype, 0) + nbytes
-    return s
-
-
 def render_text(side, out) -> None:
     w = out.write
     w(f"{side.path}  [{side.format}]\n")
@@ -206,7 +191,8 @@ def render_text(side, out) -> None:
             lines.append(f"  keys nested more than {TREE_DEPTH} levels deep, shown whole:\n")
             lines += (leaf("    ", key, infos[key]) for key in deep)
     w("".join(lines))
-    total = _totals(infos.values())
+    persistent = [r for r in infos.values() if r[0] != "non_persistent"]   # (kind, shape, dtype, nbytes, device)
+    total = SideSummary.of([r[1] for r in persistent], [r[2] for r in persistent], [r[3] for r in persistent])
     w(f"totals: {total.tensors} tensors, {total.parameters:,} elements, {human_bytes(total.nbytes)}\n")
     for dt, nb in sorted(total.bytes_per_dtype.items(), key=lambda kv: -kv[1]):
         w(f"  {dt}: {human_bytes(nb)}\n")

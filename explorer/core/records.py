@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -88,13 +89,15 @@ class SideSummary:
     bytes_per_dtype: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, infos) -> "SideSummary":
+    def of(cls, shapes, dtypes, nbytes) -> "SideSummary":
+        """Totals of tensors given column-wise (their shapes, dtypes and sizes in bytes)."""
         s = cls()
-        for info in infos:
+        per_dtype = s.bytes_per_dtype
+        for shape, dtype, nb in zip(shapes, dtypes, nbytes):
             s.tensors += 1
-            s.parameters += info.numel
-            s.nbytes += info.nbytes
-            s.bytes_per_dtype[info.dtype] = s.bytes_per_dtype.get(info.dtype, 0) + info.nbytes
+            s.parameters += math.prod(shape)
+            s.nbytes += nb
+            per_dtype[dtype] = per_dtype.get(dtype, 0) + nb
         return s
 
 
