@@ -11,6 +11,8 @@ from ..core.model_source import ModelSide
 from ..core.sides import open_side
 from ..errors import ModelSpecError
 
+LISTED = 100      # keys listed per status in the text output (--all: every one)
+
 
 def add_arguments(p):
     p.add_argument("--model", required=True, metavar="SPEC",
@@ -26,6 +28,9 @@ def add_arguments(p):
     g.add_argument("--no-strict", dest="strict", action="store_false", help="strict=False")
     p.add_argument("--assign", action="store_true", help="assign=True")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--all", action="store_true",
+                   help=f"list every key and torch's whole error message (default: the first {LISTED} keys of "
+                        "each status)")
     p.add_argument("-v", "--verbose", action="store_true", help="explain every key and show the fix snippets")
     p.add_argument("--write-fixed", metavar="OUT", default=None,
                    help="apply the best remap suggestion and write the fixed state dict to OUT (.safetensors or .pt; "
@@ -44,7 +49,7 @@ def run(args) -> int:
         sys.stdout.write(report.dumps())
         sys.stdout.write("\n")
     else:
-        render_text(report, sys.stdout, verbose=args.verbose)
+        render_text(report, sys.stdout, verbose=args.verbose, listed=None if args.all else LISTED)
     if args.write_fixed:
         _write_fixed(report, side, entry, args.write_fixed, sys.stderr if args.json else sys.stdout)
     return 1 if report.raises else 0

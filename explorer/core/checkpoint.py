@@ -13,15 +13,16 @@ import sys
 from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
-from itertools import chain, repeat
-from operator import attrgetter, itemgetter, mul
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter, mul, not_, or_
 from typing import Any, Callable, Iterator
 
 import torch
 
 from ..errors import CorruptFileError, KeyNotFoundError
 from .bytesource import TORCH_DTYPES as _TORCH_DTYPES, read_record
-from .records import EntryPath, Location, ModuleInfo, StateDictRef, TensorInfo, copy_metadata
+from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo, contiguous_strides,
+                      copy_metadata)
 from .safe_pickle import ITEMSIZE, Inert, StorageRef, TensorRecord, gc_paused, is_module_state
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
@@ -331,6 +332,29 @@ def _location(ref: StorageRef, rec: TensorRecord, fallback_file: str) -> Locatio
 _NO_KEYS: dict = {}
 
 
+def _meta_empty_strided(shape, stride, dtype):
+    return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+
+
+def _meta_bulk(shapes: list, strides: list | None, dtypes: list) -> list | None:
+    """Meta tensors of these shapes, strides (None: contiguous) and dtype names, one C call each; None when a dtype
+    is unknown, a layout is unusual or torch refuses one (the caller then goes the careful way, with its error)."""
+    try:
+        torch_dtypes = list(map(_TORCH_DTYPES.get, dtypes))
+        if any(d is None for d in set(torch_dtypes)):
+            return None
+        with gc_paused():
+            if strides is None:   # one stride tuple per distinct shape (empty_strided is the faster call)
+                stride_of = {shape: contiguous_strides(shape) for shape in set(shapes)}
+                strides = list(map(stride_of.__getitem__, shapes))
+            for shape, stride in set(zip(shapes, strides)):   # each distinct layout checked once
+                if len(stride) != len(shape) or not all(type(s) is int and s >= 0 for s in stride):
+                    return None
+            return list(map(_meta_empty_strided, shapes, strides, torch_dtypes))
+    except (RuntimeError, TypeError, ValueError, OverflowError):
+        return None
+
+
 def _where(path: EntryPath, key=None) -> str:
     return "/".join(path if key is None else path + (str(key),)) or "/"
 
@@ -339,8 +363,10 @@ _LAST = itemgetter(-1)
 _PATH_OF = attrgetter("path")
 _SHAPE_OF = attrgetter("shape")
 _DTYPE_OF = attrgetter("dtype")
+_STRIDE_OF = attrgetter("stride")
 _NBYTES_OF = attrgetter("nbytes")
 _IS_PARAMETER_OF = attrgetter("is_parameter")
+_REQUIRES_GRAD_OF = attrgetter("requires_grad")
 _NUMEL_OF = attrgetter("numel")
 _RECORD_NBYTES = TensorRecord.nbytes
 _RAW_STORAGE_OF = attrgetter("_storage")
@@ -365,6 +391,7 @@ class Checkpoint:
         self._table = table
         self._kinds: dict[int, str] = {}
         self._index: dict | None = None
+        self._unshared: bool | None = None
         with gc_paused():
             if table is not None:
                 self._root = None
@@ -727,7 +754,114 @@ class Checkpoint:
         values. A state dict keeps its ``_metadata`` (BatchNorm versions etc.), as torch relies on it.
         """
         path = self.resolve_entry(entry)
-        return self._materialize(self.get(path), path, device, 0, {})
+        if device == "meta" and not path and self._table is not None and self._root is None:
+            out = self._meta_table()   # no record per tensor
+            if out is not None:
+                return out
+        obj = self.get(path)
+        with gc_paused():   # 10**6 tensors (and a memo entry each): a full collection would walk them all, often
+            return self._materialize(obj, path, device, 0, {})
+
+    def meta_state_dict(self, entry: str | EntryPath | None, read_keys: set, read_prefixes: tuple = ()) -> Any:
+        """The state dict at ``entry`` on the meta device for code that reads the values of only some keys: those in
+        ``read_keys`` or starting with one of ``read_prefixes`` get what :meth:`load_object` gives them; each other
+        key gets one tensor shared by every such key of its shape, dtype and parameter-ness (10**6 unexpected keys
+        cost a dict entry each, not a tensor). The keys, their order, shapes, dtypes and ``_metadata`` are those of
+        ``load_object(entry, device="meta")``, in a :class:`PlainStateDict` (whatever mapping type the file had).
+        None when that would not be a flat mapping of distinct tensors."""
+        path = self.resolve_entry(entry)
+        table = self._table
+        with gc_paused():
+            if table is not None and self._root is None and not path and table.columns is not None:
+                keys = table.keys
+                shapes, dtypes, _nbytes, kinds, _devices = table.columns(0, len(keys))
+                if any(k != "tensor" for k in set(kinds)):
+                    return None
+                params, grads = repeat(False, len(keys)), repeat(False, len(keys))
+                obj = None
+            else:
+                obj = self.get(path)
+                if not isinstance(obj, dict) or not _all_records(_values(obj)) or not self._records_unshared():
+                    return None
+                keys = list(_keys(obj))
+                vals = list(_values(obj))
+                shapes, dtypes = list(map(_SHAPE_OF, vals)), list(map(_DTYPE_OF, vals))
+                params, grads = map(_IS_PARAMETER_OF, vals), map(_REQUIRES_GRAD_OF, vals)
+            if not keys or not all(t is str for t in set(map(type, keys))):
+                return None
+            read = list(map(read_keys.__contains__, keys))
+            if read_prefixes:
+                read = list(map(or_, read, map(str.startswith, keys, repeat(read_prefixes))))
+            # one stand-in per layout of the keys not read; the layout is the shape alone when every key has the
+            # same dtype and none is a parameter (no tuple per key)
+            params = list(params)
+            if len(set(dtypes)) == 1 and not any(params):
+                layouts, dtype = shapes, dtypes[0] if dtypes else None
+                unique = [(shape, dtype, False, False) for shape in dict.fromkeys(compress(shapes, map(not_, read)))]
+            else:
+                layouts = list(zip(shapes, dtypes, params, grads))
+                unique = list(dict.fromkeys(compress(layouts, map(not_, read))))
+            made = _meta_bulk([u[0] for u in unique], None, [u[1] for u in unique])
+            if made is None:
+                return None
+            for i, (_shape, _dtype, is_param, grad) in enumerate(unique):
+                if is_param:
+                    made[i] = torch.nn.Parameter(made[i], requires_grad=grad)
+            stand_in = dict(zip(unique if layouts is not shapes else [u[0] for u in unique], made))
+            out = PlainStateDict(zip(keys, map(stand_in.get, layouts)))
+            if any(read):   # the keys read: as load_object makes them
+                if obj is None:
+                    sub = OrderedDict((k, table.record(i)) for i, k in enumerate(keys) if read[i])  # type: ignore
+                else:
+                    sub = OrderedDict(compress(_items(obj), read))
+                out.update(self._materialize(sub, path, "meta", 0, {}))
+            meta = getattr(obj, "_metadata", None) if obj is not None else None
+            if meta is not None:
+                out._metadata = copy_metadata(meta)  # type: ignore[attr-defined]
+            return out
+
+    def _meta_table(self) -> "OrderedDict[str, torch.Tensor] | None":
+        """A flat table's root on the meta device, from its columns; None: something unusual (the careful way)."""
+        table = self._table
+        if table is None or table.columns is None:
+            return None
+        shapes, dtypes, _nbytes, kinds, _devices = table.columns(0, len(table.keys))
+        if any(k != "tensor" for k in set(kinds)):
+            return None
+        tensors = _meta_bulk(shapes, None, dtypes)
+        if tensors is None:
+            return None
+        with gc_paused():
+            return OrderedDict(zip(table.keys, tensors))
+
+    def _records_unshared(self) -> bool:
+        """Is every record of the file at one place only (then a meta tensor made for it needs no memo entry to be
+        shared with another place)? The walk lists a record once per place it is found."""
+        if self._unshared is None:
+            recs = self._recs
+            self._unshared = recs is None or len(set(map(id, recs))) == len(recs)
+        return self._unshared
+
+    def _meta_records(self, obj: dict, memo: dict):
+        """``(key, meta tensor)`` of a mapping of records, in bulk; None when a record is shared (with this mapping
+        or with one made before: ``memo`` keeps the sharing) or anything is unusual (the careful way)."""
+        vals = list(_values(obj))
+        ids = None
+        if not self._records_unshared():
+            ids = list(map(id, vals))
+            if len(set(ids)) != len(ids) or any(map(memo.__contains__, ids)):
+                return None
+        tensors = _meta_bulk(list(map(_SHAPE_OF, vals)), list(map(_STRIDE_OF, vals)), list(map(_DTYPE_OF, vals)))
+        if tensors is None:
+            return None
+        params = list(map(_IS_PARAMETER_OF, vals))
+        if any(params):
+            parameter = torch.nn.Parameter
+            for i in compress(range(len(vals)), params):
+                tensors[i] = parameter(tensors[i], requires_grad=vals[i].requires_grad)
+        if ids is not None:
+            memo.update(zip(ids, zip(vals, tensors)))
+        return zip(_keys(obj), tensors)
 
     def _materialize(self, obj, path, device, depth, memo):
         """``memo``: an object shared in the file is made once and shared in the result, as torch.load does."""
@@ -747,7 +881,10 @@ class Checkpoint:
         elif isinstance(obj, dict):
             out = OrderedDict() if isinstance(obj, OrderedDict) else {}
             memo[id(obj)] = (obj, out)
-            if device == "meta" and _all_records(_values(obj)):  # a state dict: no call per entry but the tensor's
+            bulk = self._meta_records(obj, memo) if device == "meta" and _all_records(_values(obj)) else None
+            if bulk is not None:   # a state dict: no Python code per tensor
+                out.update(bulk)
+            elif device == "meta" and _all_records(_values(obj)):  # shared records: one call per entry
                 meta_tensor, parameter, empty_strided = self._meta_tensor, torch.nn.Parameter, torch.empty_strided
                 plain: dict[tuple, Any] = {}  # (shape, stride, dtype) -> torch dtype when _meta_tensor would
                 for k, v in _items(obj):     # call empty_strided with them, else None

@@ -201,8 +201,10 @@ def prefix_candidates(model_keys, ck_keys, missing, unexpected) -> list[Remap]:
                     if mpre != pre:
                         votes[("replace_prefix", pre, mpre)] += 1
                 break
+    # a known prefix on half the checkpoint's keys: counted only if some key has one (one C pass over 10**6 keys)
+    ck_known = any(map(str.startswith, ck_keys, repeat(tuple(KNOWN_PREFIXES))))
     for pre in KNOWN_PREFIXES:
-        n_ck = sum(map(str.startswith, ck_keys, repeat(pre)))
+        n_ck = sum(map(str.startswith, ck_keys, repeat(pre))) if ck_known else 0
         if n_ck and n_ck >= len(ck_set) / 2:
             votes[("strip_prefix", pre, "")] += 0
         n_m = sum(map(str.startswith, model_keys, repeat(pre)))

@@ -53,8 +53,8 @@ import torch
 import torch.nn as nn
 
 from ..errors import Cancelled, ExplorerError, KeyNotFoundError
-from .records import (DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, RUNNING_STAT, RUNNING_STAT_NAMES, SHAPE_MISMATCH,
-                      UNEXPECTED, VALUE_CHANGED)
+from .records import (DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, PlainStateDict, RUNNING_STAT, RUNNING_STAT_NAMES,
+                      SHAPE_MISMATCH, UNEXPECTED, VALUE_CHANGED)
 from .records import copy_metadata
 from .records import dtype_name as _dtype_name
 from .remap import within_one_edit
@@ -426,7 +426,14 @@ class _CheckpointInput:
         else:
             raise SimulationError(f"expected a checkpoint, a model or a dict, got {type(side).__name__}")
 
-    def meta(self):
+    def meta(self, read: tuple[set, tuple] | None = None):
+        """The object handed to torch, on the meta device. ``read``: the keys (and key prefixes) whose values the
+        model's code can read (see :meth:`_ModelIndex.read_keys`); the others may share one tensor per layout."""
+        shared = getattr(self.side, "meta_state_dict", None) if read is not None else None
+        if shared is not None:
+            out = shared(self.entry_path, *read)
+            if out is not None:
+                return out
         return self._meta()
 
     def real(self):
@@ -517,11 +524,40 @@ class _ModelIndex:
         self.extra_state_names = [n for n, m in self.named if getattr(type(m), "set_extra_state", base) is not base]
         self._slots = None
 
+    def read_keys(self) -> tuple[set, tuple] | None:
+        """The checkpoint keys whose values ``load_state_dict`` can read with this model: ``(keys, prefixes)``.
+
+        torch hands each submodule only the keys under its prefix, so code of a submodule (its own
+        ``_load_from_state_dict``, as BatchNorm's reading ``num_batches_tracked``, or a load hook) can read those
+        and no others: its prefix is listed. A module with neither reads its own parameter, buffer and extra-state
+        keys. None: any key may be read -- the root's own ``load_state_dict`` or ``_load_from_state_dict``, or a
+        load hook on the root."""
+        root = self.model
+        if not _torch_code(type(root).load_state_dict) or \
+                type(root)._load_from_state_dict is not nn.Module._load_from_state_dict or \
+                root._load_state_dict_pre_hooks or root._load_state_dict_post_hooks:
+            return None
+        base = nn.Module._load_from_state_dict
+        keys: set[str] = set()
+        prefixes: list[str] = []
+        for name, m in self.named:
+            prefix = name + "." if name else ""
+            if prefix and (type(m)._load_from_state_dict is not base or m._load_state_dict_pre_hooks
+                           or m._load_state_dict_post_hooks):
+                prefixes.append(prefix)
+            keys.update(prefix + k for k in chain(m._parameters, m._buffers, (_EXTRA_STATE_SUFFIX,)))
+        return keys, tuple(prefixes)
+
     @property
     def slots(self) -> "OrderedDict[str, _Slot]":
         if self._slots is None:
             self._slots = _model_slots(self.model, self)
         return self._slots
+
+
+def _torch_code(fn) -> bool:
+    """Is ``fn`` torch's own code (not a model's)?"""
+    return (getattr(fn, "__module__", None) or "").startswith("torch.")
 
 
 class _StandIn:
@@ -834,7 +870,7 @@ def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, comp
         meta = sd_obj._metadata
         # the same items with a private _metadata: torch copies the mapping into its own OrderedDict first, so the
         # type of this copy is not seen (a dict copies 10**6 items many times faster than an OrderedDict)
-        sd_obj = _PlainStateDict(sd_obj)
+        sd_obj = PlainStateDict(sd_obj)
         sd_obj._metadata = meta  # type: ignore[attr-defined]
         _own_metadata(sd_obj)
     standin = _StandIn(model, index)
@@ -917,10 +953,6 @@ def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, comp
                        extra_state_set, sd_keys, sd_infos)
 
 
-class _PlainStateDict(dict):
-    """A dict that can carry ``_metadata`` (torch only checks for a Mapping and copies it)."""
-
-
 class _Infos(Mapping):
     """key -> (shape, dtype name) of the tensors handed to torch, in order, each made when first asked for (a report
     over 10**6 unexpected keys asks for a handful). ``sd``: the mapping handed to torch (torch works on its own copy
@@ -953,13 +985,19 @@ class _Infos(Mapping):
     def __len__(self) -> int:
         return len(self._keys)
 
-    def shapes(self) -> "OrderedDict[str, tuple]":
-        """str key -> shape, in order (what ``remap._tensor_shapes`` gives for the same mapping)."""
+    def shapes(self) -> dict[str, tuple]:
+        """str key -> shape, in order (what ``remap._tensor_shapes`` gives for the same mapping). A tensor under
+        many keys (the meta stand-in of 10**6 keys no module reads) is asked for its shape once."""
         keys, vals = self._keys, self._vals
         if not _all_str(keys):
             mask = [isinstance(k, str) for k in keys]
             keys, vals = list(compress(keys, mask)), list(compress(vals, mask))
-        return OrderedDict(zip(keys, map(tuple, map(_SHAPE_OF, vals))))
+        ids = list(map(id, vals))
+        distinct = dict(zip(ids, vals))
+        if len(distinct) * 2 > len(ids):
+            return dict(zip(keys, map(tuple, map(_SHAPE_OF, vals))))
+        shape_of = {i: tuple(v.shape) for i, v in distinct.items()}
+        return dict(zip(keys, map(shape_of.__getitem__, ids)))
 
 
 class _IdIndex:
@@ -1079,7 +1117,8 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
     if should_stop is not None and should_stop():
         raise Cancelled("simulation cancelled")
 
-    meta_sd = ckpt.meta()
+    # keys no code of the model can read (10**6 unexpected ones) share their meta tensors: torch only matches them
+    meta_sd = ckpt.meta(index.read_keys())
     structural = _run_pass(model, meta_sd, strict=strict, assign=assign, compare=False, index=index)
     final = structural
     values = None
@@ -1755,8 +1794,13 @@ def _explain_load(rep: LoadReport, loaded: int) -> str:
     return " ".join(pieces)
 
 
-def render_text(rep: LoadReport, out, *, verbose: bool = False) -> None:
-    """The human-readable report of the ``simulate`` command."""
+LINE_CUT = 1000   # characters of one line of torch's error message shown when the listing is cut
+
+
+def render_text(rep: LoadReport, out, *, verbose: bool = False, listed: int | None = None) -> None:
+    """The human-readable report of the ``simulate`` command. ``listed``: keys listed per status (None: every one);
+    the rest are counted in one line per status, and a line of torch's error message longer than ``LINE_CUT``
+    characters is cut at a key (a load with 10**6 unexpected keys names every one of them in that message)."""
     w = out.write
     w(f"model:      {rep.model}\n")
     w(f"checkpoint: {rep.checkpoint}" + (f"  [entry {'/'.join(rep.entry)}]" if rep.entry else "") + "\n")
@@ -1764,23 +1808,35 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False) -> None:
     if rep.raises:
         w(f"WOULD RAISE {rep.error_type}:\n")
         for line in (rep.error_message or "").splitlines():
-            w(f"    {line}\n")
+            w(f"    {line if listed is None else _cut_line(line)}\n")
     else:
         w(f"would succeed: missing_keys={len(rep.missing_keys)}, unexpected_keys={len(rep.unexpected_keys)}\n")
     w("\n" + rep.explanation + "\n\n")
     keys = rep.keys
     width = min(60, max(max(map(len, keys), default=0), 10))
     runs = keys.runs() if isinstance(keys, KeyTable) else [(False, list(keys.items()))]
+    shown: dict[str, int] = {}   # status -> keys of that status met so far
     for lazy, run in runs:
         if lazy:  # unexpected keys without a report yet: the same lines, written in bulk
-            _write_unexpected(w, run, keys._ctx, width)
+            before = shown.get(UNEXPECTED, 0)
+            shown[UNEXPECTED] = before + len(run)
+            if listed is not None:
+                run = run[:max(listed - before, 0)]
+            if run:
+                _write_unexpected(w, run, keys._ctx, width)
             continue
         for key, r in run:
+            n = shown[r.status] = shown.get(r.status, 0) + 1
+            if listed is not None and n > listed:
+                continue
             flag = "*" if r.changed and r.status != UNEXPECTED else " "
             cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else ""
             w(f" {flag} {key:<{width}} {r.status:<26}{cast}\n")
             if verbose or r.status not in (MATCHED, VALUE_CHANGED):
                 w(f"     {r.explanation}\n")
+    for status, n in shown.items():
+        if listed is not None and n > listed:
+            w(f"   … and {n - listed:,} more {status} keys (--all lists them, --json gives every key)\n")
     w(f"\n(* = value, dtype or shape changes)  changed: {len(rep.changed_keys)}, "
       f"changed buffers: {len(rep.changed_buffers)}\n")
     if rep.running_stats:
@@ -1796,6 +1852,18 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False) -> None:
             if verbose:
                 for line in s.snippet.splitlines():
                     w(f"      {line}\n")
+
+
+def _cut_line(line: str) -> str:
+    """``line`` whole up to ``LINE_CUT`` characters, else cut after a quoted key (torch's lists read
+    ``"a", "b", ...``) and the number of keys left out."""
+    if len(line) <= LINE_CUT:
+        return line
+    at = line.rfind('", "', 0, LINE_CUT)
+    if at < 0:
+        return f"{line[:LINE_CUT]} … ({len(line) - LINE_CUT:,} more characters; --all prints the whole message)"
+    more = line.count('", "', at)
+    return f"{line[:at + 1]}, … and {more:,} more (--all prints the whole message)"
 
 
 def _write_unexpected(w, keys: list, ctx: _UnexpectedContext, width: int, chunk: int = 65536) -> None:

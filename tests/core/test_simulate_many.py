@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import sys
 from collections import OrderedDict
 
 import pytest
@@ -103,3 +102,35 @@ def test_bulk_answers_equal_per_key_reports(strict):
     assert rep.dumps() == js
     assert rep.keys["p.running_mean"].kind == "parameter" and rep.keys["bn.running_var"].kind == "buffer"
     assert rep.keys["enc.0._extra_state"].kind == "extra_state"
+
+
+def test_text_lists_the_first_keys_of_each_status(tmp_path, capsys):
+    """``simulate`` (text) lists 100 keys per status and counts the rest; torch's error message, which names every
+    unexpected key on one line, is cut at a key. ``--all`` prints what ``render_text`` prints with no limit."""
+    from explorer.cli import main
+    path = tmp_path / "many.pt"
+    torch.save(OrderedDict((f"extra{i}", torch.zeros(1)) for i in range(1_000)), path)
+    argv = ["simulate", "--model", "demo:MyBatchNormModel", "--checkpoint", str(path)]
+    assert main(argv) == 1
+    cut = capsys.readouterr().out
+    assert main(argv + ["--all"]) == 1
+    whole = capsys.readouterr().out
+    from explorer.core.model_source import ModelSide
+    rep = simulate_load(ModelSide.from_spec("demo:MyBatchNormModel"), open_checkpoint(str(path)))
+    buf = io.StringIO()
+    render_text(rep, buf)
+    assert whole == buf.getvalue()
+    listed = [line.split()[0] for line in cut.splitlines() if line.strip().endswith(UNEXPECTED)]
+    assert listed == [f"extra{i}" for i in range(100)]
+    assert "   … and 900 more unexpected keys (--all lists them, --json gives every key)\n" in cut
+    # every missing key is still listed (6 < 100), and the summary counts every unexpected key
+    def missing(text):
+        return [line.split()[0] for line in text.splitlines() if line.split()[1:2] == ["missing"]]
+    assert missing(cut) == missing(whole) and len(missing(cut)) == 6
+    assert "1000 unexpected key(s)" in cut
+    (message_line,) = [line for line in cut.splitlines() if "Unexpected key(s) in state_dict" in line]
+    assert len(message_line) < 1_100
+    shown = message_line.count('"extra')
+    assert message_line.endswith(f", … and {1_000 - shown:,} more (--all prints the whole message)")
+    (whole_line,) = [line for line in whole.splitlines() if "Unexpected key(s) in state_dict" in line]
+    assert whole_line.count('"extra') == 1_000 and whole_line.startswith(message_line.split(", …")[0])

@@ -172,6 +172,6 @@ def test_hostile_references_are_listed_not_run(quick_corpus):
     root, inputs = quick_corpus
     by = {i.name: i for i in inputs}
     got = exercise(by["zip:lightning-with-payload"].path)
-    assert got["entries"] == by["zip:lightning-with-payload"].entries
+    assert json.loads(json.dumps(got["entries"])) == by["zip:lightning-with-payload"].entries
     assert {"os.system", "omegaconf.dictconfig.DictConfig"} <= set(got["references"])
     assert os.listdir(os.path.join(root, "markers")) == []

@@ -16,7 +16,7 @@ import numpy as np
 from ...errors import CorruptFileError
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint, FlatTable
-from ..records import TENSOR, Location, TensorInfo
+from ..records import TENSOR, Location, TensorInfo, contiguous_strides
 from ..safe_pickle import ITEMSIZE, StorageRef, TensorRecord, gc_paused
 from . import Reader, read_head, register
 
@@ -160,14 +160,6 @@ def _no_duplicates(pairs):
     return out
 
 
-def _contiguous_strides(shape) -> tuple[int, ...]:
-    stride, acc = [], 1
-    for s in reversed(shape):
-        stride.append(acc)
-        acc *= max(s, 1)
-    return tuple(reversed(stride))
-
-
 def _validate_slowly(path: str, header: dict, data_len: int) -> None:
     """Check every entry and name the first bad one (the fast check only says that something is wrong)."""
     spans = []
@@ -270,7 +262,7 @@ def open_safetensors(path: str) -> Checkpoint:
         shape = shapes[i]
         stride = strides.get(shape)
         if stride is None:
-            stride = strides[shape] = _contiguous_strides(shape)
+            stride = strides[shape] = contiguous_strides(shape)
         dtype = DTYPES[codes[i]]
         ref = StorageRef(f"#{i}", dtype, "cpu", math.prod(shape), source=source)
         return TensorRecord(ref, 0, shape, stride, dtype)
@@ -279,7 +271,7 @@ def open_safetensors(path: str) -> Checkpoint:
         shape = shapes[i]
         stride = strides.get(shape)
         if stride is None:
-            stride = strides[shape] = _contiguous_strides(shape)
+            stride = strides[shape] = contiguous_strides(shape)
         dtype = DTYPES[codes[i]]
         nbytes = math.prod(shape) * _ITEMSIZE_OF[dtype]
         loc = Location(path, None, data_start + int(begins[i]), nbytes, 0, stride, f"#{i}")
