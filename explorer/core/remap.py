@@ -16,7 +16,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import compress, filterfalse, repeat
-from operator import and_, itemgetter, or_
+from operator import itemgetter, or_
 from typing import Any, Callable
 
 import torch
@@ -286,8 +286,11 @@ def rename_candidates(missing: list[str], unexpected: list[str], model_shapes: M
     # only checkpoint keys whose last part names a model tensor can be renamed here: the others are left out of the
     # groups (a group without any cannot fit), keeping the groups in the order of their first key among all
     model_leaves = {_split(k)[1] for k in model_shapes}
-    useful_keys = list(compress(unex, map(model_leaves.__contains__, map(itemgetter(2), map(
-        str.rpartition, unex, repeat("."))))))
+    # (a key ending with no model leaf at all is dropped first, by one C call each)
+    maybe = list(compress(unex, map(str.endswith, unex, repeat(tuple(model_leaves))))) if model_leaves else []
+    useful_keys = list(compress(maybe, map(model_leaves.__contains__, map(itemgetter(2), map(
+        str.rpartition, maybe, repeat("."))))))
+    del maybe
     useful = [(u, *_split(u)) for u in useful_keys]
     unex_groups: "OrderedDict[str, dict]" = OrderedDict()
     if len({mod for _, mod, _ in useful}) > 1:   # the order of the groups matters: that of their first key
@@ -324,8 +327,8 @@ def rename_candidates(missing: list[str], unexpected: list[str], model_shapes: M
         by_shape.setdefault(model_shapes[m], []).append(m)
     # one edit changes the length by at most one: other checkpoint keys cannot pair
     lengths = {len(m) + d for m in miss for d in (-1, 0, 1)}
-    for u in compress(unex, map(and_, map(lengths.__contains__, map(len, unex)),
-                                map(by_shape.__contains__, map(ck_shapes.__getitem__, unex)))):
+    near = list(compress(unex, map(lengths.__contains__, map(len, unex))))
+    for u in compress(near, map(by_shape.__contains__, map(ck_shapes.__getitem__, near))):
         if u in renames:
             continue
         same = by_shape.get(ck_shapes[u], ())

@@ -246,6 +246,7 @@ class Input:
     quick_ops: list | None = None  # in quick mode, only these ops (e.g. a known hang: one run, not six)
     bad_error: str | None = None   # an error line containing this is misleading (e.g. a leaked RecursionError)
     note: str = ""
+    tensors: int = 0               # tensors the file really holds, where there are very many (memory may grow with them)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -1210,7 +1211,7 @@ def _many(c: Corpus, n: int) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(header)) + header + bytes(4 * n))
-    c.add(f"many:safetensors-{n}", cat, path, expect="ok", key="t0", quick=True)
+    c.add(f"many:safetensors-{n}", cat, path, expect="ok", key="t0", quick=True, tensors=n)
     # .pt: n views of one shared storage, written straight as opcodes (torch.save of 10^6 tensors takes minutes)
     head = (b"\x80\x02ccollections\nOrderedDict\n)Rq\x01"
             b"ctorch._utils\n_rebuild_tensor_v2\nq\x020"
@@ -1223,7 +1224,7 @@ def _many(c: Corpus, n: int) -> None:
     pkl = head + body + b"u."
     path = c.p("many", f"many-{n}.pt")
     write_torch_zip(path, pkl, {"0": bytes(4 * n)})
-    c.add(f"many:zip-{n}", cat, path, expect="ok", key="t0")
+    c.add(f"many:zip-{n}", cat, path, expect="ok", key="t0", tensors=n)
 
 
 # ---- build ----------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import os
 import re
 import struct
 from collections import OrderedDict
-from itertools import chain
+from itertools import chain, repeat
 from operator import itemgetter, mul
 
 import numpy as np
@@ -277,6 +277,16 @@ def open_safetensors(path: str) -> Checkpoint:
         loc = Location(path, None, data_start + int(begins[i]), nbytes, 0, stride, f"#{i}")
         return TensorInfo(entry_path, shape, dtype, nbytes, loc, "cpu", TENSOR, False)
 
+    def make_infos(paths: list) -> list[TensorInfo]:  # make_info(i, paths[i]) of every entry, column-wise
+        dtypes = list(map(DTYPES.__getitem__, codes))
+        nbytes = list(map(mul, map(math.prod, shapes), map(_ITEMSIZE_OF.__getitem__, dtypes)))
+        for shape in set(shapes).difference(strides):
+            strides[shape] = contiguous_strides(shape)
+        locs = list(map(Location, repeat(path), repeat(None), (begins + data_start).tolist(), nbytes, repeat(0),
+                        map(strides.__getitem__, shapes), map("#{}".format, range(len(shapes)))))
+        return list(map(TensorInfo, paths, shapes, dtypes, nbytes, locs, repeat("cpu"), repeat(TENSOR),
+                        repeat(False)))
+
     def columns(start: int, stop: int):  # what a listing shows of entries start..stop, column-wise
         part = shapes[start:stop]
         dtypes = list(map(DTYPES.__getitem__, codes[start:stop]))
@@ -285,7 +295,7 @@ def open_safetensors(path: str) -> Checkpoint:
 
     metadata = meta if isinstance(meta, dict) else {}
     return Checkpoint(path, "safetensors", None, [], metadata,
-                      table=FlatTable(keys, make_record, make_info, columns))
+                      table=FlatTable(keys, make_record, make_info, columns, make_infos))
 
 
 register(Reader("safetensors", identify, open_safetensors, priority=60))
