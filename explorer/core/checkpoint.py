@@ -773,10 +773,11 @@ class Checkpoint:
     def meta_state_dict(self, entry: str | EntryPath | None, read_keys: set, read_prefixes: tuple = ()) -> Any:
         """The state dict at ``entry`` on the meta device for code that reads the values of only some keys: those in
         ``read_keys`` or starting with one of ``read_prefixes`` get what :meth:`load_object` gives them; each other
-        key gets one tensor shared by every such key of its shape, dtype and parameter-ness (10**6 unexpected keys
-        cost a dict entry each, not a tensor). The keys, their order, shapes, dtypes and ``_metadata`` are those of
-        ``load_object(entry, device="meta")``, in a :class:`PlainStateDict` (whatever mapping type the file had).
-        None when that would not be a flat mapping of distinct tensors."""
+        key gets one tensor shared by every such key of its layout (shape, stride, dtype, parameter-ness): 10**6
+        unexpected keys cost a dict entry each, not a tensor. The keys, their order, layouts and ``_metadata`` are
+        those of ``load_object(entry, device="meta")``, in a :class:`PlainStateDict` (whatever mapping type the file
+        had), and a layout ``load_object`` refuses is refused here too. None when that would not be a flat mapping of
+        distinct tensors, or when anything is refused (``load_object`` then says why)."""
         path = self.resolve_entry(entry)
         table = self._table
         with gc_paused():
@@ -785,7 +786,8 @@ class Checkpoint:
                 shapes, dtypes, _nbytes, kinds, _devices = table.columns(0, len(keys))
                 if any(k != "tensor" for k in set(kinds)):
                     return None
-                params, grads = repeat(False, len(keys)), repeat(False, len(keys))
+                strides = None   # contiguous
+                params, grads = [False] * len(keys), repeat(False, len(keys))
                 obj = None
             else:
                 obj = self.get(path)
@@ -793,29 +795,34 @@ class Checkpoint:
                     return None
                 keys = list(_keys(obj))
                 vals = list(_values(obj))
-                shapes, dtypes = list(map(_SHAPE_OF, vals)), list(map(_DTYPE_OF, vals))
-                params, grads = map(_IS_PARAMETER_OF, vals), map(_REQUIRES_GRAD_OF, vals)
+                shapes, strides = list(map(_SHAPE_OF, vals)), list(map(_STRIDE_OF, vals))
+                dtypes, params = list(map(_DTYPE_OF, vals)), list(map(_IS_PARAMETER_OF, vals))
+                grads = map(_REQUIRES_GRAD_OF, vals)
             if not keys or not all(t is str for t in set(map(type, keys))):
                 return None
             read = list(map(read_keys.__contains__, keys))
             if read_prefixes:
                 read = list(map(or_, read, map(str.startswith, keys, repeat(read_prefixes))))
-            # one stand-in per layout of the keys not read; the layout is the shape alone when every key has the
-            # same dtype and none is a parameter (no tuple per key)
-            params = list(params)
-            if len(set(dtypes)) == 1 and not any(params):
-                layouts, dtype = shapes, dtypes[0] if dtypes else None
-                unique = [(shape, dtype, False, False) for shape in dict.fromkeys(compress(shapes, map(not_, read)))]
+            # one stand-in per layout of the keys not read; the layout is the shape alone (no tuple per key) when every
+            # key has the same dtype, none is a parameter and each shape comes with one stride
+            stride_of = dict(zip(shapes, strides)) if strides is not None else None
+            by_shape = len(set(dtypes)) == 1 and not any(params) and (
+                stride_of is None or len(stride_of) == len(set(zip(shapes, strides))))  # type: ignore[arg-type]
+            if by_shape:
+                layouts = shapes
+                unique = [(shape, stride_of[shape] if stride_of is not None else None, dtypes[0], False, False)
+                          for shape in dict.fromkeys(compress(shapes, map(not_, read)))]
             else:
-                layouts = list(zip(shapes, dtypes, params, grads))
+                layouts = list(zip(shapes, strides if strides is not None else repeat(None), dtypes, params, grads))
                 unique = list(dict.fromkeys(compress(layouts, map(not_, read))))
-            made = _meta_bulk([u[0] for u in unique], None, [u[1] for u in unique])
+            made = _meta_bulk([u[0] for u in unique], [u[1] for u in unique] if strides is not None else None,
+                              [u[2] for u in unique])
             if made is None:
                 return None
-            for i, (_shape, _dtype, is_param, grad) in enumerate(unique):
+            for i, (_shape, _stride, _dtype, is_param, grad) in enumerate(unique):
                 if is_param:
                     made[i] = torch.nn.Parameter(made[i], requires_grad=grad)
-            stand_in = dict(zip(unique if layouts is not shapes else [u[0] for u in unique], made))
+            stand_in = dict(zip([u[0] for u in unique] if by_shape else unique, made))
             out = PlainStateDict(zip(keys, map(stand_in.get, layouts)))
             if any(read):   # the keys read: as load_object makes them
                 if obj is None:

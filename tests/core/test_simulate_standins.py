@@ -130,3 +130,33 @@ def test_model_code_reading_another_key_matches_torch(tmp_path, at):
     for strict in (True, False):
         rep, _ = check(model, path, strict=strict)
         assert at + "lin.weight" in rep.changed_keys
+
+
+@pytest.mark.parametrize("shape,stride", [
+    (b"(\x8a\x06\x00\x00\x00\x00\x00\x01\x8a\x06\x00\x00\x00\x00\x00\x01t", b"K\x01K\x01\x86"),  # 2**80 elements
+    (b"K\x02\x85", b"X\x01\x00\x00\x00a\x85"),             # a stride that is a string
+    (b"K\x02\x85", b"J\xff\xff\xff\xff\x85"),              # a negative stride
+], ids=["huge", "text-stride", "negative-stride"])
+def test_unusual_layouts_of_unread_keys_answer_as_without_standins(tmp_path, monkeypatch, shape, stride):
+    """An unexpected key (no model code reads it) with a layout load_object treats with care: the simulation gives
+    the same answer -- the same error, or the same report -- with the shared stand-ins as without them."""
+    import zipfile
+
+    from explorer.core.demo_models import MyBatchNormModel
+    from explorer.errors import ExplorerError
+    from tests.core.test_safety import _tensor_pickle
+    path = tmp_path / "t.pt"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", _tensor_pickle(shape, stride))
+        z.writestr("archive/data/0", b"\0" * 16)
+    assert _ModelIndex(MyBatchNormModel()).read_keys() is not None
+
+    def answer():
+        try:
+            return _answer(MyBatchNormModel(), path)
+        except ExplorerError as e:
+            return type(e).__name__, str(e)
+    shared = answer()
+    with monkeypatch.context() as m:
+        _without_standins(m)
+        assert answer() == shared
