@@ -854,7 +854,8 @@ class Checkpoint:
         shared with another place)? The walk lists a record once per place it is found."""
         if self._unshared is None:
             recs = self._recs
-            self._unshared = recs is None or len(set(map(id, recs))) == len(recs)
+            # records hash by identity (and were they equal by value, "shared" is the careful answer)
+            self._unshared = recs is None or len(set(recs)) == len(recs)
         return self._unshared
 
     def _meta_records(self, obj: dict, memo: dict):

@@ -266,7 +266,8 @@ class CompareView(QWidget):
             for r in range(model.rowCount(parent)):
                 idx = model.index(r, 0, parent)
                 if model.hasChildren(idx) and self.left.isExpanded(idx):
-                    out.add(model.data(idx, NodeRole).path)
+                    node = model.data(idx, NodeRole)
+                    out.add(getattr(node, "state_path", node.path))
                     stack.append(idx)
         return out
 
@@ -277,6 +278,8 @@ class CompareView(QWidget):
                 root = QModelIndex()
                 for r in range(min(self.model.rowCount(root), 200)):
                     idx = self.model.index(r, 0, root)
+                    if hasattr(self.model.data(idx, NodeRole), "state_path"):
+                        break   # groups of a huge flat level: each one opened would lay out a thousand rows
                     for v in self.views:
                         v.expand(idx)
                 return

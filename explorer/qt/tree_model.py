@@ -21,6 +21,7 @@ KeyRole = Qt.UserRole + 2       # data() -> the full dotted path of the row
 StatusRole = Qt.UserRole + 3    # data() -> status string (leaves) or problem count (modules)
 
 LEFT, RIGHT = 0, 1
+GROUP = 1000    # rows shown under one node at most: more siblings (10**6 flat keys) come in groups of this many
 _CELL_ROLES = (Qt.DisplayRole, Qt.DecorationRole, Qt.ForegroundRole, Qt.BackgroundRole, Qt.FontRole,
                Qt.TextAlignmentRole, Qt.ToolTipRole, StatusRole)
 _ROLES = frozenset(int(r) for r in _CELL_ROLES) | {int(NodeRole), int(KeyRole)}
@@ -53,6 +54,7 @@ class StateTreeModel(QAbstractItemModel):
         self.comparison: C.Comparison | None = None
         self._root = _EmptyRoot()
         self._cells: dict[tuple[int, int], dict] = {}
+        self._groups: dict[int, list[_Group]] = {}
         self._bold = QFont()
         self._bold.setBold(True)
         self._italic = QFont()
@@ -65,6 +67,7 @@ class StateTreeModel(QAbstractItemModel):
         self._cells.clear()
         self.comparison = comparison
         self._root = (tree.root if tree is not None else comparison.tree.root) if comparison else _EmptyRoot()
+        self._groups: dict[int, list[_Group]] = {}
         self.endResetModel()
 
     def refresh(self) -> None:
@@ -80,17 +83,46 @@ class StateTreeModel(QAbstractItemModel):
             return index.internalPointer()
         return self._root
 
+    # ---- groups: a node with more than GROUP children shows them in runs of GROUP, each run a row of its own. Qt
+    # lays out every row of an expanded level, calling index(), hasChildren() and flags() for each: 10**6 flat keys
+    # would freeze the window for seconds (three views); a thousand rows at a time do not.
+    def _groups_of(self, node) -> "list[_Group]":
+        groups = self._groups.get(id(node))
+        if groups is None:
+            kids = node.children
+            groups = self._groups[id(node)] = [_Group(node, j, kids[at:at + GROUP])
+                                               for j, at in enumerate(range(0, len(kids), GROUP))]
+        return groups
+
+    def _kids(self, node) -> list:
+        kids = node.children
+        return self._groups_of(node) if len(kids) > GROUP and type(node) is not _Group else kids
+
+    def _index_of_node(self, node) -> QModelIndex:
+        """The index of a tree node or group (invalid for the root)."""
+        if node is self._root or node is None:
+            return QModelIndex()
+        if type(node) is _Group:
+            return self.createIndex(node.row, 0, node)
+        return self.createIndex(node.row % GROUP if len(node.parent.children) > GROUP else node.row, 0, node)
+
     def index_of_path(self, path: str) -> QModelIndex:
-        """The index of a dotted path in the tree shown (invalid if the filter hides it); walks parents, O(depth)."""
+        """The index of a dotted path in the tree shown (invalid if the filter hides it); walks parents, O(depth).
+        A group's ``state_path`` (its parent's path, ``\x1f`` and its row) gives the group."""
         if self.comparison is None or not path:
             return QModelIndex()
+        path, sep, group = path.partition(_GROUP_SEP)
         node = self._root
-        for part in path.split("."):
+        for part in path.split(".") if path else ():
             nxt = _child(node, part)
             if nxt is None:
                 return QModelIndex()
             node = nxt
-        return self.createIndex(node.row, 0, node)
+        if sep:
+            groups = self._groups_of(node) if len(node.children) > GROUP else []
+            return self._index_of_node(groups[int(group)]) if group.isdigit() and int(group) < len(groups) \
+                else QModelIndex()
+        return self._index_of_node(node)
 
     # ---- QAbstractItemModel (Qt overrides keep Qt's names) ------------------------------------------------------
     def index(self, row: int, column: int, parent: QModelIndex = QModelIndex()) -> QModelIndex:
@@ -98,24 +130,26 @@ class StateTreeModel(QAbstractItemModel):
             return QModelIndex()
         if parent.isValid() and parent.column() != 0:
             return QModelIndex()
-        pnode = self.node(parent)
-        if row >= len(pnode.children):
+        kids = self._kids(self.node(parent))
+        if row >= len(kids):
             return QModelIndex()
-        return self.createIndex(row, column, pnode.children[row])
+        return self.createIndex(row, column, kids[row])
 
     def parent(self, index: QModelIndex = QModelIndex()):  # type: ignore[override]
         if not index.isValid():
             return QModelIndex()
         node = index.internalPointer()
         parent = node.parent
-        if parent is None or parent is self._root:
+        if parent is None:
             return QModelIndex()
-        return self.createIndex(parent.row, 0, parent)
+        if type(node) is not _Group and len(parent.children) > GROUP:   # its run of siblings is its parent row
+            return self.createIndex(node.row // GROUP, 0, self._groups_of(parent)[node.row // GROUP])
+        return self._index_of_node(parent)
 
     def rowCount(self, parent: QModelIndex = QModelIndex()) -> int:
         if parent.isValid() and parent.column() != 0:
             return 0
-        return len(self.node(parent).children)
+        return len(self._kids(self.node(parent)))
 
     def columnCount(self, parent: QModelIndex = QModelIndex()) -> int:
         return len(COLUMNS)
@@ -153,6 +187,12 @@ class StateTreeModel(QAbstractItemModel):
         return cell.get(int(role))
 
     def _cell(self, node, col: Column) -> dict:
+        if type(node) is _Group:
+            if col.field == "name" and col.side is not None:
+                return {Qt.DisplayRole: node.name, Qt.ForegroundRole: _brush("#7f8c8d"),
+                        Qt.ToolTipRole: f"{len(node.children):,} of the {len(node.parent.children):,} entries of "
+                                        f"{node.parent.path or 'the top level'}, shown {GROUP:,} at a time"}
+            return {}
         try:
             if node.is_leaf and not node.children:
                 return self._leaf_cell(node, node.data, col)
@@ -265,6 +305,25 @@ def _tooltip(row: "C.Row", status) -> str:
 def _child(node, name):
     child = getattr(node, "child", None)
     return child(name) if child else None
+
+
+_GROUP_SEP = "\x1f"    # never in a key: a group's state_path is its parent's path, this and its row
+
+
+class _Group:
+    """A run of at most GROUP siblings shown as one row ("t0 … t999"). ``path`` is the parent's (selecting a group
+    shows its module), ``state_path`` is the group's own (expanded state, :meth:`StateTreeModel.index_of_path`)."""
+
+    __slots__ = ("parent", "row", "children", "name", "path", "state_path")
+    key = None
+    data = None
+    is_leaf = False
+
+    def __init__(self, parent, row: int, children: list):
+        self.parent, self.row, self.children = parent, row, children
+        self.name = f"{children[0].name} … {children[-1].name}  ({len(children):,})"
+        self.path = parent.path
+        self.state_path = f"{parent.path}{_GROUP_SEP}{row}"
 
 
 class _EmptyRoot:
