@@ -776,8 +776,9 @@ class Checkpoint:
         key gets one tensor shared by every such key of its layout (shape, stride, dtype, parameter-ness): 10**6
         unexpected keys cost a dict entry each, not a tensor. The keys, their order, layouts and ``_metadata`` are
         those of ``load_object(entry, device="meta")``, in a :class:`PlainStateDict` (whatever mapping type the file
-        had), and a layout ``load_object`` refuses is refused here too. None when that would not be a flat mapping of
-        distinct tensors, or when anything is refused (``load_object`` then says why)."""
+        had), and a layout ``load_object`` refuses is refused here too. ``out._stand_ins``: the ids of the shared
+        tensors (a remap that makes such a key readable must give it a tensor of its own). None when that would not
+        be a flat mapping of distinct tensors, or when anything is refused (``load_object`` then says why)."""
         path = self.resolve_entry(entry)
         table = self._table
         with gc_paused():
@@ -824,6 +825,7 @@ class Checkpoint:
                     made[i] = torch.nn.Parameter(made[i], requires_grad=grad)
             stand_in = dict(zip([u[0] for u in unique] if by_shape else unique, made))
             out = PlainStateDict(zip(keys, map(stand_in.get, layouts)))
+            out._stand_ins = frozenset(map(id, made))  # type: ignore[attr-defined]  # for code that renames keys
             if any(read):   # the keys read: as load_object makes them
                 if obj is None:
                     sub = OrderedDict((k, table.record(i)) for i, k in enumerate(keys) if read[i])  # type: ignore

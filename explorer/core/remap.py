@@ -378,6 +378,10 @@ def suggest_remaps(model: nn.Module, checkpoint_side, *, entry=None, report=None
     out: list[Suggestion] = []
     seen: set[str] = set()
     effects: set = set()
+    # keys the model cannot read may share one meta tensor per layout (Checkpoint.meta_state_dict); a remap can make
+    # such a key readable, and model code must then get a tensor of its own, as with torch
+    stand_ins = getattr(meta_sd, "_stand_ins", None)
+    read = index.read_keys() if stand_ins else None
 
     def consider(remap: Remap, reason: str, sd=None, path=None) -> dict | None:
         key = json.dumps(remap.to_json(), sort_keys=True)
@@ -388,6 +392,8 @@ def suggest_remaps(model: nn.Module, checkpoint_side, *, entry=None, report=None
             new_sd = remap.apply(meta_sd) if sd is None else sd
         except RemapError:
             return None
+        if sd is None and stand_ins:
+            _own_tensors(new_sd, stand_ins, read)
         effect = (remap.entry if remap.kind == "entry" else None, tuple(new_sd.keys()))
         if effect in effects:  # another remap already gives exactly these keys (and is simpler: it came first)
             return None
@@ -435,6 +441,23 @@ def suggest_remaps(model: nn.Module, checkpoint_side, *, entry=None, report=None
         best_total = _rank(out[0])[1]
         out = [s for s in out if _rank(s)[1] <= max(best_total, base_total // 2)]
     return out[:limit]
+
+
+def _own_tensors(sd: "OrderedDict", stand_ins: frozenset, read: tuple[set, tuple] | None) -> None:
+    """Give each key of ``sd`` (a remap's own new mapping) that model code can read and that holds a shared stand-in
+    a meta tensor of its own, of the same layout (``read``: see ``_ModelIndex.read_keys``; None: every key)."""
+    keys = list(sd)
+    if read is not None and all(type(k) is str for k in set(map(type, keys))):
+        names, prefixes = read
+        hit = map(names.__contains__, keys)
+        if prefixes:
+            hit = map(or_, hit, map(str.startswith, keys, repeat(prefixes)))
+        keys = list(compress(keys, hit))
+    for k in keys:
+        v = sd[k]
+        if id(v) in stand_ins:
+            t = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="meta")
+            sd[k] = nn.Parameter(t, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else t
 
 
 def _rank(s: Suggestion):

@@ -528,22 +528,23 @@ class _ModelIndex:
         """The checkpoint keys whose values ``load_state_dict`` can read with this model: ``(keys, prefixes)``.
 
         torch hands each submodule only the keys under its prefix, so code of a submodule (its own
-        ``_load_from_state_dict``, as BatchNorm's reading ``num_batches_tracked``, or a load hook) can read those
-        and no others: its prefix is listed. A module with neither reads its own parameter, buffer and extra-state
-        keys. None: any key may be read -- the root's own ``load_state_dict`` or ``_load_from_state_dict``, or a
-        load hook on the root."""
-        root = self.model
-        if not _torch_code(type(root).load_state_dict) or \
-                type(root)._load_from_state_dict is not nn.Module._load_from_state_dict or \
-                root._load_state_dict_pre_hooks or root._load_state_dict_post_hooks:
-            return None
+        ``_load_from_state_dict`` -- BatchNorm's reads ``num_batches_tracked`` -- from its class or set on the
+        instance, or a load hook) can read those and no others: its prefix is listed. A module with neither reads
+        its own parameter, buffer and extra-state keys. None: any key may be read -- the root's own
+        ``load_state_dict`` or ``_load_from_state_dict`` (class or instance), a load hook on the root, or torch's
+        own methods replaced by someone."""
         base = nn.Module._load_from_state_dict
+        if not (_torch_code(base) and _torch_code(nn.Module.load_state_dict)):
+            return None
+        root = self.model
+        if not _torch_code(type(root).load_state_dict) or "load_state_dict" in vars(root) or \
+                _own_load_code(root, base) or root._load_state_dict_pre_hooks or root._load_state_dict_post_hooks:
+            return None
         keys: set[str] = set()
         prefixes: list[str] = []
         for name, m in self.named:
             prefix = name + "." if name else ""
-            if prefix and (type(m)._load_from_state_dict is not base or m._load_state_dict_pre_hooks
-                           or m._load_state_dict_post_hooks):
+            if prefix and (_own_load_code(m, base) or m._load_state_dict_pre_hooks or m._load_state_dict_post_hooks):
                 prefixes.append(prefix)
             keys.update(prefix + k for k in chain(m._parameters, m._buffers, (_EXTRA_STATE_SUFFIX,)))
         return keys, tuple(prefixes)
@@ -558,6 +559,12 @@ class _ModelIndex:
 def _torch_code(fn) -> bool:
     """Is ``fn`` torch's own code (not a model's)?"""
     return (getattr(fn, "__module__", None) or "").startswith("torch.")
+
+
+def _own_load_code(m: nn.Module, base) -> bool:
+    """Does ``m`` load with code other than ``nn.Module``'s: its class's ``_load_from_state_dict``, or one set on
+    the instance (which torch calls first)?"""
+    return "_load_from_state_dict" in vars(m) or type(m)._load_from_state_dict is not base
 
 
 class _StandIn:

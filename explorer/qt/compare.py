@@ -57,12 +57,7 @@ def load_side_data(text: str, entry: tuple | None = None, *, progress=None, shou
     gc.disable()                                   # PERFORMANCE.md: the cyclic GC taxes bulk parsing after torch
     try:
         side = open_side(text)
-        data = side_data(side, text, entry)
-        # what was just listed (10**6 entries for a big file) is long-lived and acyclic: out of the cyclic GC's reach,
-        # or every full collection (each later read or statistic allocates) walks it again. Refcounting still frees
-        # it when the file is closed.
-        gc.freeze()
-        return data
+        return side_data(side, text, entry)
     finally:
         if was:
             gc.enable()

@@ -230,7 +230,7 @@ class CompareView(QWidget):
     # ---- content ------------------------------------------------------------------------------------------------
     def set_tree(self, comparison, tree=None, *, expand: str | int = "auto") -> None:
         """Show a comparison (or a filtered tree of it), keeping the current key and expanded modules if possible."""
-        current = self.current_path()
+        current = self.selection_key()
         expanded = self.expanded_paths() if self.model.comparison is not None else set()
         self.model.set_tree(comparison, tree)
         if comparison is None:
@@ -298,6 +298,12 @@ class CompareView(QWidget):
     def current_path(self) -> str:
         node = self.current_node()
         return node.path if node is not None else ""
+
+    def selection_key(self) -> str:
+        """What identifies the selected row across a rebuild: its dotted path, or a group row's ``state_path`` (a
+        top-level group's path is the root's, "")."""
+        node = self.current_node()
+        return getattr(node, "state_path", node.path) if node is not None else ""
 
     def select_path(self, path: str) -> bool:
         idx = self.model.index_of_path(path)

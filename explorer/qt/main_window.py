@@ -664,9 +664,9 @@ class MainWindow(QMainWindow):
             if self.compare.select_path(self.select_when_ready):
                 self.select_when_ready = None
             return
-        current = self.compare.current_path()
+        current = self.compare.selection_key()
         if current and current != self._auto_key:
-            return      # the user chose a row: leave it
+            return      # the user chose a row (a group row too): leave it
         order = (C.RUNNING_STAT, C.SHAPE_MISMATCH, C.SHAPE_DIFFERS, C.MISSING, C.UNEXPECTED, C.VALUE_CHANGED,
                  C.CHANGED, C.DTYPE_CAST, C.DTYPE_DIFFERS, C.ONLY_A, C.ONLY_B)
         best = None

@@ -94,6 +94,21 @@ class _OwnLoad(nn.Module):
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 
+def _instance_code(at: str):
+    """A model whose module at ``at`` ("" the root) gets its own ``_load_from_state_dict`` on the instance (torch
+    calls it before the class's), moving ``old_weight`` onto ``weight``."""
+    import types
+    model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    mod = model if not at else model.get_submodule(at)
+
+    def load(self, state_dict, prefix, *args):
+        if prefix + "old_weight" in state_dict:
+            state_dict[prefix + ("weight" if at else "0.weight")] = state_dict.pop(prefix + "old_weight")
+        return type(self)._load_from_state_dict(self, state_dict, prefix, *args)
+    mod._load_from_state_dict = types.MethodType(load, mod)
+    return model
+
+
 def _root_hooked():
     m = nn.Sequential(nn.Linear(2, 2))
     m.register_load_state_dict_pre_hook(lambda *a, **k: None)
@@ -107,6 +122,8 @@ def _root_hooked():
     (_Legacy, None), (_OwnLoad, None),            # the root's own code may read any key
     (lambda: nn.BatchNorm1d(2), None),            # so may torch's own override at the root
     (lambda: nn.LazyLinear(2), None),             # a lazy module registers a load hook on itself
+    (lambda: _instance_code("1"), ("1.",)),       # code set on an instance counts as the module's own
+    (lambda: _instance_code(""), None),
 ])
 def test_read_keys(make, prefixes):
     model = make()
@@ -160,3 +177,71 @@ def test_unusual_layouts_of_unread_keys_answer_as_without_standins(tmp_path, mon
     with monkeypatch.context() as m:
         _without_standins(m)
         assert answer() == shared
+
+
+def test_read_keys_none_when_torch_itself_is_patched(monkeypatch):
+    """Someone replaced nn.Module's own loading code: it may read any key."""
+    model = nn.Sequential(nn.Linear(2, 2))
+    assert _ModelIndex(model).read_keys() is not None
+    original = nn.Module._load_from_state_dict
+
+    def patched(self, *args, **kwargs):
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(nn.Module, "_load_from_state_dict", patched)
+    assert _ModelIndex(model).read_keys() is None
+
+
+@pytest.mark.parametrize("at", ["1", ""], ids=["child", "root"])
+def test_instance_code_reading_another_key_matches_torch(tmp_path, at):
+    """The code set on an instance reads ``old_weight``, which equals the model's weight; another key of that
+    layout holds 7s. torch: nothing changes. Reading the wrong key (a shared stand-in) would say it changes."""
+    torch.manual_seed(0)
+    model = _instance_code(at)
+    target = model[1] if at else model[0]
+    prefix = "1." if at else ""
+    sd = OrderedDict((k, v.detach().clone()) for k, v in model.state_dict().items())
+    sd[f"{prefix}old_weight"] = sd.pop(f"{prefix}weight" if at else "0.weight")
+    sd["zz.weight"] = torch.full_like(target.weight, 7.0)
+    path = _save(sd, tmp_path, "instance")
+    for strict in (True, False):
+        rep, _ = check(model, path, strict=strict)
+        assert (("1.weight" if at else "0.weight") not in rep.changed_keys), rep.changed_keys
+
+
+class _InPlace(nn.Module):
+    """``head``'s load hook transposes a weight stored in an old layout, in place (4, 2) -> (2, 4)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 2)
+        self.proj = nn.Linear(2, 4)
+
+        def hook(module, state_dict, prefix, *args):
+            k = prefix + "weight"
+            if k in state_dict and tuple(state_dict[k].shape) == (4, 2):
+                state_dict[k].t_()
+        self.head._register_load_state_dict_pre_hook(hook, with_module=True)
+
+
+def test_a_remap_gives_keys_it_makes_readable_their_own_tensors(tmp_path, monkeypatch):
+    """Every key carries ``module.``, so none is readable and head.weight (4, 2) and proj.weight (4, 2) share a
+    stand-in. Stripping the prefix makes both readable: head's hook transposes its own tensor in place, and the
+    preview -- as torch after ``consume_prefix_in_state_dict_if_present`` -- is a clean load."""
+    from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
+    torch.manual_seed(9)
+    model = _InPlace()
+    sd = OrderedDict([("module.head.weight", model.head.weight.detach().t().contiguous()),
+                      ("module.head.bias", model.head.bias.detach().clone()),
+                      ("module.proj.weight", model.proj.weight.detach().clone()),
+                      ("module.proj.bias", model.proj.bias.detach().clone())])
+    path = _save(sd, tmp_path, "inplace")
+    truth = OrderedDict(sd)
+    consume_prefix_in_state_dict_if_present(truth, "module.")
+    assert not _InPlace().load_state_dict(truth).missing_keys
+    rep = simulate_load(model, open_checkpoint(str(path)))
+    best = rep.suggestions[0]
+    assert best.remap.kind == "strip_prefix" and best.preview["mismatched"] == 0 and not best.preview["raises"]
+    with monkeypatch.context() as m:
+        _without_standins(m)
+        whole = _answer(model, path)
+    assert _answer(model, path) == whole

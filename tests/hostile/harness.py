@@ -108,14 +108,10 @@ def argv_for(op: str, inp, bases: dict) -> list[str]:
 
 # ---- the child ------------------------------------------------------------------------------------------------------
 
-def exercise(path: str, freeze: bool = False) -> dict:
+def exercise(path: str) -> dict:
     """Everything a window does with an input, in-process: open it, list every entry, rank the state dicts, read
     every tensor's values (up to 2,000, each under 256 MB), materialise the default state dict on the meta device.
-    Only :class:`~explorer.errors.ExplorerError` may escape; one unreadable tensor is an error of that tensor.
-    ``freeze``: after listing, put the heap out of the cyclic GC's reach, as the window does (a forked run only:
-    in a long test session it would keep earlier tests' cyclic garbage for good)."""
-    import gc
-
+    Only :class:`~explorer.errors.ExplorerError` may escape; one unreadable tensor is an error of that tensor."""
     from explorer.core.loaders import open_checkpoint
     from explorer.core.safe_pickle import gc_paused
     from explorer.errors import ExplorerError
@@ -125,8 +121,6 @@ def exercise(path: str, freeze: bool = False) -> dict:
         entries = [(e.path, e.shape, e.dtype) for e in ck.entries]
         for ref in ck.state_dicts:
             ck.state_dict_infos(ref.path)
-        if freeze:
-            gc.freeze()     # as the window does after listing (explorer.qt.compare.load_side_data)
     read = 0
     for e in ck.entries:
         if read >= 2000:
@@ -148,7 +142,7 @@ def _read_all(path: str) -> int:
     """The ``read`` op of a child: :func:`exercise`, printed as JSON; an ExplorerError is one line and exit 2."""
     from explorer.errors import ExplorerError
     try:
-        print(json.dumps(exercise(path, freeze=True)))
+        print(json.dumps(exercise(path)))
         return 0
     except ExplorerError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -193,3 +193,44 @@ def test_hundred_thousand_keys_build_and_filter_quickly():
     assert sum(model.rowCount(model.index(g, 0, model.index(0, 0))) for g in range(10)) == 10_000
     # generous bounds (shared machines): building is a worker's job, filtering happens per keystroke
     assert build < 10 and filt < 0.5, (build, filt)
+
+
+def test_a_closed_file_is_freed(tmp_path):
+    """Opening a file in the worker keeps nothing of it once it is dropped (its checkpoint and entries reference
+    each other: a cycle, which a heap frozen after listing would keep for good)."""
+    import gc
+    import weakref
+
+    import torch
+    path = tmp_path / "x.pt"
+    torch.save({f"t{i}": torch.zeros(1) for i in range(50)}, path)
+    data = C.load_side_data(str(path))
+    ref = weakref.ref(data.side)
+    del data
+    C.load_side_data(str(path))            # the next file
+    gc.collect()
+    assert ref() is None
+
+
+def test_a_selected_group_row_stays_selected(make_window, qtbot, tmp_path):
+    """A group row chosen by the user is a choice: a landing diff or simulation (auto-select) leaves it."""
+    import torch
+    from PySide6.QtCore import QItemSelectionModel
+    from safetensors.torch import save_file
+
+    from tests.qt.conftest import open_both, wait_idle
+    a = {f"t{i}": torch.zeros(2) for i in range(1_500)}
+    b = dict(a)
+    b["t1400"] = torch.zeros(3)
+    save_file(a, str(tmp_path / "a.safetensors"))
+    save_file(b, str(tmp_path / "b.safetensors"))
+    w = make_window()
+    open_both(qtbot, w, tmp_path / "a.safetensors", tmp_path / "b.safetensors")
+    wait_idle(qtbot, w)
+    view = w.compare
+    view.selection.setCurrentIndex(view.model.index(0, 0), QItemSelectionModel.ClearAndSelect | QItemSelectionModel.Rows)
+    assert view.selection_key() == "\x1f0"
+    w._auto_select()
+    assert view.selection_key() == "\x1f0"
+    view.set_tree(w.comparison)            # a rebuild (a diff or a simulation landed) keeps it too
+    assert view.selection_key() == "\x1f0"
