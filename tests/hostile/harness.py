@@ -139,10 +139,15 @@ def exercise(path: str) -> dict:
 
 
 def _read_all(path: str) -> int:
-    """The ``read`` op of a child: :func:`exercise`, printed as JSON; an ExplorerError is one line and exit 2."""
+    """The ``read`` op of a child: :func:`exercise`, printed as JSON; an ExplorerError is one line and exit 2.
+    It runs as every command of ``main.py`` does (``explorer.cli.main``): with the cyclic GC off. With 10**6
+    entries alive, each full collection during the value reads walks millions of objects (the window reads values
+    in its compute process, away from that heap)."""
+    from explorer.core.safe_pickle import gc_paused
     from explorer.errors import ExplorerError
     try:
-        print(json.dumps(exercise(path)))
+        with gc_paused():
+            print(json.dumps(exercise(path)))
         return 0
     except ExplorerError as e:
         print(f"error: {e}", file=sys.stderr)
