@@ -76,12 +76,11 @@ def test_union_tree_placeholders_and_statuses():
     assert model.data(model.index_of_path("enc.0.weight").siblingAtColumn(RIGHT_COLUMNS[1])) == "tensor"
 
 
-def test_parent_and_index_round_trip():
-    comp = sample_comparison()
-    model = StateTreeModel()
-    model.set_tree(comp)
+def _walk_round_trip(model) -> list:
+    """Every row's node, each index checked to round-trip through parent() and index_of_path() (a group row by its
+    state_path)."""
     stack = [QModelIndex()]
-    seen = 0
+    nodes = []
     while stack:
         parent = stack.pop()
         for r in range(model.rowCount(parent)):
@@ -89,9 +88,18 @@ def test_parent_and_index_round_trip():
             assert model.parent(idx) == parent
             node = model.data(idx, NodeRole)
             assert model.index_of_path(getattr(node, "state_path", node.path)) == idx
-            seen += not hasattr(node, "state_path")
+            nodes.append(node)
             stack.append(idx)
-    assert seen == len(comp.tree.by_path) - 1
+    return nodes
+
+
+def test_parent_and_index_round_trip():
+    comp = sample_comparison()
+    model = StateTreeModel()
+    model.set_tree(comp)
+    nodes = _walk_round_trip(model)
+    assert not any(hasattr(n, "state_path") for n in nodes)     # no level is large enough for groups
+    assert len(nodes) == len(comp.tree.by_path) - 1
 
 
 def test_parent_and_index_round_trip_with_groups():
@@ -105,18 +113,7 @@ def test_parent_and_index_round_trip_with_groups():
     assert model.data(model.index(2, NAME_COLUMN[0]), Qt.DisplayRole) == "t2000 … layers  (501)"
     layers = model.index_of_path("layers")
     assert model.rowCount(layers) == 2 and model.rowCount(model.index(1, 0, layers)) == 200
-    stack = [QModelIndex()]
-    leaves = []
-    while stack:
-        parent = stack.pop()
-        for r in range(model.rowCount(parent)):
-            idx = model.index(r, 0, parent)
-            assert model.parent(idx) == parent
-            node = model.data(idx, NodeRole)
-            assert model.index_of_path(getattr(node, "state_path", node.path)) == idx
-            if node.is_leaf:
-                leaves.append(node.key)
-            stack.append(idx)
+    leaves = [n.key for n in _walk_round_trip(model) if n.is_leaf]
     assert sorted(leaves) == sorted(i.key for i in keys)
     idx = model.index_of_path("t2499")
     assert idx.row() == 499 and model.parent(idx) == model.index(2, 0)
