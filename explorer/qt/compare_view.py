@@ -250,10 +250,19 @@ class CompareView(QWidget):
             v.viewport().update()
 
     def expand_all(self) -> None:
+        """Open every module row; rows of 1,000 keys (a level with more than 1,000 entries) stay closed: opening them
+        all would lay out every key, a long freeze with 10**6 keys."""
         self._syncing = True
         try:
-            for v in self.views:
-                v.expandAll()
+            if not self.model.has_groups():
+                for v in self.views:
+                    v.expandAll()
+                return
+            model = self.model
+            for node in model.module_nodes():
+                idx = model.index_of_node(node)
+                for v in self.views:
+                    v.expand(idx)
         finally:
             self._syncing = False
 

@@ -94,6 +94,25 @@ class StateTreeModel(QAbstractItemModel):
                                                for j, at in enumerate(range(0, len(kids), GROUP))]
         return groups
 
+    def module_nodes(self) -> list:
+        """Every node of the tree shown that has children (not the root, not the group rows), parents first."""
+        out: list = []
+        stack = [self._root] if self.comparison is not None else []
+        while stack:
+            node = stack.pop()
+            kids = [k for k in node.children if k.children]
+            out += kids
+            stack += kids
+        return out
+
+    def has_groups(self) -> bool:
+        """Does any level of the tree shown have more than GROUP entries (shown in rows of GROUP)?"""
+        return len(self._root.children) > GROUP or any(len(n.children) > GROUP for n in self.module_nodes())
+
+    def index_of_node(self, node) -> QModelIndex:
+        """The index of a node of the tree shown (invalid for the root)."""
+        return self._index_of_node(node)
+
     def _kids(self, node) -> list:
         kids = node.children
         return self._groups_of(node) if len(kids) > GROUP and type(node) is not _Group else kids

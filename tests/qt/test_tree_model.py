@@ -231,3 +231,23 @@ def test_a_selected_group_row_stays_selected(make_window, qtbot, tmp_path):
     assert view.selection_key() == "\x1f0"
     view.set_tree(w.comparison)            # a rebuild (a diff or a simulation landed) keeps it too
     assert view.selection_key() == "\x1f0"
+
+
+def test_expand_all_leaves_rows_of_keys_closed(qtbot):
+    """Expand all opens every module but not the rows of 1,000 keys (opening 30 of them lays out every key)."""
+    from explorer.qt.compare_view import CompareView
+    keys = [info(f"t{i}", (1,)) for i in range(30_000)] + [info(f"m.{i}.w", (1,)) for i in range(5)]
+    comp = C.Comparison(side(keys), None)
+    view = CompareView()
+    qtbot.addWidget(view)
+    view.resize(1200, 600)
+    view.show()
+    view.set_tree(comp)
+    view.expand_all()
+    qtbot.wait(20)
+    model = view.model
+    rows = [model.index(r, 0) for r in range(model.rowCount())]
+    groups = [i for i in rows if hasattr(model.data(i, NodeRole), "state_path")]
+    assert len(groups) == 31 and not any(view.left.isExpanded(g) for g in groups)
+    m = model.index_of_path("m")
+    assert view.left.isExpanded(m) and view.right.isExpanded(model.index_of_path("m.3"))
