@@ -14,7 +14,7 @@ from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Sequence
 from itertools import chain, compress, repeat
-from operator import attrgetter, itemgetter, mul, not_, or_
+from operator import attrgetter, itemgetter, mul, not_
 from typing import Any, Callable, Iterator
 
 import torch
@@ -22,7 +22,7 @@ import torch
 from ..errors import CorruptFileError, KeyNotFoundError
 from .bytesource import TORCH_DTYPES as _TORCH_DTYPES, read_record
 from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo, contiguous_strides,
-                      copy_metadata)
+                      copy_metadata, read_mask)
 from .safe_pickle import ITEMSIZE, Inert, StorageRef, TensorRecord, gc_paused, is_module_state
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
@@ -801,9 +801,7 @@ class Checkpoint:
                 grads = map(_REQUIRES_GRAD_OF, vals)
             if not keys or not all(t is str for t in set(map(type, keys))):
                 return None
-            read = list(map(read_keys.__contains__, keys))
-            if read_prefixes:
-                read = list(map(or_, read, map(str.startswith, keys, repeat(read_prefixes))))
+            read = read_mask(keys, read_keys, read_prefixes)
             # one stand-in per layout of the keys not read; the layout is the shape alone (no tuple per key) when every
             # key has the same dtype, none is a parameter and each shape comes with one stride
             stride_of = dict(zip(shapes, strides)) if strides is not None else None

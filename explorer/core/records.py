@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import copy
 import math
+from itertools import repeat
+from operator import or_
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +24,15 @@ EXTRA_STATE = "extra_state"
 class PlainStateDict(dict):
     """A dict that can carry ``_metadata`` (torch only checks for a Mapping, and copies it into its own
     OrderedDict: a dict of 10**6 items is made and copied twice as fast as an OrderedDict)."""
+
+
+def read_mask(keys: list, read_keys, read_prefixes: tuple = ()) -> list[bool]:
+    """For each of ``keys`` (strings): is it in ``read_keys`` or does it start with one of ``read_prefixes``? (The
+    keys model code can read: see ``simulate._ModelIndex.read_keys``.) One C call per key."""
+    mask = list(map(read_keys.__contains__, keys))
+    if read_prefixes:
+        mask = list(map(or_, mask, map(str.startswith, keys, repeat(read_prefixes))))
+    return mask
 
 def contiguous_strides(shape) -> tuple[int, ...]:
     """The strides of a contiguous (C-order) tensor of ``shape``, as torch gives them."""

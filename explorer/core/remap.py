@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from .atomic import atomic_output
 from ..errors import Cancelled, ExplorerError
-from .records import dtype_name
+from .records import dtype_name, read_mask
 
 KNOWN_PREFIXES = {"module.": "DataParallel / DistributedDataParallel", "_orig_mod.": "torch.compile",
                   "model.": "PyTorch Lightning / a wrapper module", "backbone.": "a backbone wrapper",
@@ -448,11 +448,7 @@ def _own_tensors(sd: "OrderedDict", stand_ins: frozenset, read: tuple[set, tuple
     a meta tensor of its own, of the same layout (``read``: see ``_ModelIndex.read_keys``; None: every key)."""
     keys = list(sd)
     if read is not None and all(type(k) is str for k in set(map(type, keys))):
-        names, prefixes = read
-        hit = map(names.__contains__, keys)
-        if prefixes:
-            hit = map(or_, hit, map(str.startswith, keys, repeat(prefixes)))
-        keys = list(compress(keys, hit))
+        keys = list(compress(keys, read_mask(keys, *read)))
     for k in keys:
         v = sd[k]
         if id(v) in stand_ins:

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout
 
 from . import compare as C
 from .tree_model import (COLUMNS, LEFT, LEFT_COLUMNS, NAME_COLUMN, RIGHT, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole,
-                         StateTreeModel)
+                         StateTreeModel, is_group, row_key)
 
 HEADER_HEIGHT = 62   # every panel's header has this height, so the three views start at the same y
 
@@ -254,12 +254,13 @@ class CompareView(QWidget):
         all would lay out every key, a long freeze with 10**6 keys."""
         self._syncing = True
         try:
-            if not self.model.has_groups():
+            model = self.model
+            modules = model.module_nodes()
+            if not model.has_groups(modules):
                 for v in self.views:
                     v.expandAll()
                 return
-            model = self.model
-            for node in model.module_nodes():
+            for node in modules:
                 idx = model.index_of_node(node)
                 for v in self.views:
                     v.expand(idx)
@@ -275,8 +276,7 @@ class CompareView(QWidget):
             for r in range(model.rowCount(parent)):
                 idx = model.index(r, 0, parent)
                 if model.hasChildren(idx) and self.left.isExpanded(idx):
-                    node = model.data(idx, NodeRole)
-                    out.add(getattr(node, "state_path", node.path))
+                    out.add(row_key(model.data(idx, NodeRole)))
                     stack.append(idx)
         return out
 
@@ -287,7 +287,7 @@ class CompareView(QWidget):
                 root = QModelIndex()
                 for r in range(min(self.model.rowCount(root), 200)):
                     idx = self.model.index(r, 0, root)
-                    if hasattr(self.model.data(idx, NodeRole), "state_path"):
+                    if is_group(self.model.data(idx, NodeRole)):
                         break   # groups of a huge flat level: each one opened would lay out a thousand rows
                     for v in self.views:
                         v.expand(idx)
@@ -312,7 +312,7 @@ class CompareView(QWidget):
         """What identifies the selected row across a rebuild: its dotted path, or a group row's ``state_path`` (a
         top-level group's path is the root's, "")."""
         node = self.current_node()
-        return getattr(node, "state_path", node.path) if node is not None else ""
+        return row_key(node) if node is not None else ""
 
     def select_path(self, path: str) -> bool:
         idx = self.model.index_of_path(path)

@@ -105,9 +105,11 @@ class StateTreeModel(QAbstractItemModel):
             stack += kids
         return out
 
-    def has_groups(self) -> bool:
-        """Does any level of the tree shown have more than GROUP entries (shown in rows of GROUP)?"""
-        return len(self._root.children) > GROUP or any(len(n.children) > GROUP for n in self.module_nodes())
+    def has_groups(self, modules: list | None = None) -> bool:
+        """Does any level of the tree shown have more than GROUP entries (shown in rows of GROUP)? ``modules``:
+        :meth:`module_nodes`, when the caller has them."""
+        modules = self.module_nodes() if modules is None else modules
+        return len(self._root.children) > GROUP or any(len(n.children) > GROUP for n in modules)
 
     def index_of_node(self, node) -> QModelIndex:
         """The index of a node of the tree shown (invalid for the root)."""
@@ -324,6 +326,16 @@ def _tooltip(row: "C.Row", status) -> str:
 def _child(node, name):
     child = getattr(node, "child", None)
     return child(name) if child else None
+
+
+def is_group(node) -> bool:
+    """Is this row a run of GROUP keys (not a node of the tree)?"""
+    return type(node) is _Group
+
+
+def row_key(node) -> str:
+    """What identifies a row across a rebuild of the model: a node's dotted path, a group row's ``state_path``."""
+    return node.state_path if type(node) is _Group else node.path
 
 
 _GROUP_SEP = "\x1f"    # never in a key: a group's state_path is its parent's path, this and its row

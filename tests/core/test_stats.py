@@ -450,18 +450,24 @@ def _same(a, b) -> bool:
     return json.dumps(a.to_json("k", [1], "d"), sort_keys=True) == json.dumps(b.to_json("k", [1], "d"), sort_keys=True)
 
 
+def count_pass1(monkeypatch) -> dict:
+    """Counts the chunks pass 1 reads (``counter["pass1"]``), from now on."""
+    counter = {"pass1": 0}
+    real = S._Wide.pass1
+
+    def counted(self, st, i):
+        counter["pass1"] += 1
+        return real(self, st, i)
+    monkeypatch.setattr(S._Wide, "pass1", counted)
+    return counter
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.complex64])
 def test_steps_estimate_then_exact_with_no_work_done_twice(monkeypatch, dtype):
     g = torch.Generator().manual_seed(7)
     x = (torch.randn(3_000_000, generator=g) * 3).to(dtype)
     x[::1000] = 0
-    passes = {"pass1": 0}
-    real = S._Wide.pass1
-
-    def counted(self, st, i):
-        passes["pass1"] += 1
-        return real(self, st, i)
-    monkeypatch.setattr(S._Wide, "pass1", counted)
+    passes = count_pass1(monkeypatch)
     seen = []
     steps = list(S.tensor_stats_steps(x, bins=64, progress=lambda d, t: seen.append((d, t))))
     n_chunks = passes["pass1"]

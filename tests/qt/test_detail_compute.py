@@ -4,6 +4,7 @@ import torch
 
 from explorer.core import stats as S
 from explorer.qt import detail_compute as D
+from tests.core.test_stats import count_pass1
 
 
 def _infos(*ts):
@@ -38,19 +39,13 @@ def test_first_look_only_for_large_float_tensors(monkeypatch):
 
 def test_first_look_reads_each_value_once_in_pass_one(monkeypatch):
     monkeypatch.setattr(D, "FIRST_LOOK_MIN", 1)
-    calls = {"n": 0}
-    real = S._Wide.pass1
-
-    def counted(self, st, i):
-        calls["n"] += 1
-        return real(self, st, i)
-    monkeypatch.setattr(S._Wide, "pass1", counted)
+    calls = count_pass1(monkeypatch)
     a = torch.randn(3 * S.STATS_CHUNK + 5)
     D.detail_from_tensors("w", 32, [a, None], _infos(a, None), ["", ""], partial=lambda r: None)
-    with_look = calls["n"]
-    calls["n"] = 0
+    with_look = calls["pass1"]
+    calls["pass1"] = 0
     D.detail_from_tensors("w", 32, [a, None], _infos(a, None), ["", ""])
-    assert with_look == calls["n"] == 4
+    assert with_look == calls["pass1"] == 4
 
 
 def test_one_failing_side_still_shows_the_other():

@@ -5,7 +5,8 @@ from PySide6.QtCore import QModelIndex, Qt
 
 from explorer.core.records import BUFFER, NON_PERSISTENT, PARAMETER, TENSOR, ModuleInfo, TensorInfo
 from explorer.qt import compare as C
-from explorer.qt.tree_model import LEFT_COLUMNS, NAME_COLUMN, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole, StateTreeModel
+from explorer.qt.tree_model import (LEFT_COLUMNS, NAME_COLUMN, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole, StateTreeModel,
+                                     is_group, row_key)
 
 
 def info(key, shape, dtype="float32", kind=PARAMETER):
@@ -87,7 +88,7 @@ def _walk_round_trip(model) -> list:
             idx = model.index(r, 0, parent)
             assert model.parent(idx) == parent
             node = model.data(idx, NodeRole)
-            assert model.index_of_path(getattr(node, "state_path", node.path)) == idx
+            assert model.index_of_path(row_key(node)) == idx
             nodes.append(node)
             stack.append(idx)
     return nodes
@@ -98,7 +99,7 @@ def test_parent_and_index_round_trip():
     model = StateTreeModel()
     model.set_tree(comp)
     nodes = _walk_round_trip(model)
-    assert not any(hasattr(n, "state_path") for n in nodes)     # no level is large enough for groups
+    assert not any(map(is_group, nodes))     # no level is large enough for groups
     assert len(nodes) == len(comp.tree.by_path) - 1
 
 
@@ -126,20 +127,25 @@ def test_grouped_model_passes_qt_model_tester(qtmodeltester):
     qtmodeltester.check(model)
 
 
+def _shown_view(qtbot, comp):
+    """The three synced panes, shown offscreen, holding ``comp``."""
+    from explorer.qt.compare_view import CompareView
+    view = CompareView()
+    qtbot.addWidget(view)
+    view.resize(1200, 600)
+    view.show()
+    view.set_tree(comp)
+    return view
+
+
 def test_a_huge_flat_level_is_laid_out_a_thousand_rows_at_a_time(qtbot):
     """Selecting the last of 30,000 flat keys: the three views lay out the rows of one group, not of all keys (Qt
     calls the model's index(), hasChildren() and flags() for every row of an expanded level: with 10**6 keys that
     was 15 s of a frozen window)."""
     import sys
 
-    from explorer.qt.compare_view import CompareView
-    keys = [info(f"t{i}", (1,)) for i in range(30_000)]
-    comp = C.Comparison(side(keys), None)
-    view = CompareView()
-    qtbot.addWidget(view)
-    view.resize(1200, 600)
-    view.show()
-    view.set_tree(comp)
+    comp = C.Comparison(side([info(f"t{i}", (1,)) for i in range(30_000)]), None)
+    view = _shown_view(qtbot, comp)
     qtbot.wait(50)
     calls = 0
 
@@ -235,19 +241,13 @@ def test_a_selected_group_row_stays_selected(make_window, qtbot, tmp_path):
 
 def test_expand_all_leaves_rows_of_keys_closed(qtbot):
     """Expand all opens every module but not the rows of 1,000 keys (opening 30 of them lays out every key)."""
-    from explorer.qt.compare_view import CompareView
     keys = [info(f"t{i}", (1,)) for i in range(30_000)] + [info(f"m.{i}.w", (1,)) for i in range(5)]
-    comp = C.Comparison(side(keys), None)
-    view = CompareView()
-    qtbot.addWidget(view)
-    view.resize(1200, 600)
-    view.show()
-    view.set_tree(comp)
+    view = _shown_view(qtbot, C.Comparison(side(keys), None))
     view.expand_all()
     qtbot.wait(20)
     model = view.model
     rows = [model.index(r, 0) for r in range(model.rowCount())]
-    groups = [i for i in rows if hasattr(model.data(i, NodeRole), "state_path")]
+    groups = [i for i in rows if is_group(model.data(i, NodeRole))]
     assert len(groups) == 31 and not any(view.left.isExpanded(g) for g in groups)
     m = model.index_of_path("m")
     assert view.left.isExpanded(m) and view.right.isExpanded(model.index_of_path("m.3"))
