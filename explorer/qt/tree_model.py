@@ -209,6 +209,9 @@ class StateTreeModel(QAbstractItemModel):
 
     def _cell(self, node, col: Column) -> dict:
         if type(node) is _Group:
+            comp = self.comparison
+            if col.side is not None and comp is not None and (comp.left, comp.right)[col.side] is None:
+                return {Qt.BackgroundRole: _HATCH if col.field == "name" else _PLACEHOLDER}   # nothing open there
             if col.field == "name" and col.side is not None:
                 return {Qt.DisplayRole: node.name, Qt.ForegroundRole: _brush("#7f8c8d"),
                         Qt.ToolTipRole: f"{len(node.children):,} of the {len(node.parent.children):,} entries of "

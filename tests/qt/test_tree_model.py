@@ -125,6 +125,8 @@ def test_grouped_model_passes_qt_model_tester(qtmodeltester):
     model = StateTreeModel()
     model.set_tree(C.Comparison(side(keys), None))
     qtmodeltester.check(model)
+    assert model.data(model.index(0, NAME_COLUMN[0]), Qt.DisplayRole) == "t0 … t999  (1,000)"
+    assert model.data(model.index(0, NAME_COLUMN[1]), Qt.DisplayRole) is None    # nothing open on the right
 
 
 def _shown_view(qtbot, comp):
