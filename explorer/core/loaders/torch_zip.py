@@ -1,8 +1,10 @@
 """torch.save's zip format (torch >= 1.6): ``<archive>/data.pkl`` plus one record per storage.
 
-Opening reads ``data.pkl`` only. It is the archive's first record, and a pickle ends itself, so it is read straight
-from its local header; the zip's end record is checked to catch truncated files. The zip directory (torch's own C++
-reader: fast even with 50,000 records) is opened when a value is first read, to find a storage's byte offset.
+Opening reads the zip's central directory and ``data.pkl`` -- the very records torch's own reader would read, found
+the way it finds them (:mod:`.zip_directory`), not the file's first local header. A stored ``data.pkl`` streams
+straight from the file; a deflated one is inflated within its declared size and a plausible limit. Storage records
+are looked up when a value is first read: stored ones are memory-mapped, deflated ones inflated (never shown as
+values while compressed). DCP chunks (:func:`open_archive`, :func:`parse_archive`) still go through torch's reader.
 """
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..safe_pickle import BoundedReader, PickleContext, SafeUnpickler, gc_paused
 from . import Reader, read_head, register
+from .zip_directory import (DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO, STORAGE_LIMIT, STORED,
+                             ZipDirectory)
 
 ZIP_MAGIC = b"PK\x03\x04"
-EOCD = b"PK\x05\x06"
 
 PARSE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
                 RecursionError, MemoryError, UnicodeDecodeError, OverflowError, LookupError, struct.error)
@@ -41,21 +44,6 @@ def open_archive(path, label: str | None = None):
         what = f"{size} bytes, " if size is not None else ""
         raise CorruptFileError(f"{label}: not a readable torch.save archive ({what}{_first_line(e)}); the file is "
                                "truncated or damaged — re-download or re-save it") from e
-
-
-class _LazyArchive:
-    """The zip directory of a file, opened on first use (reading a value), once."""
-
-    def __init__(self, path: str):
-        self.path = path
-        self._archive = None
-        self._lock = threading.Lock()
-
-    def get(self):
-        with self._lock:
-            if self._archive is None:
-                self._archive = open_archive(self.path)
-            return self._archive
 
 
 def _source(archive_of, label: str, file: str, base_offset: int = 0, maps=None) -> ByteSource:
@@ -94,47 +82,91 @@ def parse_archive(archive, label: str, base_offset: int = 0, file: str | None = 
     return unpickle(io.BytesIO(data), label, _source(lambda: archive, label, file or label, base_offset, maps))
 
 
-def _check_end(f, path: str, size: int) -> None:
-    """A zip ends with its directory's end record; a file cut short (interrupted download or save) has none."""
-    tail = min(size, 22 + 65535)
-    f.seek(size - tail)
-    data = f.read(tail)
-    at = data.rfind(EOCD)
-    if at < 0 or len(data) - at < 22:
-        raise CorruptFileError(f"{path}: the zip archive has no end record ({size} bytes): the file is truncated "
-                               "or still being written — re-download or re-save it")
-    entries, cd_size, cd_offset = struct.unpack("<HII", data[at + 10:at + 20])
-    if cd_offset != 0xFFFFFFFF and cd_size != 0xFFFFFFFF and cd_offset + cd_size > size:
-        raise CorruptFileError(f"{path}: the zip directory lies past the end of the file ({size} bytes): the file is "
-                               "truncated — re-download or re-save it")
+class _Window(BoundedReader):
+    """A stored record seen by the unpickler: reads, lines and look-aheads all end where the record ends."""
+
+    __slots__ = ()
+
+    def readline(self) -> bytes:
+        return self._f.readline(max(0, self._end - self._f.tell()))
+
+    def peek(self, n: int = 0) -> bytes:
+        return self._f.peek(n)[:max(0, self._end - self._f.tell())]
 
 
-def _first_record_pickle(f, path: str):
-    """The stream position of data.pkl when it is the archive's first record, stored uncompressed; else None."""
-    f.seek(0)
-    head = f.read(30)
-    if len(head) < 30 or head[:4] != ZIP_MAGIC:
-        return None
-    method, name_len, extra_len = struct.unpack("<H", head[8:10])[0], *struct.unpack("<HH", head[26:30])
-    name = f.read(name_len)
-    if method != 0 or not name.endswith(b"/data.pkl") or name.count(b"/") != 1:
-        return None
-    return 30 + name_len + extra_len
+class ZipSource(ByteSource):
+    """Storage records found as torch's reader finds them (:class:`ZipDirectory`); stored ones are memory-mapped,
+    deflated ones inflated -- exactly their declared size, which must be what the pickle says the storage holds."""
+
+    def __init__(self, path: str, directory: ZipDirectory, maps=None):
+        super().__init__(self._region, lambda ref: (path, f"data/{ref.key}", None), maps)
+        self._path = path
+        self._dir = directory
+        self._found: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+
+    def _record(self, ref):
+        with self._lock:
+            hit = self._found.get(ref.key)
+        if hit is not None:
+            return hit
+        name = f"data/{ref.key}"
+        e = self._dir.find(name)
+        if e is None:
+            raise CorruptFileError(f"{self._path}: storage record {name!r} is missing from the zip directory; the "
+                                   "archive is incomplete — re-save it")
+        self._dir.check_readable(e)
+        with open(self._path, "rb") as f:
+            start, _ = self._dir.local_header(f, e)
+        with self._lock:
+            hit = self._found[ref.key] = (e, start)
+        return hit
+
+    def _region(self, ref):
+        e, start = self._record(ref)
+        return self._path, start, e.usize if e.method == STORED else e.csize
+
+    def storage_bytes(self, ref) -> torch.Tensor:
+        e, start = self._record(ref)
+        if e.method == STORED:
+            return super().storage_bytes(ref)
+        need = ref.nbytes
+        if e.usize != need:
+            raise CorruptFileError(f"{self._path}: storage record {e.text!r} is compressed and inflates to "
+                                   f"{e.usize:,} bytes, but its tensors' storage holds {need:,}; the archive is "
+                                   "inconsistent (torch refuses it too) — refusing to show its values")
+        with open(self._path, "rb") as f:
+            data = self._dir.inflate(f, e, start, STORAGE_LIMIT, "storage record")
+        if not data:
+            return torch.empty(0, dtype=torch.uint8)
+        return torch.frombuffer(data, dtype=torch.uint8)
 
 
 def open_zip(path: str) -> Checkpoint:
+    """Read ``data.pkl`` -- the one torch's reader would read (see :mod:`.zip_directory`) -- with the safe
+    unpickler. Storage records are found the same way when a value is read. Where the zip's directory and its
+    local headers disagree, or names repeat, notes are listed among the objects the file names."""
     size = os.path.getsize(path)
-    lazy = _LazyArchive(path)
     with open(path, "rb") as f:
-        _check_end(f, path, size)
-        start = _first_record_pickle(f, path)
-        if start is not None:
+        directory = ZipDirectory(f, size, path)
+        entry = directory.find("data.pkl")
+        if entry is None:
+            raise CorruptFileError(f"{path}: the zip archive has no "
+                                   f"{directory.key_of('data.pkl').decode('utf-8', 'backslashreplace')!r}, so it is "
+                                   "not a torch.save file — open it with a zip tool to see what it holds")
+        directory.check_readable(entry)
+        start, local_name = directory.local_header(f, entry)
+        notes = directory.anomalies(f, entry, local_name)
+        source = ZipSource(path, directory)
+        if entry.method == STORED:
             f.seek(start)
-            root, refs = unpickle(BoundedReader(f, size), path, _source(lazy.get, path, path))
-        else:  # an unusual writer: let torch's reader find data.pkl
-            root, refs = parse_archive(lazy.get(), path)
+            stream = _Window(f, start + entry.usize)
+        else:
+            limit = min(DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO * entry.csize + (1 << 20))
+            stream = io.BytesIO(directory.inflate(f, entry, start, limit, "data.pkl"))
+        root, refs = unpickle(stream, path, source)
     try:
-        return Checkpoint(path, "torch-zip", root, refs)
+        return Checkpoint(path, "torch-zip", root, notes + refs)
     except CorruptFileError:
         raise
     except (RecursionError, TypeError, ValueError, AttributeError) as e:
