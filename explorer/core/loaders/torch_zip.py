@@ -4,7 +4,8 @@ Opening reads the zip's central directory and ``data.pkl`` -- the very records t
 the way it finds them (:mod:`.zip_directory`), not the file's first local header. A stored ``data.pkl`` streams
 straight from the file; a deflated one is inflated within its declared size and a plausible limit. Storage records
 are looked up when a value is first read: stored ones are memory-mapped, deflated ones inflated (never shown as
-values while compressed). DCP chunks (:func:`open_archive`, :func:`parse_archive`) still go through torch's reader.
+values while compressed). DCP chunks (:func:`open_archive`, :func:`parse_archive`) still go through torch's reader;
+:func:`read_archive` reads an archive embedded in a larger file the same way as a whole file.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import pickle
 import struct
 import threading
+from collections import OrderedDict
 
 import torch
 
@@ -94,15 +96,36 @@ class _Window(BoundedReader):
         return self._f.peek(n)[:max(0, self._end - self._f.tell())]
 
 
-class ZipSource(ByteSource):
-    """Storage records found as torch's reader finds them (:class:`ZipDirectory`); stored ones are memory-mapped,
-    deflated ones inflated -- exactly their declared size, which must be what the pickle says the storage holds."""
+class _Shifted:
+    """A file seen from ``base`` on (an archive embedded in a larger file, as a DCP chunk is)."""
 
-    def __init__(self, path: str, directory: ZipDirectory, maps=None):
-        super().__init__(self._region, lambda ref: (path, f"data/{ref.key}", None), maps)
-        self._path = path
+    __slots__ = ("_f", "_base")
+
+    def __init__(self, f, base: int):
+        self._f, self._base = f, base
+
+    def seek(self, pos: int) -> int:
+        return self._f.seek(self._base + pos) - self._base
+
+    def read(self, n: int = -1) -> bytes:
+        return self._f.read(n)
+
+
+class ZipSource(ByteSource):
+    """Storage records found as torch's reader finds them (:class:`ZipDirectory`): stored ones are memory-mapped,
+    deflated ones inflated -- exactly their declared size, which must be what the pickle says the storage holds
+    (as torch requires). The archive lies at ``base_offset`` in ``file``. The last few inflated storages are kept
+    (up to :data:`INFLATED_CACHE` bytes) so that reading many views of one storage inflates it once."""
+
+    INFLATED_CACHE = 64 << 20
+
+    def __init__(self, file: str, directory: ZipDirectory, base_offset: int = 0, maps=None):
+        super().__init__(self._region, lambda ref: (file, f"data/{ref.key}", None), maps)
+        self._file = file
+        self._base = base_offset
         self._dir = directory
         self._found: dict[str, tuple] = {}
+        self._inflated: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
     def _record(self, ref):
@@ -113,18 +136,21 @@ class ZipSource(ByteSource):
         name = f"data/{ref.key}"
         e = self._dir.find(name)
         if e is None:
-            raise CorruptFileError(f"{self._path}: storage record {name!r} is missing from the zip directory; the "
-                                   "archive is incomplete — re-save it")
+            raise CorruptFileError(f"{self._dir.label}: storage record {name!r} is missing from the zip directory; "
+                                   "the archive is incomplete — re-save it")
         self._dir.check_readable(e)
-        with open(self._path, "rb") as f:
-            start, _ = self._dir.local_header(f, e)
+        with open(self._file, "rb") as f:
+            start, _ = self._dir.local_header(_Shifted(f, self._base), e)
         with self._lock:
             hit = self._found[ref.key] = (e, start)
         return hit
 
     def _region(self, ref):
         e, start = self._record(ref)
-        return self._path, start, e.usize if e.method == STORED else e.csize
+        if e.method != STORED:
+            raise CorruptFileError(f"{self._dir.label}: storage record {e.text!r} is compressed; its bytes in the "
+                                   "file are not the tensor's values (read it through the checkpoint instead)")
+        return self._file, self._base + start, e.usize
 
     def storage_bytes(self, ref) -> torch.Tensor:
         e, start = self._record(ref)
@@ -132,41 +158,57 @@ class ZipSource(ByteSource):
             return super().storage_bytes(ref)
         need = ref.nbytes
         if e.usize != need:
-            raise CorruptFileError(f"{self._path}: storage record {e.text!r} is compressed and inflates to "
+            raise CorruptFileError(f"{self._dir.label}: storage record {e.text!r} is compressed and inflates to "
                                    f"{e.usize:,} bytes, but its tensors' storage holds {need:,}; the archive is "
                                    "inconsistent (torch refuses it too) — refusing to show its values")
-        with open(self._path, "rb") as f:
-            data = self._dir.inflate(f, e, start, STORAGE_LIMIT, "storage record")
-        if not data:
-            return torch.empty(0, dtype=torch.uint8)
-        return torch.frombuffer(data, dtype=torch.uint8)
+        with self._lock:
+            hit = self._inflated.get(ref.key)
+            if hit is not None:
+                self._inflated.move_to_end(ref.key)
+                return hit
+        with open(self._file, "rb") as f:
+            data = self._dir.inflate(_Shifted(f, self._base), e, start, STORAGE_LIMIT, "storage record")
+        out = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        if len(data) <= self.INFLATED_CACHE // 4:
+            with self._lock:
+                self._inflated[ref.key] = out
+                while sum(t.numel() for t in self._inflated.values()) > self.INFLATED_CACHE:
+                    self._inflated.popitem(last=False)
+        return out
+
+
+def read_archive(f, size: int, label: str, file: str | None = None, base_offset: int = 0, maps=None):
+    """(root, references) of the torch.save archive in the binary file ``f`` (``size`` bytes, lying at
+    ``base_offset`` in ``file``): the ``data.pkl`` torch's reader would read (see :mod:`.zip_directory`), parsed by
+    the safe unpickler; storages are found the same way when a value is read. Where the zip's directory and its
+    local headers disagree, or names repeat, notes lead the references (listed with the objects the file names)."""
+    directory = ZipDirectory(f, size, label)
+    entry = directory.find("data.pkl")
+    if entry is None:
+        raise CorruptFileError(f"{label}: the zip archive has no "
+                               f"{directory.key_of('data.pkl').decode('utf-8', 'backslashreplace')!r}, so it is not a "
+                               "torch.save file — open it with a zip tool to see what it holds")
+    directory.check_readable(entry)
+    start, local_name = directory.local_header(f, entry)
+    notes = directory.anomalies(f, entry, local_name)
+    source = ZipSource(file or label, directory, base_offset, maps)
+    f.seek(start)
+    if entry.method != STORED:
+        limit = min(DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO * entry.csize + (1 << 20))
+        stream = io.BytesIO(directory.inflate(f, entry, start, limit, "data.pkl"))
+    elif hasattr(f, "peek"):   # streamed straight from the file, never past the record
+        stream = _Window(f, start + entry.usize)
+    else:
+        stream = io.BytesIO(f.read(entry.usize))
+    root, refs = unpickle(stream, label, source)
+    return root, notes + refs
 
 
 def open_zip(path: str) -> Checkpoint:
-    """Read ``data.pkl`` -- the one torch's reader would read (see :mod:`.zip_directory`) -- with the safe
-    unpickler. Storage records are found the same way when a value is read. Where the zip's directory and its
-    local headers disagree, or names repeat, notes are listed among the objects the file names."""
-    size = os.path.getsize(path)
     with open(path, "rb") as f:
-        directory = ZipDirectory(f, size, path)
-        entry = directory.find("data.pkl")
-        if entry is None:
-            raise CorruptFileError(f"{path}: the zip archive has no "
-                                   f"{directory.key_of('data.pkl').decode('utf-8', 'backslashreplace')!r}, so it is "
-                                   "not a torch.save file — open it with a zip tool to see what it holds")
-        directory.check_readable(entry)
-        start, local_name = directory.local_header(f, entry)
-        notes = directory.anomalies(f, entry, local_name)
-        source = ZipSource(path, directory)
-        if entry.method == STORED:
-            f.seek(start)
-            stream = _Window(f, start + entry.usize)
-        else:
-            limit = min(DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO * entry.csize + (1 << 20))
-            stream = io.BytesIO(directory.inflate(f, entry, start, limit, "data.pkl"))
-        root, refs = unpickle(stream, path, source)
+        root, refs = read_archive(f, os.fstat(f.fileno()).st_size, path)
     try:
-        return Checkpoint(path, "torch-zip", root, notes + refs)
+        return Checkpoint(path, "torch-zip", root, refs)
     except CorruptFileError:
         raise
     except (RecursionError, TypeError, ValueError, AttributeError) as e:

@@ -115,51 +115,47 @@ class ZipDirectory:
         self.zip64 = zip64
         f.seek(cd_ofs)
         cd = f.read(cd_size)
-        self.entries = entries = []
+        # one tuple (name, method, flags, csize, usize, local header offset, external attributes) per entry
+        self.rows = rows = []
+        add = rows.append
         pos = 0
         unpack = CDH.unpack_from
+        end = cd_size - CDH.size
         for i in range(total):
-            if cd_size - pos < CDH.size or cd[pos:pos + 4] != b"PK\x01\x02":
+            if pos > end or cd[pos:pos + 4] != b"PK\x01\x02":
                 raise _fail(label, f"directory entry {i} is damaged")
             (_, _, _, flags, method, _, _, _, csize, usize, n_name, n_extra, n_comment, disk, _, external,
              local) = unpack(cd, pos)
-            name = cd[pos + 46:pos + 46 + n_name]
-            if U32 in (csize, usize, local) and n_extra:
-                usize, csize, local = self._zip64_extra(cd[pos + 46 + n_name:pos + 46 + n_name + n_extra],
-                                                        usize, csize, local, i)
-            if csize != U32 and usize != U32:
-                if (method == STORED and usize != csize) or (usize and not csize):
-                    raise _fail(label, f"directory entry {name!r} has inconsistent sizes")
-            if disk == 0xFFFF or (disk != this_disk and disk != 1):
-                raise _fail(label, "a multi-part archive")
-            if csize != U32 and local + 30 + csize > size:
-                raise _fail(label, f"record {name!r} lies past the end of the file")
-            if flags & 0x2000:
-                raise _fail(label, "an encrypted directory")
-            step = CDH.size + n_name + n_extra + n_comment
-            if step > cd_size - pos:
-                raise _fail(label, f"directory entry {name!r} runs past the directory")
-            entries.append(Entry(i, name, method, flags, csize, usize, local, external))
-            pos += step
-        if not entries:
+            at = pos + 46 + n_name
+            name = cd[pos + 46:at]
+            pos = at + n_extra + n_comment
+            if csize == U32 or usize == U32 or local == U32:
+                if n_extra:
+                    usize, csize, local = self._zip64_extra(cd[at:at + n_extra], usize, csize, local, i)
+            elif (usize != csize and method == STORED) or (usize and not csize) or local + 30 + csize > size:
+                raise _fail(label, f"directory entry {name[:200]!r} has inconsistent sizes or lies past the end "
+                                   "of the file")
+            if (disk != this_disk and disk != 1) or disk == 0xFFFF or flags & 0x2000 or pos > cd_size:
+                raise _fail(label, f"directory entry {name[:200]!r} is damaged (multi-part, masked or cut short)")
+            add((name, method, flags, csize, usize, local, external))
+        if not rows:
             raise _fail(label, "the archive holds no records")
-        first = entries[0].name.split(b"\0")[0]
+        first = rows[0][0].split(b"\0")[0]
         cut = first.find(b"/")
         if cut < 0:
             raise _fail(label, f"its first record {first[:80]!r} is not inside a folder")
         self.prefix = first[:cut + 1]
-        # lowercased name -> entry indices (miniz compares names ASCII-case-insensitively)
-        self._by_key: dict[bytes, int | list] = {}
-        keys = self._by_key
-        for e in entries:
-            k = e.name.lower()
-            had = keys.get(k)
-            if had is None:
-                keys[k] = e.index
-            elif type(had) is list:
-                had.append(e.index)
-            else:
-                keys[k] = [had, e.index]
+        # lowercased name -> entry index, or a list of them (miniz compares names ASCII-case-insensitively)
+        lowered = [r[0].lower() for r in rows]
+        keys = self._by_key = dict(zip(lowered, range(len(lowered))))
+        if len(keys) != len(lowered):   # repeated names: keep every index, in directory order
+            for k in keys:
+                keys[k] = []
+            for i, k in enumerate(lowered):
+                keys[k].append(i)
+            for k, v in keys.items():
+                if len(v) == 1:
+                    keys[k] = v[0]
         self._sorted: list[int] | None = None
 
     def _zip64_extra(self, extra: bytes, usize: int, csize: int, local: int, i: int):
@@ -193,22 +189,23 @@ class ZipDirectory:
         hit = self._by_key.get(key)
         if hit is None:
             return None
-        if type(hit) is int:
-            return self.entries[hit]
-        return self.entries[self._binary_search(key)]
+        return self.entry(hit if type(hit) is int else self._binary_search(key))
+
+    def entry(self, i: int) -> Entry:
+        return Entry(i, *self.rows[i])
 
     def duplicates(self) -> list[list[Entry]]:
         """Entries sharing a name (as torch's reader compares names), in directory order."""
-        return [[self.entries[i] for i in v] for v in self._by_key.values() if type(v) is list]
+        return [[self.entry(i) for i in v] for v in self._by_key.values() if type(v) is list]
 
     def _binary_search(self, key: bytes) -> int:
         """miniz's ``mz_zip_locate_file_binary_search`` over its heap-sorted directory."""
         order = self._sorted_indices()
-        entries = self.entries
+        rows = self.rows
         lo, hi = 0, len(order) - 1
         while lo <= hi:
             mid = lo + ((hi - lo) >> 1)
-            k = entries[order[mid]].name.lower()
+            k = rows[order[mid]][0].lower()
             if k == key:
                 return order[mid]
             if k < key:
@@ -222,7 +219,7 @@ class ZipDirectory:
         indices by lowercased name; bytes compare as miniz's ``mz_zip_reader_filename_less``."""
         if self._sorted is not None:
             return self._sorted
-        keys = [e.name.lower() for e in self.entries]
+        keys = [r[0].lower() for r in self.rows]
         a = list(range(len(keys)))
         size = len(a)
 
@@ -323,14 +320,15 @@ class ZipDirectory:
         where = f"the one at byte {chosen.local}"
         for group in self.duplicates():
             names = ", ".join(sorted({g.text for g in group}))
-            if chosen in group:
+            if any(g.index == chosen.index for g in group):
                 notes.append(f"(zip) {len(group)} records are named {names}: torch reads {where}, listed here")
             else:
                 notes.append(f"(zip) {len(group)} records are named {names}")
         if chosen_local_name != chosen.name:
             notes.append(f"(zip) the directory's {chosen.text!r} points at a local header named "
                          f"{chosen_local_name.decode('utf-8', 'backslashreplace')!r}: torch reads it, listed here")
-        outside = sum(1 for e in self.entries if not e.name.startswith(self.prefix))
+        prefix = self.prefix
+        outside = sum(1 for r in self.rows if not r[0].startswith(prefix))
         if outside:
             notes.append(f"(zip) {outside} record(s) lie outside the archive folder "
                          f"{self.prefix.decode('utf-8', 'backslashreplace')!r} (torch.load refuses such a file)")
@@ -341,6 +339,6 @@ class ZipDirectory:
             if chosen.local != 0 and first.lower().endswith(b"data.pkl"):
                 notes.append(f"(zip) the file's first record is {first.decode('utf-8', 'backslashreplace')!r} but "
                              f"the zip directory sends torch to the data.pkl at byte {chosen.local}, listed here")
-            elif not any(e.local == 0 for e in self.entries):
+            elif not any(r[5] == 0 for r in self.rows):
                 notes.append("(zip) the file's first record is not in the zip directory (torch never reads it)")
         return notes
