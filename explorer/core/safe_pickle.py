@@ -85,8 +85,14 @@ def _int_tuple(values, what: str) -> tuple:
     try:
         out = tuple(operator_index(v) for v in values)
     except TypeError:
-        raise pickle.UnpicklingError(f"a tensor's {what} is not a sequence of integers: {str(values)[:80]!r}") from None
+        raise pickle.UnpicklingError(f"a tensor's {what} is not a sequence of integers: {_quote(values)}") from None
     return out
+
+
+def _quote(value) -> str:
+    """A value from the file, quoted in a message: bounded and printable (see :func:`explorer.errors.shorten`)."""
+    from ..errors import shorten
+    return shorten(value, 80)
 
 
 def operator_index(v) -> int:
@@ -116,17 +122,19 @@ class TensorRecord:
 
     def _set(self, storage_offset, shape, stride):
         # the checks are inlined: this runs once per tensor of a file, 50,000 times for a large one
-        if type(storage_offset) is not int or storage_offset < 0:
+        if type(storage_offset) is not int or storage_offset < 0 or storage_offset >= 1 << 62:
             storage_offset = operator_index_or_fail(storage_offset, "storage offset")
-            if storage_offset < 0:
-                raise pickle.UnpicklingError(f"a tensor has a negative storage offset {storage_offset}")
+            if storage_offset < 0 or storage_offset >= 1 << 62:
+                raise pickle.UnpicklingError(f"a tensor has a storage offset {_quote(storage_offset)} outside "
+                                             "0..2**62")
         self.storage_offset = storage_offset
         if type(shape) is not tuple:
             shape = _int_tuple(shape, "shape")
         n = 1
         for s in shape:
-            if type(s) is not int or s < 0:
-                raise pickle.UnpicklingError(f"a tensor's shape is not a sequence of sizes: {str(shape)[:80]!r}")
+            if type(s) is not int or s < 0 or s >= 1 << 62:
+                raise pickle.UnpicklingError(f"a tensor's shape is not a sequence of sizes below 2**62: "
+                                             f"{_quote(shape)}")
             n *= s
         if n >= 1 << 62:
             raise pickle.UnpicklingError(f"a tensor claims {n} elements, more than any machine holds")
@@ -206,13 +214,13 @@ class PickleContext:
                 st = storage[1] if type(storage) is tuple and len(storage) > 1 else storage
                 self.dtype = st.dtype if type(st) is StorageType or type(st) is StorageRef else None
                 # TensorRecord._set inlined for the usual values (one Python call less per tensor of the file)
-                if type(storage_offset) is int and storage_offset >= 0 and type(size) is tuple \
+                if type(storage_offset) is int and 0 <= storage_offset < 1 << 62 and type(size) is tuple \
                         and type(stride) is tuple:
                     n = 1
                     for s in size:
-                        if type(s) is not int or s < 0:
+                        if type(s) is not int or s < 0 or s >= 1 << 62:
                             raise pickle.UnpicklingError(
-                                f"a tensor's shape is not a sequence of sizes: {str(size)[:80]!r}")
+                                f"a tensor's shape is not a sequence of sizes below 2**62: {_quote(size)}")
                         n *= s
                     if n >= 1 << 62:
                         raise pickle.UnpicklingError(f"a tensor claims {n} elements, more than any machine holds")
@@ -259,7 +267,7 @@ def operator_index_or_fail(v, what: str) -> int:
     try:
         return operator_index(v)
     except TypeError:
-        raise pickle.UnpicklingError(f"a tensor's {what} is not an integer: {str(v)[:80]!r}") from None
+        raise pickle.UnpicklingError(f"a tensor's {what} is not an integer: {_quote(v)}") from None
 
 
 class _StateSetter:
@@ -514,9 +522,14 @@ class SafeUnpickler(pickle.Unpickler):
             self.persistent_load = tuple  # a C callable: the raw id, no Python frame per tensor
 
     def load(self):
-        check_pickle_stream(self._file)  # nothing the C unpickler would hash takes longer than the budget
+        # nothing the C unpickler would hash takes longer than the budget; note strings no output could print
+        surrogates = check_pickle_stream(self._file)
         with _quiet_bytearray_bug(), _memo_cap(_size_of(self._file)):
-            return super().load()
+            obj = super().load()
+        if surrogates:
+            make_keys_printable(obj, getattr(self._context, "label", ""))
+        clean_metadata(obj)
+        return obj
 
     def _note(self, full: str) -> None:
         if full not in self._seen:
@@ -524,7 +537,7 @@ class SafeUnpickler(pickle.Unpickler):
             self.references.append(full)
 
     def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
-        module, name = str(module), str(name)
+        module, name = printable_key(str(module)), printable_key(str(name))
         if (module, name) in _compat_pickle.NAME_MAPPING:  # protocol-2 pickles use Python 2 names
             module, name = _compat_pickle.NAME_MAPPING[(module, name)]
         elif module in _compat_pickle.IMPORT_MAPPING:
@@ -561,17 +574,23 @@ _NUMPY_SCALAR = _sealed(_numpy_scalar)
 def storage_from_pid(pid, source=None) -> StorageRef:
     """Interpret a torch persistent id ``('storage', type, key, location, numel[, view])``."""
     if type(pid) is not tuple or len(pid) < 5 or pid[0] != "storage":
-        raise pickle.UnpicklingError(f"unexpected persistent id {str(pid)[:80]!r}")
+        raise pickle.UnpicklingError(f"unexpected persistent id {_quote(pid)}")
     storage_type, key, location, numel = pid[1], pid[2], pid[3], pid[4]
     dtype = storage_type.dtype if isinstance(storage_type, StorageType) else None
     if type(numel) is not int or numel < 0:
-        raise pickle.UnpicklingError(f"storage {key!r} has an invalid size {numel!r}")
+        raise pickle.UnpicklingError(f"storage {_quote(key)} has an invalid size {_quote(numel)}")
     view = pid[5] if len(pid) > 5 else None
     if view is not None and not (type(view) is tuple and len(view) == 3 and type(view[1]) is int
                                  and type(view[2]) is int and view[1] >= 0 and view[2] >= 0):
-        raise pickle.UnpicklingError(f"storage {key!r} has an invalid view {str(view)[:80]!r}")
-    return StorageRef(key if type(key) is str else str(key), dtype,
-                      location if type(location) is str else str(location), numel, view, source)
+        raise pickle.UnpicklingError(f"storage {_quote(key)} has an invalid view {_quote(view)}")
+    if type(key) is not str:  # torch writes str keys; anything else (a nested tuple...) is not a storage name
+        if type(key) is not int:
+            raise pickle.UnpicklingError(f"storage key {_quote(key)} is not a name")
+        key = str(key)
+    if numel >= 1 << 62:
+        raise pickle.UnpicklingError(f"storage {_quote(key)} claims {numel} elements, more than any machine holds")
+    return StorageRef(key, dtype,
+                      location if type(location) is str else _quote(location), numel, view, source)
 
 
 def safe_loads(data: bytes, persistent_load=None) -> tuple[Any, list[str]]:
@@ -1163,14 +1182,126 @@ def _pickle_buffer(file):
     return m, start, min(size, end if end is not None else size), m.close
 
 
-def check_pickle_stream(file) -> None:
-    """:func:`check_hash_work` over what ``file`` holds from its position on (its position is left as it was)."""
+def check_pickle_stream(file) -> bool:
+    """:func:`check_hash_work` over what ``file`` holds from its position on (its position is left as it was).
+    Returns whether the pickle spells a lone surrogate (its keys must then be made printable)."""
     got = _pickle_buffer(file)
     if got is None:
-        return
+        return False
     buf, start, end, release = got
     try:
-        check_hash_work(buf, start, end)
+        stop = check_hash_work(buf, start, end)
+        return holds_surrogates(buf, start, stop)
     finally:
         if release is not None:
             release()
+
+
+# ---- keys that print, and a ``_metadata`` torch could use ------------------------------------------------------------
+
+def printable_key(key: str) -> str:
+    """``key`` as it can be written to any UTF-8 output: lone surrogates (which a pickle's or a JSON header's string
+    may hold, and no encoder accepts) become their ``\\udXXX`` escapes; every other key is returned as it is."""
+    try:
+        key.encode("utf-8")
+        return key
+    except UnicodeEncodeError:
+        return key.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def unprintable(keys) -> bool:
+    """Does any of these strings hold a lone surrogate? (One encode of them all, at C speed.)"""
+    try:
+        "".join(k for k in keys if type(k) is str).encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def printable_keys(mapping: dict, label: str = "") -> dict:
+    """``mapping`` with its str keys made printable (:func:`printable_key`), in place and in order; unchanged (and
+    nothing copied) when every key prints. Two keys that become one are an error of the file."""
+    if not unprintable(_dict_keys(mapping)):
+        return mapping
+    items = list(mapping.items())
+    mapping.clear()
+    for k, v in items:
+        new = printable_key(k) if type(k) is str else k
+        if new in mapping:
+            from ..errors import CorruptFileError, shorten
+            raise CorruptFileError(f"{label}: keys {shorten(k)} and {shorten(new)} are the same once the first's "
+                                   "lone surrogates are spelled out; the file is corrupt — re-save it")
+        mapping[new] = v
+    return mapping
+
+
+def _dict_keys(mapping):
+    return dict.keys(mapping) if isinstance(mapping, dict) else mapping.keys()
+
+
+_SURROGATE_UTF8 = None
+
+
+def holds_surrogates(buf, start: int, end: int) -> bool:
+    """Does this pickle spell a lone surrogate (UTF-8 ``ED A0..BF ..``, as its BINUNICODE strings carry them)?"""
+    global _SURROGATE_UTF8
+    if _SURROGATE_UTF8 is None:
+        import re
+        _SURROGATE_UTF8 = re.compile(rb"\xed[\xa0-\xbf]")
+    return _SURROGATE_UTF8.search(buf, start, end) is not None
+
+
+def _walk_containers(root, visit, limit: int = 1_000_000, depth: int = 64) -> None:
+    """Call ``visit(obj)`` on every dict, list, tuple and placeholder state reachable from ``root`` (each once, at
+    most ``limit``, at most ``depth`` levels deep); tensor records and other leaves are skipped at C speed."""
+    seen: set = set()
+    stack = [(root, 0)]
+    while stack and len(seen) < limit:
+        obj, d = stack.pop()
+        if id(obj) in seen or d > depth:
+            continue
+        seen.add(id(obj))
+        visit(obj)
+        if isinstance(obj, dict):
+            values = dict.values(obj) if type(obj) in (dict, OrderedDict) else obj.values()
+        elif isinstance(obj, (list, tuple)):
+            values = obj
+        elif isinstance(obj, Inert):
+            values = (obj._state, obj._dict_items, obj._items, obj._args)
+        else:
+            continue
+        if any(issubclass(t, (dict, list, tuple, Inert)) for t in set(map(type, values))):
+            stack.extend((v, d + 1) for v in values if isinstance(v, (dict, list, tuple, Inert)))
+
+
+def make_keys_printable(root, label: str = "") -> None:
+    """Every dict key of a loaded pickle that holds a lone surrogate, spelled out (see :func:`printable_key`)."""
+    def visit(obj):
+        if isinstance(obj, dict):
+            printable_keys(obj, label)
+    _walk_containers(root, visit)
+
+
+_SIMPLE = (int, str, float, bool, type(None))
+
+
+def clean_metadata(root) -> None:
+    """A state dict's ``_metadata`` (module name -> {"version": 2, ...}) is what ``load_state_dict`` reads; a file may
+    put anything there (a placeholder, dicts nested 10**5 deep). Keep only entries of that form (str -> a dict of
+    plain values); drop an attribute that is not a mapping at all. Nothing else changes."""
+    def visit(obj):
+        meta = obj.__dict__.get("_metadata") if type(obj) is OrderedDict and obj.__dict__ else None
+        if meta is None:
+            return
+        if not isinstance(meta, dict):
+            del obj.__dict__["_metadata"]
+            return
+        good = all(type(k) is str and type(v) is dict and all(type(x) is str and type(y) in _SIMPLE
+                                                              for x, y in v.items()) for k, v in meta.items())
+        if not good:
+            clean = OrderedDict()
+            for k, v in meta.items():
+                if type(k) is str and type(v) is dict:
+                    clean[k] = {x: y for x, y in v.items() if type(x) is str and type(y) in _SIMPLE}
+            obj.__dict__["_metadata"] = clean
+    _walk_containers(root, visit, limit=100_000, depth=16)
