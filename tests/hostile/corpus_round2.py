@@ -206,8 +206,8 @@ def dcp_bytes_item(folder: str, inflated: int) -> None:
     with open(path, "rb") as f:
         md = pickle.load(f)
     item = _deflated_torch_zip(inflated)
-    for index, info in md.storage_data.items():
-        if index.fqn == "extra":
+    for index, info in list(md.storage_data.items()):
+        if index.fqn.startswith("extra"):  # DCP flattens {"extra": {"a": 1}} into the bytes item "extra.a"
             data_file = os.path.join(folder, info.relative_path)
             with open(data_file, "ab") as f:
                 offset = f.tell()
