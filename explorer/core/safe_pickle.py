@@ -1212,7 +1212,11 @@ def printable_key(key: str) -> str:
 def unprintable(keys) -> bool:
     """Does any of these strings hold a lone surrogate? (One encode of them all, at C speed.)"""
     try:
-        "".join(k for k in keys if type(k) is str).encode("utf-8")
+        try:
+            text = "".join(keys)  # at C speed: no Python frame per key
+        except TypeError:  # keys that are not all str (a pickle's dict)
+            text = "".join([k for k in keys if type(k) is str])
+        text.encode("utf-8")
         return False
     except UnicodeEncodeError:
         return True
