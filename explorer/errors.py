@@ -39,3 +39,68 @@ class KeyNotFoundError(ExplorerError, KeyError):
 
 class Cancelled(ExplorerError):
     """Long work was cancelled through ``should_stop``."""
+
+
+# ---- quoting what a file holds in a message -------------------------------------------------------------------------
+
+SHORT_TEXT = 120     # characters of a key, name or path from a file that a message quotes
+_RENDER_NODES = 40   # items of a nested value rendered before "..."
+
+
+def shorten(value: object, limit: int = SHORT_TEXT) -> str:
+    """``repr(value)`` for a message, bounded and printable: a key, name or path from a file may be 8 KB long, hold
+    lone surrogates or control characters, or be a tuple that shares itself 2**64 times (printing it in full never
+    ends). Long text is cut in the middle with its length said; nested values render at most a few dozen items;
+    the result is plain printable text (``repr`` escapes, surrogates and controls included)."""
+    try:
+        text = _render(value, [_RENDER_NODES])
+    except Exception:  # noqa: BLE001 - a hostile object's own repr may fail: say what it is
+        text = f"<{type(value).__name__}>"
+    if len(text) > limit:
+        keep = max(8, limit - 30)
+        text = f"{text[:keep * 2 // 3]}...{text[-(keep // 3):]} ({_length_note(value, text)})"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _length_note(value: object, text: str) -> str:
+    if isinstance(value, (str, bytes)):
+        return f"{len(value):,} characters" if isinstance(value, str) else f"{len(value):,} bytes"
+    return "cut"
+
+
+def _render(value: object, budget: list) -> str:
+    budget[0] -= 1
+    if budget[0] < 0:
+        return "..."
+    t = type(value)
+    if t is str:
+        return repr(value if len(value) <= 4 * SHORT_TEXT else value[:2 * SHORT_TEXT] + value[-SHORT_TEXT:])
+    if t is bytes:
+        return repr(value if len(value) <= 4 * SHORT_TEXT else value[:2 * SHORT_TEXT] + value[-SHORT_TEXT:])
+    if t is int:
+        return repr(value) if value.bit_length() <= 256 else f"<int of {value.bit_length():,} bits>"
+    if t in (float, bool, complex) or value is None:
+        return repr(value)
+    if isinstance(value, (tuple, list, set, frozenset)):
+        open_, close = {tuple: "()", list: "[]"}.get(t, "{}")
+        parts = []
+        for item in value:
+            if budget[0] <= 0:
+                parts.append("...")
+                break
+            parts.append(_render(item, budget))
+        if t is tuple and len(parts) == 1 and parts[0] != "...":
+            parts[0] += ","
+        return open_ + ", ".join(parts) + close
+    if isinstance(value, dict):
+        parts = []
+        for k, v in value.items():
+            if budget[0] <= 0:
+                parts.append("...")
+                break
+            parts.append(f"{_render(k, budget)}: {_render(v, budget)}")
+        return "{" + ", ".join(parts) + "}"
+    if t.__repr__ is object.__repr__:
+        return f"<{t.__name__}>"
+    text = repr(value)  # our own records and placeholders: short, fixed-form reprs
+    return text if len(text) <= 4 * SHORT_TEXT else text[:4 * SHORT_TEXT] + "..."

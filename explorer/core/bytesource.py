@@ -8,7 +8,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..errors import CorruptFileError
+from ..errors import CorruptFileError, shorten
 from .safe_pickle import ITEMSIZE, StorageRef, TensorRecord, address_space_lock
 
 # dtypes numpy cannot hold are viewed through torch
@@ -66,14 +66,15 @@ class ByteSource:
         need = ref.nbytes
         if length < need:
             raise CorruptFileError(
-                f"{file}: storage {ref.key!r} holds {length} bytes but its tensors need {need}; "
+                f"{file}: storage {shorten(ref.key)} holds {length} bytes but its tensors need {need}; "
                 "the file is truncated or corrupt — re-download or re-save it")
         if need == 0:
             return torch.empty(0, dtype=torch.uint8)
         size = os.path.getsize(file)
         if offset < 0 or offset + need > size:
             raise CorruptFileError(
-                f"{file}: storage {ref.key!r} lies at bytes {offset}..{offset + need} but the file has {size} bytes; "
+                f"{file}: storage {shorten(ref.key)} lies at bytes {offset}..{offset + need} but the file has {size} "
+                "bytes; "
                 "the file is truncated — re-download or re-save it")
         return torch.from_numpy(self.maps.bytes_of(file, offset, need, size))
 

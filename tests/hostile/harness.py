@@ -53,7 +53,12 @@ QUICK_OPS = {
     "valid": OPS, "keys": OPS, "many-tensors": OPS, "hostile-pickle": ("read", "inspect-json", "simulate"),
     "filesystem": ("read", "inspect-json", "stats", "simulate"), "sharded": ("read", "inspect-json", "diff"),
     "zip-structure": ("read", "inspect-json", "stats", "diff"), "bomb": ("read", "inspect-json", "simulate"),
+    # issue 13: a hang or a balloon may hide in any command; names with controls matter where text is printed
+    "hang": OPS, "balloon": OPS, "hf-cache": OPS, "messages": OPS,
+    "terminal": ("inspect", "inspect-json", "stats", "diff", "simulate"),
 }
+TEXT_OPS = ("inspect", "stats", "diff", "simulate")   # text output: no terminal control may reach it
+MAX_ERROR_LINE = 1000      # characters of an error line: a key or path it quotes is cut
 QUICK_DEFAULT = ("read", "inspect-json", "stats")
 TIMEOUT = 10.0
 MEM_CAP = 4 << 30          # RLIMIT_AS headroom above the fork server's own address space
@@ -68,7 +73,7 @@ DANGER_EVENTS = {"os.system", "subprocess.Popen", "os.exec", "os.posix_spawn", "
                  "pty.spawn", "webbrowser.open", "socket.connect", "socket.bind", "os.remove", "os.rmdir",
                  "shutil.rmtree", "os.rename", "os.truncate", "os.kill", "os.killpg", "ctypes.dlopen",
                  "os.startfile", "os.putenv", "os.unsetenv"}
-SEVERITY = ("code-exec", "crash", "hang", "memory", "unclean", "wrong")
+SEVERITY = ("code-exec", "crash", "hang", "memory", "unclean", "terminal", "wrong")
 
 
 @dataclass
@@ -383,6 +388,7 @@ def _collect(task, files, status, ru, seconds, killed, base_rss) -> Run:
     audit = _read_text(files["audit"], 20000)
     run.stderr = err[:2000]
     run.stdout_head = out[:300]
+    files_raw = {k: _read_raw(files[k], 1 << 26) if task["op"] in TEXT_OPS else b"" for k in ("out", "err")}
     for f in files.values():
         try:
             os.remove(f)
@@ -399,6 +405,11 @@ def _collect(task, files, status, ru, seconds, killed, base_rss) -> Run:
     budget = MEM_BUDGET + MEM_PER_TENSOR * inp.tensors
     if run.grow_mb * 2 ** 20 > budget:
         run.problems.append(("memory", f"peak RSS grew by {run.grow_mb:.0f} MB (budget {budget / 2 ** 20:.0f} MB)"))
+    if task["op"] in TEXT_OPS:
+        found = control_bytes(files_raw["out"] + b"\n" + files_raw["err"])
+        if found:
+            run.problems.append(("terminal", f"{len(found)} terminal control characters in text output, e.g. "
+                                             f"{found[:8]!r}"))
     ok_rcs = (0, 1) if task["op"] == "simulate" else (0,)
     if "Traceback" in err or "Traceback" in out[:20000]:
         run.problems.append(("unclean", "traceback: " + _last_line(err)))
@@ -410,6 +421,8 @@ def _collect(task, files, status, ru, seconds, killed, base_rss) -> Run:
             run.problems.append(("unclean", f"stderr is not an error line: {lines[0][:300]!r}"))
         elif lines[0].startswith("error: internal error"):
             run.problems.append(("unclean", lines[0][:300]))
+        elif len(lines[0]) > MAX_ERROR_LINE:
+            run.problems.append(("unclean", f"an error line of {len(lines[0]):,} characters: {lines[0][:200]!r}"))
         elif inp.expect == "ok":
             run.problems.append(("wrong", f"a valid input was refused: {lines[0][:300]}"))
         elif inp.bad_error and inp.bad_error in lines[0]:
@@ -452,6 +465,27 @@ def _classify(run: Run) -> None:
     if run.problems:
         kinds = [k for k, _ in run.problems]
         run.outcome = next(k for k in SEVERITY if k in kinds)
+
+
+_CONTROL = None
+
+
+def control_bytes(data: bytes) -> list[str]:
+    """The terminal controls in output bytes: C0 controls but newline and tab, DEL, C1 controls (U+0080..U+009F),
+    and raw bytes 0x80..0x9f that are not part of UTF-8 text (a C1 control to an 8-bit terminal). ESC is C0."""
+    global _CONTROL
+    if _CONTROL is None:
+        import re
+        _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\udc80-\udc9f]")
+    return _CONTROL.findall(data.decode("utf-8", "surrogateescape"))
+
+
+def _read_raw(path: str, limit: int) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit)
+    except OSError:
+        return b""
 
 
 def _read_text(path: str, limit: int) -> str:
@@ -497,6 +531,7 @@ def table(runs: list[Run], meta: dict) -> str:
     for r in runs:
         c = cats.setdefault(r.category, {"inputs": set(), "runs": 0, "result": 0, "clean-error": 0, "unclean": 0,
                                          "wrong": 0, "code-exec": 0, "crash": 0, "hang": 0, "memory": 0,
+                                         "terminal": 0,
                                          "peak": 0.0, "grow": 0.0, "slowest": 0.0})
         c["inputs"].add(r.input)
         c["runs"] += 1
@@ -505,16 +540,17 @@ def table(runs: list[Run], meta: dict) -> str:
         c["grow"] = max(c["grow"], r.grow_mb)
         c["slowest"] = max(c["slowest"], r.seconds)
     head = (f"{'category':<20} {'inputs':>6} {'runs':>6} {'results':>7} {'clean err':>9} {'unclean':>7} "
-            f"{'wrong':>5} {'code exec':>9} {'crashes':>7} {'hangs':>5} {'mem':>4} {'peak RSS MB':>11} "
+            f"{'wrong':>5} {'code exec':>9} {'crashes':>7} {'hangs':>5} {'mem':>4} {'ctrl':>4} {'peak RSS MB':>11} "
             f"{'(+growth)':>9} {'slowest s':>9}")
     lines = [head, "-" * len(head)]
     tot = {"inputs": 0, "runs": 0}
     for name, c in cats.items():
         lines.append(f"{name:<20} {len(c['inputs']):>6} {c['runs']:>6} {c['result']:>7} {c['clean-error']:>9} "
                      f"{c['unclean']:>7} {c['wrong']:>5} {c['code-exec']:>9} {c['crash']:>7} {c['hang']:>5} "
-                     f"{c['memory']:>4} {c['peak']:>11.0f} {c['grow']:>9.0f} {c['slowest']:>9.2f}")
+                     f"{c['memory']:>4} {c['terminal']:>4} {c['peak']:>11.0f} {c['grow']:>9.0f} {c['slowest']:>9.2f}")
         tot["inputs"] += len(c["inputs"])
-        for k in ("runs", "result", "clean-error", "unclean", "wrong", "code-exec", "crash", "hang", "memory"):
+        for k in ("runs", "result", "clean-error", "unclean", "wrong", "code-exec", "crash", "hang", "memory",
+                  "terminal"):
             tot[k] = tot.get(k, 0) + c[k]
     peak = max((r.peak_mb for r in runs), default=0)
     grow = max((r.grow_mb for r in runs), default=0)
@@ -522,7 +558,7 @@ def table(runs: list[Run], meta: dict) -> str:
     lines.append("-" * len(head))
     lines.append(f"{'TOTAL':<20} {tot['inputs']:>6} {tot['runs']:>6} {tot['result']:>7} {tot['clean-error']:>9} "
                  f"{tot['unclean']:>7} {tot['wrong']:>5} {tot['code-exec']:>9} {tot['crash']:>7} {tot['hang']:>5} "
-                 f"{tot['memory']:>4} {peak:>11.0f} {grow:>9.0f} {slow:>9.2f}")
+                 f"{tot['memory']:>4} {tot['terminal']:>4} {peak:>11.0f} {grow:>9.0f} {slow:>9.2f}")
     lines.append(f"inputs changed by the runs: {len(meta['changed_inputs'])}; fork-server RSS "
                  f"{meta['base_rss_mb']:.0f} MB (growth = peak RSS above it); {meta['seconds']:.1f} s of runs")
     return "\n".join(lines)

@@ -20,7 +20,19 @@ from tests.hostile.harness import ROOT, exercise
 
 # (input, op) -> the bug, as shell patterns (fnmatch). Keep this short and exact; each entry is a strict xfail below,
 # and fails (XPASS) once the reader is fixed: then delete it. Proposed fixes: see the issue 7 report.
-KNOWN: dict[tuple[str, str], str] = {}  # none open now; add (input, op) patterns with the bug, as xfails below
+_CONTROLS = "terminal controls in text output: fixed by the output-layer change (h-cli)"
+KNOWN: dict[tuple[str, str], str] = {
+    # issue 13 class 5: keys, global names and file names reach the terminal raw; the output layer (explorer/cli.py,
+    # explorer/commands/*) escapes them -- fixed by the output-layer change (h-cli); remove these once it is merged
+    **{(name, op): _CONTROLS for name in ("keys-safetensors:control-chars", "keys-zip:control-chars",
+                                         "terminal:file-name") for op in ("inspect", "diff", "simulate")},
+    **{(name, op): _CONTROLS for name in ("terminal:keys-safetensors", "terminal:keys-zip")
+       for op in ("inspect", "stats", "diff", "simulate")},
+    ("terminal:global-name", "inspect"): _CONTROLS,
+    # issue 13 class 8: `stats`' "no tensor ...; did you mean ..." quotes the asked key and the file's close keys
+    # uncut (explorer/commands/stats.py): fixed by the output-layer change (h-cli), with explorer.errors.shorten
+    ("messages:long-key-stats-missing", "stats"): "an 8 KB key quoted whole in stats' error line (h-cli)",
+}
 
 
 def _known(run) -> tuple[str, str] | None:
@@ -54,7 +66,9 @@ def _fmt(runs) -> str:
 def test_covers_every_category(harness):
     cats = {r["category"] for r in harness["runs"]}
     want = {"valid", "hostile-pickle", "bomb", "truncated", "flipped", "filesystem", "safetensors-header",
-            "zip-structure", "sharded", "dcp", "keys", "many-tensors"}
+            "zip-structure", "sharded", "dcp", "keys", "many-tensors",
+            # issue 13
+            "hang", "balloon", "terminal", "hf-cache", "messages"}
     assert want <= cats, f"missing categories: {want - cats}"
     ops = {r["op"] for r in harness["runs"]}
     assert {"read", "inspect", "inspect-json", "stats", "diff", "simulate"} <= ops
@@ -80,6 +94,36 @@ def test_every_run_clean_or_a_correct_result(harness):
     bounded. Known bugs are checked one by one in test_known_bug."""
     bad = [r for r in _bad(harness) if _known(r) is None]
     assert not bad, f"{len(bad)} failing runs:\n" + _fmt(bad)
+
+
+def test_round_two_hangs_and_balloons_are_bounded(harness):
+    """Issue 13, classes 3 and 4: every input built to hang or balloon ran every command under the time limit and
+    the memory budget, with a clean answer."""
+    runs = [r for r in harness["runs"] if r["category"] in ("hang", "balloon")]
+    assert len({r["input"] for r in runs}) >= 20 and {r["op"] for r in runs} >= {"read", "inspect", "stats",
+                                                                                "diff", "simulate"}
+    assert not _bad({"runs": runs}), _fmt(_bad({"runs": runs}))
+    assert max(r["seconds"] for r in runs) < 5, max(runs, key=lambda r: r["seconds"])
+
+
+def test_no_terminal_controls_in_text_output(harness):
+    """Issue 13, class 5 (the check): text output of inspect / stats / diff / simulate holds no terminal control;
+    the inputs the output layer has yet to escape are the KNOWN ones."""
+    runs = [r for r in harness["runs"] if r["category"] == "terminal"]
+    assert runs and {"inspect", "stats", "diff", "simulate"} <= {r["op"] for r in runs}
+    bad = [r for r in _bad(harness, {"terminal"}) if _known(r) is None]
+    assert not bad, _fmt(bad)
+
+
+def test_hf_cache_snapshot_opens_in_every_command(harness):
+    """Issue 13, class 6: a Hugging Face cache snapshot (shards symlinked into ../../blobs) opens in every command;
+    an index naming a path outside its folder is still refused."""
+    runs = {(r["input"], r["op"]): r for r in harness["runs"] if r["category"] == "hf-cache"}
+    for name in ("hf-cache:snapshot-folder", "hf-cache:snapshot-index", "hf-cache:snapshot-bin-folder"):
+        for op in ("read", "inspect", "inspect-json", "stats", "diff", "simulate"):
+            r = runs[(name, op)]
+            assert r["rc"] in ((0, 1) if op == "simulate" else (0,)) and not r["problems"], _fmt([r])
+    assert all(runs[("hf-cache:index-names-blob-path", op)]["rc"] == 2 for op in ("read", "inspect"))
 
 
 def test_memo_bomb_is_refused_with_bounded_memory(harness):

@@ -6,6 +6,7 @@ Order of dispatch: readers by priority (highest first); the first whose ``identi
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -50,6 +51,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not os.access(path, os.R_OK | (os.X_OK if is_dir else 0)):
         raise UnsupportedFormatError(f"{path}: permission denied — check the {'folder' if is_dir else 'file'}'s "
                                      "permissions (or run as a user who may read it)")
+    if not is_dir:
+        check_regular(path)
     if not is_dir and os.path.getsize(path) == 0:
         raise CorruptFileError(f"{path}: the file is empty (0 bytes); it was not fully written or downloaded — "
                                "re-download or re-save it")
@@ -99,7 +102,52 @@ def _import_builtin() -> None:
 
 def read_head(path: str, n: int = 16) -> bytes:
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             return f.read(n)
-    except (IsADirectoryError, PermissionError, OSError):
+    except (IsADirectoryError, PermissionError, OSError, UnsupportedFormatError):
         return b""
+
+
+def _kind(mode: int) -> str | None:
+    """What a path is when it is not a regular file or a folder (None when it is one of those)."""
+    for test, what in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return what
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else "not a regular file"
+
+
+def _not_a_file(path: str, what: str) -> UnsupportedFormatError:
+    return UnsupportedFormatError(f"{path}: is {what}, not a checkpoint file (reading a FIFO or a device may block "
+                                  "or never end) — open the checkpoint file itself")
+
+
+def check_regular(path: str) -> None:
+    """Refuse a FIFO, a device or a socket by what ``stat`` says (following links), before anything opens it."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # the open that follows says what is wrong
+    what = _kind(mode)
+    if what is not None:
+        raise _not_a_file(path, what)
+
+
+def open_regular(path: str, mode: str = "rb"):
+    """``open(path, mode)`` for reading, that never blocks: opened non-blocking, then checked to be a regular file
+    (a FIFO swapped in after a ``stat`` cannot hang us either). Raises :class:`UnsupportedFormatError` for anything
+    else (a folder raises ``IsADirectoryError``, as ``open`` does)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(21, "Is a directory", path)
+        what = _kind(st.st_mode)
+        if what is not None:
+            raise _not_a_file(path, what)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, mode)
+    except BaseException:
+        os.close(fd)
+        raise

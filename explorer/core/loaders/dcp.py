@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import struct
 import pickle
 import threading
@@ -25,11 +26,12 @@ from typing import Any
 
 import torch
 
-from ...errors import CorruptFileError, UnsafePathError
+from ...errors import CorruptFileError, ExplorerError, UnsafePathError, shorten
 from ..bytesource import TORCH_DTYPES, ByteSource, read_record
 from ..checkpoint import Checkpoint
-from ..safe_pickle import Inert, SafeUnpickler, StorageRef, TensorRecord, TorchDtype, gc_paused
-from . import Reader, register
+from ..safe_pickle import (ITEMSIZE, Inert, SafeUnpickler, StorageRef, TensorRecord, TorchDtype, gc_paused,
+                           printable_key)
+from . import Reader, open_regular, register
 
 METADATA = ".metadata"
 DATA_SUFFIX = ".distcp"
@@ -44,8 +46,8 @@ _DCP_MACHINERY = (
 
 
 def identify(path: str) -> bool:
-    if os.path.isdir(path):
-        return os.path.isfile(os.path.join(path, METADATA))
+    if os.path.isdir(path):  # a .metadata that is a FIFO or a folder is this reader's to refuse, clearly
+        return os.path.exists(os.path.join(path, METADATA))
     return os.path.basename(path) == METADATA and os.path.isfile(path)
 
 
@@ -63,7 +65,7 @@ class _FileView(io.RawIOBase):
 
     def __init__(self, path: str, start: int, length: int):
         super().__init__()
-        self._f = open(path, "rb")
+        self._f = open_regular(path)
         self._start, self._length, self._pos = start, length, 0
 
     def readable(self):
@@ -119,7 +121,8 @@ class DcpSource(ByteSource):
         if len(chunks) == 1:
             c = chunks[0]
             return c.file, c.offset, c.length
-        raise CorruptFileError(f"{self.folder}: tensor {ref.key!r} is stored in {len(chunks)} chunks, not one region")
+        raise CorruptFileError(f"{self.folder}: tensor {shorten(ref.key)} is stored in {len(chunks)} chunks, not one "
+                               "region")
 
     def describe(self, ref):
         chunks = self.chunks.get(ref.key) or []
@@ -134,12 +137,13 @@ class DcpSource(ByteSource):
         shape = self.shapes[key]
         dtype = TORCH_DTYPES.get(ref.dtype or "")
         if not chunks or dtype is None:
-            raise CorruptFileError(f"{self.folder}: tensor {key!r} has no readable chunks (dtype {ref.dtype})")
+            raise CorruptFileError(f"{self.folder}: tensor {shorten(key)} has no readable chunks (dtype {ref.dtype})")
         if len(chunks) == 1 and all(o == 0 for o in chunks[0].offsets) and tuple(chunks[0].sizes) == shape:
             t = self._read_chunk(key, chunks[0], dtype)
             if not t.is_contiguous():
                 t = t.contiguous()
         else:
+            self._check_chunks(key, chunks, shape, ITEMSIZE.get(ref.dtype or "", 1))  # before allocating the whole
             t = torch.zeros(shape, dtype=dtype)
             covered = 0
             for c in chunks:
@@ -147,18 +151,46 @@ class DcpSource(ByteSource):
                 view = t
                 for dim, (o, s) in enumerate(zip(c.offsets, c.sizes)):
                     if o < 0 or o + s > shape[dim]:
-                        raise CorruptFileError(f"{self.folder}: a chunk of {key!r} lies outside its shape "
+                        raise CorruptFileError(f"{self.folder}: a chunk of {shorten(key)} lies outside its shape "
                                                f"{list(shape)}; the metadata is corrupt")
                     view = view.narrow(dim, o, s)
                 view.copy_(part)
                 covered += part.numel()
             if covered < t.numel():
-                raise CorruptFileError(f"{self.folder}: the chunks of {key!r} cover {covered} of {t.numel()} "
+                raise CorruptFileError(f"{self.folder}: the chunks of {shorten(key)} cover {covered} of {t.numel()} "
                                        "elements; a rank's data is missing — copy every .distcp file")
         return t.reshape(-1).view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
 
+    def _check_chunks(self, key: str, chunks: list, shape: tuple, itemsize: int) -> None:
+        """What the metadata declares must add up before the whole tensor is allocated: every chunk inside the
+        shape, the chunks' elements the tensor's, and the bytes their files really hold at least what that needs
+        (a 16 KB checkpoint may declare a tensor of gigabytes)."""
+        numel = 1
+        for s in shape:
+            numel *= s
+        total = 0
+        present = 0
+        for c in chunks:
+            n = 1
+            for dim, (o, s) in enumerate(zip(c.offsets, c.sizes)):
+                if type(o) is not int or type(s) is not int or o < 0 or s < 0 or o + s > shape[dim]:
+                    raise CorruptFileError(f"{self.folder}: a chunk of {shorten(key)} lies outside its shape "
+                                           f"{list(shape)}; the metadata is corrupt — copy the checkpoint again")
+                n *= s
+            total += n
+            if not c.transforms:
+                present += max(0, min(c.length, _file_size(c.file) - c.offset))
+        if total != numel:
+            raise CorruptFileError(f"{self.folder}: the chunks of {shorten(key)} hold {total:,} elements, its shape "
+                                   f"{list(shape)} {numel:,}; a rank's data is missing or the metadata is corrupt — "
+                                   "copy every .distcp file with the .metadata")
+        if all(not c.transforms for c in chunks) and present < numel * itemsize:
+            raise CorruptFileError(f"{self.folder}: tensor {shorten(key)} of shape {list(shape)} needs "
+                                   f"{numel * itemsize:,} bytes but its chunks' files hold {present:,}; the "
+                                   "checkpoint is truncated or its metadata is corrupt — copy it again")
+
     def _read_chunk(self, key: str, c: _Chunk, dtype) -> torch.Tensor:
-        label = f"{c.file} (chunk of {key!r} at byte {c.offset})"
+        label = f"{c.file} (chunk of {shorten(key)} at byte {c.offset})"
         if c.transforms:
             raise CorruptFileError(f"{label}: stored through DCP storage extensions {list(c.transforms)} (e.g. "
                                    "compression), which this tool does not read yet — load it with torch")
@@ -169,7 +201,7 @@ class DcpSource(ByteSource):
         if c.offset < 0 or c.offset + c.length > size:
             raise CorruptFileError(f"{label}: the chunk ends past the end of the file ({size} bytes); the file is "
                                    "truncated — copy it again")
-        with open(c.file, "rb") as f:
+        with open_regular(c.file) as f:
             f.seek(c.offset)
             head = f.read(4)
         if head == b"PK\x03\x04":
@@ -207,7 +239,7 @@ class DcpSource(ByteSource):
         """``SerializationFormat.SAFETENSORS``: a safetensors blob, keyed by fqn, begins at the chunk's offset."""
         from .safetensors_reader import DTYPES, ITEMSIZES
         try:
-            with open(c.file, "rb") as f:
+            with open_regular(c.file) as f:
                 f.seek(c.offset)
                 (n,) = struct.unpack("<Q", f.read(8))
                 if n > 100 * 1024 * 1024 or c.offset + 8 + n > os.path.getsize(c.file):
@@ -222,8 +254,8 @@ class DcpSource(ByteSource):
             if end - begin != numel * ITEMSIZES[code]:
                 raise ValueError("data_offsets do not match the shape")
         except (OSError, ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as e:
-            raise CorruptFileError(f"{label}: neither a torch.save archive nor a safetensors entry for {key!r} "
-                                   f"({type(e).__name__}: {e}); the file is corrupt") from e
+            raise CorruptFileError(f"{label}: neither a torch.save archive nor a safetensors entry for {shorten(key)} "
+                                   f"({type(e).__name__}: {shorten(str(e))}); the file is corrupt") from e
         start = c.offset + 8 + n + begin
         src = ByteSource(lambda ref: (c.file, start, end - begin))
         ref = StorageRef(key, dtype, "cpu", numel, source=src)
@@ -231,15 +263,32 @@ class DcpSource(ByteSource):
 
 
 def _safe_file(folder: str, name: object, meta_path: str) -> str:
-    if not isinstance(name, str) or not name or os.path.isabs(name):
-        raise UnsafePathError(f"{meta_path}: a chunk names data file {name!r}, which is not a file name inside the "
-                              "checkpoint folder — refusing to read it")
-    real = os.path.realpath(folder)
-    full = os.path.realpath(os.path.join(folder, name))
-    if os.path.commonpath([real, full]) != real:
-        raise UnsafePathError(f"{meta_path}: data file {name!r} lies outside the checkpoint folder — refusing to "
-                              "read it")
-    return full
+    """A data file the metadata names, judged by the *name* (a relative path inside the folder: no ``..``, not
+    absolute, no drive): where a symlink of that name points is the user's business (a cache of links)."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise UnsafePathError(f"{meta_path}: a chunk names data file {shorten(name)}, which is not a file name inside "
+                              "the checkpoint folder — refusing to read it")
+    parts = name.replace("\\", "/").split("/")
+    if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
+        raise UnsafePathError(f"{meta_path}: data file {shorten(name)} lies outside the checkpoint folder — refusing "
+                              "to read it")
+    return os.path.join(folder, name)
+
+
+def _file_size(path: str) -> int:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
+
+def _int(value, what: str, fqn: str, meta_path: str) -> int:
+    """An offset or length from the metadata: a non-negative int below 2**62, else one clear error."""
+    if type(value) is not int or not 0 <= value < 1 << 62:
+        raise CorruptFileError(f"{meta_path}: the {what} of a chunk of {shorten(fqn)} is {shorten(value)}, not a "
+                               "byte count; the metadata is corrupt — copy the checkpoint folder again")
+    return value
 
 
 def _contiguous(shape) -> tuple:
@@ -261,10 +310,14 @@ def _read_bytes_item(folder: str, info: dict, meta_path: str):
     if length > MAX_BYTES_ITEM:
         return f"<{length} bytes, not read>", []
     file = _safe_file(folder, rel, meta_path)
-    if not os.path.isfile(file) or offset + length > os.path.getsize(file):
+    if offset < 0 or length < 0 or offset + length > _file_size(file):
         raise CorruptFileError(f"{file}: a data file of the DCP checkpoint is missing or truncated — copy every "
                                ".distcp file with the .metadata")
     view = _FileView(file, offset, length)
+    inflated = _inflated_size(view)
+    if inflated > MAX_BYTES_ITEM:  # a deflated data.pkl may inflate a thousand times: bound it by what it declares
+        view.close()
+        return f"<{length} bytes holding {inflated} once inflated, not read>", []
     try:
         root, refs = parse_archive(open_archive(view, f"{file}@{offset}"), f"{file}@{offset}",
                                    base_offset=offset, file=file)
@@ -273,19 +326,35 @@ def _read_bytes_item(folder: str, info: dict, meta_path: str):
     return root, refs
 
 
+def _inflated_size(view) -> int:
+    """What the records of the embedded zip declare they hold once inflated (the zip's directory, read with the
+    standard library: nothing is inflated). A zip it cannot read is left for torch's reader to reject."""
+    import zipfile
+    try:
+        with zipfile.ZipFile(view) as z:
+            return sum(i.file_size for i in z.infolist() if i.filename.endswith("data.pkl"))
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError):
+        return 0
+    finally:
+        view.seek(0)
+
+
 def open_dcp(path: str) -> Checkpoint:
     folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     meta_path = os.path.join(folder, METADATA)
     try:
-        with open(meta_path, "rb") as f, gc_paused():
+        with open_regular(meta_path) as f, gc_paused():
             up = SafeUnpickler(f)
             md = up.load()
     except OSError as e:
         raise CorruptFileError(f"{meta_path}: cannot read the DCP metadata ({e.strerror}) — check permissions") from e
+    except ExplorerError:
+        raise
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             RecursionError, MemoryError, UnicodeDecodeError, OverflowError) as e:
-        raise CorruptFileError(f"{meta_path}: the DCP metadata could not be parsed ({type(e).__name__}); the file "
-                               "is truncated or corrupt — copy the checkpoint folder again") from e
+        raise CorruptFileError(f"{meta_path}: the DCP metadata could not be parsed ({type(e).__name__}: "
+                               f"{str(e)[:200]}); the file is truncated or corrupt — copy the checkpoint folder "
+                               "again") from e
     state = _state(md)
     sdm = state.get("state_dict_metadata")
     if _name(md) != "Metadata" or not isinstance(sdm, dict):
@@ -303,6 +372,8 @@ def open_dcp(path: str) -> Checkpoint:
         if not isinstance(fqn, str):
             continue
         off = ist.get("offset")
+        if isinstance(off, (tuple, list)) and not all(type(o) is int for o in off):
+            continue  # never hash what the file nests (a shared tuple may be 2**64 items): not an offset anyway
         key = (fqn, tuple(off) if isinstance(off, (tuple, list)) else None)
         where[key] = sinfo
         where_by_fqn.setdefault(fqn, []).append(sinfo)
@@ -311,7 +382,7 @@ def open_dcp(path: str) -> Checkpoint:
     refs = [r for r in up.references if not r.startswith(_DCP_MACHINERY)]
     flat: list[tuple[tuple, Any]] = []
     for fqn, item in sdm.items():
-        fqn = str(fqn)
+        fqn = printable_key(fqn) if type(fqn) is str else shorten(fqn)
         kind = _name(item)
         if kind == "TensorStorageMetadata":
             st = _state(item)
@@ -323,25 +394,33 @@ def open_dcp(path: str) -> Checkpoint:
             elif isinstance(pstate, dict) and isinstance(pstate.get("dtype"), TorchDtype):
                 dtype = str(pstate["dtype"])
             size = st.get("size")
-            if dtype is None or not isinstance(size, tuple) or not all(type(s) is int and s >= 0 for s in size):
-                raise CorruptFileError(f"{meta_path}: tensor {fqn!r} has no valid dtype or size in the metadata; "
-                                       "the file is corrupt")
+            if dtype is None or not isinstance(size, tuple) or not all(type(s) is int and 0 <= s < 1 << 62
+                                                                       for s in size):
+                raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} has no valid dtype or size in the "
+                                       f"metadata (size {shorten(size)}); the file is corrupt — copy the checkpoint "
+                                       "folder again")
             chunks = []
             for ch in st.get("chunks") or []:
                 cst = _state(ch)
                 offsets, sizes = cst.get("offsets"), cst.get("sizes")
-                if not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or len(offsets) != len(size):
-                    raise CorruptFileError(f"{meta_path}: a chunk of {fqn!r} has no valid offsets/sizes")
+                if (not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or len(offsets) != len(size)
+                        or len(sizes) != len(size) or not all(type(o) is int for o in offsets + sizes)):
+                    raise CorruptFileError(f"{meta_path}: a chunk of {shorten(fqn)} has no valid offsets/sizes; the "
+                                           "metadata is corrupt")
                 sinfo = where.get((fqn, offsets))
                 if sinfo is None:
-                    raise CorruptFileError(f"{meta_path}: no data file holds the chunk of {fqn!r} at {list(offsets)}; "
-                                           "the metadata is incomplete")
+                    raise CorruptFileError(f"{meta_path}: no data file holds the chunk of {shorten(fqn)} at "
+                                           f"{shorten(offsets)}; the metadata is incomplete")
                 file = _safe_file(folder, sinfo.get("relative_path"), meta_path)
-                chunks.append(_Chunk(offsets, sizes, file, int(sinfo.get("offset", -1)),
-                                     int(sinfo.get("length", -1)), sinfo.get("transform_descriptors")))
+                chunks.append(_Chunk(offsets, sizes, file, _int(sinfo.get("offset"), "offset", fqn, meta_path),
+                                     _int(sinfo.get("length"), "length", fqn, meta_path),
+                                     sinfo.get("transform_descriptors")))
             numel = 1
             for s in size:
                 numel *= s
+            if numel >= 1 << 62:
+                raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} claims {numel:,} elements (size "
+                                       f"{list(size)}), more than any machine holds; the metadata is corrupt")
             source.chunks[fqn] = chunks
             source.shapes[fqn] = size
             ref = StorageRef(fqn, dtype, "cpu", numel, source=source)
@@ -354,7 +433,8 @@ def open_dcp(path: str) -> Checkpoint:
             else:
                 value = "<missing>"
         loc = planner.get(fqn)
-        parts = tuple(str(p) for p in loc) if isinstance(loc, (tuple, list)) and loc else (fqn,)
+        parts = (tuple(printable_key(p) if type(p) is str else shorten(p) for p in loc)
+                 if isinstance(loc, (tuple, list)) and 0 < len(loc) <= 1000 else (fqn,))
         flat.append((parts, value))
     with gc_paused():
         root = _nest(flat)

@@ -6,11 +6,11 @@ import os
 import pickle
 import struct
 
-from ...errors import CorruptFileError
+from ...errors import CorruptFileError, ExplorerError, shorten
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..safe_pickle import ITEMSIZE, BoundedReader, SafeUnpickler, gc_paused, storage_from_pid
-from . import Reader, read_head, register
+from . import Reader, open_regular, read_head, register
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -33,7 +33,8 @@ def open_legacy(path: str) -> Checkpoint:
     def resolve(ref):
         key = ref.key
         if key not in regions:
-            raise CorruptFileError(f"{path}: storage {key!r} is not in the file's storage list; the file is corrupt")
+            raise CorruptFileError(f"{path}: storage {shorten(key)} is not in the file's storage list; the file is "
+                                   "corrupt")
         offset, length = regions[key]
         return path, offset, length
 
@@ -53,7 +54,7 @@ def open_legacy(path: str) -> Checkpoint:
 
     size = os.path.getsize(path)
     try:
-        with open(path, "rb") as f, gc_paused():
+        with open_regular(path) as f, gc_paused():
             bf = BoundedReader(f, size)
             if SafeUnpickler(bf).load() != MAGIC_NUMBER:
                 raise CorruptFileError(f"{path}: not a torch.save legacy file (wrong magic number) — it may be a "
@@ -69,9 +70,15 @@ def open_legacy(path: str) -> Checkpoint:
                 raise CorruptFileError(f"{path}: the storage list is not a list; the file is corrupt")
             pos = f.tell()
             for key in keys:
-                ref = storages.get(str(key))
+                if type(key) is not str:  # never str() what the file nests: a shared tuple prints 2**64 items
+                    if type(key) is not int:
+                        raise CorruptFileError(f"{path}: the storage list holds {shorten(key)}, not a storage "
+                                               "name; the file is corrupt")
+                    key = str(key)
+                ref = storages.get(key)
                 if ref is None:
-                    raise CorruptFileError(f"{path}: lists storage {key!r} that no tensor uses; the file is corrupt")
+                    raise CorruptFileError(f"{path}: lists storage {shorten(key)} that no tensor uses; the file is "
+                                           "corrupt")
                 f.seek(pos)
                 head = f.read(8)
                 if len(head) < 8:
@@ -79,11 +86,11 @@ def open_legacy(path: str) -> Checkpoint:
                 (numel,) = struct.unpack("<q", head)
                 nbytes = numel * ITEMSIZE.get(ref.dtype or "uint8", 1)
                 if numel < 0 or nbytes < ref.nbytes or pos + 8 + nbytes > size:
-                    raise CorruptFileError(f"{path}: storage {key!r} claims {nbytes} bytes past the end of the file; "
-                                           "the file is truncated — re-download or re-save it")
-                regions[str(key)] = (pos + 8, nbytes)
+                    raise CorruptFileError(f"{path}: storage {shorten(key)} claims {nbytes} bytes past the end of the "
+                                           "file; the file is truncated — re-download or re-save it")
+                regions[key] = (pos + 8, nbytes)
                 pos += 8 + nbytes
-    except CorruptFileError:
+    except ExplorerError:
         raise
     except _PARSE_ERRORS as e:
         raise CorruptFileError(f"{path}: legacy torch.save file could not be parsed ({type(e).__name__}: "

@@ -13,12 +13,12 @@ from operator import itemgetter, mul
 
 import numpy as np
 
-from ...errors import CorruptFileError
+from ...errors import CorruptFileError, shorten
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint, FlatTable
 from ..records import TENSOR, Location, TensorInfo, contiguous_strides
-from ..safe_pickle import ITEMSIZE, StorageRef, TensorRecord, gc_paused
-from . import Reader, read_head, register
+from ..safe_pickle import ITEMSIZE, StorageRef, TensorRecord, gc_paused, printable_key, unprintable
+from . import Reader, open_regular, read_head, register
 
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
           "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32", "U64": "uint64",
@@ -46,7 +46,7 @@ def identify(path: str) -> bool:
 def _read_raw(path: str) -> tuple[bytes, int]:
     """The header's bytes and where the data begins (the length field checked against the file)."""
     size = os.path.getsize(path)
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(8)
         if len(head) < 8:
             raise CorruptFileError(f"{path}: {size} bytes is too short for a safetensors file (it needs an 8-byte "
@@ -60,7 +60,20 @@ def _read_raw(path: str) -> tuple[bytes, int]:
     return raw, 8 + n
 
 
+def _check_containers(path: str, raw: bytes) -> None:
+    """A header holds three JSON containers per tensor (its entry, shape and offsets) and one for the metadata;
+    json.loads makes a Python object of ~100 bytes for each (a 95 MB header of ``[]`` would take 3 GB). Refuse
+    many more brackets than that before parsing (counted in C; a bracket inside a key counts too, hence the room)."""
+    tensors = raw.count(b'"data_offsets"')
+    found = raw.count(b"[") + raw.count(b"{")
+    if found > 5 * tensors + 64:
+        raise CorruptFileError(f"{path}: the safetensors header holds {found:,} JSON lists and objects for "
+                               f"{tensors:,} tensors (a header has three per tensor); the file is corrupt or built "
+                               "to exhaust memory — re-download it")
+
+
 def _decode(path: str, raw: bytes, fast: bool) -> dict:
+    _check_containers(path, raw)
     try:
         text = raw.decode("utf-8")
         header = json.loads(text) if fast else json.loads(text, object_pairs_hook=_no_duplicates)
@@ -132,6 +145,8 @@ def _parse_compact(text: str, data_len: int):
         shape_of, numel_of = {}, {}
         for t in set(shape_texts):
             shape = shape_of[t] = tuple(map(int, t.split(","))) if t else ()
+            if shape and max(shape) >= 1 << 62:  # a size no tensor can have: the careful check names it
+                return None
             numel_of[t] = math.prod(shape)
         if max(numel_of.values()) >= 1 << 56:  # the int64 arithmetic below could wrap: the careful check decides
             return None
@@ -165,29 +180,35 @@ def _validate_slowly(path: str, header: dict, data_len: int) -> None:
     spans = []
     for key, spec in header.items():
         if not isinstance(spec, dict):
-            raise CorruptFileError(f"{path}: header entry {key!r} is not an object; the file is corrupt")
+            raise CorruptFileError(f"{path}: header entry {shorten(key)} is not an object; the file is corrupt")
         code, shape, offsets = spec.get("dtype"), spec.get("shape"), spec.get("data_offsets")
         if not isinstance(code, str) or code not in DTYPES:
-            raise CorruptFileError(f"{path}: tensor {key!r} has unknown dtype {code!r}; this safetensors version "
+            raise CorruptFileError(f"{path}: tensor {shorten(key)} has unknown dtype {shorten(code)}; this "
+                                   "safetensors version "
                                    "may be newer than the tool — known: " + ", ".join(DTYPES))
-        if (not isinstance(shape, list) or not all(type(s) is int and s >= 0 for s in shape)
+        if (not isinstance(shape, list) or not all(type(s) is int and 0 <= s < 1 << 62 for s in shape)
                 or not isinstance(offsets, list) or len(offsets) != 2
                 or not all(type(o) is int and o >= 0 for o in offsets) or offsets[0] > offsets[1]):
-            raise CorruptFileError(f"{path}: tensor {key!r} has an invalid shape or data_offsets; the file is corrupt")
+            raise CorruptFileError(f"{path}: tensor {shorten(key)} has an invalid shape {shorten(shape)} or "
+                                   f"data_offsets {shorten(offsets)}; the file is corrupt — re-download it")
+        if math.prod(shape) >= 1 << 62:
+            raise CorruptFileError(f"{path}: tensor {shorten(key)} of shape {shape} claims {math.prod(shape):,} "
+                                   "elements, more than any machine holds; the file is corrupt — re-download it")
         numel = math.prod(shape)
         begin, end = offsets
         if end - begin != numel * ITEMSIZES[code]:
-            raise CorruptFileError(f"{path}: tensor {key!r} of shape {shape} and dtype {code} needs "
+            raise CorruptFileError(f"{path}: tensor {shorten(key)} of shape {shape} and dtype {code} needs "
                                    f"{numel * ITEMSIZES[code]} bytes but its offsets span {end - begin}; "
                                    "the file is corrupt")
         if end > data_len:
-            raise CorruptFileError(f"{path}: tensor {key!r} ends at byte {end} of a {data_len}-byte data section; "
+            raise CorruptFileError(f"{path}: tensor {shorten(key)} ends at byte {end} of a {data_len}-byte data section; "
                                    "the file is truncated — re-download it")
         spans.append((begin, end, key))
     spans.sort()
     for (b0, e0, k0), (b1, e1, k1) in zip(spans, spans[1:]):
         if b1 < e0:
-            raise CorruptFileError(f"{path}: tensors {k0!r} and {k1!r} overlap in the data section; the file is corrupt")
+            raise CorruptFileError(f"{path}: tensors {shorten(k0)} and {shorten(k1)} overlap in the data section; the "
+                                   "file is corrupt")
 
 
 def _validate_fast(specs: list, data_len: int):
@@ -202,7 +223,7 @@ def _validate_fast(specs: list, data_len: int):
         if not specs:
             return codes, ([], [0]), []
         dims = list(chain.from_iterable(shapes))
-        if dims and (not set(map(type, dims)) <= {int} or min(dims) < 0):
+        if dims and (not set(map(type, dims)) <= {int} or min(dims) < 0 or max(dims) >= 1 << 62):
             return None
         flat = list(chain.from_iterable(offsets))
         if len(flat) != 2 * len(offsets) or set(map(len, offsets)) != {2} or not set(map(type, flat)) <= {int}:
@@ -229,21 +250,36 @@ def _validate_fast(specs: list, data_len: int):
         return None
 
 
+def _printable(path: str, keys: list) -> list:
+    """Keys with lone surrogates (JSON allows ``"\\ud800"``) spelled as their escapes, so that every output can print
+    them (see :func:`explorer.core.safe_pickle.printable_key`)."""
+    out = [printable_key(k) for k in keys]
+    if len(set(out)) != len(out):
+        raise CorruptFileError(f"{path}: two tensor names are the same once lone surrogates are spelled out; the "
+                               "file is corrupt — re-download it")
+    return out
+
+
 def open_safetensors(path: str) -> Checkpoint:
     with gc_paused():
         raw, data_start = _read_raw(path)
         size = os.path.getsize(path)
         data_len = size - data_start
         try:
-            compact = _parse_compact(raw.decode("utf-8"), data_len)
+            # escapes (\" \u...) go to the JSON parser: the member regex would backtrack over a key of 10**5 \"
+            compact = _parse_compact(raw.decode("utf-8"), data_len) if b"\\" not in raw else None
         except UnicodeDecodeError:
             compact = None
         if compact is not None:
             meta, keys, codes, shapes, begins = compact
+            if unprintable(keys):
+                keys = _printable(path, keys)
         else:
             header = _decode(path, raw, True)
             meta = header.pop("__metadata__", None)
             keys = list(header)
+            if unprintable(keys):
+                keys = _printable(path, keys)
             specs = list(header.values())
             checked = _validate_fast(specs, data_len) if all(type(s) is dict for s in specs) else None
             if checked is None:

@@ -7,9 +7,9 @@ import json
 import os
 from collections import OrderedDict
 
-from ...errors import CorruptFileError, UnsafePathError, UnsupportedFormatError
+from ...errors import CorruptFileError, ExplorerError, UnsafePathError, UnsupportedFormatError, shorten
 from ..checkpoint import Checkpoint
-from . import Reader, register
+from . import Reader, open_regular, register
 
 SHARD_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
@@ -39,41 +39,46 @@ def identify(path: str) -> bool:
 
 
 def _safe_shard(folder: str, name: object, index_path: str) -> str:
+    """The path of a shard the index names, judged by the *name*: a plain relative path inside the index's folder
+    (no ``..``, not absolute, no drive or UNC prefix, no NUL). Where a symlink of that name points is not judged: a
+    Hugging Face cache snapshot is made of links into ``../../blobs/``."""
     if not isinstance(name, str) or not name:
-        raise CorruptFileError(f"{index_path}: a weight_map entry names shard {name!r}, which is not a file name; "
-                               "the index is corrupt — re-download it")
-    if os.path.isabs(name):
-        raise UnsafePathError(f"{index_path}: shard {name!r} is an absolute path; shards must lie in the index's "
-                              "folder — refusing to read it")
+        raise CorruptFileError(f"{index_path}: a weight_map entry names shard {shorten(name)}, which is not a file "
+                               "name; the index is corrupt — re-download it")
     if "\0" in name:
-        raise CorruptFileError(f"{index_path}: shard name {name!r} holds a NUL byte, which no file name can; the "
-                               "index is corrupt — re-download it")
-    real_folder = os.path.realpath(folder)
-    full = os.path.realpath(os.path.join(folder, name))
-    if os.path.commonpath([real_folder, full]) != real_folder:
-        raise UnsafePathError(f"{index_path}: shard {name!r} lies outside the index's folder; refusing to read it")
-    return full
+        raise CorruptFileError(f"{index_path}: shard name {shorten(name)} holds a NUL byte, which no file name can; "
+                               "the index is corrupt — re-download it")
+    parts = name.replace("\\", "/").split("/")
+    if (os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":")
+            or ".." in parts):
+        raise UnsafePathError(f"{index_path}: shard {shorten(name)} is not a name inside the index's folder (an "
+                              "absolute path, a drive, or '..'); shards must lie in the index's folder — refusing "
+                              "to read it")
+    return os.path.join(folder, name)
 
 
 def _open_shard(path: str, label: str) -> Checkpoint:
     """A shard is a checkpoint *file*: never an index or a folder (an index naming itself, or two naming each
     other, would otherwise recurse without end)."""
-    from . import readers
+    from . import check_regular, readers
+    check_regular(path)
     if not os.path.isfile(path) or path.endswith(".index.json"):
-        raise CorruptFileError(f"{label}: shard {os.path.basename(path)!r} is not a checkpoint file (an index or a "
-                               "folder cannot be a shard) — the index is corrupt")
+        raise CorruptFileError(f"{label}: shard {shorten(os.path.basename(path))} is not a checkpoint file (an index "
+                               "or a folder cannot be a shard) — the index is corrupt")
     for reader in readers():
         if reader.open is not open_sharded and reader.identify(path):
             return reader.open(path)
-    raise CorruptFileError(f"{label}: shard {os.path.basename(path)!r} is not a checkpoint file this tool reads; "
-                           "re-download it")
+    raise CorruptFileError(f"{label}: shard {shorten(os.path.basename(path))} is not a checkpoint file this tool "
+                           "reads; re-download it")
 
 
 def open_index(index_path: str) -> Checkpoint:
     folder = os.path.dirname(os.path.abspath(index_path))
     try:
-        with open(index_path, encoding="utf-8") as f:
-            index = json.load(f)
+        with open_regular(index_path) as f:
+            index = json.loads(f.read().decode("utf-8"))
+    except ExplorerError:
+        raise
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValueError) as e:
         raise CorruptFileError(f"{index_path}: the shard index is not readable JSON ({str(e)[:120]}); re-download "
                                "the index, or open the shard files directly") from e
@@ -81,21 +86,22 @@ def open_index(index_path: str) -> Checkpoint:
     if not isinstance(weight_map, dict) or not weight_map:
         raise CorruptFileError(f"{index_path}: the shard index has no 'weight_map'; it is not a sharded-checkpoint "
                                "index — open the shard files or their folder instead")
-    shard_names: list[str] = []
-    for name in weight_map.values():
-        if name not in shard_names:
-            shard_names.append(name)
-    paths = {name: _safe_shard(folder, name, index_path) for name in shard_names}
+    weight_map = _printable_keys(weight_map, index_path)
+    shard_names = list(dict.fromkeys(v if isinstance(v, str) else _Unnamed(v) for v in weight_map.values()))
+    paths = {name: _safe_shard(folder, name.value if isinstance(name, _Unnamed) else name, index_path)
+             for name in shard_names}
     root: OrderedDict = OrderedDict()
     refs: list[str] = []
+    from . import check_regular
     for name in sorted(shard_names):
+        check_regular(paths[name])
         if not os.path.isfile(paths[name]):
-            raise CorruptFileError(f"{index_path}: shard {name!r} is missing from {folder}; download every shard "
-                                   "the index names")
+            raise CorruptFileError(f"{index_path}: shard {shorten(name)} is missing from {folder}; download every "
+                                   f"shard the index names ({len(shard_names):,})")
         shard = _open_shard(paths[name], index_path)
         refs.extend(r for r in shard.references if r not in refs)
         if shard.default_state_dict is None:
-            raise CorruptFileError(f"{index_path}: shard {name!r} holds no tensors; re-download it")
+            raise CorruptFileError(f"{index_path}: shard {shorten(name)} holds no tensors; re-download it")
         sd = shard.get(shard.resolve_entry(None))
         for key, rec in sd.items():
             owner = weight_map.get(key)
@@ -106,9 +112,25 @@ def open_index(index_path: str) -> Checkpoint:
     missing = [k for k in weight_map if k not in root]
     if missing:
         raise CorruptFileError(f"{index_path}: {len(missing)} keys of the weight map are not in their shards "
-                               f"(first: {missing[0]!r}); a shard is incomplete — re-download it")
+                               f"(first: {shorten(missing[0])}); a shard is incomplete — re-download it")
     meta = index.get("metadata") if isinstance(index.get("metadata"), dict) else {}
     return Checkpoint(index_path, "sharded", root, refs, meta)
+
+
+class _Unnamed:
+    """A weight_map value that is not a string (refused by :func:`_safe_shard`, but first kept apart from names)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _printable_keys(weight_map: dict, index_path: str) -> dict:
+    """The weight map with keys holding lone surrogates (JSON allows ``"\\ud800"``) spelled as their escapes, as
+    every reader spells them (see :func:`explorer.core.safe_pickle.printable_key`)."""
+    from ..safe_pickle import printable_keys
+    return printable_keys(weight_map, index_path)
 
 
 def open_folder(folder: str) -> Checkpoint:
@@ -131,8 +153,8 @@ def open_folder(folder: str) -> Checkpoint:
         sd = shard.get(shard.resolve_entry(None))
         for key, rec in sd.items():
             if key in root:
-                raise CorruptFileError(f"{folder}: key {key!r} is in more than one shard (again in "
-                                       f"{os.path.basename(path)}); open one file, or add an index")
+                raise CorruptFileError(f"{folder}: key {shorten(key)} is in more than one shard (again in "
+                                       f"{shorten(os.path.basename(path))}); open one file, or add an index")
             root[key] = rec
     return Checkpoint(folder, "sharded", root, refs)
 
