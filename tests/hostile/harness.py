@@ -399,7 +399,7 @@ def _collect(task, files, status, ru, seconds, killed, base_rss) -> Run:
     budget = MEM_BUDGET + MEM_PER_TENSOR * inp.tensors
     if run.grow_mb * 2 ** 20 > budget:
         run.problems.append(("memory", f"peak RSS grew by {run.grow_mb:.0f} MB (budget {budget / 2 ** 20:.0f} MB)"))
-    ok_rcs = (0, 1) if task["op"] == "simulate" else (0,)
+    ok_rcs = (0, 1) if task["op"] in ("simulate", "diff") else (0,)   # diff: 1 when the files differ
     if "Traceback" in err or "Traceback" in out[:20000]:
         run.problems.append(("unclean", "traceback: " + _last_line(err)))
     elif run.rc == 2:
