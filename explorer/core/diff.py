@@ -141,6 +141,8 @@ class KeyDiff:
         text = f"dtype {self.dtype_a} in A, {self.dtype_b} in B; " if self.status == DTYPE_DIFFERS else ""
         nf = self.nonfinite_text()
         fin = self.finite_text()
+        if self.nonfinite:     # a NaN/Inf appeared or went: said first
+            text, nf = f"{nf}; {text}", ""
         tail = "".join(f"; {t}" for t in (nf, fin) if t) + renamed
         if self.differing == 0 and self.status == CHANGED:
             what = []
@@ -151,7 +153,8 @@ class KeyDiff:
             return "equal values with different bits: " + (", ".join(what) or "bits differ") + tail
         if self.max_abs_diff is None:
             return text + "values not comparable" + tail
-        return (text + f"{self.differing or 0:,} elements differ; max |Δ| {_g(self.max_abs_diff)}, "
+        n = self.differing or 0
+        return (text + f"{n:,} element{'s' if n != 1 else ''} differ{'s' if n == 1 else ''}; max |Δ| {_g(self.max_abs_diff)}, "
                 f"||Δ||/||A|| {_g(self.rel_l2, '.3g')}, cosine {_g(self.cosine, '.6f')}" + tail)
 
     def to_json(self) -> dict:
