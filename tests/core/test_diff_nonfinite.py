@@ -61,8 +61,8 @@ def same_figure(got, want, rel=1e-9) -> bool:
     return got == pytest.approx(want, rel=rel, abs=1e-12)
 
 
-def assert_matches_torch(got, a, b, rel=1e-9):
-    ref = torch_reference(a, b)
+def assert_matches_torch(got, a, b, rel=1e-9, ref=None):
+    ref = torch_reference(a, b) if ref is None else ref
     get = got.get if isinstance(got, dict) else (lambda k: getattr(got, k))
     for name in ("differing", "nonfinite", "nan_a", "nan_b", "inf_a", "inf_b", "finiteness_differs", "nan_appeared",
                  "nan_gone", "inf_appeared", "inf_gone"):
@@ -193,9 +193,9 @@ def test_large_tensor_every_path_gives_the_same_counts(tmp_path):
     b[[17, 2 * S.CHUNK + 3, n - 1]] = torch.tensor([NAN, INF, NAN])           # the last chunk too
     b[5] = 0.5                                                                 # a NaN gone
     b[4 * S.CHUNK + 2] += 1e-3
-    w = sprinkle(torch.randn(1500, 1100, generator=g), 5)
+    w = sprinkle(torch.randn(700, 500, generator=g), 5)
     w2 = w.clone()
-    w2[700, 900] = NAN
+    w2[600, 400] = NAN
     torch.save({"big": a, "w": w.t(), "same": a}, tmp_path / "a.pt")     # w: a non-contiguous view
     save_file({"big": b, "w": w2.t().contiguous(), "same": a.clone()}, tmp_path / "b.safetensors")
     rep = diff_sides(open_side(tmp_path / "a.pt"), open_side(tmp_path / "b.safetensors"))
@@ -203,7 +203,7 @@ def test_large_tensor_every_path_gives_the_same_counts(tmp_path):
     ref = assert_matches_torch(big, a, b)
     assert (ref["nan_appeared"], ref["nan_gone"], ref["inf_appeared"]) == (2, 1, 1)
     assert big.alert == "NaN appeared, Inf appeared, NaN gone"
-    assert_matches_torch(compare_tensors(a, b), a, b)                         # the same, straight from memory
+    assert_matches_torch(compare_tensors(a, b), a, b, ref=ref)                # the same, straight from memory
     assert_matches_torch(wk, w.t(), w2.t())
     assert wk.status == CHANGED and wk.nan_appeared == 1
     # the fast path: identical, and it still counts what both sides hold
