@@ -379,16 +379,17 @@ def _ieee_max(a: float, b: float) -> float:
 
 
 def _metrics_chunk(acc: _Acc, ca: torch.Tensor, cb: torch.Tensor, bits: bool) -> None:
-    if bits:   # same dtype: positions whose bits differ (values, -0.0/+0.0, NaN payloads)
-        ia, ib = _raw_bits(ca), _raw_bits(cb)
-        acc.bits_differ += int(np.count_nonzero(ia != ib))
+    """Add one chunk to ``acc``. ``bits`` (same dtype): also count the positions whose bits differ, to tell -0.0
+    facing +0.0 and NaN payloads apart -- only needed, and only done, in a chunk where some values are equal."""
+    raw_a, raw_b = ca, cb
     ca, cb = _work_view(ca), _work_view(cb)
-    n = ca.numel()
+    n = total = ca.numel()
     fa, fb, d = acc.fa[:n], acc.fb[:n], acc.d[:n]
     fa.copy_(ca)
     fb.copy_(cb)
     torch.sub(fb, fa, out=d)
     dd = float(torch.dot(d, d))
+    differing = 0
     if not math.isfinite(dd):  # NaN/Inf somewhere in this chunk (or a float64 overflow): counted and summed aside
         nan_a, nan_b = torch.isnan(fa), torch.isnan(fb)
         inf_a, inf_b = torch.isinf(fa), torch.isinf(fb)
@@ -405,13 +406,12 @@ def _metrics_chunk(acc: _Acc, ca: torch.Tensor, cb: torch.Tensor, bits: bool) ->
         acc.inf_gone += int((inf_a & ~inf_b).sum())
         both_nan = nan_a & nan_b
         other = ~fin
-        changed = other & ~((fa == fb) | both_nan)
-        nf = int(changed.sum())
+        nf = int((other & ~((fa == fb) | both_nan)).sum())
         acc.nonfinite += nf
-        acc.differing += nf
+        differing += nf
         if bits and bool(both_nan.any()):
             where = both_nan.numpy()
-            acc.nan_bits += int(np.count_nonzero(ia[where] != ib[where]))
+            acc.nan_bits += int(np.count_nonzero(_raw_bits(raw_a)[where] != _raw_bits(raw_b)[where]))
         xa, xb, xd = fa[other], fb[other], d[other]
         if xd.numel():
             acc.x_n += xd.numel()
@@ -426,17 +426,20 @@ def _metrics_chunk(acc: _Acc, ca: torch.Tensor, cb: torch.Tensor, bits: bool) ->
         d = fb - fa
         dd = float(torch.dot(d, d))
         n = fa.numel()
-        if n == 0:
-            return
-    acc.n += n
-    acc.dd += dd
-    acc.aa += float(torch.dot(fa, fa))
-    acc.bb += float(torch.dot(fb, fb))
-    acc.ab += float(torch.dot(fa, fb))
-    acc.differing += int(torch.count_nonzero(d))
-    d.abs_()
-    acc.max_abs = max(acc.max_abs, float(d.max()))
-    acc.sum_abs += float(d.sum())
+    if n:
+        acc.n += n
+        acc.dd += dd
+        acc.aa += float(torch.dot(fa, fa))
+        acc.bb += float(torch.dot(fb, fb))
+        acc.ab += float(torch.dot(fa, fb))
+        differing += int(torch.count_nonzero(d))
+        d.abs_()
+        acc.max_abs = max(acc.max_abs, float(d.max()))
+        acc.sum_abs += float(d.sum())
+    acc.differing += differing
+    if bits:   # every value differs: so do the bits; else count them (-0.0/+0.0, NaN payloads among the equal ones)
+        acc.bits_differ += total if differing == total else \
+            int(np.count_nonzero(_raw_bits(raw_a) != _raw_bits(raw_b)))
 
 
 def _figures(n: int, max_abs: float, sum_abs: float, dd: float, aa: float, bb: float, ab: float) -> dict:

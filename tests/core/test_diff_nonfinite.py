@@ -148,6 +148,17 @@ def test_inf_facing_inf_and_nan_facing_nan():
     assert m["nan_appeared"] == 1 and m["inf_gone"] == 1 and m["differing"] == 2
 
 
+def test_signed_zeros_beside_changed_values():
+    """-0.0 facing +0.0 is counted whether or not other values changed (bits compared where values are equal)."""
+    a = torch.tensor([0.0, 1.0, 2.0, -0.0, 5.0])
+    b = torch.tensor([-0.0, 1.0, 3.0, 0.0, 5.0])
+    m = assert_matches_torch(compare_tensors(a, b), a, b)
+    m = compare_tensors(a, b)
+    assert m["differing"] == 1 and m["signed_zeros_differ"] == 2 and m["nan_bits_differ"] == 0
+    every = compare_tensors(a, a + 1)                  # every value differs: no bit is compared, none counted
+    assert every["differing"] == 5 and every["signed_zeros_differ"] == 0
+
+
 @pytest.mark.parametrize("dtype, nan_bits", [(torch.float32, (0x7FC00000, 0x7FC00001, -0x400000)),
                                              (torch.float16, (0x7E00, 0x7E01, -0x200)),
                                              (torch.bfloat16, (0x7FC0, 0x7FC1, -0x40))])
@@ -203,6 +214,7 @@ def test_large_tensor_every_path_gives_the_same_counts(tmp_path):
     ref = assert_matches_torch(big, a, b)
     assert (ref["nan_appeared"], ref["nan_gone"], ref["inf_appeared"]) == (2, 1, 1)
     assert big.alert == "NaN appeared, Inf appeared, NaN gone"
+    assert big.signed_zeros_differ == 0 and big.nan_bits_differ == 0
     assert_matches_torch(compare_tensors(a, b), a, b, ref=ref)                # the same, straight from memory
     assert_matches_torch(wk, w.t(), w2.t())
     assert wk.status == CHANGED and wk.nan_appeared == 1
