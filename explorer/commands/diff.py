@@ -52,8 +52,8 @@ def render_text(report, out, listed: int | None = LISTED) -> None:
     held = [k for k in report.keys if k.status == IDENTICAL and (k.nan_a or k.inf_a)]
     if held:
         names = ", ".join(k.key for k in held[:5]) + (f", … ({len(held) - 5:,} more)" if len(held) > 5 else "")
-        w(f"{len(held):,} identical key{'s hold' if len(held) != 1 else ' holds'} NaN/Inf, the same bits on both sides: "
-          f"{names}\n")
+        verb = "s hold" if len(held) != 1 else " holds"
+        w(f"{len(held):,} identical key{verb} NaN/Inf, the same bits on both sides: {names}\n")
     others = [k for k in report.keys if k.status != IDENTICAL]
     if others:
         w("\nkeys that are not identical (A's order, then B-only):\n")

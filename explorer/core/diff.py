@@ -154,8 +154,8 @@ class KeyDiff:
         if self.max_abs_diff is None:
             return text + "values not comparable" + tail
         n = self.differing or 0
-        return (text + f"{n:,} element{'s' if n != 1 else ''} differ{'s' if n == 1 else ''}; max |Δ| {_g(self.max_abs_diff)}, "
-                f"||Δ||/||A|| {_g(self.rel_l2, '.3g')}, cosine {_g(self.cosine, '.6f')}" + tail)
+        return (text + f"{n:,} element{'s' if n != 1 else ''} differ{'s' if n == 1 else ''}; "
+                f"max |Δ| {_g(self.max_abs_diff)}, ||Δ||/||A|| {_g(self.rel_l2, '.3g')}, cosine {_g(self.cosine, '.6f')}" + tail)
 
     def to_json(self) -> dict:
         read = self.nan_a is not None
