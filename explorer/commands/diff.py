@@ -1,11 +1,11 @@
 """Compare two checkpoints (or a model and a checkpoint) key by key: identical, changed (by how much), only in one,
-shape or dtype differs."""
+shape or dtype differs. Exits as ``diff``/``cmp`` do: 0 every key identical, 1 something differs, 2 trouble."""
 from __future__ import annotations
 
 import sys
 
 from . import print_json
-from ..core.diff import IDENTICAL_MEANS, diff_sides
+from ..core.diff import IDENTICAL_MEANS, NUMBERS, diff_sides
 from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
 from ..core.sides import open_side
 
@@ -16,13 +16,20 @@ LISTED = 100      # keys listed per status in the text output (--all: every one)
 def add_arguments(p):
     p.add_argument("a", metavar="A", help="a checkpoint file or folder, or a model spec (MODULE:CALLABLE, demo:NAME)")
     p.add_argument("b", metavar="B", help="the other checkpoint or model spec")
-    p.add_argument("--json", action="store_true", help="print one JSON object (every key)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (every key; " + NUMBERS + ")")
     p.add_argument("--all", action="store_true",
                    help=f"list every key that is not identical (default: the first {LISTED} of each status)")
 
 
 def _f(v, spec=".4g") -> str:
     return "—" if v is None else format(v, spec)
+
+
+def _finite(f) -> str:
+    if not f or not f["positions"]:
+        return "no position finite on both sides"
+    return (f"finite: {f['positions']:,} positions, max|Δ| {_f(f['max_abs_diff'])}  rel {_f(f['rel_l2'])}  "
+            f"cos {_f(f['cosine'], '.6f')}")
 
 
 def render_text(report, out, listed: int | None = LISTED) -> None:
@@ -33,6 +40,20 @@ def render_text(report, out, listed: int | None = LISTED) -> None:
     w(f"{len(report.keys):,} keys: {s[IDENTICAL]:,} identical, {s[CHANGED]:,} changed, {s[ONLY_A]:,} only in A, "
       f"{s[ONLY_B]:,} only in B, {s[SHAPE_DIFFERS]:,} shape differs, {s[DTYPE_DIFFERS]:,} dtype differs\n")
     w(f"({IDENTICAL_MEANS})\n")
+    alarms = report.nonfinite_keys
+    if alarms:
+        w(f"\n⚠ {len(alarms):,} key{'s' if len(alarms) != 1 else ''} where NaN/Inf values changed "
+          "(max|Δ|, mean|Δ|, rel and cos include them as IEEE arithmetic does; 'finite:' gives them over the "
+          "positions finite on both sides):\n")
+        for k in alarms[:listed] if listed is not None else alarms:
+            w(f"  {k.key}: {k.nonfinite_text()}\n")
+        if listed is not None and len(alarms) > listed:
+            w(f"  … and {len(alarms) - listed:,} more\n")
+    held = [k for k in report.keys if k.status == IDENTICAL and (k.nan_a or k.inf_a)]
+    if held:
+        names = ", ".join(k.key for k in held[:5]) + (f", … ({len(held) - 5:,} more)" if len(held) > 5 else "")
+        verb = "s hold" if len(held) != 1 else " holds"
+        w(f"{len(held):,} identical key{verb} NaN/Inf, the same bits on both sides: {names}\n")
     others = [k for k in report.keys if k.status != IDENTICAL]
     if others:
         w("\nkeys that are not identical (A's order, then B-only):\n")
@@ -47,7 +68,12 @@ def render_text(report, out, listed: int | None = LISTED) -> None:
                 if k.differing is not None:
                     extra += f"  {k.differing:,} differ"
                 if k.nonfinite:
-                    extra += f"  {k.nonfinite:,} NaN/Inf differ"
+                    extra += f"  ⚠ {k.alert}"
+                if k.nan_a or k.inf_a or k.nan_b or k.inf_b:
+                    extra += (f"  (A {k.nan_a:,} NaN {k.inf_a:,} Inf, B {k.nan_b:,} NaN {k.inf_b:,} Inf; "
+                              f"{_finite(k.finite)})")
+                elif k.differing == 0 and k.status == CHANGED:
+                    extra += f"  (equal values, other bits: {k.explanation.partition(': ')[2]})"
             elif k.status == SHAPE_DIFFERS:
                 extra = f"{list(k.shape_a)} -> {list(k.shape_b)}"
             elif k.status == ONLY_A:
@@ -86,4 +112,4 @@ def run(args) -> int:
         print_json(report.to_json())
     else:
         render_text(report, sys.stdout, None if args.all else LISTED)
-    return 0
+    return 1 if report.different else 0   # as diff and cmp: 0 identical, 1 different, 2 trouble

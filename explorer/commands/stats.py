@@ -7,7 +7,7 @@ import sys
 
 from . import print_json
 from ..core.sides import open_side
-from ..core.stats import DEFAULT_PERCENTILES, tensor_stats
+from ..core.stats import DEFAULT_PERCENTILES, bn_siblings, tensor_stats, with_context
 from ..errors import ExplorerError, KeyNotFoundError
 
 TEXT_ROWS = 32  # histogram rows printed as text (adjacent bins merged); --json gives every bin
@@ -43,6 +43,20 @@ def resolve_tensor(side, key: str):
     raise KeyNotFoundError(f"{side.path}: no tensor {key!r}{hint}")
 
 
+def _siblings(side, key: str) -> list[str]:
+    """The BatchNorm buffers beside KEY (a state-dict key or an entry path), for the health flags' context."""
+    try:
+        if side.kind == "model":
+            names = set(side.state_dict_infos())
+        else:
+            default = side.default_state_dict
+            names = set(side.state_dict_infos(default)) if default is not None else set()
+            names |= {"/".join(i.path) for i in side.entries}
+    except ExplorerError:
+        return []
+    return bn_siblings(key, names.__contains__)
+
+
 def _fmt(v) -> str:
     if v is None:
         return "—"
@@ -62,6 +76,8 @@ def render_text(key, t, s, out) -> None:
     if s.percentiles:
         w("  percentiles  " + "  ".join(f"p{k}={_fmt(v)}" for k, v in s.percentiles.items()) + "\n")
     w(f"  flags    {', '.join(s.flags) if s.flags else 'none'}\n")
+    for line in s.info:
+        w(f"  info     {line}\n")
     if not s.notes:
         w("  every figure above is exact\n")
     for note in s.notes:
@@ -84,7 +100,7 @@ def run(args) -> int:
         raise ExplorerError(f"--bins must be at least 1 (got {args.bins})")
     side = open_side(args.target)
     t, key = resolve_tensor(side, args.key)
-    s = tensor_stats(t, bins=args.bins, percentiles=DEFAULT_PERCENTILES)
+    s = with_context(tensor_stats(t, bins=args.bins, percentiles=DEFAULT_PERCENTILES), key, _siblings(side, key))
     if args.json:
         print_json(s.to_json(key, tuple(t.shape), s.dtype))
     else:

@@ -25,6 +25,11 @@ How it is computed (see ``/work/shared/PERFORMANCE.md`` for the measurements beh
   ``TensorStats.exact`` is then False and ``notes`` says what was estimated. Roughly 3-4x faster.
 * Threads: while our two threads run, torch's intra-op threads are set to 1 (process-wide; restored after).
 
+Health flags (``nan``, ``inf``, ``all_zeros``, ``constant``, ``extreme``) say what the values are; what a key is
+meant to hold (a fresh BatchNorm's zero ``running_mean``, ones ``running_var``, 0 ``num_batches_tracked``, its
+initial weight of ones and bias of zeros) is told
+in ``info`` instead, by :func:`with_context` / :func:`explain_flags` from the key's name and its sibling keys.
+
 Conventions: min, max, mean, std, L2, max |x|, percentiles and the histogram cover the *finite* values; NaN and
 +/-Inf are counted aside (they never break the range). ``std`` is the population standard deviation (ddof=0, as
 ``numpy.std``). Percentiles use numpy's default (linear) interpolation. Complex tensors are measured by their
@@ -35,6 +40,7 @@ Values of int64/uint64 beyond 2**53 are measured as float64 (rounded).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import math
 import threading
@@ -118,6 +124,7 @@ class TensorStats:
     exact: bool = True
     notes: list[str] = field(default_factory=list)
     measured: str = "value"         # "magnitude" for complex tensors
+    info: list[str] = field(default_factory=list)   # what the values mean that is no problem (see explain_flags)
 
     @property
     def zeros(self) -> float:
@@ -132,7 +139,7 @@ class TensorStats:
             "nan": self.nan, "posinf": self.posinf, "neginf": self.neginf,
             "percentiles": {_pkey(p): _num(v) for p, v in self.percentiles.items()},
             "histogram": self.histogram.to_json(), "flags": list(self.flags), "exact": self.exact,
-            "notes": list(self.notes), "measured": self.measured,
+            "notes": list(self.notes), "measured": self.measured, "info": list(self.info),
         }
 
 
@@ -789,6 +796,65 @@ def _flags(plan: _Plan, count: int, mn, mx, absmax, nan: int, posinf: int, negin
     return flags
 
 
+FRESH_BN_MEAN = "fresh BatchNorm running_mean (zeros): what BatchNorm holds before its first training step"
+FRESH_BN_VAR = "fresh BatchNorm running_var (ones): what BatchNorm holds before its first training step"
+FRESH_BN_COUNT = "fresh BatchNorm num_batches_tracked (0): no training step counted yet"
+FRESH_BN_WEIGHT = "BatchNorm weight of ones: its initial value (untrained, or never updated)"
+FRESH_BN_BIAS = "BatchNorm bias of zeros: its initial value (untrained, or never updated)"
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+_BN_NAMES = _BN_BUFFERS + ("weight", "bias")
+
+
+def bn_siblings(key: str, has: Callable[[str], bool]) -> list[str]:
+    """The BatchNorm buffers beside ``key`` (same module) that ``has(k)`` says exist: what :func:`explain_flags`
+    needs to know about a key's siblings."""
+    prefix, dot, name = key.rpartition(".")
+    if name not in _BN_NAMES:
+        return []
+    return [k for k in (f"{prefix}{dot}{b}" for b in _BN_BUFFERS) if k != key and has(k)]
+
+
+def explain_flags(key: str, flags: Sequence[str], siblings, constant: float | None = None) \
+        -> tuple[list[str], list[str]]:
+    """(flags, info): health flags that are what the key is meant to hold move to ``info``, said in words.
+
+    A ``running_mean`` of zeros beside a ``running_var`` of the same module is what a freshly built BatchNorm (or
+    another norm layer tracking running statistics) holds, as is a ``running_var`` of ones (``constant`` is the
+    tensor's value when flagged "constant"). Decided from the key's name and its sibling keys (``siblings``: keys of
+    the same state dict, e.g. from :func:`bn_siblings`); so is a ``num_batches_tracked`` of 0, and the affine
+    ``weight`` of ones / ``bias`` of zeros of such a layer (its initial values: said, not flagged). An all-zero
+    weight (of a norm layer too) or any other tensor stays flagged.
+    """
+    flags, info = list(flags), []
+    prefix, dot, name = key.rpartition(".")
+    sib = set(siblings or ())
+    if name == "running_mean" and ALL_ZEROS in flags and f"{prefix}{dot}running_var" in sib:
+        flags.remove(ALL_ZEROS)
+        info.append(FRESH_BN_MEAN)
+    elif name == "running_var" and CONSTANT in flags and constant == 1.0 and f"{prefix}{dot}running_mean" in sib:
+        flags.remove(CONSTANT)
+        info.append(FRESH_BN_VAR)
+    elif name == "num_batches_tracked" and ALL_ZEROS in flags and f"{prefix}{dot}running_mean" in sib:
+        flags.remove(ALL_ZEROS)
+        info.append(FRESH_BN_COUNT)
+    elif name in ("weight", "bias") and {f"{prefix}{dot}running_mean", f"{prefix}{dot}running_var"} <= sib:
+        if name == "weight" and CONSTANT in flags and constant == 1.0:
+            flags.remove(CONSTANT)
+            info.append(FRESH_BN_WEIGHT)
+        elif name == "bias" and ALL_ZEROS in flags:
+            flags.remove(ALL_ZEROS)
+            info.append(FRESH_BN_BIAS)
+    return flags, info
+
+
+def with_context(s: TensorStats, key: str, siblings) -> TensorStats:
+    """``s`` with its flags explained for ``key`` (see :func:`explain_flags`): a copy when anything moved."""
+    flags, info = explain_flags(key, s.flags, siblings, s.min if s.min == s.max else None)
+    if not info:
+        return s
+    return dataclasses.replace(s, flags=flags, info=list(s.info) + info)
+
+
 # ---- entry points ----------------------------------------------------------------------------------------------------
 def _prepare(t: torch.Tensor):
     if not isinstance(t, torch.Tensor):
@@ -1242,7 +1308,8 @@ def health_scan(side, entry=None, progress: ProgressFn | None = None,
     """key -> health flags for every tensor of a side's state dict, in one pass over the bytes.
 
     ``progress(done, total)`` counts bytes. Tensors that cannot be measured (quantized, no storage) get
-    ``["unreadable"]``.
+    ``["unreadable"]``. What a key is meant to hold is no problem (a fresh BatchNorm's zero ``running_mean``, see
+    :func:`explain_flags`): not flagged.
     """
     infos = side.state_dict_infos(entry)
     total = sum(i.nbytes for i in infos.values())
@@ -1252,7 +1319,12 @@ def health_scan(side, entry=None, progress: ProgressFn | None = None,
         for key, info in infos.items():
             _check_stop(should_stop)
             try:
-                out[key] = tensor_flags(side.read_key(key, entry), should_stop)
+                t = side.read_key(key, entry)
+                flags = tensor_flags(t, should_stop)
+                if (ALL_ZEROS in flags or CONSTANT in flags) and key.endswith(_BN_NAMES):
+                    value = float(t.reshape(-1)[0]) if CONSTANT in flags else None
+                    flags = explain_flags(key, flags, bn_siblings(key, infos.__contains__), value)[0]
+                out[key] = flags
             except Cancelled:
                 raise
             except ExplorerError:

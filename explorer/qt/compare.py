@@ -19,10 +19,11 @@ from ..core.records import (  # noqa: F401  (re-exported for the views; records 
     RUNNING_STAT, SHAPE_DIFFERS, SHAPE_MISMATCH, UNEXPECTED, VALUE_CHANGED)
 
 SAME_LAYOUT = "same_layout"        # ours: both sides have the key, same shape and dtype, values not compared yet
+NONFINITE = "nonfinite"            # ours: values changed and a NaN/Inf appeared, went or changed (Row.alert says which)
 
-# What counts for "problems only": what would break or silently change a load.
+# What counts for "problems only": what would break or silently change a load, or a NaN/Inf that appeared or went.
 PROBLEM_STATUSES = frozenset({MISSING, UNEXPECTED, SHAPE_MISMATCH, DTYPE_CAST, RUNNING_STAT, NOT_LOADED,
-                              ONLY_A, ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS})
+                              ONLY_A, ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS, NONFINITE})
 # What counts for "differences only": anything but "the same".
 SAME_STATUSES = frozenset({MATCHED, IDENTICAL, SAME_LAYOUT, None})
 
@@ -94,7 +95,8 @@ def side_data(side, text: str, entry: tuple | None = None) -> SideData:
 class Row:
     """A leaf: the key on both sides and its status."""
 
-    __slots__ = ("key", "left", "right", "diff_status", "sim_status", "explanation", "max_abs_diff", "renamed_from")
+    __slots__ = ("key", "left", "right", "diff_status", "sim_status", "explanation", "max_abs_diff", "renamed_from",
+                 "alert")
 
     def __init__(self, key: str, left=None, right=None):
         self.key = key
@@ -105,6 +107,7 @@ class Row:
         self.explanation = ""
         self.max_abs_diff: float | None = None
         self.renamed_from: str | None = None   # the right side's original key when a remap renamed it
+        self.alert = ""                  # the diff's word on NaN/Inf: "NaN appeared", "Inf gone"... ("" when none)
 
     def info(self, side: int):
         return self.left if side == 0 else self.right
@@ -244,6 +247,9 @@ class Comparison:
             if row is None:
                 continue
             row.diff_status = getattr(kr, "status", row.diff_status)
+            row.alert = getattr(kr, "alert", "") or ""
+            if row.alert and row.diff_status == CHANGED:   # values changed, and a NaN/Inf with them: a problem
+                row.diff_status = NONFINITE
             mad = getattr(kr, "max_abs_diff", None)
             row.max_abs_diff = mad
             expl = getattr(kr, "explanation", "") or ""

@@ -35,7 +35,8 @@ class DetailResult:
     delta_edges: np.ndarray | None = None
     delta_counts: np.ndarray | None = None
     delta_note: str = ""
-    delta_max_abs: float | None = None
+    delta_max_abs: float | None = None   # over the finite deltas (said in delta_note when some are not)
+    delta_nonfinite: int = 0        # positions (of those plotted) whose delta is NaN/Inf: left out of the delta plot
     estimated: bool = False         # a first look: histogram/percentiles from pass 1 alone; the exact result follows
 
 
@@ -70,7 +71,15 @@ def compute_detail(comparison, key: str, bins: int = 128, *, progress=None, shou
     """Statistics of both sides' tensor at ``key``, in this process (see ``compute_detail_isolated``)."""
     tensors, infos, errors = read_pair(comparison, key)
     return detail_from_tensors(key, bins, tensors, _brief(infos), errors, progress=progress,
-                               should_stop=should_stop, partial=partial)
+                               should_stop=should_stop, partial=partial, siblings=siblings_of(comparison, key))
+
+
+def siblings_of(comparison, key: str) -> list:
+    """Per side, the keys beside ``key`` that its health flags depend on (a BatchNorm's buffers: a fresh
+    BatchNorm's zero running_mean is then said in ``stats.info``, not flagged)."""
+    from explorer.core.stats import bn_siblings
+    rows = comparison.rows
+    return [bn_siblings(key, lambda k, i=i: k in rows and rows[k].info(i) is not None) for i in (0, 1)]
 
 
 def compute_detail_isolated(comparison, key: str, bins: int = 128, *, progress=None, should_stop=None, partial=None):
@@ -102,11 +111,12 @@ def compute_detail_isolated(comparison, key: str, bins: int = 128, *, progress=N
         s.copy_(t)
         specs.append(("tensor", s))
     return engine().call("explorer.qt.detail_compute.detail_from_specs", key, bins, specs, _brief(infos),
-                         progress=progress, should_stop=should_stop, partial=partial)
+                         progress=progress, should_stop=should_stop, partial=partial,
+                         siblings=siblings_of(comparison, key))
 
 
 def detail_from_specs(key: str, bins: int, specs: list, infos: list, *, progress=None, should_stop=None,
-                      partial=None):
+                      partial=None, siblings=None):
     """In the compute process: get each side's tensor (open a file by path, cached; or take the shared tensor)."""
     tensors, errors = [None, None], ["", ""]
     for i, spec in enumerate(specs):
@@ -123,7 +133,7 @@ def detail_from_specs(key: str, bins: int, specs: list, infos: list, *, progress
         except Exception as e:  # noqa: BLE001 - one unreadable side still shows the other
             errors[i] = f"{type(e).__name__}: {e}"
     return detail_from_tensors(key, bins, tensors, infos, errors, progress=progress, should_stop=should_stop,
-                               partial=partial)
+                               partial=partial, siblings=siblings)
 
 
 def _brief(infos) -> list:
@@ -131,14 +141,16 @@ def _brief(infos) -> list:
 
 
 def detail_from_tensors(key: str, bins: int, tensors: list, infos: list, errors: list, *, progress=None,
-                        should_stop=None, partial=None) -> DetailResult:
+                        should_stop=None, partial=None, siblings=None) -> DetailResult:
     """What the detail pane shows, from the two tensors (either may be None). Runs in any process.
 
     ``partial(result)``: when the exact figures need a second pass over large float tensors (together at least
     ``FIRST_LOOK_MIN`` elements), called first with the result pass 1 gives (``estimated`` True: histogram and percentiles estimated, every other figure exact); the
     exact result is returned as usual. No value is read twice for it.
+    ``siblings``: per side, the keys beside ``key`` its health flags depend on (:func:`siblings_of`); what the key
+    is meant to hold is then said in ``stats.info`` instead of flagged.
     """
-    from explorer.core.stats import tensor_stats_steps
+    from explorer.core.stats import TensorStats, tensor_stats_steps, with_context
     from explorer.errors import Cancelled
     stop = should_stop or (lambda: False)
     tensors = list(tensors)
@@ -164,7 +176,10 @@ def detail_from_tensors(key: str, bins: int, tensors: list, infos: list, errors:
     def step(i: int, send=None) -> None:
         """Side ``i``'s next figures (``send``: the histogram range of its final ones)."""
         try:
-            sides[i].stats = next(steps[i]) if send is None else steps[i].send(send)
+            got = next(steps[i]) if send is None else steps[i].send(send)
+            if siblings and siblings[i] and isinstance(got, TensorStats):
+                got = with_context(got, key, siblings[i])
+            sides[i].stats = got
         except Cancelled:
             raise
         except Exception as e:  # noqa: BLE001 - one side's failure still shows the other
@@ -259,6 +274,11 @@ def _assemble(key: str, bins: int, sides: list, tensors: list, *, exact: bool, s
         d = b.to(torch.float64 if a.dtype == torch.float64 else torch.float32) - \
             a.to(torch.float64 if a.dtype == torch.float64 else torch.float32)
         finite = d[torch.isfinite(d)]
+        out.delta_nonfinite = d.numel() - finite.numel()
+        if out.delta_nonfinite:   # a NaN/Inf on a side: the plot and max |Δ| are over the finite deltas, and say so
+            n = out.delta_nonfinite
+            out.delta_note = "; ".join(x for x in (out.delta_note, f"finite Δ only: {n:,} position"
+                                                   f"{'s' if n != 1 else ''} with NaN/Inf left out") if x)
         if finite.numel():
             out.delta_max_abs = float(finite.abs().max())
             lo, hi = float(finite.min()), float(finite.max())

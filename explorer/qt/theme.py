@@ -23,6 +23,7 @@ STATUS_STYLE = {
     C.SHAPE_DIFFERS: ("shape differs", "≠", "#C0392B"),
     C.DTYPE_CAST: ("dtype cast", "~", "#E69F00"),
     C.DTYPE_DIFFERS: ("dtype differs", "~", "#E69F00"),
+    C.NONFINITE: ("NaN/Inf changed", "⚠", "#C0392B"),
     C.RUNNING_STAT: ("running stat overwritten", "⟳", "#8E44AD"),
     C.NOT_LOADED: ("not loaded", "–", "#7f8c8d"),
 }

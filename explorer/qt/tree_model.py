@@ -230,6 +230,8 @@ class StateTreeModel(QAbstractItemModel):
         if col.side is None:
             status = comp.status(row) if comp else None
             text, glyph, color = theme.status_style(status)
+            if row.alert and comp is not None and not comp.simulated:   # a NaN/Inf appeared, went or changed
+                text, glyph, color = row.alert, "⚠", NONFINITE_COLOR
             out = {StatusRole: status, Qt.ToolTipRole: _tooltip(row, status), Qt.TextAlignmentRole: _CENTER}
             if text:
                 out[Qt.DisplayRole] = f"{glyph} {text}"
@@ -314,8 +316,11 @@ def _brush(color: str) -> QBrush:
     return QBrush(QColor(color))
 
 
+NONFINITE_COLOR = "#C0392B"
+
+
 def _tooltip(row: "C.Row", status) -> str:
-    text = theme.status_text(status)
+    text = f"⚠ {row.alert}" if row.alert and status in (C.NONFINITE, C.DTYPE_DIFFERS) else theme.status_text(status)
     parts = [row.key, text]
     if row.renamed_from:
         parts.append(f"right side key: {row.renamed_from}")

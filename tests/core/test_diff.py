@@ -16,7 +16,7 @@ from explorer.errors import Cancelled, ExplorerError
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_SCHEMA = ["key", "status", "shape_a", "shape_b", "dtype_a", "dtype_b", "max_abs_diff", "mean_abs_diff", "rel_l2",
-              "cosine"]
+              "cosine", "differing", "nonfinite", "signed_zeros_differ", "finite"]
 
 
 def ref_metrics(a: torch.Tensor, b: torch.Tensor) -> dict:
@@ -97,7 +97,7 @@ def test_renamed_key_through_remap(pair):
 def test_json_schema_exact(pair):
     _, _, a, b = pair
     out = diff_sides(open_side(a), open_side(b)).to_json()
-    assert list(out) == ["a", "b", "summary", "keys"]
+    assert list(out) == ["a", "b", "summary", "nonfinite_changed", "numbers", "keys"]
     assert set(out["summary"]) == {"identical", "changed", "only_a", "only_b", "shape_differs", "dtype_differs"}
     assert all(list(k) == KEY_SCHEMA for k in out["keys"])
     json.dumps(out, allow_nan=False)
@@ -129,11 +129,13 @@ def test_nan_means_bit_exact():
     # -0.0 vs +0.0: equal values, different bits -> changed with max |delta| 0
     m = compare_tensors(torch.tensor([0.0, 1.0]), torch.tensor([-0.0, 1.0]))
     assert m["max_abs_diff"] == 0 and m["differing"] == 0
-    # NaN on one side only: counted aside, metrics over the finite positions
+    assert m["signed_zeros_differ"] == 1
+    # NaN on one side only: the figures are NaN as IEEE arithmetic makes them; over the finite positions aside
     m = compare_tensors(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, float("nan"), 4.0]))
-    assert m["nonfinite"] == 1 and m["max_abs_diff"] == 1.0 and m["differing"] == 1
+    assert m["nonfinite"] == 1 and math.isnan(m["max_abs_diff"]) and m["differing"] == 2
+    assert m["finite"]["max_abs_diff"] == 1.0 and m["nan_appeared"] == 1
     m = compare_tensors(torch.tensor([float("inf"), 2.0]), torch.tensor([float("inf"), 2.0]))
-    assert m["nonfinite"] == 0 and m["max_abs_diff"] == 0
+    assert m["nonfinite"] == 0 and math.isnan(m["max_abs_diff"]) and m["finite"]["max_abs_diff"] == 0
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.int64, torch.bool, torch.complex64,
@@ -207,12 +209,12 @@ def test_cli_diff_formats(pair, tmp_path, cli):
     from safetensors.torch import save_file
     base, pert, a, b = pair
     r = cli.sub("diff", a, b, "--json")   # once as a real process
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr    # as diff/cmp: 1 when the files differ
     out = json.loads(r.stdout)
     assert out["a"] == str(a) and out["summary"]["changed"] == 1 and out["summary"]["shape_differs"] == 2
     assert [k["key"] for k in out["keys"]][-2:] == ["1.renamed_mean", "extra.scale"]
     r = cli("diff", a, b)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr
     assert "bit-exact" in r.stdout and "0.weight" in r.stdout and "shape_differs" in r.stdout
     # sharded folder vs nested .pt: identical
     shard = tmp_path / "sharded"
@@ -237,13 +239,13 @@ def test_cli_diff_model_spec(tmp_path, cli):
     m = resolve_spec("demo:MyBatchNormModel")
     torch.save(m.state_dict(), tmp_path / "m.pt")
     r = cli("diff", "demo:MyBatchNormModel", tmp_path / "m.pt", "--json")
-    assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
+    assert r.returncode == (0 if out["summary"]["identical"] == len(out["keys"]) else 1), r.stderr
     assert out["summary"]["only_a"] == 0 and out["summary"]["only_b"] == 0
     assert out["summary"]["identical"] + out["summary"]["changed"] == len(m.state_dict())
     for k in out["keys"]:
         if k["status"] == "changed":   # a freshly built model differs only where init is random
-            assert k["rel_l2"] is None or not math.isnan(k["rel_l2"])
+            assert k["rel_l2"] is None or isinstance(k["rel_l2"], float)
 
 
 def test_text_lists_the_first_keys_of_each_status_and_counts_the_rest(tmp_path, cli):
@@ -254,7 +256,7 @@ def test_text_lists_the_first_keys_of_each_status_and_counts_the_rest(tmp_path, 
     torch.save({f"x{i}": torch.zeros(1) for i in range(LISTED + 7)} | {"same": torch.ones(2)}, a)
     torch.save({f"y{i}": torch.zeros(1) for i in range(3)} | {"same": torch.ones(2)}, b)
     r = cli("diff", str(a), str(b))
-    assert r.returncode == 0
+    assert r.returncode == 1
     lines = r.stdout.splitlines()
     assert sum(1 for ln in lines if ln.strip().startswith("only_a")) == LISTED
     assert sum(1 for ln in lines if ln.strip().startswith("only_b")) == 3

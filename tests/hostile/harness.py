@@ -410,7 +410,7 @@ def _collect(task, files, status, ru, seconds, killed, base_rss) -> Run:
         if found:
             run.problems.append(("terminal", f"{len(found)} terminal control characters in text output, e.g. "
                                              f"{found[:8]!r}"))
-    ok_rcs = (0, 1) if task["op"] == "simulate" else (0,)
+    ok_rcs = (0, 1) if task["op"] in ("simulate", "diff") else (0,)   # diff: 1 when the files differ
     if "Traceback" in err or "Traceback" in out[:20000]:
         run.problems.append(("unclean", "traceback: " + _last_line(err)))
     elif run.rc == 2:
