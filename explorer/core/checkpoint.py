@@ -19,13 +19,22 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..errors import CorruptFileError, KeyNotFoundError
+from ..errors import CorruptFileError, ExplorerError, KeyNotFoundError
 from .bytesource import TORCH_DTYPES as _TORCH_DTYPES, read_record
 from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo, contiguous_strides,
                       copy_metadata, read_mask)
 from .safe_pickle import ITEMSIZE, Inert, StorageRef, TensorRecord, gc_paused, is_module_state
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
+
+
+class NoDataError(ExplorerError, ValueError):
+    """The tensor was saved from the meta device: the file holds its shape and dtype, no values."""
+
+
+def has_data(rec: TensorRecord) -> bool:
+    """Does the file hold values for this record (not a tensor saved from the meta device)?"""
+    return isinstance(rec.storage, StorageRef)
 
 
 class RecoveredModule(OrderedDict):
@@ -750,7 +759,13 @@ class Checkpoint:
 
         Tensors read from one checkpoint share one private map per file (see ``bytesource.FileMaps``): clone a
         value before changing it in place if later reads must see the file's bytes."""
-        return read_record(self.record(path), file_label=self.path)
+        rec = self.record(path)
+        if not has_data(rec):
+            raise NoDataError(f"{self.path}: '{'/'.join(path)}' holds no data (meta): it was saved from the meta "
+                              "device, so the file has its shape and dtype but no values — save the state dict "
+                              "after the model's weights are materialized (e.g. after load_state_dict(..., "
+                              "assign=True) or to_empty() and initialisation)")
+        return read_record(rec, file_label=self.path)
 
     def read_key(self, key: str, entry: str | EntryPath | None = None) -> torch.Tensor:
         return self.read(self.resolve_entry(entry) + (key,))
@@ -889,8 +904,8 @@ class Checkpoint:
         if done is not None:
             return done[1]
         if isinstance(obj, TensorRecord):
-            if device == "meta":
-                t = self._meta_tensor(obj, path)
+            if device == "meta" or not has_data(obj):
+                t = self._meta_tensor(obj, path)   # saved from the meta device: torch.load gives a meta tensor too
             else:
                 t = read_record(obj, file_label=self.path)
             out = torch.nn.Parameter(t, requires_grad=obj.requires_grad) if obj.is_parameter else t

@@ -78,6 +78,12 @@ class TensorInfo:
         return self.path[-1] if self.path else ""
 
     @property
+    def has_data(self) -> bool:
+        """False for a tensor saved from the meta device: the file holds its shape and dtype, no values
+        ("no data (meta)")."""
+        return self.device != "meta"
+
+    @property
     def numel(self) -> int:
         n = 1
         for s in self.shape:

@@ -58,6 +58,7 @@ from .records import (DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, PlainStateDict, 
 from .records import copy_metadata
 from .records import dtype_name as _dtype_name
 from .remap import within_one_edit
+from .safe_pickle import StorageRef
 
 _DTYPE_NAMES: dict = {}
 
@@ -104,6 +105,7 @@ class KeyReport:
     certain: bool = True                        # False when ``changed`` could not be computed (assumed True)
     before: dict | None = None                  # running statistics: summary before and after
     after: dict | None = None
+    no_data: bool = False                       # the checkpoint's tensor has no data (saved from the meta device)
 
     def to_json(self) -> dict:
         return {"key": self.key, "kind": self.kind, "status": self.status, "changed": bool(self.changed),
@@ -400,6 +402,7 @@ class _CheckpointInput:
         self.side = side
         self.entry_path: tuple[str, ...] = ()
         self.record_of: Callable[[str], Any] | None = None
+        self._plain: Mapping | None = None
         if isinstance(side, Mapping):
             self.label = "<dict>"
             self._meta = lambda: _as_meta_dict(side)
@@ -425,6 +428,19 @@ class _CheckpointInput:
                 self.read_key = lambda key: side.read(self.entry_path + (key,))
         else:
             raise SimulationError(f"expected a checkpoint, a model or a dict, got {type(side).__name__}")
+
+    def no_data(self, key) -> bool:
+        """Does the checkpoint hold no values for ``key`` (a tensor saved from the meta device)?"""
+        try:
+            if self.record_of is not None:
+                return not isinstance(self.record_of(key).storage, StorageRef)
+            if self._plain is None:
+                side = self.side
+                self._plain = side if isinstance(side, Mapping) else _model_of(side)[0].state_dict()
+            v = self._plain.get(key)
+            return isinstance(v, torch.Tensor) and v.is_meta
+        except Exception:
+            return False
 
     def meta(self, read: tuple[set, tuple] | None = None):
         """The object handed to torch, on the meta device. ``read``: the keys (and key prefixes) whose values the
@@ -687,6 +703,7 @@ class _Recorder:
         self.want_summary = want_summary or set()
         self._buf: torch.Tensor | None = None
         self.record_of: Callable[[str], Any] | None = None   # checkpoint key -> TensorRecord (values pass)
+        self.no_data: Callable[[str], bool] | None = None    # checkpoint key -> it has no values (meta)
         self._fds: dict[str, int] = {}
 
     def source_key(self, src) -> str | None:
@@ -780,6 +797,15 @@ class _Recorder:
         ev = _Copy(None if is_self else self.source_key(src), src.dtype, src.shape, is_self=is_self,
                    exact=not is_self and id(src) in self.src_keys)
         self.copies.setdefault(id(dest), []).append(ev)
+        if src.is_meta and not is_self and ev.src_key is not None and not self.standin.orig_of[id(dest)].is_meta \
+                and (self.compare or (self.no_data is not None and self.no_data(ev.src_key))):
+            # the checkpoint's tensor has no data (saved from the meta device): torch's own copy raises, and the
+            # error it raises is the one torch puts in its message
+            try:
+                torch.empty(1, dtype=dest.dtype).copy_(torch.empty(1, dtype=src.dtype, device="meta"))
+            except Exception:
+                self.copies[id(dest)].pop()
+                raise
         if not self.compare and not ev.exact and not ev.is_self and not src.is_meta:
             ev.src_ref = src  # made during the load (e.g. torch.tensor(0)): its values are known without the file
         if not self.compare or self.cancelled:
@@ -871,7 +897,7 @@ class _PassResult:
 
 def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, compare: bool,
               progress=None, total: int = 0, should_stop=None, want_summary_keys=(),
-              index: "_ModelIndex | None" = None, record_of=None) -> _PassResult:
+              index: "_ModelIndex | None" = None, record_of=None, no_data=None) -> _PassResult:
     index = index or _ModelIndex(model)
     if isinstance(sd_obj, Mapping) and getattr(sd_obj, "_metadata", None) is not None:
         meta = sd_obj._metadata
@@ -936,6 +962,7 @@ def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, comp
     recorder = _Recorder(standin, src_keys, compare=compare, progress=progress, total=total,
                          should_stop=should_stop, want_summary=want_summary)
     recorder.record_of = record_of
+    recorder.no_data = no_data
     exc = None
     returned = None
     with warnings.catch_warnings():
@@ -1126,7 +1153,8 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
 
     # keys no code of the model can read (10**6 unexpected ones) share their meta tensors: torch only matches them
     meta_sd = ckpt.meta(index.read_keys())
-    structural = _run_pass(model, meta_sd, strict=strict, assign=assign, compare=False, index=index)
+    structural = _run_pass(model, meta_sd, strict=strict, assign=assign, compare=False, index=index,
+                           no_data=ckpt.no_data)
     final = structural
     values = None
     slots = index.slots
@@ -1146,7 +1174,8 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
             progress(total, total)
     elif _meta_trouble(structural.exc):
         # a hook needed the checkpoint's values (meta tensors have none): ask torch again with the real ones
-        values = _run_pass(model, ckpt.real(), strict=strict, assign=assign, compare=False, index=index)
+        values = _run_pass(model, ckpt.real(), strict=strict, assign=assign, compare=False, index=index,
+                           no_data=ckpt.no_data)
         final = values
 
     after = _snapshot(index)
@@ -1186,6 +1215,8 @@ def _compare_from_structural(res: _PassResult, ckpt: _CheckpointInput, index: _M
     rec = res.recorder
     todo = []
     for dest_id, evs in rec.copies.items():
+        if not evs:   # its only copy raised (recorded by torch in its message)
+            continue
         ev = evs[-1]
         if ev.is_self:
             continue
@@ -1398,6 +1429,9 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                 kr.shape_checkpoint = tuple(s_now.shape)
                 if tuple(s_now.shape) != tuple(orig.shape) or s_now.dtype != orig.dtype:
                     changed = True
+                elif s_now.is_meta and not orig.is_meta and (compared or ckpt.no_data(kr.source_key)):
+                    changed = True   # the checkpoint's meta tensor is installed: the model's values are gone
+                    kr.no_data = True
                 elif compared and not s_now.is_meta and not orig.is_meta:
                     changed = not _same_bits(orig.detach(), s_now.detach())
                     if _is_running_stat(key):
@@ -1460,6 +1494,7 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                 kr.status = MATCHED
         else:
             kr.status = NOT_LOADED
+            kr.no_data = f'While copying the parameter named "{key}"' in message and ckpt.no_data(key)
         if self_filled and kr.status == MATCHED:
             kr.explanation = ("Not in the checkpoint, and the checkpoint's _metadata gives this BatchNorm no version "
                               "(or version 1): BatchNorm fills the key in with the model's own value, so torch does "
@@ -1692,6 +1727,11 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
             text += " With strict=True this alone makes load_state_dict raise."
         return text
     if st == NOT_LOADED:
+        if kr.no_data:
+            return ("The checkpoint holds no data for this key: it was saved from the meta device (a shape and a "
+                    "dtype, no values). torch cannot copy out of a meta tensor, so the model keeps its current value "
+                    "and the load raises. assign=True would put the meta tensor itself into the model (no values "
+                    "either): re-save the checkpoint from a model whose weights are materialized.")
         if f'While copying the parameter named "{key}"' in message or f'While swapping the parameter named "{key}"' \
                 in message:
             return ("The checkpoint's value for this key cannot be copied (see the error message: not a tensor, or a "
@@ -1708,7 +1748,8 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
                      f"dtype does not change; the values carry only {f} precision). Pass assign=True to keep {f}.")
     elif kr.running_stat:
         b, a = kr.before, kr.after
-        what = "replaced by the checkpoint's"
+        what = "replaced by the checkpoint's" + (" meta tensor, which holds no data (saved from the meta device)"
+                                                 if kr.no_data else "")
         if b and a and "mean" in b and "mean" in a:
             what += f" (mean {b['mean']:.4g} -> {a['mean']:.4g})"
         elif b and a and "value" in b and "value" in a:
@@ -1725,6 +1766,10 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
         if rep.assign and kr.dtype_checkpoint and kr.dtype_checkpoint != kr.dtype_model:
             parts.append(f"assign=True replaces the model's {kr.dtype_model} tensor by the checkpoint's "
                          f"{kr.dtype_checkpoint} tensor: the model's dtype becomes {kr.dtype_checkpoint}.")
+        elif rep.assign and kr.no_data:
+            parts.append(f"assign=True puts {src}'s tensor itself into the model{renamed}: it holds no data (it was "
+                         "saved from the meta device), so after the load this is a meta tensor with no values — any "
+                         "forward pass fails until it is materialized.")
         elif rep.assign:
             parts.append(f"assign=True puts {src}'s tensor itself into the model{renamed}.")
         else:
@@ -1784,6 +1829,10 @@ def _explain_load(rep: LoadReport, loaded: int) -> str:
                       + " The model is left half-loaded: those copies are not undone.")
     else:
         reasons = []
+        no_data = sum(1 for r in made if r.no_data)
+        if no_data:
+            reasons.append(f"{no_data} key(s) whose checkpoint tensor holds no data (saved from the meta device: "
+                           "torch cannot copy out of a meta tensor)")
         if rep.mismatched_keys:
             reasons.append(f"{len(rep.mismatched_keys)} size mismatch(es) (these raise even with strict=False)")
         if rep.strict and rep.missing_keys:
@@ -1795,7 +1844,7 @@ def _explain_load(rep: LoadReport, loaded: int) -> str:
                       + head.replace("load from", "are already loaded from")
                       + (" The model is left half-loaded, not unchanged." if n_changed else
                          " No value changes, so the model is effectively unchanged."))
-        if rep.strict and not rep.mismatched_keys:
+        if rep.strict and not rep.mismatched_keys and not no_data:
             pieces.append("With strict=False the same call would return the missing and unexpected keys instead of "
                           "raising.")
     return " ".join(pieces)
