@@ -23,7 +23,9 @@ from ..errors import CorruptFileError, ExplorerError, KeyNotFoundError
 from .bytesource import TORCH_DTYPES as _TORCH_DTYPES, read_record
 from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo, contiguous_strides,
                       copy_metadata, read_mask)
-from .safe_pickle import ITEMSIZE, Inert, StorageRef, TensorRecord, gc_paused, is_module_state
+from .records import NUMPY_ARRAY
+from .safe_pickle import (ITEMSIZE, Inert, NumpyRecord, StorageRef, TensorRecord, gc_paused, is_module_state,
+                          numpy_array, numpy_record)
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
 
@@ -133,6 +135,12 @@ def _all_records(values) -> bool:
     return bool(types) and all(issubclass(t, TensorRecord) for t in types)
 
 
+def _all_tensor_records(values) -> bool:
+    """Are all ``values`` records of tensors (not numpy arrays, which torch.load gives as arrays)?"""
+    types = set(map(type, values))
+    return bool(types) and NumpyRecord not in types and all(issubclass(t, TensorRecord) for t in types)
+
+
 def _normalize(obj: Any, depth: int = 0, memo: dict | None = None) -> Any:
     """Replace pickled modules by their recovered state dicts, everywhere in the object.
 
@@ -150,6 +158,10 @@ def _normalize(obj: Any, depth: int = 0, memo: dict | None = None) -> Any:
         if is_module_state(obj):
             out = memo[key] = _recover_module(obj)
             return out
+        rec = numpy_record(obj)
+        if rec is not None:   # a numpy array of numbers: data, listed like a tensor
+            memo[key] = rec
+            return rec
         st = obj.state_dict()
         if isinstance(st, dict):
             _normalize(st, depth + 1, memo)
@@ -443,6 +455,8 @@ class Checkpoint:
         candidates: list[tuple] = []  # (path, mapping) of every dict, in the order they are first seen
         root = self._root
         if isinstance(root, TensorRecord):  # torch.save(tensor): the file is one tensor, at the empty path
+            if type(root) is NumpyRecord:
+                kinds[0] = NUMPY_ARRAY
             self._paths, self._recs, self._by_parent, self.state_dicts = [()], [root], {}, []
             return
         seen = {id(root)}
@@ -478,6 +492,9 @@ class Checkpoint:
             else:
                 stack.pop()
         self._paths, self._recs, self._by_parent = paths, recs, by_parent
+        if NumpyRecord in set(map(type, recs)):
+            for i in compress(range(len(recs)), map(NumpyRecord.__instancecheck__, recs)):
+                kinds[i] = NUMPY_ARRAY
         self.state_dicts = self._rank([(p, m, len(by_parent[p]), *keys) for p, m, *keys in candidates
                                        if by_parent[p]])
 
@@ -807,7 +824,7 @@ class Checkpoint:
                 obj = None
             else:
                 obj = self.get(path)
-                if not isinstance(obj, dict) or not _all_records(_values(obj)) or not self._records_unshared():
+                if not isinstance(obj, dict) or not _all_tensor_records(_values(obj)) or not self._records_unshared():
                     return None
                 keys = list(_keys(obj))
                 vals = list(_values(obj))
@@ -903,7 +920,9 @@ class Checkpoint:
         done = memo.get(id(obj))
         if done is not None:
             return done[1]
-        if isinstance(obj, TensorRecord):
+        if type(obj) is NumpyRecord:   # torch.load gives the array itself
+            out = numpy_array(obj)
+        elif isinstance(obj, TensorRecord):
             if device == "meta" or not has_data(obj):
                 t = self._meta_tensor(obj, path)   # saved from the meta device: torch.load gives a meta tensor too
             else:
@@ -912,10 +931,10 @@ class Checkpoint:
         elif isinstance(obj, dict):
             out = OrderedDict() if isinstance(obj, OrderedDict) else {}
             memo[id(obj)] = (obj, out)
-            bulk = self._meta_records(obj, memo) if device == "meta" and _all_records(_values(obj)) else None
+            bulk = self._meta_records(obj, memo) if device == "meta" and _all_tensor_records(_values(obj)) else None
             if bulk is not None:   # a state dict: no Python code per tensor
                 out.update(bulk)
-            elif device == "meta" and _all_records(_values(obj)):  # shared records: one call per entry
+            elif device == "meta" and _all_tensor_records(_values(obj)):  # shared records: one call per entry
                 meta_tensor, parameter, empty_strided = self._meta_tensor, torch.nn.Parameter, torch.empty_strided
                 plain: dict[tuple, Any] = {}  # (shape, stride, dtype) -> torch dtype when _meta_tensor would
                 for k, v in _items(obj):     # call empty_strided with them, else None

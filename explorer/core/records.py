@@ -17,6 +17,7 @@ PARAMETER = "parameter"
 BUFFER = "buffer"
 NON_PERSISTENT = "non_persistent"  # a buffer that state_dict() leaves out
 EXTRA_STATE = "extra_state"
+NUMPY_ARRAY = "numpy_array"    # a numpy array in the checkpoint (torch.load gives it as an array, not a tensor)
 
 
 

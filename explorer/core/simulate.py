@@ -79,6 +79,7 @@ _EXTRA_STATE_SUFFIX = "_extra_state"
 _SHAPE_OF = attrgetter("shape")
 _SMALL = 1  # stand-in tensors with at most this many elements are real clones (torch inspects their device)
 _FINAL_PREFIX = "Error(s) in loading state_dict for "
+_NOT_A_MAPPING = "Expected state_dict to be dict-like, got "
 _SCRATCH_MAX = 1 << 31  # tensors larger than this get their own temporary
 
 
@@ -280,6 +281,7 @@ class LoadReport:
             "changed_keys": list(self.changed_keys),
             "changed_buffers": list(self.changed_buffers),
             "suggestions": [s.to_json() if hasattr(s, "to_json") else s for s in self.suggestions],
+            "warnings": list(self.notes),   # what the text prints as "note: ..."
         }
 
     def dumps(self) -> str:
@@ -395,6 +397,24 @@ def _view_dict(sd: Mapping) -> Any:
     return _map_tensors(sd, lambda v: v.detach())
 
 
+def _whole_module_at(side, path) -> str | None:
+    """The class of the pickled ``nn.Module`` (``torch.save(model)``) at ``path`` of a checkpoint, if it is one."""
+    from .checkpoint import RecoveredModule
+    try:
+        obj = side.get(path)
+    except Exception:
+        return None
+    return (obj.class_name or "?") if isinstance(obj, RecoveredModule) else None
+
+
+def _object_of_class(qualname: str):
+    """An object whose ``type()`` prints as the class ``qualname`` names (what torch puts in its messages); it is
+    nothing else: no state, no methods of that class."""
+    module, _, name = qualname.rpartition(".")
+    cls = type(name or "object", (), {"__module__": module or "builtins", "__qualname__": name or "object"})
+    return cls()
+
+
 class _CheckpointInput:
     """The checkpoint side, able to hand torch the object at ``entry`` with meta tensors or with real values."""
 
@@ -403,6 +423,8 @@ class _CheckpointInput:
         self.entry_path: tuple[str, ...] = ()
         self.record_of: Callable[[str], Any] | None = None
         self._plain: Mapping | None = None
+        self.whole_module: str | None = None   # the entry is a pickled nn.Module of this class
+        self.opaque = False                    # torch is handed that module itself (an explicit entry)
         if isinstance(side, Mapping):
             self.label = "<dict>"
             self._meta = lambda: _as_meta_dict(side)
@@ -423,6 +445,12 @@ class _CheckpointInput:
             # load_object hands out a private _metadata each time
             self._meta = lambda: side.load_object(self.entry_path, device="meta")
             self._real = lambda: side.load_object(self.entry_path, device="cpu")
+            self.whole_module = _whole_module_at(side, self.entry_path)
+            if self.whole_module is not None and entry is not None:
+                # the entry names a whole pickled model: torch would be handed that object, not its state dict
+                opaque = _object_of_class(self.whole_module)
+                self._meta = self._real = lambda: opaque
+                self.opaque = True
             if hasattr(side, "record") and hasattr(side, "read"):
                 self.record_of = lambda key: side.record(self.entry_path + (key,))
                 self.read_key = lambda key: side.read(self.entry_path + (key,))
@@ -445,7 +473,7 @@ class _CheckpointInput:
     def meta(self, read: tuple[set, tuple] | None = None):
         """The object handed to torch, on the meta device. ``read``: the keys (and key prefixes) whose values the
         model's code can read (see :meth:`_ModelIndex.read_keys`); the others may share one tensor per layout."""
-        shared = getattr(self.side, "meta_state_dict", None) if read is not None else None
+        shared = getattr(self.side, "meta_state_dict", None) if read is not None and not self.opaque else None
         if shared is not None:
             out = shared(self.entry_path, *read)
             if out is not None:
@@ -1186,6 +1214,21 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
                             "the real model during the simulation; its tensors may have changed")
     for err in final.recorder.internal_errors:
         report.notes.append(f"internal: {err}")
+    if ckpt.whole_module is not None and not ckpt.opaque:
+        where = "torch.load(path)" + "".join(f"[{p!r}]" for p in ckpt.entry_path)
+        report.notes.append(
+            f"{where} is a whole pickled model ({ckpt.whole_module}), not a state dict: this report simulates "
+            f"load_state_dict({where}.state_dict()), the state dict recovered from the file. Passing the object "
+            f"itself, load_state_dict({where}), raises TypeError: Expected state_dict to be dict-like, got "
+            f"{type(_object_of_class(ckpt.whole_module))}. (--entry {'/'.join(ckpt.entry_path) or '/'} simulates "
+            "that.)")
+    refused = _weights_only_refuses(checkpoint_side)
+    if refused:
+        report.notes.append(
+            "torch.load(path) with its default weights_only=True refuses this file before load_state_dict runs: it "
+            f"names {', '.join(refused[:4])}{' ...' if len(refused) > 4 else ''}, which the weights-only unpickler "
+            "does not allow. This report assumes the file is loaded with torch.load(path, weights_only=False) (only "
+            "for a file you trust) or with those globals allowed through torch.serialization.add_safe_globals.")
     if suggest and (report.missing_keys or report.unexpected_keys or report.mismatched_keys):
         try:
             from .remap import suggest_remaps
@@ -1199,6 +1242,20 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
         except Exception as e:  # suggestions are a help, never a reason to lose the report
             report.notes.append(f"remap suggestions failed: {type(e).__name__}: {e}")
     return report
+
+
+def _weights_only_refuses(side) -> list[str]:
+    """The globals a checkpoint file names that ``torch.load(weights_only=True)`` does not allow (its own list and
+    the ones added with ``torch.serialization.add_safe_globals``); empty when unknown."""
+    refs = getattr(side, "references", None)
+    if not refs or not hasattr(side, "load_object"):
+        return []
+    try:
+        from torch import _weights_only_unpickler as wo
+        allowed = set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())
+    except Exception:  # a torch without that table: say nothing rather than guess
+        return []
+    return [r for r in refs if r not in allowed]
 
 
 def _compare_from_structural(res: _PassResult, ckpt: _CheckpointInput, index: _ModelIndex, *, assign: bool,
@@ -1482,9 +1539,10 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
             kr.status = MATCHED
         elif loaded_here:
             loaded += 1
-            if _is_running_stat(key) and kr.kind == "buffer":
+            # a running statistic is overwritten only when its value changes (0 -> 0 is no news)
+            if _is_running_stat(key) and kr.kind == "buffer" and kr.changed:
                 kr.running_stat = True
-            if kr.running_stat and kr.changed:
+            if kr.running_stat:
                 kr.status = RUNNING_STAT
             elif kr.dtype_cast:
                 kr.status = DTYPE_CAST
@@ -1736,6 +1794,8 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
                 in message:
             return ("The checkpoint's value for this key cannot be copied (see the error message: not a tensor, or a "
                     "copy error); the model keeps its current value and the load raises.")
+        if message.startswith(_NOT_A_MAPPING):
+            return "Not loaded: load_state_dict raises before loading anything (it was not given a mapping)."
         if rep.aborted:
             return ("Would load, but the load stopped part way with an exception before reaching this module; the "
                     "model keeps its current value.")
@@ -1816,7 +1876,11 @@ def _explain_load(rep: LoadReport, loaded: int) -> str:
     head = (f"{loaded} of {total} model keys load from the checkpoint ({n_changed} change value"
             + (f", {casts} with a dtype conversion" if casts else "")
             + (f", {stats} BatchNorm/norm running statistics replaced" if stats else "") + ").")
-    if not rep.raises:
+    if rep.raises and rep.error_type == "TypeError" and (rep.error_message or "").startswith(_NOT_A_MAPPING):
+        pieces.append("load_state_dict raises TypeError before loading anything: the object passed is not a mapping "
+                      "(a whole pickled model is not its state dict: pass model.state_dict(), which is what the "
+                      "default entry of such a file simulates). The model is unchanged.")
+    elif not rep.raises:
         pieces.append("The load succeeds. " + head)
         if rep.missing_keys:
             pieces.append(f"{len(rep.missing_keys)} missing key(s) keep their current (initial) values — the model is "
@@ -1901,9 +1965,14 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False, listed: int | No
             w(f"  {k}: {_brief(v['before'])} -> {_brief(v['after'])}\n")
     for note in rep.notes:
         w(f"note: {note}\n")
-    if rep.suggestions:
-        w("\nsuggested fixes (preview with the fix applied):\n")
-        for s in rep.suggestions:
+    fixes = [s for s in rep.suggestions if not s.preview.get("raises")]
+    partial = [s for s in rep.suggestions if s.preview.get("raises")]
+    for title, group in (("suggested fixes (preview with the fix applied)", fixes),
+                         ("partial fixes: the load would still raise with these applied", partial)):
+        if not group:
+            continue
+        w(f"\n{title}:\n")
+        for s in group:
             w(f"  - {s.title}: {s.preview_text()}\n")
             if verbose:
                 for line in s.snippet.splitlines():

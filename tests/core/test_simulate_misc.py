@@ -297,7 +297,8 @@ def cli_in_process(capsys):
 
 
 TOP = ["model", "checkpoint", "entry", "strict", "assign", "raises", "error_type", "error_message", "missing_keys",
-       "unexpected_keys", "keys", "changed_keys", "changed_buffers", "suggestions"]
+       "unexpected_keys", "keys", "changed_keys", "changed_buffers", "suggestions",
+       "warnings"]
 PER_KEY = ["key", "kind", "status", "changed", "dtype_cast", "running_stat"]
 
 

@@ -107,3 +107,116 @@ def test_meta_tensors_are_shown_as_no_data(meta_ckpt, cli):
     assert out.returncode == 0 and "no data: meta" in out.stdout
     out = cli("stats", meta_ckpt, "fc.weight")
     assert out.returncode == 2 and "no data (meta)" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---- 3: numpy arrays ----------------------------------------------------------------------------------------------
+
+def test_numpy_arrays_are_read_as_data_and_simulated_like_torch(tmp_path, cli):
+    import numpy as np
+    from explorer.core.stats import tensor_stats
+    sd = {k: v.detach().numpy().copy() for k, v in Net().state_dict().items()}
+    sd["extra"] = np.asfortranarray(np.arange(6, dtype=">f8").reshape(2, 3))   # big-endian, Fortran order
+    path = tmp_path / "np.pt"
+    torch.save(sd, path)
+    ck = open_checkpoint(path)
+    infos = ck.state_dict_infos()
+    assert infos["fc.weight"].kind == "numpy_array" and infos["fc.weight"].dtype == "float32"
+    assert infos["extra"].shape == (2, 3) and infos["extra"].dtype == "float64"
+    for key, arr in sd.items():   # the values, read without numpy's unpickler
+        assert np.array_equal(ck.read_key(key).numpy(), arr)
+    assert tensor_stats(ck.read_key("extra")).max == 5
+    rep, exc, _ = agree(Net(), path, weights_only=False)
+    assert "<class 'numpy.ndarray'>" in rep.error_message
+    assert any("weights_only=True refuses" in n for n in rep.notes)
+    with pytest.raises(Exception):   # the note is true: torch's default refuses the file
+        torch.load(path, weights_only=True)
+    out = cli("inspect", path)
+    assert "numpy_array" in out.stdout and out.returncode == 0
+
+
+def test_numpy_object_arrays_stay_placeholders(tmp_path):
+    import numpy as np
+    path = tmp_path / "obj.pt"
+    torch.save({"w": torch.ones(2), "names": np.array(["a", None], dtype=object)}, path)
+    ck = open_checkpoint(path)
+    assert list(ck.state_dict_infos()) == ["w"]
+
+
+# ---- 4: a whole pickled model --------------------------------------------------------------------------------------
+
+def test_whole_pickled_model_entry_root_is_the_object_itself(tmp_path):
+    net = Net()
+    path = tmp_path / "whole.pt"
+    torch.save({"model": net, "epoch": 3}, path)
+    rep, exc, _ = agree(Net(), path, weights_only=False, entry="model", pick=lambda o: o["model"])
+    assert isinstance(exc, TypeError) and "test_simulate_truth.Net'>" in rep.error_message
+    assert all(r.status == "not_loaded" for r in rep.keys.values())
+    # the default: the recovered state dict, as load_state_dict(obj["model"].state_dict()) does; the report says
+    # what passing the object itself would do
+    rep2, exc2, _ = agree(Net(), path, weights_only=False, pick=lambda o: o["model"].state_dict())
+    assert exc2 is None and any("Expected state_dict to be dict-like" in n for n in rep2.notes)
+    root = tmp_path / "root.pt"
+    torch.save(net, root)
+    rep3, exc3, _ = agree(Net(), root, weights_only=False, entry="/")
+    assert isinstance(exc3, TypeError) and rep3.error_message == str(exc3)
+
+
+# ---- 9: warnings in the JSON ------------------------------------------------------------------------------------
+
+def test_json_carries_the_warnings_the_text_shows(tmp_path):
+    import io
+    model = nn.Linear(2, 2)
+    victim = model.weight
+
+    def hook(module, state_dict, prefix, *rest):
+        with torch.no_grad():
+            victim.mul_(1.0)   # reaches the real model through a closure
+
+    model.register_load_state_dict_pre_hook(hook)
+    rep = simulate_load(model, nn.Linear(2, 2).state_dict())
+    text = io.StringIO()
+    render_text(rep, text)
+    warns = json.loads(rep.dumps())["warnings"]
+    assert warns and any(w.startswith("WARNING") for w in warns)
+    assert all(f"note: {w}" in text.getvalue() for w in warns)
+
+
+# ---- 18: no noise --------------------------------------------------------------------------------------------------
+
+def test_unchanged_running_statistics_are_not_overwritten(tmp_path):
+    import io
+    torch.manual_seed(0)
+    path = tmp_path / "fresh.pt"
+    src = Net()
+    src.bn.running_mean.fill_(0.5)   # one statistic differs, the others (num_batches_tracked 0 -> 0) do not
+    torch.save(src.state_dict(), path)
+    rep, _, _ = agree(Net(), path)
+    assert rep.keys["bn.running_mean"].status == "running_stat_overwritten"
+    for k in ("bn.running_var", "bn.num_batches_tracked"):
+        assert rep.keys[k].status == "matched" and not rep.keys[k].running_stat
+    assert list(rep.running_stats) == ["bn.running_mean"]
+    text = io.StringIO()
+    render_text(rep, text)
+    assert "num_batches_tracked: 0 -> 0" not in text.getvalue()
+
+
+def test_suggestions_that_still_raise_come_after_real_fixes(tmp_path):
+    import io
+    sd = {f"module.{k}": v for k, v in Net().state_dict().items()}
+    path = tmp_path / "ddp.pt"
+    torch.save(sd, path)
+    ok = simulate_load(Net(), open_checkpoint(path))
+    assert ok.suggestions and not ok.suggestions[0].preview["raises"]
+    sd["module.fc.weight"] = torch.zeros(5, 3)   # stripping the prefix now leaves a size mismatch
+    torch.save(sd, path)
+    rep = simulate_load(Net(), open_checkpoint(path))
+    assert rep.suggestions and all(s.preview["raises"] for s in rep.suggestions)
+    fixed = {k[len("module."):]: v for k, v in sd.items()}
+    with pytest.raises(RuntimeError):   # the preview is true: the fixed load raises
+        Net().load_state_dict(fixed)
+    text = io.StringIO()
+    render_text(rep, text)
+    out = text.getvalue()
+    assert "partial fixes: the load would still raise" in out and "suggested fixes (preview" not in out
+    flags = [s.preview["raises"] for s in ok.suggestions]
+    assert flags == sorted(flags)   # real fixes first
