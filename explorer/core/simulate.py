@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, ne
 from typing import Any, Callable
 
 import numpy as np
@@ -77,6 +77,7 @@ def dtype_name(dtype) -> str:
 
 _EXTRA_STATE_SUFFIX = "_extra_state"
 _SHAPE_OF = attrgetter("shape")
+_VERSION_OF = attrgetter("_version")
 _SMALL = 1  # stand-in tensors with at most this many elements are real clones (torch inspects their device)
 _FINAL_PREFIX = "Error(s) in loading state_dict for "
 _NOT_A_MAPPING = "Expected state_dict to be dict-like, got "
@@ -771,6 +772,8 @@ class _Recorder:
         key = self.src_keys.get(id(src))
         if key is None:
             return False
+        if isinstance(self.src_keys, _IdIndex) and self.src_keys.is_edited(src):
+            return False   # code of the load changed it in place: the file's bytes are not what torch copies
         return self._read_key_into(key, tmp, tuple(src.shape))
 
     def _read_key_into(self, key: str, tmp: torch.Tensor, shape: tuple | None = None) -> bool:
@@ -921,6 +924,7 @@ class _PassResult:
     extra_state_set: dict[str, Any]
     sd_keys: list[str]             # keys of the object handed to torch, in order
     sd_infos: dict[str, tuple]     # key -> (shape, dtype) of the object handed to torch
+    edited: list = field(default_factory=list)   # checkpoint keys whose tensor code changed in place during the load
 
 
 def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, compare: bool,
@@ -1007,12 +1011,13 @@ def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, comp
             recorder.close()
     if recorder.cancelled:
         raise Cancelled("simulation cancelled")
+    edited = src_keys.edited() if isinstance(src_keys, _IdIndex) else []
     missing = list(state["missing"] or [])
     unexpected = list(state["unexpected"] or [])
     if returned is not None:
         missing, unexpected = list(returned.missing_keys), list(returned.unexpected_keys)
     return _PassResult(standin, recorder, exc, returned, missing, unexpected, bool(state["finished"]),
-                       extra_state_set, sd_keys, sd_infos)
+                       extra_state_set, sd_keys, sd_infos, edited)
 
 
 class _Infos(Mapping):
@@ -1066,11 +1071,39 @@ class _IdIndex:
     """id(checkpoint tensor) -> its key, built the first time it is looked in (a load that copies nothing -- every
     key unexpected -- never builds it)."""
 
-    __slots__ = ("_keys", "_vals", "_d")
+    __slots__ = ("_keys", "_vals", "_d", "_versions", "_v0")
 
     def __init__(self, keys: list, vals: list):
         self._keys, self._vals = keys, vals
         self._d: dict | None = None
+        self._v0: dict | None = None
+        try:   # each tensor's version counter before the load: code that edits one in place bumps it
+            self._versions = list(map(_VERSION_OF, vals))
+        except Exception:   # inference tensors have none
+            self._versions = None
+
+    def edited(self) -> list:
+        """Keys whose tensor was changed in place (``state_dict[k].mul_(0.5)`` in a hook) since the index was made,
+        as far as version counters tell (a write through ``.data`` is not counted)."""
+        if self._versions is None:
+            return []
+        try:
+            now = list(map(_VERSION_OF, self._vals))
+        except Exception:
+            return []
+        return list(compress(self._keys, map(ne, now, self._versions)))
+
+    def is_edited(self, t) -> bool:
+        """Has checkpoint tensor ``t`` been changed in place since the load began? (True when it cannot be told.)"""
+        if self._versions is None:
+            return True
+        if self._v0 is None:
+            self._v0 = dict(zip(map(id, self._vals), self._versions))
+        v0 = self._v0.get(id(t))
+        try:
+            return v0 is None or t._version != v0
+        except Exception:
+            return True
 
     def _index(self) -> dict:
         if self._d is None:
@@ -1194,6 +1227,10 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
         total = sum(len(v) for v in structural.recorder.copies.values())
         stat_keys = [k for k in slots if _is_running_stat(k)]
         real_sd = ckpt.real()
+        if structural.edited and isinstance(real_sd, Mapping):
+            # code of the load changes these checkpoint tensors in place: it gets copies, so the edit reaches what is
+            # compared and never the memory map later reads of the file share
+            real_sd = _with_copies(real_sd, structural.edited)
         values = _run_pass(model, real_sd, strict=strict, assign=assign, compare=True, progress=progress,
                            total=total, should_stop=should_stop, want_summary_keys=stat_keys, index=index,
                            record_of=ckpt.record_of)
@@ -1209,6 +1246,11 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
     after = _snapshot(index)
     report = _build_report(model, model_label, ckpt, slots, final, meta_sd, strict=strict, assign=assign,
                            compared=values is not None and compare_values)
+    if final.edited:
+        report.notes.append(
+            f"code that runs during the load (a hook) changes {len(final.edited)} checkpoint tensor(s) in place before "
+            "they are copied: " + ", ".join(map(str, final.edited[:8])) + (" ..." if len(final.edited) > 8 else "")
+            + "; the values compared are the edited ones, as torch would copy them")
     if before != after:
         report.notes.append("WARNING: code of the model (a hook holding a reference to the model itself) modified "
                             "the real model during the simulation; its tensors may have changed")
@@ -1244,6 +1286,21 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
     return report
 
 
+def _with_copies(sd: Mapping, keys) -> Mapping:
+    """``sd`` with the tensors at ``keys`` replaced by private copies (Parameters stay Parameters), keeping its
+    ``_metadata``."""
+    out = PlainStateDict(sd)
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        out._metadata = meta  # type: ignore[attr-defined]
+    for k in keys:
+        v = out.get(k)
+        if isinstance(v, torch.Tensor):
+            t = v.detach().clone()
+            out[k] = nn.Parameter(t, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else t
+    return out
+
+
 def _weights_only_refuses(side) -> list[str]:
     """The globals a checkpoint file names that ``torch.load(weights_only=True)`` does not allow (its own list and
     the ones added with ``torch.serialization.add_safe_globals``); empty when unknown."""
@@ -1265,7 +1322,7 @@ def _compare_from_structural(res: _PassResult, ckpt: _CheckpointInput, index: _M
     with ``pread``, and compare. No memory map, no file descriptor per tensor (a 50,000-tensor file would exhaust
     them). False when the answer needs torch to see real values (hooks that compute from them, views such as the 0.3
     scalar upgrade, assign=True, extra state, copy errors): the caller then runs the full values pass."""
-    if ckpt.record_of is None or assign or res.extra_state_set or _meta_trouble(res.exc):
+    if ckpt.record_of is None or assign or res.extra_state_set or _meta_trouble(res.exc) or res.edited:
         return False
     if torch.__future__.get_swap_module_params_on_conversion():
         return False

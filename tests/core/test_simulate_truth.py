@@ -220,3 +220,35 @@ def test_suggestions_that_still_raise_come_after_real_fixes(tmp_path):
     assert "partial fixes: the load would still raise" in out and "suggested fixes (preview" not in out
     flags = [s.preview["raises"] for s in ok.suggestions]
     assert flags == sorted(flags)   # real fixes first
+
+
+# ---- 7: a hook that edits a checkpoint tensor in place ------------------------------------------------------------
+
+def _halve_weight(module, state_dict, prefix, *rest):
+    if prefix + "weight" in state_dict:
+        state_dict[prefix + "weight"].mul_(0.5)
+
+
+def _halving_model():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 2))
+    m[0].register_load_state_dict_pre_hook(_halve_weight)
+    return m
+
+
+@pytest.mark.parametrize("factor", [1.0, 2.0])
+def test_in_place_edit_of_a_checkpoint_tensor_is_compared(tmp_path, factor):
+    model = _halving_model()
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    sd["0.weight"] *= factor   # 2.0: the hook halves it back to the model's own value
+    path = tmp_path / "ck.pt"
+    torch.save(sd, path)
+    rep, _, _ = agree(model, path)
+    assert any("in place" in n for n in rep.notes)
+    ck = open_checkpoint(path)
+    simulate_load(model, ck)
+    assert torch.equal(ck.read_key("0.weight"), sd["0.weight"])   # later reads still see the file's values
+    # a dict handed in directly is not changed either
+    given = {k: v.clone() for k, v in sd.items()}
+    rep2 = simulate_load(model, given)
+    assert rep2.changed_keys == rep.changed_keys and torch.equal(given["0.weight"], sd["0.weight"])
