@@ -24,8 +24,8 @@ from .bytesource import TORCH_DTYPES as _TORCH_DTYPES, read_record
 from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo, contiguous_strides,
                       copy_metadata, read_mask)
 from .records import NUMPY_ARRAY
-from .safe_pickle import (ITEMSIZE, Inert, NumpyRecord, StorageRef, TensorRecord, gc_paused, is_module_state,
-                          numpy_array, numpy_record)
+from .safe_pickle import (ITEMSIZE, Inert, NumpyRecord, StorageRef, TensorRecord, Uninitialized, gc_paused,
+                          is_module_state, numpy_array, numpy_record, uninitialized_tensor)
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
 
@@ -915,6 +915,11 @@ class Checkpoint:
         """``memo``: an object shared in the file is made once and shared in the result, as torch.load does."""
         if depth > MAX_DEPTH:
             raise CorruptFileError(f"{self.path}: nesting deeper than {MAX_DEPTH} levels")
+        if isinstance(obj, Uninitialized):   # a lazy module's parameter: torch.load gives an uninitialized one
+            done = memo.get(id(obj))
+            if done is None:
+                done = memo[id(obj)] = (obj, uninitialized_tensor(obj))
+            return done[1]
         if not isinstance(obj, (TensorRecord, dict, list, tuple)):
             return obj
         done = memo.get(id(obj))

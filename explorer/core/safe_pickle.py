@@ -552,11 +552,52 @@ class SafeUnpickler(pickle.Unpickler):
             return _NUMPY_SCALAR
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
             return _NUMPY_RECONSTRUCT
+        if module == "torch.nn.parameter" and name in _UNINITIALIZED:
+            return _UNINITIALIZED[name]
         return placeholder(module, name)
     # no ``persistent_load`` method: without one given, a persistent id is an UnpicklingError of the C unpickler
 
 
 _NUMPY_SCALAR = _sealed(_numpy_scalar)
+
+
+# ---- uninitialized (lazy) parameters: a flag, no data ----------------------------------------------------------
+
+class Uninitialized(Inert):
+    """``torch.nn.parameter.UninitializedParameter(requires_grad)`` / ``UninitializedBuffer``: what a lazy module's
+    state dict holds before its first forward. Only its arguments are kept; :func:`uninitialized_tensor` makes the
+    torch object of the same class for code that must see it (the simulation)."""
+
+    _global = "torch.nn.parameter.UninitializedParameter"
+
+    @property
+    def is_buffer(self) -> bool:
+        return type(self) is UninitializedBufferRecord
+
+
+class UninitializedBufferRecord(Uninitialized):
+    _global = "torch.nn.parameter.UninitializedBuffer"
+
+
+def _uninitialized_parameter(*args, **kwargs):
+    return Uninitialized(*args, **kwargs)
+
+
+def _uninitialized_buffer(*args, **kwargs):
+    return UninitializedBufferRecord(*args, **kwargs)
+
+
+_UNINITIALIZED = {"UninitializedParameter": _sealed(_uninitialized_parameter),
+                  "UninitializedBuffer": _sealed(_uninitialized_buffer)}
+
+
+def uninitialized_tensor(obj: Uninitialized):
+    """The ``torch.nn.UninitializedParameter`` (or buffer) ``obj`` stands for: its ``requires_grad`` is the only
+    argument taken from the file (when it is a bool); device and dtype are torch's defaults, as when unpickled."""
+    import torch
+    grad = obj._args[0] if obj._args and type(obj._args[0]) is bool else not obj.is_buffer
+    cls = torch.nn.UninitializedBuffer if obj.is_buffer else torch.nn.UninitializedParameter
+    return cls(requires_grad=grad)
 
 
 # ---- numpy arrays: data, read without numpy's unpickler ----------------------------------------------------------

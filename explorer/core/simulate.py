@@ -78,6 +78,8 @@ def dtype_name(dtype) -> str:
 _EXTRA_STATE_SUFFIX = "_extra_state"
 _SHAPE_OF = attrgetter("shape")
 _VERSION_OF = attrgetter("_version")
+_is_lazy = torch.nn.parameter.is_lazy
+_LAZY = torch.nn.parameter.UninitializedTensorMixin
 _SMALL = 1  # stand-in tensors with at most this many elements are real clones (torch inspects their device)
 _FINAL_PREFIX = "Error(s) in loading state_dict for "
 _NOT_A_MAPPING = "Expected state_dict to be dict-like, got "
@@ -536,10 +538,22 @@ class _StandInBuffer(_StandInMixin, torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
 
+class _LazyStandInParameter(nn.UninitializedParameter):
+    cls_to_become = _StandInParameter
+
+
+class _LazyStandInBuffer(nn.UninitializedBuffer):
+    cls_to_become = _StandInBuffer
+
+
 def _standin_tensor(t: torch.Tensor, templates: dict | None = None) -> torch.Tensor | None:
     if torch.nn.parameter.is_lazy(t):
-        try:  # uninitialized: nothing to protect but the object itself (torch's lazy hooks materialize it in place)
-            return type(t)(requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else type(t)()
+        # uninitialized: torch's lazy hook materializes it in place with the checkpoint's shape; on the meta device
+        # (no memory), into a stand-in class like every other one
+        try:
+            if isinstance(t, nn.Parameter):
+                return _LazyStandInParameter(requires_grad=t.requires_grad, device="meta", dtype=t.dtype)
+            return _LazyStandInBuffer(requires_grad=t.requires_grad, device="meta", dtype=t.dtype)
         except Exception:
             return None
     if t.numel() <= _SMALL or t.is_meta or t.layout != torch.strided or t.is_quantized:
@@ -1037,7 +1051,8 @@ class _Infos(Mapping):
             v = self._sd[key]
             if not isinstance(v, torch.Tensor):
                 raise KeyError(key)
-            info = self._made[key] = (tuple(v.shape), dtype_name(v.dtype))
+            # an uninitialized (lazy) parameter has no shape
+            info = self._made[key] = (None if _is_lazy(v) else tuple(v.shape), dtype_name(v.dtype))
         return info
 
     def __contains__(self, key) -> bool:
@@ -1056,6 +1071,9 @@ class _Infos(Mapping):
         """str key -> shape, in order (what ``remap._tensor_shapes`` gives for the same mapping). A tensor under
         many keys (the meta stand-in of 10**6 keys no module reads) is asked for its shape once."""
         keys, vals = self._keys, self._vals
+        if any(issubclass(t, _LAZY) for t in set(map(type, vals))):   # no shape to match on (C-speed test)
+            mask = [not _is_lazy(v) for v in vals]
+            keys, vals = list(compress(keys, mask)), list(compress(vals, mask))
         if not _all_str(keys):
             mask = [isinstance(k, str) for k in keys]
             keys, vals = list(compress(keys, mask)), list(compress(vals, mask))
@@ -1937,6 +1955,11 @@ def _explain_load(rep: LoadReport, loaded: int) -> str:
         pieces.append("load_state_dict raises TypeError before loading anything: the object passed is not a mapping "
                       "(a whole pickled model is not its state dict: pass model.state_dict(), which is what the "
                       "default entry of such a file simulates). The model is unchanged.")
+    elif rep.raises and (rep.error_message or "").startswith("Can't access the shape of an uninitialized parameter"):
+        pieces.append("load_state_dict raises RuntimeError: the checkpoint holds uninitialized parameters of a lazy "
+                      "module (saved before its first forward pass: no shape, no values), and torch cannot load one "
+                      "into an initialized parameter. " + head.replace("load from", "are already loaded from")
+                      + " Re-save the checkpoint after a forward pass of the lazy model.")
     elif not rep.raises:
         pieces.append("The load succeeds. " + head)
         if rep.missing_keys:

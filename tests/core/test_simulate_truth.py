@@ -22,7 +22,7 @@ class Net(nn.Module):
 
 def _differs(a, b) -> bool:
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
-        return a != b
+        return type(a) is not type(b) or a != b
     if a.shape != b.shape or a.dtype != b.dtype or a.is_meta != b.is_meta or a.is_quantized != b.is_quantized:
         return True
     if a.is_meta:
@@ -34,8 +34,8 @@ def _differs(a, b) -> bool:
 
 
 def _state(model: nn.Module) -> dict:
-    return {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
-            for k, v in model.state_dict().items()}
+    return {k: "uninitialized" if nn.parameter.is_lazy(v) else v.detach().clone() if isinstance(v, torch.Tensor)
+            else copy.deepcopy(v) for k, v in model.state_dict().items()}
 
 
 def real_load(model: nn.Module, obj, *, strict=True, assign=False):
@@ -252,3 +252,53 @@ def test_in_place_edit_of_a_checkpoint_tensor_is_compared(tmp_path, factor):
     given = {k: v.clone() for k, v in sd.items()}
     rep2 = simulate_load(model, given)
     assert rep2.changed_keys == rep.changed_keys and torch.equal(given["0.weight"], sd["0.weight"])
+
+
+# ---- 5: lazy modules ----------------------------------------------------------------------------------------------
+
+def _lazy_net():
+    return nn.Sequential(nn.LazyConv2d(4, 3), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+
+
+@pytest.mark.parametrize("kw", [{}, {"assign": True}, {"strict": False}])
+def test_lazy_modules_materialize_from_the_checkpoint(tmp_path, kw):
+    torch.manual_seed(0)
+    src = _lazy_net()
+    src(torch.randn(1, 3, 6, 6))   # initialized: the checkpoint has shapes
+    sd = src.state_dict()
+    if kw.get("strict") is False:
+        del sd["3.bias"]
+    path = tmp_path / "lazy.pt"
+    torch.save(sd, path)
+    rep, exc, fresh = agree(_lazy_net(), path, **kw)
+    assert exc is None and tuple(fresh[0].weight.shape) == (4, 3, 3, 3)
+    assert rep.keys["0.weight"].status == "changed" and "materializes" in rep.keys["0.weight"].explanation
+    if kw.get("strict") is False:
+        assert rep.missing_keys == ["3.bias"] and rep.keys["3.bias"].status == "missing"
+
+
+
+def test_lazy_model_on_the_command_line(tmp_path, cli):
+    spec = tmp_path / "lazy_model.py"
+    spec.write_text("import torch.nn as nn\n\ndef build():\n    return nn.Sequential(nn.LazyLinear(4), nn.ReLU(), "
+                    "nn.LazyLinear(2))\n")
+    path = tmp_path / "plain.pt"
+    torch.save(nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)).state_dict(), path)
+    out = cli("simulate", "--model", f"{spec}:build", "--checkpoint", path, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["changed_keys"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert cli("inspect", f"{spec}:build").returncode == 0
+
+
+def test_uninitialized_parameters_in_a_checkpoint(tmp_path, cli):
+    path = tmp_path / "uninit.pt"
+    torch.save(nn.LazyLinear(4).state_dict(), path)
+    ck = open_checkpoint(path)
+    assert "torch.nn.parameter.UninitializedParameter" in ck.references
+    # into an initialized Linear torch raises its own error (not one naming a stand-in class)
+    rep, exc, _ = agree(nn.Linear(3, 4), path, weights_only=False)
+    assert exc is not None and "uninitialized" in rep.error_message and "explorer" not in rep.error_message
+    assert "lazy" in rep.explanation
+    # into a lazy one it loads, and the parameters stay uninitialized
+    rep2, exc2, fresh = agree(nn.LazyLinear(4), path, weights_only=False)
+    assert exc2 is None and nn.parameter.is_lazy(fresh.weight)
