@@ -103,7 +103,7 @@ class TensorRecord:
     """
 
     __slots__ = ("_storage", "_ctx", "storage_offset", "shape", "stride", "dtype", "requires_grad", "is_parameter",
-                 "numel")
+                 "numel", "subclass")   # subclass: set only for a tensor subclass the file names (read with getattr)
 
     _file_ctx = None  # per-file subclasses (see PickleContext) know how to turn a persistent id into a StorageRef
 
@@ -393,8 +393,15 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     # a tensor subclass: rebuild the plain tensor record; the subclass is information only
     if isinstance(args, tuple) and (isinstance(func, _Sealed) or (type(func) is _SealedClass
                                                                   and issubclass(func, TensorRecord))):
-        return func(*args)
+        rec = func(*args)
+        name = getattr(new_type, "_global", None) if type(new_type) is _SealedClass else None
+        if isinstance(rec, TensorRecord) and isinstance(name, str) and name not in _PLAIN_TENSOR_TYPES:
+            rec.subclass = name   # torch.load would rebuild it as that class (the file's code): information
+        return rec
     return placeholder("torch._tensor", "_rebuild_from_type_v2")(func, new_type, args, state)
+
+
+_PLAIN_TENSOR_TYPES = {"torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Parameter"}
 
 
 def _dtype_of(value) -> str | None:

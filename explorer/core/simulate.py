@@ -489,6 +489,7 @@ class _CheckpointInput:
 
 # ---- the stand-in -----------------------------------------------------------------------------------------------
 
+_TENSOR_DATA = torch._C.TensorBase.data   # the descriptor of ``Tensor.data``
 _LOCAL = threading.local()   # the recorder of the pass running on this thread
 _INPLACE_NAMES = ("__setitem__", "add_", "sub_", "mul_", "div_", "fill_", "zero_", "clamp_", "normal_", "uniform_",
                   "copysign_", "abs_", "neg_", "t_", "transpose_", "resize_", "set_", "requires_grad_", "lerp_",
@@ -509,6 +510,17 @@ class _StandInMixin:
             return rec._on_copy(self, src)
         return torch.Tensor.copy_(self, src, non_blocking)
 
+    @property
+    def data(self):
+        rec = getattr(_LOCAL, "recorder", None)
+        if rec is not None and id(self) in rec.standin.tracked and id(self) not in rec.standin.alias_of:
+            return rec.standin.alias(self)
+        return _TENSOR_DATA.__get__(self)
+
+    @data.setter
+    def data(self, value):
+        _TENSOR_DATA.__set__(self, value)
+
 
 def _inplace(name):
     base = getattr(torch.Tensor, name, None)
@@ -518,7 +530,8 @@ def _inplace(name):
     def method(self, *args, **kwargs):
         rec = getattr(_LOCAL, "recorder", None)
         if rec is not None and id(self) in rec.standin.tracked and name != "requires_grad_":
-            rec.inplace.setdefault(id(self), []).append(name)
+            target = rec.standin.alias_of.get(id(self), self)
+            rec.inplace.setdefault(id(target), []).append(name)
         return base(self, *args, **kwargs)
     method.__name__ = name
     return method
@@ -661,12 +674,92 @@ class _StandIn:
             self.by_name = {name: tree_memo[id(m)] for name, m in index.named}
         except Exception:  # an unusual module: let deepcopy do it, with its own rules
             try:
-                self.module = copy.deepcopy(model, dict(memo))
+                tree_memo = dict(memo)
+                self.module = copy.deepcopy(model, tree_memo)
             except Exception as e:
                 raise SimulationError(f"cannot make a data-less copy of {type(model).__name__} to simulate on "
                                       f"({type(e).__name__}: {e})") from e
             self.by_name = dict(self.module.named_modules(remove_duplicate=False))
+        _rebind_hooks(index.unique, tree_memo)
         self.tracked = set(self.orig_of)
+        self.alias_of: dict[int, torch.Tensor] = {}   # id(``stand_in.data``) -> the stand-in
+        self._aliases: list = []                       # kept alive, so their ids stay theirs
+
+    def alias(self, standin: torch.Tensor) -> torch.Tensor:
+        """What ``standin.data`` gives during a load: a tensor whose ``copy_`` and in-place methods are those of
+        ``standin`` itself (torch's own ``.data`` shares the memory: a copy through it loads the parameter)."""
+        data = _TENSOR_DATA.__get__(standin)
+        out = torch.Tensor._make_subclass(_StandInBuffer, data, False)
+        self.alias_of[id(out)] = standin
+        self.tracked.add(id(out))
+        self._aliases.append(out)
+        return out
+
+
+_HOOK_DICTS = ("_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_state_dict_hooks",
+               "_state_dict_pre_hooks")
+
+
+def _rebind_hooks(mods: list, memo: dict) -> None:
+    """In the copy's load and state-dict hooks, a function whose closure (or default arguments) holds a module or a
+    tensor of the model gets the copy's one instead: a hook that checks ``module is model.layer`` or edits
+    ``model.layer.weight`` through a closure then sees the copy, as the real load would see the model itself. Globals
+    cannot be redirected (the snapshot check reports a hook that writes the real model through one)."""
+    cells: dict = {}
+    for mod in mods:
+        new = memo.get(id(mod))
+        if new is None or new is mod:
+            continue
+        for attr in _HOOK_DICTS:
+            d = new.__dict__.get(attr)
+            if not d or d is mod.__dict__.get(attr):   # shared with the model (not copied): never written
+                continue
+            for k, h in list(d.items()):
+                inner = getattr(h, "hook", None) if type(h).__name__ == "_WrappedHook" else None
+                if inner is not None:
+                    fn = _rebind(inner, memo, cells)
+                    if fn is not inner:
+                        h.hook = fn
+                else:
+                    d[k] = _rebind(h, memo, cells)
+
+
+def _rebind(fn, memo: dict, cells: dict):
+    if not isinstance(fn, types.FunctionType):
+        return fn
+
+    def sub(v):
+        return memo.get(id(v), v) if isinstance(v, (nn.Module, torch.Tensor)) else v
+
+    changed = False
+    closure = []
+    for c in fn.__closure__ or ():
+        try:
+            v = c.cell_contents
+        except ValueError:   # an empty cell
+            closure.append(c)
+            continue
+        nv = sub(v)
+        if nv is v:
+            closure.append(c)
+            continue
+        nc = cells.get(id(c))
+        if nc is None:   # cells shared by two hooks stay shared
+            nc = cells[id(c)] = (types.CellType(nv), c)
+        closure.append(nc[0])
+        changed = True
+    defaults = fn.__defaults__
+    if defaults:
+        new_defaults = tuple(map(sub, defaults))
+        changed = changed or any(a is not b for a, b in zip(new_defaults, defaults))
+        defaults = new_defaults
+    if not changed:
+        return fn
+    out = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, defaults, tuple(closure) or None)
+    out.__kwdefaults__ = fn.__kwdefaults__
+    out.__qualname__ = fn.__qualname__
+    out.__dict__.update(fn.__dict__)
+    return out
 
 
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes, type, torch.dtype, torch.device, types.FunctionType,
@@ -836,6 +929,13 @@ class _Recorder:
         self._fds.clear()
 
     def _on_copy(self, dest: torch.Tensor, src: Any):
+        canon = self.standin.alias_of.get(id(dest))
+        if canon is None:
+            return self._record_copy(dest, src)
+        self._record_copy(canon, src)   # ``param.data.copy_(x)``: a copy into the parameter itself
+        return dest
+
+    def _record_copy(self, dest: torch.Tensor, src: Any):
         if not isinstance(src, torch.Tensor):
             return torch.Tensor.copy_(dest, src)  # let torch raise its own TypeError
         is_self = src is dest  # a stand-in: never a checkpoint tensor (nor a view of one)
@@ -1166,6 +1266,45 @@ def _model_slots(model: nn.Module, index: "_ModelIndex | None" = None) -> "Order
     return out
 
 
+def _new_keys(root: nn.Module, slots) -> list[tuple[str, str]]:
+    """(key, kind) of the parameters and buffers the copy has after the load that the model's state dict did not."""
+    out = []
+    try:
+        for name, mod in root.named_modules(remove_duplicate=False):
+            prefix = name + "." if name else ""
+            for reg, kind in ((mod._parameters, "parameter"), (mod._buffers, "buffer")):
+                for n, t in reg.items():
+                    key = prefix + n
+                    if t is not None and key not in slots and n not in getattr(mod, "_non_persistent_buffers_set", ()):
+                        out.append((key, kind))
+    except Exception:
+        return []
+    return out
+
+
+def _computed_slot(model: nn.Module, standin: "_StandIn", rec: "_Recorder", key: str, compared: bool):
+    """For a state-dict entry computed by a module's ``_save_to_state_dict`` (``key`` names no parameter or buffer):
+    ``(written, changed)``: did the load write into that module's own tensors, and with new values (True), the same
+    values (False) or unknown ones (None)?"""
+    mname = key.rpartition(".")[0]
+    try:
+        mod = model.get_submodule(mname) if mname else model
+    except AttributeError:
+        return False, False
+    evs = []
+    for t in chain(mod._parameters.values(), mod._buffers.values()):
+        s = standin.standin_of.get(id(t)) if t is not None else None
+        if s is not None:
+            evs += rec.copies.get(id(s), [])
+    if not evs:
+        return False, False
+    if all(e.is_self for e in evs):
+        return True, False
+    if not compared or any(e.changed is None for e in evs if not e.is_self):
+        return True, (True if any(e.changed for e in evs) else None)
+    return True, any(e.changed for e in evs)
+
+
 def _standin_slot_value(modules: dict, slot: _Slot):
     if slot.module is None or slot.name is None:
         return None
@@ -1255,7 +1394,7 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
         final = values
         if progress is not None and values.recorder.done < total:
             progress(total, total)
-    elif _meta_trouble(structural.exc):
+    elif _meta_trouble(structural.exc) or _meta_copy_trouble(structural.exc, ckpt):
         # a hook needed the checkpoint's values (meta tensors have none): ask torch again with the real ones
         values = _run_pass(model, ckpt.real(), strict=strict, assign=assign, compare=False, index=index,
                            no_data=ckpt.no_data)
@@ -1282,6 +1421,14 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
             f"itself, load_state_dict({where}), raises TypeError: Expected state_dict to be dict-like, got "
             f"{type(_object_of_class(ckpt.whole_module))}. (--entry {'/'.join(ckpt.entry_path) or '/'} simulates "
             "that.)")
+    subclassed = _subclass_keys(checkpoint_side, ckpt.entry_path)
+    if subclassed:
+        keys = ", ".join(f"{k} ({c})" for k, c in subclassed[:4]) + (" ..." if len(subclassed) > 4 else "")
+        report.notes.append(
+            f"WARNING: this prediction cannot be exact: {len(subclassed)} checkpoint tensor(s) are instances of a "
+            f"tensor subclass the file names: {keys}. torch.load would rebuild them with that class, whose own code "
+            "(__torch_function__, module_load) then runs during load_state_dict; the explorer never runs a file's "
+            "code, so it simulated them as plain tensors.")
     refused = _weights_only_refuses(checkpoint_side)
     if refused:
         report.notes.append(
@@ -1317,6 +1464,20 @@ def _with_copies(sd: Mapping, keys) -> Mapping:
             t = v.detach().clone()
             out[k] = nn.Parameter(t, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else t
     return out
+
+
+def _subclass_keys(side, path) -> list[tuple[str, str]]:
+    """(key, class) of the tensors at ``path`` of a checkpoint that the file pickled as a tensor subclass."""
+    refs = getattr(side, "references", None)
+    if not refs or not hasattr(side, "get") or all(r.startswith(("torch.", "numpy.", "collections.")) for r in refs):
+        return []
+    try:
+        obj = side.get(path)
+    except Exception:
+        return []
+    if not isinstance(obj, Mapping):
+        return []
+    return [(k, v.subclass) for k, v in obj.items() if isinstance(getattr(v, "subclass", None), str)]
 
 
 def _weights_only_refuses(side) -> list[str]:
@@ -1394,6 +1555,18 @@ def _compare_from_structural(res: _PassResult, ckpt: _CheckpointInput, index: _M
     if progress is not None and not todo:
         progress(0, 0)
     return True
+
+
+_META_COPY = re.compile(r'While copying the parameter named "(.*?)", whose dimensions in the model are .*?an exception '
+                        r"occurred : \('Cannot copy out of meta tensor; no data!',\)")
+
+
+def _meta_copy_trouble(exc, ckpt: "_CheckpointInput") -> bool:
+    """Did torch fail to copy a meta tensor of the structural pass that has data in the checkpoint (into a tensor
+    code of the load created for real, e.g. a module set_extra_state registers)? Then torch must see the values."""
+    if exc is None or "Cannot copy out of meta tensor" not in str(exc):
+        return False
+    return any(not ckpt.no_data(k) for k in _META_COPY.findall(str(exc)))
 
 
 def _meta_trouble(exc) -> bool:
@@ -1530,6 +1703,7 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
             kr.shape_checkpoint, kr.dtype_checkpoint = ck_infos[key]
         loaded_here = False
         self_filled = False
+        computed_slot = False
         changed: bool | None = False
         if slot.kind == "extra_state":
             mod_path = slot.module or ""
@@ -1601,6 +1775,17 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                     changed = None if changed is not True else True
                     rep.notes.append(f"{key}: modified in place ({', '.join(rec.inplace[id(s_orig)])}) by code that "
                                      "runs during the load (a hook); its value after the load cannot be predicted")
+            elif slot.module is None and isinstance(orig, torch.Tensor):
+                # an entry the module's own _save_to_state_dict computes (not a parameter or buffer): it changes when
+                # the load writes into the module's own tensors
+                written, got = _computed_slot(model, standin, rec, key, compared)
+                if written:
+                    loaded_here = True
+                    kr.source_key = key if key in ck_infos else None
+                    if kr.source_key:
+                        used_sources.add(key)
+                    changed = got
+                    computed_slot = True
         if changed is None:
             kr.certain = False
             changed = True
@@ -1634,8 +1819,34 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                               "not report it missing; the value does not change.")
         else:
             kr.explanation = _explain_key(kr, slot, rep, res, model, slots, tied, message)
+        if computed_slot:
+            kr.explanation = ("Not a parameter or buffer: the module's own _save_to_state_dict computes this entry "
+                              "from its tensors, and its own _load_from_state_dict wrote into them"
+                              + (" (their values change, so this entry does too)." if kr.changed else
+                                 " (with identical values).") + ("" if kr.certain else
+                                                                 " Whether the values differ could not be computed."))
         rep.keys[key] = kr
 
+    # parameters and buffers of modules that code of the load registered (set_extra_state adding a child module):
+    # torch walks into them in the same load
+    if res.extra_state_set:
+        for key, kind in _new_keys(standin.module, slots):
+            if key in rep.keys:
+                continue
+            info = ck_infos.get(key) if key in ck_infos else None
+            kr = KeyReport(key=key, kind=kind, status=MISSING if key in missing else
+                           SHAPE_MISMATCH if key in mismatched else VALUE_CHANGED if info is not None else NOT_LOADED,
+                           changed=True, shape_checkpoint=info[0] if info else None,
+                           dtype_checkpoint=info[1] if info else None)
+            if kr.status == VALUE_CHANGED:
+                kr.source_key = key
+                used_sources.add(key)
+                loaded += 1
+            kr.explanation = ("Not in the model before the load: code that runs during the load (set_extra_state) "
+                              "registers the module that holds it, and torch then "
+                              + ("loads it from the checkpoint." if kr.status == VALUE_CHANGED else
+                                 "reports it missing." if kr.status == MISSING else "does not load it."))
+            rep.keys[key] = kr
     # unexpected keys: their reports are made when asked for (see KeyTable); text and JSON write them in bulk
     unex = list(rep.unexpected_keys)
     if not _all_str(unex):

@@ -49,7 +49,9 @@ def real_load(model: nn.Module, obj, *, strict=True, assign=False):
     except Exception as e:  # noqa: BLE001 - the exception is the answer
         exc = e
     after = _state(fresh)
-    changed = [k for k in before if k not in after or _differs(before[k], after[k])]
+    # a key the model gains during the load (a module registered by set_extra_state) is a change too
+    changed = [k for k in before if k not in after or _differs(before[k], after[k])] + \
+        [k for k in after if k not in before]
     return exc, missing, unexpected, changed, fresh
 
 
@@ -166,11 +168,11 @@ def test_whole_pickled_model_entry_root_is_the_object_itself(tmp_path):
 def test_json_carries_the_warnings_the_text_shows(tmp_path):
     import io
     model = nn.Linear(2, 2)
-    victim = model.weight
+    held = [model.weight]
 
     def hook(module, state_dict, prefix, *rest):
         with torch.no_grad():
-            victim.mul_(1.0)   # reaches the real model through a closure
+            held[0].mul_(1.0)   # reaches the real model through a container the copy cannot redirect
 
     model.register_load_state_dict_pre_hook(hook)
     rep = simulate_load(model, nn.Linear(2, 2).state_dict())
@@ -302,3 +304,127 @@ def test_uninitialized_parameters_in_a_checkpoint(tmp_path, cli):
     # into a lazy one it loads, and the parameters stay uninitialized
     rep2, exc2, fresh = agree(nn.LazyLinear(4), path, weights_only=False)
     assert exc2 is None and nn.parameter.is_lazy(fresh.weight)
+
+
+# ---- 10: where the simulation ran other code than torch (cases from PyTorch's own load_state_dict tests) ----------
+
+class CustomState(nn.Module):
+    """PyTorch's test_load_state_dict_custom: its own _save_to/_load_from_state_dict write through param.data."""
+
+    def __init__(self):
+        super().__init__()
+        self.param = nn.Parameter(torch.ones(3))
+        self.sub = nn.Linear(5, 5)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "serialized"] = self.param.data + 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *rest):
+        self.param.data.copy_(state_dict[prefix + "serialized"] - 1)
+
+
+class CustomNoGrad(CustomState):
+    def _load_from_state_dict(self, state_dict, prefix, *rest):
+        with torch.no_grad():
+            self.param.copy_(state_dict[prefix + "serialized"] - 1)
+
+
+class DataCopy(nn.Linear):
+    def _load_from_state_dict(self, state_dict, prefix, *rest):
+        self.weight.data.copy_(state_dict[prefix + "weight"])
+        self.bias.data.mul_(0)
+
+
+class GrowsAChild(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 2)
+
+    def get_extra_state(self):
+        return {"n": 3}
+
+    def set_extra_state(self, state):
+        self.child = nn.Linear(state["n"], 1)
+
+
+def _identity_checking():
+    model = nn.Sequential(nn.Linear(2, 2))
+
+    def hook(module, state_dict, prefix, *rest):
+        assert module is model[0], "not the module itself"
+
+    model[0].register_load_state_dict_pre_hook(hook)
+    return model
+
+
+@pytest.mark.parametrize("cls", [CustomState, CustomNoGrad])
+def test_own_load_code_writing_through_data(tmp_path, cls):
+    src = nn.Sequential(cls())
+    with torch.no_grad():
+        src[0].param[0] = 10
+    path = tmp_path / "custom.pt"
+    torch.save(src.state_dict(), path)
+    torch.manual_seed(1)
+    rep, _, fresh = agree(nn.Sequential(cls()), path)
+    assert fresh[0].param[0].item() == 10 and rep.keys["0.serialized"].status == "changed"
+    same = tmp_path / "same.pt"   # the same values: nothing changes
+    model = nn.Sequential(cls())
+    torch.save(model.state_dict(), same)
+    rep2, _, _ = agree(model, same)
+    assert rep2.keys["0.serialized"].status == "matched"
+
+
+def test_data_copy_and_data_inplace_are_seen(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "lin.pt"
+    torch.save(nn.Linear(3, 2).state_dict(), path)
+    torch.manual_seed(1)
+    rep, _, _ = agree(DataCopy(3, 2), path)
+    assert rep.keys["weight"].status == "changed" and not rep.keys["bias"].certain
+
+
+def test_identity_checking_hook_sees_the_module_itself(tmp_path):
+    path = tmp_path / "seq.pt"
+    torch.save(nn.Sequential(nn.Linear(2, 2)).state_dict(), path)
+    # torch on a model of its own (a deep copy would fail the check: the hook's closure names the original)
+    torch.manual_seed(0)
+    real = _identity_checking()
+    before = real[0].weight.detach().clone()
+    real.load_state_dict(torch.load(path, weights_only=True))
+    assert not torch.equal(before, real[0].weight)
+    torch.manual_seed(0)
+    rep = simulate_load(_identity_checking(), open_checkpoint(path))
+    assert not rep.raises and rep.changed_keys == ["0.weight", "0.bias"] and not rep.notes
+
+
+def test_set_extra_state_registering_a_child(tmp_path):
+    src = GrowsAChild()
+    src.set_extra_state({"n": 3})
+    path = tmp_path / "grow.pt"
+    torch.save(src.state_dict(), path)
+    for compare in (True, False):
+        rep = simulate_load(GrowsAChild(), open_checkpoint(path), compare_values=compare)
+        assert not rep.raises and rep.keys["child.weight"].status == "changed" and not rep.unexpected_keys
+        assert not rep.ignored_keys
+    real = GrowsAChild()
+    assert real.load_state_dict(torch.load(path, weights_only=False)).unexpected_keys == []
+    # a checkpoint without the child's keys: torch reports them missing, and so does the prediction
+    no_child = tmp_path / "nochild.pt"
+    torch.save({k: v for k, v in src.state_dict().items() if not k.startswith("child.")}, no_child)
+    rep, exc, _ = agree(GrowsAChild(), no_child, weights_only=False)
+    assert "child.weight" in rep.error_message and rep.keys["child.weight"].status == "missing"
+
+
+class SubTensor(torch.Tensor):
+    pass
+
+
+def test_tensor_subclass_in_the_file_is_not_predicted_as_exact(tmp_path):
+    m = nn.Linear(2, 2)
+    path = tmp_path / "sub.pt"
+    torch.save({"weight": m.weight.detach().clone().as_subclass(SubTensor), "bias": m.bias.detach().clone()}, path)
+    rep = simulate_load(nn.Linear(2, 2), open_checkpoint(path))
+    assert any(n.startswith("WARNING: this prediction cannot be exact") and "SubTensor" in n for n in rep.notes)
+    plain = tmp_path / "plain.pt"
+    torch.save(m.state_dict(), plain)
+    assert not any("cannot be exact" in n for n in simulate_load(nn.Linear(2, 2), open_checkpoint(plain)).notes)
