@@ -24,8 +24,12 @@ from .bytesource import TORCH_DTYPES as _TORCH_DTYPES, read_record
 from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo, contiguous_strides,
                       copy_metadata, read_mask)
 from .records import NUMPY_ARRAY
-from .safe_pickle import (ITEMSIZE, Inert, NumpyRecord, StorageRef, TensorRecord, Uninitialized, gc_paused,
-                          is_module_state, numpy_array, numpy_record, uninitialized_tensor)
+from .safe_pickle import (ITEMSIZE, Inert, NumpyRecord, QScheme, QuantizedRecord, StorageRef, TensorRecord,
+                          TorchDtype, Uninitialized, gc_paused, is_module_state, numpy_array, numpy_record,
+                          uninitialized_tensor)
+
+# quantized dtype -> the integer dtype its values are stored as
+_QUANTIZED_INT = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
 
@@ -136,9 +140,11 @@ def _all_records(values) -> bool:
 
 
 def _all_tensor_records(values) -> bool:
-    """Are all ``values`` records of tensors (not numpy arrays, which torch.load gives as arrays)?"""
+    """Are all ``values`` records of plain tensors (not numpy arrays, which torch.load gives as arrays, nor quantized
+    tensors, which are rebuilt with their values)?"""
     types = set(map(type, values))
-    return bool(types) and NumpyRecord not in types and all(issubclass(t, TensorRecord) for t in types)
+    return bool(types) and NumpyRecord not in types and QuantizedRecord not in types and \
+        all(issubclass(t, TensorRecord) for t in types)
 
 
 def _normalize(obj: Any, depth: int = 0, memo: dict | None = None) -> Any:
@@ -915,6 +921,8 @@ class Checkpoint:
         """``memo``: an object shared in the file is made once and shared in the result, as torch.load does."""
         if depth > MAX_DEPTH:
             raise CorruptFileError(f"{self.path}: nesting deeper than {MAX_DEPTH} levels")
+        if type(obj) is TorchDtype or type(obj) is QScheme:   # torch.load gives torch's own objects
+            return getattr(torch, str(obj), obj) if str(obj) in _TORCH_DTYPES or type(obj) is QScheme else obj
         if isinstance(obj, Uninitialized):   # a lazy module's parameter: torch.load gives an uninitialized one
             done = memo.get(id(obj))
             if done is None:
@@ -927,6 +935,8 @@ class Checkpoint:
             return done[1]
         if type(obj) is NumpyRecord:   # torch.load gives the array itself
             out = numpy_array(obj)
+        elif type(obj) is QuantizedRecord:   # data: its values are read (quantized modules pack them at load)
+            out = self._quantized(obj, path)
         elif isinstance(obj, TensorRecord):
             if device == "meta" or not has_data(obj):
                 t = self._meta_tensor(obj, path)   # saved from the meta device: torch.load gives a meta tensor too
@@ -982,6 +992,37 @@ class Checkpoint:
             out = tuple(self._materialize(v, path + (str(i),), device, depth + 1, memo) for i, v in enumerate(obj))
         memo[id(obj)] = (obj, out)  # keeps ``obj`` alive so its id stays its own
         return out
+
+    def _quantized(self, rec: "QuantizedRecord", path) -> torch.Tensor:
+        """The quantized tensor torch.load would rebuild, made from the record's integer values and its
+        quantization parameters (numbers, or small tensors read the same way)."""
+        int_dtype = _QUANTIZED_INT.get(rec.dtype or "")
+        qp = rec.qparams
+        where = _where(path)
+        if int_dtype is None or not qp or type(qp[0]) is not QScheme:
+            raise CorruptFileError(f"{self.path}: cannot rebuild the quantized tensor at {where} "
+                                   f"(dtype {rec.dtype!r}, quantization {str(qp)[:60]!r})")
+        ints = TensorRecord(rec.storage, rec.storage_offset, rec.shape, rec.stride, int_dtype)
+        values = read_record(ints, file_label=self.path).contiguous().clone()
+        try:
+            if qp[0] in ("per_tensor_affine", "per_tensor_symmetric") and len(qp) == 3:
+                return torch._make_per_tensor_quantized_tensor(values, float(qp[1]), int(qp[2]))
+            if qp[0] in ("per_channel_affine", "per_channel_affine_float_qparams", "per_channel_symmetric") \
+                    and len(qp) == 4 and type(qp[3]) is int:
+                float_zp = qp[0] == "per_channel_affine_float_qparams"
+
+                def column(v, dtype):
+                    if isinstance(v, TensorRecord):
+                        return read_record(v, file_label=self.path).to(dtype)
+                    return torch.tensor(list(v), dtype=dtype)
+                scales = column(qp[1], torch.float if float_zp else torch.double)
+                zero_points = column(qp[2], torch.float if float_zp else torch.long)
+                return torch._make_per_channel_quantized_tensor(values, scales, zero_points, qp[3])
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            raise CorruptFileError(f"{self.path}: the quantized tensor at {where} cannot be rebuilt "
+                                   f"({type(e).__name__}: {str(e)[:120]}); the file is corrupt") from None
+        raise CorruptFileError(f"{self.path}: the quantized tensor at {where} has a quantization torch does not "
+                               f"rebuild ({str(qp[0])!r})")
 
     def _meta_tensor(self, rec: TensorRecord, path, key=None) -> torch.Tensor:
         """``key``: the record's key in the mapping at ``path`` (else ``path`` is the record's own)."""

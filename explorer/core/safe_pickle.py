@@ -239,8 +239,13 @@ class PickleContext:
             rec._ctx = ctx
             return rec
 
+        def qtensor(storage, storage_offset, size, stride, quantizer_params=None, requires_grad=False, *rest):
+            rec = _rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params, requires_grad)
+            rec._ctx = ctx
+            return rec
+
         self.stand_ins = {"_rebuild_tensor_v2": TensorV2, "_rebuild_tensor_v3": _sealed(tensor_v3),
-                          "_rebuild_tensor": _sealed(tensor_v1)}
+                          "_rebuild_tensor": _sealed(tensor_v1), "_rebuild_qtensor": _sealed(qtensor)}
 
     def resolve(self, pid) -> StorageRef:
         key = pid[2] if type(pid) is tuple and len(pid) > 2 else None
@@ -382,6 +387,33 @@ def _rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False, *r
     return TensorRecord(None, 0, size, stride, _dtype_of(dtype), requires_grad)
 
 
+class QuantizedRecord(TensorRecord):
+    """A quantized tensor (``torch._utils._rebuild_qtensor``): its integer values are the storage's bytes, and
+    ``qparams`` holds what the file gave torch's rebuild: ``(qscheme, scale, zero_point)`` or
+    ``(qscheme, scales, zero_points, axis)`` (scales and zero points are records or lists)."""
+
+    __slots__ = ("qparams",)
+
+
+def _rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params=None, requires_grad=False, *rest):
+    rec = QuantizedRecord(storage, storage_offset, size, stride, _storage_dtype(storage), requires_grad)
+    rec.qparams = quantizer_params if type(quantizer_params) is tuple else None
+    return rec
+
+
+class QScheme(str):
+    """``torch.per_tensor_affine`` and its kin, named in a pickle: kept as the name."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        pass
+
+
+QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_tensor_symmetric", "per_channel_symmetric",
+            "per_channel_affine_float_qparams")
+
+
 def _rebuild_parameter(data, requires_grad=True, backward_hooks=None, *rest):
     if isinstance(data, TensorRecord):
         data.requires_grad = requires_grad is True
@@ -499,6 +531,7 @@ class SafeUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): _sealed(_rebuild_parameter),
         ("torch._utils", "_rebuild_parameter_with_state"): _sealed(_rebuild_parameter),
         ("torch._utils", "_rebuild_meta_tensor_no_storage"): _sealed(_rebuild_meta_tensor_no_storage),
+        ("torch._utils", "_rebuild_qtensor"): _sealed(_rebuild_qtensor),
         ("torch._tensor", "_rebuild_from_type_v2"): _sealed(_rebuild_from_type_v2),
         # real classes, and C callables: a BUILD on them raises (the file does not open), nothing else happens
         ("collections", "OrderedDict"): OrderedDict,
@@ -548,6 +581,8 @@ class SafeUnpickler(pickle.Unpickler):
                 return TorchDtype(name)
             if name in DTYPE_ALIASES:
                 return TorchDtype(DTYPE_ALIASES[name])
+            if name in QSCHEMES:
+                return QScheme(name)
         if module in ("torch.storage", "torch") and name in ("UntypedStorage", "TypedStorage", "_UntypedStorage"):
             return StorageType(None)
         if module in ("builtins", "__builtin__") and name in self.ALLOWED_BUILTINS:

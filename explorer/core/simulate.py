@@ -76,6 +76,7 @@ def dtype_name(dtype) -> str:
     return name
 
 _EXTRA_STATE_SUFFIX = "_extra_state"
+_ABSENT = object()
 _SHAPE_OF = attrgetter("shape")
 _VERSION_OF = attrgetter("_version")
 _is_lazy = torch.nn.parameter.is_lazy
@@ -1671,6 +1672,22 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
     used_sources: set[str] = set()
     loaded = 0
 
+    after_cache: dict = {}
+
+    def after_state() -> dict:
+        """The copy's state dict after the load (only asked for entries computed by a module's own code)."""
+        if "sd" not in after_cache:
+            try:
+                after_cache["sd"] = standin.module.state_dict()
+            except Exception:
+                after_cache["sd"] = {}
+        return after_cache["sd"]
+
+    def sd_key_set() -> set:
+        if "keys" not in after_cache:
+            after_cache["keys"] = set(res.sd_keys)
+        return after_cache["keys"]
+
     tied: dict[int, list[str]] = {}
     for key, slot in slots.items():
         if isinstance(slot.orig, torch.Tensor):
@@ -1775,10 +1792,14 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                     changed = None if changed is not True else True
                     rep.notes.append(f"{key}: modified in place ({', '.join(rec.inplace[id(s_orig)])}) by code that "
                                      "runs during the load (a hook); its value after the load cannot be predicted")
-            elif slot.module is None and isinstance(orig, torch.Tensor):
+            elif slot.module is None:
                 # an entry the module's own _save_to_state_dict computes (not a parameter or buffer): it changes when
-                # the load writes into the module's own tensors
+                # the load writes into the module's own tensors, or when its own _load_from_state_dict sets what it
+                # is computed from (quantized modules pack their weights)
                 written, got = _computed_slot(model, standin, rec, key, compared)
+                if not written and key not in missing and key in sd_key_set():
+                    eq = _deep_equal(orig, after_state().get(key, _ABSENT))
+                    written, got = True, (not eq if eq is not None else None)
                 if written:
                     loaded_here = True
                     kr.source_key = key if key in ck_infos else None

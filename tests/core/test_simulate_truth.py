@@ -21,6 +21,8 @@ class Net(nn.Module):
 
 
 def _differs(a, b) -> bool:
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return type(a) is not type(b) or len(a) != len(b) or any(map(_differs, a, b))
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
         return type(a) is not type(b) or a != b
     if a.shape != b.shape or a.dtype != b.dtype or a.is_meta != b.is_meta or a.is_quantized != b.is_quantized:
@@ -28,7 +30,8 @@ def _differs(a, b) -> bool:
     if a.is_meta:
         return False
     if a.is_quantized:
-        return not torch.equal(a.int_repr(), b.int_repr()) or a.qscheme() != b.qscheme()
+        return not torch.equal(a.dequantize(), b.dequantize()) or not torch.equal(a.int_repr(), b.int_repr()) \
+            or a.qscheme() != b.qscheme()
     x, y = a.detach().contiguous().reshape(-1), b.detach().contiguous().reshape(-1)
     return x.numel() > 0 and not torch.equal(x.view(torch.uint8), y.view(torch.uint8))
 
@@ -428,3 +431,39 @@ def test_tensor_subclass_in_the_file_is_not_predicted_as_exact(tmp_path):
     plain = tmp_path / "plain.pt"
     torch.save(m.state_dict(), plain)
     assert not any("cannot be exact" in n for n in simulate_load(nn.Linear(2, 2), open_checkpoint(plain)).notes)
+
+
+# ---- 6: quantized modules -----------------------------------------------------------------------------------------
+
+def _dynamic(seed):
+    torch.manual_seed(seed)
+    m = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    return torch.ao.quantization.quantize_dynamic(m, {nn.Linear}, dtype=torch.qint8)
+
+
+def _static(seed):
+    import torch.ao.nn.quantized as nnq
+    torch.manual_seed(seed)
+    lin = nnq.Linear(4, 3)
+    w = torch.randn(3, 4)
+    per_channel = torch.quantize_per_channel(w, torch.rand(3) / 10 + 0.01, torch.zeros(3, dtype=torch.long), 0,
+                                             torch.qint8)
+    lin.set_weight_bias(per_channel, torch.randn(3))
+    conv = nnq.Conv2d(2, 2, 3)
+    conv.set_weight_bias(torch.quantize_per_tensor(torch.randn(2, 2, 3, 3), 0.05, 0, torch.qint8), torch.randn(2))
+    conv.scale, conv.zero_point = 0.2, 3
+    return nn.Sequential(lin, conv)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+@pytest.mark.parametrize("build", [_dynamic, _static])
+def test_quantized_modules_load_as_torch_loads_them(tmp_path, build):
+    path = tmp_path / "q.pt"
+    torch.save(build(7).state_dict(), path)
+    rep, exc, _ = agree(build(0), path)
+    assert exc is None and rep.changed_keys   # the packed weights change
+    assert any("_packed_params" in k for k in rep.changed_keys)
+    same = tmp_path / "same.pt"
+    torch.save(build(0).state_dict(), same)
+    rep2, _, _ = agree(build(0), same)
+    assert rep2.changed_keys == []
