@@ -22,8 +22,13 @@ slot of the model is checked (object identity and version counter) to prove it.
 
 Known limits (each reported, never silently wrong where it can be detected):
 
-* a hook that reaches the *real* model through a closure (not through its ``module`` argument) runs against it: the
-  snapshot check reports it in ``notes``;
+* a hook's closure (and default arguments) see the stand-in's modules and tensors (``module is model.layer`` holds),
+  and ``param.data`` of a stand-in records like the stand-in; a hook that reaches the *real* model another way (a
+  global, a container) runs against it: the snapshot check reports it in ``notes``;
+* a hook that edits a checkpoint tensor in place is seen through version counters (not through ``.data``): the
+  values compared are the edited ones;
+* tensor subclasses the file names are simulated as plain tensors (their code never runs): the notes say the
+  prediction cannot be exact;
 * a hook that changes a model tensor in place (``zero_``, ``mul_`` ...) other than by ``copy_``: the key is reported
   changed with ``certain=False``;
 * hooks that read the *model's* values see data-less stand-ins (the checkpoint's values are real in the values pass);
