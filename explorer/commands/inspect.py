@@ -117,7 +117,7 @@ class _LeafText:
             if len(self._tails) > 100_000:
                 self._tails.clear()
             kind, shape, dtype, nbytes, device = row
-            dev = f"  ({device})" if device not in ("cpu", "") else ""
+            dev = "  (no data: meta)" if device == "meta" else f"  ({device})" if device not in ("cpu", "") else ""
             tail = self._tails[row] = (f" {kind:<14} {str(list(shape)):<18} {dtype:<10} "
                                        f"{human_bytes(nbytes)}{dev}\n")
         return f"{indent}{name:<24}{tail}"

@@ -19,13 +19,28 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..errors import CorruptFileError, KeyNotFoundError
+from ..errors import CorruptFileError, ExplorerError, KeyNotFoundError
 from .bytesource import TORCH_DTYPES as _TORCH_DTYPES, read_record
 from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo, contiguous_strides,
                       copy_metadata, read_mask)
-from .safe_pickle import ITEMSIZE, Inert, StorageRef, TensorRecord, gc_paused, is_module_state
+from .records import NUMPY_ARRAY
+from .safe_pickle import (ITEMSIZE, Inert, NumpyRecord, QScheme, QuantizedRecord, StorageRef, TensorRecord,
+                          TorchDtype, Uninitialized, gc_paused, is_module_state, numpy_array, numpy_record,
+                          uninitialized_tensor)
+
+# quantized dtype -> the integer dtype its values are stored as
+_QUANTIZED_INT = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
+
+
+class NoDataError(ExplorerError, ValueError):
+    """The tensor was saved from the meta device: the file holds its shape and dtype, no values."""
+
+
+def has_data(rec: TensorRecord) -> bool:
+    """Does the file hold values for this record (not a tensor saved from the meta device)?"""
+    return isinstance(rec.storage, StorageRef)
 
 
 class RecoveredModule(OrderedDict):
@@ -124,6 +139,14 @@ def _all_records(values) -> bool:
     return bool(types) and all(issubclass(t, TensorRecord) for t in types)
 
 
+def _all_tensor_records(values) -> bool:
+    """Are all ``values`` records of plain tensors (not numpy arrays, which torch.load gives as arrays, nor quantized
+    tensors, which are rebuilt with their values)?"""
+    types = set(map(type, values))
+    return bool(types) and NumpyRecord not in types and QuantizedRecord not in types and \
+        all(issubclass(t, TensorRecord) for t in types)
+
+
 def _normalize(obj: Any, depth: int = 0, memo: dict | None = None) -> Any:
     """Replace pickled modules by their recovered state dicts, everywhere in the object.
 
@@ -141,6 +164,10 @@ def _normalize(obj: Any, depth: int = 0, memo: dict | None = None) -> Any:
         if is_module_state(obj):
             out = memo[key] = _recover_module(obj)
             return out
+        rec = numpy_record(obj)
+        if rec is not None:   # a numpy array of numbers: data, listed like a tensor
+            memo[key] = rec
+            return rec
         st = obj.state_dict()
         if isinstance(st, dict):
             _normalize(st, depth + 1, memo)
@@ -434,6 +461,8 @@ class Checkpoint:
         candidates: list[tuple] = []  # (path, mapping) of every dict, in the order they are first seen
         root = self._root
         if isinstance(root, TensorRecord):  # torch.save(tensor): the file is one tensor, at the empty path
+            if type(root) is NumpyRecord:
+                kinds[0] = NUMPY_ARRAY
             self._paths, self._recs, self._by_parent, self.state_dicts = [()], [root], {}, []
             return
         seen = {id(root)}
@@ -469,6 +498,9 @@ class Checkpoint:
             else:
                 stack.pop()
         self._paths, self._recs, self._by_parent = paths, recs, by_parent
+        if NumpyRecord in set(map(type, recs)):
+            for i in compress(range(len(recs)), map(NumpyRecord.__instancecheck__, recs)):
+                kinds[i] = NUMPY_ARRAY
         self.state_dicts = self._rank([(p, m, len(by_parent[p]), *keys) for p, m, *keys in candidates
                                        if by_parent[p]])
 
@@ -750,7 +782,13 @@ class Checkpoint:
 
         Tensors read from one checkpoint share one private map per file (see ``bytesource.FileMaps``): clone a
         value before changing it in place if later reads must see the file's bytes."""
-        return read_record(self.record(path), file_label=self.path)
+        rec = self.record(path)
+        if not has_data(rec):
+            raise NoDataError(f"{self.path}: '{'/'.join(path)}' holds no data (meta): it was saved from the meta "
+                              "device, so the file has its shape and dtype but no values — save the state dict "
+                              "after the model's weights are materialized (e.g. after load_state_dict(..., "
+                              "assign=True) or to_empty() and initialisation)")
+        return read_record(rec, file_label=self.path)
 
     def read_key(self, key: str, entry: str | EntryPath | None = None) -> torch.Tensor:
         return self.read(self.resolve_entry(entry) + (key,))
@@ -792,7 +830,7 @@ class Checkpoint:
                 obj = None
             else:
                 obj = self.get(path)
-                if not isinstance(obj, dict) or not _all_records(_values(obj)) or not self._records_unshared():
+                if not isinstance(obj, dict) or not _all_tensor_records(_values(obj)) or not self._records_unshared():
                     return None
                 keys = list(_keys(obj))
                 vals = list(_values(obj))
@@ -883,24 +921,35 @@ class Checkpoint:
         """``memo``: an object shared in the file is made once and shared in the result, as torch.load does."""
         if depth > MAX_DEPTH:
             raise CorruptFileError(f"{self.path}: nesting deeper than {MAX_DEPTH} levels")
+        if type(obj) is TorchDtype or type(obj) is QScheme:   # torch.load gives torch's own objects
+            return getattr(torch, str(obj), obj) if str(obj) in _TORCH_DTYPES or type(obj) is QScheme else obj
+        if isinstance(obj, Uninitialized):   # a lazy module's parameter: torch.load gives an uninitialized one
+            done = memo.get(id(obj))
+            if done is None:
+                done = memo[id(obj)] = (obj, uninitialized_tensor(obj))
+            return done[1]
         if not isinstance(obj, (TensorRecord, dict, list, tuple)):
             return obj
         done = memo.get(id(obj))
         if done is not None:
             return done[1]
-        if isinstance(obj, TensorRecord):
-            if device == "meta":
-                t = self._meta_tensor(obj, path)
+        if type(obj) is NumpyRecord:   # torch.load gives the array itself
+            out = numpy_array(obj)
+        elif type(obj) is QuantizedRecord:   # data: its values are read (quantized modules pack them at load)
+            out = self._quantized(obj, path)
+        elif isinstance(obj, TensorRecord):
+            if device == "meta" or not has_data(obj):
+                t = self._meta_tensor(obj, path)   # saved from the meta device: torch.load gives a meta tensor too
             else:
                 t = read_record(obj, file_label=self.path)
             out = torch.nn.Parameter(t, requires_grad=obj.requires_grad) if obj.is_parameter else t
         elif isinstance(obj, dict):
             out = OrderedDict() if isinstance(obj, OrderedDict) else {}
             memo[id(obj)] = (obj, out)
-            bulk = self._meta_records(obj, memo) if device == "meta" and _all_records(_values(obj)) else None
+            bulk = self._meta_records(obj, memo) if device == "meta" and _all_tensor_records(_values(obj)) else None
             if bulk is not None:   # a state dict: no Python code per tensor
                 out.update(bulk)
-            elif device == "meta" and _all_records(_values(obj)):  # shared records: one call per entry
+            elif device == "meta" and _all_tensor_records(_values(obj)):  # shared records: one call per entry
                 meta_tensor, parameter, empty_strided = self._meta_tensor, torch.nn.Parameter, torch.empty_strided
                 plain: dict[tuple, Any] = {}  # (shape, stride, dtype) -> torch dtype when _meta_tensor would
                 for k, v in _items(obj):     # call empty_strided with them, else None
@@ -943,6 +992,37 @@ class Checkpoint:
             out = tuple(self._materialize(v, path + (str(i),), device, depth + 1, memo) for i, v in enumerate(obj))
         memo[id(obj)] = (obj, out)  # keeps ``obj`` alive so its id stays its own
         return out
+
+    def _quantized(self, rec: "QuantizedRecord", path) -> torch.Tensor:
+        """The quantized tensor torch.load would rebuild, made from the record's integer values and its
+        quantization parameters (numbers, or small tensors read the same way)."""
+        int_dtype = _QUANTIZED_INT.get(rec.dtype or "")
+        qp = rec.qparams
+        where = _where(path)
+        if int_dtype is None or not qp or type(qp[0]) is not QScheme:
+            raise CorruptFileError(f"{self.path}: cannot rebuild the quantized tensor at {where} "
+                                   f"(dtype {rec.dtype!r}, quantization {str(qp)[:60]!r})")
+        ints = TensorRecord(rec.storage, rec.storage_offset, rec.shape, rec.stride, int_dtype)
+        values = read_record(ints, file_label=self.path).contiguous().clone()
+        try:
+            if qp[0] in ("per_tensor_affine", "per_tensor_symmetric") and len(qp) == 3:
+                return torch._make_per_tensor_quantized_tensor(values, float(qp[1]), int(qp[2]))
+            if qp[0] in ("per_channel_affine", "per_channel_affine_float_qparams", "per_channel_symmetric") \
+                    and len(qp) == 4 and type(qp[3]) is int:
+                float_zp = qp[0] == "per_channel_affine_float_qparams"
+
+                def column(v, dtype):
+                    if isinstance(v, TensorRecord):
+                        return read_record(v, file_label=self.path).to(dtype)
+                    return torch.tensor(list(v), dtype=dtype)
+                scales = column(qp[1], torch.float if float_zp else torch.double)
+                zero_points = column(qp[2], torch.float if float_zp else torch.long)
+                return torch._make_per_channel_quantized_tensor(values, scales, zero_points, qp[3])
+        except (RuntimeError, TypeError, ValueError, IndexError) as e:
+            raise CorruptFileError(f"{self.path}: the quantized tensor at {where} cannot be rebuilt "
+                                   f"({type(e).__name__}: {str(e)[:120]}); the file is corrupt") from None
+        raise CorruptFileError(f"{self.path}: the quantized tensor at {where} has a quantization torch does not "
+                               f"rebuild ({str(qp[0])!r})")
 
     def _meta_tensor(self, rec: TensorRecord, path, key=None) -> torch.Tensor:
         """``key``: the record's key in the mapping at ``path`` (else ``path`` is the record's own)."""

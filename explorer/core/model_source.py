@@ -163,6 +163,9 @@ class ModelSide:
         value = self._lookup(key)
         if not isinstance(value, torch.Tensor):
             raise KeyNotFoundError(f"{self.path}: {key!r} is extra state, not a tensor")
+        if torch.nn.parameter.is_lazy(value):
+            raise KeyNotFoundError(f"{self.path}: {key!r} is an uninitialized parameter of a lazy module (no shape "
+                                   "or values until the first forward pass or a load)")
         return value.detach()
 
     def read(self, path: EntryPath) -> torch.Tensor:
@@ -189,5 +192,7 @@ class ModelSide:
 
 
 def _info(key: str, t: torch.Tensor, kind: str) -> TensorInfo:
+    if torch.nn.parameter.is_lazy(t):   # a lazy module's parameter before its first forward: no shape yet
+        return TensorInfo((key,), (), dtype_name(t.dtype), 0, None, "uninitialized", kind, bool(t.requires_grad))
     return TensorInfo((key,), tuple(t.shape), dtype_name(t.dtype), t.numel() * t.element_size(), None,
                       str(t.device), kind, bool(t.requires_grad))

@@ -17,6 +17,7 @@ PARAMETER = "parameter"
 BUFFER = "buffer"
 NON_PERSISTENT = "non_persistent"  # a buffer that state_dict() leaves out
 EXTRA_STATE = "extra_state"
+NUMPY_ARRAY = "numpy_array"    # a numpy array in the checkpoint (torch.load gives it as an array, not a tensor)
 
 
 
@@ -76,6 +77,12 @@ class TensorInfo:
     def key(self) -> str:
         """The state-dict key (the last path element)."""
         return self.path[-1] if self.path else ""
+
+    @property
+    def has_data(self) -> bool:
+        """False for a tensor saved from the meta device: the file holds its shape and dtype, no values
+        ("no data (meta)")."""
+        return self.device != "meta"
 
     @property
     def numel(self) -> int:

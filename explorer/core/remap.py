@@ -152,7 +152,8 @@ class Suggestion:
 # ---- finding candidates -----------------------------------------------------------------------------------------
 
 def _tensor_shapes(sd: Mapping) -> "OrderedDict[str, tuple]":
-    return OrderedDict((k, tuple(v.shape)) for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor))
+    return OrderedDict((k, tuple(v.shape)) for k, v in sd.items() if isinstance(k, str) and isinstance(v, torch.Tensor)
+                       and not torch.nn.parameter.is_lazy(v))   # an uninitialized (lazy) parameter has no shape
 
 
 def _dot_suffixes(key: str):

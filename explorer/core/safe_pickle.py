@@ -109,7 +109,7 @@ class TensorRecord:
     """
 
     __slots__ = ("_storage", "_ctx", "storage_offset", "shape", "stride", "dtype", "requires_grad", "is_parameter",
-                 "numel")
+                 "numel", "subclass")   # subclass: set only for a tensor subclass the file names (read with getattr)
 
     _file_ctx = None  # per-file subclasses (see PickleContext) know how to turn a persistent id into a StorageRef
 
@@ -247,8 +247,13 @@ class PickleContext:
             rec._ctx = ctx
             return rec
 
+        def qtensor(storage, storage_offset, size, stride, quantizer_params=None, requires_grad=False, *rest):
+            rec = _rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params, requires_grad)
+            rec._ctx = ctx
+            return rec
+
         self.stand_ins = {"_rebuild_tensor_v2": TensorV2, "_rebuild_tensor_v3": _sealed(tensor_v3),
-                          "_rebuild_tensor": _sealed(tensor_v1)}
+                          "_rebuild_tensor": _sealed(tensor_v1), "_rebuild_qtensor": _sealed(qtensor)}
 
     def resolve(self, pid) -> StorageRef:
         key = pid[2] if type(pid) is tuple and len(pid) > 2 else None
@@ -390,6 +395,33 @@ def _rebuild_meta_tensor_no_storage(dtype, size, stride, requires_grad=False, *r
     return TensorRecord(None, 0, size, stride, _dtype_of(dtype), requires_grad)
 
 
+class QuantizedRecord(TensorRecord):
+    """A quantized tensor (``torch._utils._rebuild_qtensor``): its integer values are the storage's bytes, and
+    ``qparams`` holds what the file gave torch's rebuild: ``(qscheme, scale, zero_point)`` or
+    ``(qscheme, scales, zero_points, axis)`` (scales and zero points are records or lists)."""
+
+    __slots__ = ("qparams",)
+
+
+def _rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params=None, requires_grad=False, *rest):
+    rec = QuantizedRecord(storage, storage_offset, size, stride, _storage_dtype(storage), requires_grad)
+    rec.qparams = quantizer_params if type(quantizer_params) is tuple else None
+    return rec
+
+
+class QScheme(str):
+    """``torch.per_tensor_affine`` and its kin, named in a pickle: kept as the name."""
+
+    __slots__ = ()
+
+    def __setstate__(self, state):
+        pass
+
+
+QSCHEMES = ("per_tensor_affine", "per_channel_affine", "per_tensor_symmetric", "per_channel_symmetric",
+            "per_channel_affine_float_qparams")
+
+
 def _rebuild_parameter(data, requires_grad=True, backward_hooks=None, *rest):
     if isinstance(data, TensorRecord):
         data.requires_grad = requires_grad is True
@@ -401,8 +433,15 @@ def _rebuild_from_type_v2(func, new_type, args, state):
     # a tensor subclass: rebuild the plain tensor record; the subclass is information only
     if isinstance(args, tuple) and (isinstance(func, _Sealed) or (type(func) is _SealedClass
                                                                   and issubclass(func, TensorRecord))):
-        return func(*args)
+        rec = func(*args)
+        name = getattr(new_type, "_global", None) if type(new_type) is _SealedClass else None
+        if isinstance(rec, TensorRecord) and isinstance(name, str) and name not in _PLAIN_TENSOR_TYPES:
+            rec.subclass = name   # torch.load would rebuild it as that class (the file's code): information
+        return rec
     return placeholder("torch._tensor", "_rebuild_from_type_v2")(func, new_type, args, state)
+
+
+_PLAIN_TENSOR_TYPES = {"torch.Tensor", "torch._tensor.Tensor", "torch.nn.parameter.Parameter"}
 
 
 def _dtype_of(value) -> str | None:
@@ -500,6 +539,7 @@ class SafeUnpickler(pickle.Unpickler):
         ("torch._utils", "_rebuild_parameter"): _sealed(_rebuild_parameter),
         ("torch._utils", "_rebuild_parameter_with_state"): _sealed(_rebuild_parameter),
         ("torch._utils", "_rebuild_meta_tensor_no_storage"): _sealed(_rebuild_meta_tensor_no_storage),
+        ("torch._utils", "_rebuild_qtensor"): _sealed(_rebuild_qtensor),
         ("torch._tensor", "_rebuild_from_type_v2"): _sealed(_rebuild_from_type_v2),
         # real classes, and C callables: a BUILD on them raises (the file does not open), nothing else happens
         ("collections", "OrderedDict"): OrderedDict,
@@ -555,6 +595,8 @@ class SafeUnpickler(pickle.Unpickler):
                 return TorchDtype(name)
             if name in DTYPE_ALIASES:
                 return TorchDtype(DTYPE_ALIASES[name])
+            if name in QSCHEMES:
+                return QScheme(name)
         if module in ("torch.storage", "torch") and name in ("UntypedStorage", "TypedStorage", "_UntypedStorage"):
             return StorageType(None)
         if module in ("builtins", "__builtin__") and name in self.ALLOWED_BUILTINS:
@@ -564,11 +606,167 @@ class SafeUnpickler(pickle.Unpickler):
             return NumpyDtype
         if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "scalar":
             return _NUMPY_SCALAR
+        if module in ("numpy.core.multiarray", "numpy._core.multiarray") and name == "_reconstruct":
+            return _NUMPY_RECONSTRUCT
+        if module == "torch.nn.parameter" and name in _UNINITIALIZED:
+            return _UNINITIALIZED[name]
         return placeholder(module, name)
     # no ``persistent_load`` method: without one given, a persistent id is an UnpicklingError of the C unpickler
 
 
 _NUMPY_SCALAR = _sealed(_numpy_scalar)
+
+
+# ---- uninitialized (lazy) parameters: a flag, no data ----------------------------------------------------------
+
+class Uninitialized(Inert):
+    """``torch.nn.parameter.UninitializedParameter(requires_grad)`` / ``UninitializedBuffer``: what a lazy module's
+    state dict holds before its first forward. Only its arguments are kept; :func:`uninitialized_tensor` makes the
+    torch object of the same class for code that must see it (the simulation)."""
+
+    _global = "torch.nn.parameter.UninitializedParameter"
+
+    @property
+    def is_buffer(self) -> bool:
+        return type(self) is UninitializedBufferRecord
+
+
+class UninitializedBufferRecord(Uninitialized):
+    _global = "torch.nn.parameter.UninitializedBuffer"
+
+
+def _uninitialized_parameter(*args, **kwargs):
+    return Uninitialized(*args, **kwargs)
+
+
+def _uninitialized_buffer(*args, **kwargs):
+    return UninitializedBufferRecord(*args, **kwargs)
+
+
+_UNINITIALIZED = {"UninitializedParameter": _sealed(_uninitialized_parameter),
+                  "UninitializedBuffer": _sealed(_uninitialized_buffer)}
+
+
+def uninitialized_tensor(obj: Uninitialized):
+    """The ``torch.nn.UninitializedParameter`` (or buffer) ``obj`` stands for: its ``requires_grad`` is the only
+    argument taken from the file (when it is a bool); device and dtype are torch's defaults, as when unpickled."""
+    import torch
+    grad = obj._args[0] if obj._args and type(obj._args[0]) is bool else not obj.is_buffer
+    cls = torch.nn.UninitializedBuffer if obj.is_buffer else torch.nn.UninitializedParameter
+    return cls(requires_grad=grad)
+
+
+# ---- numpy arrays: data, read without numpy's unpickler ----------------------------------------------------------
+
+class NumpyArray(Inert):
+    """``numpy.core.multiarray._reconstruct(ndarray, (0,), b'b')`` and the BUILD that follows: the array's state
+    ``(version, shape, dtype, is_fortran, raw bytes)`` is only remembered; :func:`numpy_record` reads it."""
+
+    _global = "numpy.ndarray"
+
+
+def _numpy_reconstruct(*args):
+    return NumpyArray(*args)
+
+
+_NUMPY_RECONSTRUCT = _sealed(_numpy_reconstruct)
+
+# numpy dtype (kind + item size) -> the torch dtype name a tensor of the same values has
+_NUMPY_TO_TORCH = {"f2": "float16", "f4": "float32", "f8": "float64", "i1": "int8", "i2": "int16", "i4": "int32",
+                   "i8": "int64", "u1": "uint8", "u2": "uint16", "u4": "uint32", "u8": "uint64", "b1": "bool",
+                   "c8": "complex64", "c16": "complex128"}
+
+
+def numpy_dtype(obj) -> "np.dtype | None":
+    """The numpy dtype a pickled ``numpy.dtype(code, align, copy)`` + BUILD state stands for, when it is a plain
+    numeric one (no fields, no sub-array, no object); built by numpy from the type code alone."""
+    if type(obj) is not NumpyDtype or not obj._args or type(obj._args[0]) is not str:
+        return None
+    code = obj._args[0]
+    if code not in _NUMPY_SIMPLE:
+        return None
+    st = obj._state
+    order = "|"
+    if st is not None:
+        if not (type(st) is tuple and len(st) >= 5 and st[1] in ("<", ">", "|", "=") and st[2] is None
+                and st[3] is None and st[4] is None):
+            return None
+        order = st[1]
+    try:
+        dt = np.dtype(code)
+        return dt.newbyteorder(order) if order in ("<", ">") else dt
+    except (TypeError, ValueError):
+        return None
+
+
+class NumpyRecord(TensorRecord):
+    """A numpy array the pickle holds inline: its bytes are in memory (little-endian), read like a tensor's."""
+
+    __slots__ = ("np_dtype", "fortran")
+
+
+class _InlineBytes:
+    """The byte source of arrays held inside the pickle itself (no file region)."""
+
+    __slots__ = ("data", "label")
+
+    def __init__(self, data: bytes, label: str = "the pickle"):
+        self.data = data
+        self.label = label
+
+    def storage_bytes(self, ref):
+        import torch
+        return torch.from_numpy(np.frombuffer(self.data, dtype=np.uint8).copy())
+
+    def describe(self, ref):
+        return self.label, "numpy array (inside the pickle)", None
+
+    def region(self, ref):
+        raise OSError("a numpy array inside the pickle has no region of its own in the file")
+
+
+def numpy_record(obj) -> "NumpyRecord | None":
+    """The record of a pickled ``numpy.ndarray`` of a plain numeric dtype, or None (anything else stays an inert
+    placeholder: object arrays, structured dtypes, a state that does not add up)."""
+    if type(obj) is not NumpyArray:
+        return None
+    st = obj._state
+    if not (type(st) is tuple and len(st) == 5):
+        return None
+    _version, shape, dtype, fortran, data = st
+    dt = numpy_dtype(dtype)
+    if dt is None or type(fortran) is not bool or type(data) not in (bytes, bytearray):
+        return None
+    name = _NUMPY_TO_TORCH.get(f"{dt.kind}{dt.itemsize}")
+    try:
+        shape = _int_tuple(shape, "shape")
+    except pickle.UnpicklingError:
+        return None
+    numel = 1
+    for d in shape:
+        if d < 0:
+            return None
+        numel *= d
+    if name is None or numel * dt.itemsize != len(data):
+        return None
+    if dt.byteorder == ">":   # the values, little-endian (what torch and this reader use)
+        dt = dt.newbyteorder("<")
+        data = np.frombuffer(data, dtype=dt.newbyteorder(">")).astype(dt).tobytes()
+    stride, acc = [], 1
+    for d in (shape if fortran else reversed(shape)):
+        stride.append(acc)
+        acc *= max(d, 1)
+    stride = tuple(stride if fortran else reversed(stride))
+    ref = StorageRef(f"numpy-{id(obj)}", "uint8", "cpu", len(data), source=_InlineBytes(bytes(data)))
+    rec = NumpyRecord(ref, 0, shape, stride, name)
+    rec.np_dtype, rec.fortran = dt, fortran
+    return rec
+
+
+def numpy_array(rec: NumpyRecord) -> np.ndarray:
+    """The array itself (what ``torch.load`` gives), built from its bytes."""
+    arr = np.frombuffer(bytearray(rec.storage.source.data), dtype=rec.np_dtype)
+    return arr.reshape(rec.shape, order="F" if rec.fortran else "C")
 
 
 def storage_from_pid(pid, source=None) -> StorageRef:

@@ -22,8 +22,13 @@ slot of the model is checked (object identity and version counter) to prove it.
 
 Known limits (each reported, never silently wrong where it can be detected):
 
-* a hook that reaches the *real* model through a closure (not through its ``module`` argument) runs against it: the
-  snapshot check reports it in ``notes``;
+* a hook's closure (and default arguments) see the stand-in's modules and tensors (``module is model.layer`` holds),
+  and ``param.data`` of a stand-in records like the stand-in; a hook that reaches the *real* model another way (a
+  global, a container) runs against it: the snapshot check reports it in ``notes``;
+* a hook that edits a checkpoint tensor in place is seen through version counters (not through ``.data``): the
+  values compared are the edited ones;
+* tensor subclasses the file names are simulated as plain tensors (their code never runs): the notes say the
+  prediction cannot be exact;
 * a hook that changes a model tensor in place (``zero_``, ``mul_`` ...) other than by ``copy_``: the key is reported
   changed with ``certain=False``;
 * hooks that read the *model's* values see data-less stand-ins (the checkpoint's values are real in the values pass);
@@ -45,7 +50,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import chain, compress, repeat
-from operator import attrgetter, itemgetter
+from operator import attrgetter, itemgetter, ne
 from typing import Any, Callable
 
 import numpy as np
@@ -58,6 +63,7 @@ from .records import (DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, PlainStateDict, 
 from .records import copy_metadata
 from .records import dtype_name as _dtype_name
 from .remap import within_one_edit
+from .safe_pickle import StorageRef
 
 _DTYPE_NAMES: dict = {}
 
@@ -75,9 +81,14 @@ def dtype_name(dtype) -> str:
     return name
 
 _EXTRA_STATE_SUFFIX = "_extra_state"
+_ABSENT = object()
 _SHAPE_OF = attrgetter("shape")
+_VERSION_OF = attrgetter("_version")
+_is_lazy = torch.nn.parameter.is_lazy
+_LAZY = torch.nn.parameter.UninitializedTensorMixin
 _SMALL = 1  # stand-in tensors with at most this many elements are real clones (torch inspects their device)
 _FINAL_PREFIX = "Error(s) in loading state_dict for "
+_NOT_A_MAPPING = "Expected state_dict to be dict-like, got "
 _SCRATCH_MAX = 1 << 31  # tensors larger than this get their own temporary
 
 
@@ -104,6 +115,7 @@ class KeyReport:
     certain: bool = True                        # False when ``changed`` could not be computed (assumed True)
     before: dict | None = None                  # running statistics: summary before and after
     after: dict | None = None
+    no_data: bool = False                       # the checkpoint's tensor has no data (saved from the meta device)
 
     def to_json(self) -> dict:
         return {"key": self.key, "kind": self.kind, "status": self.status, "changed": bool(self.changed),
@@ -278,6 +290,7 @@ class LoadReport:
             "changed_keys": list(self.changed_keys),
             "changed_buffers": list(self.changed_buffers),
             "suggestions": [s.to_json() if hasattr(s, "to_json") else s for s in self.suggestions],
+            "warnings": list(self.notes),   # what the text prints as "note: ..."
         }
 
     def dumps(self) -> str:
@@ -393,6 +406,24 @@ def _view_dict(sd: Mapping) -> Any:
     return _map_tensors(sd, lambda v: v.detach())
 
 
+def _whole_module_at(side, path) -> str | None:
+    """The class of the pickled ``nn.Module`` (``torch.save(model)``) at ``path`` of a checkpoint, if it is one."""
+    from .checkpoint import RecoveredModule
+    try:
+        obj = side.get(path)
+    except Exception:
+        return None
+    return (obj.class_name or "?") if isinstance(obj, RecoveredModule) else None
+
+
+def _object_of_class(qualname: str):
+    """An object whose ``type()`` prints as the class ``qualname`` names (what torch puts in its messages); it is
+    nothing else: no state, no methods of that class."""
+    module, _, name = qualname.rpartition(".")
+    cls = type(name or "object", (), {"__module__": module or "builtins", "__qualname__": name or "object"})
+    return cls()
+
+
 class _CheckpointInput:
     """The checkpoint side, able to hand torch the object at ``entry`` with meta tensors or with real values."""
 
@@ -400,6 +431,9 @@ class _CheckpointInput:
         self.side = side
         self.entry_path: tuple[str, ...] = ()
         self.record_of: Callable[[str], Any] | None = None
+        self._plain: Mapping | None = None
+        self.whole_module: str | None = None   # the entry is a pickled nn.Module of this class
+        self.opaque = False                    # torch is handed that module itself (an explicit entry)
         if isinstance(side, Mapping):
             self.label = "<dict>"
             self._meta = lambda: _as_meta_dict(side)
@@ -420,16 +454,35 @@ class _CheckpointInput:
             # load_object hands out a private _metadata each time
             self._meta = lambda: side.load_object(self.entry_path, device="meta")
             self._real = lambda: side.load_object(self.entry_path, device="cpu")
+            self.whole_module = _whole_module_at(side, self.entry_path)
+            if self.whole_module is not None and entry is not None:
+                # the entry names a whole pickled model: torch would be handed that object, not its state dict
+                opaque = _object_of_class(self.whole_module)
+                self._meta = self._real = lambda: opaque
+                self.opaque = True
             if hasattr(side, "record") and hasattr(side, "read"):
                 self.record_of = lambda key: side.record(self.entry_path + (key,))
                 self.read_key = lambda key: side.read(self.entry_path + (key,))
         else:
             raise SimulationError(f"expected a checkpoint, a model or a dict, got {type(side).__name__}")
 
+    def no_data(self, key) -> bool:
+        """Does the checkpoint hold no values for ``key`` (a tensor saved from the meta device)?"""
+        try:
+            if self.record_of is not None:
+                return not isinstance(self.record_of(key).storage, StorageRef)
+            if self._plain is None:
+                side = self.side
+                self._plain = side if isinstance(side, Mapping) else _model_of(side)[0].state_dict()
+            v = self._plain.get(key)
+            return isinstance(v, torch.Tensor) and v.is_meta
+        except Exception:
+            return False
+
     def meta(self, read: tuple[set, tuple] | None = None):
         """The object handed to torch, on the meta device. ``read``: the keys (and key prefixes) whose values the
         model's code can read (see :meth:`_ModelIndex.read_keys`); the others may share one tensor per layout."""
-        shared = getattr(self.side, "meta_state_dict", None) if read is not None else None
+        shared = getattr(self.side, "meta_state_dict", None) if read is not None and not self.opaque else None
         if shared is not None:
             out = shared(self.entry_path, *read)
             if out is not None:
@@ -442,6 +495,7 @@ class _CheckpointInput:
 
 # ---- the stand-in -----------------------------------------------------------------------------------------------
 
+_TENSOR_DATA = torch._C.TensorBase.data   # the descriptor of ``Tensor.data``
 _LOCAL = threading.local()   # the recorder of the pass running on this thread
 _INPLACE_NAMES = ("__setitem__", "add_", "sub_", "mul_", "div_", "fill_", "zero_", "clamp_", "normal_", "uniform_",
                   "copysign_", "abs_", "neg_", "t_", "transpose_", "resize_", "set_", "requires_grad_", "lerp_",
@@ -462,6 +516,17 @@ class _StandInMixin:
             return rec._on_copy(self, src)
         return torch.Tensor.copy_(self, src, non_blocking)
 
+    @property
+    def data(self):
+        rec = getattr(_LOCAL, "recorder", None)
+        if rec is not None and id(self) in rec.standin.tracked and id(self) not in rec.standin.alias_of:
+            return rec.standin.alias(self)
+        return _TENSOR_DATA.__get__(self)
+
+    @data.setter
+    def data(self, value):
+        _TENSOR_DATA.__set__(self, value)
+
 
 def _inplace(name):
     base = getattr(torch.Tensor, name, None)
@@ -471,7 +536,8 @@ def _inplace(name):
     def method(self, *args, **kwargs):
         rec = getattr(_LOCAL, "recorder", None)
         if rec is not None and id(self) in rec.standin.tracked and name != "requires_grad_":
-            rec.inplace.setdefault(id(self), []).append(name)
+            target = rec.standin.alias_of.get(id(self), self)
+            rec.inplace.setdefault(id(target), []).append(name)
         return base(self, *args, **kwargs)
     method.__name__ = name
     return method
@@ -491,10 +557,22 @@ class _StandInBuffer(_StandInMixin, torch.Tensor):
     __torch_function__ = torch._C._disabled_torch_function_impl
 
 
+class _LazyStandInParameter(nn.UninitializedParameter):
+    cls_to_become = _StandInParameter
+
+
+class _LazyStandInBuffer(nn.UninitializedBuffer):
+    cls_to_become = _StandInBuffer
+
+
 def _standin_tensor(t: torch.Tensor, templates: dict | None = None) -> torch.Tensor | None:
     if torch.nn.parameter.is_lazy(t):
-        try:  # uninitialized: nothing to protect but the object itself (torch's lazy hooks materialize it in place)
-            return type(t)(requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else type(t)()
+        # uninitialized: torch's lazy hook materializes it in place with the checkpoint's shape; on the meta device
+        # (no memory), into a stand-in class like every other one
+        try:
+            if isinstance(t, nn.Parameter):
+                return _LazyStandInParameter(requires_grad=t.requires_grad, device="meta", dtype=t.dtype)
+            return _LazyStandInBuffer(requires_grad=t.requires_grad, device="meta", dtype=t.dtype)
         except Exception:
             return None
     if t.numel() <= _SMALL or t.is_meta or t.layout != torch.strided or t.is_quantized:
@@ -602,12 +680,92 @@ class _StandIn:
             self.by_name = {name: tree_memo[id(m)] for name, m in index.named}
         except Exception:  # an unusual module: let deepcopy do it, with its own rules
             try:
-                self.module = copy.deepcopy(model, dict(memo))
+                tree_memo = dict(memo)
+                self.module = copy.deepcopy(model, tree_memo)
             except Exception as e:
                 raise SimulationError(f"cannot make a data-less copy of {type(model).__name__} to simulate on "
                                       f"({type(e).__name__}: {e})") from e
             self.by_name = dict(self.module.named_modules(remove_duplicate=False))
+        _rebind_hooks(index.unique, tree_memo)
         self.tracked = set(self.orig_of)
+        self.alias_of: dict[int, torch.Tensor] = {}   # id(``stand_in.data``) -> the stand-in
+        self._aliases: list = []                       # kept alive, so their ids stay theirs
+
+    def alias(self, standin: torch.Tensor) -> torch.Tensor:
+        """What ``standin.data`` gives during a load: a tensor whose ``copy_`` and in-place methods are those of
+        ``standin`` itself (torch's own ``.data`` shares the memory: a copy through it loads the parameter)."""
+        data = _TENSOR_DATA.__get__(standin)
+        out = torch.Tensor._make_subclass(_StandInBuffer, data, False)
+        self.alias_of[id(out)] = standin
+        self.tracked.add(id(out))
+        self._aliases.append(out)
+        return out
+
+
+_HOOK_DICTS = ("_load_state_dict_pre_hooks", "_load_state_dict_post_hooks", "_state_dict_hooks",
+               "_state_dict_pre_hooks")
+
+
+def _rebind_hooks(mods: list, memo: dict) -> None:
+    """In the copy's load and state-dict hooks, a function whose closure (or default arguments) holds a module or a
+    tensor of the model gets the copy's one instead: a hook that checks ``module is model.layer`` or edits
+    ``model.layer.weight`` through a closure then sees the copy, as the real load would see the model itself. Globals
+    cannot be redirected (the snapshot check reports a hook that writes the real model through one)."""
+    cells: dict = {}
+    for mod in mods:
+        new = memo.get(id(mod))
+        if new is None or new is mod:
+            continue
+        for attr in _HOOK_DICTS:
+            d = new.__dict__.get(attr)
+            if not d or d is mod.__dict__.get(attr):   # shared with the model (not copied): never written
+                continue
+            for k, h in list(d.items()):
+                inner = getattr(h, "hook", None) if type(h).__name__ == "_WrappedHook" else None
+                if inner is not None:
+                    fn = _rebind(inner, memo, cells)
+                    if fn is not inner:
+                        h.hook = fn
+                else:
+                    d[k] = _rebind(h, memo, cells)
+
+
+def _rebind(fn, memo: dict, cells: dict):
+    if not isinstance(fn, types.FunctionType):
+        return fn
+
+    def sub(v):
+        return memo.get(id(v), v) if isinstance(v, (nn.Module, torch.Tensor)) else v
+
+    changed = False
+    closure = []
+    for c in fn.__closure__ or ():
+        try:
+            v = c.cell_contents
+        except ValueError:   # an empty cell
+            closure.append(c)
+            continue
+        nv = sub(v)
+        if nv is v:
+            closure.append(c)
+            continue
+        nc = cells.get(id(c))
+        if nc is None:   # cells shared by two hooks stay shared
+            nc = cells[id(c)] = (types.CellType(nv), c)
+        closure.append(nc[0])
+        changed = True
+    defaults = fn.__defaults__
+    if defaults:
+        new_defaults = tuple(map(sub, defaults))
+        changed = changed or any(a is not b for a, b in zip(new_defaults, defaults))
+        defaults = new_defaults
+    if not changed:
+        return fn
+    out = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, defaults, tuple(closure) or None)
+    out.__kwdefaults__ = fn.__kwdefaults__
+    out.__qualname__ = fn.__qualname__
+    out.__dict__.update(fn.__dict__)
+    return out
 
 
 _ATOMIC = (type(None), bool, int, float, complex, str, bytes, type, torch.dtype, torch.device, types.FunctionType,
@@ -687,6 +845,7 @@ class _Recorder:
         self.want_summary = want_summary or set()
         self._buf: torch.Tensor | None = None
         self.record_of: Callable[[str], Any] | None = None   # checkpoint key -> TensorRecord (values pass)
+        self.no_data: Callable[[str], bool] | None = None    # checkpoint key -> it has no values (meta)
         self._fds: dict[str, int] = {}
 
     def source_key(self, src) -> str | None:
@@ -726,6 +885,8 @@ class _Recorder:
         key = self.src_keys.get(id(src))
         if key is None:
             return False
+        if isinstance(self.src_keys, _IdIndex) and self.src_keys.is_edited(src):
+            return False   # code of the load changed it in place: the file's bytes are not what torch copies
         return self._read_key_into(key, tmp, tuple(src.shape))
 
     def _read_key_into(self, key: str, tmp: torch.Tensor, shape: tuple | None = None) -> bool:
@@ -774,12 +935,28 @@ class _Recorder:
         self._fds.clear()
 
     def _on_copy(self, dest: torch.Tensor, src: Any):
+        canon = self.standin.alias_of.get(id(dest))
+        if canon is None:
+            return self._record_copy(dest, src)
+        self._record_copy(canon, src)   # ``param.data.copy_(x)``: a copy into the parameter itself
+        return dest
+
+    def _record_copy(self, dest: torch.Tensor, src: Any):
         if not isinstance(src, torch.Tensor):
             return torch.Tensor.copy_(dest, src)  # let torch raise its own TypeError
         is_self = src is dest  # a stand-in: never a checkpoint tensor (nor a view of one)
         ev = _Copy(None if is_self else self.source_key(src), src.dtype, src.shape, is_self=is_self,
                    exact=not is_self and id(src) in self.src_keys)
         self.copies.setdefault(id(dest), []).append(ev)
+        if src.is_meta and not is_self and ev.src_key is not None and not self.standin.orig_of[id(dest)].is_meta \
+                and (self.compare or (self.no_data is not None and self.no_data(ev.src_key))):
+            # the checkpoint's tensor has no data (saved from the meta device): torch's own copy raises, and the
+            # error it raises is the one torch puts in its message
+            try:
+                torch.empty(1, dtype=dest.dtype).copy_(torch.empty(1, dtype=src.dtype, device="meta"))
+            except Exception:
+                self.copies[id(dest)].pop()
+                raise
         if not self.compare and not ev.exact and not ev.is_self and not src.is_meta:
             ev.src_ref = src  # made during the load (e.g. torch.tensor(0)): its values are known without the file
         if not self.compare or self.cancelled:
@@ -867,11 +1044,12 @@ class _PassResult:
     extra_state_set: dict[str, Any]
     sd_keys: list[str]             # keys of the object handed to torch, in order
     sd_infos: dict[str, tuple]     # key -> (shape, dtype) of the object handed to torch
+    edited: list = field(default_factory=list)   # checkpoint keys whose tensor code changed in place during the load
 
 
 def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, compare: bool,
               progress=None, total: int = 0, should_stop=None, want_summary_keys=(),
-              index: "_ModelIndex | None" = None, record_of=None) -> _PassResult:
+              index: "_ModelIndex | None" = None, record_of=None, no_data=None) -> _PassResult:
     index = index or _ModelIndex(model)
     if isinstance(sd_obj, Mapping) and getattr(sd_obj, "_metadata", None) is not None:
         meta = sd_obj._metadata
@@ -936,6 +1114,7 @@ def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, comp
     recorder = _Recorder(standin, src_keys, compare=compare, progress=progress, total=total,
                          should_stop=should_stop, want_summary=want_summary)
     recorder.record_of = record_of
+    recorder.no_data = no_data
     exc = None
     returned = None
     with warnings.catch_warnings():
@@ -952,12 +1131,13 @@ def _run_pass(model: nn.Module, sd_obj: Any, *, strict: bool, assign: bool, comp
             recorder.close()
     if recorder.cancelled:
         raise Cancelled("simulation cancelled")
+    edited = src_keys.edited() if isinstance(src_keys, _IdIndex) else []
     missing = list(state["missing"] or [])
     unexpected = list(state["unexpected"] or [])
     if returned is not None:
         missing, unexpected = list(returned.missing_keys), list(returned.unexpected_keys)
     return _PassResult(standin, recorder, exc, returned, missing, unexpected, bool(state["finished"]),
-                       extra_state_set, sd_keys, sd_infos)
+                       extra_state_set, sd_keys, sd_infos, edited)
 
 
 class _Infos(Mapping):
@@ -977,7 +1157,8 @@ class _Infos(Mapping):
             v = self._sd[key]
             if not isinstance(v, torch.Tensor):
                 raise KeyError(key)
-            info = self._made[key] = (tuple(v.shape), dtype_name(v.dtype))
+            # an uninitialized (lazy) parameter has no shape
+            info = self._made[key] = (None if _is_lazy(v) else tuple(v.shape), dtype_name(v.dtype))
         return info
 
     def __contains__(self, key) -> bool:
@@ -996,6 +1177,9 @@ class _Infos(Mapping):
         """str key -> shape, in order (what ``remap._tensor_shapes`` gives for the same mapping). A tensor under
         many keys (the meta stand-in of 10**6 keys no module reads) is asked for its shape once."""
         keys, vals = self._keys, self._vals
+        if any(issubclass(t, _LAZY) for t in set(map(type, vals))):   # no shape to match on (C-speed test)
+            mask = [not _is_lazy(v) for v in vals]
+            keys, vals = list(compress(keys, mask)), list(compress(vals, mask))
         if not _all_str(keys):
             mask = [isinstance(k, str) for k in keys]
             keys, vals = list(compress(keys, mask)), list(compress(vals, mask))
@@ -1011,11 +1195,39 @@ class _IdIndex:
     """id(checkpoint tensor) -> its key, built the first time it is looked in (a load that copies nothing -- every
     key unexpected -- never builds it)."""
 
-    __slots__ = ("_keys", "_vals", "_d")
+    __slots__ = ("_keys", "_vals", "_d", "_versions", "_v0")
 
     def __init__(self, keys: list, vals: list):
         self._keys, self._vals = keys, vals
         self._d: dict | None = None
+        self._v0: dict | None = None
+        try:   # each tensor's version counter before the load: code that edits one in place bumps it
+            self._versions = list(map(_VERSION_OF, vals))
+        except Exception:   # inference tensors have none
+            self._versions = None
+
+    def edited(self) -> list:
+        """Keys whose tensor was changed in place (``state_dict[k].mul_(0.5)`` in a hook) since the index was made,
+        as far as version counters tell (a write through ``.data`` is not counted)."""
+        if self._versions is None:
+            return []
+        try:
+            now = list(map(_VERSION_OF, self._vals))
+        except Exception:
+            return []
+        return list(compress(self._keys, map(ne, now, self._versions)))
+
+    def is_edited(self, t) -> bool:
+        """Has checkpoint tensor ``t`` been changed in place since the load began? (True when it cannot be told.)"""
+        if self._versions is None:
+            return True
+        if self._v0 is None:
+            self._v0 = dict(zip(map(id, self._vals), self._versions))
+        v0 = self._v0.get(id(t))
+        try:
+            return v0 is None or t._version != v0
+        except Exception:
+            return True
 
     def _index(self) -> dict:
         if self._d is None:
@@ -1058,6 +1270,45 @@ def _model_slots(model: nn.Module, index: "_ModelIndex | None" = None) -> "Order
         kind = "parameter" if isinstance(value, torch.Tensor) and id(value) in param_ids else "buffer"
         out[key] = _Slot(key, kind, mname, n, value)
     return out
+
+
+def _new_keys(root: nn.Module, slots) -> list[tuple[str, str]]:
+    """(key, kind) of the parameters and buffers the copy has after the load that the model's state dict did not."""
+    out = []
+    try:
+        for name, mod in root.named_modules(remove_duplicate=False):
+            prefix = name + "." if name else ""
+            for reg, kind in ((mod._parameters, "parameter"), (mod._buffers, "buffer")):
+                for n, t in reg.items():
+                    key = prefix + n
+                    if t is not None and key not in slots and n not in getattr(mod, "_non_persistent_buffers_set", ()):
+                        out.append((key, kind))
+    except Exception:
+        return []
+    return out
+
+
+def _computed_slot(model: nn.Module, standin: "_StandIn", rec: "_Recorder", key: str, compared: bool):
+    """For a state-dict entry computed by a module's ``_save_to_state_dict`` (``key`` names no parameter or buffer):
+    ``(written, changed)``: did the load write into that module's own tensors, and with new values (True), the same
+    values (False) or unknown ones (None)?"""
+    mname = key.rpartition(".")[0]
+    try:
+        mod = model.get_submodule(mname) if mname else model
+    except AttributeError:
+        return False, False
+    evs = []
+    for t in chain(mod._parameters.values(), mod._buffers.values()):
+        s = standin.standin_of.get(id(t)) if t is not None else None
+        if s is not None:
+            evs += rec.copies.get(id(s), [])
+    if not evs:
+        return False, False
+    if all(e.is_self for e in evs):
+        return True, False
+    if not compared or any(e.changed is None for e in evs if not e.is_self):
+        return True, (True if any(e.changed for e in evs) else None)
+    return True, any(e.changed for e in evs)
 
 
 def _standin_slot_value(modules: dict, slot: _Slot):
@@ -1126,7 +1377,8 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
 
     # keys no code of the model can read (10**6 unexpected ones) share their meta tensors: torch only matches them
     meta_sd = ckpt.meta(index.read_keys())
-    structural = _run_pass(model, meta_sd, strict=strict, assign=assign, compare=False, index=index)
+    structural = _run_pass(model, meta_sd, strict=strict, assign=assign, compare=False, index=index,
+                           no_data=ckpt.no_data)
     final = structural
     values = None
     slots = index.slots
@@ -1138,25 +1390,58 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
         total = sum(len(v) for v in structural.recorder.copies.values())
         stat_keys = [k for k in slots if _is_running_stat(k)]
         real_sd = ckpt.real()
+        if structural.edited and isinstance(real_sd, Mapping):
+            # code of the load changes these checkpoint tensors in place: it gets copies, so the edit reaches what is
+            # compared and never the memory map later reads of the file share
+            real_sd = _with_copies(real_sd, structural.edited)
         values = _run_pass(model, real_sd, strict=strict, assign=assign, compare=True, progress=progress,
                            total=total, should_stop=should_stop, want_summary_keys=stat_keys, index=index,
                            record_of=ckpt.record_of)
         final = values
         if progress is not None and values.recorder.done < total:
             progress(total, total)
-    elif _meta_trouble(structural.exc):
+    elif _meta_trouble(structural.exc) or _meta_copy_trouble(structural.exc, ckpt):
         # a hook needed the checkpoint's values (meta tensors have none): ask torch again with the real ones
-        values = _run_pass(model, ckpt.real(), strict=strict, assign=assign, compare=False, index=index)
+        values = _run_pass(model, ckpt.real(), strict=strict, assign=assign, compare=False, index=index,
+                           no_data=ckpt.no_data)
         final = values
 
     after = _snapshot(index)
     report = _build_report(model, model_label, ckpt, slots, final, meta_sd, strict=strict, assign=assign,
                            compared=values is not None and compare_values)
+    if final.edited:
+        report.notes.append(
+            f"code that runs during the load (a hook) changes {len(final.edited)} checkpoint tensor(s) in place before "
+            "they are copied: " + ", ".join(map(str, final.edited[:8])) + (" ..." if len(final.edited) > 8 else "")
+            + "; the values compared are the edited ones, as torch would copy them")
     if before != after:
         report.notes.append("WARNING: code of the model (a hook holding a reference to the model itself) modified "
                             "the real model during the simulation; its tensors may have changed")
     for err in final.recorder.internal_errors:
         report.notes.append(f"internal: {err}")
+    if ckpt.whole_module is not None and not ckpt.opaque:
+        where = "torch.load(path)" + "".join(f"[{p!r}]" for p in ckpt.entry_path)
+        report.notes.append(
+            f"{where} is a whole pickled model ({ckpt.whole_module}), not a state dict: this report simulates "
+            f"load_state_dict({where}.state_dict()), the state dict recovered from the file. Passing the object "
+            f"itself, load_state_dict({where}), raises TypeError: Expected state_dict to be dict-like, got "
+            f"{type(_object_of_class(ckpt.whole_module))}. (--entry {'/'.join(ckpt.entry_path) or '/'} simulates "
+            "that.)")
+    subclassed = _subclass_keys(checkpoint_side, ckpt.entry_path)
+    if subclassed:
+        keys = ", ".join(f"{k} ({c})" for k, c in subclassed[:4]) + (" ..." if len(subclassed) > 4 else "")
+        report.notes.append(
+            f"WARNING: this prediction cannot be exact: {len(subclassed)} checkpoint tensor(s) are instances of a "
+            f"tensor subclass the file names: {keys}. torch.load would rebuild them with that class, whose own code "
+            "(__torch_function__, module_load) then runs during load_state_dict; the explorer never runs a file's "
+            "code, so it simulated them as plain tensors.")
+    refused = _weights_only_refuses(checkpoint_side)
+    if refused:
+        report.notes.append(
+            "torch.load(path) with its default weights_only=True refuses this file before load_state_dict runs: it "
+            f"names {', '.join(refused[:4])}{' ...' if len(refused) > 4 else ''}, which the weights-only unpickler "
+            "does not allow. This report assumes the file is loaded with torch.load(path, weights_only=False) (only "
+            "for a file you trust) or with those globals allowed through torch.serialization.add_safe_globals.")
     if suggest and (report.missing_keys or report.unexpected_keys or report.mismatched_keys):
         try:
             from .remap import suggest_remaps
@@ -1172,6 +1457,49 @@ def _simulate(model_side, checkpoint_side, *, entry, strict, assign, compare_val
     return report
 
 
+def _with_copies(sd: Mapping, keys) -> Mapping:
+    """``sd`` with the tensors at ``keys`` replaced by private copies (Parameters stay Parameters), keeping its
+    ``_metadata``."""
+    out = PlainStateDict(sd)
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        out._metadata = meta  # type: ignore[attr-defined]
+    for k in keys:
+        v = out.get(k)
+        if isinstance(v, torch.Tensor):
+            t = v.detach().clone()
+            out[k] = nn.Parameter(t, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else t
+    return out
+
+
+def _subclass_keys(side, path) -> list[tuple[str, str]]:
+    """(key, class) of the tensors at ``path`` of a checkpoint that the file pickled as a tensor subclass."""
+    refs = getattr(side, "references", None)
+    if not refs or not hasattr(side, "get") or all(r.startswith(("torch.", "numpy.", "collections.")) for r in refs):
+        return []
+    try:
+        obj = side.get(path)
+    except Exception:
+        return []
+    if not isinstance(obj, Mapping):
+        return []
+    return [(k, v.subclass) for k, v in obj.items() if isinstance(getattr(v, "subclass", None), str)]
+
+
+def _weights_only_refuses(side) -> list[str]:
+    """The globals a checkpoint file names that ``torch.load(weights_only=True)`` does not allow (its own list and
+    the ones added with ``torch.serialization.add_safe_globals``); empty when unknown."""
+    refs = getattr(side, "references", None)
+    if not refs or not hasattr(side, "load_object"):
+        return []
+    try:
+        from torch import _weights_only_unpickler as wo
+        allowed = set(wo._get_allowed_globals()) | set(wo._get_user_allowed_globals())
+    except Exception:  # a torch without that table: say nothing rather than guess
+        return []
+    return [r for r in refs if r not in allowed]
+
+
 def _compare_from_structural(res: _PassResult, ckpt: _CheckpointInput, index: _ModelIndex, *, assign: bool,
                             progress, should_stop) -> bool:
     """The values pass without running torch again: when every copy the structural pass recorded came straight from
@@ -1179,13 +1507,15 @@ def _compare_from_structural(res: _PassResult, ckpt: _CheckpointInput, index: _M
     with ``pread``, and compare. No memory map, no file descriptor per tensor (a 50,000-tensor file would exhaust
     them). False when the answer needs torch to see real values (hooks that compute from them, views such as the 0.3
     scalar upgrade, assign=True, extra state, copy errors): the caller then runs the full values pass."""
-    if ckpt.record_of is None or assign or res.extra_state_set or _meta_trouble(res.exc):
+    if ckpt.record_of is None or assign or res.extra_state_set or _meta_trouble(res.exc) or res.edited:
         return False
     if torch.__future__.get_swap_module_params_on_conversion():
         return False
     rec = res.recorder
     todo = []
     for dest_id, evs in rec.copies.items():
+        if not evs:   # its only copy raised (recorded by torch in its message)
+            continue
         ev = evs[-1]
         if ev.is_self:
             continue
@@ -1231,6 +1561,18 @@ def _compare_from_structural(res: _PassResult, ckpt: _CheckpointInput, index: _M
     if progress is not None and not todo:
         progress(0, 0)
     return True
+
+
+_META_COPY = re.compile(r'While copying the parameter named "(.*?)", whose dimensions in the model are .*?an exception '
+                        r"occurred : \('Cannot copy out of meta tensor; no data!',\)")
+
+
+def _meta_copy_trouble(exc, ckpt: "_CheckpointInput") -> bool:
+    """Did torch fail to copy a meta tensor of the structural pass that has data in the checkpoint (into a tensor
+    code of the load created for real, e.g. a module set_extra_state registers)? Then torch must see the values."""
+    if exc is None or "Cannot copy out of meta tensor" not in str(exc):
+        return False
+    return any(not ckpt.no_data(k) for k in _META_COPY.findall(str(exc)))
 
 
 def _meta_trouble(exc) -> bool:
@@ -1335,6 +1677,22 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
     used_sources: set[str] = set()
     loaded = 0
 
+    after_cache: dict = {}
+
+    def after_state() -> dict:
+        """The copy's state dict after the load (only asked for entries computed by a module's own code)."""
+        if "sd" not in after_cache:
+            try:
+                after_cache["sd"] = standin.module.state_dict()
+            except Exception:
+                after_cache["sd"] = {}
+        return after_cache["sd"]
+
+    def sd_key_set() -> set:
+        if "keys" not in after_cache:
+            after_cache["keys"] = set(res.sd_keys)
+        return after_cache["keys"]
+
     tied: dict[int, list[str]] = {}
     for key, slot in slots.items():
         if isinstance(slot.orig, torch.Tensor):
@@ -1367,6 +1725,7 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
             kr.shape_checkpoint, kr.dtype_checkpoint = ck_infos[key]
         loaded_here = False
         self_filled = False
+        computed_slot = False
         changed: bool | None = False
         if slot.kind == "extra_state":
             mod_path = slot.module or ""
@@ -1398,6 +1757,9 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                 kr.shape_checkpoint = tuple(s_now.shape)
                 if tuple(s_now.shape) != tuple(orig.shape) or s_now.dtype != orig.dtype:
                     changed = True
+                elif s_now.is_meta and not orig.is_meta and (compared or ckpt.no_data(kr.source_key)):
+                    changed = True   # the checkpoint's meta tensor is installed: the model's values are gone
+                    kr.no_data = True
                 elif compared and not s_now.is_meta and not orig.is_meta:
                     changed = not _same_bits(orig.detach(), s_now.detach())
                     if _is_running_stat(key):
@@ -1435,6 +1797,21 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                     changed = None if changed is not True else True
                     rep.notes.append(f"{key}: modified in place ({', '.join(rec.inplace[id(s_orig)])}) by code that "
                                      "runs during the load (a hook); its value after the load cannot be predicted")
+            elif slot.module is None:
+                # an entry the module's own _save_to_state_dict computes (not a parameter or buffer): it changes when
+                # the load writes into the module's own tensors, or when its own _load_from_state_dict sets what it
+                # is computed from (quantized modules pack their weights)
+                written, got = _computed_slot(model, standin, rec, key, compared)
+                if not written and key not in missing and key in sd_key_set():
+                    eq = _deep_equal(orig, after_state().get(key, _ABSENT))
+                    written, got = True, (not eq if eq is not None else None)
+                if written:
+                    loaded_here = True
+                    kr.source_key = key if key in ck_infos else None
+                    if kr.source_key:
+                        used_sources.add(key)
+                    changed = got
+                    computed_slot = True
         if changed is None:
             kr.certain = False
             changed = True
@@ -1448,9 +1825,10 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
             kr.status = MATCHED
         elif loaded_here:
             loaded += 1
-            if _is_running_stat(key) and kr.kind == "buffer":
+            # a running statistic is overwritten only when its value changes (0 -> 0 is no news)
+            if _is_running_stat(key) and kr.kind == "buffer" and kr.changed:
                 kr.running_stat = True
-            if kr.running_stat and kr.changed:
+            if kr.running_stat:
                 kr.status = RUNNING_STAT
             elif kr.dtype_cast:
                 kr.status = DTYPE_CAST
@@ -1460,14 +1838,41 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                 kr.status = MATCHED
         else:
             kr.status = NOT_LOADED
+            kr.no_data = f'While copying the parameter named "{key}"' in message and ckpt.no_data(key)
         if self_filled and kr.status == MATCHED:
             kr.explanation = ("Not in the checkpoint, and the checkpoint's _metadata gives this BatchNorm no version "
                               "(or version 1): BatchNorm fills the key in with the model's own value, so torch does "
                               "not report it missing; the value does not change.")
         else:
             kr.explanation = _explain_key(kr, slot, rep, res, model, slots, tied, message)
+        if computed_slot:
+            kr.explanation = ("Not a parameter or buffer: the module's own _save_to_state_dict computes this entry "
+                              "from its tensors, and its own _load_from_state_dict wrote into them"
+                              + (" (their values change, so this entry does too)." if kr.changed else
+                                 " (with identical values).") + ("" if kr.certain else
+                                                                 " Whether the values differ could not be computed."))
         rep.keys[key] = kr
 
+    # parameters and buffers of modules that code of the load registered (set_extra_state adding a child module):
+    # torch walks into them in the same load
+    if res.extra_state_set:
+        for key, kind in _new_keys(standin.module, slots):
+            if key in rep.keys:
+                continue
+            info = ck_infos.get(key) if key in ck_infos else None
+            kr = KeyReport(key=key, kind=kind, status=MISSING if key in missing else
+                           SHAPE_MISMATCH if key in mismatched else VALUE_CHANGED if info is not None else NOT_LOADED,
+                           changed=True, shape_checkpoint=info[0] if info else None,
+                           dtype_checkpoint=info[1] if info else None)
+            if kr.status == VALUE_CHANGED:
+                kr.source_key = key
+                used_sources.add(key)
+                loaded += 1
+            kr.explanation = ("Not in the model before the load: code that runs during the load (set_extra_state) "
+                              "registers the module that holds it, and torch then "
+                              + ("loads it from the checkpoint." if kr.status == VALUE_CHANGED else
+                                 "reports it missing." if kr.status == MISSING else "does not load it."))
+            rep.keys[key] = kr
     # unexpected keys: their reports are made when asked for (see KeyTable); text and JSON write them in bulk
     unex = list(rep.unexpected_keys)
     if not _all_str(unex):
@@ -1692,10 +2097,17 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
             text += " With strict=True this alone makes load_state_dict raise."
         return text
     if st == NOT_LOADED:
+        if kr.no_data:
+            return ("The checkpoint holds no data for this key: it was saved from the meta device (a shape and a "
+                    "dtype, no values). torch cannot copy out of a meta tensor, so the model keeps its current value "
+                    "and the load raises. assign=True would put the meta tensor itself into the model (no values "
+                    "either): re-save the checkpoint from a model whose weights are materialized.")
         if f'While copying the parameter named "{key}"' in message or f'While swapping the parameter named "{key}"' \
                 in message:
             return ("The checkpoint's value for this key cannot be copied (see the error message: not a tensor, or a "
                     "copy error); the model keeps its current value and the load raises.")
+        if message.startswith(_NOT_A_MAPPING):
+            return "Not loaded: load_state_dict raises before loading anything (it was not given a mapping)."
         if rep.aborted:
             return ("Would load, but the load stopped part way with an exception before reaching this module; the "
                     "model keeps its current value.")
@@ -1708,7 +2120,8 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
                      f"dtype does not change; the values carry only {f} precision). Pass assign=True to keep {f}.")
     elif kr.running_stat:
         b, a = kr.before, kr.after
-        what = "replaced by the checkpoint's"
+        what = "replaced by the checkpoint's" + (" meta tensor, which holds no data (saved from the meta device)"
+                                                 if kr.no_data else "")
         if b and a and "mean" in b and "mean" in a:
             what += f" (mean {b['mean']:.4g} -> {a['mean']:.4g})"
         elif b and a and "value" in b and "value" in a:
@@ -1725,6 +2138,10 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
         if rep.assign and kr.dtype_checkpoint and kr.dtype_checkpoint != kr.dtype_model:
             parts.append(f"assign=True replaces the model's {kr.dtype_model} tensor by the checkpoint's "
                          f"{kr.dtype_checkpoint} tensor: the model's dtype becomes {kr.dtype_checkpoint}.")
+        elif rep.assign and kr.no_data:
+            parts.append(f"assign=True puts {src}'s tensor itself into the model{renamed}: it holds no data (it was "
+                         "saved from the meta device), so after the load this is a meta tensor with no values — any "
+                         "forward pass fails until it is materialized.")
         elif rep.assign:
             parts.append(f"assign=True puts {src}'s tensor itself into the model{renamed}.")
         else:
@@ -1771,7 +2188,16 @@ def _explain_load(rep: LoadReport, loaded: int) -> str:
     head = (f"{loaded} of {total} model keys load from the checkpoint ({n_changed} change value"
             + (f", {casts} with a dtype conversion" if casts else "")
             + (f", {stats} BatchNorm/norm running statistics replaced" if stats else "") + ").")
-    if not rep.raises:
+    if rep.raises and rep.error_type == "TypeError" and (rep.error_message or "").startswith(_NOT_A_MAPPING):
+        pieces.append("load_state_dict raises TypeError before loading anything: the object passed is not a mapping "
+                      "(a whole pickled model is not its state dict: pass model.state_dict(), which is what the "
+                      "default entry of such a file simulates). The model is unchanged.")
+    elif rep.raises and (rep.error_message or "").startswith("Can't access the shape of an uninitialized parameter"):
+        pieces.append("load_state_dict raises RuntimeError: the checkpoint holds uninitialized parameters of a lazy "
+                      "module (saved before its first forward pass: no shape, no values), and torch cannot load one "
+                      "into an initialized parameter. " + head.replace("load from", "are already loaded from")
+                      + " Re-save the checkpoint after a forward pass of the lazy model.")
+    elif not rep.raises:
         pieces.append("The load succeeds. " + head)
         if rep.missing_keys:
             pieces.append(f"{len(rep.missing_keys)} missing key(s) keep their current (initial) values — the model is "
@@ -1784,6 +2210,10 @@ def _explain_load(rep: LoadReport, loaded: int) -> str:
                       + " The model is left half-loaded: those copies are not undone.")
     else:
         reasons = []
+        no_data = sum(1 for r in made if r.no_data)
+        if no_data:
+            reasons.append(f"{no_data} key(s) whose checkpoint tensor holds no data (saved from the meta device: "
+                           "torch cannot copy out of a meta tensor)")
         if rep.mismatched_keys:
             reasons.append(f"{len(rep.mismatched_keys)} size mismatch(es) (these raise even with strict=False)")
         if rep.strict and rep.missing_keys:
@@ -1795,7 +2225,7 @@ def _explain_load(rep: LoadReport, loaded: int) -> str:
                       + head.replace("load from", "are already loaded from")
                       + (" The model is left half-loaded, not unchanged." if n_changed else
                          " No value changes, so the model is effectively unchanged."))
-        if rep.strict and not rep.mismatched_keys:
+        if rep.strict and not rep.mismatched_keys and not no_data:
             pieces.append("With strict=False the same call would return the missing and unexpected keys instead of "
                           "raising.")
     return " ".join(pieces)
@@ -1852,9 +2282,14 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False, listed: int | No
             w(f"  {k}: {_brief(v['before'])} -> {_brief(v['after'])}\n")
     for note in rep.notes:
         w(f"note: {note}\n")
-    if rep.suggestions:
-        w("\nsuggested fixes (preview with the fix applied):\n")
-        for s in rep.suggestions:
+    fixes = [s for s in rep.suggestions if not s.preview.get("raises")]
+    partial = [s for s in rep.suggestions if s.preview.get("raises")]
+    for title, group in (("suggested fixes (preview with the fix applied)", fixes),
+                         ("partial fixes: the load would still raise with these applied", partial)):
+        if not group:
+            continue
+        w(f"\n{title}:\n")
+        for s in group:
             w(f"  - {s.title}: {s.preview_text()}\n")
             if verbose:
                 for line in s.snippet.splitlines():

@@ -64,6 +64,7 @@ EXTREME = 1e4                # a float tensor with max |x| above this is flagged
 DEFAULT_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
 NAN, INF, ALL_ZEROS, CONSTANT, EXTREME_FLAG = "nan", "inf", "all_zeros", "constant", "extreme"
+NO_DATA = "no_data"   # saved from the meta device: a shape and a dtype, no values ("no data (meta)")
 
 ProgressFn = Callable[[int, int], None]       # progress(done, total): elements processed so far of total
 StopFn = Callable[[], bool]
@@ -347,7 +348,8 @@ class _Plan:
 def _plan(t: torch.Tensor) -> _Plan:
     name = dtype_name(t.dtype)
     if t.device.type == "meta":
-        raise UnsupportedDtypeError(f"this tensor ({name}, on the meta device) has no values to measure")
+        raise UnsupportedDtypeError(f"no data (meta): this tensor ({name}) was saved from the meta device and has no "
+                                    "values to measure")
     if t.is_quantized or name.startswith(("qint", "quint")) or name in ("float4_e2m1fn_x2",):
         raise UnsupportedDtypeError(f"statistics of {name} tensors are not supported (quantized or packed values); "
                                     "dequantize them first")
@@ -1275,6 +1277,8 @@ def tensor_flags(t: torch.Tensor, should_stop: StopFn | None = None) -> list[str
 
 def _tensor_flags(t: torch.Tensor, should_stop: StopFn | None) -> list[str]:
     t = t.detach()
+    if t.device.type == "meta":
+        return [NO_DATA]
     plan = _plan(t)
     t = dense_order(t)
     mn, mx = math.inf, -math.inf
@@ -1318,6 +1322,9 @@ def health_scan(side, entry=None, progress: ProgressFn | None = None,
     with _single_intraop():
         for key, info in infos.items():
             _check_stop(should_stop)
+            if info.device == "meta":
+                out[key] = [NO_DATA]
+                continue
             try:
                 t = side.read_key(key, entry)
                 flags = tensor_flags(t, should_stop)
