@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                for line in window.splitlines()))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _available():
-        doc = (module.__doc__ or "").strip().splitlines()
-        p = sub.add_parser(name, help=doc[0] if doc else name, description=module.__doc__)
+        first = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())   # the first paragraph, joined
+        p = sub.add_parser(name, help=first.split(" -- ")[0].rstrip(".") or name, description=module.__doc__)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -155,7 +155,14 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             from .app_entry import run_app  # the window; imports Qt only here
             return run_app(argv)
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as e:   # torch, numpy or safetensors not installed: one line, not a traceback
+        if (e.name or "explorer").split(".")[0] == "explorer":
+            raise
+        print(f"error: the command line needs {e.name!r}, which is not installed; see README.md, 'Set up and run' "
+              "(pip install torch==2.13.0 && pip install -e .)", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
