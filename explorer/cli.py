@@ -2,12 +2,17 @@
 
 Each subcommand lives in ``explorer/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``.
 Exit codes: 0 success, 1 a negative answer (e.g. the load would raise), 2 bad input -- one line, never a traceback.
+Text output passes through :class:`EscapedText`: a key, a global name or a file name cannot send a control sequence
+to the terminal (``--json`` output is escaped by the JSON encoder).
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import gc
 import importlib
+import os
+import re
 import sys
 
 from .errors import ExplorerError
@@ -20,6 +25,85 @@ COMMANDS = {
     "demo": "explorer.commands.demo",
 }
 
+# what text output must not pass raw: C0 controls but TAB and LF, DEL, C1 controls, lone surrogates
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+_ASCII_SHOWN = bytes([9, 10, *range(32, 127)])   # ASCII that is written as it is
+_NAMED = {"\r": "\\r", "\b": "\\b", "\f": "\\f", "\v": "\\v", "\a": "\\a", "\0": "\\0"}
+
+
+def _escape_one(m: re.Match) -> str:
+    c = m.group()
+    named = _NAMED.get(c)
+    if named is not None:
+        return named
+    o = ord(c)
+    return "\\x%02x" % o if o < 0x100 else "\\u%04x" % o
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every control character that a terminal would act on written as an escape (``\\x1b``, ``\\r``,
+    ``\\x9b``, ``\\udc80``); TAB and LF are kept. ASCII text without one (nearly all output) is checked at C speed
+    and returned as it is."""
+    if text.isascii():   # O(1); then one C pass deleting the shown bytes: anything left is a control
+        if not text.encode("ascii").translate(None, _ASCII_SHOWN):
+            return text
+    elif _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(_escape_one, text)
+
+
+class EscapedText:
+    """A text stream whose every ``write`` goes through :func:`escape_controls` (the output layer of the command line:
+    every line a command prints passes here, however it was made)."""
+
+    def __init__(self, raw):
+        self._raw = raw
+
+    def write(self, text: str) -> int:
+        return self._raw.write(escape_controls(text))
+
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name):   # flush, fileno, isatty, encoding, buffer... of the real stream
+        return getattr(self._raw, name)
+
+
+class _Streams:
+    """Within ``with``: ``sys.stderr`` (always) and ``sys.stdout`` (text mode) escaped, and both streams' encoders
+    told to write what they cannot encode as ``\\u`` escapes rather than raise mid-output."""
+
+    def __init__(self, text_stdout: bool):
+        self.text_stdout = text_stdout
+
+    def __enter__(self):
+        self.saved = sys.stdout, sys.stderr
+        self.errors = []
+        for stream in self.saved:
+            try:
+                self.errors.append((stream, stream.errors))
+                stream.reconfigure(errors="backslashreplace")
+            except (AttributeError, ValueError, TypeError, OSError):
+                pass
+        sys.stderr = EscapedText(sys.stderr)
+        if self.text_stdout:
+            sys.stdout = EscapedText(sys.stdout)
+        return self
+
+    def json_stdout(self) -> None:
+        """The command turned out to write JSON: stdout as it was."""
+        sys.stdout = self.saved[0]
+
+    def __exit__(self, *exc):
+        sys.stdout, sys.stderr = self.saved
+        for stream, errors in self.errors:
+            try:
+                stream.reconfigure(errors=errors)
+            except (AttributeError, ValueError, TypeError, OSError):
+                pass
+        return False
+
 
 def _available():
     for name, module in COMMANDS.items():
@@ -31,22 +115,54 @@ def _available():
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python main.py", description=__doc__.splitlines()[0])
+    from .window_args import build_parser as window_parser  # Qt-free
+    window = window_parser().format_help().replace("usage: python main.py", "  python main.py", 1)
+    parser = argparse.ArgumentParser(
+        prog="python main.py", description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="without a command, the window:\n" + "\n".join("  " + line if line else line
+                                                               for line in window.splitlines()))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module in _available():
-        doc = (module.__doc__ or "").strip().splitlines()
-        p = sub.add_parser(name, help=doc[0] if doc else name, description=module.__doc__)
+        first = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())   # the first paragraph, joined
+        p = sub.add_parser(name, help=first.split(" -- ")[0].rstrip(".") or name, description=module.__doc__)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
+_WORD = re.compile(r"[A-Za-z][A-Za-z0-9_-]*\Z")
+
+
+def unknown_command(first: str) -> str | None:
+    """The error for a first argument that is meant as a command but is none (a bare word that names no file or
+    folder: paths and URLs have a '/', a '.' or a ':'), else None (the window opens it)."""
+    if not _WORD.match(first) or os.path.exists(first):
+        return None
+    close = difflib.get_close_matches(first.lower(), list(COMMANDS), n=1, cutoff=0.6)
+    if close:
+        return f"unknown command {first!r} — did you mean {close[0]!r}? (python main.py --help lists the commands)"
+    return (f"unknown command {first!r}, and no file or folder of that name; commands: {', '.join(COMMANDS)} "
+            "(python main.py --help); give a checkpoint's path to open it in the window")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
-        from .app_entry import run_app  # the window; imports Qt only here
-        return run_app(argv)
-    parser = build_parser()
+        with _Streams(text_stdout=True):
+            problem = unknown_command(argv[0]) if argv else None
+            if problem is not None:
+                print(f"error: {problem}", file=sys.stderr)
+                return 2
+            from .app_entry import run_app  # the window; imports Qt only here
+            return run_app(argv)
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as e:   # torch, numpy or safetensors not installed: one line, not a traceback
+        if (e.name or "explorer").split(".")[0] == "explorer":
+            raise
+        print(f"error: the command line needs {e.name!r}, which is not installed; see README.md, 'Set up and run' "
+              "(pip install torch==2.13.0 && pip install -e .)", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
@@ -55,18 +171,20 @@ def main(argv: list[str] | None = None) -> int:
     # cyclic GC would re-scan everything torch and the file's structure allocated, again and again (PERFORMANCE.md).
     gc.disable()
     try:
-        return int(args._run(args) or 0)
-    except ExplorerError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        return 0
-    except Exception as e:  # a bug of ours: still one line, and how to report it
-        print(f"error: internal error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-              "(please report this with the file's format)", file=sys.stderr)
-        return 2
+        with _Streams(text_stdout=not getattr(args, "json", False)):
+            try:
+                return int(args._run(args) or 0)
+            except ExplorerError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt:
+                print("error: interrupted", file=sys.stderr)
+                return 130
+            except BrokenPipeError:
+                return 0
+            except Exception as e:  # a bug of ours: still one line, and how to report it
+                print(f"error: internal error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                      "(please report this with the file's format)", file=sys.stderr)
+                return 2
     finally:
         gc.enable()

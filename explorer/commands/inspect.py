@@ -8,24 +8,59 @@ from json.encoder import encode_basestring_ascii as _enc  # json.dumps' own stri
 from ..core.records import SideSummary
 from ..core.sides import open_side
 from ..core.tree import Tree
+from ..core.values import VALUE_TEXT, non_tensor_values, optimizer_states, short_text
+
+VALUES_LISTED = 50   # non-tensor values listed in the text output (--json: every one, up to values.MAX_VALUES)
 
 
 def add_arguments(p):
     p.add_argument("target", metavar="PATH_OR_MODEL",
                    help="a checkpoint file or folder, or a model spec MODULE:CALLABLE / file.py:CALLABLE / demo:NAME")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tree")
+    p.add_argument("--flat", action="store_true", help="list the state dict's full dotted keys, one a line, in file "
+                   "order, instead of the tree of modules")
+
+
+def _extras(side) -> dict:
+    """What the listing shows besides the tensors: format metadata, non-tensor values, optimizer state groups, and
+    the state dicts that are not part of one."""
+    groups, refs = optimizer_states(side)
+    values, more = non_tensor_values(side)
+    return {"metadata": getattr(side, "metadata", None) or {}, "values": values, "values_truncated": more,
+            "optimizer_states": groups, "state_dicts": refs}
+
+
+def _json_metadata(meta) -> dict:
+    """Format metadata as JSON carries it: plain values as they are, anything else as its text."""
+    out = {}
+    for k, v in meta.items():
+        try:
+            json.dumps(v, allow_nan=False)
+            out[str(k)] = v
+        except (TypeError, ValueError, RecursionError):
+            out[str(k)] = short_text(v, 10_000)
+    return out
+
+
+def _json_tail(side, extras: dict) -> dict:
+    return {"state_dicts": [{"path": list(r.path), "tensors": r.tensors} for r in extras["state_dicts"]],
+            "default_state_dict": list(side.default_state_dict) if side.default_state_dict is not None else None,
+            "references": list(side.references),
+            "optimizer_states": [g.to_json() for g in extras["optimizer_states"]],
+            "metadata": _json_metadata(extras["metadata"]),
+            "values": [v.to_json() for v in extras["values"]],
+            "values_truncated": extras["values_truncated"]}
 
 
 def inspect_json(side) -> dict:
-    """The ``--json`` object of issue 2: every tensor in file order; ``state_dicts`` best first."""
+    """The ``--json`` object of issue 2: every tensor in file order; ``state_dicts`` best first (an optimizer's
+    per-parameter states are one entry of ``optimizer_states`` each); ``values``: what is not a tensor (issue 12)."""
     return {
         "path": side.path,
         "format": side.format,
         "entries": [{"path": list(i.path), "shape": list(i.shape), "dtype": i.dtype, "nbytes": i.nbytes,
                      "kind": i.kind, "device": i.device} for i in side.entries],
-        "state_dicts": [{"path": list(r.path), "tensors": r.tensors} for r in side.state_dicts],
-        "default_state_dict": list(side.default_state_dict) if side.default_state_dict is not None else None,
-        "references": list(side.references),
+        **_json_tail(side, _extras(side)),
     }
 
 
@@ -60,10 +95,7 @@ def write_inspect_json(side, out) -> None:
     """``print_json(inspect_json(side))``, byte for byte, written in chunks: no dict, list or TensorInfo per entry
     and no 100 MB string for a file of 10**6 tensors (the strings come from json's own encoder)."""
     head = json.dumps({"path": side.path, "format": side.format})
-    tail = json.dumps({"state_dicts": [{"path": list(r.path), "tensors": r.tensors} for r in side.state_dicts],
-                       "default_state_dict": list(side.default_state_dict)
-                       if side.default_state_dict is not None else None,
-                       "references": list(side.references)})
+    tail = json.dumps(_json_tail(side, _extras(side)))
     out.write(head[:-1] + ', "entries": [')
     # everything after an entry's last path element, per distinct (shape, dtype, nbytes, kind, device): entries
     # repeat these, so most entries cost one key encoding, one lookup and two concatenations
@@ -133,16 +165,57 @@ def _rows(side, entry) -> dict[str, tuple]:
     return {k: (i.kind, tuple(i.shape), i.dtype, i.nbytes, i.device) for k, i in infos.items()}
 
 
-def render_text(side, out) -> None:
+def _cut(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _render_extras(side, extras: dict, w) -> None:
+    meta = extras["metadata"]
+    if meta:
+        w("metadata (the header's __metadata__):\n" if side.format == "safetensors" else "metadata:\n")
+        for k, v in meta.items():
+            w(f"  {_cut(k if type(k) is str else short_text(k))}: {short_text(v)}\n")
+    values, groups = extras["values"], extras["optimizer_states"]
+    if values:
+        # a value inside an optimizer's per-parameter state (an old-style integer "step") is one line for all
+        # parameters: optimizer/state/*/step
+        lines: dict[str, list] = {}
+        for v in values:
+            shown = list(v.path)
+            for g in groups:
+                n = len(g.path)
+                if len(shown) > n + 1 and tuple(shown[:n]) == g.path and shown[n].isdigit():
+                    shown[n] = "*"
+                    break
+            lines.setdefault(_cut("/".join(shown) or "/"), [v.text, 0])[1] += 1
+        w(f"values that are not tensors (cut to {VALUE_TEXT} characters; inert data, nothing was run):\n")
+        for i, (where, (text, n)) in enumerate(lines.items()):
+            if i == VALUES_LISTED:
+                more = "or more " if extras["values_truncated"] else ""
+                w(f"  … and {len(lines) - VALUES_LISTED:,} {more}more (--json lists every value)\n")
+                break
+            w(f"  {where}: {text}" + (f"   (first of {n:,}, one per parameter)\n" if n > 1 else "\n"))
+    if groups:
+        w("optimizer state (per-parameter tensors, not a state dict to load):\n")
+        for g in groups:
+            w(f"  {_cut('/'.join(g.path) or '/')}: {g.parameters:,} parameters, {g.tensors:,} tensors "
+              f"({_cut(', '.join(g.slots), 120)})\n")
+
+
+def render_text(side, out, flat: bool = False) -> None:
+    """``flat``: the state dict's keys whole, one a line, in file order (else the tree of modules)."""
     w = out.write
     w(f"{side.path}  [{side.format}]\n")
     if side.references:
         w("objects the file names (shown, never imported or run):\n")
         for r in side.references:
             w(f"  {r}\n")
-    if len(side.state_dicts) > 1:
+    extras = _extras(side)
+    _render_extras(side, extras, w)
+    refs = extras["state_dicts"]
+    if len(refs) > 1:
         w("state dicts found (best first):\n")
-        for r in side.state_dicts:
+        for r in refs:
             w(f"  {'/'.join(r.path) or '/'}: {r.tensors} tensors\n")
     default = side.default_state_dict
     if default is None:
@@ -158,7 +231,13 @@ def render_text(side, out) -> None:
     leaf = _LeafText()
     lines: list[str] = []
     keys = list(infos)
-    if "." not in "\n".join(keys):  # flat keys: the tree is one level, numeric names in numeric order
+    if flat:
+        for key in keys:
+            lines.append(leaf("  ", key, infos[key]))
+            if len(lines) >= 65536:
+                w("".join(lines))
+                lines.clear()
+    elif "." not in "\n".join(keys):  # flat keys: the tree is one level, numeric names in numeric order
         for key in _numeric_names(keys):
             lines.append(leaf("  ", key, infos[key]))
             if len(lines) >= 65536:
@@ -205,5 +284,5 @@ def run(args) -> int:
     if args.json:
         write_inspect_json(side, sys.stdout)
     else:
-        render_text(side, sys.stdout)
+        render_text(side, sys.stdout, flat=args.flat)
     return 0

@@ -25,7 +25,10 @@ def add_arguments(p):
 def resolve_tensor(side, key: str):
     """(tensor, display key) for KEY: a key of the default state dict, else an entry path joined by "/"."""
     if side.kind == "model":
-        return side.read_key(key), key
+        infos = side.all_infos()
+        if key in infos:
+            return side.read_key(key), key
+        raise _not_found(side, key, infos)
     default = side.default_state_dict
     if default is not None:
         infos = side.state_dict_infos(default)
@@ -35,12 +38,18 @@ def resolve_tensor(side, key: str):
     known = {info.path: info for info in side.entries}
     if path in known:
         return side.read(path), key
-    names = list(side.state_dict_infos(default).keys()) if default is not None else []
-    names += ["/".join(i.path) for i in side.entries]
-    close = difflib.get_close_matches(key, names, n=3)
+    # the names KEY can take: a key of the default state dict, an entry's path. The two coincide for a state dict at
+    # the top of the file ('conv1.weight' is both): each name once
+    names = dict.fromkeys(side.state_dict_infos(default) if default is not None else ())
+    names.update(dict.fromkeys("/".join(p) for p in known))
+    raise _not_found(side, key, names)
+
+
+def _not_found(side, key: str, names) -> KeyNotFoundError:
+    close = difflib.get_close_matches(key, list(names), n=3)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
         " — list the keys with: python main.py inspect " + str(side.path)
-    raise KeyNotFoundError(f"{side.path}: no tensor {key!r}{hint}")
+    return KeyNotFoundError(f"{side.path}: no tensor {key!r}{hint}")
 
 
 def _siblings(side, key: str) -> list[str]:

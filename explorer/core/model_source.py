@@ -2,9 +2,11 @@
 and describe its state: parameters, buffers (persistent or not), extra state, module classes and tied tensors."""
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from collections import OrderedDict
 from typing import Any
@@ -19,35 +21,98 @@ from .records import (BUFFER, EXTRA_STATE, NON_PERSISTENT, PARAMETER, EntryPath,
 _EXTRA_STATE_SUFFIX = "_extra_state"  # torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
 
 
+_CALLABLE_PART = re.compile(r"[A-Za-z_]\w*(?:\(.*)?\Z", re.S)   # NAME or NAME(... (checked by parse_spec)
+_LITERALS = "numbers, strings, bytes, True/False/None, and tuples, lists, dicts and sets of them"
+
+
+def _q(spec: str, limit: int = 120) -> str:
+    """A spec quoted for a message, cut when long."""
+    return repr(spec) if len(spec) <= limit else repr(spec[:limit]) + f"… ({len(spec):,} characters)"
+
+
+def _split_spec(text: str) -> tuple[str, str] | None:
+    """``(MODULE_OR_FILE, CALLABLE_PART)`` at the first ':' after which comes ``NAME`` or ``NAME(...)`` (a path may hold
+    ':' before it, an argument after it: ``C:\\m\\f.py:build(d={'a': 1})``); None when there is none."""
+    at = text.find(":")
+    while at != -1:
+        left, right = text[:at], text[at + 1:]
+        if left and _CALLABLE_PART.match(right) and not (len(left) == 1 and left.isalpha()):
+            return left, right
+        at = text.find(":", at + 1)
+    return None
+
+
 def looks_like_model_spec(text: str) -> bool:
-    """``pkg.mod:make`` / ``file.py:make`` / ``demo:Name`` — not a path that exists."""
+    """``pkg.mod:make`` / ``file.py:make`` / ``demo:Name`` / ``file.py:build(hidden=32)`` — not a path that exists."""
     if os.path.exists(text) or ":" not in text:
         return False
-    left, _, right = text.rpartition(":")
-    return bool(left) and right.isidentifier() and not (len(left) == 1 and left.isalpha())
+    return _split_spec(text) is not None
+
+
+def parse_spec(spec: str) -> tuple[str, str, tuple, dict, bool]:
+    """``(module or file, callable name, args, kwargs, called)`` of a spec. The arguments of ``NAME(...)`` must be
+    literals: each is read by ``ast.literal_eval`` from its own node of the parsed call; nothing is evaluated, looked
+    up or imported for them. ``called``: the spec spells the call (``build()``), else the factory is called with no
+    arguments if it is not a module already."""
+    split = _split_spec(spec)
+    if split is None:
+        raise ModelSpecError(f"{_q(spec)}: a model spec is MODULE:CALLABLE, path/to/file.py:CALLABLE or demo:NAME, "
+                             "optionally with literal arguments: file.py:build(hidden=32)")
+    left, right = split
+    if "(" not in right:
+        return left, right, (), {}, False
+    try:
+        tree = ast.parse(right, mode="eval")
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        raise ModelSpecError(f"{_q(spec)}: the call is not valid Python ({type(e).__name__}: "
+                             f"{getattr(e, 'msg', None) or e}); write NAME(arg, key=value) with literal values") from None
+    call = tree.body
+    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
+        raise ModelSpecError(f"{_q(spec)}: after ':' comes NAME or NAME(arguments), e.g. build(hidden=32)")
+
+    def literal(node, prefix: str = ""):
+        if isinstance(node, ast.Starred):
+            raise ModelSpecError(f"{_q(spec)}: *{ast.unparse(node.value)} is not allowed; write the arguments out")
+        try:
+            return ast.literal_eval(node)
+        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
+            text = prefix + (ast.get_source_segment(right, node) or ast.unparse(node))
+            raise ModelSpecError(f"{_q(spec)}: {text[:80]!r} is not a literal; a model spec takes literal "
+                                 f"arguments only ({_LITERALS}) — nothing in it is evaluated") from None
+    args = tuple(map(literal, call.args))
+    kwargs = {}
+    for kw in call.keywords:
+        if kw.arg is None:
+            raise ModelSpecError(f"{_q(spec)}: **{ast.unparse(kw.value)} is not allowed; write key=value arguments")
+        if kw.arg in kwargs:
+            raise ModelSpecError(f"{_q(spec)}: {kw.arg}= is given twice")
+        kwargs[kw.arg] = literal(kw.value, f"{kw.arg}=")
+    return left, call.func.id, args, kwargs, True
 
 
 def resolve_spec(spec: str) -> nn.Module:
     """Build the model a spec names. ``demo:NAME`` is one of the built-in article models."""
-    left, sep, name = spec.rpartition(":")
-    if not sep or not left or not name:
-        raise ModelSpecError(f"{spec!r}: a model spec is MODULE:CALLABLE, path/to/file.py:CALLABLE or demo:NAME")
+    left, name, args, kwargs, called = parse_spec(spec)
     if left == "demo":
         from .demo_models import DEMO_MODELS
         factory = DEMO_MODELS.get(name)
         if factory is None:
-            raise ModelSpecError(f"{spec!r}: no demo model {name!r}; demo models: {', '.join(DEMO_MODELS)}")
+            raise ModelSpecError(f"{_q(spec)}: no demo model {name!r}; demo models: {', '.join(DEMO_MODELS)}")
     else:
         module = _import(left, spec)
         factory = getattr(module, name, None)
         if factory is None:
-            raise ModelSpecError(f"{spec!r}: {left} has no attribute {name!r}")
+            raise ModelSpecError(f"{_q(spec)}: {left} has no attribute {name!r}")
+    if called and (isinstance(factory, nn.Module) or not callable(factory)):
+        raise ModelSpecError(f"{_q(spec)}: {name} is a {type(factory).__name__}, not something to call; "
+                             f"write {left}:{name} without arguments")
+    call_text = name + "(" + ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])[:200] + ")"
     try:
-        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+        model = factory(*args, **kwargs) if callable(factory) and not isinstance(factory, nn.Module) else factory
     except Exception as e:  # the user's own code failed: say so, with its message
-        raise ModelSpecError(f"{spec!r}: calling {name}() raised {type(e).__name__}: {e}") from e
+        raise ModelSpecError(f"{_q(spec)}: calling {call_text} raised {type(e).__name__}: {e}") from e
     if not isinstance(model, nn.Module):
-        raise ModelSpecError(f"{spec!r}: {name} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelSpecError(f"{_q(spec)}: {call_text} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

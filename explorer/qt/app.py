@@ -5,7 +5,6 @@ pair opens (the article's BatchNorm model and a checkpoint of it after a few tra
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -13,25 +12,10 @@ import time
 from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
+from ..window_args import build_parser  # Qt-free: python main.py --help shows these options too
+
 ORG = "StateDictExplorer"
 APP = "State-Dict Explorer"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python main.py", description="State-Dict Explorer: the window. "
-                                "(Command-line tools: python main.py inspect|simulate|diff|stats --help)")
-    p.add_argument("left", nargs="?", help="checkpoint file or folder, or model spec, for the left pane")
-    p.add_argument("right", nargs="?", help="checkpoint file or folder for the right pane")
-    p.add_argument("--model", metavar="SPEC", help="model for the left pane: MODULE:CALLABLE, file.py:CALLABLE or "
-                   "demo:NAME (the positional paths then fill the right pane)")
-    p.add_argument("--simulate", action="store_true", help="simulate load_state_dict(right) into the left model")
-    p.add_argument("--select", metavar="KEY", help="select this key once loaded (detail pane)")
-    p.add_argument("--filter", metavar="TEXT", help="start with this key filter")
-    p.add_argument("--screenshot", metavar="OUT.png", help="render the window to a PNG once everything has loaded, "
-                   "then exit (works offscreen)")
-    p.add_argument("--size", default="1400x860", help="window size for --screenshot (default 1400x860)")
-    p.add_argument("--settings", metavar="FILE.ini", help=argparse.SUPPRESS)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

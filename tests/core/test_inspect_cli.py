@@ -89,7 +89,13 @@ def test_json_nested_lists_and_ranking(tmp_path, sd, capsys):
     assert ["ema", "0"] in paths
     assert out["default_state_dict"] == ["state_dict"]
     assert out["state_dicts"][0] == {"path": ["state_dict"], "tensors": len(sd)}
-    assert {"path": ["optimizer_states", "0", "state", "0"], "tensors": 2} in out["state_dicts"]
+    # an optimizer's per-parameter state is one group, not a state dict (issue 12, point 15)
+    assert out["state_dicts"] == [{"path": ["state_dict"], "tensors": len(sd)}]
+    assert out["optimizer_states"] == [{"path": ["optimizer_states", "0", "state"], "parameters": 1, "tensors": 2,
+                                        "slots": ["step", "exp_avg"]}]
+    values = {tuple(v["path"]): v for v in out["values"]}
+    assert values[("epoch",)]["value"] == 2
+    assert values[("optimizer_states", "0", "param_groups", "0", "lr")]["value"] == 0.1
 
 
 def test_text_tree_with_totals(tmp_path, sd, capsys):
