@@ -95,13 +95,17 @@ def _schedule_screenshot(app, window, out: str, state: dict, timeout_s: float = 
         if calm["n"] < 4 and not late:
             return
         timer.stop()
+        unmet = window.unmet_requests()
         if late:
-            print("warning: still busy after %.0f s; taking the screenshot anyway" % timeout_s, file=sys.stderr)
+            unmet.append("still busy after %.0f s (%s)" % (timeout_s, window.activity.text() or "working"))
         try:
             save_screenshot(window, out)
             print(f"wrote {out}")
         except OSError as e:
             print(f"error: cannot write {out}: {e}", file=sys.stderr)
+            state["rc"] = 2
+        if unmet:   # the picture is written, but it does not show what was asked for: say what, and exit 2
+            print(f"error: {out} shows the window, but " + "; ".join(unmet), file=sys.stderr)
             state["rc"] = 2
         window.close()
         app.quit()
