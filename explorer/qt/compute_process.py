@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 import traceback
 from typing import Any
 
 from explorer.errors import Cancelled
 
 _CANCEL_POLL_S = 0.02
+CANCEL_GRACE_S = 5.0    # a job told to stop that has not stopped after this long is not checking: the child is killed
+
+
+class CallTimeout(Exception):
+    """A job ran past its ``timeout``; the child was killed (it restarts on the next request)."""
 
 
 def _child_main(conn, cancel) -> None:  # the child process
@@ -106,18 +112,32 @@ class ComputeProcess:
             child.close()
             self._conn = parent
 
-    def call(self, func_path: str, *args, progress=None, should_stop=None, partial=None, **kwargs) -> Any:
+    def call(self, func_path: str, *args, progress=None, should_stop=None, partial=None, timeout: float | None = None,
+             **kwargs) -> Any:
+        """Run ``func_path(*args, **kwargs)`` in the child. ``timeout``: seconds from the moment the job is sent;
+        past it -- or ``CANCEL_GRACE_S`` after a cancel the job does not heed (a parse stuck in C code never
+        checks) -- the child is killed, so a runaway job never holds the caller, the lock or the next job."""
         with self._lock:
             self.start()
             self._job += 1
             job = self._job
             self._cancel.value = -1
             self._conn.send((job, func_path, args, kwargs, partial is not None))
+            sent = time.monotonic()
             cancelled = False
+            cancelled_at = 0.0
             while True:
                 if not cancelled and should_stop is not None and should_stop():
                     self._cancel.value = job   # the child raises Cancelled at its next check
                     cancelled = True
+                    cancelled_at = time.monotonic()
+                now = time.monotonic()
+                if cancelled and now - cancelled_at > CANCEL_GRACE_S:
+                    self._kill()
+                    raise Cancelled(f"{func_path}: cancelled (the compute process did not stop; restarted)")
+                if timeout is not None and now - sent > timeout:
+                    self._kill()
+                    raise CallTimeout(f"{func_path} did not finish within {timeout:g} s")
                 if not self._conn.poll(_CANCEL_POLL_S):
                     if not self._proc.is_alive():
                         code = self._proc.exitcode
@@ -148,6 +168,22 @@ class ComputeProcess:
                 if cancelled:
                     raise Cancelled(f"{func_path}: cancelled")
                 return payload
+
+    def _kill(self) -> None:
+        """Stop the child at once (it restarts on the next request)."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        try:
+            if proc is not None:
+                proc.kill()
+                proc.join(2.0)
+        except (AssertionError, OSError, ValueError):
+            pass
+        try:
+            if conn is not None:
+                conn.close()
+        except OSError:
+            pass
 
     def _read(self):
         msg = self._conn.recv()

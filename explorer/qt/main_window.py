@@ -15,8 +15,9 @@ from .compare_view import CompareView, urls_to_paths
 from .detail_compute import compute_detail, compute_detail_isolated
 from .detail_pane import DetailPane
 from .errors_ui import is_expected, show_error_dialog
+from .parse_guard import PARSE_TIMEOUT_S, PROBE, open_guarded
 from .simulate_view import Banner
-from .tree_model import COLUMNS, LEFT, RIGHT
+from .tree_model import COLUMNS, LEFT, NAME_COLUMN, RIGHT
 from .workers import Runner
 
 SIDE_NAMES = {LEFT: "left", RIGHT: "right"}
@@ -114,6 +115,8 @@ class MainWindow(QMainWindow):
         self.load_failures = 0
         self.failed_sides: dict[int, str] = {}   # side -> why it did not open (cleared when it opens)
         self.unmet: dict[str, str] = {}          # what was asked for and did not happen (--screenshot exits 2)
+        self.parse_timeout_s = PARSE_TIMEOUT_S   # a file whose parse takes longer is stopped and reported
+        self.parse_probe = PROBE                 # the compute-process function that parses a file first
         self._auto_key: str | None = None     # the row _auto_select chose (re-chosen until the user picks one)
         self._filter_pending = False
         self._last_progress_ui = 0.0
@@ -378,8 +381,11 @@ class MainWindow(QMainWindow):
         self.banner_clear_message()
         header = self.compare.left_header if side == LEFT else self.compare.right_header
         header.set_error("")
-        self.runner.start(f"load{side}", f"Opening {os.path.basename(text) or text}…", C.load_side_data, text,
-                          entry, on_result=lambda data: self._side_loaded(side, data),
+        # parsed first in the compute process, with a time limit: a parse stuck in C code there cannot freeze this
+        # window (it would hold the interpreter lock of this process), and is stopped and reported
+        self.runner.start(f"load{side}", f"Opening {os.path.basename(text) or text}…", open_guarded, text,
+                          entry, timeout_s=self.parse_timeout_s, probe_path=self.parse_probe,
+                          on_result=lambda data: self._side_loaded(side, data),
                           on_error=lambda exc: self._load_failed(side, text, exc))
 
     def _side_loaded(self, side: int, data: C.SideData) -> None:
@@ -611,7 +617,9 @@ class MainWindow(QMainWindow):
         comp.apply_simulation(report)
         self.banner.show_report(report, comp, note=note)
         self._statuses_changed()
+        self.centralWidget().layout().activate()   # the banner's height now, so that scrolling aims right
         self._auto_select()
+        self._scroll_to_current()
         self.sig_simulation_done.emit(report)
 
     def apply_suggestion(self, suggestion) -> None:
@@ -733,6 +741,12 @@ class MainWindow(QMainWindow):
         if best is not None and best.key != current:
             self._auto_key = best.key
             self.compare.select_path(best.key)
+
+    def _scroll_to_current(self) -> None:
+        """Bring the current row into view (the banner appearing above the panes shrinks them)."""
+        idx = self.compare.selection.currentIndex()
+        if idx.isValid():
+            self.compare.right.scrollTo(idx.siblingAtColumn(NAME_COLUMN[RIGHT]))
 
     def copy_key(self) -> None:
         path = self.compare.current_path()
