@@ -172,3 +172,122 @@ def test_screenshot_run_with_a_hanging_file_ends_in_time(tmp_path, two_checkpoin
     assert out.exists() and time.monotonic() - t0 < 45, r.stderr
     if "did not finish" in r.stderr:      # (a reader that refuses the file at once ends the run as well)
         assert r.returncode == 2 and "the right side did not open" in r.stderr
+
+
+# ---- point 20: the window's rough edges ----------------------------------------------------------------------------
+def test_banner_figures_are_the_explanations_own(qtbot, make_window, raising_pair):
+    import re
+    pa, pb, _ = raising_pair
+    w = make_window()
+    open_both(qtbot, w, pa, pb)
+    with qtbot.waitSignal(w.sig_simulation_done, timeout=30000) as blocker:
+        w.act_simulate.trigger()
+    report = blocker.args[0]
+    text = w.banner.summary.text()
+    loaded, total = map(int, re.search(r"(\d+) of (\d+) model keys", report.explanation).groups())
+    b_total, b_loaded = map(int, re.search(r"of the (\d+) model keys: (\d+) are copied", text).groups())
+    assert (b_loaded, b_total) == (loaded, total) == (len(report.loaded_keys), len(_net().state_dict()))
+    # the parts add up: loaded + missing + shape mismatches (+ kept) = the model's keys
+    assert b_loaded + len(report.missing_keys) + len(report.mismatched_keys) == b_total
+
+
+def test_suggestion_rows_use_an_icon_not_a_glyph():
+    from types import SimpleNamespace
+
+    from explorer.qt.simulate_view import SuggestionRow
+    row = SuggestionRow(SimpleNamespace(title="strip the prefix 'module.'", reason="", snippet=""))
+    labels = [c for c in row.findChildren(type(row.icon)) if c is not row.icon]
+    assert not row.icon.pixmap().isNull()
+    assert all("💡" not in label.text() for label in labels)
+
+
+def test_plots_fit_their_widgets_and_legends_stay_off_the_data(qtbot, make_window, tmp_path):
+    from PySide6.QtCore import QRectF
+    long = "running_mean_of_a_buffer_with_a_rather_long_name"
+    torch.manual_seed(0)
+    a = {f"bn.{long}": torch.randn(40), "w": torch.randn(30, 20)}
+    b = {f"bn.{long}": torch.randn(40) + 0.123456, "w": a["w"] * 3.33}
+    pa, pb = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(a, pa)
+    torch.save(b, pb)
+    w = make_window()
+    w.resize(1400, 860)
+    open_both(qtbot, w, pa, pb)
+    d = w.detail
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000, check_params_cb=lambda k: k == f"bn.{long}"):
+        w.compare.select_path("w")
+        w.compare.select_path(f"bn.{long}")
+    qtbot.wait(50)
+    plots = [d.hist, d.delta, d.channel]
+    assert all(p.isVisible() for p in plots)
+    for p in plots:
+        item = p.getPlotItem()
+        # what the plot draws (title, axes, labels, legend) fits in its widget: nothing is cut off on the right
+        drawn = item.mapRectToScene(item.boundingRect())
+        assert drawn.width() <= p.viewport().width() + 1, (p, drawn, p.viewport().width())
+        assert p.geometry().right() <= d.plots.width()
+    for p in (d.hist, d.channel):
+        vb = p.getPlotItem().vb
+        legend = p.getPlotItem().legend
+        assert len(legend.items) == 2
+        data_area = vb.mapRectToScene(vb.boundingRect())
+        assert not legend.mapRectToScene(legend.boundingRect()).intersects(QRectF(data_area))
+
+
+def test_shapes_are_shown_whole(qtbot, make_window, tmp_path):
+    from PySide6.QtGui import QFontMetrics
+
+    from explorer.qt.detail_pane import SHAPE_ROW
+    from explorer.qt.tree_model import COLUMNS
+    a = {"conv.weight": torch.zeros(512, 256, 3, 3), "head.weight": torch.zeros(1000, 512)}
+    b = {"conv.weight": torch.ones(512, 256, 3, 3), "head.weight": torch.zeros(1000, 512, 1, 1)}
+    pa, pb = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(a, pa)
+    torch.save(b, pb)
+    w = make_window()
+    open_both(qtbot, w, pa, pb)
+    for view, side in ((w.compare.left, 0), (w.compare.right, 1)):
+        col = next(i for i, c in enumerate(COLUMNS) if c.field == "shape" and c.side == side)
+        need = QFontMetrics(view.font()).horizontalAdvance("(512, 256, 3, 3)")
+        assert view.header().sectionSize(col) >= need + 4
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=30000, check_params_cb=lambda k: k == "head.weight"):
+        w.compare.select_path("conv.weight")
+        w.compare.select_path("head.weight")
+    t = w.detail.table
+    fm = QFontMetrics(t.font())
+    for c, text in ((0, "(1000, 512)"), (1, "(1000, 512, 1, 1)")):
+        item = t.item(SHAPE_ROW, c)
+        assert item.text() == text and item.toolTip() == text
+        one_line = fm.horizontalAdvance(text) <= t.columnWidth(c) - 8
+        assert one_line or t.rowHeight(SHAPE_ROW) >= 2 * fm.height()    # whole: on one line, or wrapped
+
+
+def test_values_only_pair_opens_on_the_first_changed_key(qtbot, make_window, tmp_path):
+    torch.manual_seed(0)
+    a = {"a.weight": torch.randn(3), "b.weight": torch.randn(3), "c.weight": torch.randn(3)}
+    b = dict(a, **{"b.weight": a["b.weight"] + 1})
+    pa, pb = tmp_path / "a.pt", tmp_path / "b.pt"
+    torch.save(a, pa)
+    torch.save(b, pb)
+    w = make_window()
+    open_both(qtbot, w, pa, pb)
+    qtbot.waitUntil(lambda: w.detail.result is not None, timeout=20000)
+    assert w.compare.selection_key() == "b.weight" and w.detail.key == "b.weight"
+
+
+def test_small_tensors_need_no_compute_process(qtbot, make_window, two_checkpoints, monkeypatch):
+    import explorer.qt.main_window as mw
+    isolated = []
+
+    def counting(*args, **kwargs):
+        isolated.append(args[1])
+        return real(*args, **kwargs)
+    real = mw.compute_detail_isolated
+    monkeypatch.setattr(mw, "compute_detail_isolated", counting)
+    monkeypatch.setattr(mw, "SMALL_DETAIL_ELEMENTS", 100)
+    w = make_window()
+    open_both(qtbot, w, *two_checkpoints)
+    for key in ("fc1.bias", "fc1.weight", "bn.running_mean"):     # 16, 128 and 16 elements
+        with qtbot.waitSignal(w.sig_detail_shown, timeout=30000, check_params_cb=lambda k, key=key: k == key):
+            w.compare.select_path(key)
+    assert "fc1.weight" in isolated and "fc1.bias" not in isolated and "bn.running_mean" not in isolated
