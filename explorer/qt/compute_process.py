@@ -29,10 +29,11 @@ class CallTimeout(Exception):
     """A job ran past its ``timeout``; the child was killed (it restarts on the next request)."""
 
 
-def _child_main(conn, cancel) -> None:  # the child process
+def _child_main(conn, cancel, nice: int = 10) -> None:  # the child process
     import os
     try:  # number crunching yields the CPU to the window: on 2 cores a busy child otherwise delays the GUI thread
-        os.nice(10)
+        if nice:
+            os.nice(nice)
     except (AttributeError, OSError):
         pass
     import torch.multiprocessing  # noqa: F401  (tensors arrive through shared memory)
@@ -78,7 +79,9 @@ class ComputeProcess:
     """The parent's handle: ``call("module.function", *args, progress=..., should_stop=...)`` from a worker
     thread (one call at a time; a lock queues the rest)."""
 
-    def __init__(self):
+    def __init__(self, nice: int = 10, name: str = "state-dict-explorer-compute"):
+        self.nice = nice      # number crunching yields the CPU to the window; a parse the user waits for does not
+        self.name = name
         self._lock = threading.Lock()
         self._proc = None
         self._conn = None
@@ -96,8 +99,8 @@ class ComputeProcess:
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
             self._cancel = ctx.Value("q", -1, lock=False)
-            self._proc = ctx.Process(target=_child_main, args=(child, self._cancel), daemon=True,
-                                     name="state-dict-explorer-compute")
+            self._proc = ctx.Process(target=_child_main, args=(child, self._cancel, self.nice), daemon=True,
+                                     name=self.name)
             # The child needs only this package. Hide the main module while the spawn data is prepared, so the
             # child never re-runs whatever script started the window (an unguarded one would open a second
             # window in the child and never answer).
@@ -224,6 +227,21 @@ def engine() -> ComputeProcess:
     return _ENGINE
 
 
+_PARSE_ENGINE: ComputeProcess | None = None
+
+
+def parse_engine() -> ComputeProcess:
+    """The process that parses a file before the window does (``parse_guard``): not niced -- the user waits for it,
+    and on a busy machine a niced process gets a few percent of a core (importing torch alone took over a minute)."""
+    global _PARSE_ENGINE
+    if _PARSE_ENGINE is None:
+        import atexit
+        _PARSE_ENGINE = ComputeProcess(nice=0, name="state-dict-explorer-parse")
+        atexit.register(shutdown)
+    return _PARSE_ENGINE
+
+
 def shutdown() -> None:
-    if _ENGINE is not None:
-        _ENGINE.shutdown()
+    for eng in (_ENGINE, _PARSE_ENGINE):
+        if eng is not None:
+            eng.shutdown()

@@ -2,10 +2,10 @@
 
 Plain Python (no Qt), run in a worker thread. The readers parse pickles with Python's C unpickler: a hostile file
 can keep it busy in C code (hashing a 64-level tuple DAG) that never lets another thread of the process run -- the
-window's GUI thread included, so no timer, no repaint, no screenshot. So a file is parsed first in the compute
-process (where the parsed file stays cached for the value diff and the statistics), with a time limit; only a file
-that parses there within it is parsed in the window's process. A parse past the limit is stopped (the compute process
-is killed and restarts on the next request) and reported as an expected error. Model specs are not probed: building
+window's GUI thread included, so no timer, no repaint, no screenshot. So a file is parsed first in a separate parse
+process (``compute_process.parse_engine``; not niced like the number-crunching one, as the user waits for it), with a
+time limit; only a file that parses there within it is parsed in the window's process. A parse past the limit is
+stopped (the parse process is killed and restarts on the next request) and reported as an expected error. Model specs are not probed: building
 a model runs the user's own code, once.
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class ReaderDied(ExplorerError):
 
 
 def probe(text: str, *, progress=None, should_stop=None) -> None:
-    """In the compute process: open ``text`` (kept in its cache of open files, as the diff and statistics open it)."""
+    """In the parse process: open ``text`` (kept in its cache of open files while unchanged)."""
     from .detail_compute import _side
     _side(text)
 
@@ -49,9 +49,9 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
 
     from . import compare as C
     if os.path.lexists(text) and not looks_like_model_spec(text):
-        from .compute_process import CallTimeout, engine
+        from .compute_process import CallTimeout, parse_engine
         try:
-            engine().call(probe_path, text, timeout=timeout_s, should_stop=should_stop)
+            parse_engine().call(probe_path, text, timeout=timeout_s, should_stop=should_stop)
         except CallTimeout:
             raise ParseTimeout(
                 f"{text}: reading it did not finish within {timeout_s:g} s and was stopped (a file built to make "

@@ -122,8 +122,8 @@ def test_a_parse_that_never_ends_is_stopped_and_the_window_stays_responsive(qtbo
     (tmp_path / "sde_test_hog.py").write_text(HOG)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(cp, "CANCEL_GRACE_S", 1.0)
-    eng = cp.ComputeProcess()              # a child started now sees the module above
-    monkeypatch.setattr(cp, "_ENGINE", eng)
+    eng = cp.ComputeProcess(nice=0)        # a child started now sees the module above
+    monkeypatch.setattr(cp, "_PARSE_ENGINE", eng)
     try:
         w = make_window()
         w.parse_timeout_s = 2.0
