@@ -7,8 +7,8 @@ from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow,
-                               QProgressBar, QSplitter, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
+                               QLineEdit, QMainWindow, QProgressBar, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
 from . import compare as C
 from .compare_view import CompareView, urls_to_paths
@@ -746,7 +746,10 @@ class MainWindow(QMainWindow):
         """Bring the current row into view (the banner appearing above the panes shrinks them)."""
         idx = self.compare.selection.currentIndex()
         if idx.isValid():
-            self.compare.right.scrollTo(idx.siblingAtColumn(NAME_COLUMN[RIGHT]))
+            # a row chosen for the user (the first problem) is centred, so the problems after it show as well
+            auto = self._auto_key is not None and self.compare.selection_key() == self._auto_key
+            self.compare.right.scrollTo(idx.siblingAtColumn(NAME_COLUMN[RIGHT]),
+                                        QAbstractItemView.PositionAtCenter if auto else QAbstractItemView.EnsureVisible)
 
     def copy_key(self) -> None:
         path = self.compare.current_path()
