@@ -67,8 +67,34 @@ def main(argv: list[str] | None = None) -> int:
     return state["rc"]
 
 
+# The last resort of a screenshot run: a separate process (it needs nothing of this one, not even its interpreter
+# lock, which C code stuck in a hostile input can hold forever) that ends this process when it is still there long
+# after its own timer should have fired. It learns that this process ended from its stdin (the pipe closes).
+_WATCHDOG = r"""
+import os, select, signal, sys
+pid, limit, out = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], limit)
+if not ready:
+    sys.stderr.write("error: the window stopped responding; %s was not written (stopped after %g s)\n" % (out, limit))
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def _start_watchdog(out: str, after_s: float):
+    import subprocess
+    if os.name != "posix":      # select() on a pipe is POSIX
+        return None
+    try:
+        return subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), f"{after_s:g}", out],
+                                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
 def _schedule_screenshot(app, window, out: str, state: dict, timeout_s: float = 120.0) -> None:
     t0 = time.monotonic()
+    state["watchdog"] = _start_watchdog(out, timeout_s + 60)     # its stdin closes when this process ends
     calm = {"n": 0}
     timer = QTimer(window)
 
@@ -79,13 +105,17 @@ def _schedule_screenshot(app, window, out: str, state: dict, timeout_s: float = 
         if calm["n"] < 4 and not late:
             return
         timer.stop()
+        unmet = window.unmet_requests()
         if late:
-            print("warning: still busy after %.0f s; taking the screenshot anyway" % timeout_s, file=sys.stderr)
+            unmet.append("still busy after %.0f s (%s)" % (timeout_s, window.activity.text() or "working"))
         try:
             save_screenshot(window, out)
             print(f"wrote {out}")
         except OSError as e:
             print(f"error: cannot write {out}: {e}", file=sys.stderr)
+            state["rc"] = 2
+        if unmet:   # the picture is written, but it does not show what was asked for: say what, and exit 2
+            print(f"error: {out} shows the window, but " + "; ".join(unmet), file=sys.stderr)
             state["rc"] = 2
         window.close()
         app.quit()

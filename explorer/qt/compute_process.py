@@ -15,18 +15,25 @@ from __future__ import annotations
 
 import importlib
 import threading
+import time
 import traceback
 from typing import Any
 
 from explorer.errors import Cancelled
 
 _CANCEL_POLL_S = 0.02
+CANCEL_GRACE_S = 5.0    # a job told to stop that has not stopped after this long is not checking: the child is killed
 
 
-def _child_main(conn, cancel) -> None:  # the child process
+class CallTimeout(Exception):
+    """A job ran past its ``timeout``; the child was killed (it restarts on the next request)."""
+
+
+def _child_main(conn, cancel, nice: int = 10) -> None:  # the child process
     import os
     try:  # number crunching yields the CPU to the window: on 2 cores a busy child otherwise delays the GUI thread
-        os.nice(10)
+        if nice:
+            os.nice(nice)
     except (AttributeError, OSError):
         pass
     import torch.multiprocessing  # noqa: F401  (tensors arrive through shared memory)
@@ -72,7 +79,9 @@ class ComputeProcess:
     """The parent's handle: ``call("module.function", *args, progress=..., should_stop=...)`` from a worker
     thread (one call at a time; a lock queues the rest)."""
 
-    def __init__(self):
+    def __init__(self, nice: int = 10, name: str = "state-dict-explorer-compute"):
+        self.nice = nice      # number crunching yields the CPU to the window; a parse the user waits for does not
+        self.name = name
         self._lock = threading.Lock()
         self._proc = None
         self._conn = None
@@ -90,8 +99,8 @@ class ComputeProcess:
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
             self._cancel = ctx.Value("q", -1, lock=False)
-            self._proc = ctx.Process(target=_child_main, args=(child, self._cancel), daemon=True,
-                                     name="state-dict-explorer-compute")
+            self._proc = ctx.Process(target=_child_main, args=(child, self._cancel, self.nice), daemon=True,
+                                     name=self.name)
             # The child needs only this package. Hide the main module while the spawn data is prepared, so the
             # child never re-runs whatever script started the window (an unguarded one would open a second
             # window in the child and never answer).
@@ -106,18 +115,32 @@ class ComputeProcess:
             child.close()
             self._conn = parent
 
-    def call(self, func_path: str, *args, progress=None, should_stop=None, partial=None, **kwargs) -> Any:
+    def call(self, func_path: str, *args, progress=None, should_stop=None, partial=None, timeout: float | None = None,
+             **kwargs) -> Any:
+        """Run ``func_path(*args, **kwargs)`` in the child. ``timeout``: seconds from the moment the job is sent;
+        past it -- or ``CANCEL_GRACE_S`` after a cancel the job does not heed (a parse stuck in C code never
+        checks) -- the child is killed, so a runaway job never holds the caller, the lock or the next job."""
         with self._lock:
             self.start()
             self._job += 1
             job = self._job
             self._cancel.value = -1
             self._conn.send((job, func_path, args, kwargs, partial is not None))
+            sent = time.monotonic()
             cancelled = False
+            cancelled_at = 0.0
             while True:
                 if not cancelled and should_stop is not None and should_stop():
                     self._cancel.value = job   # the child raises Cancelled at its next check
                     cancelled = True
+                    cancelled_at = time.monotonic()
+                now = time.monotonic()
+                if cancelled and now - cancelled_at > CANCEL_GRACE_S:
+                    self._kill()
+                    raise Cancelled(f"{func_path}: cancelled (the compute process did not stop; restarted)")
+                if timeout is not None and now - sent > timeout:
+                    self._kill()
+                    raise CallTimeout(f"{func_path} did not finish within {timeout:g} s")
                 if not self._conn.poll(_CANCEL_POLL_S):
                     if not self._proc.is_alive():
                         code = self._proc.exitcode
@@ -148,6 +171,22 @@ class ComputeProcess:
                 if cancelled:
                     raise Cancelled(f"{func_path}: cancelled")
                 return payload
+
+    def _kill(self) -> None:
+        """Stop the child at once (it restarts on the next request)."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        try:
+            if proc is not None:
+                proc.kill()
+                proc.join(2.0)
+        except (AssertionError, OSError, ValueError):
+            pass
+        try:
+            if conn is not None:
+                conn.close()
+        except OSError:
+            pass
 
     def _read(self):
         msg = self._conn.recv()
@@ -188,6 +227,21 @@ def engine() -> ComputeProcess:
     return _ENGINE
 
 
+_PARSE_ENGINE: ComputeProcess | None = None
+
+
+def parse_engine() -> ComputeProcess:
+    """The process that parses a file before the window does (``parse_guard``): not niced -- the user waits for it,
+    and on a busy machine a niced process gets a few percent of a core (importing torch alone took over a minute)."""
+    global _PARSE_ENGINE
+    if _PARSE_ENGINE is None:
+        import atexit
+        _PARSE_ENGINE = ComputeProcess(nice=0, name="state-dict-explorer-parse")
+        atexit.register(shutdown)
+    return _PARSE_ENGINE
+
+
 def shutdown() -> None:
-    if _ENGINE is not None:
-        _ENGINE.shutdown()
+    for eng in (_ENGINE, _PARSE_ENGINE):
+        if eng is not None:
+            eng.shutdown()

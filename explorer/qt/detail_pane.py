@@ -27,6 +27,18 @@ STAT_ROWS = [("shape", "shape"), ("dtype", "dtype"), ("elements", "numel"), ("fi
              ("NaN", "nan"), ("+Inf", "posinf"), ("−Inf", "neginf")]
 
 
+SHAPE_ROW = [attr for _, attr in STAT_ROWS].index("shape")
+
+
+def _cell(text: str, *, tip: bool = False, align=None) -> QTableWidgetItem:
+    item = QTableWidgetItem(text)
+    if tip and text:
+        item.setToolTip(text)
+    if align is not None:
+        item.setTextAlignment(align)
+    return item
+
+
 def fmt(value) -> str:
     if value is None:
         return ""
@@ -64,6 +76,23 @@ class _Plot(pg.PlotWidget):
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Expanding)
         self.getPlotItem().getViewBox().setDefaultPadding(0.04)   # the first and last point clear of the frame
 
+    def fit_width(self) -> None:
+        """Never narrower than what the plot draws (title, axes, legend): a layout wider than its widget is cut off
+        on the right. Titles stay short; figures that vary go in the axis label."""
+        layout = self.getPlotItem().layout
+        layout.invalidate()
+        need = layout.effectiveSizeHint(Qt.MinimumSize).width()
+        self.setMinimumWidth(max(160, int(math.ceil(need)) + 6))
+
+
+def _legend_below(plot: pg.PlotWidget) -> pg.LegendItem:
+    """A one-row legend under the plot's axis, outside the data area (a legend inside it covers data)."""
+    pi = plot.getPlotItem()
+    legend = pg.LegendItem(colCount=4, labelTextColor="#333", horSpacing=6, verSpacing=-6)
+    pi.legend = legend          # curves made with ``name=`` enter it, as with addLegend
+    pi.layout.addItem(legend, 4, 1, Qt.AlignHCenter)
+    return legend
+
 
 def _brush(color: str, alpha: int = 70):
     c = QColor(color)
@@ -91,6 +120,9 @@ class DetailPane(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.Stretch)
         self.table.verticalHeader().setDefaultSectionSize(19)
         self.table.verticalHeader().setSectionResizeMode(QHeaderView.Fixed)
+        # the shape row grows to show a long shape whole, wrapped after a comma (and has it as a tooltip)
+        self.table.verticalHeader().setSectionResizeMode(SHAPE_ROW, QHeaderView.ResizeToContents)
+        self.table.setWordWrap(True)
         self.table.setEditTriggers(QTableWidget.NoEditTriggers)
         self.table.setMinimumWidth(250)
         # percentiles beside the statistics, so both are in view without scrolling
@@ -119,7 +151,7 @@ class DetailPane(QWidget):
         self.export_csv.setEnabled(False)
 
         self.hist = _Plot("Histogram (both sides)", "value", "count")
-        self.hist.addLegend(offset=(-5, 5), labelTextColor="#333", brush=pg.mkBrush(255, 255, 255, 200))
+        _legend_below(self.hist)
         self.left_item = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, name="left",
                                         pen=pg.mkPen(theme.LEFT_COLOR, width=1.5), brush=_brush(theme.LEFT_COLOR))
         self.right_item = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, name="right",
@@ -130,7 +162,7 @@ class DetailPane(QWidget):
                                           pen=pg.mkPen(theme.DELTA_COLOR, width=1.5),
                                           brush=_brush(theme.DELTA_COLOR))
         self.channel = _Plot("Per channel", "channel", "value")
-        self.channel.addLegend(offset=(-5, 5), labelTextColor="#333", brush=pg.mkBrush(255, 255, 255, 200))
+        _legend_below(self.channel)
         self.channel_left = self.channel.plot([], [], name="left (before)", pen=pg.mkPen(theme.LEFT_COLOR, width=2),
                                               symbol="o", symbolSize=5, symbolBrush=theme.LEFT_COLOR)
         self.channel_right = self.channel.plot([], [], name="right (after)",
@@ -208,7 +240,7 @@ class DetailPane(QWidget):
                     text = info.dtype
                 elif info is None and attr == "shape":
                     text = "(absent)"
-                self.table.setItem(r, c, QTableWidgetItem(text))
+                self.table.setItem(r, c, _cell(text, tip=attr == "shape"))
         for r in range(self.pct_table.rowCount()):
             for c in range(2):
                 self.pct_table.setItem(r, c, QTableWidgetItem(""))
@@ -257,8 +289,7 @@ class DetailPane(QWidget):
                     text = "error" if attr == "count" else ""
                 else:
                     text = fmt(getattr(st, attr, None)) if st is not None else ""
-                item = QTableWidgetItem(text)
-                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+                item = _cell(text, tip=attr == "shape", align=Qt.AlignRight | Qt.AlignVCenter)
                 if attr in ("nan", "posinf", "neginf") and text not in ("", "0"):
                     item.setForeground(QColor("#C0392B"))
                 self.table.setItem(r, c, item)
@@ -275,7 +306,7 @@ class DetailPane(QWidget):
         if res.delta_counts is not None:
             note = f" ({res.delta_note})" if res.delta_note else ""
             mad = f", max |Δ| {res.delta_max_abs:.3g}" if res.delta_max_abs is not None else ""
-            self.delta.setTitle(f"Delta (right − left){note}{mad}", color="#333", size="9pt")
+            self.delta.setLabel("bottom", f"difference{mad}{note}")
             self.delta_item.setData(res.delta_edges, res.delta_counts.astype(float), stepMode="center", fillLevel=0)
             self.delta_item.show()
             self.delta.show()
@@ -288,13 +319,15 @@ class DetailPane(QWidget):
                 else:
                     item.setData([], [])
                 item.setVisible(sv.channel is not None)
-            self.channel.setTitle(f"Per channel: {res.key.rsplit('.', 1)[-1]}", color="#333", size="9pt")
+            self.channel.setLabel("bottom", f"channel of {res.key.rsplit('.', 1)[-1]}")
             self.channel.show()
         else:
             self.channel.hide()
         self._sync_legend()
         self._apply_log(self.log_y.isChecked())
-        self.hist.enableAutoRange()
+        for plot in (self.hist, self.delta, self.channel):
+            plot.enableAutoRange()
+            plot.fit_width()
         self.export_png.setEnabled(not res.estimated)    # exports carry exact figures only
         self.export_csv.setEnabled(not res.estimated)
 

@@ -7,21 +7,25 @@ from typing import Any
 
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QLineEdit, QMainWindow,
-                               QProgressBar, QSplitter, QToolButton, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QCheckBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
+                               QLineEdit, QMainWindow, QProgressBar, QSplitter, QToolButton, QVBoxLayout, QWidget)
 
 from . import compare as C
 from .compare_view import CompareView, urls_to_paths
-from .detail_compute import compute_detail_isolated
+from .detail_compute import compute_detail, compute_detail_isolated
 from .detail_pane import DetailPane
 from .errors_ui import is_expected, show_error_dialog
+from .parse_guard import PARSE_TIMEOUT_S, PROBE, open_guarded
 from .simulate_view import Banner
-from .tree_model import LEFT, RIGHT
+from .tree_model import COLUMNS, LEFT, NAME_COLUMN, RIGHT
 from .workers import Runner
 
 SIDE_NAMES = {LEFT: "left", RIGHT: "right"}
 MAX_RECENT = 10
 BIG_FILTER_RESULT = 5000   # above this many matched keys, the filtered tree is built in a worker
+# Tensors up to this many elements (per side) get their statistics in a worker thread of the window's process: a
+# few milliseconds of work, which must not wait for the compute process to start (seconds on a busy machine).
+SMALL_DETAIL_ELEMENTS = 65_536
 
 
 # ---- functions run in workers (module level, no Qt) ------------------------------------------------------------
@@ -39,6 +43,7 @@ def _build_subtree(comparison: C.Comparison, keys, *, progress=None, should_stop
 
 def _simulate(left: C.SideData, right: C.SideData, remap, strict: bool, assign: bool, *,
               progress=None, should_stop=None):
+    """(LoadReport, note): ``note`` says what the prediction cannot know (a checkpoint on the left), else ""."""
     from explorer.core.simulate import simulate_load
     target: Any = right.side
     entry = right.entry if not right.is_model else None
@@ -46,8 +51,18 @@ def _simulate(left: C.SideData, right: C.SideData, remap, strict: bool, assign: 
         obj = right.side.load_object(entry, device="cpu") if hasattr(right.side, "load_object") \
             else right.side.model.state_dict()
         target, entry = remap.apply(obj), None
-    return simulate_load(left.side, target, entry=entry, strict=strict, assign=assign, progress=progress,
-                         should_stop=should_stop)
+    model, note = left.side, ""
+    if not left.is_model:    # two checkpoints: the left one's state dict as a model of plain modules
+        from .checkpoint_model import CAVEAT, checkpoint_as_model
+        model = checkpoint_as_model(left.side, left.entry, os.path.basename(left.label) or left.label,
+                                    should_stop=should_stop)
+        note = CAVEAT
+        if model.skipped:
+            note += (f" {len(model.skipped)} left key(s) cannot be a module attribute and are left out: "
+                     + ", ".join(model.skipped[:5]) + (" …" if len(model.skipped) > 5 else "") + ".")
+    report = simulate_load(model, target, entry=entry, strict=strict, assign=assign, progress=progress,
+                           should_stop=should_stop)
+    return report, note
 
 
 def _diff(left: C.SideData, right: C.SideData, remap, *, progress=None, should_stop=None):
@@ -98,6 +113,10 @@ class MainWindow(QMainWindow):
         self.simulate_wanted = False      # run a simulation as soon as both sides are aligned
         self.select_when_ready: str | None = None   # a key to select once it is shown (--select)
         self.load_failures = 0
+        self.failed_sides: dict[int, str] = {}   # side -> why it did not open (cleared when it opens)
+        self.unmet: dict[str, str] = {}          # what was asked for and did not happen (--screenshot exits 2)
+        self.parse_timeout_s = PARSE_TIMEOUT_S   # a file whose parse takes longer is stopped and reported
+        self.parse_probe = PROBE                 # the compute-process function that parses a file first
         self._auto_key: str | None = None     # the row _auto_select chose (re-chosen until the user picks one)
         self._filter_pending = False
         self._last_progress_ui = 0.0
@@ -362,12 +381,16 @@ class MainWindow(QMainWindow):
         self.banner_clear_message()
         header = self.compare.left_header if side == LEFT else self.compare.right_header
         header.set_error("")
-        self.runner.start(f"load{side}", f"Opening {os.path.basename(text) or text}…", C.load_side_data, text,
-                          entry, on_result=lambda data: self._side_loaded(side, data),
+        # parsed first in the compute process, with a time limit: a parse stuck in C code there cannot freeze this
+        # window (it would hold the interpreter lock of this process), and is stopped and reported
+        self.runner.start(f"load{side}", f"Opening {os.path.basename(text) or text}…", open_guarded, text,
+                          entry, timeout_s=self.parse_timeout_s, probe_path=self.parse_probe,
+                          on_result=lambda data: self._side_loaded(side, data),
                           on_error=lambda exc: self._load_failed(side, text, exc))
 
     def _side_loaded(self, side: int, data: C.SideData) -> None:
         self.sides[side] = data
+        self.failed_sides.pop(side, None)
         self.texts[side] = data.text
         (self.compare.left_header if side == LEFT else self.compare.right_header).set_side(data)
         if data.is_model and data.text and ":" in data.text:
@@ -388,7 +411,10 @@ class MainWindow(QMainWindow):
             header.set_error(f"⚠ unexpected error opening {os.path.basename(text)} (details in the dialog)")
             show_error_dialog(self, f"Opening {text} ({SIDE_NAMES[side]} pane)", exc)
         self.load_failures += 1
+        self.failed_sides[side] = msg
         self.sig_load_failed.emit(side, msg)
+        if self.simulate_wanted and not self._loads_pending(f"load{side}"):
+            self._simulate_impossible()     # the simulation asked for cannot run now: say so, never wait for it
 
     def choose_entry(self, side: int, entry) -> None:
         data = self.sides[side]
@@ -445,9 +471,11 @@ class MainWindow(QMainWindow):
         self._diff_deferred = False
         if both:
             self.start_diff()
-        if both and (self.simulate_wanted or was_simulated) and comp.left.is_model:
+        if both and (self.simulate_wanted or was_simulated):
             self.simulate_wanted = False
             self.simulate()
+        elif self.simulate_wanted and not self._loads_pending("compare"):
+            self._simulate_impossible()     # says why at once, and stops waiting for it
         self._auto_select()
         self.sig_comparison_ready.emit()
 
@@ -470,6 +498,7 @@ class MainWindow(QMainWindow):
             return
         comp.apply_diff(report)
         self._statuses_changed()
+        self._auto_select()      # files differing only in values: the first changed key, not an empty pane
 
     def _statuses_changed(self) -> None:
         if self.diff_only.isChecked() or self.problems_only.isChecked():
@@ -510,6 +539,7 @@ class MainWindow(QMainWindow):
             return
         if keys is None:
             self.compare.set_tree(comp, None, expand="auto")
+            self._fit_shape_columns()
             self.filter_count.setText(f"{len(comp.rows):,} key{'' if len(comp.rows) == 1 else 's'}")
             self.sig_filter_applied.emit()
             return
@@ -526,7 +556,19 @@ class MainWindow(QMainWindow):
         if comp is not self.comparison:
             return
         self.compare.set_tree(comp, tree, expand="auto")
+        self._fit_shape_columns()
         self.sig_filter_applied.emit()
+
+    def _fit_shape_columns(self) -> None:
+        """Widen each pane's Shape column to the shapes in view ((512, 256, 3, 3) whole), never narrower than it
+        is. Qt measures the rows in view only, so this costs the same for 10**6 keys."""
+        for view, side in ((self.compare.left, LEFT), (self.compare.right, RIGHT)):
+            col = next((i for i, c in enumerate(COLUMNS) if c.field == "shape" and c.side == side), None)
+            if col is None or view.isColumnHidden(col):
+                continue
+            want = view.sizeHintForColumn(col) + 8
+            if want > view.header().sectionSize(col):
+                view.header().resizeSection(col, min(want, 260))
 
     # ---- simulate ----------------------------------------------------------------------------------------------
     def _sim_option_changed(self, _=None) -> None:
@@ -536,32 +578,48 @@ class MainWindow(QMainWindow):
     def simulate(self) -> None:
         left, right = self.sides
         if left is None or right is None:
-            self.simulate_wanted = True
-            if not self.runner.is_busy():
-                self.banner.show_message("Simulate load needs a <b>model on the left</b> (File → Open model…) and "
-                                         "a <b>checkpoint on the right</b>.", error=False)
-            return
-        if not left.is_model:
-            self.banner.show_message(
-                "Simulate load runs <code>left_model.load_state_dict(right)</code>: open a <b>model</b> on the left "
-                "(File → Open model…, e.g. <code>mypkg.models:build</code> or <code>demo:MyBatchNormModel</code>).",
-                error=False)
+            if self._loads_pending():
+                self.simulate_wanted = True    # runs once both sides are open
+            else:
+                self._simulate_impossible()
             return
         if not _module_available("explorer.core.simulate"):
+            self.simulate_wanted = False
+            self.unmet["simulate"] = "the load was not simulated (explorer.core.simulate is missing)"
             self.banner.show_message("Simulation is not available in this build (explorer.core.simulate missing).")
             return
+        self.simulate_wanted = False
+        self.unmet.pop("simulate", None)
         self.runner.start("simulate", "Simulating load_state_dict…", _simulate, left, right, self.remap,
                           self.act_strict.isChecked(), self.act_assign.isChecked(),
-                          on_result=self._simulation_ready, on_error=lambda e: self._failed("Simulating the load", e))
+                          on_result=self._simulation_ready, on_error=self._simulation_failed)
 
-    def _simulation_ready(self, report) -> None:
+    def _simulate_impossible(self) -> None:
+        """A simulation was asked for, a side is missing and none is on its way: say so (never wait for it)."""
+        self.simulate_wanted = False
+        failed = bool(self.failed_sides)
+        self.unmet["simulate"] = "the load was not simulated (" + \
+            ("a side did not open" if failed else "it needs a side on the left and on the right") + ")"
+        self.banner.show_message(
+            "Simulate load runs <code>left.load_state_dict(right)</code>: it needs a <b>model</b> (File → Open "
+            "model…) or a checkpoint on the left and a <b>checkpoint</b> on the right"
+            + (" — a side did not open." if failed else "."), error=failed)
+
+    def _simulation_failed(self, exc: BaseException) -> None:
+        self.unmet["simulate"] = f"the load was not simulated ({type(exc).__name__}: {exc})"
+        self._failed("Simulating the load", exc)
+
+    def _simulation_ready(self, result) -> None:
+        report, note = result
         comp = self.comparison
         if comp is None:
             return
         comp.apply_simulation(report)
-        self.banner.show_report(report, comp)
+        self.banner.show_report(report, comp, note=note)
         self._statuses_changed()
+        self.centralWidget().layout().activate()   # the banner's height now, so that scrolling aims right
         self._auto_select()
+        self._scroll_to_current()
         self.sig_simulation_done.emit(report)
 
     def apply_suggestion(self, suggestion) -> None:
@@ -622,7 +680,8 @@ class MainWindow(QMainWindow):
             self.runner.cancel("diff")
             self._diff_deferred = True
         self.detail.show_pending(key, row, comp.status(row))
-        self.runner.start("detail", f"Statistics of {key}…", compute_detail_isolated, comp, key, self.detail.bins.value(),
+        fn = compute_detail if _elements(row) <= SMALL_DETAIL_ELEMENTS else compute_detail_isolated
+        self.runner.start("detail", f"Statistics of {key}…", fn, comp, key, self.detail.bins.value(),
                           on_result=lambda res, r=row, c=comp: self._detail_ready(c, r, res),
                           on_partial=lambda res, r=row, c=comp: self._detail_first_look(c, r, res),
                           on_error=lambda e, k=key: self._detail_failed(k, e),
@@ -669,6 +728,11 @@ class MainWindow(QMainWindow):
             return      # the user chose a row (a group row too): leave it
         order = (C.RUNNING_STAT, C.SHAPE_MISMATCH, C.SHAPE_DIFFERS, C.MISSING, C.UNEXPECTED, C.VALUE_CHANGED,
                  C.CHANGED, C.DTYPE_CAST, C.DTYPE_DIFFERS, C.ONLY_A, C.ONLY_B)
+        report = comp.report if comp.simulated else None
+        if report is not None and getattr(report, "raises", False):
+            # the keys that make the load raise come first: they are what the user must see (and scroll to)
+            order = (C.SHAPE_MISMATCH, C.MISSING, C.UNEXPECTED) + tuple(o for o in order if o not in
+                                                                       (C.SHAPE_MISMATCH, C.MISSING, C.UNEXPECTED))
         best = None
         for row in comp.rows.values():
             st = comp.status(row)
@@ -677,6 +741,15 @@ class MainWindow(QMainWindow):
         if best is not None and best.key != current:
             self._auto_key = best.key
             self.compare.select_path(best.key)
+
+    def _scroll_to_current(self) -> None:
+        """Bring the current row into view (the banner appearing above the panes shrinks them)."""
+        idx = self.compare.selection.currentIndex()
+        if idx.isValid():
+            # a row chosen for the user (the first problem) is centred, so the problems after it show as well
+            auto = self._auto_key is not None and self.compare.selection_key() == self._auto_key
+            self.compare.right.scrollTo(idx.siblingAtColumn(NAME_COLUMN[RIGHT]),
+                                        QAbstractItemView.PositionAtCenter if auto else QAbstractItemView.EnsureVisible)
 
     def copy_key(self) -> None:
         path = self.compare.current_path()
@@ -749,6 +822,18 @@ class MainWindow(QMainWindow):
     def _soft_error(self, doing: str, exc: BaseException) -> None:
         self.statusBar().showMessage(f"{doing} failed: {type(exc).__name__}: {exc}", 15000)
 
+    def _loads_pending(self, finishing: str = "") -> bool:
+        """Is a side still being opened or aligned (``finishing``: the channel whose result is being handled)?"""
+        return any(self.runner.is_busy(ch) for ch in ("load0", "load1", "demo", "compare") if ch != finishing)
+
+    def unmet_requests(self) -> list[str]:
+        """What was asked for (a side to open, ``--select``, a simulation) and did not happen, in words."""
+        out = [f"the {SIDE_NAMES[side]} side did not open ({msg})" for side, msg in sorted(self.failed_sides.items())]
+        if self.select_when_ready:
+            out.append(f"--select {self.select_when_ready!r} matched no key")
+        out += list(self.unmet.values())
+        return out
+
     def is_idle(self) -> bool:
         return not self.runner.is_busy() and not self._filter_pending and not self.simulate_wanted \
             and not self._diff_deferred
@@ -759,6 +844,23 @@ def _export_fixed(remap, right: C.SideData, path: str, *, progress=None, should_
     from explorer.core.remap import apply_remap
     return apply_remap(right.side, remap, path, entry=right.entry if not right.is_model else None,
                        progress=progress, should_stop=should_stop)
+
+
+def _elements(row) -> int:
+    """The larger side's element count of a row (shapes from the headers; nothing is read)."""
+    n = 0
+    for info in (row.left, row.right):
+        shape = getattr(info, "shape", None)
+        if info is None or shape is None:
+            continue
+        try:
+            k = 1
+            for d in shape:
+                k *= int(d)
+        except (TypeError, ValueError):
+            return 1 << 62       # an odd shape: the isolated path, which reports it
+        n = max(n, k)
+    return n
 
 
 def _list(value) -> list[str]:

@@ -3,9 +3,11 @@ the remap suggestions (preview, apply, export). Also the place for inline messag
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QFont
-from PySide6.QtWidgets import (QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QToolButton, QVBoxLayout,
-                               QWidget)
+from functools import lru_cache
+
+from PySide6.QtGui import QFont, QIcon
+from PySide6.QtWidgets import (QApplication, QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QStyle,
+                               QToolButton, QVBoxLayout, QWidget)
 
 from . import compare as C
 
@@ -19,21 +21,30 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, str]:
-    """(raises, plain-words summary) of a LoadReport."""
+    """(raises, plain-words summary) of a LoadReport. The figures are the core explanation's own: the model keys
+    (every report but the unexpected ones) split into those that load, stay missing, mismatch in shape, or keep their
+    value without a copy, so the parts add up to the total the explanation names."""
     keys = getattr(report, "keys", {}) or {}
+    unexpected_keys = getattr(report, "unexpected_keys", None)
     counts: dict[str, int] = {}
     running = []
-    for k, kr in keys.items():
+    items = keys.made_items() if hasattr(keys, "made_items") else keys.items()   # unexpected reports: counted below
+    for k, kr in items:
         counts[kr.status] = counts.get(kr.status, 0) + 1
         if kr.status == C.RUNNING_STAT:
             running.append(k)
     raises = bool(getattr(report, "raises", False))
-    loads = counts.get(C.MATCHED, 0) + counts.get(C.VALUE_CHANGED, 0) + counts.get(C.DTYPE_CAST, 0) + \
-        counts.get(C.RUNNING_STAT, 0)
-    missing = len(getattr(report, "missing_keys", []) or []) or counts.get(C.MISSING, 0)
-    unexpected = len(getattr(report, "unexpected_keys", []) or []) or counts.get(C.UNEXPECTED, 0)
+    loaded_keys = getattr(report, "loaded_keys", None)
+    if loaded_keys is not None:
+        loads = len(loaded_keys)
+    else:
+        loads = sum(counts.get(s, 0) for s in (C.MATCHED, C.VALUE_CHANGED, C.DTYPE_CAST, C.RUNNING_STAT))
+    missing = counts.get(C.MISSING, 0)
+    unexpected = len(unexpected_keys) if unexpected_keys is not None else counts.get(C.UNEXPECTED, 0)
     shape = counts.get(C.SHAPE_MISMATCH, 0)
-    cast = counts.get(C.DTYPE_CAST, 0)
+    total = sum(n for st, n in counts.items() if st != C.UNEXPECTED)
+    changed = counts.get(C.VALUE_CHANGED, 0) + counts.get(C.RUNNING_STAT, 0) + counts.get(C.DTYPE_CAST, 0)
+    kept = max(total - loads - missing - shape, 0)
     if raises:
         head = f"<b>✗ load_state_dict would raise {getattr(report, 'error_type', '') or 'an error'}.</b>"
     else:
@@ -41,16 +52,20 @@ def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, s
     explanation = getattr(report, "explanation", "") or ""
     if explanation:
         head += " " + _html(explanation)
-    parts = [f"{plural(loads, 'key')} would load"
-             + (f" ({counts.get(C.VALUE_CHANGED, 0) + counts.get(C.RUNNING_STAT, 0)} with new values)" if loads else ""),
-             f"{missing} would stay missing", f"{unexpected} would be ignored (unexpected)"]
+    verb = "are copied before it raises" if raises else "load"
+    parts = [f"{loads} {verb}" + (f" ({changed} with new values)" if loads else "")]
+    if missing:
+        parts.append(f"{missing} missing")
     if shape:
         parts.append(f"<span style='color:#C0392B'>{plural(shape, 'shape mismatch', 'shape mismatches')}</span>")
-    if cast:
-        parts.append(f"{cast} would be cast to the model's dtype")
-    if counts.get(C.NOT_LOADED):
-        parts.append(f"{counts[C.NOT_LOADED]} not reached")
-    text = head + "<br>In numbers: " + ", ".join(parts) + "."
+    if kept:
+        parts.append(f"{kept} not loaded (keep{'s' if kept == 1 else ''} {'its' if kept == 1 else 'their'} "
+                     "current value)")
+    text = head + f"<br>In numbers — of the {plural(total, 'model key')}: " + ", ".join(parts) + "."
+    text += (f" Checkpoint keys the model has no place for: {unexpected} (unexpected" +
+             (", ignored" if not raises or not getattr(report, "strict", True) else "") + ")." if unexpected else "")
+    if counts.get(C.DTYPE_CAST):
+        text += f" {counts[C.DTYPE_CAST]} of the loaded keys are cast to the model's dtype."
     if running:
         shown = ", ".join(running[:4]) + (f" and {len(running) - 4} more" if len(running) > 4 else "")
         text += f"<br>⟳ Running statistics overwritten: {shown}."
@@ -59,6 +74,19 @@ def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, s
 
 def _html(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+@lru_cache(maxsize=1)
+def suggestion_icon() -> QIcon:
+    """The light bulb of a suggestion (resources/suggestion.svg), else the style's information icon."""
+    from .resources import resource_path
+    try:
+        icon = QIcon(str(resource_path("suggestion.svg")))
+        if not icon.pixmap(16, 16).isNull():
+            return icon
+    except FileNotFoundError:
+        pass
+    return QApplication.style().standardIcon(QStyle.SP_MessageBoxInformation)
 
 
 class SuggestionRow(QWidget):
@@ -71,7 +99,10 @@ class SuggestionRow(QWidget):
         desc = getattr(suggestion, "title", None) or getattr(suggestion, "description", None) or str(suggestion)
         preview_text = getattr(suggestion, "preview_text", None)
         ptext = f"  →  {preview_text()}" if callable(preview_text) else ""
-        label = QLabel(f"💡 {desc}<span style='color:#555'>{ptext}</span>")
+        self.icon = QLabel()
+        self.icon.setPixmap(suggestion_icon().pixmap(16, 16))   # an icon, not a glyph some fonts lack
+        self.icon.setToolTip("A remap suggestion")
+        label = QLabel(f"{_html(str(desc))}<span style='color:#555'>{_html(ptext)}</span>")
         label.setTextFormat(Qt.RichText)
         label.setWordWrap(True)
         tip = [getattr(suggestion, "reason", "") or ""]
@@ -86,6 +117,7 @@ class SuggestionRow(QWidget):
         self.export_button.clicked.connect(lambda: self.sig_export.emit(self.suggestion))
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.icon, 0, Qt.AlignTop)
         lay.addWidget(label, 1)
         lay.addWidget(self.apply_button)
         lay.addWidget(self.export_button)
@@ -145,8 +177,11 @@ class Banner(QFrame):
             row.deleteLater()
         self.rows = []
 
-    def show_report(self, report, comparison=None) -> None:
+    def show_report(self, report, comparison=None, note: str = "") -> None:
+        """``note``: what the prediction cannot know (a checkpoint simulated as the model), shown first."""
         raises, text = summarize(report, comparison)
+        if note:
+            text = f"<span style='color:#8a4b00'><b>Note:</b> {_html(note)}</span><br>" + text
         self.raises = raises
         self.setStyleSheet(BAD_STYLE if raises else OK_STYLE)
         self.summary.setText(text)

@@ -174,11 +174,14 @@ def test_simulate_paints_statuses(qtbot, make_window, model_spec, problem_checkp
                      "1.num_batches_tracked"}
 
 
-def test_simulate_options_and_message_without_model(qtbot, make_window, two_checkpoints):
+def test_simulate_with_one_side_says_why_at_once(qtbot, make_window, two_checkpoints):
     w = make_window()
-    open_both(qtbot, w, *two_checkpoints)
+    w.open_path(1, str(two_checkpoints[1]))
+    qtbot.waitUntil(lambda: w.comparison is not None and w.is_idle(), timeout=30000)
     w.act_simulate.trigger()
-    assert w.banner.isVisible() and "<b>model</b> on the left" in w.banner.summary.text()
+    assert w.banner.isVisible() and "<b>model</b>" in w.banner.summary.text()
+    assert not w.simulate_wanted and w.is_idle()          # nothing is waited for
+    assert w.unmet_requests() == ["the load was not simulated (it needs a side on the left and on the right)"]
     assert w.act_simulate.shortcut().toString() == "Ctrl+L"
 
 
@@ -187,6 +190,7 @@ def test_selecting_a_key_draws_both_histograms(qtbot, make_window, two_checkpoin
     open_both(qtbot, w, *two_checkpoints)
     with qtbot.waitSignal(w.sig_detail_shown, timeout=20000,
                           check_params_cb=lambda key: key == "fc1.weight"):
+        w.compare.select_path("fc1.bias")     # fc1.weight may be selected already (the first changed key)
         w.compare.select_path("fc1.weight")
     d = w.detail
     xl, yl = d.left_item.getData()
@@ -353,14 +357,15 @@ def test_large_tensor_first_look_then_exact(qtbot, make_window, tmp_path):
     save_file({"w": a}, str(pa))
     save_file({"w": b}, str(pb))
     w = make_window()
-    open_both(qtbot, w, str(pa), str(pb))
     d = w.detail
     looks = []
     w.sig_detail_first_look.connect(
         lambda key: looks.append((key, d.result.estimated, d.export_csv.isEnabled(),
                                   [d.pct_table.item(r, 0).text() for r in range(d.pct_table.rowCount())])))
-    with qtbot.waitSignal(w.sig_detail_shown, timeout=60000, check_params_cb=lambda key: key == "w"):
-        w.compare.select_path("w")
+    # the only key differs in values: it is selected on its own once the values are compared
+    open_both(qtbot, w, str(pa), str(pb), timeout=60000)
+    qtbot.waitUntil(lambda: d.result is not None and d.result.key == "w" and not d.result.estimated, timeout=60000)
+    assert w.compare.selection_key() == "w"
     assert len(looks) == 1 and looks[0][0] == "w" and looks[0][1] is True and looks[0][2] is False
     assert any(t.startswith("≈ ") for t in looks[0][3]), looks[0][3]
     res = d.result

@@ -1,0 +1,71 @@
+"""Opening a checkpoint without letting its parse hold the window.
+
+Plain Python (no Qt), run in a worker thread. The readers parse pickles with Python's C unpickler: a hostile file
+can keep it busy in C code (hashing a 64-level tuple DAG) that never lets another thread of the process run -- the
+window's GUI thread included, so no timer, no repaint, no screenshot. So a file is parsed first in a separate parse
+process (``compute_process.parse_engine``; not niced like the number-crunching one, as the user waits for it), with a
+time limit; only a file that parses there within it is parsed in the window's process. A parse past the limit is
+stopped (the parse process is killed and restarts on the next request) and reported as an expected error. Model specs are not probed: building
+a model runs the user's own code, once.
+"""
+from __future__ import annotations
+
+import os
+
+from explorer.errors import ExplorerError
+
+
+def _timeout_from_env(default: float = 60.0) -> float:
+    try:
+        value = float(os.environ.get("STATE_DICT_EXPLORER_PARSE_TIMEOUT", default))
+    except ValueError:
+        return default
+    return value if value > 0 else default
+
+
+PARSE_TIMEOUT_S = _timeout_from_env()     # STATE_DICT_EXPLORER_PARSE_TIMEOUT=SECONDS changes it
+PROBE = "explorer.qt.parse_guard.probe"
+
+
+class ParseTimeout(ExplorerError):
+    """Reading a file did not finish in time; it was stopped."""
+
+
+class ReaderDied(ExplorerError):
+    """The process reading a file died (memory exhausted, a crash in a native reader)."""
+
+
+def probe(text: str, *, progress=None, should_stop=None) -> None:
+    """In the parse process: open ``text`` (kept in its cache of open files while unchanged)."""
+    from .detail_compute import _side
+    _side(text)
+
+
+def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_path: str = PROBE,
+                 progress=None, should_stop=None):
+    """``compare.load_side_data(text, entry)`` once ``text`` has parsed in the compute process within ``timeout_s``
+    (the worker half of File -> Open)."""
+    from explorer.core.sides import looks_like_model_spec
+
+    from . import compare as C
+    if os.path.lexists(text) and not looks_like_model_spec(text):
+        from .compute_process import CallTimeout, parse_engine
+        try:
+            parse_engine().call(probe_path, text, timeout=timeout_s, should_stop=should_stop)
+        except CallTimeout:
+            raise ParseTimeout(
+                f"{text}: reading it did not finish within {timeout_s:g} s and was stopped (a file built to make "
+                "parsers hang, or a path that never answers?)") from None
+        except ExplorerError:
+            raise              # the reader's own clear message (not a checkpoint, damaged, ...)
+        except MemoryError:
+            raise ReaderDied(f"{text}: reading it needs more memory than there is; the file was not opened here, so "
+                             "the window stays up") from None
+        except RuntimeError as e:
+            if "compute process died" in str(e):
+                raise ReaderDied(f"{text}: reading it stopped the reading process ({e}); the file was not opened "
+                                 "here, so the window stays up. `python main.py inspect FILE` may say why.") from None
+            # any other failure: the window's own parse below reports it as it would
+        except Exception:  # noqa: BLE001 - the same: the parse below reports it (with its traceback, if unexpected)
+            pass
+    return C.load_side_data(text, entry, progress=progress, should_stop=should_stop)
