@@ -8,7 +8,7 @@ import sys
 from . import print_json
 from ..core.sides import open_side
 from ..core.stats import DEFAULT_PERCENTILES, bn_siblings, tensor_stats, with_context
-from ..errors import ExplorerError, KeyNotFoundError
+from ..errors import ExplorerError, KeyNotFoundError, shorten
 
 TEXT_ROWS = 32  # histogram rows printed as text (adjacent bins merged); --json gives every bin
 
@@ -47,9 +47,9 @@ def resolve_tensor(side, key: str):
 
 def _not_found(side, key: str, names) -> KeyNotFoundError:
     close = difflib.get_close_matches(key, list(names), n=3)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else \
+    hint = f"; did you mean {', '.join(shorten(c) for c in close)}?" if close else \
         " — list the keys with: python main.py inspect " + str(side.path)
-    return KeyNotFoundError(f"{side.path}: no tensor {key!r}{hint}")
+    return KeyNotFoundError(f"{side.path}: no tensor {shorten(key)}{hint}")
 
 
 def _siblings(side, key: str) -> list[str]:

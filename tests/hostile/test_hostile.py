@@ -20,19 +20,7 @@ from tests.hostile.harness import ROOT, exercise
 
 # (input, op) -> the bug, as shell patterns (fnmatch). Keep this short and exact; each entry is a strict xfail below,
 # and fails (XPASS) once the reader is fixed: then delete it. Proposed fixes: see the issue 7 report.
-_CONTROLS = "terminal controls in text output: fixed by the output-layer change (h-cli)"
-KNOWN: dict[tuple[str, str], str] = {
-    # issue 13 class 5: keys, global names and file names reach the terminal raw; the output layer (explorer/cli.py,
-    # explorer/commands/*) escapes them -- fixed by the output-layer change (h-cli); remove these once it is merged
-    **{(name, op): _CONTROLS for name in ("keys-safetensors:control-chars", "keys-zip:control-chars",
-                                         "terminal:file-name") for op in ("inspect", "diff", "simulate")},
-    **{(name, op): _CONTROLS for name in ("terminal:keys-safetensors", "terminal:keys-zip")
-       for op in ("inspect", "stats", "diff", "simulate")},
-    ("terminal:global-name", "inspect"): _CONTROLS,
-    # issue 13 class 8: `stats`' "no tensor ...; did you mean ..." quotes the asked key and the file's close keys
-    # uncut (explorer/commands/stats.py): fixed by the output-layer change (h-cli), with explorer.errors.shorten
-    ("messages:long-key-stats-missing", "stats"): "an 8 KB key quoted whole in stats' error line (h-cli)",
-}
+KNOWN: dict[tuple[str, str], str] = {}  # none open now; add (input, op) patterns with the bug, as xfails below
 
 
 def _known(run) -> tuple[str, str] | None:
