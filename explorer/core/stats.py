@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from ..errors import Cancelled, ExplorerError
-from .records import dtype_name
+from .records import RUNNING_STAT_NAMES, dtype_name
 
 CHUNK = 1 << 20              # elements per chunk: stays in cache, amortises the per-op overhead
 STATS_CHUNK = CHUNK // 2     # elements per chunk of tensor_stats: its ~8 ops per chunk then mostly hit L2
@@ -803,8 +803,7 @@ FRESH_BN_VAR = "fresh BatchNorm running_var (ones): what BatchNorm holds before 
 FRESH_BN_COUNT = "fresh BatchNorm num_batches_tracked (0): no training step counted yet"
 FRESH_BN_WEIGHT = "BatchNorm weight of ones: its initial value (untrained, or never updated)"
 FRESH_BN_BIAS = "BatchNorm bias of zeros: its initial value (untrained, or never updated)"
-_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-_BN_NAMES = _BN_BUFFERS + ("weight", "bias")
+_BN_NAMES = RUNNING_STAT_NAMES + ("weight", "bias")
 
 
 def bn_siblings(key: str, has: Callable[[str], bool]) -> list[str]:
@@ -813,7 +812,7 @@ def bn_siblings(key: str, has: Callable[[str], bool]) -> list[str]:
     prefix, dot, name = key.rpartition(".")
     if name not in _BN_NAMES:
         return []
-    return [k for k in (f"{prefix}{dot}{b}" for b in _BN_BUFFERS) if k != key and has(k)]
+    return [k for k in (f"{prefix}{dot}{b}" for b in RUNNING_STAT_NAMES) if k != key and has(k)]
 
 
 def explain_flags(key: str, flags: Sequence[str], siblings, constant: float | None = None) \
