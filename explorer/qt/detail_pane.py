@@ -304,9 +304,16 @@ class DetailPane(QWidget):
                 item.setData([0, 1], [0], stepMode="center", fillLevel=0)
                 item.hide()
         if res.delta_counts is not None:
-            note = f" ({res.delta_note})" if res.delta_note else ""
             mad = f", max |Δ| {res.delta_max_abs:.3g}" if res.delta_max_abs is not None else ""
-            self.delta.setLabel("bottom", f"difference{mad}{note}")
+            if res.delta_nonfinite:
+                # the axis has no room for the whole note: the title says the plot is partial, the tooltip says why
+                self.delta.setTitle(f"Delta, finite only ({res.delta_nonfinite:,} NaN/Inf out)", color="#b00",
+                                    size="9pt")
+                self.delta.setLabel("bottom", f"difference{mad}")
+            else:
+                self.delta.setTitle("Delta (right − left)", color="#333", size="9pt")
+                self.delta.setLabel("bottom", f"difference{mad}" + (f" ({res.delta_note})" if res.delta_note else ""))
+            self.delta.setToolTip(f"right − left{mad}" + (f"; {res.delta_note}" if res.delta_note else ""))
             self.delta_item.setData(res.delta_edges, res.delta_counts.astype(float), stepMode="center", fillLevel=0)
             self.delta_item.show()
             self.delta.show()
