@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from explorer.core.sides import open_side  # noqa: E402
+from explorer.core.side import open_side  # noqa: E402
 from explorer.core.stats import DEFAULT_PERCENTILES, tensor_stats, tensor_stats_steps  # noqa: E402
 
 

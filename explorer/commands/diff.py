@@ -7,7 +7,7 @@ import sys
 from . import print_json
 from ..core.diff import IDENTICAL_MEANS, NUMBERS, diff_sides
 from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
-from ..core.sides import open_side
+from ..core.side import open_side
 
 LARGEST = 10
 LISTED = 100      # keys listed per status in the text output (--all: every one)

@@ -6,7 +6,7 @@ import sys
 from json.encoder import encode_basestring_ascii as _enc  # json.dumps' own string encoder (ensure_ascii)
 
 from ..core.records import SideSummary
-from ..core.sides import open_side
+from ..core.side import open_side
 from ..core.tree import Tree
 from ..core.values import VALUE_TEXT, non_tensor_values, optimizer_states, short_text
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 
 from ..core.model_source import ModelSide
-from ..core.sides import open_side
+from ..core.side import open_side
 from ..errors import ModelSpecError
 
 LISTED = 100      # keys listed per status in the text output (--all: every one)

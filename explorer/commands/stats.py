@@ -6,7 +6,7 @@ import math
 import sys
 
 from . import print_json
-from ..core.sides import open_side
+from ..core.side import open_side
 from ..core.stats import DEFAULT_PERCENTILES, bn_siblings, tensor_stats, with_context
 from ..errors import ExplorerError, KeyNotFoundError, shorten
 

@@ -10,7 +10,7 @@ import importlib
 _EXPORTS = {
     "Checkpoint": "checkpoint", "open_checkpoint": "loaders", "ModelSide": "model_source",
     "resolve_spec": "model_source", "TensorInfo": "records", "StateDictRef": "records", "Location": "records",
-    "open_side": "sides", "Tree": "tree", "Node": "tree", "build_tree": "tree",
+    "open_side": "side", "Side": "side", "Tree": "tree", "Node": "tree", "build_tree": "tree",
     "simulate_load": "simulate", "LoadReport": "simulate", "apply_remap": "remap",
     "tensor_stats": "stats", "tensor_stats_steps": "stats", "histogram": "stats", "health_scan": "stats", "TensorStats": "stats",
     "diff_sides": "diff", "DiffReport": "diff",

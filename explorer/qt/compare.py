@@ -52,7 +52,7 @@ def load_side_data(text: str, entry: tuple | None = None, *, progress=None, shou
     with _INIT_LOCK:   # two panes open at once: the core's reader registry must be complete before either uses it
         from explorer.core.loaders import readers
         readers()
-        from explorer.core.sides import open_side   # imports torch: only ever in a worker
+        from explorer.core.side import open_side   # imports torch: only ever in a worker
         freeze_heap()
     was = gc.isenabled()
     gc.disable()                                   # PERFORMANCE.md: the cyclic GC taxes bulk parsing after torch

@@ -310,7 +310,7 @@ def _side(text: str):
     """A checkpoint opened in this (compute) process, cached while the file is unchanged."""
     import os
 
-    from explorer.core.sides import open_side
+    from explorer.core.side import open_side
     try:
         st = os.stat(text)
         stamp = (text, st.st_mtime_ns, st.st_size)

@@ -11,7 +11,7 @@ from explorer.core import stats as S
 from explorer.core.diff import IDENTICAL_MEANS, compare_tensors, diff_sides
 from explorer.core.model_source import ModelSide
 from explorer.core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
-from explorer.core.sides import open_side
+from explorer.core.side import open_side
 from explorer.errors import Cancelled, ExplorerError
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ import torch
 from explorer.core import stats as S
 from explorer.core.diff import compare_tensors, diff_sides
 from explorer.core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL
-from explorer.core.sides import open_side
+from explorer.core.side import open_side
 
 NAN, INF = float("nan"), float("inf")
 

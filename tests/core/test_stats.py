@@ -318,7 +318,7 @@ def test_health_scan(tmp_path):
           "m.mask": torch.tensor([True, True])}
     path = tmp_path / "c.pt"
     torch.save({"model": sd, "epoch": 3}, path)
-    from explorer.core.sides import open_side
+    from explorer.core.side import open_side
     seen = []
     flags = health_scan(open_side(path), progress=lambda d, t: seen.append((d, t)))
     assert list(flags) == list(sd)
