@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import gc
 import importlib
 import os
 import re
 import sys
 
+from .core.chunks import gc_paused
 from .errors import ExplorerError
 
 COMMANDS = {
@@ -169,22 +169,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # A command is one short run that builds many small objects (10**6 entries for a big file) and few cycles: the
     # cyclic GC would re-scan everything torch and the file's structure allocated, again and again (PERFORMANCE.md).
-    gc.disable()
-    try:
-        with _Streams(text_stdout=not getattr(args, "json", False)):
-            try:
-                return int(args._run(args) or 0)
-            except ExplorerError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-            except KeyboardInterrupt:
-                print("error: interrupted", file=sys.stderr)
-                return 130
-            except BrokenPipeError:
-                return 0
-            except Exception as e:  # a bug of ours: still one line, and how to report it
-                print(f"error: internal error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
-                      "(please report this with the file's format)", file=sys.stderr)
-                return 2
-    finally:
-        gc.enable()
+    with gc_paused(), _Streams(text_stdout=not getattr(args, "json", False)):
+        try:
+            return int(args._run(args) or 0)
+        except ExplorerError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            return 0
+        except Exception as e:  # a bug of ours: still one line, and how to report it
+            print(f"error: internal error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  "(please report this with the file's format)", file=sys.stderr)
+            return 2

@@ -41,8 +41,35 @@ class Cancelled(ExplorerError):
     """Long work was cancelled through ``should_stop``."""
 
 
-# ---- quoting what a file holds in a message -------------------------------------------------------------------------
+class ParseTimeout(ExplorerError):
+    """Reading a file did not finish in time; it was stopped."""
 
+
+class ReaderDied(ExplorerError):
+    """The process reading a file died (memory exhausted, a crash in a native reader)."""
+
+
+class DemoActionError(ExplorerError, ValueError):
+    """A demo action that cannot run in the session's current state (e.g. acting on a right side that is not there)."""
+
+
+class UnsupportedDtypeError(ExplorerError, TypeError):
+    """Statistics cannot be computed for this dtype (quantized, packed 4-bit, meta tensors...)."""
+
+
+class RemapError(ExplorerError, ValueError):
+    """A remap cannot be applied or exported."""
+
+
+class SimulationError(ExplorerError, RuntimeError):
+    """The simulation itself could not run (e.g. the model cannot be copied)."""
+
+
+class NoDataError(ExplorerError, ValueError):
+    """The tensor was saved from the meta device: the file holds its shape and dtype, no values."""
+
+
+# ---- quoting what a file holds in a message -------------------------------------------------------------------------
 SHORT_TEXT = 120     # characters of a key, name or path from a file that a message quotes
 _RENDER_NODES = 40   # items of a nested value rendered before "..."
 

@@ -27,16 +27,12 @@ import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .atomic import atomic_write_text
-from ..errors import ExplorerError
+from ..errors import DemoActionError
 from .demo_models import ConvBatchNormModel, MyBatchNormModel
 
 LEFT, RIGHT = "left", "right"
 SIDES = (LEFT, RIGHT)
 BATCH_SIZE = 8
-
-
-class DemoActionError(ExplorerError, ValueError):
-    """A demo action that cannot run in the session's current state (e.g. acting on a right side that is not there)."""
 
 
 @dataclass(frozen=True)

@@ -19,23 +19,21 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from ..errors import CorruptFileError, ExplorerError, KeyNotFoundError
+from ..errors import CorruptFileError, KeyNotFoundError, NoDataError
 from .bytesource import TORCH_DTYPES as _TORCH_DTYPES, read_record
-from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo, contiguous_strides,
+from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDictRef, TensorInfo,
                       copy_metadata, read_mask)
+from .chunks import gc_paused
+from .meta import meta_bulk
 from .records import NUMPY_ARRAY
 from .safe_pickle import (ITEMSIZE, Inert, NumpyRecord, QScheme, QuantizedRecord, StorageRef, TensorRecord,
-                          TorchDtype, Uninitialized, gc_paused, is_module_state, numpy_array, numpy_record,
+                          TorchDtype, Uninitialized, is_module_state, numpy_array, numpy_record,
                           uninitialized_tensor)
 
 # quantized dtype -> the integer dtype its values are stored as
 _QUANTIZED_INT = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}
 
 MAX_DEPTH = 400  # deeper nesting than this is not a checkpoint but a recursion bomb
-
-
-class NoDataError(ExplorerError, ValueError):
-    """The tensor was saved from the meta device: the file holds its shape and dtype, no values."""
 
 
 def has_data(rec: TensorRecord) -> bool:
@@ -360,29 +358,6 @@ def _location(ref: StorageRef, rec: TensorRecord, fallback_file: str) -> Locatio
 
 
 _NO_KEYS: dict = {}
-
-
-def _meta_empty_strided(shape, stride, dtype):
-    return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
-
-
-def _meta_bulk(shapes: list, strides: list | None, dtypes: list) -> list | None:
-    """Meta tensors of these shapes, strides (None: contiguous) and dtype names, one C call each; None when a dtype
-    is unknown, a layout is unusual or torch refuses one (the caller then goes the careful way, with its error)."""
-    try:
-        torch_dtypes = list(map(_TORCH_DTYPES.get, dtypes))
-        if any(d is None for d in set(torch_dtypes)):
-            return None
-        with gc_paused():
-            if strides is None:   # one stride tuple per distinct shape (empty_strided is the faster call)
-                stride_of = {shape: contiguous_strides(shape) for shape in set(shapes)}
-                strides = list(map(stride_of.__getitem__, shapes))
-            for shape, stride in set(zip(shapes, strides)):   # each distinct layout checked once
-                if len(stride) != len(shape) or not all(type(s) is int and s >= 0 for s in stride):
-                    return None
-            return list(map(_meta_empty_strided, shapes, strides, torch_dtypes))
-    except (RuntimeError, TypeError, ValueError, OverflowError):
-        return None
 
 
 def _where(path: EntryPath, key=None) -> str:
@@ -852,7 +827,7 @@ class Checkpoint:
             else:
                 layouts = list(zip(shapes, strides if strides is not None else repeat(None), dtypes, params, grads))
                 unique = list(dict.fromkeys(compress(layouts, map(not_, read))))
-            made = _meta_bulk([u[0] for u in unique], [u[1] for u in unique] if strides is not None else None,
+            made = meta_bulk([u[0] for u in unique], [u[1] for u in unique] if strides is not None else None,
                               [u[2] for u in unique])
             if made is None:
                 return None
@@ -881,7 +856,7 @@ class Checkpoint:
         shapes, dtypes, _nbytes, kinds, _devices = table.columns(0, len(table.keys))
         if any(k != "tensor" for k in set(kinds)):
             return None
-        tensors = _meta_bulk(shapes, None, dtypes)
+        tensors = meta_bulk(shapes, None, dtypes)
         if tensors is None:
             return None
         with gc_paused():
@@ -905,7 +880,7 @@ class Checkpoint:
             ids = list(map(id, vals))
             if len(set(ids)) != len(ids) or any(map(memo.__contains__, ids)):
                 return None
-        tensors = _meta_bulk(list(map(_SHAPE_OF, vals)), list(map(_STRIDE_OF, vals)), list(map(_DTYPE_OF, vals)))
+        tensors = meta_bulk(list(map(_SHAPE_OF, vals)), list(map(_STRIDE_OF, vals)), list(map(_DTYPE_OF, vals)))
         if tensors is None:
             return None
         params = list(map(_IS_PARAMETER_OF, vals))

@@ -7,17 +7,23 @@ from itertools import repeat
 from operator import or_
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 EntryPath = tuple[str, ...]
 
-# kinds of a state-dict entry
-TENSOR = "tensor"              # a tensor in a checkpoint whose role we cannot know
-PARAMETER = "parameter"
-BUFFER = "buffer"
-NON_PERSISTENT = "non_persistent"  # a buffer that state_dict() leaves out
-EXTRA_STATE = "extra_state"
-NUMPY_ARRAY = "numpy_array"    # a numpy array in the checkpoint (torch.load gives it as an array, not a tensor)
+
+class Kind(StrEnum):
+    """What an entry of a state dict is (a str: it is written to JSON and compared with text as its value)."""
+    TENSOR = "tensor"                  # a tensor in a checkpoint whose role we cannot know
+    PARAMETER = "parameter"
+    BUFFER = "buffer"
+    NON_PERSISTENT = "non_persistent"  # a buffer that state_dict() leaves out
+    EXTRA_STATE = "extra_state"
+    NUMPY_ARRAY = "numpy_array"        # a numpy array in the checkpoint (torch.load gives it as an array)
+
+
+TENSOR, PARAMETER, BUFFER, NON_PERSISTENT, EXTRA_STATE, NUMPY_ARRAY = Kind
 
 
 
@@ -149,21 +155,25 @@ def dtype_name(dtype: Any) -> str:
 
 
 # ---- statuses shared by simulation, diff and the views --------------------------------------------------------------
-# load simulation (per key of the model's state dict, and unexpected checkpoint keys)
-MATCHED = "matched"                 # loads, value identical to before
-VALUE_CHANGED = "changed"           # loads, value differs from before
-MISSING = "missing"                 # in the model, not in the checkpoint
-UNEXPECTED = "unexpected"           # in the checkpoint, not taken by the model
-SHAPE_MISMATCH = "shape_mismatch"   # both, shapes differ: torch raises (even with strict=False)
-DTYPE_CAST = "dtype_cast"           # loads with a dtype conversion (fp16 -> fp32 ...)
-RUNNING_STAT = "running_stat_overwritten"  # a BatchNorm/norm running statistic replaced by the checkpoint's
-NOT_LOADED = "not_loaded"           # would have loaded, but the load raised before reaching it
-# diff of two sides
-IDENTICAL = "identical"
-CHANGED = "changed"
-ONLY_A = "only_a"
-ONLY_B = "only_b"
-SHAPE_DIFFERS = "shape_differs"
-DTYPE_DIFFERS = "dtype_differs"
+class Status(StrEnum):
+    """The status of a key, one value each: load simulation (per key of the model's state dict, and unexpected
+    checkpoint keys) and the diff of two sides share ``CHANGED``."""
+    MATCHED = "matched"                 # loads, value identical to before
+    CHANGED = "changed"                 # loads (or differs between two sides) with other values
+    MISSING = "missing"                 # in the model, not in the checkpoint
+    UNEXPECTED = "unexpected"           # in the checkpoint, not taken by the model
+    SHAPE_MISMATCH = "shape_mismatch"   # both, shapes differ: torch raises (even with strict=False)
+    DTYPE_CAST = "dtype_cast"           # loads with a dtype conversion (fp16 -> fp32 ...)
+    RUNNING_STAT = "running_stat_overwritten"  # a BatchNorm/norm running statistic replaced by the checkpoint's
+    NOT_LOADED = "not_loaded"           # would have loaded, but the load raised before reaching it
+    IDENTICAL = "identical"             # diff: same shape, dtype and values
+    ONLY_A = "only_a"
+    ONLY_B = "only_b"
+    SHAPE_DIFFERS = "shape_differs"
+    DTYPE_DIFFERS = "dtype_differs"
+
+
+(MATCHED, CHANGED, MISSING, UNEXPECTED, SHAPE_MISMATCH, DTYPE_CAST, RUNNING_STAT, NOT_LOADED, IDENTICAL, ONLY_A,
+ ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS) = Status
 
 RUNNING_STAT_NAMES = ("running_mean", "running_var", "num_batches_tracked")

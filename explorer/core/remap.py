@@ -23,17 +23,14 @@ import torch
 import torch.nn as nn
 
 from .atomic import atomic_output
-from ..errors import Cancelled, ExplorerError
+from ..errors import Cancelled, RemapError
+from .meta import meta_like
 from .records import dtype_name, read_mask
 
 KNOWN_PREFIXES = {"module.": "DataParallel / DistributedDataParallel", "_orig_mod.": "torch.compile",
                   "model.": "PyTorch Lightning / a wrapper module", "backbone.": "a backbone wrapper",
                   "encoder.": "an encoder wrapper", "net.": "a wrapper module"}
 MAX_SUGGESTIONS = 5
-
-
-class RemapError(ExplorerError, ValueError):
-    """A remap cannot be applied or exported."""
 
 
 @dataclass
@@ -453,7 +450,7 @@ def _own_tensors(sd: "OrderedDict", stand_ins: frozenset, read: tuple[set, tuple
     for k in keys:
         v = sd[k]
         if id(v) in stand_ins:
-            t = torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device="meta")
+            t = meta_like(v)
             sd[k] = nn.Parameter(t, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else t
 
 

@@ -8,8 +8,8 @@ inert placeholder class that only remembers what it was called with. ``persisten
 """
 from __future__ import annotations
 
+
 import _compat_pickle
-import gc
 import io
 import os
 import pickle
@@ -19,6 +19,7 @@ from collections import OrderedDict
 from typing import Any, Callable
 
 import numpy as np
+from .chunks import gc_paused
 
 # torch storage class name -> dtype name
 STORAGE_DTYPES = {
@@ -922,20 +923,6 @@ class _memo_cap:
         finally:
             if self._locked:
                 address_space_lock.release()
-        return False
-
-
-class gc_paused:
-    """Pause the cyclic garbage collector around bulk parsing: after ``import torch`` it costs 2-3x otherwise."""
-
-    def __enter__(self):
-        self._was = gc.isenabled()
-        gc.disable()
-        return self
-
-    def __exit__(self, *exc):
-        if self._was:
-            gc.enable()
         return False
 
 

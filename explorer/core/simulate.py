@@ -57,9 +57,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..errors import Cancelled, ExplorerError, KeyNotFoundError
+from ..errors import Cancelled, KeyNotFoundError, SimulationError
 from .records import (DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, PlainStateDict, RUNNING_STAT, RUNNING_STAT_NAMES,
-                      SHAPE_MISMATCH, UNEXPECTED, VALUE_CHANGED)
+                      SHAPE_MISMATCH, UNEXPECTED, CHANGED)
+from .meta import meta_like
 from .records import copy_metadata
 from .records import dtype_name as _dtype_name
 from .remap import within_one_edit
@@ -90,10 +91,6 @@ _SMALL = 1  # stand-in tensors with at most this many elements are real clones (
 _FINAL_PREFIX = "Error(s) in loading state_dict for "
 _NOT_A_MAPPING = "Expected state_dict to be dict-like, got "
 _SCRATCH_MAX = 1 << 31  # tensors larger than this get their own temporary
-
-
-class SimulationError(ExplorerError, RuntimeError):
-    """The simulation itself could not run (e.g. the model cannot be copied)."""
 
 
 # ---- the report -------------------------------------------------------------------------------------------------
@@ -362,12 +359,6 @@ def _model_of(model_side) -> tuple[nn.Module, str]:
     raise SimulationError(f"expected a model (nn.Module or ModelSide), got {type(model_side).__name__}")
 
 
-def _meta_like(t: torch.Tensor) -> torch.Tensor:
-    out = torch.empty_strided(tuple(t.shape), tuple(t.stride()), dtype=t.dtype, device="meta") \
-        if t.layout == torch.strided else torch.empty(tuple(t.shape), dtype=t.dtype, device="meta")
-    return out
-
-
 def _map_tensors(sd: Mapping, fn) -> Any:
     """A copy of a state dict with ``fn`` applied to every tensor (Parameters stay Parameters) and its own
     ``_metadata``."""
@@ -386,7 +377,7 @@ def _map_tensors(sd: Mapping, fn) -> Any:
 
 def _as_meta_dict(sd: Mapping) -> Any:
     """A copy of a state dict with every tensor replaced by a meta tensor."""
-    return _map_tensors(sd, _meta_like)
+    return _map_tensors(sd, meta_like)
 
 
 def _own_metadata(obj):
@@ -582,9 +573,9 @@ def _standin_tensor(t: torch.Tensor, templates: dict | None = None) -> torch.Ten
         sig = (t.shape, t.stride(), t.dtype)
         data = templates.get(sig)
         if data is None:
-            data = templates[sig] = _meta_like(t)
+            data = templates[sig] = meta_like(t)
     else:
-        data = _meta_like(t)
+        data = meta_like(t)
     if isinstance(t, nn.Parameter):  # what Parameter.__new__ does, without its Python frame
         return torch.Tensor._make_subclass(_StandInParameter, data, t.requires_grad)
     return torch.Tensor._make_subclass(_StandInBuffer, data, False)
@@ -1708,7 +1699,7 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
             kr.changed = done
             if key in ck_infos:
                 kr.shape_checkpoint, kr.dtype_checkpoint = ck_infos[key]
-            kr.status = MISSING if key in missing else (VALUE_CHANGED if done else NOT_LOADED)
+            kr.status = MISSING if key in missing else (CHANGED if done else NOT_LOADED)
             kr.source_key = key if done else None
             if done:
                 loaded += 1
@@ -1833,7 +1824,7 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
             elif kr.dtype_cast:
                 kr.status = DTYPE_CAST
             elif kr.changed:
-                kr.status = VALUE_CHANGED
+                kr.status = CHANGED
             else:
                 kr.status = MATCHED
         else:
@@ -1861,16 +1852,16 @@ def _build_report(model, model_label, ckpt: _CheckpointInput, slots, res: _PassR
                 continue
             info = ck_infos.get(key) if key in ck_infos else None
             kr = KeyReport(key=key, kind=kind, status=MISSING if key in missing else
-                           SHAPE_MISMATCH if key in mismatched else VALUE_CHANGED if info is not None else NOT_LOADED,
+                           SHAPE_MISMATCH if key in mismatched else CHANGED if info is not None else NOT_LOADED,
                            changed=True, shape_checkpoint=info[0] if info else None,
                            dtype_checkpoint=info[1] if info else None)
-            if kr.status == VALUE_CHANGED:
+            if kr.status == CHANGED:
                 kr.source_key = key
                 used_sources.add(key)
                 loaded += 1
             kr.explanation = ("Not in the model before the load: code that runs during the load (set_extra_state) "
                               "registers the module that holds it, and torch then "
-                              + ("loads it from the checkpoint." if kr.status == VALUE_CHANGED else
+                              + ("loads it from the checkpoint." if kr.status == CHANGED else
                                  "reports it missing." if kr.status == MISSING else "does not load it."))
             rep.keys[key] = kr
     # unexpected keys: their reports are made when asked for (see KeyTable); text and JSON write them in bulk
@@ -2134,7 +2125,7 @@ def _explain_key(kr: KeyReport, slot: _Slot, rep: LoadReport, res: _PassResult, 
                          "with these values, so outputs change.")
         else:
             parts.append(f"Normalisation running statistic loaded from {src}{renamed}; identical to the model's.")
-    elif st == VALUE_CHANGED:
+    elif st == CHANGED:
         if rep.assign and kr.dtype_checkpoint and kr.dtype_checkpoint != kr.dtype_model:
             parts.append(f"assign=True replaces the model's {kr.dtype_model} tensor by the checkpoint's "
                          f"{kr.dtype_checkpoint} tensor: the model's dtype becomes {kr.dtype_checkpoint}.")
@@ -2269,7 +2260,7 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False, listed: int | No
             flag = "*" if r.changed and r.status != UNEXPECTED else " "
             cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else ""
             w(f" {flag} {key:<{width}} {r.status:<26}{cast}\n")
-            if verbose or r.status not in (MATCHED, VALUE_CHANGED):
+            if verbose or r.status not in (MATCHED, CHANGED):
                 w(f"     {r.explanation}\n")
     for status, n in shown.items():
         if listed is not None and n > listed:

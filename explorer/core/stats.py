@@ -50,7 +50,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import Cancelled, ExplorerError
+from ..errors import Cancelled, ExplorerError, UnsupportedDtypeError
 from .records import RUNNING_STAT_NAMES, dtype_name
 
 CHUNK = 1 << 20              # elements per chunk: stays in cache, amortises the per-op overhead
@@ -68,10 +68,6 @@ NO_DATA = "no_data"   # saved from the meta device: a shape and a dtype, no valu
 
 ProgressFn = Callable[[int, int], None]       # progress(done, total): elements processed so far of total
 StopFn = Callable[[], bool]
-
-
-class UnsupportedDtypeError(ExplorerError, TypeError):
-    """Statistics cannot be computed for this dtype (quantized, packed 4-bit, meta tensors...)."""
 
 
 # ---- results ---------------------------------------------------------------------------------------------------------

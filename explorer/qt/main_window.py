@@ -726,8 +726,8 @@ class MainWindow(QMainWindow):
         current = self.compare.selection_key()
         if current and current != self._auto_key:
             return      # the user chose a row (a group row too): leave it
-        order = (C.NONFINITE, C.RUNNING_STAT, C.SHAPE_MISMATCH, C.SHAPE_DIFFERS, C.MISSING, C.UNEXPECTED, C.VALUE_CHANGED,
-                 C.CHANGED, C.DTYPE_CAST, C.DTYPE_DIFFERS, C.ONLY_A, C.ONLY_B)
+        order = (C.NONFINITE, C.RUNNING_STAT, C.SHAPE_MISMATCH, C.SHAPE_DIFFERS, C.MISSING, C.UNEXPECTED, C.CHANGED,
+                 C.DTYPE_CAST, C.DTYPE_DIFFERS, C.ONLY_A, C.ONLY_B)
         report = comp.report if comp.simulated else None
         if report is not None and getattr(report, "raises", False):
             # the keys that make the load raise come first: they are what the user must see (and scroll to)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from explorer.errors import ExplorerError
+from explorer.errors import ExplorerError, ParseTimeout, ReaderDied
 
 
 def _timeout_from_env(default: float = 60.0) -> float:
@@ -25,14 +25,6 @@ def _timeout_from_env(default: float = 60.0) -> float:
 
 PARSE_TIMEOUT_S = _timeout_from_env()     # STATE_DICT_EXPLORER_PARSE_TIMEOUT=SECONDS changes it
 PROBE = "explorer.qt.parse_guard.probe"
-
-
-class ParseTimeout(ExplorerError):
-    """Reading a file did not finish in time; it was stopped."""
-
-
-class ReaderDied(ExplorerError):
-    """The process reading a file died (memory exhausted, a crash in a native reader)."""
 
 
 def probe(text: str, *, progress=None, should_stop=None) -> None:

@@ -38,12 +38,12 @@ def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, s
     if loaded_keys is not None:
         loads = len(loaded_keys)
     else:
-        loads = sum(counts.get(s, 0) for s in (C.MATCHED, C.VALUE_CHANGED, C.DTYPE_CAST, C.RUNNING_STAT))
+        loads = sum(counts.get(s, 0) for s in (C.MATCHED, C.CHANGED, C.DTYPE_CAST, C.RUNNING_STAT))
     missing = counts.get(C.MISSING, 0)
     unexpected = len(unexpected_keys) if unexpected_keys is not None else counts.get(C.UNEXPECTED, 0)
     shape = counts.get(C.SHAPE_MISMATCH, 0)
     total = sum(n for st, n in counts.items() if st != C.UNEXPECTED)
-    changed = counts.get(C.VALUE_CHANGED, 0) + counts.get(C.RUNNING_STAT, 0) + counts.get(C.DTYPE_CAST, 0)
+    changed = counts.get(C.CHANGED, 0) + counts.get(C.RUNNING_STAT, 0) + counts.get(C.DTYPE_CAST, 0)
     kept = max(total - loads - missing - shape, 0)
     if raises:
         head = f"<b>✗ load_state_dict would raise {getattr(report, 'error_type', '') or 'an error'}.</b>"

@@ -14,7 +14,7 @@ STATUS_STYLE = {
     C.MATCHED: ("matched", "✓", "#009E73"),
     C.IDENTICAL: ("identical", "=", "#009E73"),
     C.SAME_LAYOUT: ("same shape", "·", "#7f8c8d"),
-    C.VALUE_CHANGED: ("changed", "Δ", "#0072B2"),
+    C.CHANGED: ("changed", "Δ", "#0072B2"),
     C.MISSING: ("missing", "✗", "#D55E00"),
     C.ONLY_A: ("only left", "◀", "#D55E00"),
     C.UNEXPECTED: ("unexpected", "+", "#CC79A7"),

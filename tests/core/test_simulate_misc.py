@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from explorer.core import ModelSide, open_checkpoint
 from explorer.core.demo_models import ModelA, ModelB, MyBatchNormModel
-from explorer.core.records import MATCHED, MISSING, RUNNING_STAT, UNEXPECTED, VALUE_CHANGED
+from explorer.core.records import MATCHED, MISSING, RUNNING_STAT, UNEXPECTED, CHANGED
 from explorer.core.remap import Remap, apply_remap, suggest_remaps
 from explorer.core.simulate import simulate_load
 from explorer.errors import Cancelled
@@ -356,7 +356,7 @@ def test_cli_file_spec_bn_dtype_and_assign(tmp_path, cli_in_process):
     out = json.loads(r.stdout)
     keys = {k["key"]: k for k in out["keys"]}
     assert r.returncode == 0 and out["assign"] is True and keys["0.weight"]["dtype_cast"] is None
-    assert keys["0.weight"]["changed"] and keys["0.weight"]["status"] == VALUE_CHANGED
+    assert keys["0.weight"]["changed"] and keys["0.weight"]["status"] == CHANGED
 
 
 def test_cli_bad_input_exit_2(tmp_path, cli_in_process):

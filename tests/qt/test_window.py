@@ -156,7 +156,7 @@ def test_simulate_paints_statuses(qtbot, make_window, model_spec, problem_checkp
     assert status("2.weight") == C.SHAPE_MISMATCH and "shape mismatch" in text("2.weight")
     for key in ("1.running_mean", "1.running_var", "1.num_batches_tracked"):
         assert status(key) == C.RUNNING_STAT and "running stat" in text(key)
-    assert status("0.weight") == C.VALUE_CHANGED
+    assert status("0.weight") == C.CHANGED
     # module rows count the problems below them
     assert model.data(model.index_of_path("2").siblingAtColumn(STATUS_COLUMN)) == "⚠ 2 problems"
     # the banner: raises, torch's exact message, running statistics named

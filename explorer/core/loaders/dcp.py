@@ -29,7 +29,8 @@ import torch
 from ...errors import CorruptFileError, ExplorerError, UnsafePathError, shorten
 from ..bytesource import TORCH_DTYPES, ByteSource, read_record
 from ..checkpoint import Checkpoint
-from ..safe_pickle import (ITEMSIZE, Inert, SafeUnpickler, StorageRef, TensorRecord, TorchDtype, gc_paused,
+from ..chunks import gc_paused
+from ..safe_pickle import (ITEMSIZE, Inert, SafeUnpickler, StorageRef, TensorRecord, TorchDtype,
                            printable_key)
 from . import Reader, open_regular, register
 

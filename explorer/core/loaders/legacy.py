@@ -9,7 +9,8 @@ import struct
 from ...errors import CorruptFileError, ExplorerError, shorten
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
-from ..safe_pickle import ITEMSIZE, BoundedReader, SafeUnpickler, gc_paused, storage_from_pid
+from ..chunks import gc_paused
+from ..safe_pickle import ITEMSIZE, BoundedReader, SafeUnpickler, storage_from_pid
 from . import Reader, open_regular, read_head, register
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

@@ -17,7 +17,8 @@ from ...errors import CorruptFileError, shorten
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint, FlatTable
 from ..records import TENSOR, Location, TensorInfo, contiguous_strides
-from ..safe_pickle import ITEMSIZE, StorageRef, TensorRecord, gc_paused, printable_key, unprintable
+from ..chunks import gc_paused
+from ..safe_pickle import ITEMSIZE, StorageRef, TensorRecord, printable_key, unprintable
 from . import Reader, open_regular, read_head, register
 
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",

@@ -21,7 +21,8 @@ import torch
 from ...errors import CorruptFileError
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
-from ..safe_pickle import BoundedReader, PickleContext, SafeUnpickler, gc_paused
+from ..chunks import gc_paused
+from ..safe_pickle import BoundedReader, PickleContext, SafeUnpickler
 from . import Reader, read_head, register
 from .zip_directory import (DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO, STORAGE_LIMIT, STORED,
                              ZipDirectory)
