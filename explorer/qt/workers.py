@@ -152,11 +152,11 @@ class Runner(QObject):
         self._running.add(task)
         s = task.signals
         # the newest request wins: a slot checks that its task is still the channel's current one
-        s.result.connect(lambda value, t=task: self._is_current(t) and on_result and on_result(value))
+        s.result.connect(lambda value, t=task: self._deliver(t, on_result, value))
         if on_partial is not None:
             s.partial.connect(lambda value, t=task: self._is_current(t) and on_partial(value))
-        s.error.connect(lambda exc, t=task: self._is_current(t) and on_error and on_error(exc))
-        s.cancelled.connect(lambda t=task: self._is_current(t) and on_cancelled and on_cancelled())
+        s.error.connect(lambda exc, t=task: self._deliver(t, on_error, exc))
+        s.cancelled.connect(lambda t=task: self._deliver(t, on_cancelled))
         s.progress.connect(lambda d, n, t=task: self._on_progress(t, d, n))
         s.finished.connect(lambda t=task: self._on_finished(t))
         _Heartbeat.beat()
@@ -170,6 +170,16 @@ class Runner(QObject):
 
     def _is_current(self, task: Task) -> bool:
         return self._current.get(task.channel) is task and not task.cancelled
+
+    def _deliver(self, task: Task, handler: Callable | None, *args) -> None:
+        """Hand a task's outcome to its handler if the task is still its channel's current one. The channel is no
+        longer busy from this moment: the worker thread's ``finished`` can arrive after other tasks' outcomes (the
+        threads race), and a handler asking "is anything still loading?" must not count a task already answered."""
+        if not self._is_current(task):
+            return
+        del self._current[task.channel]
+        if handler is not None:
+            handler(*args)
 
     def _on_progress(self, task: Task, done: int, total: int) -> None:
         if self._is_current(task):
