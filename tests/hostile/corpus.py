@@ -29,7 +29,7 @@ import sys
 import warnings
 import zipfile
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 # ---- a tiny pickle writer ---------------------------------------------------------------------------------------

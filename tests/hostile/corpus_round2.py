@@ -22,10 +22,9 @@ import pickle
 import shutil
 import struct
 import warnings
-import zipfile
 import zlib
 
-from tests.hostile.corpus import (BASE_ENTRIES, OD, PID, Build, Call, G, Raw, STATS_KEY, _dcp_save, _enc,
+from tests.hostile.corpus import (BASE_ENTRIES, OD, PID, Build, Call, G, Raw, _dcp_save, _enc,
                                   _st_entries, dumps, legacy_bytes, read_bytes, safetensors_bytes, tensor,
                                   write_torch_zip)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import struct
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from explorer.core.loaders import open_checkpoint
-from explorer.errors import CorruptFileError, ExplorerError, UnsafePathError, UnsupportedFormatError, shorten
+from explorer.errors import CorruptFileError, UnsafePathError, shorten
 from tests.hostile import corpus_round2 as r2
 from tests.hostile.corpus import OD, PID, Call, G, Raw, dumps, legacy_bytes, safetensors_bytes, tensor, write_torch_zip
 from tests.hostile.harness import ROOT
@@ -131,7 +130,7 @@ def test_small_files_that_hang_are_answered_at_once(tmp_path, capsys):
 def test_real_torch_pickles_are_checked_fast_and_unchanged(tmp_path):
     """The check walks every pickle before it loads: a state dict of 30,000 tensors as torch.save writes it (mixed
     dtypes, nested in a checkpoint dict) lists exactly what torch.load reads, and the walk costs little."""
-    from explorer.core.safe_pickle import check_hash_work
+    from explorer.core.safe_pickle.hash_work import check_hash_work
     import zipfile
     sd = {f"layer{i}.weight": torch.zeros(2, 3) if i % 3 else torch.zeros(2, dtype=torch.int64)
           for i in range(30_000)}

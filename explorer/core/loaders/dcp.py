@@ -30,8 +30,10 @@ from ...errors import CorruptFileError, ExplorerError, UnsafePathError, shorten
 from ..bytesource import TORCH_DTYPES, ByteSource, read_record
 from ..checkpoint import Checkpoint
 from ..chunks import gc_paused
-from ..safe_pickle import (ITEMSIZE, Inert, SafeUnpickler, StorageRef, TensorRecord, TorchDtype,
-                           printable_key)
+from ..safe_pickle.inert import Inert
+from ..safe_pickle.printable import printable_key
+from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord, TorchDtype
+from ..safe_pickle.unpickler import SafeUnpickler
 from . import Reader, open_regular, register
 
 METADATA = ".metadata"

@@ -22,7 +22,9 @@ from ...errors import CorruptFileError
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..chunks import gc_paused
-from ..safe_pickle import BoundedReader, PickleContext, SafeUnpickler
+from ..safe_pickle.limits import BoundedReader
+from ..safe_pickle.stand_ins import PickleContext
+from ..safe_pickle.unpickler import SafeUnpickler
 from . import Reader, read_head, register
 from .zip_directory import (DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO, STORAGE_LIMIT, STORED,
                              ZipDirectory)
