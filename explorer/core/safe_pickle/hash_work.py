@@ -81,6 +81,7 @@ def check_hash_work(buf, pos: int = 0, end: int | None = None) -> int:
     fast = 0             # fast batches so far
     unseen = 1           # what a GET of an index the walk did not record may cost (a fast batch wrote it)
     work = 0
+    resume_at = {2 << k for k in range(20)}   # items since a batch's mark: 1, 2, 4... pairs walked
 
     def line(p):
         q = buf.find(b"\n", p, end)
@@ -159,6 +160,22 @@ def check_hash_work(buf, pos: int = 0, end: int | None = None) -> int:
                 push(get(buf[pos]))
                 pos += 1
             elif op == 0x58 or op == 0x42 or op == 0x54:  # X, B, T: 4-byte length
+                if op == 0x58 and marks and type(stack[-1]) is list and len(stack) - marks[-1] in resume_at \
+                        and marks[-1] > (marks[-2] if len(marks) > 1 else 0):
+                    # (key, tensor) pairs walked one by one so far (the first tensors name their globals): the
+                    # rest of the batch may be of the regular shape
+                    stop = batches.match(buf, pos - 1, end)
+                    if stop is not None:
+                        items = to_mark()
+                        keys = (stop - pos) // 10 + sum(map(_w, items[0::2]))
+                        charge(keys)
+                        target = stack[-1]
+                        if type(target) is list:
+                            target[0] = min(target[0] + keys, cap)
+                        fast += 1
+                        unseen = _TorchBatches.MAX_WEIGHT
+                        pos = stop
+                        continue
                 pos += 4 + u4(buf, pos)[0]
                 push(1)
             elif op == 0x72:  # r LONG_BINPUT
@@ -169,7 +186,7 @@ def check_hash_work(buf, pos: int = 0, end: int | None = None) -> int:
                 pos += 4
             elif op == 0x28:  # ( MARK
                 if pos < end and buf[pos] == 0x58 and len(stack) > fence():
-                    stop = batches.match(buf, pos - 1, end)
+                    stop = batches.match(buf, pos, end)
                     if stop is not None:  # a whole SETITEMS batch of str keys and torch tensors: no mark left
                         keys = (stop - pos) // 10
                         charge(keys)
@@ -357,7 +374,6 @@ class _TorchBatches:
 
     def __init__(self, memo: dict):
         self.memo = memo
-        self._cache: dict = {}
         self._rx = None
         self._dirty = True
         self._compiles = 0
@@ -393,8 +409,9 @@ class _TorchBatches:
             return b"|".join(re.escape(struct.pack(fmt, k)) + (b".{%d}" % k if k else b"") for k in range(n + 1))
 
         key = (bytes(sorted(cheap_h)), bytes(sorted(taken)), tuple(cheap_j))
-        if key in self._cache:
-            return self._cache[key]
+        rx = _COMPILED.get(key)
+        if rx is not None:
+            return rx
         aj = b"|".join(re.escape(x) for x in cheap_j)
         geta = b"(?:h" + cls(cheap_h) + (b"|j(?:" + aj + b")" if aj else b"") + b")"
         put = (b"(?:q" + cls(set(range(256)) - taken) + b"|r" + (b"(?!" + aj + b")" if aj else b"")
@@ -406,8 +423,14 @@ class _TorchBatches:
                + b"(?:Q" + put + b"|\x85" + put + b"|" + a0p + b"(?:\x86" + put + b"|" + a0p + b"\x87" + put + b"))?)")
         tensor = geta + put + b"\\((?:" + arg + b"){0,8}t" + put + b"R" + put
         pair = b"X(?:" + lengths(255, "<I") + b")" + put + tensor
-        rx = self._cache[key] = re.compile(b"\\((?>" + pair + b")+u", re.DOTALL)
+        if len(_COMPILED) >= 64:
+            _COMPILED.clear()
+        rx = _COMPILED[key] = re.compile(b"(?>" + pair + b")+u", re.DOTALL)
         return rx
+
+
+# the batch patterns of the memo layouts seen last (a file opened again, files written alike, need no compile)
+_COMPILED: dict = {}
 
 
 class _Stop(Exception):
