@@ -153,6 +153,10 @@ class ZipSource(ByteSource):
         if e.method != STORED:
             raise CorruptFileError(f"{self._dir.label}: storage record {e.text!r} is compressed; its bytes in the "
                                    "file are not the tensor's values (read it through the checkpoint instead)")
+        if e.usize != ref.nbytes:   # torch.load requires the exact size, longer or shorter
+            raise CorruptFileError(f"{self._dir.label}: storage record {e.text!r} holds {e.usize:,} bytes, but its "
+                                   f"tensors' storage holds {ref.nbytes:,}; the archive is inconsistent (torch refuses "
+                                   "it too) — re-download or re-save it")
         return self._file, self._base + start, e.usize
 
     def storage_bytes(self, ref) -> torch.Tensor:
