@@ -247,6 +247,21 @@ def test_small_files_that_balloon_stay_small(tmp_path):
     assert grow < 40 and "CorruptFileError" in out and "lists and objects" in out, (grow, out)
 
 
+def test_dcp_bytes_item_that_inflates_past_what_it_declares_is_refused(tmp_path, capsys):
+    """A DCP value whose embedded zip declares 1,000 bytes but inflates to 96 MB: read with the explorer's own zip
+    reader, the inflation stops one chunk past the declared size; the folder is refused in one clear line, in small
+    memory (torch's reader would inflate it whole)."""
+    folder = tmp_path / "lying-item"
+    r2.dcp_bytes_item(str(folder), 96 << 20, declared=1000)
+    grow, out = _peak_growth_mb(f"""
+        from explorer.core.loaders import open_checkpoint
+        open_checkpoint({str(folder)!r})
+    """)
+    assert grow < 40 and "CorruptFileError" in out and "more than the 1,000 bytes" in out, (grow, out)
+    rc, _, err = _cli(["inspect", folder], capsys)
+    assert rc == 2 and err.count("\n") == 1 and "zip bomb" in err and str(folder) in err, err
+
+
 # ---- class 6: a Hugging Face cache snapshot ------------------------------------------------------------------
 
 def test_hf_cache_snapshot_opens_like_safetensors_reads_it(tmp_path, capsys):

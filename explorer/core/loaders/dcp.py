@@ -9,8 +9,9 @@ How torch 2.x's ``FileSystemWriter`` lays bytes out (torch/distributed/checkpoin
 with the default ``SerializationFormat.TORCH_SAVE`` each chunk is a complete ``torch.save(tensor)`` zip archive at
 ``[offset, offset + length)`` of its ``.distcp`` file, and each non-tensor value ("bytes" item) is ``torch.save(obj)``
 the same way. With ``SerializationFormat.SAFETENSORS`` a ``.distcp`` file is a safetensors file keyed by the tensor's
-fully qualified name. A value is read by finding its chunk's storage inside the embedded archive and memory-mapping
-it; a tensor split into several chunks is assembled from them.
+fully qualified name. An embedded archive is read as a whole torch.save file is (the records torch's reader would
+read, anything deflated inflated within bounds); a tensor's storage is then memory-mapped, and a tensor split into
+several chunks is assembled from them.
 """
 from __future__ import annotations
 
@@ -219,24 +220,17 @@ class DcpSource(ByteSource):
 
     def _chunk_record(self, c: _Chunk, label: str) -> TensorRecord:
         """The tensor record inside a chunk's embedded archive, parsed once; its bytes go through the folder's maps."""
-        from .torch_zip import open_archive, parse_archive
         key = (c.file, c.offset)
         with self._lock:
             rec = self._records.get(key)
         if rec is not None:
             return rec
-        with _FileView(c.file, c.offset, c.length) as view:
-            archive = open_archive(view, label)
-            root, _ = parse_archive(archive, label, base_offset=c.offset, file=c.file, maps=self.maps)
-            if not isinstance(root, TensorRecord):
-                raise CorruptFileError(f"{label}: the chunk does not hold a tensor; the checkpoint is inconsistent")
-            ref = root.storage
-            file, offset, length = ref.source.region(ref)  # look the storage up while the archive is open
-        from ..bytesource import ByteSource
-        ref.source = ByteSource(lambda r, region=(file, offset, length): region, maps=self.maps)
+        rec, _ = _read_archive(c.file, c.offset, c.length, label, self.maps)
+        if not isinstance(rec, TensorRecord):
+            raise CorruptFileError(f"{label}: the chunk does not hold a tensor; the checkpoint is inconsistent")
         with self._lock:
-            self._records[key] = root
-        return root
+            self._records[key] = rec
+        return rec
 
     def _safetensors_record(self, key: str, c: _Chunk, label: str) -> TensorRecord:
         """``SerializationFormat.SAFETENSORS``: a safetensors blob, keyed by fqn, begins at the chunk's offset."""
@@ -302,9 +296,17 @@ def _contiguous(shape) -> tuple:
     return tuple(reversed(stride))
 
 
+def _read_archive(file: str, offset: int, length: int, label: str, maps=None):
+    """(root, references) of the torch.save archive at ``[offset, offset + length)`` of ``file``, read as a whole
+    file is (:func:`.torch_zip.read_archive`: the records torch's reader would read, inflated within bounds)."""
+    from .torch_zip import read_archive
+    with _FileView(file, offset, length) as view:
+        return read_archive(view, length, label, file=file, base_offset=offset, maps=maps)
+
+
 def _read_bytes_item(folder: str, info: dict, meta_path: str):
     """A non-tensor value (``torch.save(obj)`` bytes), read with the safe unpickler. Returns (value, references)."""
-    from .torch_zip import open_archive, parse_archive
+    from .zip_directory import ZipDirectory
     rel, offset, length = info.get("relative_path"), info.get("offset"), info.get("length")
     if not isinstance(offset, int) or not isinstance(length, int):
         return "<unreadable: no location>", []
@@ -316,30 +318,13 @@ def _read_bytes_item(folder: str, info: dict, meta_path: str):
     if offset < 0 or length < 0 or offset + length > _file_size(file):
         raise CorruptFileError(f"{file}: a data file of the DCP checkpoint is missing or truncated — copy every "
                                ".distcp file with the .metadata")
-    view = _FileView(file, offset, length)
-    inflated = _inflated_size(view)
-    if inflated > MAX_BYTES_ITEM:  # a deflated data.pkl may inflate a thousand times: bound it by what it declares
-        view.close()
+    label = f"{file}@{offset}"
+    with _FileView(file, offset, length) as view:
+        entry = ZipDirectory(view, length, label).find("data.pkl")
+    inflated = entry.usize if entry is not None else 0
+    if inflated > MAX_BYTES_ITEM:  # a deflated data.pkl may inflate a thousand times: listed, not read
         return f"<{length} bytes holding {inflated} once inflated, not read>", []
-    try:
-        root, refs = parse_archive(open_archive(view, f"{file}@{offset}"), f"{file}@{offset}",
-                                   base_offset=offset, file=file)
-    finally:
-        view.close()
-    return root, refs
-
-
-def _inflated_size(view) -> int:
-    """What the records of the embedded zip declare they hold once inflated (the zip's directory, read with the
-    standard library: nothing is inflated). A zip it cannot read is left for torch's reader to reject."""
-    import zipfile
-    try:
-        with zipfile.ZipFile(view) as z:
-            return sum(i.file_size for i in z.infolist() if i.filename.endswith("data.pkl"))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError):
-        return 0
-    finally:
-        view.seek(0)
+    return _read_archive(file, offset, length, label)
 
 
 def open_dcp(path: str) -> Checkpoint:
