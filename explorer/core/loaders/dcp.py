@@ -327,9 +327,8 @@ def _read_bytes_item(folder: str, info: dict, meta_path: str):
     return _read_archive(file, offset, length, label)
 
 
-def open_dcp(path: str) -> Checkpoint:
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    meta_path = os.path.join(folder, METADATA)
+def _load_metadata(meta_path: str):
+    """The ``.metadata`` pickle, parsed by the safe unpickler: (its object, the globals it names)."""
     try:
         with open_regular(meta_path) as f, gc_paused():
             up = SafeUnpickler(f)
@@ -343,15 +342,11 @@ def open_dcp(path: str) -> Checkpoint:
         raise CorruptFileError(f"{meta_path}: the DCP metadata could not be parsed ({type(e).__name__}: "
                                f"{str(e)[:200]}); the file is truncated or corrupt — copy the checkpoint folder "
                                "again") from e
-    state = _state(md)
-    sdm = state.get("state_dict_metadata")
-    if _name(md) != "Metadata" or not isinstance(sdm, dict):
-        raise CorruptFileError(f"{meta_path}: not torch.distributed.checkpoint metadata (it holds a {_name(md)}); "
-                               "open the checkpoint folder that torch.distributed.checkpoint.save wrote")
-    storage = state.get("storage_data") if isinstance(state.get("storage_data"), dict) else {}
-    planner = state.get("planner_data") if isinstance(state.get("planner_data"), dict) else {}
+    return md, up.references
 
-    # where each (fqn, chunk offsets) lies
+
+def _locations(storage: dict) -> tuple[dict, dict]:
+    """Where each chunk lies: ``(fqn, chunk offsets) -> storage info`` and ``fqn -> [storage info, ...]``."""
     where: dict[tuple, dict] = {}
     where_by_fqn: dict[str, list] = {}
     for index, info in storage.items():
@@ -365,54 +360,73 @@ def open_dcp(path: str) -> Checkpoint:
         key = (fqn, tuple(off) if isinstance(off, (tuple, list)) else None)
         where[key] = sinfo
         where_by_fqn.setdefault(fqn, []).append(sinfo)
+    return where, where_by_fqn
 
+
+def _tensor_dtype(item) -> str | None:
+    props = _state(item).get("properties")
+    pstate = props._state if isinstance(props, Inert) else None
+    if isinstance(pstate, tuple) and pstate and isinstance(pstate[0], TorchDtype):
+        return str(pstate[0])
+    if isinstance(pstate, dict) and isinstance(pstate.get("dtype"), TorchDtype):
+        return str(pstate["dtype"])
+    return None
+
+
+def _tensor_value(fqn: str, item, where: dict, source: DcpSource, folder: str, meta_path: str) -> TensorRecord:
+    """The record of a ``TensorStorageMetadata`` entry; its chunks are registered with ``source``."""
+    st = _state(item)
+    dtype = _tensor_dtype(item)
+    size = st.get("size")
+    if dtype is None or not isinstance(size, tuple) or not all(type(s) is int and 0 <= s < 1 << 62 for s in size):
+        raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} has no valid dtype or size in the metadata (size "
+                               f"{shorten(size)}); the file is corrupt — copy the checkpoint folder again")
+    chunks = []
+    for ch in st.get("chunks") or []:
+        cst = _state(ch)
+        offsets, sizes = cst.get("offsets"), cst.get("sizes")
+        if (not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or len(offsets) != len(size)
+                or len(sizes) != len(size) or not all(type(o) is int for o in offsets + sizes)):
+            raise CorruptFileError(f"{meta_path}: a chunk of {shorten(fqn)} has no valid offsets/sizes; the "
+                                   "metadata is corrupt")
+        sinfo = where.get((fqn, offsets))
+        if sinfo is None:
+            raise CorruptFileError(f"{meta_path}: no data file holds the chunk of {shorten(fqn)} at "
+                                   f"{shorten(offsets)}; the metadata is incomplete")
+        file = _safe_file(folder, sinfo.get("relative_path"), meta_path)
+        chunks.append(_Chunk(offsets, sizes, file, _int(sinfo.get("offset"), "offset", fqn, meta_path),
+                             _int(sinfo.get("length"), "length", fqn, meta_path), sinfo.get("transform_descriptors")))
+    numel = 1
+    for s in size:
+        numel *= s
+    if numel >= 1 << 62:
+        raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} claims {numel:,} elements (size {list(size)}), "
+                               "more than any machine holds; the metadata is corrupt")
+    source.chunks[fqn] = chunks
+    source.shapes[fqn] = size
+    ref = StorageRef(fqn, dtype, "cpu", numel, source=source)
+    return TensorRecord(ref, 0, size, _contiguous(size), dtype)
+
+
+def open_dcp(path: str) -> Checkpoint:
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    meta_path = os.path.join(folder, METADATA)
+    md, named = _load_metadata(meta_path)
+    state = _state(md)
+    sdm = state.get("state_dict_metadata")
+    if _name(md) != "Metadata" or not isinstance(sdm, dict):
+        raise CorruptFileError(f"{meta_path}: not torch.distributed.checkpoint metadata (it holds a {_name(md)}); "
+                               "open the checkpoint folder that torch.distributed.checkpoint.save wrote")
+    storage = state.get("storage_data") if isinstance(state.get("storage_data"), dict) else {}
+    planner = state.get("planner_data") if isinstance(state.get("planner_data"), dict) else {}
+    where, where_by_fqn = _locations(storage)
     source = DcpSource(folder)
-    refs = [r for r in up.references if not r.startswith(_DCP_MACHINERY)]
+    refs = [r for r in named if not r.startswith(_DCP_MACHINERY)]
     flat: list[tuple[tuple, Any]] = []
     for fqn, item in sdm.items():
         fqn = printable_key(fqn) if type(fqn) is str else shorten(fqn)
-        kind = _name(item)
-        if kind == "TensorStorageMetadata":
-            st = _state(item)
-            props = st.get("properties")
-            pstate = props._state if isinstance(props, Inert) else None
-            dtype = None
-            if isinstance(pstate, tuple) and pstate and isinstance(pstate[0], TorchDtype):
-                dtype = str(pstate[0])
-            elif isinstance(pstate, dict) and isinstance(pstate.get("dtype"), TorchDtype):
-                dtype = str(pstate["dtype"])
-            size = st.get("size")
-            if dtype is None or not isinstance(size, tuple) or not all(type(s) is int and 0 <= s < 1 << 62
-                                                                       for s in size):
-                raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} has no valid dtype or size in the "
-                                       f"metadata (size {shorten(size)}); the file is corrupt — copy the checkpoint "
-                                       "folder again")
-            chunks = []
-            for ch in st.get("chunks") or []:
-                cst = _state(ch)
-                offsets, sizes = cst.get("offsets"), cst.get("sizes")
-                if (not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or len(offsets) != len(size)
-                        or len(sizes) != len(size) or not all(type(o) is int for o in offsets + sizes)):
-                    raise CorruptFileError(f"{meta_path}: a chunk of {shorten(fqn)} has no valid offsets/sizes; the "
-                                           "metadata is corrupt")
-                sinfo = where.get((fqn, offsets))
-                if sinfo is None:
-                    raise CorruptFileError(f"{meta_path}: no data file holds the chunk of {shorten(fqn)} at "
-                                           f"{shorten(offsets)}; the metadata is incomplete")
-                file = _safe_file(folder, sinfo.get("relative_path"), meta_path)
-                chunks.append(_Chunk(offsets, sizes, file, _int(sinfo.get("offset"), "offset", fqn, meta_path),
-                                     _int(sinfo.get("length"), "length", fqn, meta_path),
-                                     sinfo.get("transform_descriptors")))
-            numel = 1
-            for s in size:
-                numel *= s
-            if numel >= 1 << 62:
-                raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} claims {numel:,} elements (size "
-                                       f"{list(size)}), more than any machine holds; the metadata is corrupt")
-            source.chunks[fqn] = chunks
-            source.shapes[fqn] = size
-            ref = StorageRef(fqn, dtype, "cpu", numel, source=source)
-            value = TensorRecord(ref, 0, size, _contiguous(size), dtype)
+        if _name(item) == "TensorStorageMetadata":
+            value = _tensor_value(fqn, item, where, source, folder, meta_path)
         else:  # BytesStorageMetadata: a pickled value
             infos = where_by_fqn.get(fqn) or []
             if infos:

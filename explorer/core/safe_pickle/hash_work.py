@@ -61,12 +61,14 @@ def _w(item) -> int:
 
 def check_hash_work(buf, pos: int = 0, end: int | None = None) -> int:
     """Walk the pickle in ``buf`` (bytes or mmap) from ``pos`` to its STOP; raise ``pickle.UnpicklingError`` when its
-    insertions would hash more than the budget allows. Returns the position after STOP (or where the walk stopped:
+    insertions would hash more than the budget allows. (One long function: the opcode walk is a hot loop, one branch
+    per opcode, its helpers closures over its locals.) Returns the position after STOP (or where the walk stopped:
     at an opcode the unpickler itself rejects, everything before it was checked, and the unpickler fails there).
 
     Stack items are modelled as ints (what hashing an immutable value costs) or one-element lists (a mutable
     container, shared by the memo: what ``tuple(it)`` would cost grows as items are added). Runs of state-dict items
-    as torch.save writes them are checked at once by :class:`_TorchBatches` (a 10**6-tensor pickle in about a second).
+    as torch.save writes them are checked at once by :class:`_TorchBatches`: whole batches, or a batch's pairs after
+    the first ones, which name the globals the others fetch from the memo.
     """
     end = len(buf) if end is None else end
     budget = HASH_BUDGET + HASH_BUDGET_PER_BYTE * max(0, end - pos)
