@@ -65,18 +65,6 @@ def int_tuple(values, what: str) -> tuple:
         raise pickle.UnpicklingError(f"a tensor's {what} is not a sequence of integers: {quote(values)}") from None
 
 
-def shape_numel(shape: tuple) -> int:
-    """Elements of a tuple of ints, each a size below 2**62, their product too (else an UnpicklingError)."""
-    n = 1
-    for s in shape:
-        if type(s) is not int or s < 0 or s >= LIMIT:
-            raise pickle.UnpicklingError(f"a tensor's shape is not a sequence of sizes below 2**62: {quote(shape)}")
-        n *= s
-    if n >= LIMIT:
-        raise pickle.UnpicklingError(f"a tensor claims {n} elements, more than any machine holds")
-    return n
-
-
 class StorageType:
     """What ``torch.FloatStorage`` (or ``torch.storage.UntypedStorage``) stands for: a dtype, nothing callable."""
 
@@ -181,7 +169,16 @@ class TensorRecord:
         self.storage_offset = storage_offset
         if type(shape) is not tuple:
             shape = int_tuple(shape, "shape")
-        self.numel = shape_numel(shape)
+        # the checks are inlined: this runs once per tensor of a file, 10**6 times for a large one
+        n = 1
+        for s in shape:
+            if type(s) is not int or s < 0 or s >= LIMIT:
+                raise pickle.UnpicklingError(f"a tensor's shape is not a sequence of sizes below 2**62: "
+                                             f"{quote(shape)}")
+            n *= s
+        if n >= LIMIT:
+            raise pickle.UnpicklingError(f"a tensor claims {n} elements, more than any machine holds")
+        self.numel = n
         self.shape = shape
         self.stride = stride if type(stride) is tuple else int_tuple(stride, "stride")
 
