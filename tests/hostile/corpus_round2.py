@@ -24,8 +24,8 @@ import struct
 import warnings
 import zlib
 
-from tests.hostile.corpus import (BASE_ENTRIES, OD, PID, Build, Call, G, Raw, _dcp_save, _enc,
-                                  _st_entries, dumps, legacy_bytes, read_bytes, safetensors_bytes, tensor,
+from tests.hostile.corpus import (BASE_ENTRIES, OD, PID, Build, Call, G, Raw, dcp_save, encode,
+                                  st_entries, dumps, legacy_bytes, read_bytes, safetensors_bytes, tensor,
                                   write_torch_zip)
 
 DAG_LEVELS = 64
@@ -105,7 +105,7 @@ def _hang(c, b: dict) -> None:
     shutil.copytree(b["dcp"], folder)
     meta = read_bytes(os.path.join(folder, ".metadata"))
     out: list = []
-    _enc({"planner_data": {Raw(dag()): 1}}, out)
+    encode({"planner_data": {Raw(dag()): 1}}, out)
     c.write(os.path.join(folder, ".metadata"), meta[:-1] + b"".join(out) + b"b.")
     c.add("hang:dcp-dag-metadata", cat, folder, expect="error", quick=True)
     # a safetensors key of 150,000 escaped quotes: valid JSON, and a trap for a backtracking regex
@@ -203,7 +203,7 @@ def dcp_bytes_item(folder: str, inflated: int, declared: int | None = None) -> N
     import torch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _dcp_save({"w": torch.zeros(3), "extra": {"a": 1}}, folder)
+        dcp_save({"w": torch.zeros(3), "extra": {"a": 1}}, folder)
     path = os.path.join(folder, ".metadata")
     with open(path, "rb") as f:
         md = pickle.load(f)
@@ -227,7 +227,7 @@ def dcp_whole_tensor(folder: str, numel: int) -> None:
     from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _dcp_save({"w": torch.zeros(4)}, folder)
+        dcp_save({"w": torch.zeros(4)}, folder)
     path = os.path.join(folder, ".metadata")
     with open(path, "rb") as f:
         md = pickle.load(f)
@@ -280,7 +280,7 @@ def _terminal(c, b: dict) -> None:
     path = c.p(cat, "control-keys.safetensors")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file(sd, path)
-    c.add("terminal:keys-safetensors", cat, path, expect="ok", key=keys[0], entries=_st_entries(path), quick=True)
+    c.add("terminal:keys-safetensors", cat, path, expect="ok", key=keys[0], entries=st_entries(path), quick=True)
     path = c.p(cat, "control-keys.pt")
     torch.save(sd, path)
     c.add("terminal:keys-zip", cat, path, expect="ok", key=keys[0], entries=[[[k], [2], "float32"] for k in keys],

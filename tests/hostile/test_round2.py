@@ -70,11 +70,11 @@ def test_small_files_that_hang_are_answered_at_once(tmp_path, capsys):
     # the DCP metadata
     import torch.distributed.checkpoint  # noqa: F401  (the base writer)
     folder = tmp_path / "dcp"
-    from tests.hostile.corpus import _dcp_save, _enc
-    _dcp_save({"w": torch.zeros(3)}, str(folder))
+    from tests.hostile.corpus import dcp_save, encode
+    dcp_save({"w": torch.zeros(3)}, str(folder))
     meta = (folder / ".metadata").read_bytes()
     out: list = []
-    _enc({"planner_data": {Raw(r2.dag()): 1}}, out)
+    encode({"planner_data": {Raw(r2.dag()): 1}}, out)
     (folder / ".metadata").write_bytes(meta[:-1] + b"".join(out) + b"b.")
     t = time.monotonic()
     with pytest.raises(CorruptFileError):
@@ -335,9 +335,8 @@ def test_clear_lines_instead_of_internal_errors(tmp_path, capsys):
     for name, edit in (("offset", lambda md: [setattr(i, "offset", "twelve") for i in md.storage_data.values()]),
                        ("size", lambda md: setattr(md.state_dict_metadata["w"], "size", torch.Size([2 ** 31] * 2)))):
         folder = tmp_path / f"dcp-{name}"
-        from tests.hostile.corpus import _dcp_save
-        import pickle
-        _dcp_save({"w": torch.zeros(3)}, str(folder))
+        from tests.hostile.corpus import dcp_save
+        dcp_save({"w": torch.zeros(3)}, str(folder))
         md = pickle.loads((folder / ".metadata").read_bytes())  # our own file
         edit(md)
         (folder / ".metadata").write_bytes(pickle.dumps(md))
