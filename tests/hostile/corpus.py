@@ -1244,8 +1244,10 @@ def build(root: str, quick: bool = False, many: int | None = None) -> list[Input
     _sharded(c, b)
     _dcp(c, b)
     _keys(c)
-    from .corpus_zip import build as zip_fidelity; zip_fidelity(c, b)  # noqa: E702 (issue 13: zip-fidelity)
-    __import__("tests.hostile.corpus_round2", fromlist=["build"]).build(c, b)  # issue 13: round two
+    # the zip-fidelity and round-two inputs (their modules use this one's encoder: imported here, when it is loaded)
+    from . import corpus_round2, corpus_zip
+    corpus_zip.build(c, b)
+    corpus_round2.build(c, b)
     _many(c, many if many is not None else (10_000 if quick else 10 ** 6))
     # every corpus file world-readable unless it is a permission case: the unprivileged runs need the rest
     perm = c.p("perm")
