@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from ..errors import CorruptFileError, shorten
-from .safe_pickle import ITEMSIZE, StorageRef, TensorRecord, address_space_lock
+from .safe_pickle.limits import address_space_lock
+from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 
 # dtypes numpy cannot hold are viewed through torch
 TORCH_DTYPES = {name: getattr(torch, name) for name in ITEMSIZE if hasattr(torch, name)}

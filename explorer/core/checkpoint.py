@@ -26,9 +26,10 @@ from .records import (EntryPath, Location, ModuleInfo, PlainStateDict, StateDict
 from .chunks import gc_paused
 from .meta import meta_bulk
 from .records import NUMPY_ARRAY
-from .safe_pickle import (ITEMSIZE, Inert, NumpyRecord, QScheme, QuantizedRecord, StorageRef, TensorRecord,
-                          TorchDtype, Uninitialized, is_module_state, numpy_array, numpy_record,
-                          uninitialized_tensor)
+from .safe_pickle.inert import Inert, is_module_state
+from .safe_pickle.numpy_values import NumpyRecord, numpy_array, numpy_record
+from .safe_pickle.records import ITEMSIZE, QScheme, QuantizedRecord, StorageRef, TensorRecord, TorchDtype
+from .safe_pickle.stand_ins import Uninitialized, uninitialized_tensor
 
 # quantized dtype -> the integer dtype its values are stored as
 _QUANTIZED_INT = {"qint8": "int8", "quint8": "uint8", "qint32": "int32"}

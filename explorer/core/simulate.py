@@ -64,7 +64,7 @@ from .meta import meta_like
 from .records import copy_metadata
 from .records import dtype_name as _dtype_name
 from .remap import within_one_edit
-from .safe_pickle import StorageRef
+from .safe_pickle.records import StorageRef
 
 _DTYPE_NAMES: dict = {}
 

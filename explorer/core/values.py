@@ -13,7 +13,8 @@ from typing import Any
 
 from .checkpoint import _OPTIMIZER_KEYS, MAX_DEPTH, RecoveredModule, _all_records, _items, children
 from .records import EntryPath
-from .safe_pickle import Inert, TensorRecord
+from .safe_pickle.inert import Inert
+from .safe_pickle.records import TensorRecord
 
 VALUE_TEXT = 100          # characters of a value's text (then "…")
 MAX_VALUES = 10_000       # values collected from one file (a file of 10**6 plain numbers lists the first ones)

@@ -176,7 +176,8 @@ def test_ordered_dict_order_is_the_dict_order():
 
 def test_unresolvable_storage_still_raises_when_listed(tmp_path):
     """The column listing resolves each storage as ``entries`` does: a bad persistent id is a clean error."""
-    from explorer.core.safe_pickle import PickleContext, TensorRecord
+    from explorer.core.safe_pickle.records import TensorRecord
+    from explorer.core.safe_pickle.stand_ins import PickleContext
     from explorer.errors import CorruptFileError
     ctx = PickleContext(None, "bad.pt")
     rec = ctx.tensor_v2(("storage", None, "0", "cpu", -1), 0, (1,), (1,))

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from explorer.core.loaders import open_checkpoint
-from explorer.core.safe_pickle import Inert, placeholder
+from explorer.core.safe_pickle.inert import Inert, placeholder
 from explorer.errors import CorruptFileError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -424,12 +424,12 @@ def test_a_pickle_parsed_off_the_main_thread_leaves_room_for_the_others():
     import _thread
     import threading
 
-    from explorer.core import safe_pickle
+    from explorer.core.safe_pickle.limits import memo_cap
     seen = []
     done = threading.Event()
 
     def foreign():      # a thread Python's threading module knows nothing of, like Qt's
-        cap = safe_pickle._memo_cap(1000)
+        cap = memo_cap(1000)
         with cap:
             seen.append(cap._locked)
         done.set()

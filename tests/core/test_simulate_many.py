@@ -23,7 +23,7 @@ from explorer.core.simulate import KeyTable, _explain_unexpected, render_text, s
 from tests.core.test_many_tensors import _python_calls as python_calls
 
 
-_READERS = ("checkpoint.py", "safe_pickle.py", "/loaders/")  # reading the file: measured in test_many_tensors.py
+_READERS = ("checkpoint.py", "/safe_pickle/", "/loaders/")  # reading the file: measured in test_many_tensors.py
 
 
 def _python_calls(fn) -> int:

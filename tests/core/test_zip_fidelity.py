@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import zipfile
@@ -182,6 +181,19 @@ def test_deflated_storage_whose_size_disagrees_is_refused(tmp_path, cli):
         torch.load(path, weights_only=True)
     r = cli("stats", path, "w")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "compressed" in r.stderr and path in r.stderr
+
+
+@pytest.mark.parametrize("floats_held", [3, 5])
+def test_stored_storage_whose_size_disagrees_is_refused(tmp_path, cli, floats_held):
+    """torch.load reads a stored record only when it holds exactly the storage's bytes (longer or shorter)."""
+    sd = dumps(OD([("w", tensor("0", (4,)))]))
+    path = _write(tmp_path, "m.pt", zip_bytes([Rec("archive/data.pkl", sd),
+                                               Rec("archive/data/0", floats(*range(floats_held))), VERSION]))
+    with pytest.raises(RuntimeError, match="does not match expected size"):
+        torch.load(path, weights_only=True)
+    r = cli("stats", path, "w")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert f"holds {4 * floats_held:,} bytes" in r.stderr and "torch refuses it too" in r.stderr and path in r.stderr
 
 
 def test_deflated_storage_that_inflates_past_its_size_stops(tmp_path, cli):

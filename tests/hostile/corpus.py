@@ -29,7 +29,7 @@ import sys
 import warnings
 import zipfile
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 # ---- a tiny pickle writer ---------------------------------------------------------------------------------------
@@ -77,7 +77,7 @@ class OD:
         self.items = list(items.items()) if isinstance(items, dict) else list(items)
 
 
-def _enc(obj: Any, out: list) -> None:
+def encode(obj: Any, out: list) -> None:
     w = out.append
     if obj is None:
         w(b"N")
@@ -107,48 +107,48 @@ def _enc(obj: Any, out: list) -> None:
         else:
             w(b"(")
             for v in obj:
-                _enc(v, out)
+                encode(v, out)
             w(b"t")
     elif isinstance(obj, list):
         w(b"]")
         if obj:
             w(b"(")
             for v in obj:
-                _enc(v, out)
+                encode(v, out)
             w(b"e")
     elif isinstance(obj, OD):
-        _enc(Call(G("collections", "OrderedDict")), out)
+        encode(Call(G("collections", "OrderedDict")), out)
         if obj.items:
             w(b"(")
             for k, v in obj.items:
-                _enc(k, out)
-                _enc(v, out)
+                encode(k, out)
+                encode(v, out)
             w(b"u")
     elif isinstance(obj, dict):
         w(b"}")
         if obj:
             w(b"(")
             for k, v in obj.items():
-                _enc(k, out)
-                _enc(v, out)
+                encode(k, out)
+                encode(v, out)
             w(b"u")
     elif isinstance(obj, G):
         if "\n" in obj.module + obj.name or not obj.module.isascii() or not obj.name.isascii():
-            _enc(obj.module, out)
-            _enc(obj.name, out)
+            encode(obj.module, out)
+            encode(obj.name, out)
             w(b"\x93")
         else:
             w(b"c" + obj.module.encode() + b"\n" + obj.name.encode() + b"\n")
     elif isinstance(obj, Call):
-        _enc(obj.fn, out)
-        _enc(obj.args, out)
+        encode(obj.fn, out)
+        encode(obj.args, out)
         w(b"R")
     elif isinstance(obj, PID):
-        _enc(obj.pid, out)
+        encode(obj.pid, out)
         w(b"Q")
     elif isinstance(obj, Build):
-        _enc(obj.obj, out)
-        _enc(obj.state, out)
+        encode(obj.obj, out)
+        encode(obj.state, out)
         w(b"b")
     elif isinstance(obj, Raw):
         w(obj.data)
@@ -158,7 +158,7 @@ def _enc(obj: Any, out: list) -> None:
 
 def dumps(obj: Any) -> bytes:
     out: list = [b"\x80\x02"]
-    _enc(obj, out)
+    encode(obj, out)
     out.append(b".")
     return b"".join(out)
 
@@ -352,11 +352,11 @@ def _bases(c: Corpus) -> dict[str, str]:
     b["sharded_bin"] = folder
     # torch.distributed.checkpoint
     b["dcp"] = os.path.join(c.root, "base", "dcp")
-    _dcp_save(sd, b["dcp"])
+    dcp_save(sd, b["dcp"])
     return b
 
 
-def _dcp_save(sd, folder: str) -> None:
+def dcp_save(sd, folder: str) -> None:
     import torch.distributed.checkpoint as dcp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "torch.distributed is disabled ... assuming single process"
@@ -370,7 +370,7 @@ def _valid(c: Corpus, b: dict) -> None:
     cat = "valid"
     c.add("valid-zip", cat, b["zip"], expect="ok", entries=BASE_ENTRIES, quick=True)
     c.add("valid-legacy", cat, b["legacy"], expect="ok", entries=BASE_ENTRIES, quick=True)
-    c.add("valid-safetensors", cat, b["safetensors"], expect="ok", entries=_st_entries(b["safetensors"]), quick=True)
+    c.add("valid-safetensors", cat, b["safetensors"], expect="ok", entries=st_entries(b["safetensors"]), quick=True)
     c.add("valid-lightning-ckpt", cat, b["ckpt"], expect="ok", quick=True)
     c.add("valid-sharded-folder", cat, b["sharded"], expect="ok", quick=True)
     c.add("valid-sharded-index", cat, os.path.join(b["sharded"], "model.safetensors.index.json"), expect="ok")
@@ -570,7 +570,7 @@ def _deep_module(n: int) -> bytes:
     """A pickled nn.Module nested ``n`` levels deep through ``_modules`` (written as repeated opcode slices)."""
     def enc(obj):
         out: list = []
-        _enc(obj, out)
+        encode(obj, out)
         return b"".join(out)
     empty_od = enc(OD([]))
     state_head = b"}(" + enc("_parameters") + empty_od + enc("_buffers") + empty_od + enc("_modules")
@@ -748,8 +748,8 @@ def _filesystem(c: Corpus, b: dict) -> None:
     os.remove(os.path.join(folder, "model.safetensors.index.json"))
     c.add("shards-without-index", cat, folder, expect="ok", entries=None)
     # wrong and missing extensions: the content decides
-    st_entries = _st_entries(b["safetensors"])
-    for fmt, entries in (("zip", BASE_ENTRIES), ("legacy", BASE_ENTRIES), ("safetensors", st_entries)):
+    st_keys = st_entries(b["safetensors"])
+    for fmt, entries in (("zip", BASE_ENTRIES), ("legacy", BASE_ENTRIES), ("safetensors", st_keys)):
         data = read_bytes(b[fmt])
         for ext in ("", ".safetensors", ".json", ".txt", ".index.json", ".pt") if fmt != "zip" else \
                 ("", ".safetensors", ".json", ".index.json", ".zip"):
@@ -1102,7 +1102,7 @@ def _header(path: str) -> dict:
         return json.loads(f.read(n))
 
 
-def _st_entries(path: str) -> list:
+def st_entries(path: str) -> list:
     """Expected entries of a safetensors file: its header order (the library sorts tensors when it writes)."""
     dt = {"F32": "float32", "I64": "int64", "F16": "float16", "F64": "float64"}
     return [[[k], v["shape"], dt[v["dtype"]]] for k, v in _header(path).items() if k != "__metadata__"]
@@ -1156,7 +1156,7 @@ def _inject_dcp(meta: bytes, marker: str) -> bytes:
     assert meta.endswith(b".")
     payload = Call(G("os", "system"), f"touch '{marker}'")
     out: list = []
-    _enc((None, {"storage_meta": payload}), out)
+    encode((None, {"storage_meta": payload}), out)
     return meta[:-1] + b"".join(out) + b"b."
 
 
@@ -1183,7 +1183,7 @@ def _keys(c: Corpus) -> None:
         path = c.p("keys", f"{name}.safetensors")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_file({k: torch.full((2,), float(i)) for i, k in enumerate(keys)}, path)
-        c.add(f"keys-safetensors:{name}", cat, path, expect="ok", quick=quick, key=keys[0], entries=_st_entries(path))
+        c.add(f"keys-safetensors:{name}", cat, path, expect="ok", quick=quick, key=keys[0], entries=st_entries(path))
         path = c.p("keys", f"{name}.pt")
         torch.save(OrderedDict((k, torch.full((2,), float(i))) for i, k in enumerate(keys)), path)
         c.add(f"keys-zip:{name}", cat, path, expect="ok", quick=quick, key=keys[0], entries=ents)
@@ -1244,8 +1244,10 @@ def build(root: str, quick: bool = False, many: int | None = None) -> list[Input
     _sharded(c, b)
     _dcp(c, b)
     _keys(c)
-    from .corpus_zip import build as zip_fidelity; zip_fidelity(c, b)  # noqa: E702 (issue 13: zip-fidelity)
-    __import__("tests.hostile.corpus_round2", fromlist=["build"]).build(c, b)  # issue 13: round two
+    # the zip-fidelity and round-two inputs (their modules use this one's encoder: imported here, when it is loaded)
+    from . import corpus_round2, corpus_zip
+    corpus_zip.build(c, b)
+    corpus_round2.build(c, b)
     _many(c, many if many is not None else (10_000 if quick else 10 ** 6))
     # every corpus file world-readable unless it is a permission case: the unprivileged runs need the rest
     perm = c.p("perm")

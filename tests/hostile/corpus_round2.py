@@ -22,11 +22,10 @@ import pickle
 import shutil
 import struct
 import warnings
-import zipfile
 import zlib
 
-from tests.hostile.corpus import (BASE_ENTRIES, OD, PID, Build, Call, G, Raw, STATS_KEY, _dcp_save, _enc,
-                                  _st_entries, dumps, legacy_bytes, read_bytes, safetensors_bytes, tensor,
+from tests.hostile.corpus import (BASE_ENTRIES, OD, PID, Build, Call, G, Raw, dcp_save, encode,
+                                  st_entries, dumps, legacy_bytes, read_bytes, safetensors_bytes, tensor,
                                   write_torch_zip)
 
 DAG_LEVELS = 64
@@ -106,7 +105,7 @@ def _hang(c, b: dict) -> None:
     shutil.copytree(b["dcp"], folder)
     meta = read_bytes(os.path.join(folder, ".metadata"))
     out: list = []
-    _enc({"planner_data": {Raw(dag()): 1}}, out)
+    encode({"planner_data": {Raw(dag()): 1}}, out)
     c.write(os.path.join(folder, ".metadata"), meta[:-1] + b"".join(out) + b"b.")
     c.add("hang:dcp-dag-metadata", cat, folder, expect="error", quick=True)
     # a safetensors key of 150,000 escaped quotes: valid JSON, and a trap for a backtracking regex
@@ -155,9 +154,10 @@ def _hang(c, b: dict) -> None:
 
 # ---- class 4: small files that take gigabytes ------------------------------------------------------------------------
 
-def _deflated_torch_zip(inflated: int) -> bytes:
+def _deflated_torch_zip(inflated: int, declared: int | None = None) -> bytes:
     """A torch.save-like zip whose ``archive/data.pkl`` (deflated) inflates to ``inflated`` bytes: BINBYTES8 of
-    zeros, then STOP; plus a stored ``archive/version``. About 1 KB per MB inflated."""
+    zeros, then STOP; plus a stored ``archive/version``. About 1 KB per MB inflated. Its zip entries declare
+    ``declared`` bytes uncompressed (default: the truth)."""
     pkl_head = b"\x80\x04\x8e" + struct.pack("<Q", inflated - 12)
     comp = zlib.compressobj(9, zlib.DEFLATED, -15)
     parts = [comp.compress(pkl_head)]
@@ -173,7 +173,8 @@ def _deflated_torch_zip(inflated: int) -> bytes:
     crc = zlib.crc32(b".", crc)
     parts.append(comp.flush())
     records = [(b"archive/version", 0, b"3\n", zlib.crc32(b"3\n"), 2),
-               (b"archive/data.pkl", 8, b"".join(parts), crc, len(pkl_head) + (inflated - 12) + 1)]
+               (b"archive/data.pkl", 8, b"".join(parts), crc,
+                declared if declared is not None else len(pkl_head) + (inflated - 12) + 1)]
     body, cd = b"", b""
     for name, method, data, crc, size in records:
         local = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(data), size, len(name), 0)
@@ -195,17 +196,18 @@ def _dcp_with(c, b, folder, edit) -> None:
         pickle.dump(md, f)
 
 
-def dcp_bytes_item(folder: str, inflated: int) -> None:
+def dcp_bytes_item(folder: str, inflated: int, declared: int | None = None) -> None:
     """A DCP folder (written by torch) whose one non-tensor value is a torch.save zip that inflates to ``inflated``
-    bytes: the .distcp bytes are replaced, the metadata's offset and length are set to the new item."""
+    bytes (its zip entry declaring ``declared``): the .distcp bytes are replaced, the metadata's offset and length
+    are set to the new item."""
     import torch
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _dcp_save({"w": torch.zeros(3), "extra": {"a": 1}}, folder)
+        dcp_save({"w": torch.zeros(3), "extra": {"a": 1}}, folder)
     path = os.path.join(folder, ".metadata")
     with open(path, "rb") as f:
         md = pickle.load(f)
-    item = _deflated_torch_zip(inflated)
+    item = _deflated_torch_zip(inflated, declared)
     for index, info in list(md.storage_data.items()):
         if index.fqn.startswith("extra"):  # DCP flattens {"extra": {"a": 1}} into the bytes item "extra.a"
             data_file = os.path.join(folder, info.relative_path)
@@ -225,7 +227,7 @@ def dcp_whole_tensor(folder: str, numel: int) -> None:
     from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        _dcp_save({"w": torch.zeros(4)}, folder)
+        dcp_save({"w": torch.zeros(4)}, folder)
     path = os.path.join(folder, ".metadata")
     with open(path, "rb") as f:
         md = pickle.load(f)
@@ -278,7 +280,7 @@ def _terminal(c, b: dict) -> None:
     path = c.p(cat, "control-keys.safetensors")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_file(sd, path)
-    c.add("terminal:keys-safetensors", cat, path, expect="ok", key=keys[0], entries=_st_entries(path), quick=True)
+    c.add("terminal:keys-safetensors", cat, path, expect="ok", key=keys[0], entries=st_entries(path), quick=True)
     path = c.p(cat, "control-keys.pt")
     torch.save(sd, path)
     c.add("terminal:keys-zip", cat, path, expect="ok", key=keys[0], entries=[[[k], [2], "float32"] for k in keys],

@@ -53,7 +53,7 @@ QUICK_OPS = {
     "valid": OPS, "keys": OPS, "many-tensors": OPS, "hostile-pickle": ("read", "inspect-json", "simulate"),
     "filesystem": ("read", "inspect-json", "stats", "simulate"), "sharded": ("read", "inspect-json", "diff"),
     "zip-structure": ("read", "inspect-json", "stats", "diff"), "bomb": ("read", "inspect-json", "simulate"),
-    # issue 13: a hang or a balloon may hide in any command; names with controls matter where text is printed
+    # a hang or a balloon may hide in any command; names with controls matter where text is printed
     "hang": OPS, "balloon": OPS, "hf-cache": OPS, "messages": OPS,
     "terminal": ("inspect", "inspect-json", "stats", "diff", "simulate"),
 }

@@ -37,7 +37,7 @@ def bases(tmp_path_factory):
     import torch
     from safetensors.torch import save_file
 
-    from tests.hostile.corpus import (G, OD, Call, _dcp_save, dumps, legacy_bytes, read_bytes, tensor,
+    from tests.hostile.corpus import (G, OD, Call, dcp_save, dumps, legacy_bytes, read_bytes, tensor,
                                       write_torch_zip)
 
     root = tmp_path_factory.mktemp("fuzz-bases")
@@ -69,7 +69,7 @@ def bases(tmp_path_factory):
         '{"metadata": {}, "weight_map": {"fc.weight": "a.safetensors", "fc.bias": "b.safetensors"}}')
     files["index"] = str(folder / "model.safetensors.index.json")
     dcp = root / "dcp"
-    _dcp_save(sd, str(dcp))
+    dcp_save(sd, str(dcp))
     files["dcp-metadata"] = str(dcp / ".metadata")
     return {k: (v, read_bytes(v)) for k, v in files.items()}
 

@@ -9,8 +9,9 @@ How torch 2.x's ``FileSystemWriter`` lays bytes out (torch/distributed/checkpoin
 with the default ``SerializationFormat.TORCH_SAVE`` each chunk is a complete ``torch.save(tensor)`` zip archive at
 ``[offset, offset + length)`` of its ``.distcp`` file, and each non-tensor value ("bytes" item) is ``torch.save(obj)``
 the same way. With ``SerializationFormat.SAFETENSORS`` a ``.distcp`` file is a safetensors file keyed by the tensor's
-fully qualified name. A value is read by finding its chunk's storage inside the embedded archive and memory-mapping
-it; a tensor split into several chunks is assembled from them.
+fully qualified name. An embedded archive is read as a whole torch.save file is (the records torch's reader would
+read, anything deflated inflated within bounds); a tensor's storage is then memory-mapped, and a tensor split into
+several chunks is assembled from them.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ from ...errors import CorruptFileError, ExplorerError, UnsafePathError, shorten
 from ..bytesource import TORCH_DTYPES, ByteSource, read_record
 from ..checkpoint import Checkpoint
 from ..chunks import gc_paused
-from ..safe_pickle import (ITEMSIZE, Inert, SafeUnpickler, StorageRef, TensorRecord, TorchDtype,
-                           printable_key)
+from ..safe_pickle.inert import Inert
+from ..safe_pickle.printable import printable_key
+from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord, TorchDtype
+from ..safe_pickle.unpickler import SafeUnpickler
 from . import Reader, open_regular, register
 
 METADATA = ".metadata"
@@ -217,24 +220,17 @@ class DcpSource(ByteSource):
 
     def _chunk_record(self, c: _Chunk, label: str) -> TensorRecord:
         """The tensor record inside a chunk's embedded archive, parsed once; its bytes go through the folder's maps."""
-        from .torch_zip import open_archive, parse_archive
         key = (c.file, c.offset)
         with self._lock:
             rec = self._records.get(key)
         if rec is not None:
             return rec
-        with _FileView(c.file, c.offset, c.length) as view:
-            archive = open_archive(view, label)
-            root, _ = parse_archive(archive, label, base_offset=c.offset, file=c.file, maps=self.maps)
-            if not isinstance(root, TensorRecord):
-                raise CorruptFileError(f"{label}: the chunk does not hold a tensor; the checkpoint is inconsistent")
-            ref = root.storage
-            file, offset, length = ref.source.region(ref)  # look the storage up while the archive is open
-        from ..bytesource import ByteSource
-        ref.source = ByteSource(lambda r, region=(file, offset, length): region, maps=self.maps)
+        rec, _ = _read_archive(c.file, c.offset, c.length, label, self.maps)
+        if not isinstance(rec, TensorRecord):
+            raise CorruptFileError(f"{label}: the chunk does not hold a tensor; the checkpoint is inconsistent")
         with self._lock:
-            self._records[key] = root
-        return root
+            self._records[key] = rec
+        return rec
 
     def _safetensors_record(self, key: str, c: _Chunk, label: str) -> TensorRecord:
         """``SerializationFormat.SAFETENSORS``: a safetensors blob, keyed by fqn, begins at the chunk's offset."""
@@ -300,9 +296,17 @@ def _contiguous(shape) -> tuple:
     return tuple(reversed(stride))
 
 
+def _read_archive(file: str, offset: int, length: int, label: str, maps=None):
+    """(root, references) of the torch.save archive at ``[offset, offset + length)`` of ``file``, read as a whole
+    file is (:func:`.torch_zip.read_archive`: the records torch's reader would read, inflated within bounds)."""
+    from .torch_zip import read_archive
+    with _FileView(file, offset, length) as view:
+        return read_archive(view, length, label, file=file, base_offset=offset, maps=maps)
+
+
 def _read_bytes_item(folder: str, info: dict, meta_path: str):
     """A non-tensor value (``torch.save(obj)`` bytes), read with the safe unpickler. Returns (value, references)."""
-    from .torch_zip import open_archive, parse_archive
+    from .zip_directory import ZipDirectory
     rel, offset, length = info.get("relative_path"), info.get("offset"), info.get("length")
     if not isinstance(offset, int) or not isinstance(length, int):
         return "<unreadable: no location>", []
@@ -314,35 +318,17 @@ def _read_bytes_item(folder: str, info: dict, meta_path: str):
     if offset < 0 or length < 0 or offset + length > _file_size(file):
         raise CorruptFileError(f"{file}: a data file of the DCP checkpoint is missing or truncated — copy every "
                                ".distcp file with the .metadata")
-    view = _FileView(file, offset, length)
-    inflated = _inflated_size(view)
-    if inflated > MAX_BYTES_ITEM:  # a deflated data.pkl may inflate a thousand times: bound it by what it declares
-        view.close()
+    label = f"{file}@{offset}"
+    with _FileView(file, offset, length) as view:
+        entry = ZipDirectory(view, length, label).find("data.pkl")
+    inflated = entry.usize if entry is not None else 0
+    if inflated > MAX_BYTES_ITEM:  # a deflated data.pkl may inflate a thousand times: listed, not read
         return f"<{length} bytes holding {inflated} once inflated, not read>", []
-    try:
-        root, refs = parse_archive(open_archive(view, f"{file}@{offset}"), f"{file}@{offset}",
-                                   base_offset=offset, file=file)
-    finally:
-        view.close()
-    return root, refs
+    return _read_archive(file, offset, length, label)
 
 
-def _inflated_size(view) -> int:
-    """What the records of the embedded zip declare they hold once inflated (the zip's directory, read with the
-    standard library: nothing is inflated). A zip it cannot read is left for torch's reader to reject."""
-    import zipfile
-    try:
-        with zipfile.ZipFile(view) as z:
-            return sum(i.file_size for i in z.infolist() if i.filename.endswith("data.pkl"))
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError, struct.error, NotImplementedError):
-        return 0
-    finally:
-        view.seek(0)
-
-
-def open_dcp(path: str) -> Checkpoint:
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    meta_path = os.path.join(folder, METADATA)
+def _load_metadata(meta_path: str):
+    """The ``.metadata`` pickle, parsed by the safe unpickler: (its object, the globals it names)."""
     try:
         with open_regular(meta_path) as f, gc_paused():
             up = SafeUnpickler(f)
@@ -356,15 +342,11 @@ def open_dcp(path: str) -> Checkpoint:
         raise CorruptFileError(f"{meta_path}: the DCP metadata could not be parsed ({type(e).__name__}: "
                                f"{str(e)[:200]}); the file is truncated or corrupt — copy the checkpoint folder "
                                "again") from e
-    state = _state(md)
-    sdm = state.get("state_dict_metadata")
-    if _name(md) != "Metadata" or not isinstance(sdm, dict):
-        raise CorruptFileError(f"{meta_path}: not torch.distributed.checkpoint metadata (it holds a {_name(md)}); "
-                               "open the checkpoint folder that torch.distributed.checkpoint.save wrote")
-    storage = state.get("storage_data") if isinstance(state.get("storage_data"), dict) else {}
-    planner = state.get("planner_data") if isinstance(state.get("planner_data"), dict) else {}
+    return md, up.references
 
-    # where each (fqn, chunk offsets) lies
+
+def _locations(storage: dict) -> tuple[dict, dict]:
+    """Where each chunk lies: ``(fqn, chunk offsets) -> storage info`` and ``fqn -> [storage info, ...]``."""
     where: dict[tuple, dict] = {}
     where_by_fqn: dict[str, list] = {}
     for index, info in storage.items():
@@ -378,54 +360,73 @@ def open_dcp(path: str) -> Checkpoint:
         key = (fqn, tuple(off) if isinstance(off, (tuple, list)) else None)
         where[key] = sinfo
         where_by_fqn.setdefault(fqn, []).append(sinfo)
+    return where, where_by_fqn
 
+
+def _tensor_dtype(item) -> str | None:
+    props = _state(item).get("properties")
+    pstate = props._state if isinstance(props, Inert) else None
+    if isinstance(pstate, tuple) and pstate and isinstance(pstate[0], TorchDtype):
+        return str(pstate[0])
+    if isinstance(pstate, dict) and isinstance(pstate.get("dtype"), TorchDtype):
+        return str(pstate["dtype"])
+    return None
+
+
+def _tensor_value(fqn: str, item, where: dict, source: DcpSource, folder: str, meta_path: str) -> TensorRecord:
+    """The record of a ``TensorStorageMetadata`` entry; its chunks are registered with ``source``."""
+    st = _state(item)
+    dtype = _tensor_dtype(item)
+    size = st.get("size")
+    if dtype is None or not isinstance(size, tuple) or not all(type(s) is int and 0 <= s < 1 << 62 for s in size):
+        raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} has no valid dtype or size in the metadata (size "
+                               f"{shorten(size)}); the file is corrupt — copy the checkpoint folder again")
+    chunks = []
+    for ch in st.get("chunks") or []:
+        cst = _state(ch)
+        offsets, sizes = cst.get("offsets"), cst.get("sizes")
+        if (not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or len(offsets) != len(size)
+                or len(sizes) != len(size) or not all(type(o) is int for o in offsets + sizes)):
+            raise CorruptFileError(f"{meta_path}: a chunk of {shorten(fqn)} has no valid offsets/sizes; the "
+                                   "metadata is corrupt")
+        sinfo = where.get((fqn, offsets))
+        if sinfo is None:
+            raise CorruptFileError(f"{meta_path}: no data file holds the chunk of {shorten(fqn)} at "
+                                   f"{shorten(offsets)}; the metadata is incomplete")
+        file = _safe_file(folder, sinfo.get("relative_path"), meta_path)
+        chunks.append(_Chunk(offsets, sizes, file, _int(sinfo.get("offset"), "offset", fqn, meta_path),
+                             _int(sinfo.get("length"), "length", fqn, meta_path), sinfo.get("transform_descriptors")))
+    numel = 1
+    for s in size:
+        numel *= s
+    if numel >= 1 << 62:
+        raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} claims {numel:,} elements (size {list(size)}), "
+                               "more than any machine holds; the metadata is corrupt")
+    source.chunks[fqn] = chunks
+    source.shapes[fqn] = size
+    ref = StorageRef(fqn, dtype, "cpu", numel, source=source)
+    return TensorRecord(ref, 0, size, _contiguous(size), dtype)
+
+
+def open_dcp(path: str) -> Checkpoint:
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    meta_path = os.path.join(folder, METADATA)
+    md, named = _load_metadata(meta_path)
+    state = _state(md)
+    sdm = state.get("state_dict_metadata")
+    if _name(md) != "Metadata" or not isinstance(sdm, dict):
+        raise CorruptFileError(f"{meta_path}: not torch.distributed.checkpoint metadata (it holds a {_name(md)}); "
+                               "open the checkpoint folder that torch.distributed.checkpoint.save wrote")
+    storage = state.get("storage_data") if isinstance(state.get("storage_data"), dict) else {}
+    planner = state.get("planner_data") if isinstance(state.get("planner_data"), dict) else {}
+    where, where_by_fqn = _locations(storage)
     source = DcpSource(folder)
-    refs = [r for r in up.references if not r.startswith(_DCP_MACHINERY)]
+    refs = [r for r in named if not r.startswith(_DCP_MACHINERY)]
     flat: list[tuple[tuple, Any]] = []
     for fqn, item in sdm.items():
         fqn = printable_key(fqn) if type(fqn) is str else shorten(fqn)
-        kind = _name(item)
-        if kind == "TensorStorageMetadata":
-            st = _state(item)
-            props = st.get("properties")
-            pstate = props._state if isinstance(props, Inert) else None
-            dtype = None
-            if isinstance(pstate, tuple) and pstate and isinstance(pstate[0], TorchDtype):
-                dtype = str(pstate[0])
-            elif isinstance(pstate, dict) and isinstance(pstate.get("dtype"), TorchDtype):
-                dtype = str(pstate["dtype"])
-            size = st.get("size")
-            if dtype is None or not isinstance(size, tuple) or not all(type(s) is int and 0 <= s < 1 << 62
-                                                                       for s in size):
-                raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} has no valid dtype or size in the "
-                                       f"metadata (size {shorten(size)}); the file is corrupt — copy the checkpoint "
-                                       "folder again")
-            chunks = []
-            for ch in st.get("chunks") or []:
-                cst = _state(ch)
-                offsets, sizes = cst.get("offsets"), cst.get("sizes")
-                if (not isinstance(offsets, tuple) or not isinstance(sizes, tuple) or len(offsets) != len(size)
-                        or len(sizes) != len(size) or not all(type(o) is int for o in offsets + sizes)):
-                    raise CorruptFileError(f"{meta_path}: a chunk of {shorten(fqn)} has no valid offsets/sizes; the "
-                                           "metadata is corrupt")
-                sinfo = where.get((fqn, offsets))
-                if sinfo is None:
-                    raise CorruptFileError(f"{meta_path}: no data file holds the chunk of {shorten(fqn)} at "
-                                           f"{shorten(offsets)}; the metadata is incomplete")
-                file = _safe_file(folder, sinfo.get("relative_path"), meta_path)
-                chunks.append(_Chunk(offsets, sizes, file, _int(sinfo.get("offset"), "offset", fqn, meta_path),
-                                     _int(sinfo.get("length"), "length", fqn, meta_path),
-                                     sinfo.get("transform_descriptors")))
-            numel = 1
-            for s in size:
-                numel *= s
-            if numel >= 1 << 62:
-                raise CorruptFileError(f"{meta_path}: tensor {shorten(fqn)} claims {numel:,} elements (size "
-                                       f"{list(size)}), more than any machine holds; the metadata is corrupt")
-            source.chunks[fqn] = chunks
-            source.shapes[fqn] = size
-            ref = StorageRef(fqn, dtype, "cpu", numel, source=source)
-            value = TensorRecord(ref, 0, size, _contiguous(size), dtype)
+        if _name(item) == "TensorStorageMetadata":
+            value = _tensor_value(fqn, item, where, source, folder, meta_path)
         else:  # BytesStorageMetadata: a pickled value
             infos = where_by_fqn.get(fqn) or []
             if infos:

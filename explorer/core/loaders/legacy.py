@@ -10,7 +10,9 @@ from ...errors import CorruptFileError, ExplorerError, shorten
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..chunks import gc_paused
-from ..safe_pickle import ITEMSIZE, BoundedReader, SafeUnpickler, storage_from_pid
+from ..safe_pickle.limits import BoundedReader
+from ..safe_pickle.records import ITEMSIZE, storage_from_pid
+from ..safe_pickle.unpickler import SafeUnpickler
 from . import Reader, open_regular, read_head, register
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C

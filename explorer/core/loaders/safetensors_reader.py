@@ -18,7 +18,8 @@ from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint, FlatTable
 from ..records import TENSOR, Location, TensorInfo, contiguous_strides
 from ..chunks import gc_paused
-from ..safe_pickle import ITEMSIZE, StorageRef, TensorRecord, printable_key, unprintable
+from ..safe_pickle.printable import printable_key, unprintable
+from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 from . import Reader, open_regular, read_head, register
 
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
@@ -253,7 +254,7 @@ def _validate_fast(specs: list, data_len: int):
 
 def _printable(path: str, keys: list) -> list:
     """Keys with lone surrogates (JSON allows ``"\\ud800"``) spelled as their escapes, so that every output can print
-    them (see :func:`explorer.core.safe_pickle.printable_key`)."""
+    them (see :func:`explorer.core.safe_pickle.printable.printable_key`)."""
     out = [printable_key(k) for k in keys]
     if len(set(out)) != len(out):
         raise CorruptFileError(f"{path}: two tensor names are the same once lone surrogates are spelled out; the "

@@ -128,8 +128,8 @@ class _Unnamed:
 
 def _printable_keys(weight_map: dict, index_path: str) -> dict:
     """The weight map with keys holding lone surrogates (JSON allows ``"\\ud800"``) spelled as their escapes, as
-    every reader spells them (see :func:`explorer.core.safe_pickle.printable_key`)."""
-    from ..safe_pickle import printable_keys
+    every reader spells them (see :func:`explorer.core.safe_pickle.printable.printable_key`)."""
+    from ..safe_pickle.printable import printable_keys
     return printable_keys(weight_map, index_path)
 
 

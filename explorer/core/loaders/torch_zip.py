@@ -4,8 +4,8 @@ Opening reads the zip's central directory and ``data.pkl`` -- the very records t
 the way it finds them (:mod:`.zip_directory`), not the file's first local header. A stored ``data.pkl`` streams
 straight from the file; a deflated one is inflated within its declared size and a plausible limit. Storage records
 are looked up when a value is first read: stored ones are memory-mapped, deflated ones inflated (never shown as
-values while compressed). DCP chunks (:func:`open_archive`, :func:`parse_archive`) still go through torch's reader;
-:func:`read_archive` reads an archive embedded in a larger file the same way as a whole file.
+values while compressed). :func:`read_archive` reads an archive embedded in a larger file (a DCP chunk or value) the
+same way as a whole file.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from ...errors import CorruptFileError
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..chunks import gc_paused
-from ..safe_pickle import BoundedReader, PickleContext, SafeUnpickler
+from ..safe_pickle.limits import BoundedReader
+from ..safe_pickle.stand_ins import PickleContext
+from ..safe_pickle.unpickler import SafeUnpickler
 from . import Reader, read_head, register
 from .zip_directory import (DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO, STORAGE_LIMIT, STORED,
                              ZipDirectory)
@@ -37,31 +39,6 @@ def identify(path: str) -> bool:
     return os.path.isfile(path) and read_head(path, 4) == ZIP_MAGIC
 
 
-def open_archive(path, label: str | None = None):
-    """torch's zip reader over ``path`` (a file name or a binary file object); errors name ``label``."""
-    label = label or str(path)
-    try:
-        return torch._C.PyTorchFileReader(path)
-    except (RuntimeError, OSError, ValueError) as e:
-        size = os.path.getsize(path) if isinstance(path, str) else None
-        what = f"{size} bytes, " if size is not None else ""
-        raise CorruptFileError(f"{label}: not a readable torch.save archive ({what}{_first_line(e)}); the file is "
-                               "truncated or damaged — re-download or re-save it") from e
-
-
-def _source(archive_of, label: str, file: str, base_offset: int = 0, maps=None) -> ByteSource:
-    def resolve(ref):
-        name = f"data/{ref.key}"
-        archive = archive_of()
-        try:
-            return file, base_offset + int(archive.get_record_offset(name)), int(archive.get_record_size(name))
-        except RuntimeError as e:
-            raise CorruptFileError(f"{label}: storage record {name!r} is missing or unreadable "
-                                   f"({_first_line(e)}); the archive is incomplete — re-save it") from e
-
-    return ByteSource(resolve, lambda ref: (file, f"data/{ref.key}", None), maps)
-
-
 def unpickle(stream, label: str, source: ByteSource):
     """Parse a ``data.pkl`` stream into (root, references); storages become :class:`StorageRef` records lazily."""
     up = SafeUnpickler(stream, context=PickleContext(source, label))
@@ -72,17 +49,6 @@ def unpickle(stream, label: str, source: ByteSource):
         raise CorruptFileError(f"{label}: data.pkl could not be parsed ({type(e).__name__}: {_first_line(e)}); "
                                "the file is corrupt or truncated — re-save it") from e
     return root, up.references
-
-
-def parse_archive(archive, label: str, base_offset: int = 0, file: str | None = None, maps=None):
-    """Parse ``data.pkl`` of an open :class:`torch._C.PyTorchFileReader` into (root, references). ``maps`` shares
-    file maps with other archives in the same file (DCP chunks)."""
-    try:
-        data = archive.get_record("data.pkl")
-    except RuntimeError as e:
-        raise CorruptFileError(f"{label}: the zip archive has no data.pkl, so it is not a torch.save file "
-                               f"({_first_line(e)}) — open it with a zip tool to see what it holds") from e
-    return unpickle(io.BytesIO(data), label, _source(lambda: archive, label, file or label, base_offset, maps))
 
 
 class _Window(BoundedReader):
@@ -151,6 +117,10 @@ class ZipSource(ByteSource):
         if e.method != STORED:
             raise CorruptFileError(f"{self._dir.label}: storage record {e.text!r} is compressed; its bytes in the "
                                    "file are not the tensor's values (read it through the checkpoint instead)")
+        if e.usize != ref.nbytes:   # torch.load requires the exact size, longer or shorter
+            raise CorruptFileError(f"{self._dir.label}: storage record {e.text!r} holds {e.usize:,} bytes, but its "
+                                   f"tensors' storage holds {ref.nbytes:,}; the archive is inconsistent (torch refuses "
+                                   "it too) — re-download or re-save it")
         return self._file, self._base + start, e.usize
 
     def storage_bytes(self, ref) -> torch.Tensor:

@@ -19,6 +19,8 @@ import zlib
 from ...errors import CorruptFileError
 
 CDH = struct.Struct("<IHHHHHHIIIHHHHHII")   # central directory header, 46 bytes
+# its fields the reader uses: signature, flags, method, sizes, name/extra/comment lengths, disk, attributes, offset
+CDH_FIELDS = struct.Struct("<I4xHH8xIIHHHH2xII")
 LFH = struct.Struct("<IHHHHHIIIHH")         # local file header, 30 bytes
 EOCD = struct.Struct("<IHHHHIIH")           # end of central directory, 22 bytes
 CDH_SIG, LFH_SIG, EOCD_SIG = 0x02014B50, 0x04034B50, 0x06054B50
@@ -79,6 +81,61 @@ class ZipDirectory:
     def __init__(self, f, size: int, label: str):
         self.label = label
         self.size = size
+        this_disk, total, cd_size, cd_ofs = self._end_record(f, size, label)
+        f.seek(cd_ofs)
+        self.rows = rows = self._entries(f.read(cd_size), total, this_disk)
+        if not rows:
+            raise _fail(label, "the archive holds no records")
+        first = rows[0][0].split(b"\0")[0]
+        cut = first.find(b"/")
+        if cut < 0:
+            raise _fail(label, f"its first record {first[:80]!r} is not inside a folder")
+        self.prefix = first[:cut + 1]
+        # lowercased name -> entry index, or a list of them (miniz compares names ASCII-case-insensitively)
+        lowered = [r[0].lower() for r in rows]
+        keys = self._by_key = dict(zip(lowered, range(len(lowered))))
+        if len(keys) != len(lowered):   # repeated names: keep every index, in directory order
+            for k in keys:
+                keys[k] = []
+            for i, k in enumerate(lowered):
+                keys[k].append(i)
+            for k, v in keys.items():
+                if len(v) == 1:
+                    keys[k] = v[0]
+        self._sorted: list[int] | None = None
+
+    def _entries(self, cd: bytes, total: int, this_disk: int) -> list[tuple]:
+        """One tuple (name, method, flags, csize, usize, local header offset, external attributes) per entry of the
+        directory ``cd``, checked as miniz checks them."""
+        label, size, cd_size = self.label, self.size, len(cd)
+        rows = []
+        add = rows.append
+        pos = 0
+        unpack = CDH_FIELDS.unpack_from
+        end = cd_size - CDH.size
+        for i in range(total):
+            if pos > end:
+                raise _fail(label, f"directory entry {i} is damaged")
+            sig, flags, method, csize, usize, n_name, n_extra, n_comment, disk, external, local = unpack(cd, pos)
+            if sig != CDH_SIG:
+                raise _fail(label, f"directory entry {i} is damaged")
+            at = pos + 46 + n_name
+            name = cd[pos + 46:at]
+            pos = at + n_extra + n_comment
+            if csize == U32 or usize == U32 or local == U32:
+                if n_extra:
+                    usize, csize, local = self._zip64_extra(cd[at:at + n_extra], usize, csize, local, i)
+            elif (usize != csize and method == STORED) or (usize and not csize) or local + 30 + csize > size:
+                raise _fail(label, f"directory entry {name[:200]!r} has inconsistent sizes or lies past the end "
+                                   "of the file")
+            if (disk != this_disk and disk != 1) or disk == 0xFFFF or flags & 0x2000 or pos > cd_size:
+                raise _fail(label, f"directory entry {name[:200]!r} is damaged (multi-part, masked or cut short)")
+            add((name, method, flags, csize, usize, local, external))
+        return rows
+
+    def _end_record(self, f, size: int, label: str) -> tuple[int, int, int, int]:
+        """(this disk, entries, directory size, directory offset) as miniz takes them from the end record (or its
+        zip64 twin), checked as miniz checks them; sets ``zip64``."""
         eocd_at = _find_eocd(f, size, label)
         f.seek(eocd_at)
         (_, this_disk, cd_disk, on_disk, total, cd_size, cd_ofs, _) = EOCD.unpack(f.read(EOCD.size))
@@ -113,50 +170,7 @@ class ZipDirectory:
             raise CorruptFileError(f"{label}: the zip directory lies past the end of the file ({size} bytes): the "
                                    "file is truncated — re-download or re-save it")
         self.zip64 = zip64
-        f.seek(cd_ofs)
-        cd = f.read(cd_size)
-        # one tuple (name, method, flags, csize, usize, local header offset, external attributes) per entry
-        self.rows = rows = []
-        add = rows.append
-        pos = 0
-        unpack = CDH.unpack_from
-        end = cd_size - CDH.size
-        for i in range(total):
-            if pos > end or cd[pos:pos + 4] != b"PK\x01\x02":
-                raise _fail(label, f"directory entry {i} is damaged")
-            (_, _, _, flags, method, _, _, _, csize, usize, n_name, n_extra, n_comment, disk, _, external,
-             local) = unpack(cd, pos)
-            at = pos + 46 + n_name
-            name = cd[pos + 46:at]
-            pos = at + n_extra + n_comment
-            if csize == U32 or usize == U32 or local == U32:
-                if n_extra:
-                    usize, csize, local = self._zip64_extra(cd[at:at + n_extra], usize, csize, local, i)
-            elif (usize != csize and method == STORED) or (usize and not csize) or local + 30 + csize > size:
-                raise _fail(label, f"directory entry {name[:200]!r} has inconsistent sizes or lies past the end "
-                                   "of the file")
-            if (disk != this_disk and disk != 1) or disk == 0xFFFF or flags & 0x2000 or pos > cd_size:
-                raise _fail(label, f"directory entry {name[:200]!r} is damaged (multi-part, masked or cut short)")
-            add((name, method, flags, csize, usize, local, external))
-        if not rows:
-            raise _fail(label, "the archive holds no records")
-        first = rows[0][0].split(b"\0")[0]
-        cut = first.find(b"/")
-        if cut < 0:
-            raise _fail(label, f"its first record {first[:80]!r} is not inside a folder")
-        self.prefix = first[:cut + 1]
-        # lowercased name -> entry index, or a list of them (miniz compares names ASCII-case-insensitively)
-        lowered = [r[0].lower() for r in rows]
-        keys = self._by_key = dict(zip(lowered, range(len(lowered))))
-        if len(keys) != len(lowered):   # repeated names: keep every index, in directory order
-            for k in keys:
-                keys[k] = []
-            for i, k in enumerate(lowered):
-                keys[k].append(i)
-            for k, v in keys.items():
-                if len(v) == 1:
-                    keys[k] = v[0]
-        self._sorted: list[int] | None = None
+        return this_disk, total, cd_size, cd_ofs
 
     def _zip64_extra(self, extra: bytes, usize: int, csize: int, local: int, i: int):
         pos = 0
