@@ -9,22 +9,21 @@ demand too.
 from __future__ import annotations
 
 import re
-from bisect import bisect_right
-from collections.abc import Sequence
-from itertools import chain, compress, repeat
-from operator import attrgetter, itemgetter, mul
-from typing import Any, Callable, Iterator
+from itertools import compress
+from operator import attrgetter, itemgetter
+from typing import Any, Iterator
 
 import torch
 
 from ..errors import CorruptFileError, KeyNotFoundError, NoDataError
 from .bytesource import read_record
 from .chunks import gc_paused
+from .entries import EntryList, FlatTable, SegmentPaths, devices_of, record_columns, record_infos
 from .loaded import (MAX_DEPTH, RecoveredModule, all_records, child, children, has_data, items_of, keys_of, normalize,
                      values_of)
 from .materialize import Materializer
-from .records import NUMPY_ARRAY, EntryPath, Location, ModuleInfo, StateDictRef, TensorInfo
-from .safe_pickle import ITEMSIZE, Inert, NumpyRecord, StorageRef, TensorRecord
+from .records import NUMPY_ARRAY, EntryPath, ModuleInfo, StateDictRef, TensorInfo
+from .safe_pickle import Inert, NumpyRecord, TensorRecord
 
 _GOOD_NAMES = {"state_dict": 3.0, "model_state_dict": 3.0, "model_state": 2.5, "model": 2.5, "module": 2.0,
                "net": 2.0, "network": 2.0, "weights": 2.0, "params": 1.5, "ema": 1.2, "model_ema": 1.2,
@@ -66,105 +65,9 @@ def _score(path: EntryPath, mapping, n_tensors: int, keys: list[str] | None = No
     return score, ", ".join(reasons)
 
 
-class FlatTable:
-    """A flat state dict described by a table instead of records (safetensors): the reader has parsed and checked
-    every key, shape, dtype and byte range; records are made on demand by ``make_record(i)``."""
-
-    __slots__ = ("keys", "make_record", "records", "make_info", "columns", "make_infos")
-
-    def __init__(self, keys: list[str], make_record: Callable[[int], TensorRecord],
-                 make_info: Callable[[int, EntryPath], TensorInfo] | None = None,
-                 columns: Callable[[int, int], tuple[list, list, list, list, list]] | None = None,
-                 make_infos: Callable[[list], list[TensorInfo]] | None = None):
-        """``make_info(i, path)``: the :class:`TensorInfo` that ``make_record(i)`` would give, made without the
-        record; ``make_infos(paths)``: ``make_info(i, paths[i])`` of every entry, in bulk; ``columns(start, stop)``:
-        those entries' ``(shapes, dtypes, nbytes, kinds, devices)`` as lists."""
-        self.keys = keys
-        self.make_record = make_record
-        self.records: list[TensorRecord | None] = [None] * len(keys)
-        self.make_info = make_info
-        self.columns = columns
-        self.make_infos = make_infos
-
-    def record(self, i: int) -> TensorRecord:
-        rec = self.records[i]
-        if rec is None:
-            rec = self.records[i] = self.make_record(i)
-        return rec
-
-
-class EntryList(Sequence):
-    """Every tensor of a checkpoint in file order, as :class:`TensorInfo`; each made the first time it is looked at
-    (all at once, in one tight loop, when the list is iterated)."""
-
-    __slots__ = ("_ck", "_infos", "_complete")
-
-    def __init__(self, ck: "Checkpoint"):
-        self._ck = ck
-        self._infos: list[TensorInfo | None] = [None] * len(ck._paths)
-        self._complete = not self._infos
-
-    def __len__(self) -> int:
-        return len(self._infos)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(len(self._infos)))]
-        info = self._infos[i]
-        if info is None:
-            if i < 0:
-                i += len(self._infos)
-            info = self._infos[i] = self._ck._make_info(i)
-        return info
-
-    def _fill(self) -> list[TensorInfo]:
-        """Every entry made; the list of them (not a copy)."""
-        if not self._complete:
-            with gc_paused():
-                self._ck._fill_infos(self._infos)
-            self._complete = True
-        return self._infos  # type: ignore[return-value]
-
-    def __iter__(self):
-        return iter(self._fill())
-
-    def __eq__(self, other):
-        if isinstance(other, (EntryList, list, tuple)):
-            return list(self) == list(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def __repr__(self):
-        return f"<{len(self)} entries of {self._ck.path}>"
-
-
-def _location(ref: StorageRef, rec: TensorRecord, fallback_file: str) -> Location:
-    source = ref.source
-    describe = getattr(source, "describe", None)
-    if describe is not None:
-        file, record, offset = describe(ref)
-    else:
-        file, record, offset = fallback_file, f"data/{ref.key}", None
-    return Location(file, record, offset, ref.nbytes, rec.storage_offset, rec.stride, ref.key)
-
-
 _NO_KEYS: dict = {}
-
-
-
 _LAST = itemgetter(-1)
 _PATH_OF = attrgetter("path")
-_SHAPE_OF = attrgetter("shape")
-_DTYPE_OF = attrgetter("dtype")
-_STRIDE_OF = attrgetter("stride")
-_NBYTES_OF = attrgetter("nbytes")
-_IS_PARAMETER_OF = attrgetter("is_parameter")
-_REQUIRES_GRAD_OF = attrgetter("requires_grad")
-_NUMEL_OF = attrgetter("numel")
-_RECORD_NBYTES = TensorRecord.nbytes
-_RAW_STORAGE_OF = attrgetter("_storage")
-_DEVICE_OF = attrgetter("device")
 
 
 class Checkpoint:
@@ -190,7 +93,7 @@ class Checkpoint:
         with gc_paused():
             if table is not None:
                 self._root = None
-                self._paths = _SegmentPaths.flat(table.keys)
+                self._paths = SegmentPaths.flat(table.keys)
                 self._recs: list[TensorRecord] | None = None
                 self._by_parent: dict[EntryPath, range | list[int]] = {(): range(len(table.keys))}
                 self.state_dicts = self._rank([((), _KeysOnly(table.keys), len(table.keys), table.keys)]) if table.keys else []
@@ -201,7 +104,7 @@ class Checkpoint:
                     raise CorruptFileError(f"{self.path}: {e}; the file is not a checkpoint (or is hostile) — "
                                            "nothing was loaded") from None
                 self._walk()
-        self.entries: EntryList = EntryList(self)
+        self.entries = EntryList(len(self._paths), self._infos, self.path)
 
     # ---- structure ---------------------------------------------------------------------------------------------
     @property
@@ -216,7 +119,7 @@ class Checkpoint:
 
 
     def _walk(self) -> None:
-        paths = _SegmentPaths()
+        paths = SegmentPaths()
         recs: list[TensorRecord] = []
         kinds = self._kinds
         by_parent: dict[EntryPath, range | list[int]] = {}
@@ -311,61 +214,12 @@ class Checkpoint:
             return self._recs[i]
         return self._table.record(i)  # type: ignore[union-attr]
 
-    def _make_info(self, i: int) -> TensorInfo:
-        rec = self._record_at(i)
-        path = self._paths[i]
-        kind = self._kinds.get(i) or ("parameter" if rec.is_parameter else "tensor")
-        ref = rec.storage
-        if isinstance(ref, StorageRef):
-            loc, device = _location(ref, rec, self.path), ref.device
-        else:
-            loc, device = None, "meta"
-        return TensorInfo(path, rec.shape, rec.dtype or "unknown", rec.nbytes, loc, device, kind, rec.requires_grad)
-
-    def _fill_infos(self, infos: list) -> None:
-        """Make every missing :class:`TensorInfo` in ``infos`` (indexed like the entries): what :meth:`_make_info`
-        does, in one loop (10**6 entries: no per-entry method calls, one location lookup per storage)."""
-        table = self._table
-        if table is not None and table.make_infos is not None and infos and infos.count(None) == len(infos):
-            infos[:] = table.make_infos(list(zip(table.keys)))   # a flat table's paths are (key,)
-            return
-        if table is not None and table.make_info is not None:
-            make = table.make_info
-            for i, (path, info) in enumerate(zip(self._paths, infos)):
-                if info is None:
-                    infos[i] = make(i, path)
-            return
-        recs = self._recs
-        record = self._record_at
-        kinds = self._kinds
-        fallback = self.path
-        # id(the record's storage or persistent id) -> (file, record, offset, storage bytes, key, device, the object
-        # itself: kept so that its id stays its own), or None for a tensor without storage
-        where: dict[int, tuple | None] = {}
-        for i, (path, info) in enumerate(zip(self._paths, infos)):
-            if info is not None:
-                continue
-            rec = recs[i] if recs is not None else record(i)
-            raw = rec._storage
-            w = where.get(id(raw), False)
-            if w is False:
-                ref = rec.storage  # a persistent id is resolved the first time (see TensorRecord.storage)
-                if isinstance(ref, StorageRef):
-                    describe = getattr(ref.source, "describe", None)
-                    file, name, offset = describe(ref) if describe is not None else (fallback, f"data/{ref.key}", None)
-                    w = (file, name, offset, ref.nbytes, ref.key, ref.device, raw)
-                else:
-                    w = None
-                where[id(raw)] = w
-            if w is not None:
-                loc = Location(w[0], w[1], w[2], w[3], rec.storage_offset, rec.stride, w[4])
-                device = w[5]
-            else:
-                loc, device = None, "meta"
-            kind = kinds.get(i) or ("parameter" if rec.is_parameter else "tensor")
-            nbytes = rec.numel * ITEMSIZE.get(rec.dtype, 1) if type(rec).nbytes is _RECORD_NBYTES else rec.nbytes
-            infos[i] = TensorInfo(path, rec.shape, rec.dtype or "unknown", nbytes, loc, device, kind,
-                                  rec.requires_grad)
+    def _infos(self, start: int, stop: int) -> list[TensorInfo]:
+        """The :class:`TensorInfo` of entries ``start..stop``, made column-wise (see :mod:`explorer.core.entries`)."""
+        paths = self._paths[start:stop]
+        if self._table is not None:
+            return self._table.infos(paths, start, stop)
+        return record_infos(paths, self._recs[start:stop], start, self._kinds, self.path)  # type: ignore[index]
 
     def entry_columns(self, chunk: int = 65536) -> Iterator[tuple]:
         """What a listing shows of every entry, in file order, column-wise and without :class:`TensorInfo` objects:
@@ -373,7 +227,7 @@ class Checkpoint:
         ``prefix + (key,)``; with ``prefix`` None, ``keys`` holds whole paths. The values are those of ``entries``
         (a storage that cannot be resolved raises as there)."""
         paths = self._paths
-        if not isinstance(paths, _SegmentPaths):  # the file is one tensor
+        if not isinstance(paths, SegmentPaths):  # the file is one tensor
             for start in range(0, len(paths), chunk):
                 infos = self.entries[start:start + chunk]
                 yield (None, [i.path for i in infos], [i.shape for i in infos], [i.dtype for i in infos],
@@ -391,32 +245,9 @@ class Checkpoint:
                     yield (prefix, keys, *table_columns(start, start + n))
                     start += n
                     continue
-                recs = self._recs[start:start + n] if self._recs is not None else \
-                    [self._record_at(i) for i in range(start, start + n)]
-                shapes = list(map(_SHAPE_OF, recs))
-                raw_dtypes = list(map(_DTYPE_OF, recs))
-                dtypes = [d or "unknown" for d in raw_dtypes]
-                if all(t.nbytes is _RECORD_NBYTES for t in set(map(type, recs))):  # rec.nbytes, without the calls
-                    nbytes = list(map(mul, map(_NUMEL_OF, recs), map(ITEMSIZE.get, raw_dtypes, repeat(1))))
-                else:
-                    nbytes = list(map(_NBYTES_OF, recs))
-                params = list(map(_IS_PARAMETER_OF, recs))
-                if kinds or any(params):
-                    kind_col = [kinds.get(i) or ("parameter" if p else "tensor")
-                                for i, p in zip(range(start, start + n), params)]
-                else:
-                    kind_col = ["tensor"] * n
-                # each distinct storage (or persistent id not yet resolved) once, through one of its records
-                storages = list(map(_RAW_STORAGE_OF, recs))
-                ids = list(map(id, storages))
-                resolved = dict(zip(ids, recs))
-                for key, rec in resolved.items():
-                    resolved[key] = rec.storage
-                storages = list(map(resolved.__getitem__, ids))
-                if all(t is StorageRef for t in set(map(type, storages))):
-                    devices = list(map(_DEVICE_OF, storages))
-                else:
-                    devices = [st.device if isinstance(st, StorageRef) else "meta" for st in storages]
+                recs = self._recs[start:start + n]  # type: ignore[index]
+                shapes, dtypes, nbytes, kind_col, storages = record_columns(recs, start, kinds)
+                devices = devices_of(storages)
                 yield prefix, keys, shapes, dtypes, nbytes, kind_col, devices
                 start += n
 
@@ -449,7 +280,7 @@ class Checkpoint:
                 self._index = dict(zip(self._table.keys, range(len(self._table.keys))))
             return self._index.get(path[0]) if len(path) == 1 else None
         paths = self._paths
-        if not isinstance(paths, _SegmentPaths):
+        if not isinstance(paths, SegmentPaths):
             if self._index is None:
                 self._index = {p: i for i, p in enumerate(paths)}
             return self._index.get(path)
@@ -485,10 +316,7 @@ class Checkpoint:
         idx = self._by_parent.get(path, ())
         with gc_paused():
             if type(idx) is range and idx.step == 1:  # a state dict listed in bulk: its entries are contiguous
-                if len(idx) * 4 >= len(entries):
-                    infos = entries._fill()[idx.start:idx.stop]
-                else:
-                    infos = [entries[i] for i in idx]
+                infos = entries.span(idx.start, idx.stop)
             else:
                 infos = [entries[i] for i in idx]
             # key -> info, in file order (a later entry with the same key replaces the earlier one, in its place)
@@ -500,8 +328,8 @@ class Checkpoint:
         :class:`TensorInfo` per tensor."""
         path = self.resolve_entry(entry)
         idx = self._by_parent.get(path, ())
-        if type(idx) is range and idx.step == 1 and len(idx) and isinstance(self._paths, _SegmentPaths) \
-                and not self.entries._complete:
+        if type(idx) is range and idx.step == 1 and len(idx) and isinstance(self._paths, SegmentPaths) \
+                and not self.entries.complete:
             cols: tuple[list, ...] = ([], [], [], [], [], [])
             at = 0
             for prefix, *chunk in self.entry_columns():
@@ -601,63 +429,6 @@ class Checkpoint:
 
     def __repr__(self):
         return f"Checkpoint({self.path!r}, {self.format}, {len(self.entries)} tensors)"
-
-
-class _SegmentPaths(Sequence):
-    """Entry paths in file order, kept as segments ``(prefix, [key, ...])``: a path ``prefix + (key,)`` is made when
-    asked for (no 10**6 tuples up front); the tensors of one mapping are one segment."""
-
-    __slots__ = ("starts", "prefixes", "keys", "_n")
-
-    def __init__(self):
-        self.starts: list[int] = []
-        self.prefixes: list[EntryPath] = []
-        self.keys: list[list[str]] = []
-        self._n = 0
-
-    @classmethod
-    def flat(cls, keys: list[str]) -> "_SegmentPaths":
-        out = cls()
-        out.extend((), keys)
-        return out
-
-    def add(self, prefix: EntryPath, key: str) -> None:
-        """One more path, ``prefix + (key,)``; ``prefix`` is the same object for the keys of one container."""
-        if self.prefixes and self.prefixes[-1] is prefix:
-            self.keys[-1].append(key)
-        else:
-            self.starts.append(self._n)
-            self.prefixes.append(prefix)
-            self.keys.append([key])
-        self._n += 1
-
-    def extend(self, prefix: EntryPath, keys: list[str]) -> None:
-        """A segment of its own (``keys`` is kept, not copied)."""
-        if keys:
-            self.starts.append(self._n)
-            self.prefixes.append(prefix)
-            self.keys.append(keys)
-            self._n += len(keys)
-
-    def segments(self) -> Iterator[tuple[EntryPath, list[str]]]:
-        return zip(self.prefixes, self.keys)
-
-    def __len__(self):
-        return self._n
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError("path index out of range")
-        j = bisect_right(self.starts, i) - 1
-        return self.prefixes[j] + (self.keys[j][i - self.starts[j]],)
-
-    def __iter__(self):  # C iterators, one per segment: no Python frame per path
-        return chain.from_iterable(map(prefix.__add__, zip(keys)) if prefix else zip(keys)
-                                   for prefix, keys in zip(self.prefixes, self.keys))
 
 
 class _KeysOnly:

@@ -15,8 +15,9 @@ import numpy as np
 
 from ...errors import CorruptFileError, shorten
 from ..bytesource import ByteSource
-from ..checkpoint import Checkpoint, FlatTable
-from ..records import TENSOR, Location, TensorInfo, contiguous_strides
+from ..checkpoint import Checkpoint
+from ..entries import FlatTable
+from ..records import TENSOR, Location, contiguous_strides
 from ..chunks import gc_paused
 from ..safe_pickle import ITEMSIZE, StorageRef, TensorRecord, printable_key, unprintable
 from . import Reader, open_regular, read_head, register
@@ -304,25 +305,12 @@ def open_safetensors(path: str) -> Checkpoint:
         ref = StorageRef(f"#{i}", dtype, "cpu", math.prod(shape), source=source)
         return TensorRecord(ref, 0, shape, stride, dtype)
 
-    def make_info(i: int, entry_path) -> TensorInfo:  # make_record(i)'s TensorInfo, without the record
-        shape = shapes[i]
-        stride = strides.get(shape)
-        if stride is None:
-            stride = strides[shape] = contiguous_strides(shape)
-        dtype = DTYPES[codes[i]]
-        nbytes = math.prod(shape) * _ITEMSIZE_OF[dtype]
-        loc = Location(path, None, data_start + int(begins[i]), nbytes, 0, stride, f"#{i}")
-        return TensorInfo(entry_path, shape, dtype, nbytes, loc, "cpu", TENSOR, False)
-
-    def make_infos(paths: list) -> list[TensorInfo]:  # make_info(i, paths[i]) of every entry, column-wise
-        dtypes = list(map(DTYPES.__getitem__, codes))
-        nbytes = list(map(mul, map(math.prod, shapes), map(_ITEMSIZE_OF.__getitem__, dtypes)))
-        for shape in set(shapes).difference(strides):
+    def locations(start: int, stop: int, nbytes: list) -> list[Location]:  # entries start..stop's, column-wise
+        part = shapes[start:stop]
+        for shape in set(part).difference(strides):
             strides[shape] = contiguous_strides(shape)
-        locs = list(map(Location, repeat(path), repeat(None), (begins + data_start).tolist(), nbytes, repeat(0),
-                        map(strides.__getitem__, shapes), map("#{}".format, range(len(shapes)))))
-        return list(map(TensorInfo, paths, shapes, dtypes, nbytes, locs, repeat("cpu"), repeat(TENSOR),
-                        repeat(False)))
+        return list(map(Location, repeat(path), repeat(None), (begins[start:stop] + data_start).tolist(), nbytes,
+                        repeat(0), map(strides.__getitem__, part), map("#{}".format, range(start, stop))))
 
     def columns(start: int, stop: int):  # what a listing shows of entries start..stop, column-wise
         part = shapes[start:stop]
@@ -332,7 +320,7 @@ def open_safetensors(path: str) -> Checkpoint:
 
     metadata = meta if isinstance(meta, dict) else {}
     return Checkpoint(path, "safetensors", None, [], metadata,
-                      table=FlatTable(keys, make_record, make_info, columns, make_infos))
+                      table=FlatTable(keys, make_record, columns, locations))
 
 
 register(Reader("safetensors", identify, open_safetensors, priority=60))
