@@ -99,17 +99,19 @@ def devices_of(storages: list) -> list[str]:
 
 def record_locations(recs: list, storages: list, fallback_file: str) -> list[Location | None]:
     """Where each record's bytes are (None for a tensor without data); each storage described once."""
-    places: dict[int, tuple | None] = {}
-    for st in storages:
-        if id(st) in places:
-            continue
+    ids = list(map(id, storages))
+    places: dict[int, tuple | None] = dict(zip(ids, storages))
+    describers: dict[int, Callable | None] = {}
+    for key, st in places.items():
         if isinstance(st, StorageRef):
-            describe = getattr(st.source, "describe", None)
+            describe = describers.get(id(st.source), False)
+            if describe is False:
+                describe = describers[id(st.source)] = getattr(st.source, "describe", None)
             file, name, offset = describe(st) if describe is not None else (fallback_file, f"data/{st.key}", None)
-            places[id(st)] = (file, name, offset, st.nbytes, st.key)
+            places[key] = (file, name, offset, st.nbytes, st.key)
         else:
-            places[id(st)] = None
-    where = list(map(places.__getitem__, map(id, storages)))
+            places[key] = None
+    where = list(map(places.__getitem__, ids))
     if None in where:
         return [None if w is None else Location(w[0], w[1], w[2], w[3], r.storage_offset, r.stride, w[4])
                 for w, r in zip(where, recs)]

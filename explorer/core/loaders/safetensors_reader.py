@@ -26,10 +26,9 @@ DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat1
           "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32", "U64": "uint64",
           "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
           "C128": "complex128", "F8_E8M0": "float8_e8m0fnu"}
-ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
-             "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8, "C128": 16, "F8_E8M0": 1}
+ITEMSIZES = {code: ITEMSIZE[name] for code, name in DTYPES.items()}
 DTYPE_SET = set(DTYPES)
-_ITEMSIZE_OF = {name: ITEMSIZE.get(name, 1) for name in DTYPES.values()}  # what a record's nbytes multiplies by
+_ITEMSIZE_OF = {name: ITEMSIZE[name] for name in DTYPES.values()}
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
 
@@ -158,14 +157,22 @@ def _parse_compact(text: str, data_len: int):
         return None
     del parts
     numels = np.fromiter(map(numel_of.__getitem__, shape_texts), dtype=np.int64, count=n)
-    sizes = np.fromiter(map(ITEMSIZES.__getitem__, codes), dtype=np.int64, count=n)
-    if (ends > data_len).any() or not np.array_equal(ends - begins, numels * sizes):
+    if not _spans_fit(begins, ends, numels, codes, data_len):
         return None
+    return meta, keys, codes, list(map(shape_of.__getitem__, shape_texts)), begins
+
+
+def _spans_fit(begins, ends, numels, codes: list, data_len: int) -> bool:
+    """Does every tensor's byte span (int64 arrays) hold its elements exactly, end inside the data section, and
+    overlap no other? (The check both parses make; the careful one names the first bad entry.)"""
+    sizes = np.fromiter(map(ITEMSIZES.__getitem__, codes), dtype=np.int64, count=len(codes))
+    if (ends > data_len).any() or not np.array_equal(ends - begins, numels * sizes):
+        return False
     if not (begins[1:] >= ends[:-1]).all():  # not in file order: sort, then look for overlaps
         order = np.argsort(begins, kind="stable")
         if (ends[order[:-1]] > begins[order[1:]]).any():
-            return None
-    return meta, keys, codes, list(map(shape_of.__getitem__, shape_texts)), begins
+            return False
+    return True
 
 
 def _no_duplicates(pairs):
@@ -235,14 +242,8 @@ def _validate_fast(specs: list, data_len: int):
         prods = list(map(math.prod, shapes))
         if prods and max(prods) >= 1 << 56:  # the int64 arithmetic below could wrap: the careful check decides
             return None
-        numels = np.array(prods, dtype=np.int64)
-        sizes = np.fromiter(map(ITEMSIZES.__getitem__, codes), dtype=np.int64, count=len(codes))
-        if (begins < 0).any() or (ends > data_len).any() or not np.array_equal(ends - begins, numels * sizes):
+        if (begins < 0).any() or not _spans_fit(begins, ends, np.array(prods, dtype=np.int64), codes, data_len):
             return None
-        if not (begins[1:] >= ends[:-1]).all():  # not in file order: sort, then look for overlaps
-            order = np.argsort(begins, kind="stable")
-            if (ends[order[:-1]] > begins[order[1:]]).any():
-                return None
         # shapes as one flat list of sizes plus where each starts: no per-tensor container outlives the parse
         # (the cyclic GC would otherwise walk 50,000 small lists as soon as it runs again)
         starts = np.zeros(len(shapes) + 1, dtype=np.int64)
