@@ -1,10 +1,10 @@
 """A checkpoint as the explorer sees it: the loaded object (tensors as records, foreign objects inert), every tensor's
-path, the candidate state dicts ranked best first, and on-demand access to values.
+path, the candidate state dicts ranked best first, lookups by path, listing columns and on-demand access to values.
 
 Listing is built for files with tens of thousands of tensors: one pass collects every tensor's path and record
 (``_walk``); the :class:`~explorer.core.records.TensorInfo` of an entry is made the first time someone looks at it
-(``entries`` is a lazy, cached sequence); flat formats (safetensors) hand over a table and their records are made on
-demand too.
+(``entries`` is a lazy, cached sequence, see :mod:`explorer.core.entries`); flat formats (safetensors) hand over a
+table and their records are made on demand too. Turning records into tensors is :mod:`explorer.core.materialize`'s.
 """
 from __future__ import annotations
 
@@ -96,7 +96,8 @@ class Checkpoint:
                 self._paths = SegmentPaths.flat(table.keys)
                 self._recs: list[TensorRecord] | None = None
                 self._by_parent: dict[EntryPath, range | list[int]] = {(): range(len(table.keys))}
-                self.state_dicts = self._rank([((), _KeysOnly(table.keys), len(table.keys), table.keys)]) if table.keys else []
+                self.state_dicts = self._rank([((), _KeysOnly(table.keys), len(table.keys), table.keys)]) \
+                    if table.keys else []
             else:
                 try:
                     self._root = normalize(root)
@@ -116,7 +117,6 @@ class Checkpoint:
                 # a dict, as safetensors.torch.load_file gives (an OrderedDict of 10**6 items costs twice as much)
                 self._root = dict(zip(table.keys, map(table.record, range(len(table.keys)))))
         return self._root
-
 
     def _walk(self) -> None:
         paths = SegmentPaths()
@@ -425,7 +425,7 @@ class Checkpoint:
         return self._unshared
 
     def close(self) -> None:
-        """Nothing stays open between reads; kept for symmetry with other sides."""
+        """Nothing to release: no file stays open between reads (the Side protocol asks every side for close)."""
 
     def __repr__(self):
         return f"Checkpoint({self.path!r}, {self.format}, {len(self.entries)} tensors)"

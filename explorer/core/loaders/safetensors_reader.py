@@ -1,5 +1,11 @@
 """``.safetensors``: an 8-byte little-endian header length, a JSON header, then the bytes. We validate the header the way
-the safetensors library does (length within the file, offsets in order and in range, known dtypes)."""
+the safetensors library does (length within the file, offsets in order and in range, known dtypes).
+
+The header is read here, not by the ``safetensors`` package: errors must name the bad entry in one line, a header
+built to exhaust memory is refused before it is parsed, and 10**6 tensors are listed as columns without a Python
+object per tensor. A header written the usual way is cut by one regex (:func:`_parse_compact`), anything else by the
+JSON parser (:func:`_validate_fast`); both end in the same span check (:func:`_spans_fit`), and when a check fails
+:func:`_validate_slowly` names the first bad entry."""
 from __future__ import annotations
 
 import json
@@ -87,12 +93,6 @@ def _decode(path: str, raw: bytes, fast: bool) -> dict:
         # a key given twice (json keeps the last) or a malformed entry: the careful parse names it
         return _decode(path, raw, False)
     return header
-
-
-def read_header(path: str, *, fast: bool = False) -> tuple[dict, int]:
-    """The parsed JSON header and where the data begins. ``fast`` skips the duplicate-key hook: the caller checks."""
-    raw, data_start = _read_raw(path)
-    return _decode(path, raw, fast), data_start
 
 
 _NUM = r"(?:0|[1-9][0-9]*)"  # a JSON integer that is not negative
