@@ -133,7 +133,7 @@ def test_streamed_json_is_json_dumps(tmp_path, many):
 def test_bulk_entries_equal_per_entry(tmp_path, many):
     for path in _sample_files(tmp_path) + list(many(2_000).values()):
         one_by_one = open_checkpoint(path)
-        each = [one_by_one.entries[i] for i in range(len(one_by_one.entries))]  # _make_info, one at a time
+        each = [one_by_one.entries[i] for i in range(len(one_by_one.entries))]  # one at a time
         bulk = open_checkpoint(path)
         assert list(bulk.entries) == each, path
         for ref in bulk.state_dicts:
