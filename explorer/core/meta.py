@@ -20,6 +20,14 @@ def meta_strided(shape, stride, dtype):
     return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
 
 
+def meta_of(shape, stride, dtype: torch.dtype) -> torch.Tensor:
+    """A meta tensor of ``shape`` and ``dtype``, with ``stride`` when it is one non-negative int per dimension (else
+    contiguous). Raises what torch raises for an impossible layout."""
+    if len(stride) == len(shape) and all(type(s) is int and s >= 0 for s in stride):
+        return torch.empty_strided(shape, stride, dtype=dtype, device="meta")
+    return torch.empty(shape, dtype=dtype, device="meta")
+
+
 def meta_bulk(shapes: list, strides: list | None, dtypes: list) -> list | None:
     """Meta tensors of these shapes, strides (None: contiguous) and dtype names, one C call each; None when a dtype
     is unknown, a layout is unusual or torch refuses one (the caller then goes the careful way, with its error)."""

@@ -11,7 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import _OPTIMIZER_KEYS, MAX_DEPTH, RecoveredModule, _all_records, _items, children
+from .checkpoint import OPTIMIZER_KEYS as _OPTIMIZER_KEYS
+from .loaded import MAX_DEPTH, RecoveredModule, children
+from .loaded import all_records as _all_records, items_of as _items
 from .records import EntryPath
 from .safe_pickle.inert import Inert
 from .safe_pickle.records import TensorRecord

@@ -99,16 +99,6 @@ def test_model_side_kinds():
     assert ["tied_a.weight", "tied_b.weight"] in side.tied_groups()
 
 
-def test_tree_numeric_order():
-    from explorer.core import build_tree
-    keys = [f"layers.{i}.w" for i in (0, 1, 10, 2)] + ["head.w"]
-    tree = build_tree(keys)
-    layers = tree.by_path["layers"]
-    assert [c.name for c in layers.children] == ["0", "1", "2", "10"]
-    assert [c.row for c in layers.children] == [0, 1, 2, 3]
-    assert tree.by_key["layers.10.w"].parent.parent is layers
-
-
 def test_import_contract_keeps_qt_out_of_the_core():
     """import-linter's forbidden contract (pyproject.toml): core, errors, cli and commands never import Qt."""
     lint = Path(sys.executable).with_name("lint-imports")

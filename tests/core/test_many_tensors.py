@@ -85,14 +85,14 @@ def test_entries_python_work_per_tensor(many, ext):
 
 
 def test_hundred_thousand_tensors_in_seconds(many, capsys):
-    """A coarse wall-clock guard on top of the call counts: 10**5 tensors, both formats, well inside the bound
-    (about 0.5 s each on a 2-core machine; ten times that only on a badly overloaded one)."""
+    """A coarse guard on top of the call counts: 10**5 tensors, both formats, in CPU time (the process's own, not
+    the wall clock other processes share) well inside the bound (about 0.5 s each on a 2-core machine)."""
     from explorer.cli import main
     files = many(100_000)
     for ext in ("pt", "safetensors"):
-        t = time.perf_counter()
+        t = time.process_time()
         assert main(["inspect", files[ext], "--json"]) == 0
-        elapsed = time.perf_counter() - t
+        elapsed = time.process_time() - t
         out = capsys.readouterr().out
         assert len(json.loads(out)["entries"]) == 100_000
         assert elapsed < 10, f"{ext}: {elapsed:.1f} s"
@@ -133,7 +133,7 @@ def test_streamed_json_is_json_dumps(tmp_path, many):
 def test_bulk_entries_equal_per_entry(tmp_path, many):
     for path in _sample_files(tmp_path) + list(many(2_000).values()):
         one_by_one = open_checkpoint(path)
-        each = [one_by_one.entries[i] for i in range(len(one_by_one.entries))]  # _make_info, one at a time
+        each = [one_by_one.entries[i] for i in range(len(one_by_one.entries))]  # one at a time
         bulk = open_checkpoint(path)
         assert list(bulk.entries) == each, path
         for ref in bulk.state_dicts:

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from explorer.core.checkpoint import RecoveredModule
+from explorer.core.loaded import RecoveredModule
 from explorer.core.loaders import open_checkpoint
 from explorer.errors import CorruptFileError, ExplorerError, UnsafePathError
 

@@ -5,6 +5,7 @@ Order of dispatch: readers by priority (highest first); the first whose ``identi
 """
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 import threading
@@ -93,11 +94,9 @@ def _ensure_builtin() -> None:
 
 
 def _import_builtin() -> None:
-    from . import torch_zip, legacy, safetensors_reader, sharded  # noqa: F401  (they register themselves)
-    try:
-        from . import dcp  # noqa: F401
-    except ImportError:  # pragma: no cover - optional reader
-        pass
+    """Import the built-in readers: each registers itself when imported."""
+    for name in ("torch_zip", "legacy", "safetensors_reader", "sharded", "dcp"):
+        importlib.import_module(f"{__name__}.{name}")
 
 
 def read_head(path: str, n: int = 16) -> bytes:

@@ -1,5 +1,11 @@
 """``.safetensors``: an 8-byte little-endian header length, a JSON header, then the bytes. We validate the header the way
-the safetensors library does (length within the file, offsets in order and in range, known dtypes)."""
+the safetensors library does (length within the file, offsets in order and in range, known dtypes).
+
+The header is read here, not by the ``safetensors`` package: errors must name the bad entry in one line, a header
+built to exhaust memory is refused before it is parsed, and 10**6 tensors are listed as columns without a Python
+object per tensor. A header written the usual way is cut by one regex (:func:`_parse_compact`), anything else by the
+JSON parser (:func:`_validate_fast`); both end in the same span check (:func:`_spans_fit`), and when a check fails
+:func:`_validate_slowly` names the first bad entry."""
 from __future__ import annotations
 
 import json
@@ -15,8 +21,9 @@ import numpy as np
 
 from ...errors import CorruptFileError, shorten
 from ..bytesource import ByteSource
-from ..checkpoint import Checkpoint, FlatTable
-from ..records import TENSOR, Location, TensorInfo, contiguous_strides
+from ..checkpoint import Checkpoint
+from ..entries import FlatTable
+from ..records import TENSOR, Location, contiguous_strides
 from ..chunks import gc_paused
 from ..safe_pickle.printable import printable_key, unprintable
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
@@ -26,10 +33,9 @@ DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat1
           "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32", "U64": "uint64",
           "BOOL": "bool", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "C64": "complex64",
           "C128": "complex128", "F8_E8M0": "float8_e8m0fnu"}
-ITEMSIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "U16": 2,
-             "U32": 4, "U64": 8, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8, "C128": 16, "F8_E8M0": 1}
+ITEMSIZES = {code: ITEMSIZE[name] for code, name in DTYPES.items()}
 DTYPE_SET = set(DTYPES)
-_ITEMSIZE_OF = {name: ITEMSIZE.get(name, 1) for name in DTYPES.values()}  # what a record's nbytes multiplies by
+_ITEMSIZE_OF = {name: ITEMSIZE[name] for name in DTYPES.values()}
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
 
@@ -88,12 +94,6 @@ def _decode(path: str, raw: bytes, fast: bool) -> dict:
         # a key given twice (json keeps the last) or a malformed entry: the careful parse names it
         return _decode(path, raw, False)
     return header
-
-
-def read_header(path: str, *, fast: bool = False) -> tuple[dict, int]:
-    """The parsed JSON header and where the data begins. ``fast`` skips the duplicate-key hook: the caller checks."""
-    raw, data_start = _read_raw(path)
-    return _decode(path, raw, fast), data_start
 
 
 _NUM = r"(?:0|[1-9][0-9]*)"  # a JSON integer that is not negative
@@ -158,14 +158,22 @@ def _parse_compact(text: str, data_len: int):
         return None
     del parts
     numels = np.fromiter(map(numel_of.__getitem__, shape_texts), dtype=np.int64, count=n)
-    sizes = np.fromiter(map(ITEMSIZES.__getitem__, codes), dtype=np.int64, count=n)
-    if (ends > data_len).any() or not np.array_equal(ends - begins, numels * sizes):
+    if not _spans_fit(begins, ends, numels, codes, data_len):
         return None
+    return meta, keys, codes, list(map(shape_of.__getitem__, shape_texts)), begins
+
+
+def _spans_fit(begins, ends, numels, codes: list, data_len: int) -> bool:
+    """Does every tensor's byte span (int64 arrays) hold its elements exactly, end inside the data section, and
+    overlap no other? (The check both parses make; the careful one names the first bad entry.)"""
+    sizes = np.fromiter(map(ITEMSIZES.__getitem__, codes), dtype=np.int64, count=len(codes))
+    if (ends > data_len).any() or not np.array_equal(ends - begins, numels * sizes):
+        return False
     if not (begins[1:] >= ends[:-1]).all():  # not in file order: sort, then look for overlaps
         order = np.argsort(begins, kind="stable")
         if (ends[order[:-1]] > begins[order[1:]]).any():
-            return None
-    return meta, keys, codes, list(map(shape_of.__getitem__, shape_texts)), begins
+            return False
+    return True
 
 
 def _no_duplicates(pairs):
@@ -235,14 +243,8 @@ def _validate_fast(specs: list, data_len: int):
         prods = list(map(math.prod, shapes))
         if prods and max(prods) >= 1 << 56:  # the int64 arithmetic below could wrap: the careful check decides
             return None
-        numels = np.array(prods, dtype=np.int64)
-        sizes = np.fromiter(map(ITEMSIZES.__getitem__, codes), dtype=np.int64, count=len(codes))
-        if (begins < 0).any() or (ends > data_len).any() or not np.array_equal(ends - begins, numels * sizes):
+        if (begins < 0).any() or not _spans_fit(begins, ends, np.array(prods, dtype=np.int64), codes, data_len):
             return None
-        if not (begins[1:] >= ends[:-1]).all():  # not in file order: sort, then look for overlaps
-            order = np.argsort(begins, kind="stable")
-            if (ends[order[:-1]] > begins[order[1:]]).any():
-                return None
         # shapes as one flat list of sizes plus where each starts: no per-tensor container outlives the parse
         # (the cyclic GC would otherwise walk 50,000 small lists as soon as it runs again)
         starts = np.zeros(len(shapes) + 1, dtype=np.int64)
@@ -305,25 +307,12 @@ def open_safetensors(path: str) -> Checkpoint:
         ref = StorageRef(f"#{i}", dtype, "cpu", math.prod(shape), source=source)
         return TensorRecord(ref, 0, shape, stride, dtype)
 
-    def make_info(i: int, entry_path) -> TensorInfo:  # make_record(i)'s TensorInfo, without the record
-        shape = shapes[i]
-        stride = strides.get(shape)
-        if stride is None:
-            stride = strides[shape] = contiguous_strides(shape)
-        dtype = DTYPES[codes[i]]
-        nbytes = math.prod(shape) * _ITEMSIZE_OF[dtype]
-        loc = Location(path, None, data_start + int(begins[i]), nbytes, 0, stride, f"#{i}")
-        return TensorInfo(entry_path, shape, dtype, nbytes, loc, "cpu", TENSOR, False)
-
-    def make_infos(paths: list) -> list[TensorInfo]:  # make_info(i, paths[i]) of every entry, column-wise
-        dtypes = list(map(DTYPES.__getitem__, codes))
-        nbytes = list(map(mul, map(math.prod, shapes), map(_ITEMSIZE_OF.__getitem__, dtypes)))
-        for shape in set(shapes).difference(strides):
+    def locations(start: int, stop: int, nbytes: list) -> list[Location]:  # entries start..stop's, column-wise
+        part = shapes[start:stop]
+        for shape in set(part).difference(strides):
             strides[shape] = contiguous_strides(shape)
-        locs = list(map(Location, repeat(path), repeat(None), (begins + data_start).tolist(), nbytes, repeat(0),
-                        map(strides.__getitem__, shapes), map("#{}".format, range(len(shapes)))))
-        return list(map(TensorInfo, paths, shapes, dtypes, nbytes, locs, repeat("cpu"), repeat(TENSOR),
-                        repeat(False)))
+        return list(map(Location, repeat(path), repeat(None), (begins[start:stop] + data_start).tolist(), nbytes,
+                        repeat(0), map(strides.__getitem__, part), map("#{}".format, range(start, stop))))
 
     def columns(start: int, stop: int):  # what a listing shows of entries start..stop, column-wise
         part = shapes[start:stop]
@@ -333,7 +322,7 @@ def open_safetensors(path: str) -> Checkpoint:
 
     metadata = meta if isinstance(meta, dict) else {}
     return Checkpoint(path, "safetensors", None, [], metadata,
-                      table=FlatTable(keys, make_record, make_info, columns, make_infos))
+                      table=FlatTable(keys, make_record, columns, locations))
 
 
 register(Reader("safetensors", identify, open_safetensors, priority=60))

@@ -1,4 +1,5 @@
-"""Regressions found while integrating: _metadata of pickled modules, metadata copies, concurrent first opens."""
+"""core/checkpoint.py and core/entries.py: _metadata of pickled modules, metadata copies, concurrent first opens,
+entries made one at a time, in runs and all at once alike."""
 import threading
 from collections import OrderedDict
 
@@ -58,3 +59,32 @@ def test_first_opens_from_two_threads(tmp_path):
     for _ in range(3):  # the race needs a fresh interpreter each time
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
+
+
+def test_segment_paths_span_is_the_slice():
+    from explorer.core.entries import SegmentPaths
+    paths = SegmentPaths()
+    paths.extend(("model",), ["a", "b", "c"])
+    paths.add(("opt", "0"), "x")
+    paths.add(("opt", "0"), "y")
+    paths.extend((), ["top"])
+    every = [("model", "a"), ("model", "b"), ("model", "c"), ("opt", "0", "x"), ("opt", "0", "y"), ("top",)]
+    assert list(paths) == every and len(paths) == 6
+    for start in range(7):
+        for stop in range(start, 8):
+            assert paths[start:stop] == every[start:stop], (start, stop)
+    assert paths[::2] == every[::2] and paths[-1] == ("top",)
+
+
+def test_entries_one_at_a_time_in_runs_and_all_at_once_agree(tmp_path):
+    torch.save({"model": OrderedDict([("w", nn.Parameter(torch.ones(2, 3))), ("b", torch.zeros(3))]),
+                "meta": torch.empty(4, device="meta"), "opt": {"state": {0: {"exp_avg": torch.zeros(2)}}}},
+               tmp_path / "mixed.pt")
+    want = list(open_checkpoint(tmp_path / "mixed.pt").entries)
+    ck = open_checkpoint(tmp_path / "mixed.pt")
+    first = ck.entries[1]
+    run = ck.entries.span(0, 3)
+    assert run[1] is first and run == want[:3] and not ck.entries.complete
+    assert list(ck.entries) == want and ck.entries.complete
+    assert [e.device for e in want] == ["cpu", "cpu", "meta", "cpu"]
+    assert want[0].kind == "parameter" and want[0].requires_grad and want[2].location is None

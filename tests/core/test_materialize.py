@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from explorer.core import checkpoint as checkpoint_mod
+from explorer.core import materialize as materialize_mod
 from explorer.core.loaders import open_checkpoint
 from tests.core import test_many_tensors as _many_tensors
 from tests.core.test_many_tensors import _python_calls
@@ -87,7 +87,7 @@ def test_bulk_equals_careful_path(tmp_path, monkeypatch, ext):
         save_file({"a": torch.zeros(2, 3), "z": torch.zeros(7, dtype=torch.int32)}, str(path))
         entry = None
     bulk = open_checkpoint(str(path)).load_object(entry, device="meta")
-    monkeypatch.setattr(checkpoint_mod, "meta_bulk", lambda *a: None)   # every mapping the careful way
+    monkeypatch.setattr(materialize_mod, "meta_bulk", lambda *a: None)   # every mapping the careful way
     careful = open_checkpoint(str(path)).load_object(entry, device="meta")
     assert _describe(bulk) == _describe(careful)
     assert type(bulk) is type(careful)

@@ -1,0 +1,260 @@
+"""A checkpoint's entries (every tensor, in file order) as a listing sees them: paths kept as segments, a flat
+format's table, the columns of records, and the lazy list of :class:`~explorer.core.records.TensorInfo`.
+
+Everything here is column-wise (one C-level ``map`` per column, no Python code per entry): a file can hold 10**6
+tensors. :func:`infos` is the one way a ``TensorInfo`` is made.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from itertools import chain, repeat
+from operator import attrgetter, is_, itemgetter, mul
+from typing import Callable, Iterator
+
+from .chunks import gc_paused
+from .records import EntryPath, Location, TensorInfo
+from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
+
+_SHAPE_OF = attrgetter("shape")
+_DTYPE_OF = attrgetter("dtype")
+_STRIDE_OF = attrgetter("stride")
+_NBYTES_OF = attrgetter("nbytes")
+_NUMEL_OF = attrgetter("numel")
+_IS_PARAMETER_OF = attrgetter("is_parameter")
+_REQUIRES_GRAD_OF = attrgetter("requires_grad")
+_STORAGE_OFFSET_OF = attrgetter("storage_offset")
+_RAW_STORAGE_OF = attrgetter("_storage")
+_DEVICE_OF = attrgetter("device")
+_RECORD_NBYTES = TensorRecord.nbytes
+_FIELDS = [itemgetter(i) for i in range(5)]
+
+
+def infos(paths, shapes, dtypes, nbytes, locations, devices, kinds, grads) -> list[TensorInfo]:
+    """:class:`TensorInfo` of entries given column-wise (``grads``: requires_grad, any iterable)."""
+    return list(map(TensorInfo, paths, shapes, dtypes, nbytes, locations, devices, kinds, grads))
+
+
+class FlatTable:
+    """A flat state dict described by a table instead of records (safetensors): the reader has parsed and checked
+    every key, shape, dtype and byte range; records are made on demand by ``make_record(i)``.
+
+    ``columns(start, stop)``: entries start..stop as ``(shapes, dtypes, nbytes, kinds, devices)`` lists;
+    ``locations(start, stop, nbytes)``: their :class:`Location` (``nbytes``: their column from ``columns``)."""
+
+    __slots__ = ("keys", "make_record", "records", "columns", "locations")
+
+    def __init__(self, keys: list[str], make_record: Callable[[int], TensorRecord],
+                 columns: Callable[[int, int], tuple[list, list, list, list, list]],
+                 locations: Callable[[int, int, list], list[Location]]):
+        self.keys = keys
+        self.make_record = make_record
+        self.records: list[TensorRecord | None] = [None] * len(keys)
+        self.columns = columns
+        self.locations = locations
+
+    def record(self, i: int) -> TensorRecord:
+        rec = self.records[i]
+        if rec is None:
+            rec = self.records[i] = self.make_record(i)
+        return rec
+
+    def infos(self, paths: list, start: int, stop: int) -> list[TensorInfo]:
+        shapes, dtypes, nbytes, kinds, devices = self.columns(start, stop)
+        return infos(paths, shapes, dtypes, nbytes, self.locations(start, stop, nbytes), devices, kinds,
+                     repeat(False))
+
+
+def record_columns(recs: list, start: int, kinds: dict) -> tuple[list, list, list, list, list]:
+    """``(shapes, dtypes, nbytes, kinds, storages)`` of records (entries ``start``..): ``kinds`` maps an entry's index
+    to its kind when the walk knew it; each distinct storage is resolved once (a ``StorageRef``, or something else
+    for a tensor without data)."""
+    shapes = list(map(_SHAPE_OF, recs))
+    raw_dtypes = list(map(_DTYPE_OF, recs))
+    dtypes = [d or "unknown" for d in raw_dtypes]
+    if all(t.nbytes is _RECORD_NBYTES for t in set(map(type, recs))):  # rec.nbytes, without the calls
+        nbytes = list(map(mul, map(_NUMEL_OF, recs), map(ITEMSIZE.get, raw_dtypes, repeat(1))))
+    else:
+        nbytes = list(map(_NBYTES_OF, recs))
+    params = list(map(_IS_PARAMETER_OF, recs))
+    if kinds or any(params):
+        kind_col = [kinds.get(i) or ("parameter" if p else "tensor") for i, p in zip(range(start, start + len(recs)),
+                                                                                   params)]
+    else:
+        kind_col = ["tensor"] * len(recs)
+    # each distinct storage (or persistent id not yet resolved) once, through one of its records
+    ids = list(map(id, map(_RAW_STORAGE_OF, recs)))
+    resolved = dict(zip(ids, recs))
+    for key, rec in resolved.items():
+        resolved[key] = rec.storage
+    return shapes, dtypes, nbytes, kind_col, list(map(resolved.__getitem__, ids))
+
+
+def devices_of(storages: list) -> list[str]:
+    """The device each storage was saved from ("meta": no data)."""
+    if all(t is StorageRef for t in set(map(type, storages))):
+        return list(map(_DEVICE_OF, storages))
+    return [st.device if isinstance(st, StorageRef) else "meta" for st in storages]
+
+
+def record_locations(recs: list, storages: list, fallback_file: str) -> list[Location | None]:
+    """Where each record's bytes are (None for a tensor without data); each storage described once."""
+    ids = list(map(id, storages))
+    places: dict[int, tuple | None] = dict(zip(ids, storages))
+    describers: dict[int, Callable | None] = {}
+    for key, st in places.items():
+        if isinstance(st, StorageRef):
+            describe = describers.get(id(st.source), False)
+            if describe is False:
+                describe = describers[id(st.source)] = getattr(st.source, "describe", None)
+            file, name, offset = describe(st) if describe is not None else (fallback_file, f"data/{st.key}", None)
+            places[key] = (file, name, offset, st.nbytes, st.key)
+        else:
+            places[key] = None
+    where = list(map(places.__getitem__, ids))
+    if None in where:
+        return [None if w is None else Location(w[0], w[1], w[2], w[3], r.storage_offset, r.stride, w[4])
+                for w, r in zip(where, recs)]
+    file, name, offset, nbytes, key = (list(map(f, where)) for f in _FIELDS)
+    return list(map(Location, file, name, offset, nbytes, map(_STORAGE_OFFSET_OF, recs), map(_STRIDE_OF, recs), key))
+
+
+def record_infos(paths: list, recs: list, start: int, kinds: dict, fallback_file: str) -> list[TensorInfo]:
+    """The :class:`TensorInfo` of records (entries ``start``..) at ``paths``."""
+    shapes, dtypes, nbytes, kind_col, storages = record_columns(recs, start, kinds)
+    return infos(paths, shapes, dtypes, nbytes, record_locations(recs, storages, fallback_file),
+                 devices_of(storages), kind_col, map(_REQUIRES_GRAD_OF, recs))
+
+
+class EntryList(Sequence):
+    """Every tensor of a checkpoint in file order, as :class:`TensorInfo`; each made the first time it is looked at
+    (a run of them in one column-wise call). ``make(start, stop)`` makes entries start..stop."""
+
+    __slots__ = ("_make", "_infos", "_complete", "_label")
+
+    def __init__(self, n: int, make: Callable[[int, int], list[TensorInfo]], label: str):
+        self._make = make
+        self._label = label
+        self._infos: list[TensorInfo | None] = [None] * n
+        self._complete = not self._infos
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    @property
+    def complete(self) -> bool:
+        """Has every entry been made?"""
+        return self._complete
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self._infos)))]
+        info = self._infos[i]
+        if info is None:
+            if i < 0:
+                i += len(self._infos)
+            info = self._infos[i] = self._make(i, i + 1)[0]
+        return info
+
+    def span(self, start: int, stop: int) -> list[TensorInfo]:
+        """Entries ``start..stop`` (a copy of that part of the list), the missing ones made in one call."""
+        part = self._infos[start:stop]
+        if self._complete:
+            return part  # type: ignore[return-value]
+        missing = list(map(is_, part, repeat(None)))   # by identity: a TensorInfo's __eq__ is Python code
+        if any(missing):
+            with gc_paused():
+                made = self._make(start, stop)
+                part = made if all(missing) else [new if m else old for old, new, m in zip(part, made, missing)]
+                self._infos[start:stop] = part
+            self._complete = self._complete or (start <= 0 and stop >= len(self._infos))
+        return part  # type: ignore[return-value]
+
+    def __iter__(self):
+        if not self._complete:
+            self.span(0, len(self._infos))
+            self._complete = True
+        return iter(self._infos)
+
+    def __eq__(self, other):
+        if isinstance(other, (EntryList, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self):
+        return f"<{len(self)} entries of {self._label}>"
+
+
+class SegmentPaths(Sequence):
+    """Entry paths in file order, kept as segments ``(prefix, [key, ...])``: a path ``prefix + (key,)`` is made when
+    asked for (no 10**6 tuples up front); the tensors of one mapping are one segment."""
+
+    __slots__ = ("starts", "prefixes", "keys", "_n")
+
+    def __init__(self):
+        self.starts: list[int] = []
+        self.prefixes: list[EntryPath] = []
+        self.keys: list[list[str]] = []
+        self._n = 0
+
+    @classmethod
+    def flat(cls, keys: list[str]) -> "SegmentPaths":
+        out = cls()
+        out.extend((), keys)
+        return out
+
+    def add(self, prefix: EntryPath, key: str) -> None:
+        """One more path, ``prefix + (key,)``; ``prefix`` is the same object for the keys of one container."""
+        if self.prefixes and self.prefixes[-1] is prefix:
+            self.keys[-1].append(key)
+        else:
+            self.starts.append(self._n)
+            self.prefixes.append(prefix)
+            self.keys.append([key])
+        self._n += 1
+
+    def extend(self, prefix: EntryPath, keys: list[str]) -> None:
+        """A segment of its own (``keys`` is kept, not copied)."""
+        if keys:
+            self.starts.append(self._n)
+            self.prefixes.append(prefix)
+            self.keys.append(keys)
+            self._n += len(keys)
+
+    def segments(self) -> Iterator[tuple[EntryPath, list[str]]]:
+        return zip(self.prefixes, self.keys)
+
+    def __len__(self):
+        return self._n
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(self._n)
+            return self.span(start, stop) if step == 1 else [self[j] for j in range(start, stop, step)]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("path index out of range")
+        j = bisect_right(self.starts, i) - 1
+        return self.prefixes[j] + (self.keys[j][i - self.starts[j]],)
+
+    def span(self, start: int, stop: int) -> list[EntryPath]:
+        """Paths ``start..stop``, made segment by segment."""
+        if start <= 0 and stop >= self._n:
+            return list(self)
+        out: list[EntryPath] = []
+        j = max(bisect_right(self.starts, start) - 1, 0)
+        while start < stop and j < len(self.starts):
+            at = self.starts[j]
+            part = self.keys[j][start - at:stop - at]
+            prefix = self.prefixes[j]
+            out.extend(map(prefix.__add__, zip(part)) if prefix else zip(part))
+            start = at + len(self.keys[j])
+            j += 1
+        return out
+
+    def __iter__(self):  # C iterators, one per segment: no Python frame per path
+        return chain.from_iterable(map(prefix.__add__, zip(keys)) if prefix else zip(keys)
+                                   for prefix, keys in zip(self.prefixes, self.keys))
