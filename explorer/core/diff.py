@@ -43,8 +43,8 @@ import torch
 
 from ..errors import Cancelled, ExplorerError
 from .records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
-from .stats import CHUNK, PARALLEL_MIN, THREADS, ProgressFn, StopFn, _check_stop, _single_intraop, iter_chunks, \
-    paired_chunks, run_chunked
+from .chunks import CHUNK, PARALLEL_MIN, THREADS, ProgressFn, StopFn, check_stop, iter_chunks, paired_chunks, \
+    run_chunked, single_intraop
 
 STATUSES = (IDENTICAL, CHANGED, ONLY_A, ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS)
 NUMBERS = ("figures that are NaN or +-Inf are the strings \"nan\", \"inf\", \"-inf\"; null: not computed; "
@@ -464,7 +464,7 @@ def _figures(n: int, max_abs: float, sum_abs: float, dd: float, aa: float, bb: f
 def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, should_stop: StopFn | None = None,
                     progress: ProgressFn | None = None) -> dict:
     """Metrics of ``b - a`` for two tensors of the same shape (any dtypes): see the module docstring."""
-    with _single_intraop():
+    with single_intraop():
         return _compare_tensors(a, b, should_stop, progress)
 
 
@@ -492,7 +492,7 @@ def _compare_tensors(a, b, should_stop, progress) -> dict:
         acc = _Acc(size)
         done = 0
         for ca, cb in pairs_iter:
-            _check_stop(should_stop)
+            check_stop(should_stop)
             _metrics_chunk(acc, ca, cb, bits)
             done += ca.numel()
             if progress is not None:
@@ -544,7 +544,7 @@ def diff_sides(a, b, *, entry_a=None, entry_b=None, remap=None, progress: Progre
     ``should_stop()`` returning True raises :class:`explorer.errors.Cancelled`. Keys come in A's order, then the
     keys only B has, in B's order.
     """
-    with _single_intraop():  # small ops on ~1M-element chunks: torch's own threads only add barrier waits
+    with single_intraop():  # small ops on ~1M-element chunks: torch's own threads only add barrier waits
         return _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop)
 
 
@@ -587,7 +587,7 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
     common = list(compress(range(len(keys_a)), map(index_b.__contains__, keys_a)))
     tick(sum(nbytes_a) - sum(map(nbytes_a.__getitem__, common)))
     for i in common:
-        _check_stop(should_stop)
+        check_stop(should_stop)
         ka, shape_a, dtype_a, nb_a = keys_a[i], shapes_a[i], dtypes_a[i], nbytes_a[i]
         j = index_b[ka]
         kb, shape_b, dtype_b, nb_b = keys_b[j], shapes_b[j], dtypes_b[j], nbytes_b[j]
@@ -632,7 +632,7 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
                 setattr(kd, name, m[name])
         done[0] = base
         tick(nb_a + nb_b)
-    _check_stop(should_stop)
+    check_stop(should_stop)
     only_b = [j for j, ka in enumerate(mapped) if ka not in index_a]
     keys += [KeyDiff(mapped[j], ONLY_B, None, shapes_b[j], None, dtypes_b[j],
                      key_b=keys_b[j] if keys_b[j] != mapped[j] else None) for j in only_b]
