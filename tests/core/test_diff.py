@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from explorer.core import chunks as C
-from explorer.core.diff import IDENTICAL_MEANS, compare_tensors, diff_sides
+from explorer.core.diff import compare_tensors, diff_sides
+from explorer.core.diff_report import IDENTICAL_MEANS
 from explorer.core.model_source import ModelSide
 from explorer.core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
 from explorer.core.side import open_side
