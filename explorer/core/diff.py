@@ -83,12 +83,6 @@ def _count_nonfinite(w: torch.Tensor) -> tuple[int, int]:
     return int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
 
 
-def bytes_equal(a: torch.Tensor, b: torch.Tensor, *, threads: int = THREADS, should_stop: StopFn | None = None,
-                progress: ProgressFn | None = None) -> bool:
-    """Same bytes in logical order (a and b of the same shape and dtype)."""
-    return identical_scan(a, b, threads=threads, should_stop=should_stop, progress=progress)[0]
-
-
 def identical_scan(a: torch.Tensor, b: torch.Tensor, *, threads: int = THREADS, should_stop: StopFn | None = None,
                    progress: ProgressFn | None = None) -> tuple[bool, int, int]:
     """(same bytes in logical order, NaN count, +-Inf count) of a and b of the same shape and dtype; the counts

@@ -168,10 +168,6 @@ class ModuleDiff:
     max_rel_l2: float | None = None
     largest_key: str | None = None
 
-    @property
-    def all_identical(self) -> bool:
-        return self.counts[IDENTICAL] == self.tensors
-
 
 @dataclass
 class DiffReport:

@@ -25,10 +25,6 @@ class Histogram:
     integer: bool = False       # bins are integer-aligned (edges on half-integers)
     exact: bool = True          # False: interpolated from 65,536 value buckets (see TensorStats.notes)
 
-    @property
-    def centers(self) -> np.ndarray:
-        return (self.edges[:-1] + self.edges[1:]) / 2
-
     def to_json(self) -> dict:
         return {"edges": [float(e) for e in self.edges], "counts": [int(c) for c in self.counts],
                 "nan": self.nan, "posinf": self.posinf, "neginf": self.neginf, "below": self.below,
