@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from explorer.core.diff import diff_sides  # noqa: E402
 from explorer.core.records import CHANGED, IDENTICAL  # noqa: E402
 from explorer.core.side import open_side  # noqa: E402
-from explorer.core.stats import health_scan  # noqa: E402
+from explorer.core.health import health_scan  # noqa: E402
 
 
 def shapes_for(total_bytes: int) -> list[tuple[str, tuple[int, ...]]]:

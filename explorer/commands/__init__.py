@@ -10,3 +10,15 @@ def print_json(obj) -> None:
     which matters for 10**6 entries)."""
     sys.stdout.write(json.dumps(obj))
     sys.stdout.write("\n")
+
+
+def human_bytes(n: int | None) -> str:
+    """``1536`` -> ``"1.5 KiB"`` (binary units up to TiB); ``None`` -> ``""``."""
+    if n is None:
+        return ""
+    f = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if f < 1024 or unit == "TiB":
+            return f"{int(f)} B" if unit == "B" else f"{f:.1f} {unit}"
+        f /= 1024
+    return str(n)

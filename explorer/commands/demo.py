@@ -7,7 +7,8 @@ import subprocess
 import sys
 
 from . import print_json
-from ..core.bn_demo import SIDES, VARIANTS, BatchNormDemo, run_default_sequence
+from ..core.bn_demo import BatchNormDemo, run_default_sequence
+from ..core.bn_observe import SIDES, VARIANTS
 from ..errors import ExplorerError
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from . import print_json
-from ..core.diff import IDENTICAL_MEANS, NUMBERS, diff_sides
+from ..core.diff import diff_sides
+from ..core.diff_report import IDENTICAL_MEANS, NUMBERS
 from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
 from ..core.side import open_side
 

@@ -5,6 +5,7 @@ import json
 import sys
 from json.encoder import encode_basestring_ascii as _enc  # json.dumps' own string encoder (ensure_ascii)
 
+from . import human_bytes
 from ..core.records import SideSummary
 from ..core.side import open_side
 from ..core.tree import Tree
@@ -53,8 +54,8 @@ def _json_tail(side, extras: dict) -> dict:
 
 
 def inspect_json(side) -> dict:
-    """The ``--json`` object of issue 2: every tensor in file order; ``state_dicts`` best first (an optimizer's
-    per-parameter states are one entry of ``optimizer_states`` each); ``values``: what is not a tensor (issue 12)."""
+    """The ``--json`` object: every tensor in file order; ``state_dicts`` best first (an optimizer's per-parameter
+    states are one entry of ``optimizer_states`` each); ``values``: what is not a tensor."""
     return {
         "path": side.path,
         "format": side.format,
@@ -114,14 +115,6 @@ def write_inspect_json(side, out) -> None:
             out.write(body if first else ", " + body)
             first = False
     out.write("], " + tail[1:] + "\n")
-
-
-def human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _numeric_names(names: list[str]) -> list[str]:
@@ -221,7 +214,8 @@ def render_text(side, out, flat: bool = False) -> None:
     if default is None:
         w("no state dict (no mapping of tensors) in this file\n")
         for i in side.entries:
-            w(f"  {'/'.join(i.path) or '(the file is one tensor)'}  {list(i.shape)} {i.dtype} {human_bytes(i.nbytes)}\n")
+            where = '/'.join(i.path) or '(the file is one tensor)'
+            w(f"  {where}  {list(i.shape)} {i.dtype} {human_bytes(i.nbytes)}\n")
         if side.entries:
             w(f"totals: {len(side.entries)} tensors\n")
         return

@@ -7,7 +7,8 @@ import sys
 
 from . import print_json
 from ..core.side import open_side
-from ..core.stats import DEFAULT_PERCENTILES, bn_siblings, tensor_stats, with_context
+from ..core.health import bn_siblings
+from ..core.stats import DEFAULT_PERCENTILES, tensor_stats, with_context
 from ..errors import ExplorerError, KeyNotFoundError, shorten
 
 TEXT_ROWS = 32  # histogram rows printed as text (adjacent bins merged); --json gives every bin

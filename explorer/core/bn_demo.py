@@ -12,384 +12,20 @@ same buffer values. Never imports Qt.
 """
 from __future__ import annotations
 
-import contextlib
-import copy
-import inspect
-import io
 import math
 import os
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from .atomic import atomic_write_text
 from ..errors import DemoActionError
-from .demo_models import ConvBatchNormModel, MyBatchNormModel
-
-LEFT, RIGHT = "left", "right"
-SIDES = (LEFT, RIGHT)
-BATCH_SIZE = 8
-
-
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    model_class: type
-    input_shape: tuple[int, ...]
-
-
-VARIANTS: dict[str, Variant] = {
-    "linear": Variant("linear", MyBatchNormModel, (BATCH_SIZE, 10)),
-    "conv": Variant("conv", ConvBatchNormModel, (BATCH_SIZE, 3, 6, 6)),
-}
-
-
-def make_batch(variant: Variant, seed: int, k: int) -> torch.Tensor:
-    """Batch ``k`` of the demo: batch 0 is the fixed input every observation uses; batch k > 0 is drawn from a
-    shifted, wider distribution (another data set) so statistics visibly move."""
-    g = torch.Generator().manual_seed(seed + 100 + k)
-    return torch.randn(variant.input_shape, generator=g) * (1.0 + 0.5 * k) + 0.5 * k
-
-
-def make_model(variant: Variant, seed: int) -> nn.Module:
-    """A fresh instance whose initial weights depend only on ``seed``; the global RNG is left as it was."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return variant.model_class()
-
-
-@contextlib.contextmanager
-def single_thread():
-    """The demo's tensors are tiny: torch's intra-op thread pool only adds latency (9 ms instead of 0.1 ms per
-    batch_norm on a busy 2-core machine). Run on one thread and give the setting back."""
-    n = torch.get_num_threads()
-    if n == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
-def bn_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
-
-
-# --- observations ----------------------------------------------------------------------------------------------------
-
-def _floats(t: torch.Tensor | None) -> tuple[float, ...] | None:
-    return None if t is None else tuple(float(v) for v in t.detach().reshape(-1).tolist())
-
-
-@dataclass(frozen=True)
-class BNState:
-    """What one BatchNorm module holds and how it is set, as observed."""
-    running_mean: tuple[float, ...] | None
-    running_var: tuple[float, ...] | None
-    num_batches_tracked: int | None
-    training: bool
-    momentum: float | None
-    track_running_stats: bool
-
-    @classmethod
-    def of(cls, m: _BatchNorm) -> "BNState":
-        nbt = m.num_batches_tracked
-        return cls(_floats(m.running_mean), _floats(m.running_var), None if nbt is None else int(nbt),
-                   bool(m.training), m.momentum, bool(m.track_running_stats))
-
-    def buffers(self) -> dict[str, Any]:
-        return {"running_mean": _list(self.running_mean), "running_var": _list(self.running_var),
-                "num_batches_tracked": self.num_batches_tracked}
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.buffers(), "training": self.training, "momentum": self.momentum,
-                "track_running_stats": self.track_running_stats}
-
-
-def _list(v):
-    return None if v is None else list(v)
-
-
-@dataclass(frozen=True)
-class SideObservation:
-    """One side as observed: its BatchNorm modules, the parent's mode, and the outputs of the fixed input (batch 0)
-    with the whole model in train mode and in eval mode -- each computed on a deep copy."""
-    modules: dict[str, BNState]
-    training: bool
-    output_train: tuple[tuple[float, ...], ...]
-    output_eval: tuple[tuple[float, ...], ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"training": self.training, "modules": {n: s.to_json() for n, s in self.modules.items()},
-                "output_train": [list(r) for r in self.output_train],
-                "output_eval": [list(r) for r in self.output_eval]}
-
-
-def observe(model: nn.Module, x: torch.Tensor) -> SideObservation:
-    modules = {n: BNState.of(m) for n, m in bn_modules(model)}
-    with torch.no_grad(), single_thread():
-        train_copy = copy.deepcopy(model).train()
-        out_train = train_copy(x)
-        eval_copy = copy.deepcopy(model).eval()
-        out_eval = eval_copy(x)
-    rows = lambda t: tuple(tuple(float(v) for v in r) for r in t.reshape(t.shape[0], -1).tolist())  # noqa: E731
-    return SideObservation(modules, bool(model.training), rows(out_train), rows(out_eval))
-
-
-# --- snapshots (for going back and forth) ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SideSnapshot:
-    """Everything needed to rebuild a side: its state dict (cloned, with ``_metadata``) and what a state dict does not
-    hold: each module's mode, and each BatchNorm's momentum and track_running_stats."""
-    state_dict: OrderedDict
-    training: dict[str, bool]
-    bn_config: dict[str, tuple[float | None, bool]]
-
-    @classmethod
-    def of(cls, model: nn.Module) -> "SideSnapshot":
-        sd = model.state_dict()
-        cloned = OrderedDict((k, v.detach().clone()) for k, v in sd.items())
-        cloned._metadata = copy.deepcopy(getattr(sd, "_metadata", None))  # type: ignore[attr-defined]
-        return cls(cloned, {n: m.training for n, m in model.named_modules()},
-                   {n: (m.momentum, m.track_running_stats) for n, m in bn_modules(model)})
-
-    def restore(self, variant: Variant) -> nn.Module:
-        model = make_model(variant, 0)
-        model.load_state_dict(self.state_dict, strict=True)
-        for n, m in model.named_modules():
-            m.training = self.training[n]
-        for n, m in bn_modules(model):
-            m.momentum, m.track_running_stats = self.bn_config[n]
-        return model
-
-
-@dataclass(frozen=True)
-class SessionSnapshot:
-    left: SideSnapshot
-    right: SideSnapshot | None
-
-
-# --- steps -----------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class LoadResult:
-    """What ``load_state_dict`` answered: the missing/unexpected keys it returned, or the error it raised."""
-    strict: bool
-    missing_keys: tuple[str, ...] = ()
-    unexpected_keys: tuple[str, ...] = ()
-    error: str | None = None
-    checkpoint_keys: tuple[str, ...] = ()
-    checkpoint_metadata: dict | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"strict": self.strict, "missing_keys": list(self.missing_keys),
-                "unexpected_keys": list(self.unexpected_keys), "error": self.error,
-                "checkpoint_keys": list(self.checkpoint_keys),
-                "checkpoint_metadata": None if self.checkpoint_metadata is None
-                else {k: dict(v) for k, v in self.checkpoint_metadata.items()}}
-
-
-@dataclass(frozen=True)
-class Step:
-    """One action and what it did, as observed."""
-    action: str
-    params: dict[str, Any]
-    before: dict[str, SideObservation | None]
-    after: dict[str, SideObservation | None]
-    sentence: str
-    load: LoadResult | None = None
-    checkpoint: dict[str, BNState] | None = field(default=None, repr=False)
-    created: tuple[str, ...] = ()
-    snapshot: SessionSnapshot | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def label(self) -> str:
-        args = ", ".join(f"{k}={_fmt_param(v)}" for k, v in self.params.items())
-        return f"{ACTION_LABELS.get(self.action, self.action)} [{args}]"
-
-    def to_json(self) -> dict[str, Any]:
-        side = lambda o: None if o is None else o.to_json()  # noqa: E731
-        return {"action": self.action, "params": dict(self.params), "label": self.label, "sentence": self.sentence,
-                "created": list(self.created),
-                "load": None if self.load is None else self.load.to_json(),
-                "before": {s: side(self.before.get(s)) for s in SIDES},
-                "after": {s: side(self.after.get(s)) for s in SIDES}}
-
-
-def _fmt_param(v) -> str:
-    return "None" if v is None else str(v)
-
-
-ACTION_LABELS = {
-    "forward_train": "forward in train mode",
-    "forward_eval": "forward in eval mode",
-    "forward": "forward as the modules are set",
-    "model_train": "model.train()",
-    "model_eval": "model.eval()",
-    "freeze_bn": "freeze BatchNorm (eval on BN modules only)",
-    "set_momentum": "set momentum",
-    "set_track_running_stats": "set track_running_stats",
-    "save_and_load": "save a state dict, load it into the other side",
-    "load_default": "load a never-trained checkpoint",
-    "load_old_checkpoint": "load an old-version checkpoint without num_batches_tracked",
-}
-
-
-# --- the sentence ----------------------------------------------------------------------------------------------------
-
-def _max_abs_diff(a: tuple[float, ...], b: tuple[float, ...]) -> float:
-    return max((abs(x - y) for x, y in zip(a, b)), default=0.0)
-
-
-def _num(v: float | None) -> str:
-    if v is None:
-        return "None"
-    return f"{v:.4g}"
-
-
-def _values(v: tuple[float, ...]) -> str:
-    if len(set(v)) == 1:
-        return f"all {_num(v[0])}"
-    return "[" + ", ".join(_num(x) for x in v) + "]"
-
-
-def _describe_module(side: str, name: str, b: BNState, a: BNState, ckpt: BNState | None,
-                     ckpt_has_nbt: bool | None) -> list[str]:
-    parts = []
-    who = f"{side} {name}"
-    if b.training != a.training:
-        parts.append(f"is now in {'train' if a.training else 'eval'} mode")
-    if b.momentum != a.momentum:
-        parts.append(f"momentum went from {_num(b.momentum)} to {_num(a.momentum)}")
-    if b.track_running_stats != a.track_running_stats:
-        parts.append(f"track_running_stats went from {b.track_running_stats} to {a.track_running_stats}")
-    stats = []
-    for key in ("running_mean", "running_var"):
-        bv, av = getattr(b, key), getattr(a, key)
-        if bv == av:
-            continue
-        if bv is None or av is None:
-            stats.append(f"{key} went from {bv if bv is None else 'a tensor'} to {av if av is None else 'a tensor'}")
-            continue
-        d = _max_abs_diff(bv, av)
-        if ckpt is not None and getattr(ckpt, key) == av:
-            uniform = f", {_values(av)}" if len(set(av)) == 1 else ""
-            stats.append(f"{key} now equals the checkpoint's (changed by up to {d:.4g}{uniform})")
-        else:
-            stats.append(f"{key} changed by up to {d:.4g}")
-    parts.extend(stats)
-    if b.num_batches_tracked != a.num_batches_tracked:
-        copied = " (the checkpoint's value)" if ckpt is not None and ckpt.num_batches_tracked == a.num_batches_tracked \
-            else ""
-        parts.append(f"num_batches_tracked went from {b.num_batches_tracked} to {a.num_batches_tracked}{copied}")
-    stats_same = b.running_mean == a.running_mean and b.running_var == a.running_var
-    nbt_same = b.num_batches_tracked == a.num_batches_tracked
-    if stats_same and nbt_same:
-        unchanged = (f"kept running_mean, running_var and num_batches_tracked exactly as they were "
-                     f"(num_batches_tracked {a.num_batches_tracked})")
-        if ckpt is not None and ckpt.running_mean == a.running_mean and ckpt.running_var == a.running_var:
-            unchanged += " — its running_mean and running_var already equal the checkpoint's"
-        parts.append(unchanged)
-    elif nbt_same:
-        note = ""
-        if ckpt_has_nbt is False:
-            note = ", although the checkpoint has no num_batches_tracked"
-        elif ckpt is not None and ckpt.num_batches_tracked is not None and ckpt.num_batches_tracked != \
-                a.num_batches_tracked:
-            note = f", not the checkpoint's {ckpt.num_batches_tracked}"
-        parts.append(f"num_batches_tracked stayed {a.num_batches_tracked}{note}")
-    elif stats_same:
-        parts.append("running_mean and running_var did not change")
-    return [f"{who} " + _join(parts)]
-
-
-def _join(parts: list[str]) -> str:
-    if len(parts) <= 1:
-        return "".join(parts)
-    return ", ".join(parts[:-1]) + " and " + parts[-1]
-
-
-def _stats_gap(l: SideObservation, r: SideObservation) -> float | None:
-    """Largest difference between the two sides' running statistics; None when they are not comparable."""
-    gaps = []
-    for n, a in l.modules.items():
-        b = r.modules.get(n)
-        if b is None or a.running_mean is None or b.running_mean is None:
-            return None
-        gaps.append(max(_max_abs_diff(a.running_mean, b.running_mean), _max_abs_diff(a.running_var, b.running_var)))
-    return max(gaps, default=0.0)
-
-
-def describe(before: dict[str, SideObservation | None], after: dict[str, SideObservation | None],
-             acted: tuple[str, ...], load: LoadResult | None = None,
-             checkpoint: dict[str, BNState] | None = None, created: tuple[str, ...] = ()) -> str:
-    """One sentence saying what changed, built only from comparing the observed tensors (and what torch returned).
-
-    ``before`` of a side in ``created`` is the fresh instance, observed right after it was built.
-    """
-    clauses: list[str] = []
-    for side in created:
-        clauses.append(f"a new {side} instance was built (its own initial weights)")
-    if load is not None:
-        if load.error:
-            first = load.error.strip().splitlines()
-            detail = " ".join(s.strip() for s in first[1:] if s.strip()) or first[0]
-            clauses.append(f"the call load_state_dict(strict={load.strict}) raised RuntimeError "
-                           f"({detail.rstrip('.')})")
-        elif load.missing_keys or load.unexpected_keys:
-            clauses.append(f"the call load_state_dict(strict={load.strict}) returned missing keys "
-                           f"{list(load.missing_keys)} and unexpected keys {list(load.unexpected_keys)}")
-        else:
-            clauses.append(f"the call load_state_dict(strict={load.strict}) matched all keys")
-    for side in SIDES:
-        b, a = before.get(side), after.get(side)
-        if a is None:
-            continue
-        if b is None:  # cannot happen through BatchNormDemo (created sides are observed before); say it plainly
-            clauses.append(f"a {side} instance appeared")
-            continue
-        if side not in acted and b == a:
-            continue
-        if b.training != a.training:
-            clauses.append(f"{side} model.training went from {b.training} to {a.training}")
-        for name, am in a.modules.items():
-            has_nbt = None
-            if load is not None and load.checkpoint_keys:
-                prefix = f"{name}." if name else ""
-                has_nbt = f"{prefix}num_batches_tracked" in load.checkpoint_keys
-            ck = checkpoint.get(name) if checkpoint and side in acted else None
-            clauses.extend(_describe_module(side, name, b.modules[name], am, ck, has_nbt if side in acted else None))
-        if b.output_eval != a.output_eval:
-            clauses.append(f"the {side} eval-mode output of the fixed input changed by up to "
-                           f"{max(_max_abs_diff(x, y) for x, y in zip(b.output_eval, a.output_eval)):.4g}")
-    lb, rb, la, ra = before.get(LEFT), before.get(RIGHT), after.get(LEFT), after.get(RIGHT)
-    if la is not None and ra is not None:
-        gap_after = _stats_gap(la, ra)
-        gap_before = _stats_gap(lb, rb) if lb is not None and rb is not None else None
-        if gap_after is not None and gap_after != gap_before:
-            if gap_after == 0:
-                text = "left and right running_mean and running_var are now identical"
-                counts = [(n, m.num_batches_tracked, ra.modules[n].num_batches_tracked) for n, m in la.modules.items()]
-                differ = [f"{n} {x} on the left and {y} on the right" for n, x, y in counts if x != y]
-                if differ:
-                    text += ", but num_batches_tracked is " + _join(differ)
-                clauses.append(text)
-            else:
-                clauses.append(f"left and right running_mean and running_var now differ by up to {gap_after:.4g}")
-    if not clauses:
-        clauses.append("nothing observed changed")
-    text = "; ".join(clauses)
-    return text[0].upper() + text[1:] + "."
-
-
-# --- the session -----------------------------------------------------------------------------------------------------
+from .bn_observe import (ACTION_LABELS, LEFT, RIGHT, VARIANTS, DemoAction, SessionSnapshot,
+                         SideObservation, SideSnapshot, Step, bn_modules, load_state, make_batch, make_model, observe,
+                         old_version_state_dict, round_trip, single_thread)
+from .bn_script import build_script
+from .bn_sentence import describe
 
 class BatchNormDemo:
     """A demo session. Actions run real torch on the live models and append a :class:`Step` to the log.
@@ -475,7 +111,7 @@ class BatchNormDemo:
         self.steps.clear()
 
     # -- recording -------------------------------------------------------------------------------------------------
-    def _record(self, action: str, params: dict, acted: tuple[str, ...], fn: Callable[[], Any],
+    def _record(self, action: DemoAction, params: dict, acted: tuple[str, ...], fn: Callable[[], Any],
                 create_right: bool = False) -> Step:
         if create_right:  # built first, so 'before' shows the fresh instance and the plots have something to compare
             self.right = make_model(self.variant, self.seed + self.RIGHT_SEED_OFFSET)
@@ -488,8 +124,8 @@ class BatchNormDemo:
                 self.go_to(self.position)  # no half-done step: back to the state the log says we are in
                 raise
             after = self.observe()
-        step = Step(action, params, before, after, describe(before, after, acted, load, ckpt, created), load, ckpt,
-                    created, self._snapshot())
+        sentence = describe(before, after, acted, load, ckpt, created)
+        step = Step(action.value, params, before, after, sentence, load, ckpt, created, self._snapshot())
         del self.steps[self.position + 1:]
         self.steps.append(step)
         self.position = len(self.steps) - 1
@@ -498,7 +134,7 @@ class BatchNormDemo:
     def apply(self, action: str, **params) -> Step:
         """Run an action by name (what the log, the window and the replay use)."""
         method = getattr(self, action, None)
-        if (action not in ACTION_LABELS and action != "toggle_track_running_stats") or method is None:
+        if action not in {a.value for a in DemoAction} or method is None:
             raise DemoActionError(f"unknown demo action {action!r}; actions: {', '.join(ACTION_LABELS)}")
         return method(**params)
 
@@ -511,7 +147,7 @@ class BatchNormDemo:
             m.train()
             with torch.no_grad():
                 m(x)
-        return self._record("forward_train", {"side": side, "batch": batch}, (side,), run)
+        return self._record(DemoAction.FORWARD_TRAIN, {"side": side, "batch": batch}, (side,), run)
 
     def forward_eval(self, side: str = LEFT, batch: int = 0) -> Step:
         """``model.eval(); model(x)``."""
@@ -521,7 +157,7 @@ class BatchNormDemo:
             m.eval()
             with torch.no_grad():
                 m(x)
-        return self._record("forward_eval", {"side": side, "batch": batch}, (side,), run)
+        return self._record(DemoAction.FORWARD_EVAL, {"side": side, "batch": batch}, (side,), run)
 
     def forward(self, side: str = LEFT, batch: int = 0) -> Step:
         """``model(x)`` with every module in whatever mode it is in now (what a frozen BatchNorm relies on)."""
@@ -530,7 +166,7 @@ class BatchNormDemo:
         def run():
             with torch.no_grad():
                 m(x)
-        return self._record("forward", {"side": side, "batch": batch}, (side,), run)
+        return self._record(DemoAction.FORWARD, {"side": side, "batch": batch}, (side,), run)
 
     def model_train(self, side: str = LEFT) -> Step:
         """``model.train()`` on the parent: sets every submodule, a frozen BatchNorm included, to train mode."""
@@ -538,14 +174,14 @@ class BatchNormDemo:
 
         def run():
             m.train()
-        return self._record("model_train", {"side": side}, (side,), run)
+        return self._record(DemoAction.MODEL_TRAIN, {"side": side}, (side,), run)
 
     def model_eval(self, side: str = LEFT) -> Step:
         m = self.model(side)
 
         def run():
             m.eval()
-        return self._record("model_eval", {"side": side}, (side,), run)
+        return self._record(DemoAction.MODEL_EVAL, {"side": side}, (side,), run)
 
     def freeze_bn(self, side: str = LEFT) -> Step:
         """``bn.eval()`` on every BatchNorm module only (the usual way to freeze statistics while fine-tuning)."""
@@ -554,7 +190,7 @@ class BatchNormDemo:
         def run():
             for _, bn in bn_modules(m):
                 bn.eval()
-        return self._record("freeze_bn", {"side": side}, (side,), run)
+        return self._record(DemoAction.FREEZE_BN, {"side": side}, (side,), run)
 
     def set_momentum(self, momentum: float | None, side: str = LEFT) -> Step:
         """Set every BatchNorm's momentum; ``None`` means a cumulative moving average (1 / num_batches_tracked)."""
@@ -568,7 +204,7 @@ class BatchNormDemo:
         def run():
             for _, bn in bn_modules(m):
                 bn.momentum = momentum
-        return self._record("set_momentum", {"side": side, "momentum": momentum}, (side,), run)
+        return self._record(DemoAction.SET_MOMENTUM, {"side": side, "momentum": momentum}, (side,), run)
 
     def set_track_running_stats(self, enabled: bool, side: str = LEFT) -> Step:
         """Set the ``track_running_stats`` attribute of each BatchNorm (the buffers stay; torch then neither updates
@@ -579,7 +215,7 @@ class BatchNormDemo:
         def run():
             for _, bn in bn_modules(m):
                 bn.track_running_stats = enabled
-        return self._record("set_track_running_stats", {"side": side, "enabled": enabled}, (side,), run)
+        return self._record(DemoAction.SET_TRACK_RUNNING_STATS, {"side": side, "enabled": enabled}, (side,), run)
 
     def toggle_track_running_stats(self, side: str = LEFT) -> Step:
         mods = bn_modules(self.model(side))
@@ -596,9 +232,9 @@ class BatchNormDemo:
             self.model(target)
 
         def run():
-            ckpt = _round_trip(src.state_dict())
-            return self._load(self.model(target), ckpt, strict)
-        return self._record("save_and_load", {"source": source, "target": target, "strict": bool(strict)},
+            ckpt = round_trip(src.state_dict())
+            return load_state(self.model(target), ckpt, strict)
+        return self._record(DemoAction.SAVE_AND_LOAD, {"source": source, "target": target, "strict": bool(strict)},
                             (target,), run, create_right=created)
 
     def load_default(self, target: str = LEFT, strict: bool = True) -> Step:
@@ -607,8 +243,8 @@ class BatchNormDemo:
 
         def run():
             fresh = make_model(self.variant, self.seed + self.DEFAULT_SEED_OFFSET)
-            return self._load(m, _round_trip(fresh.state_dict()), strict)
-        return self._record("load_default", {"target": target, "strict": bool(strict)}, (target,), run)
+            return load_state(m, round_trip(fresh.state_dict()), strict)
+        return self._record(DemoAction.LOAD_DEFAULT, {"target": target, "strict": bool(strict)}, (target,), run)
 
     def load_old_checkpoint(self, source: str = LEFT, target: str = RIGHT, metadata: str = "old",
                             strict: bool = True) -> Step:
@@ -628,28 +264,10 @@ class BatchNormDemo:
             self.model(target)
 
         def run():
-            ckpt = _round_trip(old_version_state_dict(src, metadata))
-            return self._load(self.model(target), ckpt, strict)
-        return self._record("load_old_checkpoint", {"source": source, "target": target, "metadata": metadata,
+            ckpt = round_trip(old_version_state_dict(src, metadata))
+            return load_state(self.model(target), ckpt, strict)
+        return self._record(DemoAction.LOAD_OLD_CHECKPOINT, {"source": source, "target": target, "metadata": metadata,
                                                     "strict": bool(strict)}, (target,), run, create_right=created)
-
-    @staticmethod
-    def _load(model: nn.Module, ckpt: OrderedDict, strict: bool) -> tuple[LoadResult, dict[str, BNState]]:
-        meta = getattr(ckpt, "_metadata", None)
-        info = dict(strict=bool(strict), checkpoint_keys=tuple(ckpt),
-                    checkpoint_metadata=None if meta is None else copy.deepcopy(dict(meta)))
-        ckpt_stats = {}
-        for name, bn in bn_modules(model):
-            p = f"{name}." if name else ""
-            rm, rv, nbt = ckpt.get(p + "running_mean"), ckpt.get(p + "running_var"), ckpt.get(p + "num_batches_tracked")
-            ckpt_stats[name] = BNState(_floats(rm), _floats(rv), None if nbt is None else int(nbt), bn.training,
-                                       bn.momentum, bn.track_running_stats)
-        try:
-            r = model.load_state_dict(ckpt, strict=strict)
-        except RuntimeError as e:
-            return LoadResult(error=str(e), **info), ckpt_stats
-        return LoadResult(missing_keys=tuple(r.missing_keys), unexpected_keys=tuple(r.unexpected_keys),
-                          **info), ckpt_stats
 
     # -- output --------------------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
@@ -666,200 +284,32 @@ class BatchNormDemo:
         atomic_write_text(path, self.export_script())
 
 
-def _round_trip(sd: OrderedDict) -> OrderedDict:
-    """What saving to a file and loading it back gives (``_metadata`` survives on an OrderedDict)."""
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
-def old_version_state_dict(model: nn.Module, metadata: str) -> OrderedDict:
-    """``model``'s state dict as a pre-0.4.1 torch saved it: no ``num_batches_tracked``. See
-    :meth:`BatchNormDemo.load_old_checkpoint` for ``metadata``."""
-    sd = model.state_dict()
-    names = {f"{n}." if n else "" for n, _ in bn_modules(model)}
-    out = OrderedDict((k, v.detach().clone()) for k, v in sd.items()
-                      if not (k.endswith("num_batches_tracked") and k[:-len("num_batches_tracked")] in names))
-    if metadata != "none":
-        meta = copy.deepcopy(sd._metadata)  # type: ignore[attr-defined]
-        if metadata == "old":
-            for n, _ in bn_modules(model):
-                meta[n]["version"] = 1
-        out._metadata = meta  # type: ignore[attr-defined]
-    return out
-
-
-
-
-# --- the exported script ---------------------------------------------------------------------------------------------
-
-_SCRIPT_HEAD = '''\
-"""BatchNorm demo exported by State-Dict Explorer: replays {n} step(s) with torch only and checks every buffer.
-
-Variant {variant!r}, seed {seed}, recorded with torch {torch_version}. Run: python THIS_FILE.py
-Each step prints one JSON line with the observed buffers and asserts they match what the explorer recorded.
-"""
-import copy
-import io
-import json
-from collections import OrderedDict
-
-import torch
-import torch.nn as nn
-from torch.nn.modules.batchnorm import _BatchNorm
-
-{model_source}
-
-SEED = {seed}
-INPUT_SHAPE = {shape}
-torch.set_num_threads(1)  # as the explorer ran it, so the float sums match bit for bit
-
-
-def make_model(seed):
-    torch.manual_seed(seed)
-    return {model_class}()
-
-
-def batch(k):
-    g = torch.Generator().manual_seed(SEED + 100 + k)
-    return torch.randn(INPUT_SHAPE, generator=g) * (1.0 + 0.5 * k) + 0.5 * k
-
-
-def bn_modules(model):
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, _BatchNorm)]
-
-
-def round_trip(sd):
-    buf = io.BytesIO()
-    torch.save(sd, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
-def old_version(model, metadata):
-    """The state dict without num_batches_tracked; metadata: 'old' (BN version 1), 'none' (no _metadata), 'current'."""
-    sd = model.state_dict()
-    prefixes = {{n + "." if n else "" for n, _ in bn_modules(model)}}
-    out = OrderedDict((k, v.clone()) for k, v in sd.items()
-                      if not (k.endswith("num_batches_tracked") and k[:-len("num_batches_tracked")] in prefixes))
-    if metadata != "none":
-        out._metadata = copy.deepcopy(sd._metadata)
-        if metadata == "old":
-            for n, _ in bn_modules(model):
-                out._metadata[n]["version"] = 1
-    return out
-
-
-def load(model, ckpt, strict):
-    try:
-        result = model.load_state_dict(ckpt, strict=strict)
-        print("  load_state_dict:", result)
-    except RuntimeError as e:
-        print("  load_state_dict raised:", " ".join(str(e).split()))
-
-
-def check(step, side, model, expected):
-    got = {{}}
-    for n, m in bn_modules(model):
-        got[n] = {{"running_mean": m.running_mean.tolist(), "running_var": m.running_var.tolist(),
-                  "num_batches_tracked": int(m.num_batches_tracked)}}
-    print(json.dumps({{"step": step, "side": side, "buffers": got}}))
-    for n, want in expected.items():
-        for key in ("running_mean", "running_var"):
-            assert torch.allclose(torch.tensor(got[n][key]), torch.tensor(want[key]), rtol=1e-5, atol=1e-6), \\
-                f"step {{step}} {{side}} {{n}}.{{key}}: {{got[n][key]}} != {{want[key]}}"
-        assert got[n]["num_batches_tracked"] == want["num_batches_tracked"], (step, side, n)
-
-
-left = make_model(SEED + {left_off})
-right = None
-'''
-
-
-def _script_action(step: Step, demo: BatchNormDemo) -> list[str]:
-    p = step.params
-    a = step.action
-    if a in ("forward_train", "forward_eval", "forward"):
-        lines = []
-        if a == "forward_train":
-            lines.append(f"{p['side']}.train()")
-        elif a == "forward_eval":
-            lines.append(f"{p['side']}.eval()")
-        lines += ["with torch.no_grad():", f"    {p['side']}(batch({p['batch']}))"]
-        return lines
-    if a == "model_train":
-        return [f"{p['side']}.train()"]
-    if a == "model_eval":
-        return [f"{p['side']}.eval()"]
-    if a == "freeze_bn":
-        return [f"for _, bn in bn_modules({p['side']}):", "    bn.eval()"]
-    if a == "set_momentum":
-        return [f"for _, bn in bn_modules({p['side']}):", f"    bn.momentum = {p['momentum']!r}"]
-    if a == "set_track_running_stats":
-        return [f"for _, bn in bn_modules({p['side']}):", f"    bn.track_running_stats = {p['enabled']!r}"]
-    lines = [f"right = make_model(SEED + {demo.RIGHT_SEED_OFFSET})"] if RIGHT in step.created else []
-    if a == "save_and_load":
-        return lines + [f"load({p['target']}, round_trip({p['source']}.state_dict()), strict={p['strict']!r})"]
-    if a == "load_default":
-        return lines + [f"load({p['target']}, round_trip(make_model(SEED + {demo.DEFAULT_SEED_OFFSET}).state_dict()),"
-                        f" strict={p['strict']!r})"]
-    if a == "load_old_checkpoint":
-        return lines + [f"load({p['target']}, round_trip(old_version({p['source']}, {p['metadata']!r})), "
-                        f"strict={p['strict']!r})"]
-    raise DemoActionError(f"no script for action {a!r}")
-
-
-def build_script(demo: BatchNormDemo) -> str:
-    cls = demo.variant.model_class
-    src = inspect.getsource(cls)
-    head = _SCRIPT_HEAD.format(n=len(demo.history), variant=demo.variant.name, seed=demo.seed,
-                               torch_version=torch.__version__, model_source=src.rstrip(),
-                               shape=demo.variant.input_shape, model_class=cls.__name__,
-                               left_off=demo.LEFT_SEED_OFFSET)
-    body = []
-    for i, step in enumerate(demo.history, 1):
-        body.append("")
-        body.append(f"# step {i}: {step.label}")
-        body.append(f"# explorer: {step.sentence}")
-        body.append(f"print({f'step {i}: {step.label}'!r})")
-        body.extend(_script_action(step, demo))
-        for side in SIDES:
-            obs = step.after.get(side)
-            if obs is not None:
-                expected = {n: s.buffers() for n, s in obs.modules.items()}
-                body.append(f"check({i}, {side!r}, {side}, {expected!r})")
-    body.append("")
-    body.append('print("all steps reproduced")')
-    return head + "\n".join(body) + "\n"
-
-
 # --- the scripted default sequence -----------------------------------------------------------------------------------
 
-DEFAULT_SEQUENCE: tuple[tuple[str, dict[str, Any]], ...] = (
-    ("forward_eval", {"side": LEFT}),                       # the article's claim: eval fills the statistics (no)
-    ("forward_train", {"side": LEFT}),                      # momentum 0.1
-    ("set_momentum", {"side": LEFT, "momentum": None}),     # cumulative moving average
-    ("forward_train", {"side": LEFT, "batch": 1}),
-    ("set_momentum", {"side": LEFT, "momentum": 0.1}),
-    ("save_and_load", {"source": LEFT, "target": RIGHT}),   # loading copies the statistics
-    ("forward_train", {"side": RIGHT, "batch": 2}),         # ... and they diverge again
-    ("freeze_bn", {"side": LEFT}),
-    ("forward", {"side": LEFT, "batch": 1}),                # frozen: nothing moves
-    ("model_train", {"side": LEFT}),                        # the trap
-    ("forward", {"side": LEFT, "batch": 1}),                # ... and the statistics move
-    ("set_track_running_stats", {"side": LEFT, "enabled": False}),
-    ("forward_train", {"side": LEFT, "batch": 2}),          # not updated, yet still used in eval
-    ("set_track_running_stats", {"side": LEFT, "enabled": True}),
-    ("load_default", {"target": RIGHT}),                    # never-trained statistics over trained ones
-    ("forward_train", {"side": RIGHT, "batch": 1}),
-    ("load_old_checkpoint", {"source": LEFT, "target": RIGHT, "metadata": "old", "strict": True}),
-    ("forward_train", {"side": RIGHT, "batch": 2}),
-    ("load_old_checkpoint", {"source": LEFT, "target": RIGHT, "metadata": "none", "strict": True}),
-    ("load_old_checkpoint", {"source": LEFT, "target": RIGHT, "metadata": "none", "strict": False}),
-    ("forward_train", {"side": RIGHT, "batch": 2}),
-    ("load_old_checkpoint", {"source": LEFT, "target": RIGHT, "metadata": "current", "strict": True}),
-    ("load_old_checkpoint", {"source": LEFT, "target": RIGHT, "metadata": "current", "strict": False}),
+DEFAULT_SEQUENCE: tuple[tuple[DemoAction, dict[str, Any]], ...] = (
+    (DemoAction.FORWARD_EVAL, {"side": LEFT}),                    # the article's claim: eval fills the statistics (no)
+    (DemoAction.FORWARD_TRAIN, {"side": LEFT}),                   # momentum 0.1
+    (DemoAction.SET_MOMENTUM, {"side": LEFT, "momentum": None}),  # cumulative moving average
+    (DemoAction.FORWARD_TRAIN, {"side": LEFT, "batch": 1}),
+    (DemoAction.SET_MOMENTUM, {"side": LEFT, "momentum": 0.1}),
+    (DemoAction.SAVE_AND_LOAD, {"source": LEFT, "target": RIGHT}),  # loading copies the statistics
+    (DemoAction.FORWARD_TRAIN, {"side": RIGHT, "batch": 2}),      # ... and they diverge again
+    (DemoAction.FREEZE_BN, {"side": LEFT}),
+    (DemoAction.FORWARD, {"side": LEFT, "batch": 1}),             # frozen: nothing moves
+    (DemoAction.MODEL_TRAIN, {"side": LEFT}),                     # the trap
+    (DemoAction.FORWARD, {"side": LEFT, "batch": 1}),             # ... and the statistics move
+    (DemoAction.SET_TRACK_RUNNING_STATS, {"side": LEFT, "enabled": False}),
+    (DemoAction.FORWARD_TRAIN, {"side": LEFT, "batch": 2}),       # not updated, yet still used in eval
+    (DemoAction.SET_TRACK_RUNNING_STATS, {"side": LEFT, "enabled": True}),
+    (DemoAction.LOAD_DEFAULT, {"target": RIGHT}),                 # never-trained statistics over trained ones
+    (DemoAction.FORWARD_TRAIN, {"side": RIGHT, "batch": 1}),
+    (DemoAction.LOAD_OLD_CHECKPOINT, {"source": LEFT, "target": RIGHT, "metadata": "old", "strict": True}),
+    (DemoAction.FORWARD_TRAIN, {"side": RIGHT, "batch": 2}),
+    (DemoAction.LOAD_OLD_CHECKPOINT, {"source": LEFT, "target": RIGHT, "metadata": "none", "strict": True}),
+    (DemoAction.LOAD_OLD_CHECKPOINT, {"source": LEFT, "target": RIGHT, "metadata": "none", "strict": False}),
+    (DemoAction.FORWARD_TRAIN, {"side": RIGHT, "batch": 2}),
+    (DemoAction.LOAD_OLD_CHECKPOINT, {"source": LEFT, "target": RIGHT, "metadata": "current", "strict": True}),
+    (DemoAction.LOAD_OLD_CHECKPOINT, {"source": LEFT, "target": RIGHT, "metadata": "current", "strict": False}),
 )
 
 

@@ -14,7 +14,8 @@ from PySide6.QtWidgets import (QApplication, QCheckBox, QComboBox, QFileDialog, 
                                QHBoxLayout, QLabel, QListWidget, QMessageBox, QPushButton, QSizePolicy, QSpinBox,
                                QSplitter, QStackedWidget, QVBoxLayout, QWidget)
 
-from ..core.bn_demo import LEFT, RIGHT, SIDES, VARIANTS, BatchNormDemo, SideObservation, run_default_sequence
+from ..core.bn_demo import BatchNormDemo, run_default_sequence
+from ..core.bn_observe import LEFT, RIGHT, SIDES, VARIANTS, DemoAction, SideObservation
 from ..errors import ExplorerError
 
 BEFORE_BRUSH = pg.mkBrush("#b0b0b0")
@@ -26,21 +27,10 @@ EVAL_BEFORE_PEN = pg.mkPen("#2e8b57", width=1, style=Qt.PenStyle.DashLine)
 MOMENTUM_CHOICES = ["0.1", "0.01", "0.3", "0.5", "1.0", "0", "None (cumulative average)"]
 
 
-class DemoActions:
-    """Object names of the action buttons (tests and the main window find them by these)."""
-    FORWARD_TRAIN = "forward_train"
-    FORWARD_EVAL = "forward_eval"
-    FORWARD = "forward"
-    MODEL_TRAIN = "model_train"
-    MODEL_EVAL = "model_eval"
-    FREEZE_BN = "freeze_bn"
-    SET_MOMENTUM = "set_momentum"
-    TOGGLE_TRACK = "toggle_track_running_stats"
-    SAVE_AND_LOAD = "save_and_load"
-    LOAD_DEFAULT = "load_default"
-    LOAD_OLD = "load_old_checkpoint_old"
-    LOAD_OLD_NO_META = "load_old_checkpoint_none"
-    LOAD_OLD_CURRENT = "load_old_checkpoint_current"
+def old_checkpoint_button(metadata: str) -> str:
+    """Object name of the button that loads an old-version checkpoint with ``metadata`` ("old", "none", "current");
+    the other action buttons are named by their :class:`DemoAction` (tests and the main window find them by these)."""
+    return f"{DemoAction.LOAD_OLD_CHECKPOINT.value}_{metadata}"
 
 
 def _bars(plot: pg.PlotItem, colour: str) -> tuple[pg.BarGraphItem, pg.BarGraphItem]:
@@ -180,6 +170,24 @@ class BatchNormDemoWindow(QWidget):
 
     # -- layout ----------------------------------------------------------------------------------------------------
     def _build(self) -> None:
+        top = self._build_top()
+        actions = self._build_actions()
+        centre = self._build_centre()
+        log_box = self._build_log()
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(actions)
+        split.addWidget(centre)
+        split.addWidget(log_box)
+        for i in range(3):
+            split.setCollapsible(i, False)
+        split.setStretchFactor(1, 1)
+        split.setSizes([260, 900, 260])
+        root = QVBoxLayout(self)
+        root.addLayout(top)
+        root.addWidget(split, 1)
+        self.resize(1440, 900)
+
+    def _build_top(self) -> QHBoxLayout:
         top = QHBoxLayout()
         self.variant = QComboBox()
         for name, v in VARIANTS.items():
@@ -203,7 +211,9 @@ class BatchNormDemoWindow(QWidget):
             top.addWidget(b)
         top.addStretch(1)
         top.addWidget(self.export_button)
+        return top
 
+    def _build_actions(self) -> QGroupBox:
         actions = QGroupBox("Actions (real torch)")
         al = QVBoxLayout(actions)
         form = QGridLayout()
@@ -226,48 +236,52 @@ class BatchNormDemoWindow(QWidget):
         form.addWidget(self.momentum, 2, 1)
         form.addWidget(self.strict, 3, 0, 1, 2)
         al.addLayout(form)
+        self._add_action_buttons(al)
+        return actions
 
+    def _add_action_buttons(self, al: QVBoxLayout) -> None:
         def button(key, text, slot, tip=""):
             b = QPushButton(text)
-            b.setObjectName(key)
+            b.setObjectName(str(key))
             b.setToolTip(tip)
             b.clicked.connect(slot)
             self.buttons[key] = b
             al.addWidget(b)
 
-        A = DemoActions
-        button(A.FORWARD_TRAIN, "Forward, train mode", lambda: self._act("forward_train", side=self._side(),
-                                                                          batch=self.batch.value()),
+        A = DemoAction
+        button(A.FORWARD_TRAIN, "Forward, train mode",
+               lambda: self._act(A.FORWARD_TRAIN, side=self._side(), batch=self.batch.value()),
                "model.train(); model(batch)")
-        button(A.FORWARD_EVAL, "Forward, eval mode", lambda: self._act("forward_eval", side=self._side(),
-                                                                        batch=self.batch.value()),
+        button(A.FORWARD_EVAL, "Forward, eval mode",
+               lambda: self._act(A.FORWARD_EVAL, side=self._side(), batch=self.batch.value()),
                "model.eval(); model(batch)")
-        button(A.FORWARD, "Forward as modules are set", lambda: self._act("forward", side=self._side(),
-                                                                          batch=self.batch.value()),
+        button(A.FORWARD, "Forward as modules are set",
+               lambda: self._act(A.FORWARD, side=self._side(), batch=self.batch.value()),
                "model(batch) without changing any module's mode")
         al.addWidget(_rule())
-        button(A.FREEZE_BN, "Freeze BatchNorm (bn.eval() only)", lambda: self._act("freeze_bn", side=self._side()))
-        button(A.MODEL_TRAIN, "model.train() on the parent", lambda: self._act("model_train", side=self._side()),
+        button(A.FREEZE_BN, "Freeze BatchNorm (bn.eval() only)", lambda: self._act(A.FREEZE_BN, side=self._side()))
+        button(A.MODEL_TRAIN, "model.train() on the parent", lambda: self._act(A.MODEL_TRAIN, side=self._side()),
                "the trap: this puts a frozen BatchNorm back in train mode")
-        button(A.MODEL_EVAL, "model.eval() on the parent", lambda: self._act("model_eval", side=self._side()))
+        button(A.MODEL_EVAL, "model.eval() on the parent", lambda: self._act(A.MODEL_EVAL, side=self._side()))
         button(A.SET_MOMENTUM, "Set momentum", self._on_momentum)
-        button(A.TOGGLE_TRACK, "Toggle track_running_stats",
-               lambda: self._act("toggle_track_running_stats", side=self._side()))
+        button(A.TOGGLE_TRACK_RUNNING_STATS, "Toggle track_running_stats",
+               lambda: self._act(A.TOGGLE_TRACK_RUNNING_STATS, side=self._side()))
         al.addWidget(_rule())
         button(A.SAVE_AND_LOAD, "Save left → load into right",
-               lambda: self._act("save_and_load", source=LEFT, target=RIGHT, strict=self.strict.isChecked()),
+               lambda: self._act(A.SAVE_AND_LOAD, source=LEFT, target=RIGHT, strict=self.strict.isChecked()),
                "torch.save(left.state_dict()), torch.load, right.load_state_dict")
         button(A.LOAD_DEFAULT, "Load never-trained checkpoint",
-               lambda: self._act("load_default", target=self._side(), strict=self.strict.isChecked()),
+               lambda: self._act(A.LOAD_DEFAULT, target=self._side(), strict=self.strict.isChecked()),
                "the state dict of a fresh instance (running_mean 0, running_var 1, num_batches_tracked 0)")
-        button(A.LOAD_OLD, "Old checkpoint → right (_metadata v1)",
+        button(old_checkpoint_button("old"), "Old checkpoint → right (_metadata v1)",
                lambda: self._old("old"), "left's state dict without num_batches_tracked, BatchNorm version 1")
-        button(A.LOAD_OLD_NO_META, "Old checkpoint → right (no _metadata)",
+        button(old_checkpoint_button("none"), "Old checkpoint → right (no _metadata)",
                lambda: self._old("none"), "left's state dict without num_batches_tracked and without _metadata")
-        button(A.LOAD_OLD_CURRENT, "Key missing → right (_metadata v2)",
+        button(old_checkpoint_button("current"), "Key missing → right (_metadata v2)",
                lambda: self._old("current"), "num_batches_tracked missing although _metadata says version 2")
         al.addStretch(1)
 
+    def _build_centre(self) -> QWidget:
         self.sentence = QLabel()
         self.sentence.setWordWrap(True)
         self.sentence.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -289,7 +303,9 @@ class BatchNormDemoWindow(QWidget):
         cl.addWidget(self.status)
         for s in SIDES:
             cl.addWidget(self.panels[s], 1)
+        return centre
 
+    def _build_log(self) -> QGroupBox:
         self.log = QListWidget()
         self.log.setWordWrap(True)
         self.log.currentRowChanged.connect(self._on_log_row)
@@ -297,26 +313,14 @@ class BatchNormDemoWindow(QWidget):
         ll = QVBoxLayout(log_box)
         ll.addWidget(self.log)
         log_box.setMinimumWidth(240)
-
-        split = QSplitter(Qt.Orientation.Horizontal)
-        split.addWidget(actions)
-        split.addWidget(centre)
-        split.addWidget(log_box)
-        for i in range(3):
-            split.setCollapsible(i, False)
-        split.setStretchFactor(1, 1)
-        split.setSizes([260, 900, 260])
-        root = QVBoxLayout(self)
-        root.addLayout(top)
-        root.addWidget(split, 1)
-        self.resize(1440, 900)
+        return log_box
 
     # -- helpers ---------------------------------------------------------------------------------------------------
     def _side(self) -> str:
         return self.side.currentText()
 
     def _old(self, metadata: str) -> None:
-        self._act("load_old_checkpoint", source=LEFT, target=RIGHT, metadata=metadata,
+        self._act(DemoAction.LOAD_OLD_CHECKPOINT, source=LEFT, target=RIGHT, metadata=metadata,
                   strict=self.strict.isChecked())
 
     def _momentum_value(self):
@@ -334,7 +338,7 @@ class BatchNormDemoWindow(QWidget):
         except ExplorerError as e:
             self._show_error(e)
             return
-        self._act("set_momentum", momentum=value, side=self._side())
+        self._act(DemoAction.SET_MOMENTUM, momentum=value, side=self._side())
 
     def _act(self, action: str, **params) -> None:
         self.status.hide()
@@ -431,9 +435,9 @@ class BatchNormDemoWindow(QWidget):
     def _update_enabled(self) -> None:
         has_right = self.demo.right is not None
         side_ok = self._side() == LEFT or has_right
-        A = DemoActions
+        A = DemoAction
         for key in (A.FORWARD_TRAIN, A.FORWARD_EVAL, A.FORWARD, A.FREEZE_BN, A.MODEL_TRAIN, A.MODEL_EVAL,
-                    A.SET_MOMENTUM, A.TOGGLE_TRACK, A.LOAD_DEFAULT):
+                    A.SET_MOMENTUM, A.TOGGLE_TRACK_RUNNING_STATS, A.LOAD_DEFAULT):
             self.buttons[key].setEnabled(side_ok)
         self.back_button.setEnabled(self.demo.can_undo())
         self.forward_button.setEnabled(self.demo.can_redo())
@@ -478,7 +482,7 @@ def trap_step_index(demo: BatchNormDemo) -> int:
     """The step that shows the frozen-then-``.train()`` trap (a forward right after ``model_train``), else the last."""
     steps = demo.steps
     for i in range(1, len(steps)):
-        if steps[i].action == "forward" and steps[i - 1].action == "model_train":
+        if steps[i].action == DemoAction.FORWARD and steps[i - 1].action == DemoAction.MODEL_TRAIN:
             return i
     return len(steps) - 1
 

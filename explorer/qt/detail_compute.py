@@ -77,7 +77,7 @@ def compute_detail(comparison, key: str, bins: int = 128, *, progress=None, shou
 def siblings_of(comparison, key: str) -> list:
     """Per side, the keys beside ``key`` that its health flags depend on (a BatchNorm's buffers: a fresh
     BatchNorm's zero running_mean is then said in ``stats.info``, not flagged)."""
-    from explorer.core.stats import bn_siblings
+    from explorer.core.health import bn_siblings
     rows = comparison.rows
     return [bn_siblings(key, lambda k, i=i: k in rows and rows[k].info(i) is not None) for i in (0, 1)]
 
@@ -150,7 +150,8 @@ def detail_from_tensors(key: str, bins: int, tensors: list, infos: list, errors:
     ``siblings``: per side, the keys beside ``key`` its health flags depend on (:func:`siblings_of`); what the key
     is meant to hold is then said in ``stats.info`` instead of flagged.
     """
-    from explorer.core.stats import TensorStats, tensor_stats_steps, with_context
+    from explorer.core.stats import tensor_stats_steps, with_context
+    from explorer.core.stats_records import TensorStats
     from explorer.errors import Cancelled
     stop = should_stop or (lambda: False)
     tensors = list(tensors)

@@ -9,9 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explorer.core.bn_demo import (DEFAULT_SEQUENCE, LEFT, RIGHT, BatchNormDemo, DemoActionError, describe,
-                                   make_batch, make_model, observe, old_version_state_dict, run_default_sequence,
-                                   VARIANTS)
+from explorer.core import bn_demo
+from explorer.core.bn_demo import DEFAULT_SEQUENCE, BatchNormDemo, run_default_sequence
+from explorer.core.bn_observe import (LEFT, RIGHT, VARIANTS, make_batch, make_model, observe,
+                                      old_version_state_dict)
+from explorer.core.bn_sentence import describe
+from explorer.errors import DemoActionError
 from explorer.core.atomic import atomic_write_text as write_text_atomic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -427,7 +430,7 @@ def test_a_failing_action_leaves_no_half_done_state(demo, monkeypatch):
     def broken_load(*a, **k):
         demo.left.bn.running_mean.add_(1.0)  # torch changed something, then failed unexpectedly
         raise KeyboardInterrupt
-    monkeypatch.setattr(type(demo), "_load", staticmethod(broken_load))
+    monkeypatch.setattr(bn_demo, "load_state", broken_load)
     with pytest.raises(KeyboardInterrupt):
         demo.save_and_load()
     assert demo.right is None and len(demo.steps) == 1

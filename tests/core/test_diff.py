@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from explorer.core import stats as S
-from explorer.core.diff import IDENTICAL_MEANS, compare_tensors, diff_sides
+from explorer.core import chunks as C
+from explorer.core.diff import compare_tensors, diff_sides
+from explorer.core.diff_report import IDENTICAL_MEANS
 from explorer.core.model_source import ModelSide
 from explorer.core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
 from explorer.core.side import open_side
@@ -164,7 +165,7 @@ def test_compare_dtypes(dtype):
 
 def test_large_and_strided(tmp_path):
     """Several chunks, both threads, a transposed view saved as such, and a difference in the last chunk only."""
-    n = 4 * S.CHUNK + 999
+    n = 4 * C.CHUNK + 999
     g = torch.Generator().manual_seed(7)
     a = torch.randn(n, generator=g)
     b = a.clone()
@@ -184,7 +185,7 @@ def test_large_and_strided(tmp_path):
 
 
 def test_cancel():
-    a = torch.randn(5 * S.CHUNK)
+    a = torch.randn(5 * C.CHUNK)
     sa = ModelSide(nn.Module())
     sa.model.register_buffer("w", a)
     sb = ModelSide(nn.Module())

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from explorer.core import stats as S
+from explorer.core import chunks as C
 from explorer.core.diff import compare_tensors, diff_sides
 from explorer.core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL
 from explorer.core.side import open_side
@@ -196,14 +196,14 @@ def test_large_tensor_every_path_gives_the_same_counts(tmp_path):
     """Several chunks over two threads (contiguous), the row path (a saved transposed view), the bit-identical fast
     path: the same counts as torch, and the same as each other."""
     from safetensors.torch import save_file
-    n = S.PARALLEL_MIN + 3 * S.CHUNK // 2 + 11        # > PARALLEL_MIN: chunked, two threads
+    n = C.PARALLEL_MIN + 3 * C.CHUNK // 2 + 11        # > PARALLEL_MIN: chunked, two threads
     g = torch.Generator().manual_seed(11)
     a = torch.randn(n, generator=g)
-    a[[5, S.CHUNK + 1, 3 * S.CHUNK + 7]] = torch.tensor([NAN, INF, -INF])      # in different chunks
+    a[[5, C.CHUNK + 1, 3 * C.CHUNK + 7]] = torch.tensor([NAN, INF, -INF])      # in different chunks
     b = a.clone()
-    b[[17, 2 * S.CHUNK + 3, n - 1]] = torch.tensor([NAN, INF, NAN])           # the last chunk too
+    b[[17, 2 * C.CHUNK + 3, n - 1]] = torch.tensor([NAN, INF, NAN])           # the last chunk too
     b[5] = 0.5                                                                 # a NaN gone
-    b[4 * S.CHUNK + 2] += 1e-3
+    b[4 * C.CHUNK + 2] += 1e-3
     w = sprinkle(torch.randn(700, 500, generator=g), 5)
     w2 = w.clone()
     w2[600, 400] = NAN

@@ -1,4 +1,4 @@
-"""``python main.py inspect``: the JSON schema of issue 2, and one clear line (exit 2) for every unreadable input."""
+"""``python main.py inspect``: its JSON schema, and one clear line (exit 2) for every unreadable input."""
 from __future__ import annotations
 
 import json
@@ -89,7 +89,7 @@ def test_json_nested_lists_and_ranking(tmp_path, sd, capsys):
     assert ["ema", "0"] in paths
     assert out["default_state_dict"] == ["state_dict"]
     assert out["state_dicts"][0] == {"path": ["state_dict"], "tensors": len(sd)}
-    # an optimizer's per-parameter state is one group, not a state dict (issue 12, point 15)
+    # an optimizer's per-parameter state is one group, not a state dict
     assert out["state_dicts"] == [{"path": ["state_dict"], "tensors": len(sd)}]
     assert out["optimizer_states"] == [{"path": ["optimizer_states", "0", "state"], "parameters": 1, "tensors": 2,
                                         "slots": ["step", "exp_avg"]}]

@@ -103,7 +103,7 @@ def test_meta_checkpoint_assign_installs_meta_tensors(meta_ckpt):
 
 
 def test_meta_tensors_are_shown_as_no_data(meta_ckpt, cli):
-    from explorer.core.stats import NO_DATA, health_scan
+    from explorer.core.health import NO_DATA, health_scan
     ck = open_checkpoint(meta_ckpt)
     infos = ck.state_dict_infos()
     assert not infos["fc.weight"].has_data

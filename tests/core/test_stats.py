@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from explorer.core import chunks as C
 from explorer.core import stats as S
-from explorer.core.stats import health_scan, histogram, tensor_stats
+from explorer.core import wide_stats as W
+from explorer.core.health import FRESH_BN_VAR, health_scan
+from explorer.core.stats import histogram, tensor_stats
 from explorer.errors import Cancelled, ExplorerError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -91,7 +94,7 @@ def test_every_dtype_matches_numpy(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64, torch.int32])
 def test_large_tensor_two_threads_exact(dtype):
     """Several chunks and both threads: merge of moments, bucket refinement for exact percentiles."""
-    n = 4 * S.CHUNK + 12_345
+    n = 4 * C.CHUNK + 12_345
     x = make(dtype, n, seed=1)
     if dtype.is_floating_point:
         x[::100_003] = 0
@@ -100,10 +103,10 @@ def test_large_tensor_two_threads_exact(dtype):
 
 
 def test_nan_inf_never_break_the_range():
-    x = torch.randn(S.CHUNK * 4 + 10)
+    x = torch.randn(C.CHUNK * 4 + 10)
     x[5] = float("nan")
-    x[S.CHUNK * 3 + 7] = float("inf")
-    x[S.CHUNK * 2 + 1] = -float("inf")
+    x[C.CHUNK * 3 + 7] = float("inf")
+    x[C.CHUNK * 2 + 1] = -float("inf")
     x[17] = float("nan")
     x[18] = 0.0
     x[19] = -0.0
@@ -172,7 +175,7 @@ def test_huge_magnitude(dtype):
 def test_variance_is_accurate_for_a_large_offset():
     """1 + 1e-3 * noise: naive sum-of-squares loses every digit of the variance in float32."""
     g = torch.Generator().manual_seed(3)
-    x = 1 + 1e-3 * torch.randn(3 * S.CHUNK, generator=g)
+    x = 1 + 1e-3 * torch.randn(3 * C.CHUNK, generator=g)
     s = tensor_stats(x)
     ref = x.double().numpy()
     assert s.std == pytest.approx(ref.std(), rel=1e-5)
@@ -205,7 +208,7 @@ def test_histogram_with_explicit_range(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.int32, torch.complex64, torch.float16])
 def test_histogram_range_matches_numpy(dtype):
-    x = make(dtype, 3 * S.CHUNK + 17, seed=9)
+    x = make(dtype, 3 * C.CHUNK + 17, seed=9)
     v = as_f64(x)
     fin = v[np.isfinite(v)]
     lo, hi = np.percentile(fin, [10, 80])
@@ -228,7 +231,7 @@ def test_values_on_bin_edges():
 
 
 def test_estimated_mode_says_so_and_is_close():
-    x = torch.randn(2 * S.CHUNK, generator=torch.Generator().manual_seed(5))
+    x = torch.randn(2 * C.CHUNK, generator=torch.Generator().manual_seed(5))
     s = tensor_stats(x, exact=False)
     assert not s.exact and s.notes and not s.histogram.exact
     ref = np.percentile(x.double().numpy(), P)
@@ -243,7 +246,7 @@ def test_64bit_percentiles_beyond_gather_limit_are_estimated_and_say_so(monkeypa
     x = make(torch.float64, 50_000, seed=11)
     exact = tensor_stats(x)
     check(x, exact)                               # gathered: exact
-    monkeypatch.setattr(S, "GATHER_LIMIT", 100)
+    monkeypatch.setattr(W, "GATHER_LIMIT", 100)
     s = tensor_stats(x)
     assert not s.exact and any("interpolated" in n for n in s.notes)
     ref = np.percentile(x.numpy(), P)
@@ -278,7 +281,7 @@ def test_non_contiguous_views():
 
 
 def test_cancel_and_progress():
-    x = torch.randn(5 * S.CHUNK)
+    x = torch.randn(5 * C.CHUNK)
     seen = []
     tensor_stats(x, progress=lambda d, t: seen.append((d, t)))
     assert seen and seen[-1][0] == seen[-1][1] and all(d <= t for d, t in seen)
@@ -297,7 +300,7 @@ def test_cancel_and_progress():
 
 def test_threads_setting_restored():
     before = torch.get_num_threads()
-    tensor_stats(torch.randn(5 * S.CHUNK))
+    tensor_stats(torch.randn(5 * C.CHUNK))
     assert torch.get_num_threads() == before
 
 
@@ -385,18 +388,18 @@ def test_cli_stats_entry_path_and_text(files, cli):
     r = cli("stats", "demo:MyBatchNormModel", "bn.running_var", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)   # a fresh BatchNorm's running_var of ones: said, not flagged
-    assert out["flags"] == [] and out["info"] == [S.FRESH_BN_VAR] and out["min"] == out["max"] == 1.0
+    assert out["flags"] == [] and out["info"] == [FRESH_BN_VAR] and out["min"] == out["max"] == 1.0
 
 
 def _pass2_cases():
     g = torch.Generator().manual_seed(21)
-    n = 2 * S.CHUNK + 777
+    n = 2 * C.CHUNK + 777
     noisy = 1 + 1e-3 * torch.randn(n, generator=g)                   # every value in 1-2 buckets
     gauss = torch.randn(n, generator=g) * 0.02
     gauss[::997] = 0.0
     gauss[5] = -0.0
-    gauss[S.CHUNK + 3] = float("nan")
-    gauss[S.CHUNK + 4] = float("inf")
+    gauss[C.CHUNK + 3] = float("nan")
+    gauss[C.CHUNK + 4] = float("inf")
     edges = torch.tensor([-3.0, 0.0, 0.0, 1.5, 3.0, -1.5, 0.75] * 50_000)   # values exactly on bin edges
     few = torch.tensor([2.0 ** -140, -(2.0 ** -140), 0.0, 7.0, -7.0] * 30_000)  # subnormals in the zero buckets
     ints = torch.randint(-100_000, 100_000, (n,), generator=g, dtype=torch.int32)
@@ -411,11 +414,11 @@ def test_pass2_selective_and_full_binning_agree_and_are_exact(monkeypatch, case,
     """Pass 2 either bins every value, or only the values of the buckets that straddle a bin edge (the others'
     bins follow from their bucket): both exact, same figures."""
     x = _pass2_cases()[case]
-    monkeypatch.setattr(S, "SELECT_MAX", select_max)
+    monkeypatch.setattr(W, "SELECT_MAX", select_max)
     s = tensor_stats(x)
     check(x, s, rtol=2e-6)
     assert s.exact and s.histogram.exact
-    monkeypatch.setattr(S, "SELECT_MAX", 1.0 - select_max)
+    monkeypatch.setattr(W, "SELECT_MAX", 1.0 - select_max)
     o = tensor_stats(x)
     np.testing.assert_array_equal(o.histogram.counts, s.histogram.counts)
     assert o.percentiles == s.percentiles and o.zero_count == s.zero_count
@@ -425,8 +428,8 @@ def test_pass2_selective_and_full_binning_agree_and_are_exact(monkeypatch, case,
 def test_no_second_pass_when_every_bucket_sits_in_one_bin(monkeypatch):
     x = torch.tensor([-1000.0, 1.0, 2.0, 3.0] * 1_000_000)   # no bucket holds an edge of the 256 bins
     calls = []
-    real = S.run_chunked
-    monkeypatch.setattr(S, "run_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = W.run_chunked
+    monkeypatch.setattr(W, "run_chunked", lambda *a, **k: calls.append(1) or real(*a, **k))
     seen = []
     h = histogram(x, progress=lambda d, t: seen.append((d, t)))
     assert len(calls) == 1 and seen[-1][0] == seen[-1][1]
@@ -439,7 +442,7 @@ def test_no_second_pass_when_every_bucket_sits_in_one_bin(monkeypatch):
 def test_same_figures_whatever_thread_took_which_chunk(monkeypatch, dtype):
     """Chunks go to whichever thread is free; moments are merged in chunk order, so every figure is identical
     to the one-thread result, to the last bit."""
-    x = make(dtype, 6 * S.CHUNK + 4321, seed=3)
+    x = make(dtype, 6 * C.CHUNK + 4321, seed=3)
     two = tensor_stats(x)
     monkeypatch.setattr(S, "THREADS", 1)
     one = tensor_stats(x)
@@ -454,12 +457,12 @@ def _same(a, b) -> bool:
 def count_pass1(monkeypatch) -> dict:
     """Counts the chunks pass 1 reads (``counter["pass1"]``), from now on."""
     counter = {"pass1": 0}
-    real = S._Wide.pass1
+    real = W.WidePasses.pass1
 
     def counted(self, st, i):
         counter["pass1"] += 1
         return real(self, st, i)
-    monkeypatch.setattr(S._Wide, "pass1", counted)
+    monkeypatch.setattr(W.WidePasses, "pass1", counted)
     return counter
 
 
@@ -515,12 +518,12 @@ def test_steps_take_a_shared_range_between_the_steps_at_no_extra_pass(monkeypatc
     lo, hi = float(x.min()) - 1.25, float(x.max()) + 0.5
     reads = {"n": 0}
     for name in ("pass1",):
-        real = getattr(S._Wide, name)
+        real = getattr(W.WidePasses, name)
 
         def counted(self, st, i, _real=real):
             reads["n"] += 1
             return _real(self, st, i)
-        monkeypatch.setattr(S._Wide, name, counted)
+        monkeypatch.setattr(W.WidePasses, name, counted)
     steps = S.tensor_stats_steps(x, bins=50)
     first = next(steps)
     final = steps.send((lo, hi))
@@ -530,7 +533,7 @@ def test_steps_take_a_shared_range_between_the_steps_at_no_extra_pass(monkeypatc
     np.testing.assert_array_equal(final.histogram.counts, ref)
     assert final.histogram.below == final.histogram.above == 0
     if dtype in (torch.float32, torch.float64, torch.int32):   # pass 1 once (pass 2 is the second read)
-        assert reads["n"] == len(list(S.iter_chunks(x, S.STATS_CHUNK)))
+        assert reads["n"] == len(list(C.iter_chunks(x, S.STATS_CHUNK)))
     assert final.min == first.min and final.percentiles == tensor_stats(x).percentiles
 
 

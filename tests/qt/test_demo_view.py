@@ -10,9 +10,10 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QImage
 from PySide6.QtWidgets import QWidget
 
-from explorer.core.bn_demo import DEFAULT_SEQUENCE, LEFT, RIGHT, BatchNormDemo, run_default_sequence
+from explorer.core.bn_demo import DEFAULT_SEQUENCE, BatchNormDemo, run_default_sequence
+from explorer.core.bn_observe import LEFT, RIGHT, DemoAction
 from explorer.qt import demo_view
-from explorer.qt.demo_view import (SIDE_COLOURS, BatchNormDemoWindow, DemoActions, open_batchnorm_demo,
+from explorer.qt.demo_view import (SIDE_COLOURS, BatchNormDemoWindow, old_checkpoint_button, open_batchnorm_demo,
                                    save_screenshot)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +36,7 @@ def test_train_forward_button_runs_torch_and_plots_it(qtbot, make_window):
     w = make_window()
     assert w.panels[RIGHT].stack.currentIndex() == 0  # no right instance yet
     assert "running_mean all 0, running_var all 1 and num_batches_tracked 0" in w.sentence.text()
-    click(qtbot, w, DemoActions.FORWARD_TRAIN)
+    click(qtbot, w, DemoAction.FORWARD_TRAIN)
     assert len(w.demo.steps) == 1 and w.log.count() == 2 and w.log.currentRow() == 1
     step = w.demo.steps[0]
     assert w.sentence.text() == step.sentence
@@ -50,7 +51,7 @@ def test_train_forward_button_runs_torch_and_plots_it(qtbot, make_window):
 
 def test_eval_forward_button_changes_no_statistics(qtbot, make_window):
     w = make_window()
-    click(qtbot, w, DemoActions.FORWARD_EVAL)
+    click(qtbot, w, DemoAction.FORWARD_EVAL)
     mean_b, mean_a, var_b, var_a = w.panels[LEFT].bar_heights()
     assert mean_a == mean_b == [0.0] * 5 and var_a == var_b == [1.0] * 5
     assert "num_batches_tracked <b>0</b>" in w.panels[LEFT].info.text()
@@ -60,28 +61,28 @@ def test_eval_forward_button_changes_no_statistics(qtbot, make_window):
 def test_save_load_fills_right_and_side_buttons_follow(qtbot, make_window):
     w = make_window()
     w.side.setCurrentText(RIGHT)
-    assert not w.buttons[DemoActions.FORWARD_TRAIN].isEnabled()  # nothing on the right yet
+    assert not w.buttons[DemoAction.FORWARD_TRAIN].isEnabled()  # nothing on the right yet
     w.side.setCurrentText(LEFT)
-    click(qtbot, w, DemoActions.FORWARD_TRAIN)
-    click(qtbot, w, DemoActions.SAVE_AND_LOAD)
+    click(qtbot, w, DemoAction.FORWARD_TRAIN)
+    click(qtbot, w, DemoAction.SAVE_AND_LOAD)
     assert w.panels[RIGHT].stack.currentIndex() == 1
     assert w.panels[RIGHT].bar_heights()[1] == pytest.approx(w.demo.left.bn.running_mean.tolist())
     w.side.setCurrentText(RIGHT)
-    assert w.buttons[DemoActions.FORWARD_TRAIN].isEnabled()
+    assert w.buttons[DemoAction.FORWARD_TRAIN].isEnabled()
     w.batch.setValue(2)
-    click(qtbot, w, DemoActions.FORWARD_TRAIN)
+    click(qtbot, w, DemoAction.FORWARD_TRAIN)
     assert w.demo.steps[-1].params == {"side": RIGHT, "batch": 2}
     assert not torch.equal(w.demo.left.bn.running_mean, w.demo.right.bn.running_mean)
 
 
 def test_freeze_then_parent_train_trap(qtbot, make_window):
     w = make_window()
-    for key in (DemoActions.FORWARD_TRAIN, DemoActions.FREEZE_BN, DemoActions.FORWARD):
+    for key in (DemoAction.FORWARD_TRAIN, DemoAction.FREEZE_BN, DemoAction.FORWARD):
         click(qtbot, w, key)
     assert int(w.demo.left.bn.num_batches_tracked) == 1
-    click(qtbot, w, DemoActions.MODEL_TRAIN)
+    click(qtbot, w, DemoAction.MODEL_TRAIN)
     assert "train mode" in w.panels[LEFT].info.text()
-    click(qtbot, w, DemoActions.FORWARD)
+    click(qtbot, w, DemoAction.FORWARD)
     assert int(w.demo.left.bn.num_batches_tracked) == 2
     assert "num_batches_tracked 1 → <b>2</b>" in w.panels[LEFT].info.text()
 
@@ -89,22 +90,22 @@ def test_freeze_then_parent_train_trap(qtbot, make_window):
 def test_momentum_and_old_checkpoint_buttons(qtbot, make_window):
     w = make_window()
     w.momentum.setCurrentText("None (cumulative average)")
-    click(qtbot, w, DemoActions.SET_MOMENTUM)
+    click(qtbot, w, DemoAction.SET_MOMENTUM)
     assert w.demo.left.bn.momentum is None
     w.momentum.setCurrentText("fast")
-    click(qtbot, w, DemoActions.SET_MOMENTUM)
+    click(qtbot, w, DemoAction.SET_MOMENTUM)
     assert not w.status.isHidden() and "not a number" in w.status.text() and len(w.demo.steps) == 1
     w.momentum.setCurrentText("1.5")
-    click(qtbot, w, DemoActions.SET_MOMENTUM)
+    click(qtbot, w, DemoAction.SET_MOMENTUM)
     assert "momentum must be" in w.status.text() and len(w.demo.steps) == 1
-    click(qtbot, w, DemoActions.FORWARD_TRAIN)
+    click(qtbot, w, DemoAction.FORWARD_TRAIN)
     assert w.status.isHidden()  # an action that works clears the message
-    click(qtbot, w, DemoActions.LOAD_OLD_CURRENT)
+    click(qtbot, w, old_checkpoint_button("current"))
     assert w.demo.steps[-1].load.error and "raised RuntimeError" in w.sentence.text()
     w.strict.setChecked(False)
-    click(qtbot, w, DemoActions.LOAD_OLD_NO_META)
+    click(qtbot, w, old_checkpoint_button("none"))
     assert w.demo.steps[-1].params["metadata"] == "none" and w.demo.steps[-1].params["strict"] is False
-    click(qtbot, w, DemoActions.TOGGLE_TRACK)
+    click(qtbot, w, DemoAction.TOGGLE_TRACK_RUNNING_STATS)
     assert w.demo.left.bn.track_running_stats is False
 
 
@@ -123,7 +124,7 @@ def test_step_log_click_goes_back_and_forth(qtbot, make_window):
     qtbot.mouseClick(w.back_button, Qt.MouseButton.LeftButton)
     qtbot.mouseClick(w.back_button, Qt.MouseButton.LeftButton)
     assert w.demo.position == -1 and not w.back_button.isEnabled()
-    click(qtbot, w, DemoActions.FORWARD_EVAL)  # a new action drops the steps ahead
+    click(qtbot, w, DemoAction.FORWARD_EVAL)  # a new action drops the steps ahead
     assert len(w.demo.steps) == 1 and w.log.count() == 2
 
 
@@ -139,7 +140,7 @@ def test_variant_switch_and_scripted_sequence(qtbot, make_window):
 def test_export_script_writes_the_file(qtbot, make_window, tmp_path, monkeypatch):
     w = make_window()
     assert not w.export_button.isEnabled()
-    click(qtbot, w, DemoActions.FORWARD_TRAIN)
+    click(qtbot, w, DemoAction.FORWARD_TRAIN)
     target = tmp_path / "replay.py"
     monkeypatch.setattr(demo_view.QFileDialog, "getSaveFileName", lambda *a, **k: (str(target), "Python (*.py)"))
     qtbot.mouseClick(w.export_button, Qt.MouseButton.LeftButton)

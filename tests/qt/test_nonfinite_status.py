@@ -49,7 +49,7 @@ def test_detail_delta_says_what_it_leaves_out_and_fresh_batchnorm_is_told(tmp_pa
     BatchNorm's zero running_mean carries its explanation in ``stats.info``, not a flag."""
     import torch.nn as nn
 
-    from explorer.core.stats import FRESH_BN_MEAN
+    from explorer.core.health import FRESH_BN_MEAN
     from explorer.qt import detail_compute as D
     m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     sd = m.state_dict()

@@ -6,8 +6,9 @@ import torch
 import torch.nn as nn
 
 from explorer.core.side import open_side
-from explorer.core.stats import (ALL_ZEROS, CONSTANT, FRESH_BN_BIAS, FRESH_BN_COUNT, FRESH_BN_MEAN, FRESH_BN_VAR,
-                                 FRESH_BN_WEIGHT, explain_flags, health_scan, tensor_stats, with_context)
+from explorer.core.health import (ALL_ZEROS, CONSTANT, FRESH_BN_BIAS, FRESH_BN_COUNT, FRESH_BN_MEAN, FRESH_BN_VAR,
+                                  FRESH_BN_WEIGHT, explain_flags, health_scan)
+from explorer.core.stats import tensor_stats, with_context
 
 
 def _model():
