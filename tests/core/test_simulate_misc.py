@@ -18,8 +18,10 @@ from safetensors.torch import load_file, save_file
 from explorer.core import ModelSide, open_checkpoint
 from explorer.core.demo_models import ModelA, ModelB, MyBatchNormModel
 from explorer.core.records import MATCHED, MISSING, RUNNING_STAT, UNEXPECTED, CHANGED
-from explorer.core.remap import Remap, apply_remap, suggest_remaps
-from explorer.core.simulate import simulate_load
+from explorer.core.remap.export import apply_remap
+from explorer.core.remap.rules import Remap
+from explorer.core.remap.suggest import suggest_remaps
+from explorer.core.simulate.run import simulate_load
 from explorer.errors import Cancelled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,7 +263,7 @@ def test_entry_suggestion(tmp_path):
 def test_apply_remap_refuses_to_overwrite_source(tmp_path):
     path = tmp_path / "x.safetensors"
     save_file({"module.w": torch.ones(2)}, str(path))
-    from explorer.core.remap import RemapError
+    from explorer.errors import RemapError
     with pytest.raises(RemapError):
         apply_remap(open_checkpoint(path), Remap("strip_prefix", old="module."), path)
     assert load_file(str(path))["module.w"].tolist() == [1.0, 1.0]
@@ -572,18 +574,18 @@ def test_values_without_rerunning_torch_agree_with_the_full_values_pass(tmp_path
     """Most loads are compared straight from the structural pass (tensors read by key with pread, no memory maps);
     the rest re-run torch with real values. Both must give the same report, and the fast one must be taken when
     every copy came straight from the file."""
-    import explorer.core.simulate as sim
+    import explorer.core.simulate.run as sim
     from test_simulate_diff import CASES
     model_fn, sd_fn, _ = CASES[name]
     path = tmp_path / f"{name}.pt"
     torch.save(sd_fn(), path)
     model = model_fn()
     passes = []
-    real_run_pass = sim._run_pass
-    monkeypatch.setattr(sim, "_run_pass", lambda *a, **k: passes.append(k.get("compare")) or real_run_pass(*a, **k))
+    real_run_pass = sim.run_pass
+    monkeypatch.setattr(sim, "run_pass", lambda *a, **k: passes.append(k.get("compare")) or real_run_pass(*a, **k))
     fast = simulate_load(model, open_checkpoint(path), suggest=False)
     fast_passes = list(passes)
-    monkeypatch.setattr(sim, "_compare_from_structural", lambda *a, **k: False)
+    monkeypatch.setattr(sim, "compare_from_structural", lambda *a, **k: False)
     passes.clear()
     full = simulate_load(model, open_checkpoint(path), suggest=False)
     assert passes == [False, True]
