@@ -15,7 +15,7 @@ from ..load.recorder import Recorder, same_bits, summarize
 from ..load.standins import StandIn, StandInMixin
 from ..records import (CHANGED, DTYPE_CAST, MATCHED, MISSING, NOT_LOADED, RUNNING_STAT, RUNNING_STAT_NAMES,
                        SHAPE_MISMATCH, UNEXPECTED, dtype_name)
-from .explain import UnexpectedContext, explain_key, explain_load
+from .explain import UnexpectedContext, explain_key, explain_load, near_index
 from .report import KeyReport, LoadReport, made_items
 
 
@@ -60,10 +60,17 @@ class _Builder:
         self.used_sources: set[str] = set()
         self.loaded = 0
         self._after: dict = {}
+        self._near = None
         self.tied: dict[int, list[str]] = {}
         for key, slot in slots.items():
             if isinstance(slot.orig, torch.Tensor):
                 self.tied.setdefault(id(slot.orig), []).append(key)
+
+    def near(self, key: str) -> str | None:
+        """The unexpected key that most likely meant the missing ``key`` (indexed once, when first asked)."""
+        if self._near is None:
+            self._near = near_index(self.rep)
+        return self._near(key)
 
     def after_state(self) -> dict:
         """The copy's state dict after the load (only asked for entries computed by a module's own code)."""
@@ -108,7 +115,7 @@ class _Builder:
                               "(or version 1): BatchNorm fills the key in with the model's own value, so torch does "
                               "not report it missing; the value does not change.")
         else:
-            kr.explanation = explain_key(kr, slot, self.rep, self.tied, self.message)
+            kr.explanation = explain_key(kr, slot, self.rep, self.tied, self.message, self.near)
         if computed and computed[0]:
             kr.explanation = ("Not a parameter or buffer: the module's own _save_to_state_dict computes this entry "
                               "from its tensors, and its own _load_from_state_dict wrote into them"

@@ -115,6 +115,11 @@ def _unexpected_explainer(model: nn.Module, parts: list[str]):
     return (f"Rejected by {where}: it has no parameter or buffer '", special)
 
 
+def near_index(rep: LoadReport) -> "Near":
+    """A :class:`Near` over the report's unexpected keys, for its missing ones."""
+    return Near(rep.unexpected_keys, leaves={k.rsplit(".", 1)[-1] for k in rep.missing_keys if isinstance(k, str)})
+
+
 class Near:
     """Finds, for a missing key, the unexpected checkpoint key that most likely meant it (indexed once per report:
     a naive scan is quadratic and takes seconds on 2,000 prefixed keys)."""
@@ -159,8 +164,9 @@ class Near:
         return None
 
 
-def explain_key(kr: KeyReport, slot: Slot, rep: LoadReport, tied: dict, message: str) -> str:
-    """Why ``kr`` (a model key) ends as it does; ``tied``: id(tensor) -> the model keys sharing it."""
+def explain_key(kr: KeyReport, slot: Slot, rep: LoadReport, tied: dict, message: str, near_of) -> str:
+    """Why ``kr`` (a model key) ends as it does. ``tied``: id(tensor) -> the model keys sharing it; ``near_of(key)``:
+    the unexpected key that most likely meant a missing one (see :class:`Near`), or None."""
     key = kr.key
     st = kr.status
     src = f"the checkpoint's '{kr.source_key}'" if kr.source_key and kr.source_key != key else "the checkpoint"
@@ -169,7 +175,7 @@ def explain_key(kr: KeyReport, slot: Slot, rep: LoadReport, tied: dict, message:
     if st == SHAPE_MISMATCH:
         return _explain_mismatch(kr)
     if st == MISSING:
-        return _explain_missing(kr, rep, aliases)
+        return _explain_missing(kr, rep, aliases, near_of)
     if st == NOT_LOADED:
         return _explain_not_loaded(kr, rep, message)
     parts = []
@@ -229,14 +235,9 @@ def _explain_mismatch(kr: KeyReport) -> str:
             f"raises, even with strict=False; the model keeps its current value.{hint}")
 
 
-def _explain_missing(kr: KeyReport, rep: LoadReport, aliases: list) -> str:
+def _explain_missing(kr: KeyReport, rep: LoadReport, aliases: list, near_of) -> str:
     key = kr.key
-    near_index = getattr(rep, "_near_index", None)
-    if near_index is None:
-        near_index = Near(rep.unexpected_keys, leaves={k.rsplit(".", 1)[-1] for k in rep.missing_keys
-                                                        if isinstance(k, str)})
-        object.__setattr__(rep, "_near_index", near_index)
-    near = near_index(key)
+    near = near_of(key)
     text = "Not in the checkpoint: the model keeps its current (initial) value."
     if kr.changed and aliases:
         text = (f"Not in the checkpoint, but this tensor is shared (tied) with '{', '.join(aliases)}', which is "
