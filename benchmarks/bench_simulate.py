@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     from safetensors.torch import save_file
 
     from explorer.core import open_checkpoint
-    from explorer.core.simulate import simulate_load
+    from explorer.core.simulate.run import simulate_load
 
     os.makedirs(args.dir, exist_ok=True)
     t0 = time.perf_counter()

@@ -6,10 +6,21 @@ Exit status: 0 the load would succeed, 1 it would raise, 2 bad input.
 from __future__ import annotations
 
 import sys
+from itertools import chain, repeat
+from typing import TYPE_CHECKING
 
+from ..core.chunks import gc_paused
+from ..core.load.passes import all_str
 from ..core.model_source import ModelSide
+from ..core.records import CHANGED, MATCHED, UNEXPECTED
 from ..core.side import open_side
+from ..core.simulate.explain import fmt_shape
+from ..core.simulate.report import LoadReport, key_runs
+from ..core.simulate.run import simulate_load
 from ..errors import ModelSpecError
+
+if TYPE_CHECKING:
+    from ..core.simulate.explain import UnexpectedContext
 
 LISTED = 100      # keys listed per status in the text output (--all: every one)
 
@@ -38,7 +49,6 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from ..core.simulate import render_text, simulate_load
     model = ModelSide.from_spec(args.model)
     side = open_side(args.checkpoint)
     if side.kind == "model" and args.entry not in (None, "/", ""):
@@ -56,7 +66,8 @@ def run(args) -> int:
 
 
 def _write_fixed(report, side, entry, out_path, stream) -> None:
-    from ..core.remap import RemapError, apply_remap
+    from ..core.remap.export import apply_remap
+    from ..errors import RemapError
     if not report.suggestions:
         raise RemapError(f"{out_path}: nothing written — no remap suggestion improves this load")
     best = report.suggestions[0]
@@ -68,3 +79,105 @@ def _write_fixed(report, side, entry, out_path, stream) -> None:
         stream.write("note: .safetensors keeps no _metadata, so BatchNorm layers load as version-less from it "
                      "(a missing num_batches_tracked is then filled in silently)\n")
     stream.write(f"the same in Python:\n{best.snippet}")
+
+
+# ---- the text answer ---------------------------------------------------------------------------------------------
+
+LINE_CUT = 1000   # characters of one line of torch's error message shown when the listing is cut
+
+
+def render_text(rep: LoadReport, out, *, verbose: bool = False, listed: int | None = None) -> None:
+    """The human-readable report of the ``simulate`` command. ``listed``: keys listed per status (None: every one);
+    the rest are counted in one line per status, and a line of torch's error message longer than ``LINE_CUT``
+    characters is cut at a key (a load with 10**6 unexpected keys names every one of them in that message)."""
+    w = out.write
+    w(f"model:      {rep.model}\n")
+    w(f"checkpoint: {rep.checkpoint}" + (f"  [entry {'/'.join(rep.entry)}]" if rep.entry else "") + "\n")
+    w(f"call:       model.load_state_dict(sd, strict={rep.strict}, assign={rep.assign})\n\n")
+    if rep.raises:
+        w(f"WOULD RAISE {rep.error_type}:\n")
+        for line in (rep.error_message or "").splitlines():
+            w(f"    {line if listed is None else _cut_line(line)}\n")
+    else:
+        w(f"would succeed: missing_keys={len(rep.missing_keys)}, unexpected_keys={len(rep.unexpected_keys)}\n")
+    w("\n" + rep.explanation + "\n\n")
+    keys = rep.keys
+    width = min(60, max(max(map(len, keys), default=0), 10))
+    runs = key_runs(keys)
+    shown: dict[str, int] = {}   # status -> keys of that status met so far
+    for lazy, run in runs:
+        if lazy:  # unexpected keys without a report yet: the same lines, written in bulk
+            before = shown.get(UNEXPECTED, 0)
+            shown[UNEXPECTED] = before + len(run)
+            if listed is not None:
+                run = run[:max(listed - before, 0)]
+            if run:
+                _write_unexpected(w, run, keys.context, width)
+            continue
+        for key, r in run:
+            n = shown[r.status] = shown.get(r.status, 0) + 1
+            if listed is not None and n > listed:
+                continue
+            flag = "*" if r.changed and r.status != UNEXPECTED else " "
+            cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else ""
+            w(f" {flag} {key:<{width}} {r.status:<26}{cast}\n")
+            if verbose or r.status not in (MATCHED, CHANGED):
+                w(f"     {r.explanation}\n")
+    for status, n in shown.items():
+        if listed is not None and n > listed:
+            w(f"   … and {n - listed:,} more {status} keys (--all lists them, --json gives every key)\n")
+    w(f"\n(* = value, dtype or shape changes)  changed: {len(rep.changed_keys)}, "
+      f"changed buffers: {len(rep.changed_buffers)}\n")
+    if rep.running_stats:
+        w("running statistics overwritten:\n")
+        for k, v in rep.running_stats.items():
+            w(f"  {k}: {_brief(v['before'])} -> {_brief(v['after'])}\n")
+    for note in rep.notes:
+        w(f"note: {note}\n")
+    fixes = [s for s in rep.suggestions if not s.preview.get("raises")]
+    partial = [s for s in rep.suggestions if s.preview.get("raises")]
+    for title, group in (("suggested fixes (preview with the fix applied)", fixes),
+                         ("partial fixes: the load would still raise with these applied", partial)):
+        if not group:
+            continue
+        w(f"\n{title}:\n")
+        for s in group:
+            w(f"  - {s.title}: {s.preview_text()}\n")
+            if verbose:
+                for line in s.snippet.splitlines():
+                    w(f"      {line}\n")
+
+
+def _cut_line(line: str) -> str:
+    """``line`` whole up to ``LINE_CUT`` characters, else cut after a quoted key (torch's lists read
+    ``"a", "b", ...``) and the number of keys left out."""
+    if len(line) <= LINE_CUT:
+        return line
+    at = line.rfind('", "', 0, LINE_CUT)
+    if at < 0:
+        return f"{line[:LINE_CUT]} … ({len(line) - LINE_CUT:,} more characters; --all prints the whole message)"
+    more = line.count('", "', at)
+    return f"{line[:at + 1]}, … and {more:,} more (--all prints the whole message)"
+
+
+def _write_unexpected(w, keys: list, ctx: UnexpectedContext, width: int, chunk: int = 65536) -> None:
+    """What render_text writes for each of these keys' reports (status unexpected, unchanged, no cast)."""
+    mid = f" {UNEXPECTED:<26}\n     "
+    with gc_paused():  # millions of short-lived strings: with 10**6 tensors alive, each full GC pass costs more
+        for at in range(0, len(keys), chunk):
+            part = keys[at:at + chunk]
+            expl = ctx.explain(part)
+            # "   {key:<width}{mid}{explanation}\n" for each key, without a Python frame per key
+            padded = map(str.ljust, part, repeat(width)) if all_str(part) else \
+                [f"{k:<{width}}" for k in part]
+            w("".join(chain.from_iterable(zip(repeat("   "), padded, repeat(mid), expl, repeat("\n")))))
+
+
+def _brief(summary: dict | None) -> str:
+    if not summary:
+        return "?"
+    if "value" in summary:
+        return str(summary["value"])
+    if "mean" in summary:
+        return f"mean {summary['mean']:.4g} [{summary['min']:.4g}, {summary['max']:.4g}]"
+    return fmt_shape(summary.get("shape"))

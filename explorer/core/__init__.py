@@ -11,7 +11,7 @@ _EXPORTS = {
     "Checkpoint": "checkpoint", "open_checkpoint": "loaders", "ModelSide": "model_source",
     "resolve_spec": "model_source", "TensorInfo": "records", "StateDictRef": "records", "Location": "records",
     "open_side": "side", "Side": "side", "Tree": "tree", "Node": "tree", "build_tree": "tree",
-    "simulate_load": "simulate", "LoadReport": "simulate", "apply_remap": "remap",
+    "simulate_load": "simulate.run", "LoadReport": "simulate.report", "apply_remap": "remap.export",
     "tensor_stats": "stats", "tensor_stats_steps": "stats", "histogram": "stats", "health_scan": "stats", "TensorStats": "stats",
     "diff_sides": "diff", "DiffReport": "diff",
 }

@@ -9,14 +9,17 @@ import os
 import re
 import sys
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from ..errors import KeyNotFoundError, ModelSpecError
-from .records import (BUFFER, EXTRA_STATE, NON_PERSISTENT, PARAMETER, EntryPath, ModuleInfo, TensorInfo,
-                      dtype_name)
+from .meta import meta_like
+from .records import (BUFFER, EXTRA_STATE, NON_PERSISTENT, PARAMETER, TENSOR, EntryPath, ModuleInfo, TensorInfo,
+                      copy_metadata, dtype_name)
+from .side import MODEL
 
 _EXTRA_STATE_SUFFIX = "_extra_state"  # torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
 
@@ -144,7 +147,7 @@ def _import(left: str, spec: str):
 class ModelSide:
     """A live ``nn.Module`` as one side of the explorer. Nothing here modifies the model."""
 
-    kind = "model"
+    kind = MODEL
     format = "model"
 
     def __init__(self, model: nn.Module, label: str = ""):
@@ -236,6 +239,11 @@ class ModelSide:
     def read(self, path: EntryPath) -> torch.Tensor:
         return self.read_key(path[-1])
 
+    def load_object(self, entry=None, *, device: str = "meta") -> Any:
+        """The model's state dict as ``Checkpoint.load_object`` gives a checkpoint's: ``device="meta"``, data-less
+        tensors of the same layouts; ``"cpu"``, detached views of the model's own tensors (no bytes copied)."""
+        return state_dict_copy(self.model.state_dict(), device)
+
     def _lookup(self, key: str) -> Any:
         sd = self.model.state_dict(keep_vars=True)
         if key in sd:
@@ -254,6 +262,63 @@ class ModelSide:
 
     def __repr__(self):
         return f"ModelSide({self.path!r}, {len(self.entries)} tensors)"
+
+
+class StateDictSide:
+    """A state dict held in memory (a mapping handed to the simulation) as a side: like a model side, one state
+    dict at ``()``, its tensors live; no modules. Nothing here modifies the mapping."""
+
+    kind = MODEL
+    label = "<dict>"
+    references: list[str] = []
+    default_state_dict: EntryPath = ()
+
+    def __init__(self, sd: Mapping):
+        self.sd = sd
+
+    @property
+    def state_dicts(self):
+        from .records import StateDictRef
+        return [StateDictRef((), sum(isinstance(v, torch.Tensor) for v in self.sd.values()), 1.0, "the mapping")]
+
+    def resolve_entry(self, entry=None) -> EntryPath:
+        return ()
+
+    def state_dict_infos(self, entry=None) -> "OrderedDict[str, TensorInfo]":
+        return OrderedDict((k, _info(k, v, TENSOR)) for k, v in self.sd.items() if isinstance(v, torch.Tensor))
+
+    def module_classes(self, entry=None) -> dict[str, ModuleInfo]:
+        return {}
+
+    def read_key(self, key: str, entry=None) -> torch.Tensor:
+        value = self.sd.get(key)
+        if not isinstance(value, torch.Tensor):
+            raise KeyNotFoundError(f"{self.label}: no tensor {key!r}")
+        return value.detach()
+
+    def load_object(self, entry=None, *, device: str = "meta") -> Any:
+        """A copy of the mapping (its own ``_metadata``) with meta tensors, or with detached views."""
+        return state_dict_copy(self.sd, device)
+
+    def close(self) -> None:
+        pass
+
+
+def state_dict_copy(sd: Mapping, device: str) -> "OrderedDict":
+    """A copy of a state dict with its own ``_metadata`` and every tensor a meta tensor of the same layout
+    (``device="meta"``) or a detached view (``"cpu"``); Parameters stay Parameters."""
+    fn = meta_like if device == "meta" else torch.Tensor.detach
+    out: OrderedDict = OrderedDict()
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor):
+            t = fn(v)
+            out[k] = nn.Parameter(t, requires_grad=v.requires_grad) if isinstance(v, nn.Parameter) else t
+        else:
+            out[k] = v
+    meta = getattr(sd, "_metadata", None)
+    if meta is not None:
+        out._metadata = copy_metadata(meta)  # type: ignore[attr-defined]
+    return out
 
 
 def _info(key: str, t: torch.Tensor, kind: str) -> TensorInfo:

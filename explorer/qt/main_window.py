@@ -44,7 +44,7 @@ def _build_subtree(comparison: C.Comparison, keys, *, progress=None, should_stop
 def _simulate(left: C.SideData, right: C.SideData, remap, strict: bool, assign: bool, *,
               progress=None, should_stop=None):
     """(LoadReport, note): ``note`` says what the prediction cannot know (a checkpoint on the left), else ""."""
-    from explorer.core.simulate import simulate_load
+    from explorer.core.simulate.run import simulate_load
     target: Any = right.side
     entry = right.entry if not right.is_model else None
     if remap is not None:   # a remap was applied: hand torch the renamed mapping, as the fixed file would hold it
@@ -841,7 +841,7 @@ class MainWindow(QMainWindow):
 
 # ---- helpers -------------------------------------------------------------------------------------------------------
 def _export_fixed(remap, right: C.SideData, path: str, *, progress=None, should_stop=None) -> str:
-    from explorer.core.remap import apply_remap
+    from explorer.core.remap.export import apply_remap
     return apply_remap(right.side, remap, path, entry=right.entry if not right.is_model else None,
                        progress=progress, should_stop=should_stop)
 

@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from explorer.core import open_checkpoint
 from explorer.core.records import (DTYPE_CAST, MISSING, NOT_LOADED, RUNNING_STAT, SHAPE_MISMATCH, UNEXPECTED)
-from explorer.core.simulate import simulate_load
+from explorer.core.simulate.run import simulate_load
 
 
 # ---- the truth --------------------------------------------------------------------------------------------------

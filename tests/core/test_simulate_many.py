@@ -19,7 +19,10 @@ import torch.nn as nn
 from explorer.core.demo_models import MyBatchNormModel
 from explorer.core.loaders import open_checkpoint
 from explorer.core.records import UNEXPECTED
-from explorer.core.simulate import KeyTable, _explain_unexpected, render_text, simulate_load
+from explorer.commands.simulate import render_text
+from explorer.core.simulate.explain import explain_unexpected
+from explorer.core.simulate.report import KeyTable
+from explorer.core.simulate.run import simulate_load
 from tests.core.test_many_tensors import _python_calls as python_calls
 
 
@@ -75,7 +78,7 @@ class _Odd(nn.Module):
 @pytest.mark.parametrize("strict", [True, False])
 def test_bulk_answers_equal_per_key_reports(strict):
     """The unexpected keys' lines and JSON written in bulk are those of their reports made one by one, and each
-    report's explanation is ``_explain_unexpected``'s."""
+    report's explanation is ``explain_unexpected``'s."""
     model = _Odd()
     sd = OrderedDict()
     for i in range(300):
@@ -95,7 +98,7 @@ def test_bulk_answers_equal_per_key_reports(strict):
     msg = rep.error_message or ""
     for k in rep.unexpected_keys:     # every report made one at a time
         r = rep.keys[k]
-        assert r.status == UNEXPECTED and r.explanation == _explain_unexpected(k, model, msg)
+        assert r.status == UNEXPECTED and r.explanation == explain_unexpected(k, model, msg)
     buf = io.StringIO()
     render_text(rep, buf)
     assert buf.getvalue() == text

@@ -15,7 +15,9 @@ import torch
 import torch.nn as nn
 
 from explorer.core.loaders import open_checkpoint
-from explorer.core.simulate import _ModelIndex, render_text, simulate_load
+from explorer.commands.simulate import render_text
+from explorer.core.load.index import ModelIndex
+from explorer.core.simulate.run import simulate_load
 from tests.core.test_simulate_diff import CASES, _save, _save_twin, check
 
 
@@ -27,7 +29,7 @@ def _answer(model, path, **kw) -> tuple[str, str]:
 
 
 def _without_standins(monkeypatch):
-    monkeypatch.setattr(_ModelIndex, "read_keys", lambda self: None)
+    monkeypatch.setattr(ModelIndex, "read_keys", lambda self: None)
 
 
 @pytest.mark.parametrize("assign", [False, True], ids=["copy", "assign"])
@@ -54,7 +56,7 @@ def test_standins_are_shared_by_layout(tmp_path):
     path = _save(sd, tmp_path, "standins")
     model = nn.Sequential(nn.Linear(4, 3))
     ck = open_checkpoint(str(path))
-    got = ck.meta_state_dict(None, *_ModelIndex(model).read_keys())
+    got = ck.meta_state_dict(None, *ModelIndex(model).read_keys())
     full = ck.load_object(None, device="meta")
     assert list(got) == list(full)
     for k in full:
@@ -127,7 +129,7 @@ def _root_hooked():
 ])
 def test_read_keys(make, prefixes):
     model = make()
-    got = _ModelIndex(model).read_keys()
+    got = ModelIndex(model).read_keys()
     assert (got[1] if got is not None else None) == prefixes
     if got is not None:
         assert set(model.state_dict()) <= got[0]
@@ -166,7 +168,7 @@ def test_unusual_layouts_of_unread_keys_answer_as_without_standins(tmp_path, mon
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
         z.writestr("archive/data.pkl", _tensor_pickle(shape, stride))
         z.writestr("archive/data/0", b"\0" * 16)
-    assert _ModelIndex(MyBatchNormModel()).read_keys() is not None
+    assert ModelIndex(MyBatchNormModel()).read_keys() is not None
 
     def answer():
         try:
@@ -182,13 +184,13 @@ def test_unusual_layouts_of_unread_keys_answer_as_without_standins(tmp_path, mon
 def test_read_keys_none_when_torch_itself_is_patched(monkeypatch):
     """Someone replaced nn.Module's own loading code: it may read any key."""
     model = nn.Sequential(nn.Linear(2, 2))
-    assert _ModelIndex(model).read_keys() is not None
+    assert ModelIndex(model).read_keys() is not None
     original = nn.Module._load_from_state_dict
 
     def patched(self, *args, **kwargs):
         return original(self, *args, **kwargs)
     monkeypatch.setattr(nn.Module, "_load_from_state_dict", patched)
-    assert _ModelIndex(model).read_keys() is None
+    assert ModelIndex(model).read_keys() is None
 
 
 @pytest.mark.parametrize("at", ["1", ""], ids=["child", "root"])

@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 
 from explorer.core import ModelSide, open_checkpoint
-from explorer.core.simulate import render_text, simulate_load
+from explorer.commands.simulate import render_text
+from explorer.core.simulate.run import simulate_load
 
 
 class Net(nn.Module):

@@ -244,7 +244,7 @@ def _warm_up() -> None:
     cli.build_parser()
     from explorer.core.loaders import _ensure_builtin
     _ensure_builtin()
-    import explorer.core.simulate  # noqa: F401
+    import explorer.core.simulate.run  # noqa: F401
     import explorer.core.diff  # noqa: F401
     import explorer.core.stats  # noqa: F401
     import explorer.core.demo_models  # noqa: F401

@@ -63,7 +63,7 @@ def test_read_diff_simulate_write_nothing(corpus):
     from explorer.core.diff import diff_sides
     from explorer.core.model_source import ModelSide
     from explorer.core.side import open_side
-    from explorer.core.simulate import simulate_load
+    from explorer.core.simulate.run import simulate_load
     from explorer.errors import ExplorerError
     root, inputs = corpus
     base = os.path.join(root, "base", "base.pt")
