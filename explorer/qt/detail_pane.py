@@ -18,9 +18,9 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..core.atomic import atomic_write_bytes
-from . import compare as C
+from ..session import compare as C
 from . import theme
-from .detail_compute import DetailResult
+from ..session.detail_compute import DetailResult
 
 STAT_ROWS = [("shape", "shape"), ("dtype", "dtype"), ("elements", "numel"), ("finite", "count"), ("min", "min"), ("max", "max"),
              ("mean", "mean"), ("std", "std"), ("|max|", "absmax"), ("L2 norm", "l2"), ("zeros", "zero_count"),
@@ -102,7 +102,6 @@ def _brush(color: str, alpha: int = 70):
 
 class DetailPane(QWidget):
     sig_bins_changed = Signal(int)
-    sig_log_changed = Signal(bool)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -230,7 +229,7 @@ class DetailPane(QWidget):
     def show_pending(self, key: str, row: "C.Row | None", status: str | None) -> None:
         """A key was selected; its numbers are being computed. Shows the header facts at once."""
         self.key = key
-        self._set_title(key, row, status, computing=True)
+        self.set_title(key, row, status, computing=True)
         for r, (_, attr) in enumerate(STAT_ROWS):
             for c, info in enumerate((row.left, row.right) if row else (None, None)):
                 text = ""
@@ -252,7 +251,7 @@ class DetailPane(QWidget):
                    + (f": {md.present[0]} tensors left, {md.present[1]} right, {md.problems} problems below"
                       if md else ""))
 
-    def _set_title(self, key: str, row, status, computing=False) -> None:
+    def set_title(self, key: str, row, status, computing=False) -> None:
         text = f"<b>{key}</b>"
         st = theme.status_text(status)
         if st:
@@ -275,7 +274,7 @@ class DetailPane(QWidget):
         """Show a result; one marked ``estimated`` (a large tensor's first pass) is replaced by the exact one."""
         self.result = res
         self.key = res.key
-        self._set_title(res.key, row, status,
+        self.set_title(res.key, row, status,
                         computing="≈ histogram and percentiles estimated; computing exact figures…"
                         if res.estimated else False)
         for c, sv in enumerate((res.left, res.right)):
