@@ -94,12 +94,12 @@ class PaneHeader(QFrame):
         self.path.setToolTip(data.label)
         n = len(data.infos)
         nbytes = sum(i.nbytes for i in data.infos.values())
-        kind = "model" if data.is_model else getattr(side, "format", "checkpoint")
-        refs = getattr(side, "references", []) or []
+        kind = side.format               # "model", or the checkpoint's format
+        refs = side.references           # objects a checkpoint names (a model: none)
         extra = f", names {len(refs)} objects" if refs else ""
         self.info.setText(f"{kind} · {n:,} tensor{'' if n == 1 else 's'} · {C.human_bytes(nbytes)}{extra}")
         self.info.setToolTip("objects the file names (never run):\n" + "\n".join(refs[:40]) if refs else "")
-        sds = list(getattr(side, "state_dicts", []) or [])
+        sds = list(side.state_dicts)
         self.entry.blockSignals(True)
         self.entry.clear()
         self._entries = []

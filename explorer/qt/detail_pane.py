@@ -113,6 +113,13 @@ class DetailPane(QWidget):
         self.flags = QLabel("")
         self.flags.setObjectName("HealthFlags")
         self.flags.setWordWrap(True)
+        self._build_tables()
+        self._build_controls()
+        self._build_plots()
+        self._build_layout()
+        self.clear()
+
+    def _build_tables(self) -> None:
         self.table = QTableWidget(len(STAT_ROWS), 2)
         self.table.setHorizontalHeaderLabels(["Left", "Right"])
         self.table.setVerticalHeaderLabels([r[0] for r in STAT_ROWS])
@@ -134,6 +141,8 @@ class DetailPane(QWidget):
         self.pct_table.setMinimumWidth(190)
         self.pct_table.setToolTip("Percentiles of the finite values (numpy's linear interpolation); "
                                   "≈: estimated, the exact figures follow")
+
+    def _build_controls(self) -> None:
         self.log_y = QCheckBox("Log y")
         self.log_y.toggled.connect(self._apply_log)
         self.bins = QSpinBox()
@@ -149,6 +158,7 @@ class DetailPane(QWidget):
         self.export_png.setEnabled(False)
         self.export_csv.setEnabled(False)
 
+    def _build_plots(self) -> None:
         self.hist = _Plot("Histogram (both sides)", "value", "count")
         _legend_below(self.hist)
         self.left_item = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, name="left",
@@ -170,6 +180,7 @@ class DetailPane(QWidget):
         self.delta.hide()
         self.channel.hide()
 
+    def _build_layout(self) -> None:
         controls = QHBoxLayout()
         controls.setContentsMargins(0, 0, 0, 0)
         controls.addWidget(self.title, 1)
@@ -202,7 +213,6 @@ class DetailPane(QWidget):
         lay.setContentsMargins(4, 2, 4, 2)
         lay.addLayout(controls)
         lay.addWidget(self.splitter, 1)
-        self.clear()
 
     # ---- states ----------------------------------------------------------------------------------------------------
     def clear(self, text: str = "Select a tensor to see its statistics and histograms.") -> None:
