@@ -13,9 +13,7 @@ from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSettings, QTimer
 from PySide6.QtWidgets import QApplication
 
 from ..window_args import build_parser  # Qt-free: python main.py --help shows these options too
-
-ORG = "StateDictExplorer"
-APP = "State-Dict Explorer"
+from .settings import APP, ORG
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.screenshot:
         _schedule_screenshot(app, window, args.screenshot, state)
     app.exec()
-    from .compute_process import shutdown
+    from ..session.compute_process import shutdown
     shutdown()
     return state["rc"]
 
@@ -107,7 +105,7 @@ def _schedule_screenshot(app, window, out: str, state: dict, timeout_s: float = 
         timer.stop()
         unmet = window.unmet_requests()
         if late:
-            unmet.append("still busy after %.0f s (%s)" % (timeout_s, window.activity.text() or "working"))
+            unmet.append("still busy after %.0f s (%s)" % (timeout_s, window.activity.label.text() or "working"))
         try:
             save_screenshot(window, out)
             print(f"wrote {out}")

@@ -11,9 +11,10 @@ from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter,
                                QToolButton, QTreeView, QVBoxLayout, QWidget)
 
-from . import compare as C
-from .tree_model import (COLUMNS, LEFT, LEFT_COLUMNS, NAME_COLUMN, RIGHT, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole,
-                         StateTreeModel, is_group, row_key)
+from ..session import compare as C
+from ..session.compare import LEFT, RIGHT
+from .tree_model import (COLUMNS, LEFT_COLUMNS, NAME_COLUMN, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole, StateTreeModel,
+                         is_group, row_key)
 
 HEADER_HEIGHT = 62   # every panel's header has this height, so the three views start at the same y
 
@@ -93,12 +94,12 @@ class PaneHeader(QFrame):
         self.path.setToolTip(data.label)
         n = len(data.infos)
         nbytes = sum(i.nbytes for i in data.infos.values())
-        kind = "model" if data.is_model else getattr(side, "format", "checkpoint")
-        refs = getattr(side, "references", []) or []
+        kind = side.format               # "model", or the checkpoint's format
+        refs = side.references           # objects a checkpoint names (a model: none)
         extra = f", names {len(refs)} objects" if refs else ""
         self.info.setText(f"{kind} · {n:,} tensor{'' if n == 1 else 's'} · {C.human_bytes(nbytes)}{extra}")
         self.info.setToolTip("objects the file names (never run):\n" + "\n".join(refs[:40]) if refs else "")
-        sds = list(getattr(side, "state_dicts", []) or [])
+        sds = list(side.state_dicts)
         self.entry.blockSignals(True)
         self.entry.clear()
         self._entries = []
@@ -299,6 +300,21 @@ class CompareView(QWidget):
                         v.expand(idx)
         finally:
             self._syncing = False
+
+    def scroll_right_to(self, idx: QModelIndex, hint) -> None:
+        """Scroll the right pane (the panes scroll together) to the row of ``idx``."""
+        self.right.scrollTo(idx.siblingAtColumn(NAME_COLUMN[RIGHT]), hint)
+
+    def fit_shape_columns(self) -> None:
+        """Widen each pane's Shape column to the shapes in view ((512, 256, 3, 3) whole), never narrower than it
+        is. Qt measures the rows in view only, so this costs the same for 10**6 keys."""
+        for view, side in ((self.left, LEFT), (self.right, RIGHT)):
+            col = next((i for i, c in enumerate(COLUMNS) if c.field == "shape" and c.side == side), None)
+            if col is None or view.isColumnHidden(col):
+                continue
+            want = view.sizeHintForColumn(col) + 8
+            if want > view.header().sectionSize(col):
+                view.header().resizeSection(col, min(want, 260))
 
     def current_node(self):
         idx = self.selection.currentIndex()

@@ -18,9 +18,9 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QSpinBox, QSplitter, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 from ..core.atomic import atomic_write_bytes
-from . import compare as C
+from ..session import compare as C
 from . import theme
-from .detail_compute import DetailResult
+from ..session.detail_compute import DetailResult
 
 STAT_ROWS = [("shape", "shape"), ("dtype", "dtype"), ("elements", "numel"), ("finite", "count"), ("min", "min"), ("max", "max"),
              ("mean", "mean"), ("std", "std"), ("|max|", "absmax"), ("L2 norm", "l2"), ("zeros", "zero_count"),
@@ -102,7 +102,6 @@ def _brush(color: str, alpha: int = 70):
 
 class DetailPane(QWidget):
     sig_bins_changed = Signal(int)
-    sig_log_changed = Signal(bool)
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -114,6 +113,13 @@ class DetailPane(QWidget):
         self.flags = QLabel("")
         self.flags.setObjectName("HealthFlags")
         self.flags.setWordWrap(True)
+        self._build_tables()
+        self._build_controls()
+        self._build_plots()
+        self._build_layout()
+        self.clear()
+
+    def _build_tables(self) -> None:
         self.table = QTableWidget(len(STAT_ROWS), 2)
         self.table.setHorizontalHeaderLabels(["Left", "Right"])
         self.table.setVerticalHeaderLabels([r[0] for r in STAT_ROWS])
@@ -135,6 +141,8 @@ class DetailPane(QWidget):
         self.pct_table.setMinimumWidth(190)
         self.pct_table.setToolTip("Percentiles of the finite values (numpy's linear interpolation); "
                                   "≈: estimated, the exact figures follow")
+
+    def _build_controls(self) -> None:
         self.log_y = QCheckBox("Log y")
         self.log_y.toggled.connect(self._apply_log)
         self.bins = QSpinBox()
@@ -150,6 +158,7 @@ class DetailPane(QWidget):
         self.export_png.setEnabled(False)
         self.export_csv.setEnabled(False)
 
+    def _build_plots(self) -> None:
         self.hist = _Plot("Histogram (both sides)", "value", "count")
         _legend_below(self.hist)
         self.left_item = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, name="left",
@@ -171,6 +180,7 @@ class DetailPane(QWidget):
         self.delta.hide()
         self.channel.hide()
 
+    def _build_layout(self) -> None:
         controls = QHBoxLayout()
         controls.setContentsMargins(0, 0, 0, 0)
         controls.addWidget(self.title, 1)
@@ -203,7 +213,6 @@ class DetailPane(QWidget):
         lay.setContentsMargins(4, 2, 4, 2)
         lay.addLayout(controls)
         lay.addWidget(self.splitter, 1)
-        self.clear()
 
     # ---- states ----------------------------------------------------------------------------------------------------
     def clear(self, text: str = "Select a tensor to see its statistics and histograms.") -> None:
@@ -230,7 +239,7 @@ class DetailPane(QWidget):
     def show_pending(self, key: str, row: "C.Row | None", status: str | None) -> None:
         """A key was selected; its numbers are being computed. Shows the header facts at once."""
         self.key = key
-        self._set_title(key, row, status, computing=True)
+        self.set_title(key, row, status, computing=True)
         for r, (_, attr) in enumerate(STAT_ROWS):
             for c, info in enumerate((row.left, row.right) if row else (None, None)):
                 text = ""
@@ -252,7 +261,7 @@ class DetailPane(QWidget):
                    + (f": {md.present[0]} tensors left, {md.present[1]} right, {md.problems} problems below"
                       if md else ""))
 
-    def _set_title(self, key: str, row, status, computing=False) -> None:
+    def set_title(self, key: str, row, status, computing=False) -> None:
         text = f"<b>{key}</b>"
         st = theme.status_text(status)
         if st:
@@ -275,7 +284,7 @@ class DetailPane(QWidget):
         """Show a result; one marked ``estimated`` (a large tensor's first pass) is replaced by the exact one."""
         self.result = res
         self.key = res.key
-        self._set_title(res.key, row, status,
+        self.set_title(res.key, row, status,
                         computing="≈ histogram and percentiles estimated; computing exact figures…"
                         if res.estimated else False)
         for c, sv in enumerate((res.left, res.right)):

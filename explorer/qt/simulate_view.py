@@ -2,6 +2,8 @@
 the remap suggestions (preview, apply, export). Also the place for inline messages (expected errors)."""
 from __future__ import annotations
 
+from html import escape
+
 from PySide6.QtCore import Qt, Signal
 from functools import lru_cache
 
@@ -9,7 +11,7 @@ from PySide6.QtGui import QFont, QIcon
 from PySide6.QtWidgets import (QApplication, QFrame, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QStyle,
                                QToolButton, QVBoxLayout, QWidget)
 
-from . import compare as C
+from ..session import compare as C
 
 OK_STYLE = "QFrame#Banner { background: #e8f6ef; border: 1px solid #009E73; border-radius: 4px; }"
 BAD_STYLE = "QFrame#Banner { background: #fdecea; border: 1px solid #C0392B; border-radius: 4px; }"
@@ -24,34 +26,28 @@ def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, s
     """(raises, plain-words summary) of a LoadReport. The figures are the core explanation's own: the model keys
     (every report but the unexpected ones) split into those that load, stay missing, mismatch in shape, or keep their
     value without a copy, so the parts add up to the total the explanation names."""
-    keys = getattr(report, "keys", {}) or {}
-    unexpected_keys = getattr(report, "unexpected_keys", None)
+    unexpected_keys = report.unexpected_keys
     counts: dict[str, int] = {}
     running = []
-    items = keys.made_items() if hasattr(keys, "made_items") else keys.items()   # unexpected reports: counted below
-    for k, kr in items:
+    for k, kr in report.keys.made_items():   # the unexpected keys' reports (not made yet) are counted below
         counts[kr.status] = counts.get(kr.status, 0) + 1
         if kr.status == C.RUNNING_STAT:
             running.append(k)
-    raises = bool(getattr(report, "raises", False))
-    loaded_keys = getattr(report, "loaded_keys", None)
-    if loaded_keys is not None:
-        loads = len(loaded_keys)
-    else:
-        loads = sum(counts.get(s, 0) for s in (C.MATCHED, C.CHANGED, C.DTYPE_CAST, C.RUNNING_STAT))
+    raises = report.raises
+    loads = len(report.loaded_keys)
     missing = counts.get(C.MISSING, 0)
-    unexpected = len(unexpected_keys) if unexpected_keys is not None else counts.get(C.UNEXPECTED, 0)
+    unexpected = len(unexpected_keys)
     shape = counts.get(C.SHAPE_MISMATCH, 0)
     total = sum(n for st, n in counts.items() if st != C.UNEXPECTED)
     changed = counts.get(C.CHANGED, 0) + counts.get(C.RUNNING_STAT, 0) + counts.get(C.DTYPE_CAST, 0)
     kept = max(total - loads - missing - shape, 0)
     if raises:
-        head = f"<b>✗ load_state_dict would raise {getattr(report, 'error_type', '') or 'an error'}.</b>"
+        head = f"<b>✗ load_state_dict would raise {report.error_type or 'an error'}.</b>"
     else:
         head = "<b>✓ load_state_dict would succeed.</b>"
-    explanation = getattr(report, "explanation", "") or ""
+    explanation = report.explanation
     if explanation:
-        head += " " + _html(explanation)
+        head += " " + escape(explanation, quote=False)
     verb = "are copied before it raises" if raises else "load"
     parts = [f"{loads} {verb}" + (f" ({changed} with new values)" if loads else "")]
     if missing:
@@ -63,17 +59,13 @@ def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, s
                      "current value)")
     text = head + f"<br>In numbers — of the {plural(total, 'model key')}: " + ", ".join(parts) + "."
     text += (f" Checkpoint keys the model has no place for: {unexpected} (unexpected" +
-             (", ignored" if not raises or not getattr(report, "strict", True) else "") + ")." if unexpected else "")
+             (", ignored" if not raises or not report.strict else "") + ")." if unexpected else "")
     if counts.get(C.DTYPE_CAST):
         text += f" {counts[C.DTYPE_CAST]} of the loaded keys are cast to the model's dtype."
     if running:
         shown = ", ".join(running[:4]) + (f" and {len(running) - 4} more" if len(running) > 4 else "")
         text += f"<br>⟳ Running statistics overwritten: {shown}."
     return raises, text
-
-
-def _html(text: str) -> str:
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 @lru_cache(maxsize=1)
@@ -96,17 +88,16 @@ class SuggestionRow(QWidget):
     def __init__(self, suggestion, parent=None):
         super().__init__(parent)
         self.suggestion = suggestion
-        desc = getattr(suggestion, "title", None) or getattr(suggestion, "description", None) or str(suggestion)
-        preview_text = getattr(suggestion, "preview_text", None)
-        ptext = f"  →  {preview_text()}" if callable(preview_text) else ""
+        desc = suggestion.title
+        ptext = f"  →  {suggestion.preview_text()}"
         self.icon = QLabel()
         self.icon.setPixmap(suggestion_icon().pixmap(16, 16))   # an icon, not a glyph some fonts lack
         self.icon.setToolTip("A remap suggestion")
-        label = QLabel(f"{_html(str(desc))}<span style='color:#555'>{_html(ptext)}</span>")
+        label = QLabel(f"{escape(desc, quote=False)}<span style='color:#555'>{escape(ptext, quote=False)}</span>")
         label.setTextFormat(Qt.RichText)
         label.setWordWrap(True)
-        tip = [getattr(suggestion, "reason", "") or ""]
-        if getattr(suggestion, "snippet", ""):
+        tip = [suggestion.reason]
+        if suggestion.snippet:
             tip.append("Equivalent Python:\n" + suggestion.snippet)
         label.setToolTip("\n\n".join(t for t in tip if t))
         self.apply_button = QPushButton("Apply")
@@ -181,19 +172,19 @@ class Banner(QFrame):
         """``note``: what the prediction cannot know (a checkpoint simulated as the model), shown first."""
         raises, text = summarize(report, comparison)
         if note:
-            text = f"<span style='color:#8a4b00'><b>Note:</b> {_html(note)}</span><br>" + text
+            text = f"<span style='color:#8a4b00'><b>Note:</b> {escape(note, quote=False)}</span><br>" + text
         self.raises = raises
         self.setStyleSheet(BAD_STYLE if raises else OK_STYLE)
         self.summary.setText(text)
-        msg = getattr(report, "error_message", "") or ""
+        msg = report.error_message or ""
         if msg:
-            etype = getattr(report, "error_type", "") or ""
+            etype = report.error_type or ""
             self.message.setPlainText(f"{etype}: {msg}" if etype and not msg.startswith(etype) else msg)
             self.message.show()
         else:
             self.message.hide()
         self._clear_suggestions()
-        for s in list(getattr(report, "suggestions", []) or [])[:4]:
+        for s in report.suggestions[:4]:
             row = SuggestionRow(s)
             row.sig_apply.connect(self.sig_apply)
             row.sig_export.connect(self.sig_export)

@@ -6,7 +6,7 @@ from functools import lru_cache
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QIcon, QPainter, QPixmap
 
-from . import compare as C
+from ..session import compare as C
 
 # status -> (short text, glyph, colour). Colours are from the Okabe-Ito palette (safe for colour-blind readers);
 # the glyph and the word carry the meaning on their own.

@@ -13,14 +13,14 @@ from typing import Any
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
-from . import compare as C
+from ..session import compare as C
+from ..session.compare import LEFT, RIGHT, Pane
 from . import theme
 
 NodeRole = Qt.UserRole + 1      # data() -> the core tree Node
 KeyRole = Qt.UserRole + 2       # data() -> the full dotted path of the row
 StatusRole = Qt.UserRole + 3    # data() -> status string (leaves) or problem count (modules)
 
-LEFT, RIGHT = 0, 1
 GROUP = 1000    # rows shown under one node at most: more siblings (10**6 flat keys) come in groups of this many
 _CELL_ROLES = (Qt.DisplayRole, Qt.DecorationRole, Qt.ForegroundRole, Qt.BackgroundRole, Qt.FontRole,
                Qt.TextAlignmentRole, Qt.ToolTipRole, StatusRole)
@@ -30,7 +30,7 @@ _ROLES = frozenset(int(r) for r in _CELL_ROLES) | {int(NodeRole), int(KeyRole)}
 @dataclass(frozen=True)
 class Column:
     header: str
-    side: int | None                 # LEFT / RIGHT / None (the status column)
+    side: Pane | None                # LEFT / RIGHT / None (the status column)
     field: str                       # name / kind / shape / dtype / size / status
     align: Qt.AlignmentFlag = Qt.AlignLeft | Qt.AlignVCenter
 

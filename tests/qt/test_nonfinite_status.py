@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt
 
 from explorer.core.diff import diff_sides
 from explorer.core.records import CHANGED
-from explorer.qt import compare as C
+from explorer.session import compare as C
 from explorer.qt.tree_model import STATUS_COLUMN, StateTreeModel
 
 NAN, INF = float("nan"), float("inf")
@@ -16,7 +16,7 @@ def test_window_status_and_problems_filter(tmp_path):
     """The comparison the window shows: a NaN appearing is a problem with its own words in the status column."""
     from safetensors.torch import save_file
 
-    from explorer.qt import compare as C
+    from explorer.session import compare as C
     a = {"w": torch.ones(3), "b": torch.ones(2), "c": torch.ones(2), "n": torch.tensor([NAN, 1.0])}
     b = {"w": torch.tensor([1.0, NAN, 1.0]), "b": torch.tensor([INF, 1.0]), "c": torch.tensor([1.0, 2.0]),
          "n": torch.tensor([0.0, 1.0])}
@@ -50,7 +50,7 @@ def test_detail_delta_says_what_it_leaves_out_and_fresh_batchnorm_is_told(tmp_pa
     import torch.nn as nn
 
     from explorer.core.health import FRESH_BN_MEAN
-    from explorer.qt import detail_compute as D
+    from explorer.session import detail_compute as D
     m = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
     sd = m.state_dict()
     torch.save(sd, tmp_path / "a.pt")

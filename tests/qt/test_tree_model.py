@@ -4,7 +4,7 @@ from __future__ import annotations
 from PySide6.QtCore import QModelIndex, Qt
 
 from explorer.core.records import BUFFER, NON_PERSISTENT, PARAMETER, TENSOR, ModuleInfo, TensorInfo
-from explorer.qt import compare as C
+from explorer.session import compare as C
 from explorer.qt.tree_model import (LEFT_COLUMNS, NAME_COLUMN, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole, StateTreeModel,
                                      is_group, row_key)
 
@@ -185,18 +185,18 @@ def test_filters():
 def test_hundred_thousand_keys_build_and_filter_quickly():
     import time
     keys = [info(f"layers.{i}.block{j}.weight", (8,)) for i in range(10_000) for j in range(10)]
-    t = time.perf_counter()
+    t = time.process_time()
     comp = C.Comparison(side(keys), side(keys[:50_000]))
-    build = time.perf_counter() - t
-    t = time.perf_counter()
+    build = time.process_time() - t
+    t = time.process_time()
     few = comp.filtered_keys("layers.9999.")
-    filt = time.perf_counter() - t
+    filt = time.process_time() - t
     assert len(few) == 10 and len(comp.subtree(few)) == 10
     model = StateTreeModel()
     model.set_tree(comp)
     assert model.rowCount() == 1 and model.rowCount(model.index(0, 0)) == 10      # 10,000 modules, 1,000 a row
     assert sum(model.rowCount(model.index(g, 0, model.index(0, 0))) for g in range(10)) == 10_000
-    # generous bounds (shared machines): building is a worker's job, filtering happens per keystroke
+    # CPU time, with wide margins (about 1 s and 0.1 s here): building is a worker's job, filtering per keystroke
     assert build < 10 and filt < 0.5, (build, filt)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from PySide6.QtCore import QMimeData, QModelIndex, QPointF, Qt, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 
-from explorer.qt import compare as C
+from explorer.session import compare as C
 from explorer.qt.tree_model import STATUS_COLUMN, NodeRole, StatusRole
 
 from .conftest import open_both, wait_idle
@@ -331,7 +331,7 @@ def test_nested_checkpoint_offers_its_state_dicts(qtbot, make_window, tmp_path):
 def test_one_side_open_is_not_a_comparison(tmp_path):
     """With only the left side open no key is "only left": there is nothing to compare it with."""
     import torch
-    from explorer.qt import compare as C
+    from explorer.session import compare as C
     from explorer.core.loaders import open_checkpoint
     path = tmp_path / "tiny.pt"
     torch.save({"w": torch.tensor(3.0)}, path)
@@ -349,7 +349,7 @@ def test_large_tensor_first_look_then_exact(qtbot, make_window, tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from explorer.qt.detail_compute import FIRST_LOOK_MIN
+    from explorer.session.detail_compute import FIRST_LOOK_MIN
     g = torch.Generator().manual_seed(3)
     a = torch.randn(FIRST_LOOK_MIN // 2 + 1000, generator=g)
     b = a + 0.01 * torch.randn(a.shape, generator=g)

@@ -1,7 +1,7 @@
 """The aligned comparison the window shows: the union of two sides' keys as one module tree, each leaf holding what
 the left and the right side have at that key and a status.
 
-Plain Python (no Qt): built in a worker thread, then handed to ``StateTreeModel``. Filtering is done here too, on
+Plain Python (no Qt): built in a worker thread, then handed to the window's tree model. Filtering is done here too, on
 Python lists, and gives a smaller ``Tree`` to show (a recursive ``QSortFilterProxyModel`` is ~1 s per keystroke
 at 100k rows).
 """
@@ -12,8 +12,11 @@ import re
 import sys
 import threading
 from dataclasses import dataclass, field
+from enum import IntEnum
 from typing import Any, Callable, Iterable
 
+from ..core.chunks import gc_paused
+from ..core.side import MODEL
 from ..core.records import (  # noqa: F401  (re-exported for the views; records imports no torch)
     CHANGED, DTYPE_CAST, DTYPE_DIFFERS, IDENTICAL, MATCHED, MISSING, NOT_LOADED, NON_PERSISTENT, ONLY_A, ONLY_B,
     RUNNING_STAT, SHAPE_DIFFERS, SHAPE_MISMATCH, UNEXPECTED)
@@ -28,11 +31,25 @@ PROBLEM_STATUSES = frozenset({MISSING, UNEXPECTED, SHAPE_MISMATCH, DTYPE_CAST, R
 SAME_STATUSES = frozenset({MATCHED, IDENTICAL, SAME_LAYOUT, None})
 
 
+class Pane(IntEnum):
+    """The window's two sides: the left pane (the model, or "A") and the right one (the checkpoint, or "B")."""
+
+    LEFT = 0
+    RIGHT = 1
+
+    @property
+    def word(self) -> str:
+        return self.name.lower()
+
+
+LEFT, RIGHT = Pane.LEFT, Pane.RIGHT
+
+
 @dataclass
 class SideData:
     """One opened side, as the window needs it (computed off the GUI thread)."""
 
-    side: Any                      # explorer.core Checkpoint or ModelSide
+    side: Any                      # an explorer.core.side.Side: a checkpoint or a model
     text: str                      # what the user opened (path or spec)
     entry: tuple | None            # the chosen state dict inside a checkpoint
     infos: dict                    # key -> TensorInfo (a model: non-persistent buffers included)
@@ -40,11 +57,11 @@ class SideData:
 
     @property
     def is_model(self) -> bool:
-        return getattr(self.side, "kind", "") == "model"
+        return self.side.kind == MODEL
 
     @property
     def label(self) -> str:
-        return str(getattr(self.side, "path", self.text))
+        return str(self.side.label)
 
 
 def load_side_data(text: str, entry: tuple | None = None, *, progress=None, should_stop=None) -> SideData:
@@ -54,14 +71,8 @@ def load_side_data(text: str, entry: tuple | None = None, *, progress=None, shou
         readers()
         from explorer.core.side import open_side   # imports torch: only ever in a worker
         freeze_heap()
-    was = gc.isenabled()
-    gc.disable()                                   # PERFORMANCE.md: the cyclic GC taxes bulk parsing after torch
-    try:
-        side = open_side(text)
-        return side_data(side, text, entry)
-    finally:
-        if was:
-            gc.enable()
+    with gc_paused():
+        return side_data(open_side(text), text, entry)
 
 
 _frozen_after_torch = False
@@ -78,8 +89,8 @@ def freeze_heap() -> None:
 
 
 def side_data(side, text: str, entry: tuple | None = None) -> SideData:
-    if getattr(side, "kind", "") == "model":
-        infos = side.all_infos() if hasattr(side, "all_infos") else side.state_dict_infos()
+    if side.kind == MODEL:   # a model shows its non-persistent buffers too (never loaded: said so in the rows)
+        infos = side.all_infos()
         entry = ()
     else:
         if entry is None:
@@ -95,8 +106,8 @@ def side_data(side, text: str, entry: tuple | None = None) -> SideData:
 class Row:
     """A leaf: the key on both sides and its status."""
 
-    __slots__ = ("key", "left", "right", "diff_status", "sim_status", "explanation", "max_abs_diff", "renamed_from",
-                 "alert")
+    __slots__ = ("key", "left", "right", "diff_status", "sim_status", "_explanation", "_explain_from", "max_abs_diff",
+                 "renamed_from", "alert")
 
     def __init__(self, key: str, left=None, right=None):
         self.key = key
@@ -104,13 +115,32 @@ class Row:
         self.right = right
         self.diff_status: str | None = structural_status(left, right)
         self.sim_status: str | None = None
-        self.explanation = ""
+        self._explanation = ""
+        self._explain_from = None        # (report key table, key): an unexpected key's report, made when first read
         self.max_abs_diff: float | None = None
         self.renamed_from: str | None = None   # the right side's original key when a remap renamed it
         self.alert = ""                  # the diff's word on NaN/Inf: "NaN appeared", "Inf gone"... ("" when none)
 
-    def info(self, side: int):
-        return self.left if side == 0 else self.right
+    @property
+    def explanation(self) -> str:
+        if self._explain_from is not None:
+            table, key = self._explain_from
+            self._explain_from = None
+            self._explanation = table[key].explanation or ""
+        return self._explanation
+
+    @explanation.setter
+    def explanation(self, text: str) -> None:
+        self._explain_from = None
+        self._explanation = text
+
+    def explain_later(self, table, key: str) -> None:
+        """The explanation is ``table[key].explanation``, asked for only when shown (a lazy report table)."""
+        self._explanation = ""
+        self._explain_from = (table, key)
+
+    def info(self, side: Pane):
+        return self.left if side == LEFT else self.right
 
 
 def structural_status(left, right) -> str | None:
@@ -118,7 +148,7 @@ def structural_status(left, right) -> str | None:
     if left is None and right is None:
         return None
     if right is None:
-        return None if getattr(left, "kind", "") == NON_PERSISTENT else ONLY_A
+        return None if left.kind == NON_PERSISTENT else ONLY_A
     if left is None:
         return ONLY_B
     if tuple(left.shape) != tuple(right.shape):
@@ -153,9 +183,7 @@ class Comparison:
         self.rows: dict[str, Row] = {}
         lk = left.infos if left else {}
         rk = right.infos if right else {}
-        was = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             right_by_shown: dict[str, Any] = {}
             origin: dict[str, str] = {}
             for key, info in rk.items():
@@ -179,9 +207,6 @@ class Comparison:
             self.modules: dict[str, ModuleData] = {}
             self._build_modules()
             self.recount()
-        finally:
-            if was:
-                gc.enable()
 
     # ---- modules ------------------------------------------------------------------------------------------------
     def _build_modules(self) -> None:
@@ -195,7 +220,7 @@ class Comparison:
             for name, mi in sd.classes.items():
                 md = self.modules.get(name)
                 if md is not None:
-                    md.classes[i] = getattr(mi, "class_name", str(mi))
+                    md.classes[i] = mi.class_name
         for key, row in self.rows.items():
             parts = key.split(".")
             for i, info in enumerate((row.left, row.right)):
@@ -239,22 +264,19 @@ class Comparison:
 
     def apply_diff(self, report) -> None:
         """Fill value statuses (identical / changed / ...) from a core DiffReport."""
-        keys = getattr(report, "keys", None) or getattr(report, "entries", None) or {}
-        items = keys.items() if isinstance(keys, dict) else ((getattr(k, "key", None), k) for k in keys)
-        for key, kr in items:
+        for kr in report.keys:
+            key = kr.key
             shown = self.rename.get(key, key)
             row = self.rows.get(shown) or self.rows.get(key)
             if row is None:
                 continue
-            row.diff_status = getattr(kr, "status", row.diff_status)
-            row.alert = getattr(kr, "alert", "") or ""
+            row.diff_status = kr.status
+            row.alert = kr.alert or ""
             if row.alert and row.diff_status == CHANGED:   # values changed, and a NaN/Inf with them: a problem
                 row.diff_status = NONFINITE
-            mad = getattr(kr, "max_abs_diff", None)
-            row.max_abs_diff = mad
-            expl = getattr(kr, "explanation", "") or ""
-            if expl and not self.simulated:
-                row.explanation = expl
+            row.max_abs_diff = kr.max_abs_diff
+            if kr.explanation and not self.simulated:
+                row.explanation = kr.explanation
         self.recount()
 
     def apply_simulation(self, report) -> None:
@@ -264,15 +286,33 @@ class Comparison:
         for row in self.rows.values():
             row.sim_status = None
             row.explanation = ""
-        keys = getattr(report, "keys", {}) or {}
-        for key, kr in keys.items():
+        keys = report.keys
+        by_origin: dict[str, Row] | None = None
+
+        def row_of(key: str) -> Row | None:
+            nonlocal by_origin
             row = self.rows.get(key)
             if row is None:      # an unexpected key known under its original (un-renamed) name
-                row = next((r for r in self.rows.values() if r.renamed_from == key), None)
-            if row is None:
-                continue
-            row.sim_status = kr.status
-            row.explanation = getattr(kr, "explanation", "") or ""
+                if by_origin is None:
+                    by_origin = {}
+                    for r in self.rows.values():
+                        if r.renamed_from is not None:
+                            by_origin.setdefault(r.renamed_from, r)
+                row = by_origin.get(key)
+            return row
+        made = set()
+        for key, kr in keys.made_items():
+            made.add(key)
+            row = row_of(key)
+            if row is not None:
+                row.sim_status = kr.status
+                row.explanation = kr.explanation or ""
+        for key in report.unexpected_keys:   # the reports not made yet: read only when a row is shown
+            if key not in made and key in keys:
+                row = row_of(key)
+                if row is not None:
+                    row.sim_status = UNEXPECTED
+                    row.explain_later(keys, key)
         for row in self.rows.values():
             if row.sim_status is None and row.left is not None and row.left.kind == NON_PERSISTENT:
                 row.explanation = row.explanation or "non-persistent buffer: not in state_dict(), never loaded"
@@ -325,16 +365,11 @@ class Comparison:
     def subtree(self, keys: Iterable[str]):
         """A Tree over some keys, sharing this comparison's rows."""
         from explorer.core.tree import Tree
-        was = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             t = Tree(keys)
             for key, node in t.by_key.items():
                 node.data = self.rows[key]
             return t
-        finally:
-            if was:
-                gc.enable()
 
 
 def human_bytes(n: int | None) -> str:

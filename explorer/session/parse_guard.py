@@ -5,12 +5,13 @@ can keep it busy in C code (hashing a 64-level tuple DAG) that never lets anothe
 window's GUI thread included, so no timer, no repaint, no screenshot. So a file is parsed first in a separate parse
 process (``compute_process.parse_engine``; not niced like the number-crunching one, as the user waits for it), with a
 time limit; only a file that parses there within it is parsed in the window's process. A parse past the limit is
-stopped (the parse process is killed and restarts on the next request) and reported as an expected error. Model specs are not probed: building
-a model runs the user's own code, once.
+stopped (the parse process is killed and restarts on the next request) and reported as an expected error. Model
+specs are not probed: building a model runs the user's own code, once.
 """
 from __future__ import annotations
 
 import os
+from typing import Any, Callable
 
 from explorer.errors import ExplorerError, ParseTimeout, ReaderDied
 
@@ -24,16 +25,15 @@ def _timeout_from_env(default: float = 60.0) -> float:
 
 
 PARSE_TIMEOUT_S = _timeout_from_env()     # STATE_DICT_EXPLORER_PARSE_TIMEOUT=SECONDS changes it
-PROBE = "explorer.qt.parse_guard.probe"
 
 
 def probe(text: str, *, progress=None, should_stop=None) -> None:
     """In the parse process: open ``text`` (kept in its cache of open files while unchanged)."""
-    from .detail_compute import _side
-    _side(text)
+    from .detail_compute import open_cached
+    open_cached(text)
 
 
-def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_path: str = PROBE,
+def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_fn: Callable[..., Any] = probe,
                  progress=None, should_stop=None):
     """``compare.load_side_data(text, entry)`` once ``text`` has parsed in the compute process within ``timeout_s``
     (the worker half of File -> Open)."""
@@ -43,7 +43,7 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
     if os.path.lexists(text) and not looks_like_model_spec(text):
         from .compute_process import CallTimeout, parse_engine
         try:
-            parse_engine().call(probe_path, text, timeout=timeout_s, should_stop=should_stop)
+            parse_engine().call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
         except CallTimeout:
             raise ParseTimeout(
                 f"{text}: reading it did not finish within {timeout_s:g} s and was stopped (a file built to make "

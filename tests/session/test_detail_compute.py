@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from explorer.core import stats as S
-from explorer.qt import detail_compute as D
+from explorer.session import detail_compute as D
 from tests.core.test_stats import count_pass1
 
 

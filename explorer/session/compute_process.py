@@ -5,8 +5,10 @@ process, the event loop stalled 150-330 ms at a time (the GUI thread drops the G
 back from busy workers, which the OS may have descheduled). In a child process the GUI process only copies tensors
 into shared memory and waits on a pipe.
 
-One long-lived child (``spawn``: no fork of a process holding Qt and threads), started ahead of need. Jobs are plain
-functions of this package's Qt-free modules, called by name; progress and cancellation cross the pipe. Results and
+One long-lived child (``spawn``: no fork of a process holding Qt and threads), started ahead of need. A job is a
+module-level function of a Qt-free module, handed to ``call`` as the function object itself (never a dotted string a
+move would silently break; the child imports it by the object's own module and name); progress and cancellation
+cross the pipe. Results and
 exceptions come back pickled (``explorer.errors`` types keep their class, so expected errors stay expected). A job
 asked for ``partial=`` results gets a ``partial(obj)`` callback; each call sends ``obj`` to the parent's callback
 (a first look before the final result).
@@ -17,7 +19,7 @@ import importlib
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
 from explorer.errors import Cancelled
 
@@ -36,7 +38,7 @@ def _child_main(conn, cancel, nice: int = 10) -> None:  # the child process
             os.nice(nice)
     except (AttributeError, OSError):
         pass
-    import torch.multiprocessing  # noqa: F401  (tensors arrive through shared memory)
+    importlib.import_module("torch.multiprocessing")   # tensors arrive through shared memory
     while True:
         try:
             msg = conn.recv()
@@ -44,11 +46,10 @@ def _child_main(conn, cancel, nice: int = 10) -> None:  # the child process
             return
         if msg is None:
             return
-        job, func_path, args, kwargs, want_partial = msg
+        job, (mod_name, fn_name), args, kwargs, want_partial = msg
         last = [0.0]
 
         def progress(done, total, _job=job):
-            import time
             now = time.monotonic()
             if now - last[0] > 0.05 or done >= total:
                 last[0] = now
@@ -62,7 +63,6 @@ def _child_main(conn, cancel, nice: int = 10) -> None:  # the child process
         if want_partial:
             kwargs = dict(kwargs, partial=partial)
         try:
-            mod_name, _, fn_name = func_path.rpartition(".")
             fn = getattr(importlib.import_module(mod_name), fn_name)
             out = fn(*args, progress=progress, should_stop=should_stop, **kwargs)
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
@@ -76,7 +76,7 @@ def _child_main(conn, cancel, nice: int = 10) -> None:  # the child process
 
 
 class ComputeProcess:
-    """The parent's handle: ``call("module.function", *args, progress=..., should_stop=...)`` from a worker
+    """The parent's handle: ``call(function, *args, progress=..., should_stop=...)`` from a worker
     thread (one call at a time; a lock queues the rest)."""
 
     def __init__(self, nice: int = 10, name: str = "state-dict-explorer-compute"):
@@ -95,7 +95,7 @@ class ComputeProcess:
                 return
             import multiprocessing as mp
 
-            import torch.multiprocessing  # noqa: F401  (registers shared-memory pickling of tensors)
+            importlib.import_module("torch.multiprocessing")   # registers shared-memory pickling of tensors
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
             self._cancel = ctx.Value("q", -1, lock=False)
@@ -115,17 +115,18 @@ class ComputeProcess:
             child.close()
             self._conn = parent
 
-    def call(self, func_path: str, *args, progress=None, should_stop=None, partial=None, timeout: float | None = None,
+    def call(self, fn: Callable[..., Any], *args, progress=None, should_stop=None, partial=None, timeout: float | None = None,
              **kwargs) -> Any:
-        """Run ``func_path(*args, **kwargs)`` in the child. ``timeout``: seconds from the moment the job is sent;
+        """Run ``fn(*args, **kwargs)`` in the child (``fn``: a module-level function). ``timeout``: seconds from the moment the job is sent;
         past it -- or ``CANCEL_GRACE_S`` after a cancel the job does not heed (a parse stuck in C code never
         checks) -- the child is killed, so a runaway job never holds the caller, the lock or the next job."""
+        name = f"{fn.__module__}.{fn.__qualname__}"
         with self._lock:
             self.start()
             self._job += 1
             job = self._job
             self._cancel.value = -1
-            self._conn.send((job, func_path, args, kwargs, partial is not None))
+            self._conn.send((job, (fn.__module__, fn.__qualname__), args, kwargs, partial is not None))
             sent = time.monotonic()
             cancelled = False
             cancelled_at = 0.0
@@ -137,10 +138,10 @@ class ComputeProcess:
                 now = time.monotonic()
                 if cancelled and now - cancelled_at > CANCEL_GRACE_S:
                     self._kill()
-                    raise Cancelled(f"{func_path}: cancelled (the compute process did not stop; restarted)")
+                    raise Cancelled(f"{name}: cancelled (the compute process did not stop; restarted)")
                 if timeout is not None and now - sent > timeout:
                     self._kill()
-                    raise CallTimeout(f"{func_path} did not finish within {timeout:g} s")
+                    raise CallTimeout(f"{name} did not finish within {timeout:g} s")
                 if not self._conn.poll(_CANCEL_POLL_S):
                     if not self._proc.is_alive():
                         code = self._proc.exitcode
@@ -169,7 +170,7 @@ class ComputeProcess:
                         raise payload
                     raise RuntimeError(str(payload))
                 if cancelled:
-                    raise Cancelled(f"{func_path}: cancelled")
+                    raise Cancelled(f"{name}: cancelled")
                 return payload
 
     def _kill(self) -> None:

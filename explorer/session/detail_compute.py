@@ -41,9 +41,7 @@ class DetailResult:
 
 
 def _read(sd, key: str):
-    if sd is None:
-        return None
-    return sd.side.read_key(key, sd.entry) if not sd.is_model else sd.side.read_key(key)
+    return None if sd is None else sd.side.read_key(key, sd.entry)
 
 
 def read_pair(comparison, key: str) -> tuple[list, list, list[str]]:
@@ -110,7 +108,7 @@ def compute_detail_isolated(comparison, key: str, bins: int = 128, *, progress=N
         s = torch.empty(t.shape, dtype=t.dtype).share_memory_()
         s.copy_(t)
         specs.append(("tensor", s))
-    return engine().call("explorer.qt.detail_compute.detail_from_specs", key, bins, specs, _brief(infos),
+    return engine().call(detail_from_specs, key, bins, specs, _brief(infos),
                          progress=progress, should_stop=should_stop, partial=partial,
                          siblings=siblings_of(comparison, key))
 
@@ -125,7 +123,7 @@ def detail_from_specs(key: str, bins: int, specs: list, infos: list, *, progress
         try:
             if spec[0] == "file":
                 _, text, entry, read_key = spec
-                tensors[i] = _side(text).read_key(read_key, entry)
+                tensors[i] = open_cached(text).read_key(read_key, entry)
             elif spec[0] == "tensor":
                 tensors[i] = spec[1]
             else:
@@ -307,7 +305,7 @@ def _rebin(edges: np.ndarray, counts: np.ndarray, new_edges: np.ndarray) -> np.n
 _SIDES: dict = {}
 
 
-def _side(text: str):
+def open_cached(text: str):
     """A checkpoint opened in this (compute) process, cached while the file is unchanged."""
     import os
 
@@ -328,7 +326,7 @@ def _side(text: str):
 def diff_paths(text_a: str, entry_a, text_b: str, entry_b, remap=None, *, progress=None, should_stop=None):
     """``explorer.core.diff.diff_sides`` of two checkpoint files, opened here by path (for the compute process)."""
     from explorer.core.diff import diff_sides
-    sides = [_side(text_a), _side(text_b)]
+    sides = [open_cached(text_a), open_cached(text_b)]
     return diff_sides(sides[0], sides[1], entry_a=entry_a, entry_b=entry_b,
                       remap=remap.new_key if remap is not None else None, progress=progress, should_stop=should_stop)
 
