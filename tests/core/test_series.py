@@ -24,15 +24,17 @@ def make_run(folder, steps, *, nan_at=None, added_at=None, name="step_{}.pt", li
     g = torch.Generator().manual_seed(seed)
     folder.mkdir(parents=True, exist_ok=True)
     w = torch.randn(8, 4, generator=g)
+    proj = torch.randn(3, 5, generator=g).to(torch.bfloat16)
     emb = torch.randn(6, 3, generator=g)
     mean, var = torch.zeros(4), torch.ones(4)
     saved = {}
     for n, step in enumerate(steps):
         w = w + 0.05 * torch.randn(8, 4, generator=g) + 0.02 * w
+        proj = proj + (0.1 * torch.randn(3, 5, generator=g)).to(torch.bfloat16)
         mean = mean + (0.5 ** n) * torch.ones(4)
         var = var + (0.5 ** n) * 0.1
         sd = {"fc.weight": w.clone(), "emb.weight": emb.clone(), "bn.running_mean": mean.clone(),
-              "bn.running_var": var.clone(), "bn.num_batches_tracked": torch.tensor(10 * step)}
+              "bn.running_var": var.clone(), "bn.num_batches_tracked": torch.tensor(10 * step), "proj.weight": proj.clone()}
         if nan_at is not None and step >= nan_at:
             sd["fc.weight"][1, 2] = float("nan")
         if added_at is not None and step >= added_at:
@@ -71,13 +73,22 @@ def test_figures_match_torch_and_order_is_numeric(tmp_path):
     assert t.rel_change_prev[0] is None and t.rel_change_first[0] == 0.0
     mean = result.track("bn.running_mean").mean
     assert mean == pytest.approx([float(saved[s]["bn.running_mean"].double().mean()) for s in order])
+    half = result.track("proj.weight")   # bfloat16: figures of its values (widened to float32)
+    for i, step in enumerate(order):
+        x = saved[step]["proj.weight"].float()
+        assert half.norm[i] == pytest.approx(float(torch.linalg.vector_norm(x)), rel=1e-6)
+        if i:
+            prev = saved[order[i - 1]]["proj.weight"].float()
+            assert half.rel_change_prev[i] == pytest.approx(float(torch.linalg.vector_norm(x - prev)
+                                                                  / torch.linalg.vector_norm(prev)), rel=1e-5)
+    assert half.dtype == ["bfloat16"] * 4
     ints = result.track("bn.num_batches_tracked")
     assert ints.norm == [10.0 * s for s in order] and ints.mean is None
 
 
 def test_frozen_nan_added_key_and_settling_statistics(tmp_path, cli):
     steps = [100, 200, 300, 400, 500, 600, 700, 800, 900]
-    make_run(tmp_path / "run", steps, nan_at=500, added_at=300)
+    saved = make_run(tmp_path / "run", steps, nan_at=500, added_at=300)
     out = series_json(cli, tmp_path / "run")
     assert [c["step"] for c in out["checkpoints"]] == steps
     assert out["frozen"] == ["emb.weight"]
@@ -85,6 +96,9 @@ def test_frozen_nan_added_key_and_settling_statistics(tmp_path, cli):
     keys = {k["key"]: k for k in out["keys"]}
     assert keys["fc.weight"]["nonfinite"] == [0, 0, 0, 0, 1, 1, 1, 1, 1]
     assert keys["fc.weight"]["norm"][4] == "nan"
+    x, p = saved[600]["fc.weight"], saved[500]["fc.weight"]   # NaN at the same place on both: not a change
+    changed = ((x != p) & ~(x.isnan() & p.isnan())).sum()
+    assert keys["fc.weight"]["frac_changed"][5] == float(changed) / x.numel() < 1
     assert keys["head.bias"]["present"] == [False, False] + [True] * 7
     assert keys["head.bias"]["norm"][:2] == [None, None] and keys["head.bias"]["rel_change_first"][2] == 0.0
     kinds = {f["kind"]: f for f in out["findings"]}

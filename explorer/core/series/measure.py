@@ -102,6 +102,12 @@ class _Pair:
             self.changed += len(c) - int(np.count_nonzero(same))
 
 
+def _equal(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Every element equal (NaN never is), chunk by chunk: a trained tensor differs in its first chunk already."""
+    xf, yf = x.reshape(-1), y.reshape(-1)
+    return all(np.array_equal(_array(xf[i:i + CHUNK]), _array(yf[i:i + CHUNK])) for i in range(0, xf.numel(), CHUNK))
+
+
 def _rel(sq: float, ref_norm: float) -> float:
     diff = math.sqrt(sq) if not math.isnan(sq) else float("nan")
     if ref_norm == 0:
@@ -174,13 +180,16 @@ def measure_key(key: str, reads: list[Callable[[], torch.Tensor] | None], should
         t.shape[i], t.dtype[i] = tuple(x.shape), dtype_name(x.dtype)
         p = prev if prev is not None and prev.shape == x.shape else None
         f = first if first is not None and first.shape == x.shape else None
-        if p is not None and p.dtype == x.dtype and torch.equal(p, x):   # unchanged (a frozen key): no other pass
+        if p is not None and p.dtype == x.dtype and _equal(x, p):   # unchanged (a frozen key): no other pass
             t.norm[i], t.nonfinite[i], t.rel_change_prev[i], t.frac_changed[i] = t.norm[i - 1], t.nonfinite[i - 1], 0.0, 0.0
             t.rel_change_first[i] = t.rel_change_first[i - 1]
             if mean:
                 t.mean[i] = t.mean[i - 1]
         else:
-            got = figures(x, p, prev_norm, f, first_norm, mean)
+            again = f is not None and f is p   # the previous checkpoint is the first: one comparison serves both
+            got = figures(x, p, prev_norm, None if again else f, first_norm, mean)
+            if again:
+                got["rel_first"] = got["rel_prev"]
             t.norm[i], t.nonfinite[i] = got["norm"], got["nonfinite"]
             t.rel_change_prev[i], t.frac_changed[i] = got.get("rel_prev"), got.get("frac_prev")
             t.rel_change_first[i] = got.get("rel_first", 0.0 if first is None else None)
