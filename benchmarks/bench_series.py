@@ -137,7 +137,8 @@ def main() -> int:
           f"(largest tensor {largest / 2**20:.1f} MB)  (target: {'met' if mem.extra <= budget else 'NOT met'})")
     print(f"second open from the cache: {second:.3f} s vs first {first:.3f} s -> {cache_ratio:.3f}x  (target <= 0.2x: "
           f"{'met' if cache_ratio <= 0.2 else 'NOT met'})")
-    print(f"frozen keys found: {len(frozen)} (layer 0 has {sum(1 for k in result.tracks if k.key.startswith('layers.0.'))})")
+    layer0 = sum(1 for k in result.tracks if k.key.startswith("layers.0."))
+    print(f"frozen keys found: {len(frozen)} (layer 0, frozen, has {layer0})")
     return 0
 
 

@@ -39,7 +39,8 @@ def render_text(result, out, listed: int | None = LISTED) -> None:
     cps = result.checkpoints
     sources = sorted({m.step_source for m in cps if m.step_source})
     how = f"ordered by step ({', '.join(sources)})" if sources else "ordered by name (no step found)"
-    w(f"{len(cps):,} checkpoint{'s' if len(cps) != 1 else ''}, {how}{'; figures from the cache' if result.cached else ''}:\n")
+    cached = "; figures from the cache" if result.cached else ""
+    w(f"{len(cps):,} checkpoint{'s' if len(cps) != 1 else ''}, {how}{cached}:\n")
     for i, m in enumerate(cps):
         w(f"  {i:>3}  step {_f(m.step, '')}  {m.path}\n")
     w("\nfindings:\n")
@@ -48,9 +49,9 @@ def render_text(result, out, listed: int | None = LISTED) -> None:
     if not result.findings:
         w("  none: no NaN/Inf, no frozen key, keys the same throughout, running statistics settled\n")
     tracks = result.tracks if listed is None else result.tracks[:listed]
-    w(f"\n{len(result.tracks):,} keys (norm at the first and last checkpoint holding the key; rel Δ = ‖x−ref‖/‖ref‖ "
-      "against the first and against the previous checkpoint, at the last; changed: fraction of elements changed "
-      "over the last interval):\n")
+    w(f"\n{len(result.tracks):,} keys (norm at the first and last checkpoint holding the key; "
+      "rel Δ = ‖x−ref‖/‖ref‖ against the first and against the previous checkpoint, at the last; changed: fraction "
+      "of elements changed over the last interval):\n")
     w(f"  {'key':<40} {'present':>7} {'norm first':>11} {'norm last':>11} {'rel Δ first':>11} {'rel Δ prev':>11} "
       f"{'changed':>8} {'NaN/Inf':>8}\n")
     for t in tracks:

@@ -34,7 +34,8 @@ def make_run(folder, steps, *, nan_at=None, added_at=None, name="step_{}.pt", li
         mean = mean + (0.5 ** n) * torch.ones(4)
         var = var + (0.5 ** n) * 0.1
         sd = {"fc.weight": w.clone(), "emb.weight": emb.clone(), "bn.running_mean": mean.clone(),
-              "bn.running_var": var.clone(), "bn.num_batches_tracked": torch.tensor(10 * step), "proj.weight": proj.clone()}
+              "bn.running_var": var.clone(), "bn.num_batches_tracked": torch.tensor(10 * step),
+              "proj.weight": proj.clone()}
         if nan_at is not None and step >= nan_at:
             sd["fc.weight"][1, 2] = float("nan")
         if added_at is not None and step >= added_at:
@@ -223,3 +224,18 @@ def test_control_characters_in_keys_are_escaped(tmp_path, cli):
         torch.save({"evil\x1b[2J.weight": torch.ones(2) * i}, folder / f"s{i}.pt")
     r = cli("series", folder)
     assert r.returncode == 0 and "\x1b" not in r.stdout and "evil\\x1b[2J.weight" in r.stdout
+
+
+def test_key_that_vanishes_and_one_checkpoint(tmp_path, cli):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    torch.save({"a": torch.ones(2), "old": torch.ones(3)}, folder / "it_1.pt")
+    torch.save({"a": torch.ones(2) * 2, "old": torch.ones(3)}, folder / "it_2.pt")
+    torch.save({"a": torch.ones(2) * 3}, folder / "it_3.pt")
+    out = series_json(cli, folder)
+    kinds = {f["kind"]: f for f in out["findings"]}
+    assert kinds["vanishes"]["keys"] == ["old"] and kinds["vanishes"]["checkpoints"] == [1]
+    assert out["frozen"] == ["old"]
+    assert {k["key"]: k["rel_change_prev"] for k in out["keys"]}["old"] == [None, 0.0, None]
+    one = series_json(cli, folder / "it_2.pt")   # one checkpoint: figures, nothing to compare
+    assert one["frozen"] == [] and one["keys"][0]["norm"] == [pytest.approx(2 * math.sqrt(2))]

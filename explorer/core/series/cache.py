@@ -34,15 +34,15 @@ def _files_of(path: str) -> list[str]:
         return [path]
 
 
-def cache_key(paths: list[str], columns: list[dict], extra: str = "") -> str:
+def cache_key(paths: list[str], columns: list[dict]) -> str:
     """The hash naming the figures of checkpoints ``paths`` (in the run's order) with keys ``columns``."""
-    h = hashlib.sha256(f"series v{VERSION} {extra}\n".encode())
+    h = hashlib.sha256(f"series v{VERSION}\n".encode())
     for path, col in zip(paths, columns):
         for f in _files_of(path):
             st = os.stat(f)
             h.update(f"{os.path.abspath(f)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode("utf-8", "backslashreplace"))
-        for key, info in col.items():
-            h.update(f"{key}\0{tuple(info.shape)}\0{info.dtype}\n".encode("utf-8", "backslashreplace"))
+        h.update("\n".join(f"{key}\0{tuple(info.shape)}\0{info.dtype}" for key, info in col.items())
+                 .encode("utf-8", "backslashreplace"))
         h.update(b"\1")
     return h.hexdigest()
 

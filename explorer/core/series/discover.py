@@ -37,10 +37,6 @@ class Member:
     step_source: str = ""
     name_step: int | None = None
 
-    @property
-    def name(self) -> str:
-        return os.path.basename(os.path.normpath(self.path))
-
 
 def natural_key(name: str) -> tuple:
     """``step_200`` before ``step_1000``: digits compare as numbers, the rest as text."""
@@ -140,7 +136,14 @@ def _as_step(value) -> int | float | None:
 
 
 def _trainer_state_step(path: str) -> int | float | None:
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    """``global_step`` of the ``trainer_state.json`` beside the model file of a one-checkpoint folder (never of a
+    folder of several checkpoint files: the state there would name one of them, not each)."""
+    if os.path.isdir(path):
+        folder = path
+    elif os.path.basename(path) in MODEL_FILES:
+        folder = os.path.dirname(path)
+    else:
+        return None
     state = os.path.join(folder, "trainer_state.json")
     if not os.path.isfile(state):
         return None

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from .measure import Track
 
-STILL_MOVING = 0.01   # a running statistic whose last relative change (‖x−prev‖/‖prev‖) is above 1% still moves
+STILL_MOVING = 0.01   # a running statistic still moves when its last ‖x−prev‖/‖prev‖ is above 1%
 FASTEST = 5           # keys named as growing fastest
 NAMED = 10            # keys named in one finding's sentence (the finding's ``keys`` holds every one)
 
@@ -85,12 +85,14 @@ def findings(tracks: list[Track], n: int) -> list[Finding]:
                                f"not trained): {_names(frozen)}", frozen))
     appear = [(t.key, t.present.index(True)) for t in tracks if not t.present[0] and any(t.present)]
     if appear:
-        out.append(Finding("appears", f"{_plural(len(appear), 'key')} {_verb(appear, 'appear')} mid-run: " + _names(
-            [f"{k} (checkpoint {i})" for k, i in appear]), [k for k, _ in appear], sorted({i for _, i in appear})))
+        named = _names([f"{k} (checkpoint {i})" for k, i in appear])
+        out.append(Finding("appears", f"{_plural(len(appear), 'key')} {_verb(appear, 'appear')} mid-run: {named}",
+                           [k for k, _ in appear], sorted({i for _, i in appear})))
     vanish = [(t.key, n - 1 - t.present[::-1].index(True)) for t in tracks if not t.present[-1] and any(t.present)]
     if vanish:
-        out.append(Finding("vanishes", f"{_plural(len(vanish), 'key')} {_verb(vanish, 'vanish')} before the end: " + _names(
-            [f"{k} (last in checkpoint {i})" for k, i in vanish]), [k for k, _ in vanish], sorted({i for _, i in vanish})))
+        named = _names([f"{k} (last in checkpoint {i})" for k, i in vanish])
+        out.append(Finding("vanishes", f"{_plural(len(vanish), 'key')} {_verb(vanish, 'vanish')} before the end: "
+                           f"{named}", [k for k, _ in vanish], sorted({i for _, i in vanish})))
     grown = sorted(((g, t.key) for t in tracks if not t.is_running_stat and (g := growth(t)) is not None
                     and g[0] > 1), key=lambda x: -x[0][0])[:FASTEST]
     if grown:
@@ -105,8 +107,8 @@ def findings(tracks: list[Track], n: int) -> list[Finding]:
                            moving, [n - 1]))
     reshaped = [t.key for t in tracks if len({s for s in t.shape if s is not None}) > 1]
     if reshaped:
-        out.append(Finding("shape_changes", f"{_plural(len(reshaped), 'key')} {_verb(reshaped, 'change')} shape during the run: "
-                           f"{_names(reshaped)}", reshaped))
+        out.append(Finding("shape_changes", f"{_plural(len(reshaped), 'key')} {_verb(reshaped, 'change')} shape "
+                           f"during the run: {_names(reshaped)}", reshaped))
     unread = [t.key for t in tracks if t.errors]
     if unread:
         first = next(t for t in tracks if t.errors)

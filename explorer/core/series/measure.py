@@ -48,8 +48,9 @@ class Track:
         return self.key.rsplit(".", 1)[-1] in MEAN_TRACKED
 
     def to_json(self) -> dict:
-        return {"key": self.key, "present": self.present, "shape": [list(s) if s is not None else None for s in self.shape],
-                "dtype": self.dtype, "norm": self.norm, "rel_change_prev": self.rel_change_prev,
+        return {"key": self.key, "present": self.present,
+                "shape": [list(s) if s is not None else None for s in self.shape], "dtype": self.dtype,
+                "norm": self.norm, "rel_change_prev": self.rel_change_prev,
                 "rel_change_first": self.rel_change_first, "frac_changed": self.frac_changed,
                 "nonfinite": self.nonfinite, "mean": self.mean, "errors": self.errors}
 
@@ -181,7 +182,8 @@ def measure_key(key: str, reads: list[Callable[[], torch.Tensor] | None], should
         p = prev if prev is not None and prev.shape == x.shape else None
         f = first if first is not None and first.shape == x.shape else None
         if p is not None and p.dtype == x.dtype and _equal(x, p):   # unchanged (a frozen key): no other pass
-            t.norm[i], t.nonfinite[i], t.rel_change_prev[i], t.frac_changed[i] = t.norm[i - 1], t.nonfinite[i - 1], 0.0, 0.0
+            t.norm[i], t.nonfinite[i] = t.norm[i - 1], t.nonfinite[i - 1]
+            t.rel_change_prev[i], t.frac_changed[i] = 0.0, 0.0
             t.rel_change_first[i] = t.rel_change_first[i - 1]
             if mean:
                 t.mean[i] = t.mean[i - 1]

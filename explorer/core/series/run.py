@@ -84,11 +84,6 @@ class Series:
         self.entries = entries
         self.columns = [side.state_dict_infos(entry) for side, entry in zip(sides, entries)]
 
-    @property
-    def keys(self) -> list[str]:
-        """Every key of the run, in the order they first appear."""
-        return list(dict.fromkeys(k for col in self.columns for k in col))
-
     def read(self, key: str, index: int) -> torch.Tensor:
         """The tensor of ``key`` at checkpoint ``index`` (KeyError when it is not there)."""
         if key not in self.columns[index]:
