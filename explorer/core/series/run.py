@@ -95,6 +95,7 @@ class Series:
         """(edges, counts) of the finite values of ``key`` at checkpoint ``index``; give ``value_range`` to overlay two
         checkpoints on the same bins."""
         x = self.read(key, index).reshape(-1)
+        x = x.abs() if x.is_complex() else x   # of a complex tensor: its magnitudes, as the stats command
         x = x.double() if not x.is_floating_point() else x.float()
         x = x[torch.isfinite(x)]
         lo, hi = value_range if value_range is not None else \
