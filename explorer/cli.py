@@ -1,4 +1,4 @@
-"""The command line: ``python main.py inspect|simulate|diff|stats|demo ... [--json]``; no arguments opens the window.
+"""The command line: ``python main.py inspect|simulate|diff|stats|demo|series ... [--json]``; no arguments opens the window.
 
 Each subcommand lives in ``explorer/commands/<name>.py`` with ``add_arguments(parser)`` and ``run(args) -> int``.
 Exit codes: 0 success, 1 a negative answer (e.g. the load would raise), 2 bad input -- one line, never a traceback.
@@ -23,6 +23,7 @@ COMMANDS = {
     "stats": "explorer.commands.stats",
     "diff": "explorer.commands.diff",
     "demo": "explorer.commands.demo",
+    "series": "explorer.commands.series",
 }
 
 # what text output must not pass raw: C0 controls but TAB and LF, DEL, C1 controls, lone surrogates
