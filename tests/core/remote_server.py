@@ -1,0 +1,168 @@
+"""A small threaded HTTP server on 127.0.0.1 for the remote tests and benchmark: files from a dict, Range requests,
+ETags, a latency per request, and failure modes (no Range, a status per path, a truncated body, dying mid-read).
+It also answers the Hugging Face Hub's routes the explorer uses: ``/{repo}/resolve/{rev}/{path}`` (a HEAD answers
+with ``X-Repo-Commit``; ``lfs`` files redirect to a ``/cdn/`` URL with ``X-Linked-Etag``/``X-Linked-Size`` on another
+host name, as the Hub does) and ``/api/models/{repo}/tree/{rev}/{path}``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import unquote, urlsplit
+
+
+class Served:
+    """What the server serves and how; tests change these attributes between requests."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}      # "/path" -> bytes
+        self.latency = 0.0                     # seconds slept before each answer
+        self.ranges = True                     # False: answer a Range request with 200 and the whole file
+        self.status: dict[str, int] = {}       # "/path" -> status to answer instead
+        self.truncate: dict[str, int] = {}     # "/path" -> send only this many body bytes, then close
+        self.fail_times: dict[str, int] = {}   # "/path" -> close the connection on the next N GETs without a byte
+        self.commit = "0123456789abcdef0123456789abcdef01234567"
+        self.lfs: set[str] = set()             # Hub paths served through a redirect to /cdn/
+        self.requests: list[tuple[str, str, str | None]] = []   # (method, path, Range)
+        self.auth: list[str | None] = []       # Authorization of each request
+        self.sent = 0                          # body bytes sent
+        self.lock = threading.Lock()
+
+    def etag(self, path: str) -> str:
+        return '"' + hashlib.sha256(self.files[path]).hexdigest()[:16] + '"'
+
+
+_RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
+_TREE = re.compile(r"^/api/(models|datasets|spaces)/([^/]+/[^/]+)/tree/([^/]+)(?:/(.+))?$")
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    served: Served
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        self._answer(head=True)
+
+    def do_GET(self):
+        self._answer(head=False)
+
+    def _answer(self, head: bool):
+        s = self.served
+        path = unquote(urlsplit(self.path).path)
+        with s.lock:
+            s.requests.append((self.command, path, self.headers.get("Range")))
+            s.auth.append(self.headers.get("Authorization"))
+        if s.latency:
+            time.sleep(s.latency)
+        if path in s.status:
+            return self._empty(s.status[path])
+        m = _TREE.match(path)
+        if m:
+            return self._tree(m.group(2), m.group(4) or "")
+        m = _RESOLVE.match(path)
+        extra = {}
+        if m:
+            repo, file = m.group(2), m.group(4)
+            path = f"/{repo}/{file}"
+            extra["X-Repo-Commit"] = s.commit
+            if path in s.files and path in s.lfs:
+                return self._empty(302, {**extra, "Location": f"http://localhost:{self.server.server_address[1]}/cdn{path}",
+                                         "X-Linked-Etag": s.etag(path), "X-Linked-Size": str(len(s.files[path]))})
+        elif path.startswith("/cdn/"):
+            path = path[4:]
+        data = s.files.get(path)
+        if data is None:
+            return self._empty(404)
+        self._send_file(path, data, head, extra)
+
+    def _send_file(self, path: str, data: bytes, head: bool, extra: dict):
+        s = self.served
+        start, end, status = 0, len(data), 200
+        rng = self.headers.get("Range")
+        if rng and s.ranges and not head:
+            a, _, b = rng.removeprefix("bytes=").partition("-")
+            start, end, status = int(a), min(len(data), int(b) + 1), 206
+            if start >= len(data):
+                return self._empty(416)
+        body = data[start:end]
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", s.etag(path))
+        if s.ranges:
+            self.send_header("Accept-Ranges", "bytes")
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if head:
+            return
+        with s.lock:
+            fail = s.fail_times.get(path, 0)
+            if fail:
+                s.fail_times[path] = fail - 1
+            cut = s.truncate.get(path)
+        if fail:
+            self.close_connection = True
+            return
+        if cut is not None:
+            body = body[:cut]
+            self.close_connection = True
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            return
+        with s.lock:
+            s.sent += len(body)
+
+    def _tree(self, repo: str, folder: str):
+        prefix = f"/{repo}/" + (folder.strip("/") + "/" if folder else "")
+        entries = [{"type": "file", "path": p[len(f"/{repo}/"):], "size": len(d), "oid": "0" * 40}
+                   for p, d in sorted(self.served.files.items())
+                   if p.startswith(prefix) and "/" not in p[len(prefix):]]
+        body = json.dumps(entries).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _empty(self, status: int, headers: dict | None = None):
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+
+
+class Server:
+    """``with Server() as srv: srv.url("/x")``; ``srv.served`` holds the files and the modes."""
+
+    def __init__(self):
+        self.served = Served()
+        handler = type("BoundHandler", (Handler,), {"served": self.served})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def __enter__(self) -> "Server":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
