@@ -260,9 +260,9 @@ class FsspecBackend:
         self.path = url.split("://", 1)[1]
         self.size = 0
 
-    def _call(self, fn, *args):
+    def _call(self, fn, *args, **kwargs):
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except FileNotFoundError:
             raise RemoteNotFoundError(f"{self.url}: not found — check the bucket and key as given") from None
         except PermissionError:
@@ -285,13 +285,13 @@ class FsspecBackend:
         return RemoteInfo(self.size, version)
 
     def read(self, start: int, end: int) -> bytes:
-        data = self._call(self.fs.cat_file, self.path, start, end)
+        data = self._call(self.fs.cat_file, self.path, start=start, end=end)   # by name: s3fs's third is a version
         if len(data) < end - start:
             raise TruncatedBody(f"the server sent {len(data):,} of {end - start:,} bytes")
         return bytes(data[:end - start])
 
     def list_folder(self) -> list[str]:
-        entries = self._call(self.fs.ls, self.path.rstrip("/"), True)
+        entries = self._call(self.fs.ls, self.path.rstrip("/"), detail=True)
         scheme = scheme_of(self.url)
         return sorted(f"{scheme}://{e['name']}" for e in entries if e.get("type") == "file")
 
