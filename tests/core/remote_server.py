@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import threading
 import time
@@ -20,6 +21,7 @@ class Served:
 
     def __init__(self):
         self.files: dict[str, bytes] = {}      # "/path" -> bytes
+        self.disk: dict[str, str] = {}         # "/path" -> a local file served from disk (large, sparse files)
         self.latency = 0.0                     # seconds slept before each answer
         self.ranges = True                     # False: answer a Range request with 200 and the whole file
         self.status: dict[str, int] = {}       # "/path" -> status to answer instead
@@ -33,7 +35,22 @@ class Served:
         self.lock = threading.Lock()
 
     def etag(self, path: str) -> str:
+        if path in self.disk:
+            st = os.stat(self.disk[path])
+            return f'"{st.st_size:x}-{st.st_mtime_ns:x}"'
         return '"' + hashlib.sha256(self.files[path]).hexdigest()[:16] + '"'
+
+    def size(self, path: str) -> int | None:
+        if path in self.disk:
+            return os.path.getsize(self.disk[path])
+        return len(self.files[path]) if path in self.files else None
+
+    def slice(self, path: str, start: int, end: int) -> bytes:
+        if path in self.disk:
+            with open(self.disk[path], "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        return self.files[path][start:end]
 
 
 _RESOLVE = re.compile(r"^/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/(.+)$")
@@ -72,33 +89,34 @@ class Handler(BaseHTTPRequestHandler):
             repo, file = m.group(2), m.group(4)
             path = f"/{repo}/{file}"
             extra["X-Repo-Commit"] = s.commit
-            if path in s.files and path in s.lfs:
-                return self._empty(302, {**extra, "Location": f"http://localhost:{self.server.server_address[1]}/cdn{path}",
-                                         "X-Linked-Etag": s.etag(path), "X-Linked-Size": str(len(s.files[path]))})
+            if s.size(path) is not None and path in s.lfs:
+                cdn = f"http://localhost:{self.server.server_address[1]}/cdn{path}"
+                return self._empty(302, {**extra, "Location": cdn, "X-Linked-Etag": s.etag(path),
+                                         "X-Linked-Size": str(s.size(path))})
         elif path.startswith("/cdn/"):
             path = path[4:]
-        data = s.files.get(path)
-        if data is None:
+        size = s.size(path)
+        if size is None:
             return self._empty(404)
-        self._send_file(path, data, head, extra)
+        self._send_file(path, size, head, extra)
 
-    def _send_file(self, path: str, data: bytes, head: bool, extra: dict):
+    def _send_file(self, path: str, size: int, head: bool, extra: dict):
         s = self.served
-        start, end, status = 0, len(data), 200
+        start, end, status = 0, size, 200
         rng = self.headers.get("Range")
         if rng and s.ranges and not head:
             a, _, b = rng.removeprefix("bytes=").partition("-")
-            start, end, status = int(a), min(len(data), int(b) + 1), 206
-            if start >= len(data):
+            start, end, status = int(a), min(size, int(b) + 1), 206
+            if start >= size:
                 return self._empty(416)
-        body = data[start:end]
+        body = b"" if head else s.slice(path, start, end)
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(end - start))
         self.send_header("ETag", s.etag(path))
         if s.ranges:
             self.send_header("Accept-Ranges", "bytes")
         if status == 206:
-            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+            self.send_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
         for k, v in extra.items():
             self.send_header(k, v)
         self.end_headers()
@@ -148,7 +166,8 @@ class Server:
     def __init__(self):
         self.served = Served()
         handler = type("BoundHandler", (Handler,), {"served": self.served})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 128})  # 28 shards at once
+        self.httpd = server_class(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
