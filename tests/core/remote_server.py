@@ -133,12 +133,12 @@ class Handler(BaseHTTPRequestHandler):
         if cut is not None:
             body = body[:cut]
             self.close_connection = True
+        with s.lock:   # counted before the client can see it, so a test reading ``sent`` after a read is exact
+            s.sent += len(body)
         try:
             self.wfile.write(body)
         except (BrokenPipeError, ConnectionResetError):
             return
-        with s.lock:
-            s.sent += len(body)
 
     def _tree(self, repo: str, folder: str):
         prefix = f"/{repo}/" + (folder.strip("/") + "/" if folder else "")

@@ -38,9 +38,20 @@ def test_an_lfs_file_is_read_at_the_commit_the_hub_named_with_the_token_kept_off
     assert paths[0] == "/org/repo/resolve/main/model.safetensors"
     assert f"/org/repo/resolve/{hub.served.commit}/model.safetensors" in paths
     assert "/cdn/org/repo/model.safetensors" in paths
-    by_path = dict(zip(paths, hub.served.auth))
-    assert by_path["/org/repo/resolve/main/model.safetensors"] == "Bearer hf_test_token"
-    assert by_path["/cdn/org/repo/model.safetensors"] is None   # another host: the token stays home
+    sent = list(zip(paths, hub.served.auth))
+    assert sent[0] == ("/org/repo/resolve/main/model.safetensors", "Bearer hf_test_token")
+    assert {auth for path, auth in sent if path.startswith("/cdn/")} == {None}   # another host: the token stays home
+
+
+def test_reads_after_the_first_go_straight_to_where_the_hub_redirected(hub, monkeypatch):
+    monkeypatch.setattr(mirror, "CHUNK", 64 << 10)
+    data = hub.served.files["/org/repo/model.safetensors"]
+    m = Mirror.open("hf://org/repo/model.safetensors")
+    m.read(0, 8)
+    m.read(0, len(data))
+    resolves = [r for r in hub.served.requests if r[0] == "GET" and "/resolve/" in r[1]]
+    cdn = [r for r in hub.served.requests if r[1].startswith("/cdn/")]
+    assert len(resolves) == 1 and len(cdn) == 1 + -(-(len(data) - mirror.BLOCK) // (64 << 10))
 
 
 def test_a_small_file_and_a_revision(hub):

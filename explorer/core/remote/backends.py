@@ -86,10 +86,12 @@ class HttpBackend:
         self.token = token
         self.version: str | None = None
         self.size = 0
+        self._final: str | None = None      # where data_url last redirected (a signed CDN URL): asked directly
+        self._stat_url: str | None = None   # the URL whose ETag stat() read: a read from it must carry the same
 
     def _request(self, url: str, method: str = "GET", headers: dict | None = None) -> urllib.request.Request:
         req = urllib.request.Request(url, method=method, headers={"User-Agent": USER_AGENT, **(headers or {})})
-        if self.token:
+        if self.token and urlsplit(url).netloc == urlsplit(self.data_url).netloc:   # never to another host
             req.add_unredirected_header("Authorization", f"Bearer {self.token}")
         return req
 
@@ -135,20 +137,32 @@ class HttpBackend:
         with resp:
             etag = resp.headers.get("ETag")
             modified = resp.headers.get("Last-Modified")
+            self._stat_url = resp.geturl()
         self.size = size
         self.version = etag or (f"modified {modified}" if modified else None)
         return RemoteInfo(size, self.version)
 
     def read(self, start: int, end: int) -> bytes:
         """Exactly the bytes ``[start, end)``."""
-        resp = self._open(self._request(self.data_url, headers={"Range": f"bytes={start}-{end - 1}"}))
+        rng = {"Range": f"bytes={start}-{end - 1}"}
+        target = self._final or self.data_url
+        try:
+            resp = self._open(self._request(target, headers=rng))
+        except (RemoteAccessError, RemoteNotFoundError):
+            if target == self.data_url:
+                raise
+            self._final = None   # a signed redirect expired: ask the original URL again
+            resp = self._open(self._request(self.data_url, headers=rng))
+        if resp.geturl() != self.data_url:
+            self._final = resp.geturl()
         with resp:
             if resp.status == 200 and not (start == 0 and end == self.size):
                 raise RangeNotSupportedError(
                     f"{self.url}: the server does not support range requests (it sends the whole "
                     f"{self.size:,}-byte file for any part) — download the file and open the local copy")
             etag = resp.headers.get("ETag")
-            if etag and self.version and self.version.startswith(('"', "W/")) and not _same_etag(etag, self.version):
+            if (etag and resp.geturl() == self._stat_url and self.version and self.version.startswith(('"', "W/"))
+                    and not _same_etag(etag, self.version)):
                 raise RemoteChangedError(f"{self.url}: the file changed on the server while it was being read "
                                          "(a new ETag) — open it again")
             if resp.status == 206:
