@@ -121,6 +121,21 @@ def test_a_server_without_range_support_is_named_and_nothing_recorded(srv, tmp_p
     assert m.transferred == 0 and m.missing([(0, 8)]) == [(0, 1)]
 
 
+def test_without_range_support_the_whole_file_can_be_downloaded_with_progress(srv, tmp_path):
+    data = make_safetensors(tmp_path / "m.safetensors")
+    srv.served.files["/m.safetensors"] = data
+    srv.served.ranges = False
+    m = Mirror.open(srv.url("/m.safetensors"))
+    with pytest.raises(Cancelled):
+        m.download(should_stop=lambda: m.transferred > 0)
+    assert m.missing([(0, len(data))]) != []          # a cancelled download records nothing
+    seen = []
+    m.progress = seen.append
+    assert m.download() == len(data) and seen[-1] == m.transferred and len(seen) == 2   # two 1 MiB pieces
+    requests = len(srv.served.requests)
+    assert m.read(0, len(data)) == data and len(srv.served.requests) == requests
+
+
 @pytest.mark.parametrize("status, error, words", [
     (403, RemoteAccessError, "access denied"), (401, RemoteAccessError, "access denied"),
     (404, RemoteNotFoundError, "not found"),

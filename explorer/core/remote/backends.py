@@ -16,8 +16,10 @@ import socket
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
+from ...errors import Cancelled
 from .errors import (MissingExtraError, RangeNotSupportedError, RemoteAccessError, RemoteChangedError,
                      RemoteListingError, RemoteNotFoundError)
 from .urls import parse_hf, scheme_of
@@ -159,7 +161,7 @@ class HttpBackend:
             if resp.status == 200 and not (start == 0 and end == self.size):
                 raise RangeNotSupportedError(
                     f"{self.url}: the server does not support range requests (it sends the whole "
-                    f"{self.size:,}-byte file for any part) — download the file and open the local copy")
+                    f"{self.size:,}-byte file for any part) — download it whole, or download the file and open the local copy")
             etag = resp.headers.get("ETag")
             if (etag and resp.geturl() == self._stat_url and self.version and self.version.startswith(('"', "W/"))
                     and not _same_etag(etag, self.version)):
@@ -171,6 +173,24 @@ class HttpBackend:
                     raise RangeNotSupportedError(f"{self.url}: the server answered a different range than asked "
                                                  f"({resp.headers.get('Content-Range')}) — download the file")
             return _read_exactly(resp, end - start)
+
+    def read_whole(self, write: Callable[[int, bytes], None], should_stop: Callable[[], bool] | None) -> None:
+        """The whole file in one request without a Range (for a server that has none), piece by piece to
+        ``write(offset, piece)``; cancellable between pieces."""
+        resp = self._open(self._request(self._final or self.data_url))
+        got = 0
+        with resp:
+            while got < self.size:
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"{self.url}: the download was cancelled")
+                try:
+                    piece = resp.read(min(1 << 20, self.size - got))
+                except (http.client.IncompleteRead, ConnectionError, TimeoutError, OSError) as e:
+                    raise TruncatedBody(f"the connection dropped after {got:,} of {self.size:,} bytes") from e
+                if not piece:
+                    raise TruncatedBody(f"the server sent {got:,} of {self.size:,} bytes")
+                write(got, piece)
+                got += len(piece)
 
     def list_folder(self) -> list[str]:
         raise RemoteListingError(f"{self.url}: a plain HTTP(S) folder cannot be listed — name the checkpoint file "
@@ -303,6 +323,12 @@ class FsspecBackend:
         if len(data) < end - start:
             raise TruncatedBody(f"the server sent {len(data):,} of {end - start:,} bytes")
         return bytes(data[:end - start])
+
+    def read_whole(self, write: Callable[[int, bytes], None], should_stop: Callable[[], bool] | None) -> None:
+        for start in range(0, self.size, 8 << 20):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"{self.url}: the download was cancelled")
+            write(start, self.read(start, min(self.size, start + (8 << 20))))
 
     def list_folder(self) -> list[str]:
         entries = self._call(self.fs.ls, self.path.rstrip("/"), detail=True)

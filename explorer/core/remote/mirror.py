@@ -156,16 +156,38 @@ class Mirror:
                     self._maybe_evict(self.transferred - before)
             return self.transferred - before
 
+    def download(self, should_stop: Callable[[], bool] | None = None) -> int:
+        """Fetch the whole file in one request (what a server without Range support allows; ``size`` says how much
+        first), with ``progress`` and ``should_stop``; recorded only once complete. Returns the bytes fetched."""
+        should_stop = should_stop if should_stop is not None else self.should_stop
+        with self._lock:
+            if self._entry.present.all():
+                return 0
+            before = self.transferred
+
+            def write(offset: int, piece: bytes) -> None:
+                os.pwrite(self._fd, piece, offset)
+                self._count(len(piece))
+
+            _retrying(lambda: self._backend.read_whole(write, should_stop), self.url, should_stop)
+            os.fdatasync(self._fd)
+            self._entry.present[:] = True
+            self._entry.save()
+            return self.transferred - before
+
+    def _count(self, n: int) -> None:
+        with _open_lock:
+            self.transferred += n
+            _total[0] += n
+        if self.progress is not None:
+            self.progress(self.transferred)
+
     def _fetch(self, run: tuple[int, int], should_stop) -> None:
         start, end = run[0] * self.block, min(self.size, run[1] * self.block)
         data = _retrying(lambda: self._backend.read(start, end), self.url, should_stop)
         os.pwrite(self._fd, data, start)
-        with _open_lock:
-            self.transferred += len(data)
-            _total[0] += len(data)
         self._entry.present[run[0]:run[1]] = True
-        if self.progress is not None:
-            self.progress(self.transferred)
+        self._count(len(data))
 
     def _maybe_evict(self, written: int) -> None:
         self._since_evict += written
