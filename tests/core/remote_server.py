@@ -24,6 +24,7 @@ class Served:
         self.disk: dict[str, str] = {}         # "/path" -> a local file served from disk (large, sparse files)
         self.latency = 0.0                     # seconds slept before each answer
         self.ranges = True                     # False: answer a Range request with 200 and the whole file
+        self.head = True                       # False: answer HEAD with 405 (some object stores and CDNs)
         self.status: dict[str, int] = {}       # "/path" -> status to answer instead
         self.truncate: dict[str, int] = {}     # "/path" -> send only this many body bytes, then close
         self.fail_times: dict[str, int] = {}   # "/path" -> close the connection on the next N GETs without a byte
@@ -65,6 +66,10 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def do_HEAD(self):
+        if not self.served.head:
+            with self.served.lock:
+                self.served.requests.append(("HEAD", self.path, None))
+            return self._empty(405)
         self._answer(head=True)
 
     def do_GET(self):

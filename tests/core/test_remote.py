@@ -215,3 +215,20 @@ def test_a_zip_is_read_through_the_file_object(srv, tmp_path):
         pkl = z.read(next(n for n in names if n.endswith("data.pkl")))
     with zipfile.ZipFile(tmp_path / "m.pt") as z:
         assert names == z.namelist() and pkl == z.read(next(n for n in names if n.endswith("data.pkl")))
+
+
+def test_a_server_refusing_head_is_asked_with_a_one_byte_range(srv, tmp_path):
+    data = make_safetensors(tmp_path / "m.safetensors")
+    srv.served.files["/m.safetensors"] = data
+    srv.served.head = False
+    m = Mirror.open(srv.url("/m.safetensors"))
+    assert (m.size, m.version) == (len(data), srv.served.etag("/m.safetensors"))
+    assert [r[0] for r in srv.served.requests] == ["HEAD", "GET"] and srv.served.requests[1][2] == "bytes=0-0"
+
+
+def test_an_empty_file_and_ranges_beyond_the_end(srv):
+    srv.served.files["/empty"] = b""
+    srv.served.files["/short"] = b"abc"
+    assert Mirror.open(srv.url("/empty")).file().read() == b""
+    m = Mirror.open(srv.url("/short"))
+    assert m.read(1, 100) == b"bc" and m.ensure([(10, 5), (-4, 2)]) == 0 and m.file().read() == b"abc"

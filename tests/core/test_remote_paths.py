@@ -59,6 +59,17 @@ def test_the_cache_evicts_least_recently_used_mirrors_but_never_one_in_use(tmp_p
     assert again.present.all()
 
 
+def test_two_processes_recording_blocks_of_one_mirror_keep_both(tmp_path):
+    key = cache.key_of("https://h/a", '"e"', 1 << 20)
+    one, two = (cache.Entry(tmp_path, key, "https://h/a", '"e"', 1 << 20, 1 << 15) for _ in range(2))
+    one.present[0] = True
+    one.save()
+    two.present[5] = True
+    two.save()
+    three = cache.Entry(tmp_path, key, "https://h/a", '"e"', 1 << 20, 1 << 15)
+    assert list(three.present.nonzero()[0]) == [0, 5]
+
+
 def test_an_unversioned_url_never_shares_a_key():
     assert cache.key_of("https://h/a", None, 10) != cache.key_of("https://h/a", None, 10)
     assert cache.key_of("https://h/a", '"1"', 10) == cache.key_of("https://h/a", '"1"', 10)
