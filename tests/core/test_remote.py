@@ -232,3 +232,15 @@ def test_an_empty_file_and_ranges_beyond_the_end(srv):
     assert Mirror.open(srv.url("/empty")).file().read() == b""
     m = Mirror.open(srv.url("/short"))
     assert m.read(1, 100) == b"bc" and m.ensure([(10, 5), (-4, 2)]) == 0 and m.file().read() == b"abc"
+
+
+def test_opened_asks_the_server_once_and_torch_reads_a_zip_directory_through_the_file(srv, tmp_path):
+    torch.save({f"l{i}": torch.zeros(100_000) for i in range(20)}, tmp_path / "m.pt")
+    srv.served.files["/m.pt"] = (tmp_path / "m.pt").read_bytes()
+    m = mirror.opened(srv.url("/m.pt"))
+    assert mirror.opened(srv.url("/m.pt")) is m and mirror.mirror_of(m.local_path) is m
+    reader = torch._C.PyTorchFileReader(m.file())
+    pkl = next(r for r in reader.get_all_records() if r.endswith("data.pkl"))
+    assert len(reader.get_record(pkl)) > 0
+    assert [r[0] for r in srv.served.requests].count("HEAD") == 1
+    assert m.transferred <= 4 * mirror.BLOCK < m.size // 20

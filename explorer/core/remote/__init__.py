@@ -5,8 +5,8 @@ through a sparse local mirror in the user's cache.
 a version and byte ranges; ``cache`` keeps the mirrors on disk (size-bounded, keyed by URL + version); ``mirror``
 makes a remote file look local to the readers (a file object, or a local path to memory-map after ``ensure``).
 """
-from .mirror import Mirror, close_all, ensure_local, list_folder, mirror_of, transferred_total
+from .mirror import Mirror, close_all, ensure_local, list_folder, mirror_of, opened, transferred_total
 from .urls import display_name, is_url, join
 
 __all__ = ["Mirror", "close_all", "display_name", "ensure_local", "is_url", "join", "list_folder", "mirror_of",
-           "transferred_total"]
+           "opened", "transferred_total"]

@@ -253,6 +253,13 @@ def mirror_of(path: str) -> Mirror | None:
     return _by_path.get(path) or _by_url.get(path)
 
 
+def opened(url: str) -> Mirror:
+    """The mirror of ``url`` already open in this process, else a newly opened one (one request): what the readers
+    call on every ``os.path.getsize`` / ``open`` of a URL, so that only the first asks the server."""
+    mirror = _by_url.get(url)
+    return mirror if mirror is not None and not mirror.closed else Mirror.open(url)
+
+
 def ensure_local(path: str, offset: int, length: int) -> None:
     """The readers' hook before memory-mapping ``path``: when it is a mirror, fetch ``[offset, offset+length)``."""
     mirror = _by_path.get(path)
