@@ -70,6 +70,22 @@ def test_two_processes_recording_blocks_of_one_mirror_keep_both(tmp_path):
     assert list(three.present.nonzero()[0]) == [0, 5]
 
 
+def test_blocks_recorded_for_an_evicted_data_file_never_describe_its_replacement(tmp_path):
+    key = cache.key_of("https://h/a", '"e"', 1 << 20)
+    old = cache.Entry(tmp_path, key, "https://h/a", '"e"', 1 << 20, 1 << 15)
+    old.present[:] = True
+    old.save()
+    held = os.open(old.data_path, os.O_RDWR)   # the other process's mirror holds its data file open
+    try:
+        cache.evict(tmp_path, keep=set(), limit=0)
+        new = cache.Entry(tmp_path, key, "https://h/a", '"e"', 1 << 20, 1 << 15)
+        old.save()                  # that process records its blocks after the eviction
+        again = cache.Entry(tmp_path, key, "https://h/a", '"e"', 1 << 20, 1 << 15)
+    finally:
+        os.close(held)
+    assert not new.present.any() and not again.present.any()
+
+
 def test_an_unversioned_url_never_shares_a_key():
     assert cache.key_of("https://h/a", None, 10) != cache.key_of("https://h/a", None, 10)
     assert cache.key_of("https://h/a", '"1"', 10) == cache.key_of("https://h/a", '"1"', 10)

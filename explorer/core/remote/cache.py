@@ -2,7 +2,7 @@
 that are fully written, bounded in size (least recently used mirrors are evicted first).
 
 Layout under ``$XDG_CACHE_HOME/state-dict-explorer/remote`` (``~/.cache/...``): ``KEY.bin`` (the sparse mirror),
-``KEY.json`` (URL, version, size, block size), ``KEY.blocks`` (one bit a block, written atomically after the data),
+``KEY.json`` (URL, version, size, block size), ``KEY.blocks`` (the data file's inode, then one bit a block; written atomically after the data),
 ``KEY.lock`` (serialises sidecar updates between processes). ``KEY`` hashes URL + version + size: a new ETag or
 revision is a new key, so stale bytes are never served; a URL whose server names no version gets a key of its own
 each time it is opened (reused within that open only).
@@ -56,26 +56,35 @@ class Entry:
         meta_path = root / f"{key}.json"
         if not meta_path.exists():
             _atomic_write(meta_path, json.dumps(meta).encode())
-        self.present = self._load()
         with open(self.data_path, "ab") as f:   # creates it; a sparse file of the remote size
-            if os.fstat(f.fileno()).st_size != size:
+            st = os.fstat(f.fileno())
+            if st.st_size != size:
                 f.truncate(size)
-                self.present[:] = False
+            self.inode = st.st_ino
+        self.present = self._load() if st.st_size == size else np.zeros(self.nblocks, dtype=bool)
         self.touch()
 
     def _load(self) -> np.ndarray:
+        """The recorded blocks, if they were recorded for this very data file (not for one evicted and made anew,
+        which another process may still be writing to)."""
         with contextlib.suppress(OSError, ValueError):
-            bits = np.unpackbits(np.frombuffer(self._blocks_path.read_bytes(), np.uint8), count=self.nblocks)
-            if len(bits) == self.nblocks:
-                return bits.astype(bool)
+            raw = self._blocks_path.read_bytes()
+            if len(raw) >= 8 and int.from_bytes(raw[:8], "little") == self.inode:
+                bits = np.unpackbits(np.frombuffer(raw[8:], np.uint8), count=self.nblocks)
+                if len(bits) == self.nblocks:
+                    return bits.astype(bool)
         return np.zeros(self.nblocks, dtype=bool)
 
     def save(self) -> None:
-        """Record the present blocks (merged with what another process recorded meanwhile), atomically."""
+        """Record the present blocks (merged with what another process recorded meanwhile), atomically; nothing
+        when the data file was evicted meanwhile (the bytes written went to a file no one will read again)."""
         with open(self._lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
+            with contextlib.suppress(OSError):
+                if os.stat(self.data_path).st_ino != self.inode:
+                    return
             self.present |= self._load()
-            _atomic_write(self._blocks_path, np.packbits(self.present).tobytes())
+            _atomic_write(self._blocks_path, self.inode.to_bytes(8, "little") + np.packbits(self.present).tobytes())
 
     def touch(self) -> None:
         with contextlib.suppress(OSError):
