@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -90,26 +91,32 @@ def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
-def model_nbytes(model: nn.Module) -> tuple[int, int]:
-    """(bytes of all parameters and buffers, bytes of those already real, i.e. not on the meta device)."""
+def model_nbytes(model: nn.Module) -> tuple[int, int, bool]:
+    """(bytes of all parameters and buffers, bytes of those already real, whether any is on the meta device)."""
     total = real = 0
+    any_meta = False
     for t in _tensors(model):
         n = _nbytes(t)
         total += n
-        if not t.is_meta and not nn.parameter.is_lazy(t):
+        if t.is_meta:
+            any_meta = True
+        elif not nn.parameter.is_lazy(t):
             real += n
-    return total, real
+    return total, real, any_meta
 
 
 def build_model(factory: Callable[[], nn.Module], *, budget_bytes: int | None = None) -> BuiltModel:
     """Call ``factory`` under ``torch.device("meta")``; when the parameters and buffers fit ``budget_bytes`` (default
     :func:`default_budget`), call it again without the device context to build the model for real, else keep the meta
     model. The random state is restored after the meta build, so the real build draws exactly what a single call of
-    the factory draws. A factory that cannot run on the meta device (it reads a value: ``.item()``, ``.tolist()``)
-    is built for real, as before, and the note says why. What the factory raises is raised."""
+    the factory draws; the meta build's warnings are shown only when its model is kept. A factory that returns a
+    model with nothing on meta (an existing instance) gives that model. A factory that cannot run on the meta device
+    (it reads a value: ``.item()``, ``.tolist()``, ``.to("cpu")``) is built for real, as before, and the note says
+    why. What the factory raises is raised."""
     budget = default_budget() if budget_bytes is None else budget_bytes
     try:
-        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        with warnings.catch_warnings(record=True) as caught, torch.random.fork_rng(devices=[]), torch.device("meta"):
+            warnings.simplefilter("always")
             meta = factory()
     except (RuntimeError, NotImplementedError) as e:
         if "meta" not in str(e).lower():
@@ -120,11 +127,15 @@ def build_model(factory: Callable[[], nn.Module], *, budget_bytes: int | None = 
                           f"{str(e).splitlines()[0][:160]}); it was built on the CPU without a size check")
     if not isinstance(meta, nn.Module):   # the caller says what the factory returned
         return BuiltModel(meta, False, 0)
-    total, real = model_nbytes(meta)
+    total, real, any_meta = model_nbytes(meta)
+    if not any_meta:   # nothing followed the device context: the model is real already
+        return BuiltModel(meta, True, total)
     if total <= budget:
         del meta
         model = factory()
         return BuiltModel(model, True, model_nbytes(model)[0] if isinstance(model, nn.Module) else total)
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     note = (f"values of the model side are not materialized: {human_bytes(total)} of parameters and buffers "
             f"exceed the budget of {human_bytes(budget)} (set {BUDGET_ENV} to change it)")
     if real:

@@ -141,8 +141,8 @@ def test_meta_model_tensors_are_meta_except_what_the_factory_made_on_the_cpu():
     m = built.module
     assert m.lin.weight.is_meta and m.cache.is_meta
     assert m.table.is_meta and not m.ids.is_meta and not m.scale.is_meta   # made on the CPU explicitly: real
-    total, real = model_nbytes(m)
-    assert total == built.nbytes == 4 * (6 + 3 + 3 + 3 + 4 + 3) and real == 4 * (3 + 3)
+    total, real, any_meta = model_nbytes(m)
+    assert total == built.nbytes == 4 * (6 + 3 + 3 + 3 + 4 + 3) and real == 4 * (3 + 3) and any_meta
     assert "the factory created on the CPU itself" in built.note
 
 
@@ -165,6 +165,24 @@ def test_a_model_that_fits_is_built_for_real_with_the_values_of_one_call():
     torch.manual_seed(5)
     build_model(drawing)
     assert len(draws) == 2 and torch.equal(draws[1], once)
+
+
+def test_a_factory_returning_a_real_model_gives_that_model():
+    existing = Net()
+    built = build_model(lambda: existing, budget_bytes=0)
+    assert built.module is existing and built.materialized and built.nbytes == 72
+
+
+def test_the_meta_builds_warnings_are_shown_only_when_its_model_is_kept():
+    def warns():
+        warnings.warn("from the factory", UserWarning)
+        return Net()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_model(warns)
+        assert [str(w.message) for w in caught] == ["from the factory"]   # the real build's only
+        build_model(warns, budget_bytes=0)
+        assert [str(w.message) for w in caught] == ["from the factory"] * 2
 
 
 def test_tied_weights_are_counted_once():
