@@ -77,11 +77,41 @@ class Convs(nn.Module):
         self.rnn = nn.LSTM(4, 3)
 
 
+class CustomLoad(nn.Module):
+    """Its own state-dict code, writing through ``.data`` (PyTorch's test_load_state_dict_custom)."""
+
+    def __init__(self):
+        super().__init__()
+        self.param = nn.Parameter(torch.ones(3))
+        self.sub = nn.Linear(5, 5)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        destination[prefix + "serialized"] = self.param.data + 1
+
+    def _load_from_state_dict(self, state_dict, prefix, *rest):
+        self.param.data.copy_(state_dict[prefix + "serialized"] - 1)
+
+
+class GrowsAChild(nn.Module):
+    """A module registered during the load, by set_extra_state."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(2, 2)
+
+    def get_extra_state(self):
+        return {"n": 3}
+
+    def set_extra_state(self, state):
+        self.child = nn.Linear(state["n"], 1)
+
+
 def _lazy():
     return nn.Sequential(nn.LazyLinear(4), nn.ReLU(), nn.LazyLinear(2))
 
 
-ZOO = {"net": Net, "tied": Tied, "shared": Shared, "buffers": Buffers, "extra": Extra, "convs": Convs, "lazy": _lazy}
+ZOO = {"net": Net, "tied": Tied, "shared": Shared, "buffers": Buffers, "extra": Extra, "convs": Convs, "lazy": _lazy,
+       "custom": lambda: nn.Sequential(CustomLoad()), "grows": GrowsAChild}
 
 
 def _checkpoints(name: str) -> dict[str, dict]:
@@ -90,6 +120,9 @@ def _checkpoints(name: str) -> dict[str, dict]:
     if name == "lazy":
         src = _lazy()
         src(torch.randn(1, 5))
+    elif name == "grows":
+        src = GrowsAChild()
+        src.set_extra_state({"n": 3})
     else:
         src = ZOO[name]()
     own = {k: (v.detach().clone() if isinstance(v, torch.Tensor) else v) for k, v in src.state_dict().items()}
