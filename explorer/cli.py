@@ -14,7 +14,7 @@ import os
 import re
 import sys
 
-from .core.chunks import gc_paused
+from .core.gc_pause import gc_paused
 from .errors import ExplorerError
 
 COMMANDS = {

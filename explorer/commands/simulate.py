@@ -9,7 +9,7 @@ import sys
 from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
-from ..core.chunks import gc_paused
+from ..core.gc_pause import gc_paused
 from ..core.load.passes import all_str
 from ..core.model_source import ModelSide
 from ..core.records import CHANGED, MATCHED, UNEXPECTED

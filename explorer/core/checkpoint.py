@@ -17,7 +17,7 @@ import torch
 
 from ..errors import CorruptFileError, KeyNotFoundError, NoDataError
 from .bytesource import read_record
-from .chunks import gc_paused
+from .gc_pause import gc_paused
 from .entries import EntryList, FlatTable, SegmentPaths, devices_of, record_columns, record_infos
 from .loaded import (MAX_DEPTH, RecoveredModule, all_records, child, children, has_data, items_of, keys_of, normalize,
                      values_of)

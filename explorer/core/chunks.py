@@ -1,10 +1,8 @@
 """Bulk work over many tensors or many keys, shared by :mod:`.stats` and :mod:`.diff`: chunking a tensor, spreading
-the chunks over threads (torch's own intra-op threads set to 1 meanwhile), cancellation, and pausing the cyclic
-garbage collector around bulk parsing."""
+the chunks over threads (torch's own intra-op threads set to 1 meanwhile), cancellation."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import itertools
 import threading
 from typing import Callable, Iterator
@@ -19,20 +17,6 @@ PARALLEL_MIN = 4 * CHUNK     # below this, one thread
 
 ProgressFn = Callable[[int, int], None]       # progress(done, total): elements processed so far of total
 StopFn = Callable[[], bool]
-
-
-class gc_paused:
-    """Pause the cyclic garbage collector around bulk parsing: after ``import torch`` it costs 2-3x otherwise."""
-
-    def __enter__(self):
-        self._was = gc.isenabled()
-        gc.disable()
-        return self
-
-    def __exit__(self, *exc):
-        if self._was:
-            gc.enable()
-        return False
 
 
 # ---- threads ---------------------------------------------------------------------------------------------------------

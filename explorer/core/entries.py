@@ -12,7 +12,7 @@ from itertools import chain, repeat
 from operator import attrgetter, is_, itemgetter, mul
 from typing import Callable, Iterator
 
-from .chunks import gc_paused
+from .gc_pause import gc_paused
 from .records import EntryPath, Location, TensorInfo
 from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import CorruptFileError
 from .bytesource import TORCH_DTYPES, read_record
-from .chunks import gc_paused
+from .gc_pause import gc_paused
 from .loaded import MAX_DEPTH, all_tensor_records, has_data, items_of, keys_of, values_of
 from .meta import meta_bulk, meta_of
 from .records import EntryPath, PlainStateDict, copy_metadata, read_mask

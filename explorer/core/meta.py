@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from .bytesource import TORCH_DTYPES
-from .chunks import gc_paused
+from .gc_pause import gc_paused
 from .records import contiguous_strides
 
 

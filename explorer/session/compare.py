@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Callable, Iterable
 
-from ..core.chunks import gc_paused
+from ..core.gc_pause import gc_paused
 from ..core.side import MODEL
 from ..core.records import (  # noqa: F401  (re-exported for the views; records imports no torch)
     CHANGED, DTYPE_CAST, DTYPE_DIFFERS, IDENTICAL, MATCHED, MISSING, NOT_LOADED, NON_PERSISTENT, ONLY_A, ONLY_B,

@@ -118,7 +118,7 @@ def exercise(path: str) -> dict:
     every tensor's values (up to 2,000, each under 256 MB), materialise the default state dict on the meta device.
     Only :class:`~explorer.errors.ExplorerError` may escape; one unreadable tensor is an error of that tensor."""
     from explorer.core.loaders import open_checkpoint
-    from explorer.core.chunks import gc_paused
+    from explorer.core.gc_pause import gc_paused
     from explorer.errors import ExplorerError
     with gc_paused():   # as the window's open worker (explorer.qt.compare.load_side_data) opens and lists
         ck = open_checkpoint(path)
@@ -148,7 +148,7 @@ def _read_all(path: str) -> int:
     It runs as every command of ``main.py`` does (``explorer.cli.main``): with the cyclic GC off. With 10**6
     entries alive, each full collection during the value reads walks millions of objects (the window reads values
     in its compute process, away from that heap)."""
-    from explorer.core.chunks import gc_paused
+    from explorer.core.gc_pause import gc_paused
     from explorer.errors import ExplorerError
     try:
         with gc_paused():

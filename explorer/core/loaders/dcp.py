@@ -30,7 +30,7 @@ import torch
 from ...errors import CorruptFileError, ExplorerError, UnsafePathError, shorten
 from ..bytesource import TORCH_DTYPES, ByteSource, read_record
 from ..checkpoint import Checkpoint
-from ..chunks import gc_paused
+from ..gc_pause import gc_paused
 from ..safe_pickle.inert import Inert
 from ..safe_pickle.printable import printable_key
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord, TorchDtype

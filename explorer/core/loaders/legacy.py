@@ -9,7 +9,7 @@ import struct
 from ...errors import CorruptFileError, ExplorerError, shorten
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
-from ..chunks import gc_paused
+from ..gc_pause import gc_paused
 from ..safe_pickle.limits import BoundedReader
 from ..safe_pickle.records import ITEMSIZE, storage_from_pid
 from ..safe_pickle.unpickler import SafeUnpickler

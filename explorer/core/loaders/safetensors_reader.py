@@ -24,7 +24,7 @@ from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..entries import FlatTable
 from ..records import TENSOR, Location, contiguous_strides
-from ..chunks import gc_paused
+from ..gc_pause import gc_paused
 from ..safe_pickle.printable import printable_key, unprintable
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 from . import Reader, open_regular, read_head, register

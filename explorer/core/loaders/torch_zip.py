@@ -21,7 +21,7 @@ import torch
 from ...errors import CorruptFileError
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
-from ..chunks import gc_paused
+from ..gc_pause import gc_paused
 from ..safe_pickle.limits import BoundedReader
 from ..safe_pickle.stand_ins import PickleContext
 from ..safe_pickle.unpickler import SafeUnpickler

@@ -14,7 +14,7 @@ import io
 import pickle
 from typing import Any, Callable
 
-from ..chunks import gc_paused
+from ..gc_pause import gc_paused
 from .hash_work import check_pickle_stream
 from .inert import placeholder
 from .limits import memo_cap, quiet_bytearray_bug, size_of

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
-from ..chunks import gc_paused
+from ..gc_pause import gc_paused
 from ..load.passes import all_str
 from ..records import MISSING, UNEXPECTED
 

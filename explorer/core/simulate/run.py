@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 
 from ...errors import Cancelled
-from ..chunks import gc_paused
+from ..gc_pause import gc_paused
 from ..load.index import ModelIndex, is_running_stat, snapshot
 from ..load.inputs import CheckpointInput, as_side, model_of, object_of_class, with_copies
 from ..load.passes import (Infos, PassResult, compare_from_structural, meta_copy_trouble, meta_trouble,
