@@ -19,7 +19,7 @@ from ..errors import KeyNotFoundError, ModelSpecError
 from .meta import meta_like
 from .records import (BUFFER, EXTRA_STATE, NON_PERSISTENT, PARAMETER, TENSOR, EntryPath, ModuleInfo, TensorInfo,
                       copy_metadata, dtype_name)
-from .side import MODEL
+from .records import MODEL
 
 _EXTRA_STATE_SUFFIX = "_extra_state"  # torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
 

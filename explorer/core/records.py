@@ -8,7 +8,7 @@ from operator import or_
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 EntryPath = tuple[str, ...]
 
@@ -176,4 +176,7 @@ class Status(StrEnum):
 (MATCHED, CHANGED, MISSING, UNEXPECTED, SHAPE_MISMATCH, DTYPE_CAST, RUNNING_STAT, NOT_LOADED, IDENTICAL, ONLY_A,
  ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS) = Status
 
+# the two kinds of side (explorer.core.side): what the user opened
+CHECKPOINT: Literal["checkpoint"] = "checkpoint"
+MODEL: Literal["model"] = "model"
 RUNNING_STAT_NAMES = ("running_mean", "running_var", "num_batches_tracked")

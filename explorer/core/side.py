@@ -7,15 +7,17 @@ Everything above the readers (simulation, remap, diff, statistics, the commands,
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, runtime_checkable
+
+from .records import CHECKPOINT, MODEL  # a side's two kinds (records is plain data, imports no torch)
+
+__all__ = ["CHECKPOINT", "MODEL", "Side", "open_side"]
 
 if TYPE_CHECKING:   # the records are plain data; torch only for annotations
     import torch
 
     from .records import EntryPath, ModuleInfo, TensorInfo
 
-CHECKPOINT: Literal["checkpoint"] = "checkpoint"
-MODEL: Literal["model"] = "model"
 
 
 @runtime_checkable

@@ -61,7 +61,7 @@ def _w(item) -> int:
 
 def check_hash_work(buf, pos: int = 0, end: int | None = None) -> int:
     """Walk the pickle in ``buf`` (bytes or mmap) from ``pos`` to its STOP; raise ``pickle.UnpicklingError`` when its
-    insertions would hash more than the budget allows. (One long function: the opcode walk is a hot loop, one branch
+    insertions would hash more than the budget allows. (Long: the opcode walk is a hot loop, one branch
     per opcode, its helpers closures over its locals.) Returns the position after STOP (or where the walk stopped:
     at an opcode the unpickler itself rejects, everything before it was checked, and the unpickler fails there).
 
