@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from explorer.core import chunks as C
+from explorer.core.gc_pause import gc_paused
 from explorer.errors import Cancelled
 
 
@@ -82,15 +83,15 @@ def test_check_stop():
 
 def test_gc_paused_restores_the_previous_state():
     assert gc.isenabled()
-    with C.gc_paused():
+    with gc_paused():
         assert not gc.isenabled()
-        with C.gc_paused():
+        with gc_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
     gc.disable()
     try:
-        with C.gc_paused():
+        with gc_paused():
             pass
         assert not gc.isenabled()
     finally:
