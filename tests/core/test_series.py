@@ -239,3 +239,21 @@ def test_key_that_vanishes_and_one_checkpoint(tmp_path, cli):
     assert {k["key"]: k["rel_change_prev"] for k in out["keys"]}["old"] == [None, 0.0, None]
     one = series_json(cli, folder / "it_2.pt")   # one checkpoint: figures, nothing to compare
     assert one["frozen"] == [] and one["keys"][0]["norm"] == [pytest.approx(2 * math.sqrt(2))]
+
+
+def test_fraction_changed_counts_subnormal_and_signed_zero_differences(tmp_path):
+    """The fraction of elements changed is torch's ``x != prev``: a change in the last bit of a subnormal counts, and
+    -0.0 -> +0.0 does not (they compare equal)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny = torch.finfo(torch.float32).smallest_normal / 4          # subnormal
+    a = torch.tensor([tiny, tiny * 2, -0.0, 1.0, 3.0] * 1000)
+    b = a.clone()
+    b[0::5] = tiny + torch.finfo(torch.float32).smallest_normal * 2 ** -23   # one ulp of a subnormal
+    b[2::5] = 0.0
+    torch.save({"w": a}, run / "step_1.pt")
+    torch.save({"w": b}, run / "step_2.pt")
+    with open_series([run]) as s:
+        t = s.measure().track("w")
+    assert float((b != a).sum()) == 1000
+    assert t.frac_changed[1] == float((b != a).sum()) / a.numel()
