@@ -14,10 +14,9 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
-from ...errors import Cancelled
 from . import cache
 from .backends import TransientError, TruncatedBody, backend_for
-from .errors import RemoteTruncatedError, RemoteUnavailableError
+from ...errors import Cancelled, RemoteTruncatedError, RemoteUnavailableError
 
 BLOCK = 32 << 10        # the unit fetched and recorded: a safetensors header of a shard fits one
 CHUNK = 8 << 20         # the most one request asks for; a longer run is split and fetched in parallel
