@@ -97,3 +97,15 @@ def basename(path: str) -> str:
         from .urls import display_name
         return display_name(path)
     return os.path.basename(path)
+
+
+def transferred() -> int:
+    """Bytes fetched over the network by this process so far (``--json``'s ``transferred_bytes`` is a difference)."""
+    from .mirror import transferred_total
+    return transferred_total()
+
+
+def failures() -> list:
+    """The remote failures raised so far in this process, oldest first (see :func:`.mirror.failures`)."""
+    from .mirror import failures as mirror_failures
+    return mirror_failures()
