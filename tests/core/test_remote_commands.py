@@ -8,7 +8,6 @@ from collections import OrderedDict
 
 import pytest
 import torch
-import torch.nn as nn
 from safetensors.torch import save_file
 
 from explorer.core.demo_models import MyBatchNormModel

@@ -14,10 +14,12 @@ from typing import Callable
 
 from ...errors import CorruptFileError, ExplorerError, InputNotFoundError, RemoteError, UnsupportedFormatError
 from ..checkpoint import Checkpoint
-from ..remote.files import basename, exists, files_in, getsize, is_remote, isdir, isfile, open_binary, size_of
+from ..remote.files import (basename, exists, files_in, getsize, is_remote, isdir, isfile, open_binary, prefetch_heads,
+                            size_of)
 
 __all__ = ["Reader", "SUPPORTED", "basename", "check_regular", "exists", "files_in", "getsize", "is_remote", "isdir",
-           "isfile", "open_binary", "open_checkpoint", "open_regular", "read_head", "readers", "register", "size_of"]
+           "isfile", "open_binary", "open_checkpoint", "open_regular", "prefetch_heads", "read_head", "readers",
+           "register", "size_of"]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from collections import OrderedDict
 
 from ...errors import CorruptFileError, ExplorerError, UnsafePathError, UnsupportedFormatError, shorten
 from ..checkpoint import Checkpoint
-from . import Reader, basename, exists, files_in, is_remote, isdir, isfile, open_regular, register
+from . import (Reader, basename, exists, files_in, is_remote, isdir, isfile, open_regular, prefetch_heads,
+               register)
 
 SHARD_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
@@ -95,6 +96,7 @@ def open_index(index_path: str) -> Checkpoint:
     root: OrderedDict = OrderedDict()
     refs: list[str] = []
     from . import check_regular
+    prefetch_heads([paths[name] for name in sorted(shard_names)])   # URLs: every shard's header at once
     for name in sorted(shard_names):
         check_regular(paths[name])
         if not isfile(paths[name]):
