@@ -148,10 +148,16 @@ def test_hub_paths_through_hf_endpoint(cli, srv):
           str(srv.local / "model.safetensors.index.json"))
 
 
-def test_a_hub_folder_is_listed_and_its_index_opened(cli, srv):
-    code, got = _answer(cli, "inspect", "hf://org/repo/")
-    assert code == 0 and got["path"] == "hf://org/repo/model.safetensors.index.json"
+@pytest.mark.parametrize("folder", ["hf://org/repo/", "hf://org/repo", "hf://org/repo@main"])
+def test_a_hub_folder_is_listed_and_its_index_opened(cli, srv, folder):
+    code, got = _answer(cli, "inspect", folder)
+    assert code == 0 and got["path"] == folder.rstrip("/") + "/model.safetensors.index.json"
     assert len(got["entries"]) == len(_state_dict(0))
+
+
+def test_a_plain_http_folder_cannot_be_listed(cli, srv):
+    url = srv.url("/")
+    assert "cannot be listed" in _one_error_line(cli("inspect", url), url)
 
 
 def test_the_command_line_as_a_process(cli, srv):
@@ -215,10 +221,10 @@ def test_a_server_dying_during_stats(cli, srv):
 
 @pytest.fixture
 def s3(tmp_path, monkeypatch):
-    boto3 = pytest.importorskip("boto3")
-    fsspec = pytest.importorskip("fsspec")
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    import boto3
+    import fsspec
+    from moto.server import ThreadedMotoServer
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
@@ -242,5 +248,7 @@ def test_s3_by_url_equals_the_local_file(cli, s3):
     _same(cli, ["stats", local, "linear.weight"], ["stats", url, "linear.weight"], url, local)
     code, got = _answer(cli, "diff", local, url)
     assert code == 0 and got["summary"]["identical"] == len(_state_dict(1))
+    code, folder = _answer(cli, "inspect", "s3://ckpt/run/")
+    assert code == 0 and folder["path"] == url
     missing = "s3://ckpt/run/nope.safetensors"
     assert "not found" in _one_error_line(cli("inspect", missing), missing)
