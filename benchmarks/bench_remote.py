@@ -134,6 +134,33 @@ def zip_tree(srv: Server, folder: str, gb: float) -> tuple[int, int, float]:
     return mirror.transferred_total() - before, m.size, time.perf_counter() - t0
 
 
+def command_json(*args: str) -> tuple[dict, float]:
+    """(the --json answer, seconds) of ``python main.py ARGS --json``, run in this process."""
+    import contextlib
+    import io
+    from explorer.cli import main as cli_main
+    out, t0 = io.StringIO(), time.perf_counter()
+    with contextlib.redirect_stdout(out):
+        code = cli_main([*args, "--json"])
+    if code not in (0, 1):
+        raise SystemExit(f"{args}: exit {code}")
+    return json.loads(out.getvalue()), time.perf_counter() - t0
+
+
+def commands_by_url(srv: Server, folder: str, index_url: str, weight_map: dict) -> None:
+    """The wired path: ``inspect URL`` and ``stats URL KEY`` through the readers, from a cold cache."""
+    os.environ["XDG_CACHE_HOME"] = os.path.join(folder, "cold-cache")
+    mirror.close_all()
+    got, secs = command_json("inspect", index_url)
+    print(f"python main.py inspect INDEX_URL --json: {len(got['entries'])} tensors, "
+          f"{got['transferred_bytes'] / 1e6:.2f} MB transferred, {secs:.2f} s   [targets: <= 2 MB, <= 2 s]")
+    got, secs = command_json("stats", index_url, STATS_KEY)
+    moved = got.pop("transferred_bytes")
+    local, _ = command_json("stats", os.path.join(folder, "ckpt", "model.safetensors.index.json"), STATS_KEY)
+    print(f"python main.py stats INDEX_URL {STATS_KEY} --json: {moved / 1e6:.2f} MB transferred, {secs:.2f} s; "
+          f"equal to the local file's answer: {got == local}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--latency", type=float, default=0.02)
@@ -166,6 +193,7 @@ def main() -> None:
                 local = stats_json(f.get_tensor(STATS_KEY))
             print(f"statistics of {STATS_KEY} ({tensor_bytes / 1e6:.1f} MB): {got / 1e6:.2f} MB transferred "
                   f"[target: <= {(tensor_bytes + 1e6) / 1e6:.1f} MB]; equal to the local figures: {remote == local}")
+            commands_by_url(srv, tmp, index_url, weight_map)
             if args.pt_gb > 0:
                 zbytes, zsize, zsecs = zip_tree(srv, tmp, args.pt_gb)
                 print(f"torch-zip .pt of {zsize / 1e9:.2f} GB: directory + data.pkl {zbytes / 1e6:.2f} MB "

@@ -69,6 +69,44 @@ class NoDataError(ExplorerError, ValueError):
     """The tensor was saved from the meta device: the file holds its shape and dtype, no values."""
 
 
+class RemoteError(ExplorerError):
+    """A checkpoint at a URL could not be read. Not an ``OSError`` (except not-found and access-denied, which are
+    caught as such): code that turns an ``OSError`` from a local read into "the file is corrupt" must not swallow a
+    network answer. Each message names the URL and what to do."""
+
+
+class MissingExtraError(RemoteError, ImportError):
+    """The optional packages for a kind of URL are not installed."""
+
+
+class RemoteAccessError(RemoteError, PermissionError):
+    """401/403: the server wants credentials, or refuses the ones given."""
+
+
+class RemoteNotFoundError(RemoteError, InputNotFoundError):
+    """404: nothing at the URL as given."""
+
+
+class RangeNotSupportedError(RemoteError):
+    """The server answers a range request with the whole file."""
+
+
+class RemoteUnavailableError(RemoteError, ConnectionError):
+    """Timeouts, refused or dropped connections, server errors: still failing after a few retries."""
+
+
+class RemoteTruncatedError(RemoteError):
+    """The server sent fewer bytes than asked (after retries); those bytes are never recorded as present."""
+
+
+class RemoteChangedError(RemoteError):
+    """The file changed on the server (a new ETag) while it was being read."""
+
+
+class RemoteListingError(RemoteError):
+    """A folder URL cannot be listed (plain HTTP has no listing): name the file."""
+
+
 # ---- quoting what a file holds in a message -------------------------------------------------------------------------
 SHORT_TEXT = 120     # characters of a key, name or path from a file that a message quotes
 _RENDER_NODES = 40   # items of a nested value rendered before "..."

@@ -8,7 +8,9 @@ from . import print_json
 from ..core.diff import diff_sides
 from ..core.diff_report import IDENTICAL_MEANS, NUMBERS
 from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
+from ..core.remote.files import failures, is_remote, transferred
 from ..core.side import open_side
+from ..errors import Cancelled
 
 LARGEST = 10
 LISTED = 100      # keys listed per status in the text output (--all: every one)
@@ -106,11 +108,26 @@ def render_text(report, out, listed: int | None = LISTED) -> None:
 
 
 def run(args) -> int:
+    remote = is_remote(args.a) or is_remote(args.b)
+    start, failed = (transferred(), len(failures())) if remote else (0, 0)
     a = open_side(args.a)
     b = open_side(args.b)
-    report = diff_sides(a, b)
+    if not remote:
+        report = diff_sides(a, b)
+    else:   # a key whose bytes the network failed to bring is no difference: the first failure is the answer
+        try:
+            report = diff_sides(a, b, should_stop=lambda: len(failures()) > failed)
+        except Cancelled:
+            if len(failures()) <= failed:
+                raise
+        new = failures()[failed:]
+        if new:
+            raise new[0]
     if args.json:
-        print_json(report.to_json())
+        answer = report.to_json()
+        if remote:   # only when a side is a URL: two local files' answer stays byte for byte as it was
+            answer["transferred_bytes"] = transferred() - start
+        print_json(answer)
     else:
         render_text(report, sys.stdout, None if args.all else LISTED)
     return 1 if report.different else 0   # as diff and cmp: 0 identical, 1 different, 2 trouble

@@ -7,6 +7,7 @@ from json.encoder import encode_basestring_ascii as _enc  # json.dumps' own stri
 
 from . import human_bytes
 from ..core.records import SideSummary
+from ..core.remote.files import is_remote, transferred
 from ..core.side import open_side
 from ..core.tree import Tree
 from ..core.values import VALUE_TEXT, non_tensor_values, optimizer_states, short_text
@@ -92,9 +93,10 @@ def _entry_columns(side, chunk: int = 65536):
                [i.nbytes for i in infos], [i.kind for i in infos], [i.device for i in infos])
 
 
-def write_inspect_json(side, out) -> None:
+def write_inspect_json(side, out, last=None) -> None:
     """``print_json(inspect_json(side))``, byte for byte, written in chunks: no dict, list or TensorInfo per entry
-    and no 100 MB string for a file of 10**6 tensors (the strings come from json's own encoder)."""
+    and no 100 MB string for a file of 10**6 tensors (the strings come from json's own encoder). ``last()``, when
+    given, is called after the entries are written: a dict of members to end the object with."""
     head = json.dumps({"path": side.path, "format": side.format})
     tail = json.dumps(_json_tail(side, _extras(side)))
     out.write(head[:-1] + ', "entries": [')
@@ -114,6 +116,9 @@ def write_inspect_json(side, out) -> None:
         if body:
             out.write(body if first else ", " + body)
             first = False
+    if last is not None:
+        more = json.dumps(last())
+        tail = tail[:-1] + ", " + more[1:] if more != "{}" else tail
     out.write("], " + tail[1:] + "\n")
 
 
@@ -274,9 +279,11 @@ def render_text(side, out, flat: bool = False) -> None:
 
 
 def run(args) -> int:
+    remote = is_remote(args.target)
+    start = transferred() if remote else 0
     side = open_side(args.target)
-    if args.json:
-        write_inspect_json(side, sys.stdout)
+    if args.json:   # transferred_bytes: only for a URL (a local file's answer stays byte for byte as it was)
+        write_inspect_json(side, sys.stdout, (lambda: {"transferred_bytes": transferred() - start}) if remote else None)
     else:
         render_text(side, sys.stdout, flat=args.flat)
     return 0

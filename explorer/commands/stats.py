@@ -6,6 +6,7 @@ import math
 import sys
 
 from . import print_json
+from ..core.remote.files import is_remote, transferred
 from ..core.side import open_side
 from ..core.health import bn_siblings
 from ..core.stats import DEFAULT_PERCENTILES, tensor_stats, with_context
@@ -108,11 +109,16 @@ def render_text(key, t, s, out) -> None:
 def run(args) -> int:
     if args.bins < 1:
         raise ExplorerError(f"--bins must be at least 1 (got {args.bins})")
+    remote = is_remote(args.target)
+    start = transferred() if remote else 0
     side = open_side(args.target)
     t, key = resolve_tensor(side, args.key)
     s = with_context(tensor_stats(t, bins=args.bins, percentiles=DEFAULT_PERCENTILES), key, _siblings(side, key))
     if args.json:
-        print_json(s.to_json(key, tuple(t.shape), s.dtype))
+        answer = s.to_json(key, tuple(t.shape), s.dtype)
+        if remote:   # only for a URL: a local file's answer stays byte for byte as it was
+            answer["transferred_bytes"] = transferred() - start
+        print_json(answer)
     else:
         render_text(key, t, s, sys.stdout)
     return 0

@@ -1,14 +1,14 @@
 """Reading a storage's bytes on demand, memory-mapped, one storage at a time."""
 from __future__ import annotations
 
-import os
 import threading
 from typing import Callable
 
 import numpy as np
 import torch
 
-from ..errors import CorruptFileError, shorten
+from ..errors import CorruptFileError, RemoteError, shorten
+from .remote.files import getsize, mapped
 from .safe_pickle.limits import address_space_lock
 from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 
@@ -30,11 +30,13 @@ class FileMaps:
         self._lock = threading.Lock()
 
     def bytes_of(self, file: str, offset: int, length: int, size: int) -> np.ndarray:
+        """Bytes ``[offset, offset + length)`` of ``file`` (a URL: of its sparse mirror, once they are in it)."""
+        local = mapped(file, offset, length)
         with self._lock:
-            m = self._maps.get(file)
+            m = self._maps.get(local)
             if m is None or len(m) != size:  # first use, or the file changed: map it again (old views keep theirs)
                 with address_space_lock:   # never while a pickle loads under an address-space cap
-                    m = self._maps[file] = np.memmap(file, dtype=np.uint8, mode="c", shape=(size,))
+                    m = self._maps[local] = np.memmap(local, dtype=np.uint8, mode="c", shape=(size,))
         return m[offset:offset + length]
 
 
@@ -71,7 +73,7 @@ class ByteSource:
                 "the file is truncated or corrupt — re-download or re-save it")
         if need == 0:
             return torch.empty(0, dtype=torch.uint8)
-        size = os.path.getsize(file)
+        size = getsize(file)
         if offset < 0 or offset + need > size:
             raise CorruptFileError(
                 f"{file}: storage {shorten(ref.key)} lies at bytes {offset}..{offset + need} but the file has {size} "
@@ -95,6 +97,8 @@ def read_record(record: TensorRecord, *, file_label: str = "") -> torch.Tensor:
                                f"{list(record.stride)} or storage offset {record.storage_offset}; the file is corrupt")
     try:
         raw = ref.source.storage_bytes(ref)
+    except RemoteError:   # a remote read that failed names its URL and what to do
+        raise
     except PermissionError as e:
         from ..errors import UnsupportedFormatError
         raise UnsupportedFormatError(f"{e.filename or file_label}: permission denied while reading a tensor of "

@@ -28,6 +28,9 @@ class Served:
         self.status: dict[str, int] = {}       # "/path" -> status to answer instead
         self.truncate: dict[str, int] = {}     # "/path" -> send only this many body bytes, then close
         self.fail_times: dict[str, int] = {}   # "/path" -> close the connection on the next N GETs without a byte
+        self.die_after: int | None = None      # the server dies (stops listening, drops the request) at the GET
+        #                                        after this many ranged GETs: a server that goes away mid-read
+        self.gets = 0                          # ranged GETs answered
         self.commit = "0123456789abcdef0123456789abcdef01234567"
         self.lfs: set[str] = set()             # Hub paths served through a redirect to /cdn/
         self.requests: list[tuple[str, str, str | None]] = []   # (method, path, Range)
@@ -73,6 +76,16 @@ class Handler(BaseHTTPRequestHandler):
         self._answer(head=True)
 
     def do_GET(self):
+        s = self.served
+        if self.headers.get("Range"):
+            with s.lock:
+                s.gets += 1
+                dead = s.die_after is not None and s.gets > s.die_after
+            if dead:
+                self.close_connection = True
+                self.server.socket.close()   # no new connection is accepted: "connection refused" from now on
+                threading.Thread(target=self.server.shutdown, daemon=True).start()
+                return
         self._answer(head=False)
 
     def _answer(self, head: bool):

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from explorer.core.remote import backends, mirror
-from explorer.core.remote.errors import (RangeNotSupportedError, RemoteAccessError, RemoteNotFoundError,
+from explorer.errors import (RangeNotSupportedError, RemoteAccessError, RemoteNotFoundError,
                                          RemoteTruncatedError, RemoteUnavailableError)
 from explorer.core.remote.mirror import Mirror
 from explorer.errors import Cancelled, InputNotFoundError

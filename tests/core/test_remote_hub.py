@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from explorer.core.remote import mirror
-from explorer.core.remote.errors import RemoteAccessError, RemoteNotFoundError
+from explorer.errors import RemoteAccessError, RemoteNotFoundError
 from explorer.core.remote.mirror import Mirror, list_folder
 from remote_server import Server
 

@@ -8,7 +8,7 @@ import pytest
 
 from explorer.core.remote import cache
 from explorer.core.remote.backends import backend_for
-from explorer.core.remote.errors import MissingExtraError
+from explorer.errors import MissingExtraError
 from explorer.core.remote.urls import is_url, join, parse_hf
 
 

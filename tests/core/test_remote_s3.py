@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from explorer.core.remote import mirror
-from explorer.core.remote.errors import RemoteNotFoundError
+from explorer.errors import RemoteNotFoundError
 from explorer.core.remote.mirror import Mirror, list_folder
 
 

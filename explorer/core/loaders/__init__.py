@@ -12,8 +12,14 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from ...errors import CorruptFileError, InputNotFoundError, UnsupportedFormatError
+from ...errors import CorruptFileError, ExplorerError, InputNotFoundError, RemoteError, UnsupportedFormatError
 from ..checkpoint import Checkpoint
+from ..remote.files import (basename, exists, files_in, getsize, is_remote, isdir, isfile, open_binary, prefetch_heads,
+                            size_of)
+
+__all__ = ["Reader", "SUPPORTED", "basename", "check_regular", "exists", "files_in", "getsize", "is_remote", "isdir",
+           "isfile", "open_binary", "open_checkpoint", "open_regular", "prefetch_heads", "read_head", "readers",
+           "register", "size_of"]
 
 
 @dataclass(frozen=True)
@@ -43,9 +49,12 @@ SUPPORTED = (".pt, .pth, .bin, .ckpt (torch.save zip or legacy), .safetensors, *
 
 
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Open a checkpoint file or folder with the first reader that recognises it."""
+    """Open a checkpoint file or folder (or a URL: see :mod:`explorer.core.remote`) with the first reader that
+    recognises it."""
     _ensure_builtin()
     path = os.fspath(path)
+    if is_remote(path):
+        return _open_remote(path)
     if not os.path.exists(path):
         raise InputNotFoundError(f"{path}: no such file or folder — check the path")
     is_dir = os.path.isdir(path)
@@ -68,6 +77,27 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise UnsupportedFormatError(f"{path}: expected a file but {e.filename or path} is a folder") from e
     except OSError as e:
         raise CorruptFileError(f"{path}: could not be read ({e.strerror or e}); check the disk and the file") from e
+    _unrecognised(path, is_dir)
+
+
+def _open_remote(url: str) -> Checkpoint:
+    """A URL: its size and version first (one request; a 404 or 403 is the answer), then the readers, whose reads go
+    through the URL's sparse mirror. Errors of the network pass as they are (each names the URL)."""
+    is_dir = isdir(url)
+    if not is_dir and getsize(url) == 0:
+        raise CorruptFileError(f"{url}: the file is empty (0 bytes) — check the URL, or the upload")
+    try:
+        for reader in _READERS:
+            if reader.identify(url):
+                return reader.open(url)
+    except ExplorerError:
+        raise
+    except OSError as e:
+        raise CorruptFileError(f"{url}: could not be read ({e.strerror or e}); check the URL and try again") from e
+    _unrecognised(url, is_dir)
+
+
+def _unrecognised(path: str, is_dir: bool):
     if is_dir:
         raise UnsupportedFormatError(f"{path}: the folder holds no checkpoint this tool can read (no .metadata, no "
                                      "*.index.json, no *.safetensors/*.bin/*.pt/*.pth files) — open a checkpoint file "
@@ -103,6 +133,8 @@ def read_head(path: str, n: int = 16) -> bytes:
     try:
         with open_regular(path) as f:
             return f.read(n)
+    except RemoteError:   # the network failed: that is the answer, not "not this format"
+        raise
     except (IsADirectoryError, PermissionError, OSError, UnsupportedFormatError):
         return b""
 
@@ -123,6 +155,8 @@ def _not_a_file(path: str, what: str) -> UnsupportedFormatError:
 
 def check_regular(path: str) -> None:
     """Refuse a FIFO, a device or a socket by what ``stat`` says (following links), before anything opens it."""
+    if is_remote(path):
+        return
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -135,7 +169,9 @@ def check_regular(path: str) -> None:
 def open_regular(path: str, mode: str = "rb"):
     """``open(path, mode)`` for reading, that never blocks: opened non-blocking, then checked to be a regular file
     (a FIFO swapped in after a ``stat`` cannot hang us either). Raises :class:`UnsupportedFormatError` for anything
-    else (a folder raises ``IsADirectoryError``, as ``open`` does)."""
+    else (a folder raises ``IsADirectoryError``, as ``open`` does). A URL opens over its sparse mirror."""
+    if is_remote(path):
+        return open_binary(path)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)

@@ -2,7 +2,6 @@
 raw storages, each an 8-byte element count and its bytes."""
 from __future__ import annotations
 
-import os
 import pickle
 import struct
 
@@ -13,7 +12,7 @@ from ..gc_pause import gc_paused
 from ..safe_pickle.limits import BoundedReader
 from ..safe_pickle.records import ITEMSIZE, storage_from_pid
 from ..safe_pickle.unpickler import SafeUnpickler
-from . import Reader, open_regular, read_head, register
+from . import Reader, getsize, isfile, open_regular, read_head, register
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -22,7 +21,7 @@ LEGACY_HEAD = b"\x80\x02\x8a\x0a"
 
 
 def identify(path: str) -> bool:
-    return os.path.isfile(path) and read_head(path, 4) == LEGACY_HEAD
+    return isfile(path) and read_head(path, 4) == LEGACY_HEAD
 
 
 _PARSE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
@@ -55,7 +54,7 @@ def open_legacy(path: str) -> Checkpoint:
             return ref
         return storages.setdefault(ref.key, ref)
 
-    size = os.path.getsize(path)
+    size = getsize(path)
     try:
         with open_regular(path) as f, gc_paused():
             bf = BoundedReader(f, size)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import struct
 from collections import OrderedDict
@@ -27,7 +26,7 @@ from ..records import TENSOR, Location, contiguous_strides
 from ..gc_pause import gc_paused
 from ..safe_pickle.printable import printable_key, unprintable
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
-from . import Reader, open_regular, read_head, register
+from . import Reader, getsize, isfile, open_regular, read_head, register
 
 DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64", "I32": "int32",
           "I16": "int16", "I8": "int8", "U8": "uint8", "U16": "uint16", "U32": "uint32", "U64": "uint64",
@@ -42,7 +41,7 @@ MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 def identify(path: str) -> bool:
     """By content (a torch.save zip named ``.safetensors`` is still a zip); a too-short ``.safetensors`` file is
     claimed so that the error says what is wrong with it."""
-    if not os.path.isfile(path):
+    if not isfile(path):
         return False
     head = read_head(path, 9)
     if len(head) < 9:
@@ -53,7 +52,7 @@ def identify(path: str) -> bool:
 
 def _read_raw(path: str) -> tuple[bytes, int]:
     """The header's bytes and where the data begins (the length field checked against the file)."""
-    size = os.path.getsize(path)
+    size = getsize(path)
     with open_regular(path) as f:
         head = f.read(8)
         if len(head) < 8:
@@ -267,7 +266,7 @@ def _printable(path: str, keys: list) -> list:
 def open_safetensors(path: str) -> Checkpoint:
     with gc_paused():
         raw, data_start = _read_raw(path)
-        size = os.path.getsize(path)
+        size = getsize(path)
         data_len = size - data_start
         try:
             # escapes (\" \u...) go to the JSON parser: the member regex would backtrack over a key of 10**5 \"

@@ -2,23 +2,23 @@
 key -> shard file), or a folder holding such an index or several shards. Every shard name must stay in the folder."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 from collections import OrderedDict
 
 from ...errors import CorruptFileError, ExplorerError, UnsafePathError, UnsupportedFormatError, shorten
 from ..checkpoint import Checkpoint
-from . import Reader, open_regular, register
+from . import (Reader, basename, exists, files_in, is_remote, isdir, isfile, open_regular, prefetch_heads,
+               register)
 
 SHARD_PATTERNS = ("*.safetensors", "*.bin", "*.pt", "*.pth")
 
 
 def _index_in(folder: str) -> str | None:
-    found = sorted(glob.glob(os.path.join(glob.escape(folder), "*.index.json")))
+    found = sorted(files_in(folder, "*.index.json"))
     for preferred in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         for f in found:
-            if os.path.basename(f) == preferred:
+            if basename(f) == preferred:
                 return f
     return found[0] if found else None
 
@@ -26,14 +26,14 @@ def _index_in(folder: str) -> str | None:
 def _shards_in(folder: str) -> list[str]:
     files: list[str] = []
     for pat in SHARD_PATTERNS:
-        files.extend(glob.glob(os.path.join(glob.escape(folder), pat)))
-    return sorted(f for f in files if os.path.isfile(f))
+        files.extend(files_in(folder, pat))
+    return sorted(f for f in files if isfile(f))
 
 
 def identify(path: str) -> bool:
-    if os.path.isfile(path):
+    if isfile(path):
         return path.endswith(".index.json")
-    if os.path.isdir(path) and not os.path.exists(os.path.join(path, ".metadata")):
+    if isdir(path) and (is_remote(path) or not exists(os.path.join(path, ".metadata"))):
         return _index_in(path) is not None or bool(_shards_in(path))
     return False
 
@@ -54,6 +54,9 @@ def _safe_shard(folder: str, name: object, index_path: str) -> str:
         raise UnsafePathError(f"{index_path}: shard {shorten(name)} is not a name inside the index's folder (an "
                               "absolute path, a drive, or '..'); shards must lie in the index's folder — refusing "
                               "to read it")
+    if is_remote(index_path):
+        from ..remote.urls import join
+        return join(index_path, name)
     return os.path.join(folder, name)
 
 
@@ -62,18 +65,18 @@ def _open_shard(path: str, label: str) -> Checkpoint:
     other, would otherwise recurse without end)."""
     from . import check_regular, readers
     check_regular(path)
-    if not os.path.isfile(path) or path.endswith(".index.json"):
-        raise CorruptFileError(f"{label}: shard {shorten(os.path.basename(path))} is not a checkpoint file (an index "
+    if not isfile(path) or path.endswith(".index.json"):
+        raise CorruptFileError(f"{label}: shard {shorten(basename(path))} is not a checkpoint file (an index "
                                "or a folder cannot be a shard) — the index is corrupt")
     for reader in readers():
         if reader.open is not open_sharded and reader.identify(path):
             return reader.open(path)
-    raise CorruptFileError(f"{label}: shard {shorten(os.path.basename(path))} is not a checkpoint file this tool "
+    raise CorruptFileError(f"{label}: shard {shorten(basename(path))} is not a checkpoint file this tool "
                            "reads; re-download it")
 
 
 def open_index(index_path: str) -> Checkpoint:
-    folder = os.path.dirname(os.path.abspath(index_path))
+    folder = index_path.rpartition("/")[0] if is_remote(index_path) else os.path.dirname(os.path.abspath(index_path))
     try:
         with open_regular(index_path) as f:
             index = json.loads(f.read().decode("utf-8"))
@@ -93,9 +96,10 @@ def open_index(index_path: str) -> Checkpoint:
     root: OrderedDict = OrderedDict()
     refs: list[str] = []
     from . import check_regular
+    prefetch_heads([paths[name] for name in sorted(shard_names)])   # URLs: every shard's header at once
     for name in sorted(shard_names):
         check_regular(paths[name])
-        if not os.path.isfile(paths[name]):
+        if not isfile(paths[name]):
             raise CorruptFileError(f"{index_path}: shard {shorten(name)} is missing from {folder}; download every "
                                    f"shard the index names ({len(shard_names):,})")
         shard = _open_shard(paths[name], index_path)
@@ -154,13 +158,13 @@ def open_folder(folder: str) -> Checkpoint:
         for key, rec in sd.items():
             if key in root:
                 raise CorruptFileError(f"{folder}: key {shorten(key)} is in more than one shard (again in "
-                                       f"{shorten(os.path.basename(path))}); open one file, or add an index")
+                                       f"{shorten(basename(path))}); open one file, or add an index")
             root[key] = rec
     return Checkpoint(folder, "sharded", root, refs)
 
 
 def open_sharded(path: str) -> Checkpoint:
-    return open_index(path) if os.path.isfile(path) else open_folder(path)
+    return open_index(path) if isfile(path) else open_folder(path)
 
 
 register(Reader("sharded (index or folder)", identify, open_sharded, priority=30))

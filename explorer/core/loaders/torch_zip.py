@@ -10,7 +10,6 @@ same way as a whole file.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import struct
 import threading
@@ -25,7 +24,7 @@ from ..gc_pause import gc_paused
 from ..safe_pickle.limits import BoundedReader
 from ..safe_pickle.stand_ins import PickleContext
 from ..safe_pickle.unpickler import SafeUnpickler
-from . import Reader, read_head, register
+from . import Reader, isfile, open_binary, read_head, register, size_of
 from .zip_directory import (DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO, STORAGE_LIMIT, STORED,
                              ZipDirectory)
 
@@ -36,7 +35,7 @@ PARSE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, Attribu
 
 
 def identify(path: str) -> bool:
-    return os.path.isfile(path) and read_head(path, 4) == ZIP_MAGIC
+    return isfile(path) and read_head(path, 4) == ZIP_MAGIC
 
 
 def unpickle(stream, label: str, source: ByteSource):
@@ -106,7 +105,7 @@ class ZipSource(ByteSource):
             raise CorruptFileError(f"{self._dir.label}: storage record {name!r} is missing from the zip directory; "
                                    "the archive is incomplete — re-save it")
         self._dir.check_readable(e)
-        with open(self._file, "rb") as f:
+        with open_binary(self._file) as f:
             start, _ = self._dir.local_header(_Shifted(f, self._base), e)
         with self._lock:
             hit = self._found[ref.key] = (e, start)
@@ -137,7 +136,7 @@ class ZipSource(ByteSource):
             if hit is not None:
                 self._inflated.move_to_end(ref.key)
                 return hit
-        with open(self._file, "rb") as f:
+        with open_binary(self._file) as f:
             data = self._dir.inflate(_Shifted(f, self._base), e, start, STORAGE_LIMIT, "storage record")
         out = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
         if len(data) <= self.INFLATED_CACHE // 4:
@@ -176,8 +175,8 @@ def read_archive(f, size: int, label: str, file: str | None = None, base_offset:
 
 
 def open_zip(path: str) -> Checkpoint:
-    with open(path, "rb") as f:
-        root, refs = read_archive(f, os.fstat(f.fileno()).st_size, path)
+    with open_binary(path) as f:
+        root, refs = read_archive(f, size_of(f), path)
     try:
         return Checkpoint(path, "torch-zip", root, refs)
     except CorruptFileError:

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urljoin, urlsplit
 
-from ...errors import Cancelled
-from .errors import (MissingExtraError, RangeNotSupportedError, RemoteAccessError, RemoteChangedError,
-                     RemoteListingError, RemoteNotFoundError)
+from ...errors import (Cancelled, MissingExtraError, RangeNotSupportedError, RemoteAccessError, RemoteChangedError,
+                       RemoteListingError, RemoteNotFoundError)
 from .urls import parse_hf, scheme_of
 
 TIMEOUT = 30.0       # seconds without a byte before a request counts as timed out

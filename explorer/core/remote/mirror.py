@@ -14,10 +14,9 @@ import time
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Callable, Iterable
 
-from ...errors import Cancelled
 from . import cache
 from .backends import TransientError, TruncatedBody, backend_for
-from .errors import RemoteTruncatedError, RemoteUnavailableError
+from ...errors import Cancelled, RemoteError, RemoteTruncatedError, RemoteUnavailableError
 
 BLOCK = 32 << 10        # the unit fetched and recorded: a safetensors header of a shard fits one
 CHUNK = 8 << 20         # the most one request asks for; a longer run is split and fetched in parallel
@@ -30,11 +29,25 @@ _open_lock = threading.Lock()
 _by_path: dict[str, "Mirror"] = {}     # local path -> open mirror (the readers' hook looks paths up here)
 _by_url: dict[str, "Mirror"] = {}
 _total = [0]                           # bytes fetched by this process
+_failures: list[RemoteError] = []      # every remote failure raised in this process, oldest first
 
 
 def transferred_total() -> int:
     """Bytes fetched over the network by this process so far (``--json``'s ``transferred_bytes``)."""
     return _total[0]
+
+
+def failures() -> list[RemoteError]:
+    """The remote failures raised so far in this process (oldest first): a command whose core turns a failed read
+    into a per-key note (diff's "not compared") asks here whether the network failed, which is no answer."""
+    return list(_failures)
+
+
+def _noted(e: RemoteError) -> RemoteError:
+    with _open_lock:
+        _failures.append(e)
+        del _failures[:-64]
+    return e
 
 
 def _retrying(what: Callable, url: str, should_stop: Callable[[], bool] | None):
@@ -79,8 +92,11 @@ class Mirror:
     def open(cls, url: str, *, should_stop: Callable[[], bool] | None = None) -> "Mirror":
         """Ask the server for the file's size and version (one request), and open its mirror: the same object
         while the version is unchanged, a new mirror when it changed."""
-        backend = backend_for(url)
-        info = _retrying(backend.stat, url, should_stop)
+        try:
+            backend = backend_for(url)
+            info = _retrying(backend.stat, url, should_stop)
+        except RemoteError as e:
+            raise _noted(e)
         key = cache.key_of(url, info.version, info.size)
         with _open_lock:
             old = _by_url.get(url)
@@ -149,6 +165,8 @@ class Mirror:
                     for f in futures:
                         if f.done() and not f.cancelled() and f.exception() is not None:
                             raise f.exception()
+            except RemoteError as e:
+                raise _noted(e)
             finally:
                 if self.transferred > before:
                     os.fdatasync(self._fd)   # the data is on disk before the sidecar says so

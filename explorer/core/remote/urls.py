@@ -5,7 +5,7 @@ import posixpath
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from .errors import RemoteNotFoundError
+from ...errors import RemoteNotFoundError
 
 SCHEMES = ("http", "https", "hf", "s3", "gs")
 HF_KINDS = ("datasets", "spaces")   # hf://datasets/ORG/REPO/... ; a model repo has no prefix
