@@ -5,13 +5,15 @@ Exit status: 0 the load would succeed, 1 it would raise, 2 bad input.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
 from ..core.gc_pause import gc_paused
 from ..core.load.passes import all_str
-from ..core.model_source import ModelSide
+from ..core.model_build import BUDGET_ENV, parse_size
+from ..core.model_source import ModelSide, looks_like_model_spec
 from ..core.records import CHANGED, MATCHED, UNEXPECTED
 from ..core.side import open_side
 from ..core.simulate.explain import fmt_shape
@@ -27,7 +29,12 @@ LISTED = 100      # keys listed per status in the text output (--all: every one)
 
 def add_arguments(p):
     p.add_argument("--model", required=True, metavar="SPEC",
-                   help="the model: MODULE:CALLABLE, path/to/file.py:CALLABLE or demo:NAME")
+                   help="the model: MODULE:CALLABLE, path/to/file.py:CALLABLE, demo:NAME or "
+                        "hf:DIR_OR_CONFIG_JSON[:CLASS] (the model a transformers config.json describes)")
+    p.add_argument("--model-budget", default=None, metavar="SIZE", type=_size,
+                   help="memory the model may take when built for real (e.g. 8GB; default: $STATE_DICT_EXPLORER_"
+                        "MODEL_BUDGET or a quarter of RAM); a bigger model stays on the meta device: keys, shapes, "
+                        "dtypes and torch's raise are still exact, values are not compared")
     p.add_argument("--checkpoint", required=True, metavar="PATH",
                    help="the checkpoint file or folder (or a second model spec, to load one model into another)")
     p.add_argument("--entry", default=None, metavar="E",
@@ -48,9 +55,23 @@ def add_arguments(p):
                         "written atomically, never over the input); the exit status still describes the original load")
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ModelSpecError as e:
+        raise argparse.ArgumentTypeError(str(e).replace(f"{BUDGET_ENV}=", "")) from None
+
+
 def run(args) -> int:
-    model = ModelSide.from_spec(args.model)
-    side = open_side(args.checkpoint)
+    budget = getattr(args, "model_budget", None)
+    model = ModelSide.from_spec(args.model, budget_bytes=budget)
+    if looks_like_model_spec(args.checkpoint):
+        side = ModelSide.from_spec(args.checkpoint, budget_bytes=budget)
+        if not side.materialized:   # its values are what is loaded: a meta model would read as a file without data
+            raise ModelSpecError(f"--checkpoint {args.checkpoint}: a model loaded into another needs its values, "
+                                 f"but {side.not_materialized}")
+    else:
+        side = open_side(args.checkpoint)
     if side.kind == "model" and args.entry not in (None, "/", ""):
         raise ModelSpecError(f"--entry {args.entry!r}: the checkpoint side is a model, it has no entries")
     entry = args.entry if side.kind != "model" else None
@@ -93,7 +114,10 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False, listed: int | No
     w = out.write
     w(f"model:      {rep.model}\n")
     w(f"checkpoint: {rep.checkpoint}" + (f"  [entry {'/'.join(rep.entry)}]" if rep.entry else "") + "\n")
-    w(f"call:       model.load_state_dict(sd, strict={rep.strict}, assign={rep.assign})\n\n")
+    w(f"call:       model.load_state_dict(sd, strict={rep.strict}, assign={rep.assign})\n")
+    if rep.model_not_materialized:
+        w(f"{rep.model_not_materialized}\n")
+    w("\n")
     if rep.raises:
         w(f"WOULD RAISE {rep.error_type}:\n")
         for line in (rep.error_message or "").splitlines():

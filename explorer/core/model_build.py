@@ -136,8 +136,8 @@ def build_model(factory: Callable[[], nn.Module], *, budget_bytes: int | None = 
         return BuiltModel(model, True, model_nbytes(model)[0] if isinstance(model, nn.Module) else total)
     for w in caught:
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    note = (f"values of the model side are not materialized: {human_bytes(total)} of parameters and buffers "
-            f"exceed the budget of {human_bytes(budget)} (set {BUDGET_ENV} to change it)")
+    note = (f"values of the model side are not materialized: {human_bytes(total)} of parameters and buffers over "
+            f"the {human_bytes(budget)} budget (--model-budget or {BUDGET_ENV} changes it)")
     if real:
         note += f"; {human_bytes(real)} of it the factory created on the CPU itself"
     return BuiltModel(meta, False, total, note)

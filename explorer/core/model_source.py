@@ -1,5 +1,6 @@
-"""A model as a side: resolve a ``MODULE:CALLABLE`` / ``file.py:CALLABLE`` / ``demo:NAME`` spec into an ``nn.Module``
-and describe its state: parameters, buffers (persistent or not), extra state, module classes and tied tensors."""
+"""A model as a side: resolve a ``MODULE:CALLABLE`` / ``file.py:CALLABLE`` / ``demo:NAME`` / ``hf:DIR[:CLASS]`` spec
+into an ``nn.Module`` (on the meta device when it is over the memory budget, see :mod:`.model_build`) and describe its
+state: parameters, buffers (persistent or not), extra state, module classes and tied tensors."""
 from __future__ import annotations
 
 import ast
@@ -10,13 +11,14 @@ import re
 import sys
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ..errors import KeyNotFoundError, ModelSpecError
+from ..errors import KeyNotFoundError, ModelSpecError, NoDataError
 from .meta import meta_like
+from .model_build import HF_PREFIX, BuiltModel, build_hf, build_model, is_hf_spec
 from .records import (BUFFER, EXTRA_STATE, NON_PERSISTENT, PARAMETER, TENSOR, EntryPath, ModuleInfo, TensorInfo,
                       copy_metadata, dtype_name)
 from .records import MODEL
@@ -45,11 +47,17 @@ def _split_spec(text: str) -> tuple[str, str] | None:
     return None
 
 
+def is_model_hf_spec(text: str) -> bool:
+    """``hf:DIR_OR_CONFIG_JSON[:CLASS]`` (a model transformers builds) — not ``hf://`` (a file on the Hub)."""
+    return is_hf_spec(text) and not text.startswith(HF_PREFIX + "//")
+
+
 def looks_like_model_spec(text: str) -> bool:
-    """``pkg.mod:make`` / ``file.py:make`` / ``demo:Name`` / ``file.py:build(hidden=32)`` — not a path that exists."""
+    """``pkg.mod:make`` / ``file.py:make`` / ``demo:Name`` / ``file.py:build(hidden=32)`` / ``hf:DIR`` — not a path
+    that exists."""
     if os.path.exists(text) or ":" not in text:
         return False
-    return _split_spec(text) is not None
+    return is_model_hf_spec(text) or _split_spec(text) is not None
 
 
 def parse_spec(spec: str) -> tuple[str, str, tuple, dict, bool]:
@@ -93,8 +101,8 @@ def parse_spec(spec: str) -> tuple[str, str, tuple, dict, bool]:
     return left, call.func.id, args, kwargs, True
 
 
-def resolve_spec(spec: str) -> nn.Module:
-    """Build the model a spec names. ``demo:NAME`` is one of the built-in article models."""
+def _factory(spec: str) -> tuple[Callable[[], Any], str]:
+    """(a callable that calls the factory a spec names with the spec's arguments, the call as text for messages)."""
     left, name, args, kwargs, called = parse_spec(spec)
     if left == "demo":
         from .demo_models import DEMO_MODELS
@@ -110,10 +118,40 @@ def resolve_spec(spec: str) -> nn.Module:
         raise ModelSpecError(f"{_q(spec)}: {name} is a {type(factory).__name__}, not something to call; "
                              f"write {left}:{name} without arguments")
     call_text = name + "(" + ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])[:200] + ")"
+    if callable(factory) and not isinstance(factory, nn.Module):
+        return (lambda: factory(*args, **kwargs)), call_text
+    return (lambda: factory), call_text
+
+
+def resolve_spec(spec: str) -> nn.Module:
+    """Build the model a spec names, for real (no budget). ``demo:NAME`` is one of the built-in article models;
+    ``hf:DIR_OR_CONFIG_JSON[:CLASS]`` the model a transformers config.json describes."""
+    if is_model_hf_spec(spec):
+        return build_hf(spec, budget_bytes=1 << 62).module
+    make, call_text = _factory(spec)
     try:
-        model = factory(*args, **kwargs) if callable(factory) and not isinstance(factory, nn.Module) else factory
+        model = make()
     except Exception as e:  # the user's own code failed: say so, with its message
         raise ModelSpecError(f"{_q(spec)}: calling {call_text} raised {type(e).__name__}: {e}") from e
+    return _checked(spec, call_text, model)
+
+
+def build_spec(spec: str, *, budget_bytes: int | None = None) -> BuiltModel:
+    """The model a spec names, built on the meta device first and for real only when its parameters and buffers fit
+    ``budget_bytes`` (default: :func:`~explorer.core.model_build.default_budget`); see
+    :func:`~explorer.core.model_build.build_model`."""
+    if is_model_hf_spec(spec):
+        return build_hf(spec, budget_bytes=budget_bytes)
+    make, call_text = _factory(spec)
+    try:
+        built = build_model(make, budget_bytes=budget_bytes)
+    except Exception as e:  # the user's own code failed: say so, with its message
+        raise ModelSpecError(f"{_q(spec)}: calling {call_text} raised {type(e).__name__}: {e}") from e
+    _checked(spec, call_text, built.module)
+    return built
+
+
+def _checked(spec: str, call_text: str, model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelSpecError(f"{_q(spec)}: {call_text} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -150,17 +188,26 @@ class ModelSide:
     kind = MODEL
     format = "model"
 
-    def __init__(self, model: nn.Module, label: str = ""):
+    def __init__(self, model: nn.Module, label: str = "", *, not_materialized: str = ""):
         self.model = model
         self.path = label or type(model).__name__
+        # "" when the model's values are real, else why they are not (its tensors are on the meta device)
+        self.not_materialized = not_materialized
         self.references: list[str] = []
         self._infos = self._describe()
         self.entries = list(self._infos.values())
         self._tensors = None
 
     @classmethod
-    def from_spec(cls, spec: str) -> "ModelSide":
-        return cls(resolve_spec(spec), spec)
+    def from_spec(cls, spec: str, *, budget_bytes: int | None = None) -> "ModelSide":
+        """The model a spec names, built for real when it fits ``budget_bytes`` (default: a quarter of RAM or
+        ``$STATE_DICT_EXPLORER_MODEL_BUDGET``), else kept on the meta device (``not_materialized`` says so)."""
+        built = build_spec(spec, budget_bytes=budget_bytes)
+        return cls(built.module, spec, not_materialized="" if built.materialized else built.note)
+
+    @property
+    def materialized(self) -> bool:
+        return not self.not_materialized
 
     @property
     def label(self) -> str:
@@ -234,6 +281,8 @@ class ModelSide:
         if torch.nn.parameter.is_lazy(value):
             raise KeyNotFoundError(f"{self.path}: {key!r} is an uninitialized parameter of a lazy module (no shape "
                                    "or values until the first forward pass or a load)")
+        if value.is_meta and self.not_materialized:
+            raise NoDataError(f"{self.path}: {key!r} has no values: {self.not_materialized}")
         return value.detach()
 
     def read(self, path: EntryPath) -> torch.Tensor:

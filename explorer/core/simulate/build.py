@@ -20,10 +20,13 @@ from .report import KeyReport, LoadReport, made_items
 
 
 def build_report(model, model_label, ckpt: CheckpointInput, slots, res: PassResult, meta_sd, *, strict, assign,
-                 compared: bool) -> LoadReport:
+                 compared: bool, not_materialized: str = "") -> LoadReport:
     """The report of the pass ``res`` (the last one run): one :class:`KeyReport` per model key, then the keys
-    code of the load registered, the unexpected keys (made when asked for), the mismatched ones and the rest."""
+    code of the load registered, the unexpected keys (made when asked for), the mismatched ones and the rest.
+    ``not_materialized``: the model's meta tensors stand for real ones (built on the meta device over the budget), so
+    a copy into one may change its value (unknown), where a copy into a real meta tensor changes nothing."""
     b = _Builder(model, model_label, ckpt, slots, res, strict=strict, assign=assign, compared=compared)
+    b.rep.model_not_materialized = not_materialized
     for key, slot in slots.items():
         b.rep.keys[key] = b.model_key(key, slot)
     if res.extra_state_set:
@@ -213,7 +216,7 @@ class _Builder:
             changed = False
         elif self.compared:
             changed = ev.changed
-        elif orig.is_meta:
+        elif orig.is_meta and not self.rep.model_not_materialized:
             changed = False
         else:
             changed = None

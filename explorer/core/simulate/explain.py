@@ -303,7 +303,9 @@ def explain_load(rep: LoadReport, loaded: int) -> str:
     stats = sum(1 for r in made if r.status == RUNNING_STAT)
     total = sum(1 for r in made if r.status != UNEXPECTED)
     pieces = []
-    head = (f"{loaded} of {total} model keys load from the checkpoint ({n_changed} change value"
+    values = ("values not compared: the model side is not materialized" if rep.model_not_materialized else
+              f"{n_changed} change value")
+    head = (f"{loaded} of {total} model keys load from the checkpoint ({values}"
             + (f", {casts} with a dtype conversion" if casts else "")
             + (f", {stats} BatchNorm/norm running statistics replaced" if stats else "") + ").")
     if rep.raises and rep.error_type == "TypeError" and (rep.error_message or "").startswith(NOT_A_MAPPING):

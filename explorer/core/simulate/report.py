@@ -179,6 +179,7 @@ class LoadReport:
     values_compared: bool = False
     ignored_keys: list[str] = field(default_factory=list)          # checkpoint keys torch drops without a word
     mismatched_keys: list[str] = field(default_factory=list)       # size mismatches (torch raises on them)
+    model_not_materialized: str = ""   # why the model side has no values (on the meta device); "" when it has
 
     @property
     def loaded_keys(self) -> list[str]:
@@ -194,7 +195,8 @@ class LoadReport:
                 ("keys", keys), ("changed_keys", list(self.changed_keys)),
                 ("changed_buffers", list(self.changed_buffers)),
                 ("suggestions", [s.to_json() for s in self.suggestions]),
-                ("warnings", list(self.notes))]   # what the text prints as "note: ..."
+                ("warnings", list(self.notes))] + (   # what the text prints as "note: ..."
+                [("model_not_materialized", self.model_not_materialized)] if self.model_not_materialized else [])
 
     def to_json(self) -> dict:
         keys = self.keys

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Callable
 
+import torch.nn as nn
+
 
 from ...errors import Cancelled
 from ..gc_pause import gc_paused
@@ -31,6 +33,9 @@ def simulate_load(model_side, checkpoint_side, *, entry=None, strict: bool = Tru
     # thousands of small objects (deepcopy, meta tensors): with torch imported, GC passes dominate
     with gc_paused():
         model, model_label = model_of(model_side)
+        not_materialized = _not_materialized(model_side)
+        if not_materialized:   # a model on the meta device has no values to compare: keys, shapes and the raise only
+            compare_values = False
         side = as_side(checkpoint_side)
         ckpt = CheckpointInput(side, entry)
         index = ModelIndex(model)
@@ -45,7 +50,7 @@ def simulate_load(model_side, checkpoint_side, *, entry=None, strict: bool = Tru
                                 compare_values=compare_values, progress=progress, should_stop=should_stop)
         changed_model = before != snapshot(index)
         report = build_report(model, model_label, ckpt, index.slots, final, meta_sd, strict=strict, assign=assign,
-                              compared=values is not None and compare_values)
+                              compared=values is not None and compare_values, not_materialized=not_materialized)
         _add_notes(report, final, ckpt, side, changed_model=changed_model)
         if suggest and (report.missing_keys or report.unexpected_keys or report.mismatched_keys):
             try:
@@ -58,6 +63,14 @@ def simulate_load(model_side, checkpoint_side, *, entry=None, strict: bool = Tru
             except Exception as e:  # suggestions are a help, never a reason to lose the report
                 report.notes.append(f"remap suggestions failed: {type(e).__name__}: {e}")
         return report
+
+
+def _not_materialized(model_side) -> str:
+    """"" when the model's values are real, else the side's one line saying they are not (a model built on the meta
+    device because it is over the memory budget: its meta tensors stand for real ones) and that values are not
+    compared. A model handed as an ``nn.Module`` is what it is: a meta model's values stay meta when loaded into."""
+    said = "" if isinstance(model_side, nn.Module) else getattr(model_side, "not_materialized", "")
+    return f"{said}; values are not compared" if said else ""
 
 
 def _passes(model, ckpt: CheckpointInput, index: ModelIndex, structural: PassResult, *, strict, assign,

@@ -1,0 +1,157 @@
+"""Benchmark: ``simulate --model hf:DIR --checkpoint DIR`` of a 70B Llama-shaped sharded safetensors checkpoint,
+against targets of 10 s wall time and 2 GB peak RSS.
+
+    python benchmarks/bench_scale.py [--dir /tmp/bench_scale] [--shards 30] [--runs 1] [--model-budget SIZE]
+
+The folder holds a Llama-3-70B ``config.json`` and ``model-000NN-of-000MM.safetensors`` shards with real headers
+(every tensor's dtype, shape and offsets, the keys transformers' ``LlamaForCausalLM`` has) and holes for the data:
+each shard is extended to its full size with ``truncate``, so 141 GB of bf16 take a few MB of disk. The model is too
+big for the default budget, so it is built on the meta device (never allocated) and the values are not compared: no
+byte of data is read. The command runs in its own process; its wall time and peak RSS (``ru_maxrss`` of that child)
+are printed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+LLAMA_70B = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_size=8192, intermediate_size=28672,
+                 num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8, vocab_size=128256,
+                 max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                 torch_dtype="bfloat16", hidden_act="silu")
+TARGET_SECONDS = 10.0
+TARGET_RSS = 2 * 2 ** 30
+
+
+def llama_layout(c: dict) -> list[tuple[str, tuple[int, ...]]]:
+    """The state-dict keys and shapes of ``LlamaForCausalLM`` for config ``c``, in its order (what transformers
+    builds: a run that loads with no missing or unexpected key, no size mismatch and no dtype cast proves it)."""
+    h, inter, heads, kv = c["hidden_size"], c["intermediate_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd = h // heads
+    out = [("model.embed_tokens.weight", (c["vocab_size"], h))]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        out += [(p + "self_attn.q_proj.weight", (heads * hd, h)), (p + "self_attn.k_proj.weight", (kv * hd, h)),
+                (p + "self_attn.v_proj.weight", (kv * hd, h)), (p + "self_attn.o_proj.weight", (h, heads * hd)),
+                (p + "mlp.gate_proj.weight", (inter, h)), (p + "mlp.up_proj.weight", (inter, h)),
+                (p + "mlp.down_proj.weight", (h, inter)), (p + "input_layernorm.weight", (h,)),
+                (p + "post_attention_layernorm.weight", (h,))]
+    return out + [("model.norm.weight", (h,)), ("lm_head.weight", (c["vocab_size"], h))]
+
+
+def write_sparse_shard(path: str, tensors: list[tuple[str, tuple[int, ...]]], dtype: str = "BF16",
+                       itemsize: int = 2) -> int:
+    """A safetensors file with a real header and a hole for the data; returns its size."""
+    header, at = {}, 0
+    for name, shape in tensors:
+        n = itemsize
+        for s in shape:
+            n *= s
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [at, at + n]}
+        at += n
+    header["__metadata__"] = {"format": "pt"}
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        f.truncate(8 + len(blob) + at)
+    return 8 + len(blob) + at
+
+
+def make_checkpoint(folder: str, shards: int) -> tuple[int, int]:
+    """(bytes of tensor data, keys) of the sparse checkpoint written in ``folder`` (kept when already there)."""
+    os.makedirs(folder, exist_ok=True)
+    layout = llama_layout(LLAMA_70B)
+    sizes = [2 * _numel(s) for _, s in layout]
+    total = sum(sizes)
+    index_path = os.path.join(folder, "model.safetensors.index.json")
+    if not os.path.exists(index_path):
+        per, groups, cur, acc = total / shards, [], [], 0
+        for item, size in zip(layout, sizes):
+            if cur and acc + size > per * (len(groups) + 1) and len(groups) < shards - 1:
+                groups.append(cur)
+                cur = []
+            cur.append(item)
+            acc += size
+        groups.append(cur)
+        weight_map = {}
+        for i, group in enumerate(groups, 1):
+            name = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+            write_sparse_shard(os.path.join(folder, name), group)
+            weight_map.update((k, name) for k, _ in group)
+        with open(os.path.join(folder, "config.json"), "w") as f:
+            json.dump(LLAMA_70B, f)
+        with open(index_path + ".tmp", "w") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f)
+        os.replace(index_path + ".tmp", index_path)
+    return total, len(layout)
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def run_simulate(folder: str, extra: list[str]) -> tuple[float, int, int, str]:
+    """(wall seconds, peak RSS bytes, exit status, stdout) of ``main.py simulate --model hf:DIR --checkpoint DIR``."""
+    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "simulate", "--model", f"hf:{folder}", "--checkpoint",
+           folder, *extra]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    out, err = proc.communicate()
+    wall = time.perf_counter() - t0
+    # the child's own peak: wait4 gave Popen its rusage; resource keeps the maximum over the waited children
+    import resource
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    if proc.returncode not in (0, 1):
+        sys.stderr.write(err)
+    return wall, peak, proc.returncode, out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dir", default=os.path.join("/tmp", "bench_scale_llama70b"))
+    ap.add_argument("--shards", type=int, default=30)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--model-budget", default=None, help="passed to simulate (default: its own)")
+    args = ap.parse_args(argv)
+    t0 = time.perf_counter()
+    total, keys = make_checkpoint(args.dir, args.shards)
+    disk = sum(os.stat(os.path.join(args.dir, n)).st_blocks * 512 for n in os.listdir(args.dir))
+    print(f"checkpoint: {args.dir}: {keys} tensors, {total / 1e9:.1f} GB of bf16 in {args.shards} sparse shards "
+          f"({disk / 1e6:.1f} MB on disk; written/checked in {time.perf_counter() - t0:.1f} s)")
+    extra = ["--json"] + (["--model-budget", args.model_budget] if args.model_budget else [])
+    worst = 0
+    for i in range(args.runs):
+        wall, peak, rc, out = run_simulate(args.dir, extra)
+        try:
+            rep = json.loads(out)
+        except ValueError:
+            print(f"run {i + 1}: exit {rc}, no JSON answer")
+            return 2
+        ok = wall <= TARGET_SECONDS and peak <= TARGET_RSS
+        worst |= not ok
+        print(f"run {i + 1}: simulate --model hf:DIR --checkpoint DIR: {wall:.2f} s (target <= {TARGET_SECONDS:.0f} s), "
+              f"peak RSS {peak / 2 ** 30:.2f} GB (target <= {TARGET_RSS / 2 ** 30:.0f} GB) -> "
+              f"{'OK' if ok else 'OVER TARGET'}")
+        casts = sum(1 for k in rep["keys"] if k.get("dtype_cast"))
+        print(f"  exit {rc}; raises={rep['raises']}, missing={len(rep['missing_keys'])}, "
+              f"unexpected={len(rep['unexpected_keys'])}, keys={len(rep['keys'])}, dtype casts={casts}")
+        if "model_not_materialized" in rep:
+            print(f"  {rep['model_not_materialized']}")
+    return 1 if worst else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
