@@ -12,9 +12,10 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QAbstractTableModel, QBuffer, QByteArray, QIODevice, QModelIndex, QSortFilterProxyModel, \
     Qt, Signal
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QHeaderView,
-                               QLabel, QLineEdit, QPushButton, QSlider, QSplitter, QTableView, QVBoxLayout, QWidget)
+                               QLabel, QLineEdit, QPushButton, QSlider, QSplitter, QStyle, QStyledItemDelegate, QTableView,
+                               QVBoxLayout, QWidget)
 
 from ..session import series_job as J
 
@@ -60,12 +61,14 @@ class HeatModel(QAbstractTableModel):
         v = self.matrix[r, c]
         if not t.present[c]:
             return ABSENT
-        if math.isinf(v):
+        if t.nonfinite[c]:
             return NONFINITE
         if math.isnan(v):
             return NOT_APPLICABLE
         if v == 0:
             return UNCHANGED
+        if math.isinf(v):      # a change from an all-zero reference: off the scale
+            return self.lut[255]
         x = v if self.metric == "frac_changed" else (math.log10(v) - LOG_LO) / (LOG_HI - LOG_LO)
         return self.lut[int(round(255 * min(max(x, 0.0), 1.0)))]
 
@@ -116,6 +119,27 @@ class HeatModel(QAbstractTableModel):
         return None
 
 
+class CellDelegate(QStyledItemDelegate):
+    """Heat cells keep their colour when their row is selected (the selection is a frame, not a fill)."""
+
+    def paint(self, painter, option, index):
+        if index.column() == 0:
+            super().paint(painter, option, index)
+            return
+        painter.save()
+        painter.fillRect(option.rect, index.data(Qt.BackgroundRole) or QColor("white"))
+        text = index.data(Qt.DisplayRole)
+        if text:
+            painter.setPen(QColor("white"))
+            painter.drawText(option.rect, Qt.AlignCenter, text)
+        if option.state & QStyle.State_Selected:
+            painter.setPen(QPen(option.palette.highlight().color(), 2))
+            r = option.rect.adjusted(0, 1, 0, -1)
+            painter.drawLine(r.topLeft(), r.topRight())
+            painter.drawLine(r.bottomLeft(), r.bottomRight())
+        painter.restore()
+
+
 class _Plot(pg.PlotWidget):
     def __init__(self, title: str, xlabel: str, ylabel: str):
         super().__init__(background="w")
@@ -129,7 +153,7 @@ class _Plot(pg.PlotWidget):
             self.getPlotItem().getAxis(axis).enableAutoSIPrefix(False)
 
     def legend_(self) -> pg.LegendItem:
-        return self.getPlotItem().addLegend(offset=(-6, 6), labelTextColor="#333", brush=pg.mkBrush(255, 255, 255, 200))
+        return self.getPlotItem().addLegend(offset=(6, 6), labelTextColor="#333", brush=pg.mkBrush(255, 255, 255, 200))
 
 
 def _hist_brush(color: str, alpha: int = 70):
@@ -177,7 +201,10 @@ class SeriesView(QWidget):
         for name, text in J.METRICS.items():
             self.metric.addItem(text, name)
         self.metric.currentIndexChanged.connect(self._metric_changed)
+        self.metric.setMinimumContentsLength(18)
+        self.metric.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
         self.filter = QLineEdit()
+        self.filter.setMinimumWidth(110)
         self.filter.setPlaceholderText("Filter keys…")
         self.filter.setClearButtonEnabled(True)
         self.model = HeatModel(self)
@@ -195,6 +222,7 @@ class SeriesView(QWidget):
         self.table.verticalHeader().setDefaultSectionSize(18)
         self.table.horizontalHeader().setMinimumSectionSize(CELL_W)
         self.table.selectionModel().currentRowChanged.connect(self._row_changed)
+        self.table.setItemDelegate(CellDelegate(self.table))
         self.legend = QLabel(self._legend_text())
         self.legend.setWordWrap(True)
         self.legend.setStyleSheet("color: #555; font-size: 8pt;")
@@ -202,8 +230,8 @@ class SeriesView(QWidget):
         lv = QVBoxLayout(left)
         lv.setContentsMargins(0, 0, 0, 0)
         row = QHBoxLayout()
-        row.addWidget(self.filter, 1)
-        row.addWidget(self.metric, 2)
+        row.addWidget(self.filter, 2)
+        row.addWidget(self.metric, 3)
         lv.addLayout(row)
         lv.addWidget(self.table, 1)
         lv.addWidget(self.legend)
@@ -349,6 +377,10 @@ class SeriesView(QWidget):
         for c in range(1, self.model.columnCount()):
             h.setSectionResizeMode(c, QHeaderView.Fixed)
             self.table.setColumnWidth(c, max(CELL_W, 7 * len(str(self.model.headerData(c, Qt.Horizontal))) + 8))
+        want = sum(self.table.columnWidth(c) for c in range(self.model.columnCount())) + 24
+        total = sum(self.splitter.sizes()) or self.width()
+        left = min(max(want, 320), int(0.6 * total))
+        self.splitter.setSizes([left, max(total - left, 300)])
 
     def _metric_changed(self, _=None) -> None:
         self.legend.setText(self._legend_text())

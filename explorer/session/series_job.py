@@ -102,12 +102,17 @@ def present_indices(data: SeriesData, key: str) -> list[int]:
     return [i for i, p in enumerate(data.result.track(key).present) if p]
 
 
-def histograms(data: SeriesData, key: str, indices: list[int], bins: int = 96, *, progress=None,
+def bins_for(numel: int, most: int = 96) -> int:
+    """Bins for a histogram of ``numel`` values: about 2·√n, between 8 and ``most`` (few values, few bins)."""
+    return int(min(most, max(8, round(2 * math.sqrt(max(numel, 0))))))
+
+
+def histograms(data: SeriesData, key: str, indices: list[int], bins: int | None = None, *, progress=None,
                should_stop=None) -> dict:
     """Histograms of ``key`` at the checkpoints ``indices`` that hold it, on the same bins (their common finite
-    range): {"key", "edges", "counts": {index: counts}}."""
+    range; ``bins``: by the element count when None): {"key", "edges", "counts": {index: counts}}."""
     indices = [i for i in dict.fromkeys(indices) if key in data.series.columns[i]]
-    lo, hi = math.inf, -math.inf
+    lo, hi, numel = math.inf, -math.inf, 0
     for n, i in enumerate(indices):
         if should_stop is not None and should_stop():
             from ..errors import Cancelled
@@ -116,11 +121,13 @@ def histograms(data: SeriesData, key: str, indices: list[int], bins: int = 96, *
         x = x.abs() if x.is_complex() else x
         x = x.double() if not x.is_floating_point() else x.float()
         x = x[x.isfinite()]
+        numel = max(numel, x.numel())
         if x.numel():
             lo, hi = min(lo, float(x.min())), max(hi, float(x.max()))
         if progress is not None:
             progress(n + 1, 2 * len(indices))
     rng = (lo, hi) if lo <= hi else None
+    bins = bins or bins_for(numel)
     counts, edges = {}, None
     for n, i in enumerate(indices):
         e, c = data.series.histogram(key, i, bins=bins, value_range=rng)
