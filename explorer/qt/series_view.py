@@ -182,6 +182,8 @@ class SeriesView(QWidget):
     # ---- layout ------------------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.title = QLabel("A training run: open a folder of checkpoints (File → Open run folder…).")
+        self.title.setTextFormat(Qt.PlainText)
+        self.title.setWordWrap(True)
         self.title.setStyleSheet("font-weight: 600;")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.clicked.connect(self.cancel)
@@ -328,7 +330,7 @@ class SeriesView(QWidget):
     def _measure_failed(self, exc) -> None:
         self.cancel_button.hide()
         self.failed = "measuring was cancelled" if exc is None else (str(exc) or type(exc).__name__)
-        self.title.setText(f"⚠ The run was not measured: {html.escape(self.failed)}")
+        self.title.setText(f"⚠ The run was not measured: {self.failed}")
         self.sig_failed.emit(self.failed)
 
     def _close_data(self) -> None:
