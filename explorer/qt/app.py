@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.series:
             window.open_series(args.series)
             if args.select:
-                window.series_view.sig_ready.connect(lambda: window.series_view.select_key(args.select))
+                window.series_view.sig_ready.connect(lambda: _select_in_series(window, args.select))
             return
         if not targets:
             window.open_demo()
@@ -71,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     from ..session.compute_process import shutdown
     shutdown()
     return state["rc"]
+
+
+def _select_in_series(window, key: str) -> None:
+    view = window.series_view
+    if key in view.data.keys:
+        view.select_key(key)
+    else:
+        window.unmet["select"] = f"--select {key!r} matched no key of the run"
 
 
 # The last resort of a screenshot run: a separate process (it needs nothing of this one, not even its interpreter

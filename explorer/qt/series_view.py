@@ -23,7 +23,7 @@ ABSENT = QColor("#f4f4f4")       # the key is not in this checkpoint
 NOT_APPLICABLE = QColor("#fbfbfb")   # no previous checkpoint: nothing to compare with
 UNCHANGED = QColor("#d6dde6")    # exactly 0: not a single value moved
 NONFINITE = QColor("#C0392B")    # NaN/Inf in the tensor
-LOG_LO, LOG_HI = -6.0, 0.0       # the colour scale of a relative change: 1e-6 .. 1 (log10)
+SPAN = 1.0                       # the colour scale of a relative change spans at least one decade (log10)
 CELL_W = 26
 A_COLOR, B_COLOR, ONE_COLOR = "#0072B2", "#D55E00", "#009E73"
 ALARM = ("nonfinite", "unread")
@@ -43,12 +43,29 @@ class HeatModel(QAbstractTableModel):
         self.matrix = np.zeros((0, 0))
         self.metric = "rel_change_prev"
         self.lut = _lut()
+        self.lo, self.hi = -6.0, 0.0     # log10 of the change at the bottom and top of the colour scale
 
     def set_data(self, data, metric: str) -> None:
         self.beginResetModel()
         self.data_, self.metric = data, metric
-        self.matrix = J.heat_matrix(data, metric) if data is not None else np.zeros((0, 0))
+        self.matrix = np.zeros((0, 0)) if data is None else \
+            data.matrices[metric] if metric in data.matrices else J.heat_matrix(data, metric)
+        self.lo, self.hi = self.log_range(self.matrix)
         self.endResetModel()
+
+    @staticmethod
+    def log_range(m: np.ndarray) -> tuple[float, float]:
+        """The colour scale of this run's changes (log10): from the 2nd percentile of the finite positive ones to
+        the largest, at least ``SPAN`` wide, so that the run's own differences show."""
+        v = m[np.isfinite(m) & (m > 0)]
+        if not v.size:
+            return -6.0, 0.0
+        lv = np.log10(v)
+        lo, hi = float(np.percentile(lv, 2)), float(lv.max())
+        if hi - lo < SPAN:
+            mid = (hi + lo) / 2
+            lo, hi = mid - SPAN / 2, mid + SPAN / 2
+        return lo, hi
 
     def rowCount(self, parent=QModelIndex()):
         return 0 if parent.isValid() else self.matrix.shape[0]
@@ -69,7 +86,7 @@ class HeatModel(QAbstractTableModel):
             return UNCHANGED
         if math.isinf(v):      # a change from an all-zero reference: off the scale
             return self.lut[255]
-        x = v if self.metric == "frac_changed" else (math.log10(v) - LOG_LO) / (LOG_HI - LOG_LO)
+        x = v if self.metric == "frac_changed" else (math.log10(v) - self.lo) / (self.hi - self.lo)
         return self.lut[int(round(255 * min(max(x, 0.0), 1.0)))]
 
     def tooltip(self, r: int, c: int) -> str:
@@ -199,6 +216,23 @@ class SeriesView(QWidget):
         head.addWidget(self.title, 1)
         head.addWidget(self.cancel_button)
 
+        left = self._build_keys()
+        self._build_plots()
+
+        self.splitter = QSplitter(Qt.Horizontal)
+        self.splitter.setChildrenCollapsible(False)
+        self.splitter.addWidget(left)
+        self.splitter.addWidget(self.plots)
+        self.splitter.setStretchFactor(0, 2)
+        self.splitter.setStretchFactor(1, 3)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(head)
+        lay.addWidget(self.findings)
+        lay.addWidget(self.splitter, 1)
+
+    def _build_keys(self) -> QWidget:
+        """The key list with its heat map: a filter, the metric, the table, the colour legend."""
         self.metric = QComboBox()
         for name, text in J.METRICS.items():
             self.metric.addItem(text, name)
@@ -237,7 +271,10 @@ class SeriesView(QWidget):
         lv.addLayout(row)
         lv.addWidget(self.table, 1)
         lv.addWidget(self.legend)
+        return left
 
+    def _build_plots(self) -> None:
+        """The selected key's plots: norm, relative change, histogram at the slider's checkpoint, A/B overlay."""
         self.plots = QWidget()
         grid = QGridLayout(self.plots)
         grid.setContentsMargins(0, 0, 0, 0)
@@ -287,23 +324,13 @@ class SeriesView(QWidget):
         grid.addWidget(hist_box, 1, 0)
         grid.addWidget(over_box, 1, 1)
 
-        self.splitter = QSplitter(Qt.Horizontal)
-        self.splitter.setChildrenCollapsible(False)
-        self.splitter.addWidget(left)
-        self.splitter.addWidget(self.plots)
-        self.splitter.setStretchFactor(0, 2)
-        self.splitter.setStretchFactor(1, 3)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(head)
-        lay.addWidget(self.findings)
-        lay.addWidget(self.splitter, 1)
-
     def _legend_text(self) -> str:
         def sw(c: QColor) -> str:
             return f"<span style='background:{c.name()}'>&nbsp;&nbsp;&nbsp;</span>"
-        lut = self.model.lut
-        scale = "0 → 1" if self.metric.currentData() == "frac_changed" else "1e-6 → 1 (log)"
+        m = self.model
+        lut = m.lut
+        scale = "0 → 1" if self.metric.currentData() == "frac_changed" else \
+            f"{10 ** m.lo:.2g} → {10 ** m.hi:.2g} (log)"
         return (f"{sw(lut[0])}{sw(lut[128])}{sw(lut[255])} {scale} &nbsp; {sw(UNCHANGED)} unchanged &nbsp; "
                 f"{sw(NONFINITE)} NaN/Inf &nbsp; {sw(ABSENT)} absent &nbsp; columns: checkpoints by step")
 
@@ -347,6 +374,7 @@ class SeriesView(QWidget):
             ("⚠ " if kind in ALARM else "• ") + html.escape(text) for kind, text in J.findings_lines(data)))
         self.findings.show()
         self.model.set_data(data, self.metric.currentData())
+        self.legend.setText(self._legend_text())
         self._fit_columns()
         for box in (self.pick_a, self.pick_b):
             box.blockSignals(True)
@@ -385,13 +413,13 @@ class SeriesView(QWidget):
         self.splitter.setSizes([left, max(total - left, 300)])
 
     def _metric_changed(self, _=None) -> None:
-        self.legend.setText(self._legend_text())
         if self.data is not None:
             key = self.key
             self.model.set_data(self.data, self.metric.currentData())
             self._fit_columns()
             if key:
                 self.select_key(key)
+        self.legend.setText(self._legend_text())
 
     # ---- one key -----------------------------------------------------------------------------------------------
     def select_key(self, key: str) -> None:

@@ -27,6 +27,7 @@ class SeriesData:
     series: object              # explorer.core.series.run.Series
     result: object              # explorer.core.series.run.SeriesResult
     keys: list[str] = field(default_factory=list)
+    matrices: dict = field(default_factory=dict)     # metric -> heat_matrix (made in the worker)
 
     @property
     def n(self) -> int:
@@ -66,7 +67,10 @@ def open_and_measure(paths: list[str], *, progress=None, should_stop=None, use_c
     except BaseException:
         series.close()
         raise
-    return SeriesData(list(map(os.fspath, paths)), series, result, [t.key for t in result.tracks])
+    data = SeriesData(list(map(os.fspath, paths)), series, result, [t.key for t in result.tracks])
+    for metric in METRICS:       # the heat maps of every metric, here rather than in the GUI thread
+        data.matrices[metric] = heat_matrix(data, metric)
+    return data
 
 
 def _num(v) -> float:
