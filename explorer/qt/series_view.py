@@ -194,7 +194,9 @@ class SeriesView(QWidget):
         self.data: J.SeriesData | None = None
         self.failed = ""
         self.key = ""
+        self.measuring = False
         self._build()
+        runner.sig_activity.connect(self._check_cancelled)
 
     # ---- layout ------------------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -342,6 +344,7 @@ class SeriesView(QWidget):
 
     def open(self, paths: list[str]) -> None:
         self.failed = ""
+        self.measuring = True
         self._close_data()
         names = ", ".join(os.path.basename(os.path.normpath(p)) or p for p in paths)
         self.title.setText(f"Measuring the run {names}…")
@@ -351,10 +354,17 @@ class SeriesView(QWidget):
                           on_cancelled=lambda: self._measure_failed(None))
 
     def cancel(self) -> None:
-        self.runner.cancel("series")
-        self._measure_failed(None)
+        self.runner.cancel("series")     # its sig_activity reaches _check_cancelled, which says so
+        if self.measuring:
+            self._measure_failed(None)
+
+    def _check_cancelled(self) -> None:
+        """The window's Cancel (Esc) stops every job without telling its owner: a measurement gone is a cancel."""
+        if self.measuring and not self.runner.is_busy("series"):
+            self._measure_failed(None)
 
     def _measure_failed(self, exc) -> None:
+        self.measuring = False
         self.cancel_button.hide()
         self.failed = "measuring was cancelled" if exc is None else (str(exc) or type(exc).__name__)
         self.title.setText(f"⚠ The run was not measured: {self.failed}")
@@ -368,6 +378,7 @@ class SeriesView(QWidget):
     def _measured(self, data: J.SeriesData) -> None:
         self._close_data()
         self.data = data
+        self.measuring = False
         self.cancel_button.hide()
         self.title.setText(J.summary(data))
         self.findings.setText("<br>".join(

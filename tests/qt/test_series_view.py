@@ -131,6 +131,12 @@ def test_cancel_measuring(qtbot, make_window, run_dir):
     assert view.settled and "cancelled" in view.failed and not view.cancel_button.isVisible()
     wait_idle(qtbot, w)
     assert view.data is None          # the cancelled result never lands
+    w.open_series([str(run_dir)])
+    assert not view.settled
+    w.act_cancel.trigger()            # the window's Cancel (Esc) stops it too, and the view says so
+    assert view.settled and "cancelled" in view.failed
+    wait_idle(qtbot, w)
+    assert view.data is None
 
 
 def test_screenshot_of_a_run(tmp_path, run_dir):
