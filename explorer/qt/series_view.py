@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QGridL
                                QVBoxLayout, QWidget)
 
 from ..session import series_job as J
+from ..session.compute_process import engine
 
 ABSENT = QColor("#f4f4f4")       # the key is not in this checkpoint
 NOT_APPLICABLE = QColor("#fbfbfb")   # no previous checkpoint: nothing to compare with
@@ -349,7 +350,7 @@ class SeriesView(QWidget):
         names = ", ".join(os.path.basename(os.path.normpath(p)) or p for p in paths)
         self.title.setText(f"Measuring the run {names}…")
         self.cancel_button.show()
-        self.runner.start("series", f"Measuring {names}…", J.open_and_measure, list(paths),
+        self.runner.start("series", f"Measuring {names}…", J.open_and_measure, list(paths), engine=engine(),
                           on_result=self._measured, on_error=self._measure_failed,
                           on_cancelled=lambda: self._measure_failed(None))
 

@@ -24,10 +24,12 @@ class SeriesData:
     """An opened, measured run: ``series`` stays open (histograms read from it) until ``close()``."""
 
     paths: list[str]
-    series: object              # explorer.core.series.run.Series
+    series: object              # explorer.core.series.run.Series opened here; None: it is open in ``engine``
     result: object              # explorer.core.series.run.SeriesResult
     keys: list[str] = field(default_factory=list)
     matrices: dict = field(default_factory=dict)     # metric -> heat_matrix (made in the worker)
+    engine: object = None       # the compute process (session.compute_process) holding the run open, or None
+    columns: list = field(default_factory=list)      # per checkpoint: the keys it holds
 
     @property
     def n(self) -> int:
@@ -42,7 +44,8 @@ class SeriesData:
         return f"#{i}  step {m.step}" if m.step is not None else f"#{i}  {os.path.basename(m.path)}"
 
     def close(self) -> None:
-        self.series.close()
+        if self.series is not None:
+            self.series.close()
 
 
 def looks_like_run(path: str, *, progress=None, should_stop=None) -> bool:
@@ -58,16 +61,62 @@ def looks_like_run(path: str, *, progress=None, should_stop=None) -> bool:
     return len(members) >= 2 and os.path.abspath(members[0].path) != os.path.abspath(path)
 
 
-def open_and_measure(paths: list[str], *, progress=None, should_stop=None, use_cache: bool = True) -> SeriesData:
-    """Open the run ``paths`` name and measure every key at every checkpoint (cached by the core)."""
+# Runs opened in the compute process (its module state): the last few, so that histograms need no second parse.
+_OPEN: dict[tuple, object] = {}
+KEPT_OPEN = 2
+
+
+def _opened(paths: tuple):
+    """The run ``paths`` name, opened once per process and kept open (the oldest closed beyond ``KEPT_OPEN``)."""
     from ..core.series.run import open_series
-    series = open_series([os.fspath(p) for p in paths])
-    try:
-        result = series.measure(progress=progress, should_stop=should_stop, use_cache=use_cache)
-    except BaseException:
-        series.close()
-        raise
-    data = SeriesData(list(map(os.fspath, paths)), series, result, [t.key for t in result.tracks])
+    series = _OPEN.pop(paths, None) or open_series(list(paths))
+    _OPEN[paths] = series
+    while len(_OPEN) > KEPT_OPEN:
+        _OPEN.pop(next(iter(_OPEN))).close()
+    return series
+
+
+def measure_in_process(paths: tuple, use_cache: bool = True, cache_home: str | None = None, *, progress=None,
+                       should_stop=None):
+    """In the compute process: (result, columns) of the run ``paths`` name; it stays open there for histograms.
+    ``cache_home``: the window's XDG_CACHE_HOME (the process may have started under another)."""
+    if cache_home is not None:
+        os.environ["XDG_CACHE_HOME"] = cache_home
+    else:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    _OPEN.pop(paths, None)      # files may have changed since: open afresh
+    series = _opened(paths)
+    result = series.measure(progress=progress, should_stop=should_stop, use_cache=use_cache)
+    return result, [set(c) for c in series.columns]
+
+
+def histograms_in_process(paths: tuple, key: str, indices: list[int], bins: int | None = None, *, progress=None,
+                          should_stop=None) -> dict:
+    """In the compute process: :func:`histograms` of the run opened by :func:`measure_in_process`."""
+    series = _opened(paths)
+    return _histograms(series, [set(c) for c in series.columns], key, indices, bins, progress, should_stop)
+
+
+def open_and_measure(paths: list[str], *, engine=None, progress=None, should_stop=None,
+                     use_cache: bool = True) -> SeriesData:
+    """Open the run ``paths`` name and measure every key at every checkpoint (cached by the core). With ``engine``
+    (the compute process) the work runs there and the run stays open there: the window's GUI thread never competes
+    for the GIL with the measuring; without, here."""
+    paths = [os.fspath(p) for p in paths]
+    if engine is not None:
+        result, columns = engine.call(measure_in_process, tuple(paths), use_cache, os.environ.get("XDG_CACHE_HOME"),
+                                      progress=progress, should_stop=should_stop)
+        data = SeriesData(paths, None, result, [t.key for t in result.tracks], engine=engine, columns=columns)
+    else:
+        from ..core.series.run import open_series
+        series = open_series(paths)
+        try:
+            result = series.measure(progress=progress, should_stop=should_stop, use_cache=use_cache)
+        except BaseException:
+            series.close()
+            raise
+        data = SeriesData(paths, series, result, [t.key for t in result.tracks],
+                          columns=[set(c) for c in series.columns])
     for metric in METRICS:       # the heat maps of every metric, here rather than in the GUI thread
         data.matrices[metric] = heat_matrix(data, metric)
     return data
@@ -115,13 +164,20 @@ def histograms(data: SeriesData, key: str, indices: list[int], bins: int | None 
                should_stop=None) -> dict:
     """Histograms of ``key`` at the checkpoints ``indices`` that hold it, on the same bins (their common finite
     range; ``bins``: by the element count when None): {"key", "edges", "counts": {index: counts}}."""
-    indices = [i for i in dict.fromkeys(indices) if key in data.series.columns[i]]
+    if data.series is None:
+        return data.engine.call(histograms_in_process, tuple(data.paths), key, list(indices), bins,
+                                progress=progress, should_stop=should_stop)
+    return _histograms(data.series, data.columns, key, indices, bins, progress, should_stop)
+
+
+def _histograms(series, columns: list, key: str, indices: list[int], bins, progress, should_stop) -> dict:
+    indices = [i for i in dict.fromkeys(indices) if key in columns[i]]
     lo, hi, numel = math.inf, -math.inf, 0
     for n, i in enumerate(indices):
         if should_stop is not None and should_stop():
             from ..errors import Cancelled
             raise Cancelled("histogram: cancelled")
-        x = data.series.read(key, i).reshape(-1)
+        x = series.read(key, i).reshape(-1)
         x = x.abs() if x.is_complex() else x
         x = x.double() if not x.is_floating_point() else x.float()
         x = x[x.isfinite()]
@@ -134,7 +190,7 @@ def histograms(data: SeriesData, key: str, indices: list[int], bins: int | None 
     bins = bins or bins_for(numel)
     counts, edges = {}, None
     for n, i in enumerate(indices):
-        e, c = data.series.histogram(key, i, bins=bins, value_range=rng)
+        e, c = series.histogram(key, i, bins=bins, value_range=rng)
         edges, counts[i] = e.numpy(), c.numpy()
         if progress is not None:
             progress(len(indices) + n + 1, 2 * len(indices))

@@ -89,3 +89,21 @@ def test_findings_and_run_detection(run, tmp_path):
     assert not J.looks_like_run(str(tmp_path / "run" / "step_100.pt"))
     (tmp_path / "empty").mkdir()
     assert not J.looks_like_run(str(tmp_path / "empty"))
+
+
+def test_in_the_compute_process_the_figures_are_the_same(run, tmp_path):
+    from explorer.session.compute_process import ComputeProcess
+    eng = ComputeProcess(nice=0)
+    try:
+        there = J.open_and_measure(run.paths, engine=eng)
+        assert there.series is None and there.keys == run.keys
+        assert there.result.to_json() == run.result.to_json()
+        assert there.result.cached           # the child used this test's cache folder, which the first look filled
+        for metric in J.METRICS:
+            np.testing.assert_array_equal(there.matrices[metric], run.matrices[metric])
+        a, b = J.histograms(there, "fc.weight", [0, 5]), J.histograms(run, "fc.weight", [0, 5])
+        np.testing.assert_array_equal(a["edges"], b["edges"])
+        assert all((a["counts"][i] == b["counts"][i]).all() for i in (0, 5))
+        assert J.table_csv(there) == J.table_csv(run)
+    finally:
+        eng.shutdown()
