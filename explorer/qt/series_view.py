@@ -12,7 +12,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QAbstractTableModel, QBuffer, QByteArray, QIODevice, QModelIndex, QSortFilterProxyModel, \
     Qt, Signal
-from PySide6.QtGui import QColor, QPen
+from PySide6.QtGui import QBrush, QColor, QPen
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QHeaderView,
                                QLabel, QLineEdit, QPushButton, QSlider, QSplitter, QStyle, QStyledItemDelegate, QTableView,
                                QVBoxLayout, QWidget)
@@ -26,6 +26,7 @@ UNCHANGED = QColor("#d6dde6")    # exactly 0: not a single value moved
 NONFINITE = QColor("#C0392B")    # NaN/Inf in the tensor
 SPAN = 1.0                       # the colour scale of a relative change spans at least one decade (log10)
 CELL_W = 26
+ABSENT_ROLE = Qt.UserRole + 1    # True where the key is not in the checkpoint (painted hatched)
 A_COLOR, B_COLOR, ONE_COLOR = "#0072B2", "#D55E00", "#009E73"
 ALARM = ("nonfinite", "unread")
 
@@ -114,6 +115,8 @@ class HeatModel(QAbstractTableModel):
             return None
         if role == Qt.BackgroundRole:
             return self.color(r, c - 1)
+        if role == ABSENT_ROLE:
+            return not self.data_.result.tracks[r].present[c - 1]
         if role == Qt.ToolTipRole:
             return self.tooltip(r, c - 1)
         if role == Qt.DisplayRole and self.data_.result.tracks[r].nonfinite[c - 1]:
@@ -146,6 +149,8 @@ class CellDelegate(QStyledItemDelegate):
             return
         painter.save()
         painter.fillRect(option.rect, index.data(Qt.BackgroundRole) or QColor("white"))
+        if index.data(ABSENT_ROLE):
+            painter.fillRect(option.rect, QBrush(QColor("#c8c8c8"), Qt.BDiagPattern))
         text = index.data(Qt.DisplayRole)
         if text:
             painter.setPen(QColor("white"))
@@ -335,7 +340,7 @@ class SeriesView(QWidget):
         scale = "0 → 1" if self.metric.currentData() == "frac_changed" else \
             f"{10 ** m.lo:.2g} → {10 ** m.hi:.2g} (log)"
         return (f"{sw(lut[0])}{sw(lut[128])}{sw(lut[255])} {scale} &nbsp; {sw(UNCHANGED)} unchanged &nbsp; "
-                f"{sw(NONFINITE)} NaN/Inf &nbsp; {sw(ABSENT)} absent &nbsp; columns: checkpoints by step")
+                f"{sw(NONFINITE)} NaN/Inf &nbsp; ▨ absent &nbsp; columns: checkpoints by step")
 
     # ---- measuring ---------------------------------------------------------------------------------------------
     @property
