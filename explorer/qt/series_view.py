@@ -24,7 +24,6 @@ ABSENT = QColor("#f4f4f4")       # the key is not in this checkpoint
 NOT_APPLICABLE = QColor("#fbfbfb")   # no previous checkpoint: nothing to compare with
 UNCHANGED = QColor("#d6dde6")    # exactly 0: not a single value moved
 NONFINITE = QColor("#C0392B")    # NaN/Inf in the tensor
-SPAN = 1.0                       # the colour scale of a relative change spans at least one decade (log10)
 CELL_W = 26
 ABSENT_ROLE = Qt.UserRole + 1    # True where the key is not in the checkpoint (painted hatched)
 A_COLOR, B_COLOR, ONE_COLOR = "#0072B2", "#D55E00", "#009E73"
@@ -52,22 +51,8 @@ class HeatModel(QAbstractTableModel):
         self.data_, self.metric = data, metric
         self.matrix = np.zeros((0, 0)) if data is None else \
             data.matrices[metric] if metric in data.matrices else J.heat_matrix(data, metric)
-        self.lo, self.hi = self.log_range(self.matrix)
+        self.lo, self.hi = J.log_range(self.matrix)
         self.endResetModel()
-
-    @staticmethod
-    def log_range(m: np.ndarray) -> tuple[float, float]:
-        """The colour scale of this run's changes (log10): from the 2nd percentile of the finite positive ones to
-        the largest, at least ``SPAN`` wide, so that the run's own differences show."""
-        v = m[np.isfinite(m) & (m > 0)]
-        if not v.size:
-            return -6.0, 0.0
-        lv = np.log10(v)
-        lo, hi = float(np.percentile(lv, 2)), float(lv.max())
-        if hi - lo < SPAN:
-            mid = (hi + lo) / 2
-            lo, hi = mid - SPAN / 2, mid + SPAN / 2
-        return lo, hi
 
     def rowCount(self, parent=QModelIndex()):
         return 0 if parent.isValid() else self.matrix.shape[0]
@@ -565,17 +550,14 @@ class SeriesView(QWidget):
         self.title.setText(f"⚠ Export failed: {exc}")
 
     def ask_export_csv(self) -> None:
-        if self.data is not None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export the series table", "series.csv", "CSV (*.csv)")
-            if path:
-                self.export_csv(path)
+        path = self.data and QFileDialog.getSaveFileName(self, "Export the run table", "run.csv", "CSV (*.csv)")[0]
+        if path:
+            self.export_csv(path)
 
     def ask_export_png(self) -> None:
-        if self.data is not None:
-            path, _ = QFileDialog.getSaveFileName(self, "Export the plots", f"{self.key or 'series'}.png",
-                                                  "PNG (*.png)")
-            if path:
-                self.export_png(path)
+        path = self.data and QFileDialog.getSaveFileName(self, "Export the plots", f"{self.key}.png", "PNG (*.png)")[0]
+        if path:
+            self.export_png(path)
 
     def shutdown(self) -> None:
         for ch in ("series", "series_hist", "series_overlay", "series_export"):

@@ -141,6 +141,23 @@ def heat_matrix(data: SeriesData, metric: str = "rel_change_prev") -> np.ndarray
     return m
 
 
+SPAN = 1.0     # the colour scale of a relative change spans at least one decade (log10)
+
+
+def log_range(m: np.ndarray) -> tuple[float, float]:
+    """The heat map's colour scale for this run's changes (log10): from the 2nd percentile of the finite positive
+    ones to the largest, at least ``SPAN`` wide, so that the run's own differences show."""
+    v = m[np.isfinite(m) & (m > 0)]
+    if not v.size:
+        return -6.0, 0.0
+    lv = np.log10(v)
+    lo, hi = float(np.percentile(lv, 2)), float(lv.max())
+    if hi - lo < SPAN:
+        mid = (hi + lo) / 2
+        lo, hi = mid - SPAN / 2, mid + SPAN / 2
+    return lo, hi
+
+
 def trajectory(data: SeriesData, key: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
     """(steps, values) of one key's ``metric`` (norm, rel_change_prev...): one point per checkpoint holding the key
     (a figure that does not apply, or a NaN norm, is NaN: a gap in the line)."""

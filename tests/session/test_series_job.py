@@ -107,3 +107,12 @@ def test_in_the_compute_process_the_figures_are_the_same(run, tmp_path):
         assert J.table_csv(there) == J.table_csv(run)
     finally:
         eng.shutdown()
+
+
+def test_colour_scale_is_the_runs_own_and_at_least_a_decade():
+    m = np.array([[np.nan, 0.0, 0.001, 0.02], [np.nan, np.inf, 0.05, 0.1]])   # 0, inf, NaN are off the scale
+    lo, hi = J.log_range(m)
+    assert hi == pytest.approx(-1.0) and -3.0 < lo < -2.5
+    lo, hi = J.log_range(np.array([[0.01, 0.0101]]))
+    assert hi - lo == pytest.approx(J.SPAN) and lo < -2 < hi
+    assert J.log_range(np.full((2, 2), np.nan)) == (-6.0, 0.0)
