@@ -13,6 +13,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="SPEC", help="model for the left pane: MODULE:CALLABLE, file.py:CALLABLE or "
                    "demo:NAME (the positional paths then fill the right pane)")
     p.add_argument("--simulate", action="store_true", help="simulate load_state_dict(right) into the left model")
+    p.add_argument("--series", metavar="DIR", nargs="+", help="a training run: a folder of checkpoints (or several "
+                   "checkpoint files/folders of one run) shown as a series: findings, heat map, trajectories")
     p.add_argument("--select", metavar="KEY", help="select this key once loaded (detail pane)")
     p.add_argument("--filter", metavar="TEXT", help="start with this key filter")
     p.add_argument("--screenshot", metavar="OUT.png", help="render the window to a PNG once everything has loaded, "

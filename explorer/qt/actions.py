@@ -52,8 +52,21 @@ def install_actions(w) -> None:
                           "MyBatchNormModel vs. a checkpoint of it after a few train-mode steps")
     w.act_bn_demo = act("&BatchNorm…", w.open_batchnorm_demo, None,
                         "Step through what train/eval mode and loading do to BatchNorm")
+    w.act_open_run = act("Open r&un folder…", lambda: _ask_run(w), "Ctrl+R",
+                         "A training run at a glance: a folder of checkpoints in step order (findings, heat map)")
+    w.act_export_series_csv = act("Export run table (CSV)…", lambda: w.series_view and w.series_view.ask_export_csv(),
+                                  None, "Every key's figures at every checkpoint, one row per key and checkpoint")
+    w.act_export_series_png = act("Export run plots (PNG)…", lambda: w.series_view and w.series_view.ask_export_png(),
+                                  None, "The selected key's trajectories and histograms as a picture")
     _build_menus(w)
     _build_toolbar(w)
+
+
+def _ask_run(w) -> None:
+    from PySide6.QtWidgets import QFileDialog
+    path = QFileDialog.getExistingDirectory(w, "Open a training run (a folder of checkpoints)")
+    if path:
+        w.open_series([path])
 
 
 def _build_menus(w) -> None:
@@ -63,6 +76,9 @@ def _build_menus(w) -> None:
         m.addAction(a)
     w.recent_menu = m.addMenu("Open &recent")
     w.recent_menu.aboutToShow.connect(w.fill_recent_menu)
+    m.addAction(w.act_open_run)
+    m.addAction(w.act_export_series_csv)
+    m.addAction(w.act_export_series_png)
     m.addSeparator()
     m.addAction(w.act_swap)
     m.addSeparator()

@@ -19,6 +19,9 @@ from .settings import APP, ORG
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     targets = ([args.model] if args.model else []) + [t for t in (args.left, args.right) if t]
+    if args.series and targets:
+        print("error: --series shows one run; open checkpoints or a model without it", file=sys.stderr)
+        return 2
     if len(targets) > 2:
         print("error: at most two things to open (LEFT RIGHT, or --model SPEC RIGHT)", file=sys.stderr)
         return 2
@@ -44,11 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     window.show()
     if args.filter:
         window.filter_edit.setText(args.filter)
-    if args.select:
+    if args.select and not args.series:
         window.select_when_ready = args.select
     state = {"rc": 0}
 
     def start():
+        if args.series:
+            window.open_series(args.series)
+            if args.select:
+                window.series_view.sig_ready.connect(lambda: _select_in_series(window, args.select))
+            return
         if not targets:
             window.open_demo()
             return
@@ -63,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     from ..session.compute_process import shutdown
     shutdown()
     return state["rc"]
+
+
+def _select_in_series(window, key: str) -> None:
+    view = window.series_view
+    if key in view.data.keys:
+        view.select_key(key)
+    else:
+        window.unmet["select"] = f"--select {key!r} matched no key of the run"
 
 
 # The last resort of a screenshot run: a separate process (it needs nothing of this one, not even its interpreter
@@ -97,7 +113,8 @@ def _schedule_screenshot(app, window, out: str, state: dict, timeout_s: float = 
     timer = QTimer(window)
 
     def tick():
-        idle = window.is_idle() and (window.comparison is not None or window.load_failures > 0)
+        series = window.series_view is not None and window.series_view.settled
+        idle = window.is_idle() and (window.comparison is not None or window.load_failures > 0 or series)
         calm["n"] = calm["n"] + 1 if idle else 0
         late = time.monotonic() - t0 > timeout_s
         if calm["n"] < 4 and not late:

@@ -9,7 +9,7 @@ from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
 
 from ..session import compare as C
-from ..session import jobs
+from ..session import jobs, series_job
 from ..session.compare import LEFT, RIGHT, Pane
 from ..session.compute_process import engine
 from ..session.parse_guard import PARSE_TIMEOUT_S, open_guarded, probe
@@ -19,6 +19,7 @@ from .actions import fill_recent_menu, install_actions
 from .bars import Activity, FilterBar
 from .compare_view import CompareView, urls_to_paths
 from .detail_pane import DetailPane
+from .series_view import SeriesView, show_series
 from .errors_ui import is_expected, show_error_dialog
 from .simulate_view import Banner
 from .window_detail import DetailWiring
@@ -59,6 +60,7 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
         self._auto_key: str | None = None     # the row _auto_select chose (re-chosen until the user picks one)
         self._filter_pending = False
         self._diff_deferred = False        # a value diff was put off so the selected key's histograms come first
+        self.series_view: SeriesView | None = None   # made when a run opens (--series, a dropped run folder)
 
         self.banner = Banner()
         self.banner.sig_apply.connect(self.apply_suggestion)
@@ -126,6 +128,8 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
         self._prewarm_timer.stop()
         self.save_settings()
         self.runner.shutdown(3000)
+        if self.series_view is not None:
+            self.series_view.shutdown()
         super().closeEvent(event)
 
     # ---- opening -----------------------------------------------------------------------------------------------
@@ -158,7 +162,18 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
                           on_result=lambda data: self._side_loaded(side, data),
                           on_error=lambda exc: self._load_failed(side, text, exc))
 
+    def open_series(self, paths: list[str]) -> None:
+        """Show the series view in place of the panes and measure the run ``paths`` name, in a worker."""
+        self.unmet.pop("series", None)
+        show_series(self, True).open(paths)
+
+    def _open_dropped(self, side: int, path: str) -> None:
+        """A dropped folder that is a run opens the series view, anything else the pane (decided in a worker)."""
+        self.runner.start("drop", "Looking at the drop…", series_job.looks_like_run, path,
+                          on_result=lambda run: self.open_series([path]) if run else self.open_path(side, path))
+
     def _side_loaded(self, side: int, data: C.SideData) -> None:
+        show_series(self, False)
         self.sides[side] = data
         self.failed_sides.pop(side, None)
         (self.compare.left_header if side == LEFT else self.compare.right_header).set_side(data)
@@ -205,7 +220,7 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
             self.open_path(LEFT, paths[0])
             self.open_path(RIGHT, paths[1])
         else:
-            self.open_path(side, paths[0])
+            self._open_dropped(side, paths[0])
 
     def dragEnterEvent(self, event):
         if urls_to_paths(event.mimeData()):
@@ -219,7 +234,7 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
         if len(paths) >= 2:
             self._on_dropped(None, paths)
         else:
-            self.open_path(RIGHT if self.sides[LEFT] is not None else LEFT, paths[0])
+            self._open_dropped(RIGHT if self.sides[LEFT] is not None else LEFT, paths[0])
 
     # ---- aligning ----------------------------------------------------------------------------------------------
     def rebuild(self) -> None:
