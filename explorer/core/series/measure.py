@@ -96,14 +96,11 @@ class _Pair:
         d = np.subtract(c, r, out=buf[:len(c)]) if buf.dtype == np.result_type(c, r) else c - r
         sq = _sq(d)
         self.sq += sq
-        if not self.count:
-            return
-        if math.isfinite(sq):   # every difference finite: with gradual underflow, c - r == 0 exactly when c == r
-            self.changed += int(np.count_nonzero(d))
-            return
-        same = c == r
-        same |= np.isnan(c) & np.isnan(r)   # a NaN at the same place on both sides is no change
-        self.changed += len(c) - int(np.count_nonzero(same))
+        if self.count:
+            same = c == r
+            if not math.isfinite(sq):   # a NaN at the same place on both sides is no change
+                same |= np.isnan(c) & np.isnan(r)
+            self.changed += len(c) - int(np.count_nonzero(same))
 
 
 def _equal(x: torch.Tensor, y: torch.Tensor) -> bool:
