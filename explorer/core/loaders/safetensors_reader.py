@@ -303,8 +303,10 @@ def open_safetensors(path: str) -> Checkpoint:
         if stride is None:
             stride = strides[shape] = contiguous_strides(shape)
         dtype = DTYPES[codes[i]]
-        ref = StorageRef(f"#{i}", dtype, "cpu", math.prod(shape), source=source)
-        return TensorRecord(ref, 0, shape, stride, dtype)
+        numel = math.prod(shape)
+        # the header was validated as a whole (_validate_fast): no per-record checks
+        return TensorRecord.validated(StorageRef(f"#{i}", dtype, "cpu", numel, source=source), shape, stride, dtype,
+                                      numel)
 
     def locations(start: int, stop: int, nbytes: list) -> list[Location]:  # entries start..stop's, column-wise
         part = shapes[start:stop]

@@ -182,6 +182,18 @@ class TensorRecord:
         self.shape = shape
         self.stride = stride if type(stride) is tuple else int_tuple(stride, "stride")
 
+    @classmethod
+    def validated(cls, storage, shape: tuple, stride: tuple, dtype: str, numel: int) -> "TensorRecord":
+        """A record at offset 0 whose shape its reader has already checked for every tensor at once (a safetensors
+        header: sizes below 2**62, element counts that fit the file's byte spans): the per-record checks of
+        :meth:`set_view` are skipped -- this runs 10**6 times for a large file."""
+        rec = cls.__new__(cls)
+        rec._storage = storage
+        rec.storage_offset = 0
+        rec.shape, rec.stride, rec.numel, rec.dtype = shape, stride, numel, dtype
+        rec.requires_grad = rec.is_parameter = False
+        return rec
+
     @property
     def storage(self):
         ref = self._storage
