@@ -47,7 +47,7 @@ class ByteSource:
     may share ``maps`` (see :class:`FileMaps`).
     """
 
-    def __init__(self, resolve: Callable[[StorageRef], tuple[str, int, int]],
+    def __init__(self, resolve: Callable[[StorageRef], tuple[str, int, int]] | None = None,
                  describe: Callable[[StorageRef], tuple[str, str | None, int | None]] | None = None,
                  maps: FileMaps | None = None):
         self._resolve = resolve
@@ -55,7 +55,9 @@ class ByteSource:
         self.maps = maps if maps is not None else FileMaps()
 
     def region(self, ref: StorageRef) -> tuple[str, int, int]:
-        """``(file, byte offset, byte length)`` of a storage: may open the file (zip directory lookup)."""
+        """``(file, byte offset, byte length)`` of a storage: may open the file (zip directory lookup). Subclasses
+        override this rather than pass a bound method of their own as ``resolve`` (that would be a reference cycle,
+        keeping the source and its file maps alive until a full collection)."""
         return self._resolve(ref)
 
     def describe(self, ref: StorageRef) -> tuple[str, str | None, int | None]:
@@ -65,7 +67,7 @@ class ByteSource:
         return "", None, None
 
     def storage_bytes(self, ref: StorageRef) -> torch.Tensor:
-        file, offset, length = self._resolve(ref)
+        file, offset, length = self.region(ref)
         need = ref.nbytes
         if length < need:
             raise CorruptFileError(

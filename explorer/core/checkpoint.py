@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from itertools import compress
 from operator import attrgetter, itemgetter
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -107,7 +107,8 @@ class Checkpoint:
                     raise CorruptFileError(f"{self.path}: {e}; the file is not a checkpoint (or is hostile) — "
                                            "nothing was loaded") from None
                 self._walk()
-        self.entries = EntryList(len(self._paths), self._infos, self.path)
+        self.entries = EntryList(len(self._paths), info_maker(self._paths, self._table, self._recs, self._kinds,
+                                                              self.path), self.path)
 
     # ---- structure ---------------------------------------------------------------------------------------------
     @property
@@ -216,12 +217,6 @@ class Checkpoint:
             return self._recs[i]
         return self._table.record(i)  # type: ignore[union-attr]
 
-    def _infos(self, start: int, stop: int) -> list[TensorInfo]:
-        """The :class:`TensorInfo` of entries ``start..stop``, made column-wise (see :mod:`explorer.core.entries`)."""
-        paths = self._paths[start:stop]
-        if self._table is not None:
-            return self._table.infos(paths, start, stop)
-        return record_infos(paths, self._recs[start:stop], start, self._kinds, self.path)  # type: ignore[index]
 
     def entry_columns(self, chunk: int = 65536) -> Iterator[tuple]:
         """What a listing shows of every entry, in file order, column-wise and without :class:`TensorInfo` objects:
@@ -443,3 +438,14 @@ class _KeysOnly:
 
     def keys(self):
         return self._keys
+
+
+def info_maker(paths, table: FlatTable | None, recs: list[TensorRecord] | None, kinds: dict[int, str],
+               label: str) -> Callable[[int, int], list[TensorInfo]]:
+    """What makes the :class:`TensorInfo` of entries ``start..stop``, column-wise (see :mod:`explorer.core.entries`).
+    It holds the checkpoint's columns, not the checkpoint: a checkpoint holding a method of its own would be a
+    reference cycle, kept (with its file maps) until a full collection."""
+    if table is not None:
+        return lambda start, stop: table.infos(paths[start:stop], start, stop)
+    return lambda start, stop: record_infos(paths[start:stop], recs[start:stop], start, kinds, label)  # type: ignore
+

@@ -48,3 +48,25 @@ def test_an_error_leaves_the_channel_free(qtbot):
     runner.start("c", "c", boom, on_error=errors.append)
     qtbot.waitUntil(lambda: bool(errors) and not runner.is_busy(), timeout=10000)
     assert isinstance(errors[0], ValueError) and not runner.is_busy("c")
+
+
+def test_a_finished_task_lets_go_of_its_arguments_and_slots(qtbot):
+    """A task's slots are lambdas holding the task, connected to the task's own signals: a cycle through Qt that
+    Python's collector cannot see. It kept every finished task's arguments -- a replaced side, ~100 MB for a
+    50,000-tensor file -- alive for the window's life (issue 15: 338 MB -> 834 MB over five re-opens)."""
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    runner = Runner()
+    arg, results = Big(), []
+    gone = weakref.ref(arg)
+    runner.start("load", "Opening…", lambda a, *, progress=None, should_stop=None: a, arg,
+                 on_result=lambda value: results.append(type(value).__name__))
+    del arg
+    qtbot.waitUntil(lambda: bool(results) and not runner.is_busy(), timeout=5000)
+    qtbot.wait(50)              # the signals object's deleteLater
+    gc.collect()
+    assert results == ["Big"] and gone() is None

@@ -113,14 +113,14 @@ class DcpSource(ByteSource):
     """Reads a tensor of a DCP folder: each chunk from its ``.distcp`` file, assembled into the whole tensor."""
 
     def __init__(self, folder: str):
-        super().__init__(self._region)
+        super().__init__(None)
         self.folder = folder
         self.chunks: dict[str, list[_Chunk]] = {}
         self.shapes: dict[str, tuple] = {}
         self._lock = threading.Lock()
         self._records: dict[tuple, TensorRecord] = {}
 
-    def _region(self, ref):
+    def region(self, ref):
         chunks = self.chunks.get(ref.key) or []
         if len(chunks) == 1:
             c = chunks[0]

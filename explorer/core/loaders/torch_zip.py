@@ -86,7 +86,7 @@ class ZipSource(ByteSource):
     INFLATED_CACHE = 64 << 20
 
     def __init__(self, file: str, directory: ZipDirectory, base_offset: int = 0, maps=None):
-        super().__init__(self._region, lambda ref: (file, f"data/{ref.key}", None), maps)
+        super().__init__(None, lambda ref: (file, f"data/{ref.key}", None), maps)
         self._file = file
         self._base = base_offset
         self._dir = directory
@@ -111,7 +111,7 @@ class ZipSource(ByteSource):
             hit = self._found[ref.key] = (e, start)
         return hit
 
-    def _region(self, ref):
+    def region(self, ref):
         e, start = self._record(ref)
         if e.method != STORED:
             raise CorruptFileError(f"{self._dir.label}: storage record {e.text!r} is compressed; its bytes in the "

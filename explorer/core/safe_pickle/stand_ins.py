@@ -4,6 +4,7 @@ imports a module or calls what the file names."""
 from __future__ import annotations
 
 import pickle
+import weakref
 from collections import OrderedDict
 
 from .inert import Inert, NoState, Sealed, SealedClass, placeholder, sealed
@@ -163,19 +164,22 @@ class PickleContext:
         self.source = source
         self.label = label
         self.refs: dict[str, StorageRef] = {}
-        ctx = self
-        self.tensor_v2 = _file_tensor_v2(ctx)
+        # The stand-ins reach this context weakly, the records it makes strongly: no reference cycle, so when a
+        # checkpoint's records go, its storages and file maps go with them (a per-file class is always in a cycle
+        # of its own, freed only by a full collection: it must not hold the file's 10**5 storages).
+        this = weakref.ref(self)
+        self.tensor_v2 = _file_tensor_v2(this)
 
         def tensor_v3(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, dtype=None,
                       metadata=None):
-            return TensorRecord(storage, storage_offset, size, stride, dtype_of(dtype), requires_grad, ctx)
+            return TensorRecord(storage, storage_offset, size, stride, dtype_of(dtype), requires_grad, this())
 
         def tensor_v1(storage, storage_offset, size, stride, *rest):
-            return TensorRecord(storage, storage_offset, size, stride, storage_dtype(storage), ctx=ctx)
+            return TensorRecord(storage, storage_offset, size, stride, storage_dtype(storage), ctx=this())
 
         def qtensor(storage, storage_offset, size, stride, quantizer_params=None, requires_grad=False, *rest):
             rec = rebuild_qtensor(storage, storage_offset, size, stride, quantizer_params, requires_grad)
-            rec._ctx = ctx
+            rec._ctx = this()
             return rec
 
         self.stand_ins = {"_rebuild_tensor_v2": self.tensor_v2, "_rebuild_tensor_v3": sealed(tensor_v3),
@@ -194,19 +198,19 @@ class PickleContext:
         return ref
 
 
-def _file_tensor_v2(ctx: PickleContext) -> type:
+def _file_tensor_v2(ctx: "weakref.ref[PickleContext]") -> type:
     """``torch._utils._rebuild_tensor_v2`` for one file: a record class the C unpickler calls, one frame per
-    tensor; the storage's persistent id stays raw until asked for (``ctx`` resolves it)."""
+    tensor; the storage's persistent id stays raw until asked for (the context, held by each record, resolves it)."""
     sizes = {}.setdefault  # one tuple per distinct shape and stride (the pickle makes new ones for every tensor)
 
     class TensorV2(TensorRecord, metaclass=SealedClass):
         __slots__ = ()
-        _file_ctx = ctx
         __setstate__ = NoState()
 
         def __init__(self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                      metadata=None):
             self._storage = storage
+            self._ctx = ctx()
             st = storage[1] if type(storage) is tuple and len(storage) > 1 else storage
             self.dtype = st.dtype if type(st) is StorageType or type(st) is StorageRef else None
             # TensorRecord.set_view inlined for the usual values (one Python call less per tensor of the file)

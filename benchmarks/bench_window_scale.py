@@ -1,0 +1,161 @@
+"""The window at scale: from an open request to the tree on screen, memory over re-opens, GUI-thread stalls.
+
+    python benchmarks/bench_window_scale.py [--dir /tmp/sde-window-scale] [--reopens 5] [--runs 3]
+
+Generates (kept under ``--dir`` for the next run): a 50,000-tensor ``.pt``, a ~2 GB ``.pt`` of 2,000 tensors, and the
+sparse Llama-70B-shaped safetensors folder of ``bench_scale.py`` (real headers, holes for data). Then, in one running
+offscreen window (after its compute process has started, as a user's window would be):
+
+- **open → tree painted**: the time from ``open_path`` to the first paint of the left tree's viewport after the
+  comparison is ready (each file opened ``--runs`` times, alternating, so no open is served by the previous one);
+- **the GUI thread's longest stall** during those opens (a 5 ms QTimer on the GUI thread; the largest gap between
+  ticks);
+- **memory over re-opens**: the window's resident size after opening the 50,000-tensor file ``--reopens`` times in a
+  row, each open replacing the last (issue 15: it grew ~100 MB per open).
+
+Targets of issue 15: 50k ``.pt`` on screen within 0.25 s, 2 GB ``.pt`` within 0.05 s, the 70B folder within 0.1 s;
+no stall over 100 ms; memory flat over re-opens. The machine's load is printed: on a loaded machine the wall figures
+measure the scheduler too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def make_files(folder: str) -> dict[str, str]:
+    import torch
+
+    import bench_scale
+
+    os.makedirs(folder, exist_ok=True)
+    files = {"50k .pt": os.path.join(folder, "many_50k.pt"), "2 GB .pt": os.path.join(folder, "big_2k.pt"),
+             "70B folder": os.path.join(folder, "llama70b")}
+    if not os.path.exists(files["50k .pt"]):
+        many = {f"blocks.{i // 10}.sub.{i % 10}.weight": torch.full((4, 16), float(i)) for i in range(50_000)}
+        torch.save(many, files["50k .pt"] + ".tmp")
+        os.replace(files["50k .pt"] + ".tmp", files["50k .pt"])
+    if not os.path.exists(files["2 GB .pt"]):
+        big = {f"layers.{i // 8}.block.{i % 8}.weight": torch.full((512, 512), float(i)) for i in range(2000)}
+        torch.save(big, files["2 GB .pt"] + ".tmp")
+        os.replace(files["2 GB .pt"] + ".tmp", files["2 GB .pt"])
+    bench_scale.make_checkpoint(files["70B folder"], 30)
+    return files
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class Stopwatch:
+    """Ticks on the GUI thread every 5 ms; remembers the largest gap since ``reset``."""
+
+    def __init__(self, app):
+        from PySide6.QtCore import QTimer
+        self.last = time.perf_counter()
+        self.worst = 0.0
+        self.timer = QTimer()
+        self.timer.setInterval(5)
+        self.timer.timeout.connect(self.tick)
+        self.timer.start()
+
+    def tick(self):
+        now = time.perf_counter()
+        self.worst = max(self.worst, now - self.last)
+        self.last = now
+
+    def reset(self):
+        self.last = time.perf_counter()
+        self.worst = 0.0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dir", default="/tmp/sde-window-scale")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--reopens", type=int, default=5)
+    args = ap.parse_args(argv)
+
+    files = make_files(args.dir)
+    from PySide6.QtCore import QEvent, QObject, QSettings
+    from PySide6.QtWidgets import QApplication
+
+    from explorer.qt.main_window import MainWindow
+    from explorer.session.compare import LEFT
+
+    app = QApplication.instance() or QApplication([])
+    settings = QSettings(os.path.join(args.dir, "settings.ini"), QSettings.IniFormat)
+    settings.clear()
+    win = MainWindow(settings)
+    win.resize(1400, 860)
+    win.show()
+    watch = Stopwatch(app)
+
+    painted = {"at": None, "armed": False}
+
+    class PaintSpy(QObject):
+        def eventFilter(self, obj, event):
+            if event.type() == QEvent.Paint and painted["armed"] and painted["at"] is None:
+                painted["at"] = time.perf_counter()
+            return False
+
+    spy = PaintSpy()
+    win.compare.left.viewport().installEventFilter(spy)
+    win.sig_comparison_ready.connect(lambda: painted.update(armed=True))
+
+    def wait(pred, limit=120.0):
+        t_end = time.perf_counter() + limit
+        while not pred():
+            app.processEvents()
+            time.sleep(0.001)
+            if time.perf_counter() > t_end:
+                raise SystemExit(f"timed out waiting ({limit} s)")
+
+    wait(win.is_idle, 60)
+    t_w = time.perf_counter() + 3.0           # let the compute process finish starting (it imports torch)
+    wait(lambda: time.perf_counter() > t_w)
+
+    def open_once(path: str) -> tuple[float, float]:
+        painted.update(at=None, armed=False)
+        wait(win.is_idle)
+        watch.reset()
+        t0 = time.perf_counter()
+        win.open_path(LEFT, path)
+        wait(lambda: painted["at"] is not None and win.is_idle())
+        return painted["at"] - t0, watch.worst
+
+    print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    order = list(files) * args.runs
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in files}
+    for name in order:
+        results[name].append(open_once(files[name]))
+    targets = {"50k .pt": 0.25, "2 GB .pt": 0.05, "70B folder": 0.1}
+    print(f"{'file':<12} {'open -> tree painted (median, best) s':>40} {'target':>8} {'worst GUI stall ms':>20}")
+    for name, rows in results.items():
+        times = [t for t, _ in rows]
+        stall = max(s for _, s in rows)
+        print(f"{name:<12} {statistics.median(times):>30.3f}  {min(times):>7.3f} {targets[name]:>8.2f} "
+              f"{stall * 1000:>20.0f}")
+
+    rss = [rss_mb()]
+    for _ in range(args.reopens):
+        open_once(files["50k .pt"])
+        rss.append(rss_mb())
+    print("window RSS over re-opens of the 50k .pt (MB): " + " -> ".join(f"{r:.0f}" for r in rss)
+          + f"  (growth per open after the first: {(rss[-1] - rss[1]) / max(1, args.reopens - 1):.1f} MB)")
+    win.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
