@@ -84,9 +84,13 @@ class Tree:
         node = self.by_key.get(key)
         if node is None:
             node = self.root
+            by_path = self.by_path
             for part in key.split("."):
-                node = node.child(part) or node._add(part)
-                self.by_path.setdefault(node.path, node)
+                found = node._index.get(part)
+                if found is None:
+                    found = node._add(part)
+                    by_path.setdefault(found.path, found)   # the first node of a path keeps it ("" is the root's)
+                node = found
             node.key = key
             self.by_key[key] = node
         if data is not None:
@@ -95,10 +99,18 @@ class Tree:
 
     def finish(self) -> "Tree":
         """Order numeric siblings numerically and number rows."""
-        for node in self.root.walk():
-            node.children = _numeric_order(node.children)
-            for row, child in enumerate(node.children):
+        stack = [self.root]
+        pop, push = stack.pop, stack.extend
+        while stack:
+            node = pop()
+            children = node.children
+            if not children:
+                continue
+            if len(children) > 1:
+                children = node.children = _numeric_order(children)
+            for row, child in enumerate(children):
                 child.row = row
+            push(children)
         return self
 
     def __len__(self) -> int:

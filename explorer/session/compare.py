@@ -221,21 +221,28 @@ class Comparison:
                 md = self.modules.get(name)
                 if md is not None:
                     md.classes[i] = mi.class_name
-        for key, row in self.rows.items():
-            parts = key.split(".")
-            for i, info in enumerate((row.left, row.right)):
-                if info is None:
-                    continue
-                prefix = ""
-                md = self.modules[""]
-                md.present[i] += 1
-                md.nbytes[i] += info.nbytes
-                for p in parts[:-1]:
-                    prefix = f"{prefix}.{p}" if prefix else p
-                    md = self.modules.get(prefix)
-                    if md is not None:
-                        md.present[i] += 1
-                        md.nbytes[i] += info.nbytes
+        # tensors and bytes below each module: children before parents, each node once (not once per key and level)
+        modules, below = self.modules, {}
+        for node in reversed(list(tree.root.walk())):
+            p0 = p1 = b0 = b1 = 0
+            children = node.children
+            for child in children:
+                q0, q1, c0, c1 = below.pop(child)
+                p0, p1, b0, b1 = p0 + q0, p1 + q1, b0 + c0, b1 + c1
+            leaf = node.key is not None
+            md = modules.get(node.path) if children or not leaf else None
+            if md is not None:
+                md.present[0] += p0
+                md.present[1] += p1
+                md.nbytes[0] += b0
+                md.nbytes[1] += b1
+            if leaf:
+                row = node.data
+                if row.left is not None:
+                    p0, b0 = p0 + 1, b0 + row.left.nbytes
+                if row.right is not None:
+                    p1, b1 = p1 + 1, b1 + row.right.nbytes
+            below[node] = (p0, p1, b0, b1)
 
     def recount(self) -> None:
         for md in self.modules.values():
