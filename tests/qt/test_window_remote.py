@@ -1,0 +1,173 @@
+"""The window on checkpoints by URL, against a real HTTP server on 127.0.0.1 (tests/core/remote_server.py, which
+also answers the Hub's routes for hf://): File → Open URL…, URLs on the command line, a server's refusals shown
+inline."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PySide6.QtGui import QImage
+from safetensors.torch import save_file
+
+from explorer.core.demo_models import MyBatchNormModel
+from explorer.core.remote import backends, mirror
+from explorer.session import compare as C
+from explorer.session import compute_process as cp
+
+from .conftest import open_both
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "core"))
+from remote_server import Server  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _state_dict(seed: int) -> dict:
+    torch.manual_seed(seed)
+    sd = dict(MyBatchNormModel().state_dict())
+    sd["extra.big"] = torch.randn(1000, 300)          # 1.2 MB: statistics in the compute process
+    return sd
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory):
+    """A server holding a.safetensors and a.pt (also as the Hub repository hf://org/repo); the local copies and b.pt
+    in ``srv.local``. The parse and compute processes are started anew here, so they read the same cache and Hub
+    endpoint as the window (a child sees the environment it was started with)."""
+    tmp = tmp_path_factory.mktemp("remote_window")
+    local = tmp / "local"
+    local.mkdir()
+    sd = _state_dict(0)
+    save_file(sd, str(local / "a.safetensors"))
+    torch.save(sd, local / "a.pt")
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}, local / "b.pt")
+    with pytest.MonkeyPatch.context() as mp, Server() as server:
+        mp.setenv("XDG_CACHE_HOME", str(tmp / "cache"))
+        mp.setenv("HF_ENDPOINT", server.base)
+        mp.setenv("HF_TOKEN", "hf_test_token")
+        mp.setattr(mirror, "BACKOFF", 0.01)
+        mp.setattr(backends, "TIMEOUT", 5.0)
+        parse, compute = cp.ComputeProcess(nice=0), cp.ComputeProcess()
+        mp.setattr(cp, "_PARSE_ENGINE", parse)
+        mp.setattr(cp, "_ENGINE", compute)
+        for name in ("a.safetensors", "a.pt"):
+            data = (local / name).read_bytes()
+            server.served.files[f"/{name}"] = data
+            server.served.files[f"/org/repo/{name}"] = data
+        server.served.lfs.add("/org/repo/a.safetensors")
+        server.local = local
+        server.fresh_count = 0
+        try:
+            yield server
+        finally:
+            parse.shutdown()
+            compute.shutdown()
+            mirror.close_all()
+
+
+def fresh_url(srv, name: str) -> str:
+    """A URL of ``name`` never fetched before (a new path: a new mirror, nothing of it in the cache)."""
+    srv.fresh_count += 1
+    path = f"/fresh{srv.fresh_count}/{name}"
+    srv.served.files[path] = srv.served.files[f"/{name}"]
+    return srv.url(path)
+
+
+def row_table(comp: C.Comparison, side: int) -> dict:
+    return {k: (tuple(r.info(side).shape), str(r.info(side).dtype)) for k, r in comp.rows.items()
+            if r.info(side) is not None}
+
+
+# ---- opening -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("where", ["/a.safetensors", "/a.pt", "hf://org/repo/a.safetensors"])
+def test_a_url_gives_the_rows_of_the_local_file_and_the_same_values(qtbot, make_window, srv, where):
+    url = where if where.startswith("hf://") else srv.url(where)
+    local = srv.local / ("a.pt" if where.endswith(".pt") else "a.safetensors")
+    w = make_window()
+    open_both(qtbot, w, url, local)
+    comp = w.comparison
+    assert set(comp.rows) == set(_state_dict(0))                   # the keys torch saved
+    assert row_table(comp, C.LEFT) == row_table(comp, C.RIGHT)     # shapes and dtypes as the local copy's
+    qtbot.waitUntil(lambda: all(comp.status(r) == C.IDENTICAL for r in comp.rows.values()), timeout=30000)
+    assert w.sides[0].text == url and w.sides[0].label.endswith(local.name)
+    assert url in w.compare.left_header.path.toolTip()
+
+
+def test_open_url_dialog_opens_the_url_in_the_pane_chosen(qtbot, make_window, srv):
+    w = make_window()
+    w.open_path(0, str(srv.local / "b.pt"))
+    qtbot.waitUntil(lambda: w.sides[0] is not None and w.is_idle(), timeout=30000)
+    w.act_open_url.trigger()
+    dialog = w.url_dialog
+    assert dialog.isVisible() and dialog.side() == 1          # the left pane is taken: the right one is offered
+    dialog.edit.setText("model.safetensors")                  # not a URL: said in the dialog, which stays open
+    dialog.accept()
+    assert dialog.isVisible() and "not a URL" in dialog.error.text() and w.sides[1] is None
+    url = srv.url("/a.safetensors")
+    dialog.edit.setText(f"  {url} ")
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=30000) as blocker:
+        dialog.accept()
+        assert not dialog.isVisible()
+    assert blocker.args == [1] and w.sides[1].text == url
+
+
+@pytest.mark.parametrize("how", ["404", "403", "no range"])
+def test_a_refused_url_keeps_the_pane_as_it_was_and_names_the_url(qtbot, make_window, srv, how):
+    w = make_window()
+    w.open_path(0, str(srv.local / "b.pt"))
+    qtbot.waitUntil(lambda: w.sides[0] is not None and w.is_idle(), timeout=30000)
+    before = w.sides[0]
+    if how == "404":
+        url, says = srv.url("/gone.safetensors"), "not found (HTTP 404)"
+    elif how == "403":
+        url, says = fresh_url(srv, "a.safetensors"), "access denied (HTTP 403)"
+        srv.served.status[url[len(srv.base):]] = 403
+    else:
+        url, says = fresh_url(srv, "a.safetensors"), "does not support range requests"
+        srv.served.ranges = False
+    try:
+        with qtbot.waitSignal(w.sig_load_failed, timeout=30000) as blocker:
+            w.open_path(0, url)
+    finally:
+        srv.served.ranges = True
+    side, message = blocker.args
+    assert side == 0 and message.startswith(f"{url}: ") and says in message and "\n" not in message
+    assert w.sides[0] is before and w.compare.left_header.path.toolTip() == str(srv.local / "b.pt")
+    assert w.compare.left_header.error.text() == f"⚠ {message}"
+    assert w.unmet_requests() == [f"the left side did not open ({message})"]
+
+
+# ---- the command line ----------------------------------------------------------------------------------------------
+
+def test_screenshot_of_a_url_and_a_local_file(srv, tmp_path):
+    url = srv.url("/a.safetensors")
+    out = tmp_path / "u.png"
+    env = dict(os.environ, QT_QPA_PLATFORM="offscreen", XDG_CONFIG_HOME=str(tmp_path / "config"))
+    r = subprocess.run([sys.executable, "main.py", url, str(srv.local / "a.safetensors"), "--select", "extra.big",
+                        "--screenshot", str(out), "--settings", str(tmp_path / "s.ini")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr
+    assert QImage(str(out)).width() == 1400
+
+
+def test_a_url_is_read_first_in_the_parse_process_within_its_time_limit(qtbot, make_window, srv):
+    """A server that answers too slowly is a parse past the limit: stopped and said, the window keeps its side."""
+    w = make_window()
+    w.open_path(0, str(srv.local / "b.pt"))
+    qtbot.waitUntil(lambda: w.sides[0] is not None and w.is_idle(), timeout=30000)
+    w.parse_timeout_s = 1.0
+    url = fresh_url(srv, "a.pt")
+    srv.served.latency = 0.6          # a HEAD and a first range: past the limit
+    try:
+        with qtbot.waitSignal(w.sig_load_failed, timeout=30000) as blocker:
+            w.open_path(0, url)
+    finally:
+        srv.served.latency = 0.0
+    side, message = blocker.args
+    assert side == 0 and message.startswith(f"{url}: reading it did not finish within 1 s and was stopped")
+    assert w.sides[0].text == str(srv.local / "b.pt")
