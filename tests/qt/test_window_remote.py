@@ -1,6 +1,6 @@
 """The window on checkpoints by URL, against a real HTTP server on 127.0.0.1 (tests/core/remote_server.py, which
-also answers the Hub's routes for hf://): File → Open URL…, URLs on the command line, a server's refusals shown
-inline."""
+also answers the Hub's routes for hf://): File → Open URL…, URLs on the command line, dropped URLs, a server's
+refusals shown inline."""
 from __future__ import annotations
 
 import os
@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from PySide6.QtGui import QImage
+from PySide6.QtCore import QMimeData, QPointF, Qt, QUrl
+from PySide6.QtGui import QDragEnterEvent, QDropEvent, QImage
 from safetensors.torch import save_file
 
 from explorer.core.demo_models import MyBatchNormModel
@@ -140,6 +141,43 @@ def test_a_refused_url_keeps_the_pane_as_it_was_and_names_the_url(qtbot, make_wi
     assert w.sides[0] is before and w.compare.left_header.path.toolTip() == str(srv.local / "b.pt")
     assert w.compare.left_header.error.text() == f"⚠ {message}"
     assert w.unmet_requests() == [f"the left side did not open ({message})"]
+
+
+# ---- drops ---------------------------------------------------------------------------------------------------------
+
+def _drop(widget, mime, pos) -> bool:
+    enter = QDragEnterEvent(pos, Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    enter.setAccepted(False)
+    widget.dragEnterEvent(enter)
+    if not enter.isAccepted():
+        return False
+    event = QDropEvent(QPointF(pos), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    event.setAccepted(False)
+    widget.dropEvent(event)
+    return event.isAccepted()
+
+
+def test_a_dropped_url_opens_like_a_dropped_file(qtbot, make_window, srv):
+    w = make_window()
+    url = srv.url("/a.safetensors")
+    mime = QMimeData()
+    mime.setUrls([QUrl(url)])                                   # text/uri-list, as a browser's link drag gives
+    assert mime.hasFormat("text/uri-list")
+    cv = w.compare
+    right = cv.panels[2]
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=30000) as blocker:
+        assert _drop(cv, mime, right.mapTo(cv, right.rect().center()))
+    assert blocker.args == [1] and w.sides[1].text == url and w.sides[0] is None
+    text = QMimeData()
+    text.setText(f"{srv.url('/a.pt')}\n")                       # plain text holding a URL, dropped on the window
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=30000) as blocker:
+        assert _drop(w, text, w.rect().center())
+    assert blocker.args == [0] and w.sides[0].text == srv.url("/a.pt")
+    qtbot.waitUntil(lambda: w.comparison is not None and w.comparison.left is not None
+                    and w.comparison.right is not None, timeout=30000)
+    words = QMimeData()
+    words.setText("not a url, just words")
+    assert not _drop(cv, words, cv.rect().center())
 
 
 # ---- the command line ----------------------------------------------------------------------------------------------
