@@ -121,7 +121,7 @@ def fill_recent_menu(w) -> None:
     if not files:
         a = menu.addAction("(none yet)")
         a.setEnabled(False)
-    for path in files:
-        sub = menu.addMenu(path)
+    for path in files:       # paths and URLs as written ("&" doubled: a URL's query must not become a mnemonic)
+        sub = menu.addMenu(path.replace("&", "&&"))
         sub.addAction("Open left", lambda p=path: w.open_path(LEFT, p))
         sub.addAction("Open right", lambda p=path: w.open_path(RIGHT, p))

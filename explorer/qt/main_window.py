@@ -8,7 +8,7 @@ import os
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
 
-from ..core.remote.files import basename
+from ..core.remote.files import basename, is_remote
 from ..session import compare as C
 from ..session import jobs, series_job
 from ..session.compare import LEFT, RIGHT, Pane
@@ -137,7 +137,8 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
 
     # ---- opening -----------------------------------------------------------------------------------------------
     def ask_open(self, side: int) -> None:
-        start = os.path.dirname(self.recent_files()[0]) if self.recent_files() else ""
+        local = [p for p in self.recent_files() if not is_remote(p)]    # a URL has no folder to start in
+        start = os.path.dirname(local[0]) if local else ""
         path = dialogs.checkpoint_path(self, Pane(side).word, start)
         if path:
             self.open_path(side, path)

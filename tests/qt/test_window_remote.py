@@ -1,6 +1,6 @@
 """The window on checkpoints by URL, against a real HTTP server on 127.0.0.1 (tests/core/remote_server.py, which
-also answers the Hub's routes for hf://): File → Open URL…, URLs on the command line, dropped URLs, a server's
-refusals shown inline."""
+also answers the Hub's routes for hf://): File → Open URL…, URLs on the command line, dropped URLs, recent URLs, a
+server's refusals shown inline."""
 from __future__ import annotations
 
 import os
@@ -178,6 +178,33 @@ def test_a_dropped_url_opens_like_a_dropped_file(qtbot, make_window, srv):
     words = QMimeData()
     words.setText("not a url, just words")
     assert not _drop(cv, words, cv.rect().center())
+
+
+# ---- recent files --------------------------------------------------------------------------------------------------
+
+def test_recent_files_keep_a_url_and_reopen_it(qtbot, make_window, srv):
+    url = srv.url("/a.safetensors")
+    w = make_window("recent.ini")
+    open_both(qtbot, w, url, srv.local / "b.pt")
+    assert set(w.recent_files()[:2]) == {url, str(srv.local / "b.pt")}
+    w.close()
+    w2 = make_window("recent.ini")                               # the next session, same settings file
+    assert url in w2.recent_files()
+    w2.fill_recent_menu()
+    menus = {a.text(): a.menu() for a in w2.recent_menu.actions() if a.menu() is not None}
+    assert url in menus                                         # listed as written, not dropped for not being a file
+    open_right = next(a for a in menus[url].actions() if a.text() == "Open right")
+    with qtbot.waitSignal(w2.sig_side_loaded, timeout=30000) as blocker:
+        open_right.trigger()
+    assert blocker.args == [1] and w2.sides[1].text == url
+    w2.act_open_url.trigger()                                   # the dialog offers the recent URL
+    assert w2.url_dialog.edit.text() == url
+    w2.url_dialog.reject()
+    signed = "https://example.org/m.safetensors?X-Amz-Expires=60&X-Amz-Signature=ab"
+    w2.history.add_file(signed)
+    w2.fill_recent_menu()
+    titles = [a.text() for a in w2.recent_menu.actions()]
+    assert titles[0] == signed.replace("&", "&&") and url in titles      # shown whole, never a mnemonic
 
 
 # ---- the command line ----------------------------------------------------------------------------------------------
