@@ -217,6 +217,7 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         self.rename, self.remap = {}, None
         self.compare.left_header.set_side(self.sides[LEFT])
         self.compare.right_header.set_side(self.sides[RIGHT])
+        self.reset_transfers()
         self.rebuild()
 
     def _on_dropped(self, side, paths: list[str]) -> None:
@@ -284,6 +285,7 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         if comp is not self.comparison:
             return
         comp.apply_diff(report)
+        self.refresh_transfers()      # the diff read every tensor's values
         self._statuses_changed()
         self._auto_select()      # files differing only in values: the first changed key, not an empty pane
 

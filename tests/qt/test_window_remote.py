@@ -1,6 +1,6 @@
 """The window on checkpoints by URL, against a real HTTP server on 127.0.0.1 (tests/core/remote_server.py, which
 also answers the Hub's routes for hf://): File → Open URL…, URLs on the command line, dropped URLs, recent URLs, a
-server's refusals shown inline."""
+server's refusals shown inline, and the bytes transferred in the status bar (equal to what the server sent)."""
 from __future__ import annotations
 
 import os
@@ -18,6 +18,7 @@ from explorer.core.demo_models import MyBatchNormModel
 from explorer.core.remote import backends, mirror
 from explorer.session import compare as C
 from explorer.session import compute_process as cp
+from explorer.session.remote_bytes import Tally, size_text, status_text
 
 from .conftest import open_both
 
@@ -205,6 +206,53 @@ def test_recent_files_keep_a_url_and_reopen_it(qtbot, make_window, srv):
     w2.fill_recent_menu()
     titles = [a.text() for a in w2.recent_menu.actions()]
     assert titles[0] == signed.replace("&", "&&") and url in titles      # shown whole, never a mnemonic
+
+
+# ---- bytes transferred ---------------------------------------------------------------------------------------------
+
+def test_the_status_bar_shows_the_bytes_transferred_for_a_remote_side_only(qtbot, make_window, srv):
+    w = make_window()
+    w.open_path(0, str(srv.local / "b.pt"))
+    qtbot.waitUntil(lambda: w.sides[0] is not None and w.is_idle(), timeout=30000)
+    assert w.transfer_text() == "" and not w.transfer_label.isVisible()      # a local side: nothing said
+    url = fresh_url(srv, "a.safetensors")
+    sent = srv.served.sent
+    w.open_path(0, url)                                         # one side: no diff, no value read
+    qtbot.waitUntil(lambda: w.is_idle() and url in w.transfer_text(), timeout=30000)
+    header = w.transfers.total(0)
+    assert 0 < header == srv.served.sent - sent <= 2 * mirror.BLOCK < len(srv.served.files["/a.safetensors"])
+    assert w.transfer_text() == f"{url} — {size_text(header)} transferred" and w.transfer_label.isVisible()
+    # the statistics of a large tensor read its range in the compute process; the figure follows
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=60000):
+        w.compare.select_path("extra.big")
+    qtbot.waitUntil(lambda: w.is_idle() and w.transfers.total(0) > header, timeout=30000)
+    moved = w.transfers.total(0)
+    assert moved == srv.served.sent - sent and 1_200_000 <= moved < 1_200_000 + 3 * mirror.BLOCK
+    # a small one's in the window's own process
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=60000):
+        w.compare.select_path("linear.weight")
+    qtbot.waitUntil(lambda: w.is_idle() and w.transfers.total(0) == srv.served.sent - sent, timeout=30000)
+    # a local file on the other side: said of the remote side only
+    w.open_path(1, str(srv.local / "b.pt"))
+    qtbot.waitUntil(lambda: w.sides[1] is not None and w.comparison.right is not None and w.is_idle(),
+                    timeout=30000)
+    total = w.transfers.total(0)
+    assert total == srv.served.sent - sent
+    assert w.transfer_text() == f"{url} — {size_text(total)} transferred"
+
+
+def test_tally_keeps_a_restarted_processs_count():
+    t = Tally()
+    t.update({"window": {0: 10}, "compute": {0: 500}})
+    t.update({"compute": {0: 700}})
+    assert t.total(0) == 710
+    t.update({"compute": {0: 30}})        # the compute process restarted: its earlier 700 stay counted
+    assert t.total(0) == 740
+    t.reset(0)
+    assert t.total(0) == 0
+    assert size_text(970_123) == "0.97 MB" and size_text(512) == "512 bytes"
+    assert status_text({0: "hf://org/repo/model.safetensors", 1: "/tmp/b.pt"}, {0: 970_123}) == \
+        "hf://org/repo/model.safetensors — 0.97 MB transferred"
 
 
 # ---- the command line ----------------------------------------------------------------------------------------------
