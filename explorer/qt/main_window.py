@@ -194,7 +194,8 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         header = self.compare.left_header if side == LEFT else self.compare.right_header
         if is_expected(exc):
             header.set_error(f"⚠ {msg}")
-            self.statusBar().showMessage(f"Could not open {text}: {msg}", 15000)
+            said = msg if msg.startswith(f"{text}: ") else f"{text}: {msg}"    # the message names it already
+            self.statusBar().showMessage(f"Could not open {said}", 15000)
         else:
             header.set_error(f"⚠ unexpected error opening {basename(text)} (details in the dialog)")
             show_error_dialog(self, f"Opening {text} ({Pane(side).word} pane)", exc)

@@ -141,6 +141,7 @@ def test_a_refused_url_keeps_the_pane_as_it_was_and_names_the_url(qtbot, make_wi
     assert side == 0 and message.startswith(f"{url}: ") and says in message and "\n" not in message
     assert w.sides[0] is before and w.compare.left_header.path.toolTip() == str(srv.local / "b.pt")
     assert w.compare.left_header.error.text() == f"⚠ {message}"
+    assert w.statusBar().currentMessage() == f"Could not open {message}"      # the URL said once
     assert w.unmet_requests() == [f"the left side did not open ({message})"]
 
 
