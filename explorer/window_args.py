@@ -8,8 +8,9 @@ import argparse
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python main.py", description="State-Dict Explorer: the window. "
                                 "(Command-line tools: python main.py inspect|simulate|diff|stats --help)")
-    p.add_argument("left", nargs="?", help="checkpoint file or folder, or model spec, for the left pane")
-    p.add_argument("right", nargs="?", help="checkpoint file or folder for the right pane")
+    p.add_argument("left", nargs="?", help="checkpoint file, folder or URL (http(s)://, hf://ORG/REPO[@REV]/PATH, "
+                   "s3://, gs://), or model spec, for the left pane")
+    p.add_argument("right", nargs="?", help="checkpoint file, folder or URL for the right pane")
     p.add_argument("--model", metavar="SPEC", help="model for the left pane: MODULE:CALLABLE, file.py:CALLABLE or "
                    "demo:NAME (the positional paths then fill the right pane)")
     p.add_argument("--simulate", action="store_true", help="simulate load_state_dict(right) into the left model")

@@ -30,6 +30,8 @@ def install_actions(w) -> None:
                            "Open a checkpoint file in the right pane")
     w.act_folder_left = act("Open folder left…", lambda: w.ask_open_folder(LEFT))
     w.act_folder_right = act("Open folder right…", lambda: w.ask_open_folder(RIGHT))
+    w.act_open_url = act("Open &URL…", lambda: w.ask_url(), "Ctrl+U",
+                         "Open a checkpoint by URL: http(s)://, hf://ORG/REPO/PATH, s3://, gs:// (read in ranges)")
     w.act_open_model = act("Open &model…", w.ask_model, "Ctrl+M",
                            "Build a model from MODULE:CALLABLE, file.py:CALLABLE or demo:NAME")
     w.act_swap = act("&Swap sides", w.swap_sides, None, "Exchange the left and right panes")
@@ -72,7 +74,8 @@ def _ask_run(w) -> None:
 def _build_menus(w) -> None:
     mb = w.menuBar()
     m = mb.addMenu("&File")
-    for a in (w.act_open_left, w.act_open_right, w.act_folder_left, w.act_folder_right, w.act_open_model):
+    for a in (w.act_open_left, w.act_open_right, w.act_folder_left, w.act_folder_right, w.act_open_url,
+              w.act_open_model):
         m.addAction(a)
     w.recent_menu = m.addMenu("Open &recent")
     w.recent_menu.aboutToShow.connect(w.fill_recent_menu)
@@ -118,7 +121,7 @@ def fill_recent_menu(w) -> None:
     if not files:
         a = menu.addAction("(none yet)")
         a.setEnabled(False)
-    for path in files:
-        sub = menu.addMenu(path)
+    for path in files:       # paths and URLs as written ("&" doubled: a URL's query must not become a mnemonic)
+        sub = menu.addMenu(path.replace("&", "&&"))
         sub.addAction("Open left", lambda p=path: w.open_path(LEFT, p))
         sub.addAction("Open right", lambda p=path: w.open_path(RIGHT, p))

@@ -1,16 +1,17 @@
 """The two aligned panes and the status column between them.
 
 Three ``QTreeView``s show one ``StateTreeModel`` (left columns | status | right columns) and share one selection
-model, so a row is the same index in all three; expanding, collapsing and scrolling are mirrored. Drops of files or
-folders land here: one onto a pane opens it there, two fill both panes.
+model, so a row is the same index in all three; expanding, collapsing and scrolling are mirrored. Drops of files,
+folders or checkpoint URLs land here: one onto a pane opens it there, two fill both panes.
 """
 from __future__ import annotations
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, Qt, QUrl, Signal
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter,
                                QToolButton, QTreeView, QVBoxLayout, QWidget)
 
+from ..core.remote.files import is_remote
 from ..session import compare as C
 from ..session.compare import LEFT, RIGHT
 from .tree_model import (COLUMNS, LEFT_COLUMNS, NAME_COLUMN, RIGHT_COLUMNS, STATUS_COLUMN, NodeRole, StateTreeModel,
@@ -20,12 +21,20 @@ HEADER_HEIGHT = 62   # every panel's header has this height, so the three views 
 
 
 def urls_to_paths(mime) -> list[str]:
-    if mime is None or not mime.hasUrls():
+    """What a drag carries that a pane opens: local files and folders as paths, checkpoint URLs (``http(s)://``,
+    ``hf://``, ``s3://``, ``gs://``) as written, from a ``text/uri-list`` or else from plain text holding them (a link
+    dragged from a browser's address bar, or from a terminal)."""
+    if mime is None:
         return []
     out = []
-    for url in mime.urls():
-        if url.isLocalFile():
-            out.append(url.toLocalFile())
+    if mime.hasUrls():
+        for url in mime.urls():
+            if url.isLocalFile():
+                out.append(url.toLocalFile())
+            elif is_remote(url.toString(QUrl.FullyEncoded)):
+                out.append(url.toString(QUrl.FullyEncoded))
+    if not out and mime.hasText():
+        out = [word for word in mime.text().split() if is_remote(word)]
     return out
 
 

@@ -1,7 +1,12 @@
-"""The window's file and input dialogs: each returns what the user chose ("" when cancelled)."""
+"""The window's file and input dialogs: each function returns what the user chose ("" when cancelled); the URL dialog
+says it with a signal."""
 from __future__ import annotations
 
-from PySide6.QtWidgets import QFileDialog, QInputDialog
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (QCompleter, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
+                               QLineEdit, QRadioButton, QVBoxLayout)
+
+from ..core.remote.files import is_remote
 
 CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.bin *.ckpt *.safetensors *.json *.tar);;All files (*)"
 EXPORT_FILTER = "safetensors (*.safetensors);;PyTorch checkpoint (*.pt *.pth)"
@@ -26,3 +31,69 @@ def model_spec(parent, history: list[str]) -> str:
 def export_path(parent, suggested: str) -> str:
     path, _ = QFileDialog.getSaveFileName(parent, "Export the fixed checkpoint", suggested, EXPORT_FILTER)
     return path
+
+
+URL_HELP = ("A checkpoint by URL, read in ranges (only the header until values are asked for):\n"
+            "http(s)://HOST/PATH/model.safetensors (the server must answer Range requests), "
+            "hf://ORG/REPO[@REV]/PATH, s3://BUCKET/KEY, gs://BUCKET/KEY")
+NOT_A_URL = ("not a URL this window reads — write http(s)://…, hf://ORG/REPO/PATH, s3://BUCKET/KEY or "
+             "gs://BUCKET/KEY (File → Open for a file on this machine)")
+
+
+class OpenUrlDialog(QDialog):
+    """File → Open URL…: a URL (recent ones offered as you type) and the pane to open it in. Shown with ``open()``
+    (no nested event loop over running workers); ``sig_chosen(side, url)`` once the user confirms a URL."""
+
+    sig_chosen = Signal(int, str)
+
+    def __init__(self, parent, side: int, recent: list[str]):
+        super().__init__(parent)
+        self.setWindowTitle("Open a checkpoint by URL")
+        self.setObjectName("OpenUrlDialog")
+        self.edit = QLineEdit()
+        self.edit.setPlaceholderText("https://…/model.safetensors   hf://ORG/REPO/model.safetensors")
+        self.edit.setMinimumWidth(520)
+        self.edit.setClearButtonEnabled(True)
+        self.edit.setCompleter(QCompleter(recent, self))
+        if recent:
+            self.edit.setText(recent[0])
+            self.edit.selectAll()
+        self.left = QRadioButton("Left pane")
+        self.right = QRadioButton("Right pane")
+        (self.left if side == 0 else self.right).setChecked(True)
+        self.error = QLabel("")
+        self.error.setStyleSheet("color: #C0392B;")
+        self.error.setWordWrap(True)
+        self.error.hide()
+        self.edit.textChanged.connect(lambda _: self.error.hide())
+        buttons = QDialogButtonBox(QDialogButtonBox.Open | QDialogButtonBox.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        help_label = QLabel(URL_HELP)
+        help_label.setWordWrap(True)
+        help_label.setStyleSheet("color: palette(mid);")
+        sides = QHBoxLayout()
+        sides.addWidget(self.left)
+        sides.addWidget(self.right)
+        sides.addStretch(1)
+        lay = QVBoxLayout(self)
+        lay.addWidget(help_label)
+        lay.addWidget(self.edit)
+        lay.addWidget(self.error)
+        lay.addLayout(sides)
+        lay.addWidget(buttons)
+
+    def side(self) -> int:
+        return 0 if self.left.isChecked() else 1
+
+    def url(self) -> str:
+        return self.edit.text().strip()
+
+    def accept(self) -> None:
+        url = self.url()
+        if not is_remote(url):
+            self.error.setText(NOT_A_URL)
+            self.error.show()
+            return
+        super().accept()
+        self.sig_chosen.emit(self.side(), url)

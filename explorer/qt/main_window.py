@@ -8,6 +8,7 @@ import os
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
 
+from ..core.remote.files import basename, is_remote
 from ..session import compare as C
 from ..session import jobs, series_job
 from ..session.compare import LEFT, RIGHT, Pane
@@ -23,13 +24,14 @@ from .series_view import SeriesView, show_series
 from .errors_ui import is_expected, show_error_dialog
 from .simulate_view import Banner
 from .window_detail import DetailWiring
+from .window_remote import RemoteWiring
 from .window_simulate import SimulationWiring
 from .workers import Runner
 
 BIG_FILTER_RESULT = 5000   # above this many matched keys, the filtered tree is built in a worker
 
 
-class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
+class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
     sig_side_loaded = Signal(int)          # LEFT / RIGHT
     sig_load_failed = Signal(int, str)     # side, message
     sig_comparison_ready = Signal()
@@ -96,6 +98,7 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
 
         install_actions(self)
         self.activity = Activity(self.statusBar(), self.runner.cancel)
+        self._init_remote()
         self.runner.sig_activity.connect(self._update_activity)
         self.runner.sig_progress.connect(self.activity.show_progress)
         self._filter_timer = QTimer(self)
@@ -134,7 +137,8 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
 
     # ---- opening -----------------------------------------------------------------------------------------------
     def ask_open(self, side: int) -> None:
-        start = os.path.dirname(self.recent_files()[0]) if self.recent_files() else ""
+        local = [p for p in self.recent_files() if not is_remote(p)]    # a URL has no folder to start in
+        start = os.path.dirname(local[0]) if local else ""
         path = dialogs.checkpoint_path(self, Pane(side).word, start)
         if path:
             self.open_path(side, path)
@@ -150,14 +154,14 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
             self.open_path(LEFT, spec)
 
     def open_path(self, side: int, text: str, entry=None) -> None:
-        """Open a file, folder or model spec in a pane, in a worker; what was open stays until it succeeds."""
+        """Open a file, folder, URL or model spec in a pane, in a worker; what was open stays until it succeeds."""
         text = os.fspath(text)
         self.banner_clear_message()
         header = self.compare.left_header if side == LEFT else self.compare.right_header
         header.set_error("")
         # parsed first in the compute process, with a time limit: a parse stuck in C code there cannot freeze this
         # window (it would hold the interpreter lock of this process), and is stopped and reported
-        self.runner.start(f"load{side}", f"Opening {os.path.basename(text) or text}…", open_guarded, text,
+        self.runner.start(f"load{side}", f"Opening {basename(text) or text}…", open_guarded, text,
                           entry, timeout_s=self.parse_timeout_s, probe_fn=self.parse_probe,
                           on_result=lambda data: self._side_loaded(side, data),
                           on_error=lambda exc: self._load_failed(side, text, exc))
@@ -190,9 +194,10 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
         header = self.compare.left_header if side == LEFT else self.compare.right_header
         if is_expected(exc):
             header.set_error(f"⚠ {msg}")
-            self.statusBar().showMessage(f"Could not open {text}: {msg}", 15000)
+            said = msg if msg.startswith(f"{text}: ") else f"{text}: {msg}"    # the message names it already
+            self.statusBar().showMessage(f"Could not open {said}", 15000)
         else:
-            header.set_error(f"⚠ unexpected error opening {os.path.basename(text)} (details in the dialog)")
+            header.set_error(f"⚠ unexpected error opening {basename(text)} (details in the dialog)")
             show_error_dialog(self, f"Opening {text} ({Pane(side).word} pane)", exc)
         self.load_failures += 1
         self.failed_sides[side] = msg
@@ -213,6 +218,7 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
         self.rename, self.remap = {}, None
         self.compare.left_header.set_side(self.sides[LEFT])
         self.compare.right_header.set_side(self.sides[RIGHT])
+        self.reset_transfers()
         self.rebuild()
 
     def _on_dropped(self, side, paths: list[str]) -> None:
@@ -280,6 +286,7 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
         if comp is not self.comparison:
             return
         comp.apply_diff(report)
+        self.refresh_transfers()      # the diff read every tensor's values
         self._statuses_changed()
         self._auto_select()      # files differing only in values: the first changed key, not an empty pane
 
@@ -291,7 +298,7 @@ class MainWindow(SimulationWiring, DetailWiring, QMainWindow):
         self._refresh_detail_title()
 
     def _update_title(self) -> None:
-        names = [os.path.basename(s.label) if s and not s.is_model else (s.label if s else "—") for s in self.sides]
+        names = [basename(s.label) if s and not s.is_model else (s.label if s else "—") for s in self.sides]
         self.setWindowTitle(f"{names[0]}  ⇄  {names[1]} — State-Dict Explorer")
 
     # ---- filter ------------------------------------------------------------------------------------------------

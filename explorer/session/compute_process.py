@@ -120,58 +120,74 @@ class ComputeProcess:
         """Run ``fn(*args, **kwargs)`` in the child (``fn``: a module-level function). ``timeout``: seconds from the moment the job is sent;
         past it -- or ``CANCEL_GRACE_S`` after a cancel the job does not heed (a parse stuck in C code never
         checks) -- the child is killed, so a runaway job never holds the caller, the lock or the next job."""
-        name = f"{fn.__module__}.{fn.__qualname__}"
         with self._lock:
-            self.start()
-            self._job += 1
-            job = self._job
-            self._cancel.value = -1
-            self._conn.send((job, (fn.__module__, fn.__qualname__), args, kwargs, partial is not None))
-            sent = time.monotonic()
-            cancelled = False
-            cancelled_at = 0.0
-            while True:
-                if not cancelled and should_stop is not None and should_stop():
-                    self._cancel.value = job   # the child raises Cancelled at its next check
-                    cancelled = True
-                    cancelled_at = time.monotonic()
-                now = time.monotonic()
-                if cancelled and now - cancelled_at > CANCEL_GRACE_S:
-                    self._kill()
-                    raise Cancelled(f"{name}: cancelled (the compute process did not stop; restarted)")
-                if timeout is not None and now - sent > timeout:
-                    self._kill()
-                    raise CallTimeout(f"{name} did not finish within {timeout:g} s")
-                if not self._conn.poll(_CANCEL_POLL_S):
-                    if not self._proc.is_alive():
-                        code = self._proc.exitcode
-                        self._proc = None
-                        raise RuntimeError(f"the compute process died (exit code {code}); it restarts on the "
-                                           "next request")
-                    continue
-                kind, got, payload, text = self._read()
-                if got != job:
-                    continue
-                if kind == "progress":
-                    if progress is not None and not cancelled:
-                        try:
-                            progress(payload, text)
-                        except Cancelled:
-                            self._cancel.value = job
-                            cancelled = True
-                    continue
-                if kind == "partial":
-                    if not cancelled:
-                        partial(payload)
-                    continue
-                if kind == "error":
-                    if isinstance(payload, BaseException):
-                        payload.__traceback_text__ = text  # type: ignore[attr-defined]
-                        raise payload
-                    raise RuntimeError(str(payload))
-                if cancelled:
-                    raise Cancelled(f"{name}: cancelled")
-                return payload
+            return self._call(fn, args, kwargs, progress, should_stop, partial, timeout)
+
+    def call_if_idle(self, fn: Callable[..., Any], *args, timeout: float | None = None, **kwargs) -> Any:
+        """``call`` when the child runs and no other call is in flight; else None at once (never waits for a busy
+        child, never starts one): for questions not worth waiting for, such as the bytes it fetched."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            if self._proc is None or not self._proc.is_alive():
+                return None
+            return self._call(fn, args, kwargs, None, None, None, timeout)
+        finally:
+            self._lock.release()
+
+    def _call(self, fn, args, kwargs, progress, should_stop, partial, timeout) -> Any:
+        """One job's whole conversation with the child (send, poll, progress, cancel, timeout, answer)."""
+        name = f"{fn.__module__}.{fn.__qualname__}"
+        self.start()
+        self._job += 1
+        job = self._job
+        self._cancel.value = -1
+        self._conn.send((job, (fn.__module__, fn.__qualname__), args, kwargs, partial is not None))
+        sent = time.monotonic()
+        cancelled = False
+        cancelled_at = 0.0
+        while True:
+            if not cancelled and should_stop is not None and should_stop():
+                self._cancel.value = job   # the child raises Cancelled at its next check
+                cancelled = True
+                cancelled_at = time.monotonic()
+            now = time.monotonic()
+            if cancelled and now - cancelled_at > CANCEL_GRACE_S:
+                self._kill()
+                raise Cancelled(f"{name}: cancelled (the compute process did not stop; restarted)")
+            if timeout is not None and now - sent > timeout:
+                self._kill()
+                raise CallTimeout(f"{name} did not finish within {timeout:g} s")
+            if not self._conn.poll(_CANCEL_POLL_S):
+                if not self._proc.is_alive():
+                    code = self._proc.exitcode
+                    self._proc = None
+                    raise RuntimeError(f"the compute process died (exit code {code}); it restarts on the "
+                                       "next request")
+                continue
+            kind, got, payload, text = self._read()
+            if got != job:
+                continue
+            if kind == "progress":
+                if progress is not None and not cancelled:
+                    try:
+                        progress(payload, text)
+                    except Cancelled:
+                        self._cancel.value = job
+                        cancelled = True
+                continue
+            if kind == "partial":
+                if not cancelled:
+                    partial(payload)
+                continue
+            if kind == "error":
+                if isinstance(payload, BaseException):
+                    payload.__traceback_text__ = text  # type: ignore[attr-defined]
+                    raise payload
+                raise RuntimeError(str(payload))
+            if cancelled:
+                raise Cancelled(f"{name}: cancelled")
+            return payload
 
     def _kill(self) -> None:
         """Stop the child at once (it restarts on the next request)."""

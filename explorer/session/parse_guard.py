@@ -6,7 +6,8 @@ window's GUI thread included, so no timer, no repaint, no screenshot. So a file 
 process (``compute_process.parse_engine``; not niced like the number-crunching one, as the user waits for it), with a
 time limit; only a file that parses there within it is parsed in the window's process. A parse past the limit is
 stopped (the parse process is killed and restarts on the next request) and reported as an expected error. Model
-specs are not probed: building a model runs the user's own code, once.
+specs are not probed: building a model runs the user's own code, once. A URL is probed too (its header is fetched
+there, into the mirror this process then reads from: a hostile remote pickle is as dangerous as a local one).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
     from explorer.core.model_source import looks_like_model_spec
 
     from . import compare as C
-    if os.path.lexists(text) and not looks_like_model_spec(text):
+    from explorer.core.remote.files import is_remote
+    if (is_remote(text) or os.path.lexists(text)) and not looks_like_model_spec(text):
         from .compute_process import CallTimeout, parse_engine
         try:
             parse_engine().call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
