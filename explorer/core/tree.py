@@ -44,6 +44,11 @@ class Node:
             self.children.append(node)
         return node
 
+    def unlink(self) -> None:
+        """Forget the children (taking a dropped tree apart a slice at a time: ``session/dispose.py``)."""
+        self.children = []
+        self._index = {}
+
     def walk(self) -> Iterator["Node"]:
         """Pre-order, iteratively (trees can be 100k nodes deep in width, and deep in nesting)."""
         stack = [self]

@@ -10,10 +10,10 @@ from PySide6.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
 
 from ..core.remote.files import basename, is_remote
 from ..session import compare as C
-from ..session import jobs, series_job
+from ..session import dispose, jobs, series_job
 from ..session.compare import LEFT, RIGHT, Pane
 from ..session.compute_process import engine
-from ..session.parse_guard import PARSE_TIMEOUT_S, open_guarded, probe
+from ..session.parse_guard import PARSE_TIMEOUT_S, open_guarded, probe, warm_parse_process
 from . import dialogs
 from . import settings as S
 from .actions import fill_recent_menu, install_actions
@@ -116,6 +116,7 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
     def _prewarm(self) -> None:
         """Start the compute process while the user looks at the window (it imports torch: ~1-2 s)."""
         self.runner.start("prewarm", "Starting the compute process…", jobs.start_engine, engine())
+        self.runner.start("prewarm-parse", "Starting the parse process…", warm_parse_process)
 
     # ---- settings ----------------------------------------------------------------------------------------------
     def save_settings(self) -> None:
@@ -252,7 +253,7 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
 
     def _comparison_ready(self, comp: C.Comparison) -> None:
         was_simulated = self.comparison is not None and self.comparison.simulated
-        self.comparison = comp
+        replaced, self.comparison = [self.comparison], comp
         self.detail.clear()
         self.apply_filter(initial=True)
         self._update_title()
@@ -267,6 +268,8 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
             self._simulate_impossible()     # says why at once, and stops waiting for it
         self._auto_select()
         self.sig_comparison_ready.emit()
+        if replaced[0] is not None:     # taken apart in a worker: dropped here, it stalls this thread (see dispose)
+            self.runner.start(f"dispose{id(replaced)}", "", dispose.release, replaced)
 
     def start_diff(self) -> None:
         """Compare values (identical / changed, max |Δ|) in the compute process."""

@@ -34,6 +34,21 @@ def probe(text: str, *, progress=None, should_stop=None) -> None:
     open_cached(text)
 
 
+def warm(*, progress=None, should_stop=None) -> None:
+    """In the parse process: import the readers, so the first open pays only its own parse."""
+    from explorer.core.loaders import readers
+
+    from .detail_compute import open_cached  # noqa: F401 - imported for its imports
+    readers()
+
+
+def warm_parse_process(*, progress=None, should_stop=None) -> None:
+    """Start the parse process and import the readers in it (worker thread; the window does this at start: starting
+    it and importing torch there takes 1.5-2.5 s, which the first File -> Open otherwise waited for)."""
+    from .compute_process import parse_engine
+    parse_engine().call(warm, timeout=120.0, should_stop=should_stop)
+
+
 def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_fn: Callable[..., Any] = probe,
                  progress=None, should_stop=None):
     """``compare.load_side_data(text, entry)`` once ``text`` has parsed in the compute process within ``timeout_s``

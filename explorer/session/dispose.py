@@ -1,0 +1,76 @@
+"""Letting go of a replaced comparison (and of the sides only it still held) a slice at a time, in a worker.
+
+A comparison of 50,000 keys with its side is ~500,000 objects; dropped at once, reference counting frees them in one
+C-level cascade that holds the interpreter lock -- 50-100 ms on the GUI thread for 50,000 keys, seconds for 10**6.
+Here the big containers are emptied a slice at a time with a pause between slices, so the GUI thread gets the lock.
+
+Only what nothing else holds is taken apart: each container's reference count is checked first (a side still shown
+in the other pane, a row the detail pane holds, a job still reading the old comparison keep theirs). Plain Python.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+SLICE = 4096      # objects freed between two pauses (about 1-2 ms of work)
+_OWN = 3          # references to a container we hold alone: its owner's attribute, our local, getrefcount's argument
+
+
+def release(objects: list, *, progress=None, should_stop=None) -> None:
+    """Take apart and drop each object of ``objects`` (the caller's list: it is emptied, so the caller holds none).
+    A cancel is not heeded: what is left would be freed at once on the thread that drops it last."""
+    while objects:
+        obj = objects.pop()
+        if sys.getrefcount(obj) == 2:          # our local and the argument: nobody else can reach it
+            _take_apart(obj, depth=3)
+        del obj
+
+
+def _take_apart(obj, depth: int) -> None:
+    tree = getattr(obj, "tree", None)
+    if tree is not None and sys.getrefcount(tree) == _OWN and hasattr(tree, "root") and hasattr(tree, "by_key"):
+        _take_apart_tree(tree)
+    del tree
+    for name in _attribute_names(obj):
+        value = getattr(obj, name, None)
+        if value is None or sys.getrefcount(value) != _OWN:
+            continue
+        if isinstance(value, (dict, list)):
+            _shrink(value)
+        elif depth > 0 and not isinstance(value, (str, bytes, int, float, tuple)):
+            _take_apart(value, depth - 1)
+        del value
+
+
+def _attribute_names(obj) -> list[str]:
+    names = list(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        slots = cls.__dict__.get("__slots__", ())
+        names.extend([slots] if isinstance(slots, str) else slots)
+    return [n for n in names if n not in ("__dict__", "__weakref__")]
+
+
+def _take_apart_tree(tree) -> None:
+    """A :class:`explorer.core.tree.Tree`: its indexes emptied, then its nodes unlinked and dropped a slice at a time
+    (dropping the root would free every node in one cascade)."""
+    _shrink(tree.by_key)
+    _shrink(tree.by_path)
+    nodes = list(tree.root.walk())
+    for i, node in enumerate(nodes):
+        node.unlink()
+        if i % SLICE == SLICE - 1:
+            time.sleep(0)
+    _shrink(nodes)
+
+
+def _shrink(container) -> None:
+    if isinstance(container, dict):
+        pop = container.popitem
+        while container:
+            for _ in range(min(SLICE, len(container))):
+                pop()
+            time.sleep(0)              # lets the GUI thread take the interpreter lock
+    else:
+        while container:
+            del container[-SLICE:]
+            time.sleep(0)
