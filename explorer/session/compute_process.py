@@ -88,9 +88,11 @@ class ComputeProcess:
         self._cancel = None
         self._job = 0
         self._start_lock = threading.Lock()
+        self.ever_started = False     # a child was started once (it may have been stopped since)
 
     def start(self) -> None:
         with self._start_lock:
+            self.ever_started = True
             if self._proc is not None and self._proc.is_alive():
                 return
             import multiprocessing as mp

@@ -46,7 +46,9 @@ def warm_parse_process(*, progress=None, should_stop=None) -> None:
     """Start the parse process and import the readers in it (worker thread; the window does this at start: starting
     it and importing torch there takes 1.5-2.5 s, which the first File -> Open otherwise waited for)."""
     from .compute_process import parse_engine
-    parse_engine().call(warm, timeout=120.0, should_stop=should_stop)
+    eng = parse_engine()
+    if not eng.ever_started:    # an open got there first: it starts the process itself (and a killed one stays so)
+        eng.call(warm, timeout=120.0, should_stop=should_stop)
 
 
 def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_fn: Callable[..., Any] = probe,
