@@ -43,6 +43,7 @@ class PaneHeader(QFrame):
 
     sig_entry_chosen = Signal(object)       # the chosen entry path (tuple)
     sig_open_clicked = Signal()
+    sig_model_clicked = Signal()            # "use the model its config.json describes"
 
     def __init__(self, title: str, parent=None):
         super().__init__(parent)
@@ -71,10 +72,14 @@ class PaneHeader(QFrame):
         self.open_button = QToolButton()
         self.open_button.setText("Open…")
         self.open_button.clicked.connect(self.sig_open_clicked)
+        self.model_button = QToolButton()       # shown when the checkpoint's folder has a config.json
+        self.model_button.clicked.connect(self.sig_model_clicked)
+        self.model_button.hide()
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.title)
         top.addWidget(self.path, 1)
+        top.addWidget(self.model_button)
         top.addWidget(self.open_button)
         bottom = QHBoxLayout()
         bottom.setContentsMargins(0, 0, 0, 0)
@@ -91,6 +96,13 @@ class PaneHeader(QFrame):
 
     def set_side(self, data: "C.SideData | None") -> None:
         self.error.hide()
+        offer = data.config_model if data is not None and not data.is_model else None
+        self.model_button.setVisible(offer is not None)
+        if offer is not None:
+            self.model_button.setText(f"Its model: {offer[1]}")
+            self.model_button.setToolTip(
+                f"Open the model this folder's config.json describes ({offer[1]}, built with transformers on the meta "
+                f"device: {offer[0]}) as the left side, with this checkpoint on the right — then Simulate load")
         if data is None:
             self._full_path = ""
             self.path.setText("nothing open: drop a checkpoint here, or use File → Open")
@@ -161,6 +173,7 @@ class CompareView(QWidget):
     sig_files_dropped = Signal(object, list)        # side (LEFT / RIGHT / None for "both"), paths
     sig_entry_chosen = Signal(int, object)          # side, entry path
     sig_open_clicked = Signal(int)
+    sig_model_clicked = Signal(int)                 # side whose checkpoint's config.json model is wanted
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -169,6 +182,8 @@ class CompareView(QWidget):
         self.left_header = PaneHeader("Left")
         self.right_header = PaneHeader("Right")
         self.left_header.sig_entry_chosen.connect(lambda e: self.sig_entry_chosen.emit(LEFT, e))
+        self.left_header.sig_model_clicked.connect(lambda: self.sig_model_clicked.emit(LEFT))
+        self.right_header.sig_model_clicked.connect(lambda: self.sig_model_clicked.emit(RIGHT))
         self.right_header.sig_entry_chosen.connect(lambda e: self.sig_entry_chosen.emit(RIGHT, e))
         self.left_header.sig_open_clicked.connect(lambda: self.sig_open_clicked.emit(LEFT))
         self.right_header.sig_open_clicked.connect(lambda: self.sig_open_clicked.emit(RIGHT))

@@ -72,6 +72,7 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         self.compare.sig_files_dropped.connect(self._on_dropped)
         self.compare.sig_entry_chosen.connect(self.choose_entry)
         self.compare.sig_open_clicked.connect(self.ask_open)
+        self.compare.sig_model_clicked.connect(self.open_config_model)
         self.detail = DetailPane()
         self.detail.sig_bins_changed.connect(lambda _: self._request_detail())
 
@@ -166,6 +167,15 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
                           entry, timeout_s=self.parse_timeout_s, probe_fn=self.parse_probe,
                           on_result=lambda data: self._side_loaded(side, data),
                           on_error=lambda exc: self._load_failed(side, text, exc))
+
+    def open_config_model(self, side: int) -> None:
+        """The model a checkpoint's config.json describes, on the left; the checkpoint on the right (one click)."""
+        data = self.sides[side]
+        if data is None or data.config_model is None:
+            return
+        if side == LEFT:
+            self.swap_sides()
+        self.open_path(LEFT, data.config_model[0])
 
     def open_series(self, paths: list[str]) -> None:
         """Show the series view in place of the panes and measure the run ``paths`` name, in a worker."""

@@ -54,6 +54,7 @@ class SideData:
     entry: tuple | None            # the chosen state dict inside a checkpoint
     infos: dict                    # key -> TensorInfo (a model: non-persistent buffers included)
     classes: dict                  # module name -> ModuleInfo
+    config_model: tuple[str, str] | None = None   # ("hf:FOLDER", class) when the folder's config.json names a model
 
     @property
     def is_model(self) -> bool:
@@ -72,7 +73,11 @@ def load_side_data(text: str, entry: tuple | None = None, *, progress=None, shou
         from explorer.core.side import open_side   # imports torch: only ever in a worker
         freeze_heap()
     with gc_paused():
-        return settled(side_data(open_side(text), text, entry))
+        data = settled(side_data(open_side(text), text, entry))
+    if not data.is_model:
+        from .config_model import config_model
+        data.config_model = config_model(text)
+    return data
 
 
 def settled(value):
