@@ -7,7 +7,7 @@ import sys
 from . import print_json
 from ..core.diff import diff_sides
 from ..core.diff_report import IDENTICAL_MEANS, NUMBERS
-from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
+from ..core.records import CHANGED, DTYPE_DIFFERS, IDENTICAL, NOT_COMPARED, ONLY_A, ONLY_B, SHAPE_DIFFERS
 from ..core.remote.files import failures, is_remote, transferred
 from ..core.side import open_side
 from ..errors import Cancelled
@@ -35,14 +35,25 @@ def _finite(f) -> str:
             f"cos {_f(f['cosine'], '.6f')}")
 
 
+def _reason(k) -> str:
+    """Why a key's values could not be read, without the key's own name (the same reason for many keys)."""
+    return (k.error or "").replace(repr(k.key), "KEY").replace(k.key, "KEY")
+
+
 def render_text(report, out, listed: int | None = LISTED) -> None:
     """``listed``: keys listed per status (None: all); the rest are counted in one line per status."""
     w = out.write
     s = report.summary
     w(f"A: {report.a}\nB: {report.b}\n")
     w(f"{len(report.keys):,} keys: {s[IDENTICAL]:,} identical, {s[CHANGED]:,} changed, {s[ONLY_A]:,} only in A, "
-      f"{s[ONLY_B]:,} only in B, {s[SHAPE_DIFFERS]:,} shape differs, {s[DTYPE_DIFFERS]:,} dtype differs\n")
+      f"{s[ONLY_B]:,} only in B, {s[SHAPE_DIFFERS]:,} shape differs, {s[DTYPE_DIFFERS]:,} dtype differs"
+      + (f", {s[NOT_COMPARED]:,} not compared" if s.get(NOT_COMPARED) else "") + "\n")
     w(f"({IDENTICAL_MEANS})\n")
+    unread = [k for k in report.keys if k.error]
+    first_reason = _reason(unread[0]) if unread else None
+    if unread:
+        w(f"\n⚠ the values of {len(unread):,} key{'s' if len(unread) != 1 else ''} could not be read, so they were "
+          f"not compared (neither identical nor changed as far as this diff knows):\n  {unread[0].error}\n")
     alarms = report.nonfinite_keys
     if alarms:
         w(f"\n⚠ {len(alarms):,} key{'s' if len(alarms) != 1 else ''} where NaN/Inf values changed "
@@ -87,8 +98,8 @@ def render_text(report, out, listed: int | None = LISTED) -> None:
                 extra = ""
             if k.status == DTYPE_DIFFERS:
                 extra = f"{k.dtype_a} -> {k.dtype_b}  " + extra
-            if k.error:
-                extra += f"  (not compared: {k.error})"
+            if k.error:   # the reason is said once above; a key's own line says it again only when it differs
+                extra += "  (not compared)" if _reason(k) == first_reason else f"  (not compared: {k.error})"
             renamed = f"  (B: {k.key_b})" if k.key_b else ""
             w(f"  {k.status:<14} {k.key}{renamed}  {extra}\n")
         for st, n in shown.items():
@@ -130,4 +141,6 @@ def run(args) -> int:
         print_json(answer)
     else:
         render_text(report, sys.stdout, None if args.all else LISTED)
+    if report.summary.get(NOT_COMPARED):
+        return 2                          # values that could not be read: no answer to "are they the same?"
     return 1 if report.different else 0   # as diff and cmp: 0 identical, 1 different, 2 trouble

@@ -42,7 +42,7 @@ from ..errors import Cancelled, ExplorerError
 from .chunks import CHUNK, PARALLEL_MIN, THREADS, ProgressFn, StopFn, check_stop, iter_chunks, paired_chunks, \
     run_chunked, single_intraop
 from .diff_report import DiffReport, KeyDiff
-from .records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
+from .records import CHANGED, DTYPE_DIFFERS, IDENTICAL, NOT_COMPARED, ONLY_A, ONLY_B, SHAPE_DIFFERS
 
 
 # ---- comparing one pair of tensors ----------------------------------------------------------------------------------
@@ -375,7 +375,7 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
         except Cancelled:
             raise
         except ExplorerError as e:
-            kd.status = DTYPE_DIFFERS if dtype_a != dtype_b else CHANGED
+            kd.status = DTYPE_DIFFERS if dtype_a != dtype_b else NOT_COMPARED   # unread values are no difference
             kd.error = str(e)
             tick(nb_a + nb_b)
             continue
@@ -397,6 +397,8 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
             raise
         except (ExplorerError, RuntimeError, TypeError, ValueError) as e:  # a dtype torch cannot convert...
             kd.error = f"{type(e).__name__}: {e}".splitlines()[0]
+            if kd.status == CHANGED:
+                kd.status = NOT_COMPARED
         else:
             for name in _RESULT_FIELDS:
                 setattr(kd, name, m[name])

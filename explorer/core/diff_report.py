@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from itertools import compress
 from operator import attrgetter
 
-from .records import CHANGED, DTYPE_DIFFERS, IDENTICAL, ONLY_A, ONLY_B, SHAPE_DIFFERS
+from .records import CHANGED, DTYPE_DIFFERS, IDENTICAL, NOT_COMPARED, ONLY_A, ONLY_B, SHAPE_DIFFERS
 
-STATUSES = (IDENTICAL, CHANGED, ONLY_A, ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS)
+STATUSES = (IDENTICAL, CHANGED, ONLY_A, ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS, NOT_COMPARED)
 NUMBERS = ("figures that are NaN or +-Inf are the strings \"nan\", \"inf\", \"-inf\"; null: not computed; "
            "max/mean/rel/cosine include NaN/Inf as IEEE arithmetic does, \"finite\" gives them over the positions "
            "finite on both sides")
@@ -182,7 +182,11 @@ class DiffReport:
 
     @property
     def summary(self) -> dict[str, int]:
-        return dict(self.modules[""].counts) if "" in self.modules else {s: 0 for s in STATUSES}
+        """Keys per status ("not_compared" only when some key could not be read)."""
+        counts = dict(self.modules[""].counts) if "" in self.modules else {s: 0 for s in STATUSES}
+        if not counts.get(NOT_COMPARED):
+            counts.pop(NOT_COMPARED, None)
+        return counts
 
     def _modules(self) -> "OrderedDict[str, ModuleDiff]":
         mods: OrderedDict[str, ModuleDiff] = OrderedDict()

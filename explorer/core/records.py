@@ -171,10 +171,11 @@ class Status(StrEnum):
     ONLY_B = "only_b"
     SHAPE_DIFFERS = "shape_differs"
     DTYPE_DIFFERS = "dtype_differs"
+    NOT_COMPARED = "not_compared"       # diff: both sides have the key, but a side's values could not be read
 
 
 (MATCHED, CHANGED, MISSING, UNEXPECTED, SHAPE_MISMATCH, DTYPE_CAST, RUNNING_STAT, NOT_LOADED, IDENTICAL, ONLY_A,
- ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS) = Status
+ ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS, NOT_COMPARED) = Status
 
 # the two kinds of side (explorer.core.side): what the user opened
 CHECKPOINT: Literal["checkpoint"] = "checkpoint"

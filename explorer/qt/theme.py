@@ -26,6 +26,7 @@ STATUS_STYLE = {
     C.NONFINITE: ("NaN/Inf changed", "⚠", "#C0392B"),
     C.RUNNING_STAT: ("running stat overwritten", "⟳", "#8E44AD"),
     C.NOT_LOADED: ("not loaded", "–", "#7f8c8d"),
+    C.NOT_COMPARED: ("values not read", "?", "#7f8c8d"),
 }
 
 KIND_STYLE = {  # kind -> (text, letter, colour)

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable
 from ..core.gc_pause import gc_paused
 from ..core.side import MODEL
 from ..core.records import (  # noqa: F401  (re-exported for the views; records imports no torch)
-    CHANGED, DTYPE_CAST, DTYPE_DIFFERS, IDENTICAL, MATCHED, MISSING, NOT_LOADED, NON_PERSISTENT, ONLY_A, ONLY_B,
-    RUNNING_STAT, SHAPE_DIFFERS, SHAPE_MISMATCH, UNEXPECTED)
+    CHANGED, DTYPE_CAST, DTYPE_DIFFERS, IDENTICAL, MATCHED, MISSING, NOT_COMPARED, NOT_LOADED, NON_PERSISTENT, ONLY_A,
+    ONLY_B, RUNNING_STAT, SHAPE_DIFFERS, SHAPE_MISMATCH, UNEXPECTED)
 
 SAME_LAYOUT = "same_layout"        # ours: both sides have the key, same shape and dtype, values not compared yet
 NONFINITE = "nonfinite"            # ours: values changed and a NaN/Inf appeared, went or changed (Row.alert says which)
