@@ -330,11 +330,8 @@ def _columns(side, entry) -> tuple[list, list, list, list]:
             [i.nbytes for i in infos.values()])
 
 
-def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffReport:
-    keys_a, shapes_a, dtypes_a, nbytes_a = _columns(a, entry_a)
-    keys_b, shapes_b, dtypes_b, nbytes_b = _columns(b, entry_b)
-    fn = _remap_fn(remap)
-    mapped = list(map(fn, keys_b)) if remap is not None else keys_b   # B's keys in A's terms
+def _index_of(keys_b: list[str], mapped: list[str]) -> dict[str, int]:
+    """Position in B of each key in A's terms; a remap sending two of B's keys to one is refused."""
     index_b = dict(zip(mapped, range(len(mapped))))
     if len(index_b) != len(mapped):
         seen: dict[str, str] = {}
@@ -342,6 +339,15 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
             if ka in seen:
                 raise ExplorerError(f"the remap sends two keys of B to {ka!r} ({seen[ka]!r} and {kb!r})")
             seen[ka] = kb
+    return index_b
+
+
+def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffReport:
+    keys_a, shapes_a, dtypes_a, nbytes_a = _columns(a, entry_a)
+    keys_b, shapes_b, dtypes_b, nbytes_b = _columns(b, entry_b)
+    fn = _remap_fn(remap)
+    mapped = list(map(fn, keys_b)) if remap is not None else keys_b   # B's keys in A's terms
+    index_b = _index_of(keys_b, mapped)
     index_a = dict(zip(keys_a, range(len(keys_a))))
     total = max(1, sum(nbytes_a) + sum(nbytes_b))
     done = [0]
@@ -397,8 +403,7 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
             raise
         except (ExplorerError, RuntimeError, TypeError, ValueError) as e:  # a dtype torch cannot convert...
             kd.error = f"{type(e).__name__}: {e}".splitlines()[0]
-            if kd.status == CHANGED:
-                kd.status = NOT_COMPARED
+            kd.status = NOT_COMPARED if kd.status == CHANGED else kd.status
         else:
             for name in _RESULT_FIELDS:
                 setattr(kd, name, m[name])
