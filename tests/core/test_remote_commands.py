@@ -252,3 +252,52 @@ def test_s3_by_url_equals_the_local_file(cli, s3):
     assert code == 0 and folder["path"] == url
     missing = "s3://ckpt/run/nope.safetensors"
     assert "not found" in _one_error_line(cli("inspect", missing), missing)
+
+
+# ---- a torch.distributed.checkpoint folder by URL -------------------------------------------------------------------
+
+@pytest.fixture
+def dcp_srv(srv, tmp_path):
+    """A DCP checkpoint (``.metadata`` + ``__0_0.distcp``) saved by torch, served over HTTP and under the Hub."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    folder = tmp_path / "local_dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(dict(_state_dict(3)), checkpoint_id=str(folder), no_dist=True)
+    for f in folder.iterdir():
+        srv.served.files[f"/dcp/{f.name}"] = f.read_bytes()
+        srv.served.files[f"/org/repo/dcp/{f.name}"] = f.read_bytes()
+    srv.dcp = folder
+    return srv
+
+
+def test_a_dcp_checkpoint_by_the_url_of_its_metadata_equals_the_local_folder(cli, dcp_srv):
+    local = str(dcp_srv.dcp)
+    url = dcp_srv.url("/dcp/.metadata")
+    code_l, want = _answer(cli, "inspect", local)
+    code_r, got = _answer(cli, "inspect", url)
+    assert code_r == code_l == 0 and got.pop("transferred_bytes") > 0
+    assert got["entries"] == want["entries"] and got["format"] == want["format"] == "torch-dcp"
+    # values are read by range, the same as from the local folder (and as torch loads them)
+    for key in ("extra.half", "extra.big"):
+        code_l, want = _answer(cli, "stats", local, key)
+        _, got = _answer(cli, "stats", url, key)
+        got.pop("transferred_bytes")
+        assert {k: v for k, v in got.items() if k != "path"} == {k: v for k, v in want.items() if k != "path"}
+
+
+def test_a_dcp_checkpoint_by_a_hub_folder_url(cli, dcp_srv):
+    code, got = _answer(cli, "inspect", "hf://org/repo/dcp/")
+    _, want = _answer(cli, "inspect", str(dcp_srv.dcp))
+    assert code == 0 and got["format"] == "torch-dcp" and got["entries"] == want["entries"]
+
+
+def test_a_hub_folder_is_listed_once_per_command(cli, dcp_srv):
+    for folder in ("hf://org/repo/", "hf://org/repo/dcp/"):
+        mirror.close_all()
+        before = len(dcp_srv.served.requests)
+        code, _ = _answer(cli, "inspect", folder)
+        listings = [p for _, p, _ in dcp_srv.served.requests[before:] if "/tree/" in p]
+        assert code == 0 and len(listings) == 1, listings

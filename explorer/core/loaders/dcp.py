@@ -35,6 +35,7 @@ from ..safe_pickle.inert import Inert
 from ..safe_pickle.printable import printable_key
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord, TorchDtype
 from ..safe_pickle.unpickler import SafeUnpickler
+from ..remote.files import basename, files_in, getsize, is_remote, isdir
 from . import Reader, open_regular, register
 
 METADATA = ".metadata"
@@ -50,9 +51,25 @@ _DCP_MACHINERY = (
 
 
 def identify(path: str) -> bool:
+    if is_remote(path):     # the URL of its .metadata, or a folder URL that can be listed (hf://, s3://, gs://)
+        if not isdir(path):
+            return basename(path) == METADATA
+        try:
+            return bool(files_in(path, METADATA))
+        except ExplorerError:       # plain HTTP cannot list a folder: name the .metadata instead
+            return False
     if os.path.isdir(path):  # a .metadata that is a FIFO or a folder is this reader's to refuse, clearly
         return os.path.exists(os.path.join(path, METADATA))
     return os.path.basename(path) == METADATA and os.path.isfile(path)
+
+
+def _beside(path: str, name: str) -> str:
+    """``name`` in the folder ``path`` is (a folder) or lies in (a file); for a URL, in the URL's folder."""
+    if is_remote(path):
+        from ..remote.urls import join
+        return join(path, name)
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    return os.path.join(folder, name)
 
 
 def _state(obj) -> dict:
@@ -198,7 +215,7 @@ class DcpSource(ByteSource):
         if c.transforms:
             raise CorruptFileError(f"{label}: stored through DCP storage extensions {list(c.transforms)} (e.g. "
                                    "compression), which this tool does not read yet — load it with torch")
-        size = os.path.getsize(c.file) if os.path.isfile(c.file) else -1
+        size = _file_size(c.file, missing=-1)
         if size < 0:
             raise CorruptFileError(f"{c.file}: a data file of the DCP checkpoint is missing — copy every .distcp "
                                    "file with the .metadata")
@@ -239,7 +256,7 @@ class DcpSource(ByteSource):
             with open_regular(c.file) as f:
                 f.seek(c.offset)
                 (n,) = struct.unpack("<Q", f.read(8))
-                if n > 100 * 1024 * 1024 or c.offset + 8 + n > os.path.getsize(c.file):
+                if n > 100 * 1024 * 1024 or c.offset + 8 + n > getsize(c.file):
                     raise ValueError("header length out of range")
                 header = json.loads(f.read(n).decode("utf-8"))
             spec = header[key]
@@ -269,15 +286,21 @@ def _safe_file(folder: str, name: object, meta_path: str) -> str:
     if os.path.isabs(name) or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":") or ".." in parts:
         raise UnsafePathError(f"{meta_path}: data file {shorten(name)} lies outside the checkpoint folder — refusing "
                               "to read it")
-    return os.path.join(folder, name)
+    return _beside(folder + "/", name) if is_remote(folder) else os.path.join(folder, name)
 
 
-def _file_size(path: str) -> int:
+def _file_size(path: str, missing: int = 0) -> int:
+    """The size of a data file; ``missing`` when there is none (or it is not a regular file)."""
+    if is_remote(path):
+        try:
+            return getsize(path)
+        except ExplorerError:
+            return missing
     try:
         st = os.stat(path)
     except OSError:
-        return 0
-    return st.st_size if stat.S_ISREG(st.st_mode) else 0
+        return missing
+    return st.st_size if stat.S_ISREG(st.st_mode) else missing
 
 
 def _int(value, what: str, fqn: str, meta_path: str) -> int:
@@ -409,8 +432,8 @@ def _tensor_value(fqn: str, item, where: dict, source: DcpSource, folder: str, m
 
 
 def open_dcp(path: str) -> Checkpoint:
-    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    meta_path = os.path.join(folder, METADATA)
+    meta_path = _beside(path, METADATA)
+    folder = meta_path[:-len(METADATA)].rstrip("/") if is_remote(path) else os.path.dirname(meta_path)
     md, named = _load_metadata(meta_path)
     state = _state(md)
     sdm = state.get("state_dict_metadata")
@@ -441,7 +464,8 @@ def open_dcp(path: str) -> Checkpoint:
     with gc_paused():
         root = _nest(flat)
     files = sorted({c.file for cs in source.chunks.values() for c in cs})
-    metadata = {"dcp_version": state.get("version"), "data_files": [os.path.relpath(f, folder) for f in files]}
+    metadata = {"dcp_version": state.get("version"),
+                "data_files": [f[len(folder) + 1:] if is_remote(folder) else os.path.relpath(f, folder) for f in files]}
     return Checkpoint(folder, "torch-dcp", root, refs, metadata)
 
 

@@ -264,6 +264,8 @@ def close_all() -> None:
     """Close every mirror open in this process (a session ends; tests)."""
     for mirror in list(_by_path.values()) + list(_by_url.values()):
         mirror.close()
+    with _open_lock:
+        _listings.clear()
 
 
 def mirror_of(path: str) -> Mirror | None:
@@ -285,7 +287,21 @@ def ensure_local(path: str, offset: int, length: int) -> None:
         mirror.ensure([(offset, length)])
 
 
+LISTING_TTL_S = 30.0
+_listings: dict[str, tuple[float, list[str]]] = {}    # folder URL -> (when listed, its files)
+
+
 def list_folder(url: str) -> list[str]:
-    """The URLs of the files directly in a folder URL (hf://, s3://, gs://; plain HTTP cannot list)."""
+    """The URLs of the files directly in a folder URL (hf://, s3://, gs://; plain HTTP cannot list). A listing is
+    kept for :data:`LISTING_TTL_S` seconds: the readers' ``identify`` calls and the open of one folder ask for it
+    several times in a row (it was requested up to 5 times per command); a later look lists again."""
+    now = time.monotonic()
+    with _open_lock:
+        hit = _listings.get(url)
+    if hit is not None and now - hit[0] < LISTING_TTL_S:
+        return list(hit[1])
     backend = backend_for(url)
-    return _retrying(backend.list_folder, url, None)
+    files = _retrying(backend.list_folder, url, None)
+    with _open_lock:
+        _listings[url] = (now, list(files))
+    return files
