@@ -37,7 +37,7 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
                  progress=None, should_stop=None):
     """``compare.load_side_data(text, entry)`` once ``text`` has parsed in the compute process within ``timeout_s``
     (the worker half of File -> Open)."""
-    from explorer.core.model_source import looks_like_model_spec
+    from explorer.core.model_spec import looks_like_model_spec
 
     from . import compare as C
     if os.path.lexists(text) and not looks_like_model_spec(text):
