@@ -15,6 +15,7 @@ import importlib.util
 import os
 import re
 import sys
+import tokenize
 
 from .core.gc_pause import gc_paused
 from .errors import ExplorerError
@@ -125,8 +126,17 @@ def _available(imported):
         spec = importlib.util.find_spec(module)
         if spec is None or not spec.origin:
             continue
-        with open(spec.origin, encoding="utf-8") as f:
-            yield name, None, ast.get_docstring(ast.parse(f.read(), spec.origin), clean=False)
+        yield name, None, _docstring(spec.origin)
+
+
+def _docstring(path: str) -> str | None:
+    """A module's docstring, read from its source: its first token, when that is a string (``__doc__`` without
+    importing or parsing the module)."""
+    with open(path, encoding="utf-8") as f:
+        for token in tokenize.generate_tokens(f.readline):
+            if token.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
+                return ast.literal_eval(token.string) if token.type == tokenize.STRING else None
+    return None
 
 
 def build_parser(imported=tuple(COMMANDS)) -> argparse.ArgumentParser:
