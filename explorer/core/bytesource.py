@@ -1,14 +1,13 @@
 """Reading a storage's bytes on demand, memory-mapped, one storage at a time.
 
-Listing a checkpoint makes sources but reads nothing through them: torch is imported only where bytes become a
-tensor (``storage_bytes``, :func:`read_record`), so ``inspect`` of a file runs without it."""
+Listing a checkpoint makes sources but reads nothing through them: numpy and torch are imported only where bytes
+are mapped and become a tensor (``bytes_of``, ``storage_bytes``, :func:`read_record`), so ``inspect`` of a file runs
+without them."""
 from __future__ import annotations
 
 import threading
 from functools import cache
 from typing import TYPE_CHECKING, Callable
-
-import numpy as np
 
 from ..errors import CorruptFileError, RemoteError, shorten
 from .remote.files import getsize, mapped
@@ -16,6 +15,7 @@ from .safe_pickle.limits import address_space_lock
 from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
 
 
@@ -36,11 +36,12 @@ class FileMaps:
     """
 
     def __init__(self):
-        self._maps: dict[str, np.ndarray] = {}
+        self._maps: dict[str, "np.ndarray"] = {}
         self._lock = threading.Lock()
 
-    def bytes_of(self, file: str, offset: int, length: int, size: int) -> np.ndarray:
+    def bytes_of(self, file: str, offset: int, length: int, size: int) -> "np.ndarray":
         """Bytes ``[offset, offset + length)`` of ``file`` (a URL: of its sparse mirror, once they are in it)."""
+        import numpy as np
         local = mapped(file, offset, length)
         with self._lock:
             m = self._maps.get(local)

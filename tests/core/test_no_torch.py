@@ -33,8 +33,8 @@ def _imported(stderr: str) -> tuple[set[str], str]:
     return names, "".join(rest)
 
 
-def run(*args, torch_first: bool = False):
-    """(exit status, stdout, stderr without import times, the torch modules imported) of ``main.py ARGS``."""
+def run(*args, torch_first: bool = False, package: str = "torch"):
+    """(exit status, stdout, stderr without import times, the modules of ``package`` imported) of ``main.py ARGS``."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     head = ["-c", TORCH_FIRST] if torch_first else ["-X", "importtime"]
     r = subprocess.run([sys.executable, *head, str(ROOT / "main.py"), *map(str, args)], cwd=ROOT, env=env,
@@ -42,7 +42,7 @@ def run(*args, torch_first: bool = False):
     names, err = _imported(r.stderr)
     if not torch_first:
         assert "explorer.cli" in names, r.stderr[-2000:]   # the import times were read
-    return r.returncode, r.stdout, err, sorted(n for n in names if n == "torch" or n.startswith("torch."))
+    return r.returncode, r.stdout, err, sorted(n for n in names if n == package or n.startswith(package + "."))
 
 
 class _Model(nn.Module):
@@ -108,6 +108,16 @@ def test_inspect_imports_no_torch_and_answers_the_same(files, name, mode):
     assert (rc2, out2, err2) == (rc, out, err)
 
 
+@pytest.mark.parametrize("name", ["safetensors", "sparse70b", "torch-zip"])
+def test_inspect_imports_no_numpy_either(files, name):
+    """Headers and pickles of tensors are read with the standard library alone (numpy: ~0.1 s to import); a pickle
+    holding numpy values imports it to decode them."""
+    rc, _, err, numpy_modules = run("inspect", files[name], package="numpy")
+    assert rc == 0 and err == "" and numpy_modules == []
+    rc, _, err, numpy_modules = run("inspect", files["torch-zip checkpoint"], package="numpy")
+    assert rc == 0 and "numpy" in numpy_modules
+
+
 def test_the_listing_is_complete_without_torch(files):
     """Not a trivially empty answer: every tensor of the 70B layout, every dtype of the mixed file."""
     rc, out, _, _ = run("inspect", files["sparse70b"], "--json")
@@ -157,3 +167,45 @@ def test_module_versions_are_torchs_when_opened_before_torch(files):
     expected = _Model().state_dict()._metadata
     assert int(listed) == len(_Model().state_dict()) and json.loads(metadata) == expected
     assert expected["bn"]["version"] == 2
+
+
+# ---- the header checks, made on Python ints (no numpy) --------------------------------------------------------------
+
+def _safetensors(path: Path, members: list[tuple[str, list, list]], spaced: bool, data: bytes) -> Path:
+    """A header of ``(key, shape, data_offsets)`` F32 members in this order, compact (as the library writes it: the
+    fast regex parse) or with spaces (the JSON parse)."""
+    header = {k: {"dtype": "F32", "shape": shape, "data_offsets": offsets} for k, shape, offsets in members}
+    body = json.dumps(header, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    path.write_bytes(len(body).to_bytes(8, "little") + body + data)
+    return path
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_spans_out_of_file_order_are_read_as_the_library_reads_them(tmp_path, spaced):
+    from safetensors.torch import load_file
+
+    from explorer.core.loaders import open_checkpoint
+    data = torch.arange(6, dtype=torch.float32).numpy().tobytes()
+    path = _safetensors(tmp_path / "order.safetensors", [("a", [2], [16, 24]), ("b", [4], [0, 16])], spaced, data)
+    ck = open_checkpoint(path)
+    expected = load_file(path)
+    assert [e.path[0] for e in ck.entries] == ["a", "b"]
+    assert [e.location.offset for e in ck.entries] == [len(path.read_bytes()) - 24 + 16, len(path.read_bytes()) - 24]
+    for key, value in expected.items():
+        assert torch.equal(ck.read_key(key), value)
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+@pytest.mark.parametrize("members,match", [
+    ([("a", [2], [8, 16]), ("b", [3], [0, 12])], "overlap"),          # out of file order, overlapping
+    ([("a", [2], [0, 8]), ("b", [2], [4, 12])], "overlap"),           # in order, overlapping
+    ([("a", [2], [0, 8]), ("b", [2], [8, 12])], "needs 8 bytes"),     # a span that does not hold its elements
+    ([("a", [2], [0, 8]), ("b", [2], [16, 24])], "truncated"),        # past the data section
+    ([("a", [1], [2 ** 63, 2 ** 63 + 4])], "truncated"),              # beyond int64
+])
+def test_inconsistent_spans_are_refused(tmp_path, spaced, members, match):
+    from explorer.core.loaders import open_checkpoint
+    from explorer.errors import CorruptFileError
+    path = _safetensors(tmp_path / "bad.safetensors", members, spaced, bytes(16))
+    with pytest.raises(CorruptFileError, match=match):
+        open_checkpoint(path)
