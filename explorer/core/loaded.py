@@ -46,6 +46,10 @@ class RecoveredModule(OrderedDict):
                                          for name, info in self.modules.items())
         return self._versions
 
+    @_metadata.setter
+    def _metadata(self, value) -> None:   # as the plain attribute it stands for
+        self._versions = value
+
 
 # mappings iterated through dict's own iterator (see keys_of)
 _PLAIN_DICTS = (dict, OrderedDict, RecoveredModule)
