@@ -1,14 +1,17 @@
 """Benchmark: ``simulate --model hf:DIR --checkpoint DIR`` of a 70B Llama-shaped sharded safetensors checkpoint,
-against targets of 10 s wall time and 2 GB peak RSS.
+against targets of 10 s wall time and 2 GB peak RSS; and ``inspect DIR`` of the same folder against a bare Python
+process that reads the shards' headers (issue 15: listing is as fast as reading the headers, torch is not imported).
 
     python benchmarks/bench_scale.py [--dir /tmp/bench_scale] [--shards 30] [--runs 1] [--model-budget SIZE]
+                                     [--inspect-runs 5] [--skip-simulate]
 
 The folder holds a Llama-3-70B ``config.json`` and ``model-000NN-of-000MM.safetensors`` shards with real headers
 (every tensor's dtype, shape and offsets, the keys transformers' ``LlamaForCausalLM`` has) and holes for the data:
 each shard is extended to its full size with ``truncate``, so 141 GB of bf16 take a few MB of disk. The model is too
 big for the default budget, so it is built on the meta device (never allocated) and the values are not compared: no
 byte of data is read. The command runs in its own process; its wall time and peak RSS (``ru_maxrss`` of that child)
-are printed.
+are printed. ``inspect`` and the header reader run alternately, ``--inspect-runs`` times each; the best and median
+wall times of both and their ratio are printed.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -102,21 +106,72 @@ def _numel(shape) -> int:
     return n
 
 
+def timed(cmd: list[str]) -> tuple[float, int, int, str]:
+    """(wall seconds, peak RSS bytes of that process, exit status, stdout) of one command run in its own process."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)   # the child's own rusage: its peak RSS, not the largest child's
+        wall = time.perf_counter() - t0
+        proc.returncode = rc = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        text = out.read().decode("utf-8", "replace")
+        if rc not in (0, 1):
+            sys.stderr.write(err.read().decode("utf-8", "replace"))
+    return wall, usage.ru_maxrss * 1024, rc, text
+
+
 def run_simulate(folder: str, extra: list[str]) -> tuple[float, int, int, str]:
     """(wall seconds, peak RSS bytes, exit status, stdout) of ``main.py simulate --model hf:DIR --checkpoint DIR``."""
-    cmd = [sys.executable, os.path.join(ROOT, "main.py"), "simulate", "--model", f"hf:{folder}", "--checkpoint",
-           folder, *extra]
-    env = {**os.environ, "PYTHONPATH": ROOT}
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
-    out, err = proc.communicate()
-    wall = time.perf_counter() - t0
-    # the child's own peak: wait4 gave Popen its rusage; resource keeps the maximum over the waited children
-    import resource
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-    if proc.returncode not in (0, 1):
-        sys.stderr.write(err)
-    return wall, peak, proc.returncode, out
+    return timed([sys.executable, os.path.join(ROOT, "main.py"), "simulate", "--model", f"hf:{folder}",
+                  "--checkpoint", folder, *extra])
+
+
+# the floor: a bare Python process that reads every shard's header (8 bytes of length, then that much JSON)
+READ_HEADERS = """import json, os, struct, sys
+n = 0
+for name in sorted(os.listdir(sys.argv[1])):
+    if name.endswith(".safetensors"):
+        with open(os.path.join(sys.argv[1], name), "rb") as f:
+            n += len(json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))) - 1
+print(n)
+"""
+
+
+def bench_inspect(folder: str, keys: int, runs: int) -> bool:
+    """``main.py inspect DIR`` against :data:`READ_HEADERS`, alternately ``runs`` times each; prints the figures and
+    returns whether both gave an answer (``inspect`` listed every tensor and imported no torch)."""
+    inspect_cmd = [sys.executable, "-X", "importtime", os.path.join(ROOT, "main.py"), "inspect", folder]
+    floor_cmd = [sys.executable, "-c", READ_HEADERS, folder]
+    walls, floors, peaks = [], [], []
+    for _ in range(runs):
+        wall, peak, rc, out = timed(inspect_cmd[:1] + inspect_cmd[3:])
+        if rc != 0 or f"totals: {keys} tensors" not in out:
+            print(f"inspect DIR: exit {rc}, not the listing of {keys} tensors")
+            return False
+        walls.append(wall)
+        peaks.append(peak)
+        wall, _, rc, out = timed(floor_cmd)
+        if rc != 0 or out.split() != [str(keys)]:
+            print(f"reading the headers: exit {rc}, {out.strip()!r} tensors instead of {keys}")
+            return False
+        floors.append(wall)
+    with tempfile.TemporaryFile() as err:   # once more, to see what it imported
+        subprocess.run(inspect_cmd, stdout=subprocess.DEVNULL, stderr=err, env={**os.environ, "PYTHONPATH": ROOT})
+        err.seek(0)
+        imported = {line.rsplit(b"|", 1)[1].strip() for line in err if line.startswith(b"import time:")}
+    best, median = min(walls), sorted(walls)[len(walls) // 2]
+    f_best, f_median = min(floors), sorted(floors)[len(floors) // 2]
+    print(f"inspect DIR: best {best:.3f} s, median {median:.3f} s of {runs}, peak RSS {max(peaks) / 2 ** 20:.0f} MB; "
+          f"torch imported: {'yes' if b'torch' in imported else 'no'}, numpy: {'yes' if b'numpy' in imported else 'no'}")
+    print(f"a bare Python process reading the {sum(n.endswith('.safetensors') for n in os.listdir(folder))} shard "
+          f"headers: best {f_best:.3f} s, median {f_median:.3f} s -> inspect takes {median / f_median:.1f}x (medians), "
+          f"{best / f_best:.1f}x (bests)")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("  note: PYTHONDONTWRITEBYTECODE is set: modules without a cached .pyc are compiled on every run")
+    return True
 
 
 def main(argv=None) -> int:
@@ -125,12 +180,18 @@ def main(argv=None) -> int:
     ap.add_argument("--shards", type=int, default=30)
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--model-budget", default=None, help="passed to simulate (default: its own)")
+    ap.add_argument("--inspect-runs", type=int, default=5, help="runs of inspect and of the header reader each")
+    ap.add_argument("--skip-simulate", action="store_true", help="only the inspect figures")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     total, keys = make_checkpoint(args.dir, args.shards)
     disk = sum(os.stat(os.path.join(args.dir, n)).st_blocks * 512 for n in os.listdir(args.dir))
     print(f"checkpoint: {args.dir}: {keys} tensors, {total / 1e9:.1f} GB of bf16 in {args.shards} sparse shards "
           f"({disk / 1e6:.1f} MB on disk; written/checked in {time.perf_counter() - t0:.1f} s)")
+    if args.inspect_runs and not bench_inspect(args.dir, keys, args.inspect_runs):
+        return 2
+    if args.skip_simulate:
+        return 0
     extra = ["--json"] + (["--model-budget", args.model_budget] if args.model_budget else [])
     worst = 0
     for i in range(args.runs):

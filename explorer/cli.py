@@ -8,11 +8,14 @@ to the terminal (``--json`` output is escaped by the JSON encoder).
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import importlib
+import importlib.util
 import os
 import re
 import sys
+import tokenize
 
 from .core.gc_pause import gc_paused
 from .errors import ExplorerError
@@ -106,16 +109,39 @@ class _Streams:
         return False
 
 
-def _available():
+def _available(imported):
+    """(name, module or None, docstring) of every command there is. The commands named in ``imported`` are imported;
+    the others are described by their module's docstring, read from its source without importing it: a command
+    pays for its own imports only (``inspect`` of a file never imports torch, ``simulate`` does)."""
     for name, module in COMMANDS.items():
-        try:
-            yield name, importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:  # the command exists but something it needs does not: that is a real error
-                raise
+        if name in imported:
+            try:
+                mod = importlib.import_module(module)
+            except ModuleNotFoundError as e:
+                if e.name != module:  # the command exists but something it needs does not: that is a real error
+                    raise
+                continue
+            yield name, mod, mod.__doc__
+            continue
+        spec = importlib.util.find_spec(module)
+        if spec is None or not spec.origin:
+            continue
+        yield name, None, _docstring(spec.origin)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _docstring(path: str) -> str | None:
+    """A module's docstring, read from its source: its first token, when that is a string (``__doc__`` without
+    importing or parsing the module)."""
+    with open(path, encoding="utf-8") as f:
+        for token in tokenize.generate_tokens(f.readline):
+            if token.type not in (tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE):
+                return ast.literal_eval(token.string) if token.type == tokenize.STRING else None
+    return None
+
+
+def build_parser(imported=tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The command line's parser; only the commands in ``imported`` get their options (the one being run: its
+    module is imported), the others are listed with their help."""
     from .window_args import build_parser as window_parser  # Qt-free
     window = window_parser().format_help().replace("usage: python main.py", "  python main.py", 1)
     parser = argparse.ArgumentParser(
@@ -123,11 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="without a command, the window:\n" + "\n".join("  " + line if line else line
                                                                for line in window.splitlines()))
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in _available():
-        first = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())   # the first paragraph, joined
-        p = sub.add_parser(name, help=first.split(" -- ")[0].rstrip(".") or name, description=module.__doc__)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, module, doc in _available(imported):
+        first = " ".join((doc or "").strip().split("\n\n")[0].split())   # the first paragraph, joined
+        p = sub.add_parser(name, help=first.split(" -- ")[0].rstrip(".") or name, description=doc)
+        if module is not None:
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
 
 
@@ -157,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             from .app_entry import run_app  # the window; imports Qt only here
             return run_app(argv)
     try:
-        parser = build_parser()
+        parser = build_parser(argv[:1])   # the command's own module only (--help: none)
     except ModuleNotFoundError as e:   # torch, numpy or safetensors not installed: one line, not a traceback
         if (e.name or "explorer").split(".")[0] == "explorer":
             raise

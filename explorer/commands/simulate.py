@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from ..core.gc_pause import gc_paused
 from ..core.load.passes import all_str
 from ..core.model_build import BUDGET_ENV, parse_size
-from ..core.model_source import ModelSide, looks_like_model_spec
+from ..core.model_source import ModelSide
+from ..core.model_spec import looks_like_model_spec
 from ..core.records import CHANGED, MATCHED, UNEXPECTED
 from ..core.side import open_side
 from ..core.simulate.explain import fmt_shape

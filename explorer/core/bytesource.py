@@ -1,19 +1,29 @@
-"""Reading a storage's bytes on demand, memory-mapped, one storage at a time."""
+"""Reading a storage's bytes on demand, memory-mapped, one storage at a time.
+
+Listing a checkpoint makes sources but reads nothing through them: numpy and torch are imported only where bytes
+are mapped and become a tensor (``bytes_of``, ``storage_bytes``, :func:`read_record`), so ``inspect`` of a file runs
+without them."""
 from __future__ import annotations
 
 import threading
-from typing import Callable
-
-import numpy as np
-import torch
+from functools import cache
+from typing import TYPE_CHECKING, Callable
 
 from ..errors import CorruptFileError, RemoteError, shorten
 from .remote.files import getsize, mapped
 from .safe_pickle.limits import address_space_lock
 from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 
-# dtypes numpy cannot hold are viewed through torch
-TORCH_DTYPES = {name: getattr(torch, name) for name in ITEMSIZE if hasattr(torch, name)}
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+@cache
+def torch_dtypes() -> "dict[str, torch.dtype]":
+    """dtype name -> torch's dtype, for every dtype a record may name that this torch has (imports torch)."""
+    import torch
+    return {name: getattr(torch, name) for name in ITEMSIZE if hasattr(torch, name)}
 
 
 class FileMaps:
@@ -26,11 +36,12 @@ class FileMaps:
     """
 
     def __init__(self):
-        self._maps: dict[str, np.ndarray] = {}
+        self._maps: dict[str, "np.ndarray"] = {}
         self._lock = threading.Lock()
 
-    def bytes_of(self, file: str, offset: int, length: int, size: int) -> np.ndarray:
+    def bytes_of(self, file: str, offset: int, length: int, size: int) -> "np.ndarray":
         """Bytes ``[offset, offset + length)`` of ``file`` (a URL: of its sparse mirror, once they are in it)."""
+        import numpy as np
         local = mapped(file, offset, length)
         with self._lock:
             m = self._maps.get(local)
@@ -66,7 +77,8 @@ class ByteSource:
             return self._describe(ref)
         return "", None, None
 
-    def storage_bytes(self, ref: StorageRef) -> torch.Tensor:
+    def storage_bytes(self, ref: StorageRef) -> "torch.Tensor":
+        import torch
         file, offset, length = self.region(ref)
         need = ref.nbytes
         if length < need:
@@ -84,12 +96,13 @@ class ByteSource:
         return torch.from_numpy(self.maps.bytes_of(file, offset, need, size))
 
 
-def read_record(record: TensorRecord, *, file_label: str = "") -> torch.Tensor:
+def read_record(record: TensorRecord, *, file_label: str = "") -> "torch.Tensor":
     """The values of one tensor, read on demand (a view on a private memory map, no bytes copied up front)."""
+    import torch
     ref = record.storage
     if not isinstance(ref, StorageRef) or ref.source is None:
         raise CorruptFileError(f"{file_label}: tensor has no readable storage")
-    dtype = TORCH_DTYPES.get(record.dtype or "")
+    dtype = torch_dtypes().get(record.dtype or "")
     if dtype is None:
         raise CorruptFileError(f"{file_label}: cannot read tensors of dtype {record.dtype!r}")
     itemsize = ITEMSIZE[record.dtype]

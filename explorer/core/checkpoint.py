@@ -11,9 +11,7 @@ from __future__ import annotations
 import re
 from itertools import compress
 from operator import attrgetter, itemgetter
-from typing import Any, Callable, Iterator
-
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import CorruptFileError, KeyNotFoundError, NoDataError
 from .bytesource import read_record
@@ -21,11 +19,15 @@ from .gc_pause import gc_paused
 from .entries import EntryList, FlatTable, SegmentPaths, devices_of, record_columns, record_infos
 from .loaded import (MAX_DEPTH, RecoveredModule, all_records, child, children, has_data, items_of, keys_of, normalize,
                      values_of)
-from .materialize import Materializer
 from .records import NUMPY_ARRAY, EntryPath, ModuleInfo, StateDictRef, TensorInfo
 from .safe_pickle.inert import Inert
 from .safe_pickle.numpy_values import NumpyRecord
 from .safe_pickle.records import TensorRecord
+
+if TYPE_CHECKING:   # listing needs no torch: it is imported where values or meta tensors are made
+    import torch
+
+    from .materialize import Materializer
 
 _GOOD_NAMES = {"state_dict": 3.0, "model_state_dict": 3.0, "model_state": 2.5, "model": 2.5, "module": 2.0,
                "net": 2.0, "network": 2.0, "weights": 2.0, "params": 1.5, "ema": 1.2, "model_ema": 1.2,
@@ -364,7 +366,7 @@ class Checkpoint:
             raise KeyNotFoundError(f"{self.path}: no tensor at {'/'.join(path)!r}")
         return self._record_at(i)
 
-    def read(self, path: EntryPath) -> torch.Tensor:
+    def read(self, path: EntryPath) -> "torch.Tensor":
         """One tensor's values, read on demand (memory-mapped where the format allows).
 
         Tensors read from one checkpoint share one private map per file (see ``bytesource.FileMaps``): clone a
@@ -377,7 +379,7 @@ class Checkpoint:
                               "assign=True) or to_empty() and initialisation)")
         return read_record(rec, file_label=self.path)
 
-    def read_key(self, key: str, entry: str | EntryPath | None = None) -> torch.Tensor:
+    def read_key(self, key: str, entry: str | EntryPath | None = None) -> "torch.Tensor":
         return self.read(self.resolve_entry(entry) + (key,))
 
     def load_object(self, entry: str | EntryPath | None = None, *, device: str = "meta") -> Any:
@@ -388,6 +390,7 @@ class Checkpoint:
         """
         path = self.resolve_entry(entry)
         if device == "meta" and not path and self._table is not None and self._root is None:
+            from .materialize import Materializer
             out = Materializer.meta_table(self._table)   # no record per tensor
             if out is not None:
                 return out
@@ -408,8 +411,9 @@ class Checkpoint:
             return self._materializer().meta_state_dict(None, table, path, read_keys, read_prefixes)
         return self._materializer().meta_state_dict(self.get(path), None, path, read_keys, read_prefixes)
 
-    def _materializer(self) -> Materializer:
+    def _materializer(self) -> "Materializer":
         if self._made is None:
+            from .materialize import Materializer   # imports torch: only here, where tensors are made
             self._made = Materializer(self.path, self._records_unshared)
         return self._made
 

@@ -33,8 +33,22 @@ class RecoveredModule(OrderedDict):
         self.modules: dict[str, ModuleInfo] = {}
         self.kinds: dict[str, str] = {}
         self.non_persistent: dict[str, TensorRecord] = {}
-        # what module.state_dict() would attach: per module, {"version": cls._version}
-        self._metadata: OrderedDict[str, dict] = OrderedDict()
+        self._versions: OrderedDict[str, dict] | None = None
+
+    @property
+    def _metadata(self) -> OrderedDict[str, dict]:
+        """What ``module.state_dict()`` would attach: per module, ``{"version": cls._version}``. Asked for only where
+        the state dict is handed to torch; torch's classes give their versions, so torch is imported here (listing
+        the file does not need it)."""
+        if self._versions is None:
+            import torch  # noqa: F401  (torch.nn's classes are in sys.modules from here on)
+            self._versions = OrderedDict((name, {"version": _module_version(info.qualname)})
+                                         for name, info in self.modules.items())
+        return self._versions
+
+    @_metadata.setter
+    def _metadata(self, value) -> None:   # as the plain attribute it stands for
+        self._versions = value
 
 
 # mappings iterated through dict's own iterator (see keys_of)
@@ -42,8 +56,9 @@ _PLAIN_DICTS = (dict, OrderedDict, RecoveredModule)
 
 
 def _module_version(qualname: str) -> int:
-    """``_version`` of a module class, known without importing anything: torch's own classes are already imported
-    (torch is); any other class is looked up only if it is already in ``sys.modules``, else ``nn.Module``'s 1."""
+    """``_version`` of a module class, known without importing anything more: torch's own classes are already imported
+    (torch is, see ``RecoveredModule._metadata``); any other class is looked up only if it is already in
+    ``sys.modules``, else ``nn.Module``'s 1."""
     module, _, name = qualname.rpartition(".")
     cls = getattr(sys.modules.get(module), name, None) if module.startswith("torch.") else None
     version = getattr(cls, "_version", 1)
@@ -61,7 +76,6 @@ def _recover_module(obj: Inert) -> RecoveredModule:
         name = prefix[:-1]
         qual = mod.global_name if isinstance(mod, Inert) else type(mod).__name__
         out.modules[name] = ModuleInfo(name, qual.rsplit(".", 1)[-1], qual)
-        out._metadata[name] = {"version": _module_version(qual)}
         if not isinstance(state, dict):
             continue
         params = state.get("_parameters") or {}

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import CorruptFileError
-from .bytesource import TORCH_DTYPES, read_record
+from .bytesource import read_record, torch_dtypes
 from .gc_pause import gc_paused
 from .loaded import MAX_DEPTH, all_tensor_records, has_data, items_of, keys_of, values_of
 from .meta import meta_bulk, meta_of
@@ -157,7 +157,7 @@ class Materializer:
         if depth > MAX_DEPTH:
             raise CorruptFileError(f"{self.label}: nesting deeper than {MAX_DEPTH} levels")
         if type(obj) is TorchDtype or type(obj) is QScheme:   # torch.load gives torch's own objects
-            return getattr(torch, str(obj), obj) if str(obj) in TORCH_DTYPES or type(obj) is QScheme else obj
+            return getattr(torch, str(obj), obj) if str(obj) in torch_dtypes() or type(obj) is QScheme else obj
         if isinstance(obj, Uninitialized):   # a lazy module's parameter: torch.load gives an uninitialized one
             done = memo.get(id(obj))
             if done is None:
@@ -253,7 +253,7 @@ class Materializer:
 
     def _meta_tensor(self, rec: TensorRecord, path, key=None) -> torch.Tensor:
         """``key``: the record's key in the mapping at ``path`` (else ``path`` is the record's own)."""
-        dt = TORCH_DTYPES.get(rec.dtype or "")
+        dt = torch_dtypes().get(rec.dtype or "")
         if dt is None:
             raise CorruptFileError(f"{self.label}: cannot represent dtype {rec.dtype!r} at {where(path, key)}")
         try:

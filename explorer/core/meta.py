@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .bytesource import TORCH_DTYPES
+from .bytesource import torch_dtypes
 from .gc_pause import gc_paused
 from .records import contiguous_strides
 
@@ -32,8 +32,8 @@ def meta_bulk(shapes: list, strides: list | None, dtypes: list) -> list | None:
     """Meta tensors of these shapes, strides (None: contiguous) and dtype names, one C call each; None when a dtype
     is unknown, a layout is unusual or torch refuses one (the caller then goes the careful way, with its error)."""
     try:
-        torch_dtypes = list(map(TORCH_DTYPES.get, dtypes))
-        if any(d is None for d in set(torch_dtypes)):
+        made = list(map(torch_dtypes().get, dtypes))
+        if any(d is None for d in set(made)):
             return None
         with gc_paused():
             if strides is None:   # one stride tuple per distinct shape (empty_strided is the faster call)
@@ -42,6 +42,6 @@ def meta_bulk(shapes: list, strides: list | None, dtypes: list) -> list | None:
             for shape, stride in set(zip(shapes, strides)):   # each distinct layout checked once
                 if len(stride) != len(shape) or not all(type(s) is int and s >= 0 for s in stride):
                     return None
-            return list(map(meta_strided, shapes, strides, torch_dtypes))
+            return list(map(meta_strided, shapes, strides, made))
     except (RuntimeError, TypeError, ValueError, OverflowError):
         return None

@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelSpecError
+from .model_spec import HF_PREFIX, is_hf_spec
 
 BUDGET_ENV = "STATE_DICT_EXPLORER_MODEL_BUDGET"
-HF_PREFIX = "hf:"
 HF_INSTALL = 'pip install -e ".[hf]"'
 
 _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE]\d+)?)\s*([KMGT]?)i?B?\s*\Z", re.I)
@@ -144,10 +144,6 @@ def build_model(factory: Callable[[], nn.Module], *, budget_bytes: int | None = 
 
 
 # ---- hf: specs ------------------------------------------------------------------------------------------------------
-
-def is_hf_spec(text: str) -> bool:
-    return text.startswith(HF_PREFIX)
-
 
 def parse_hf_spec(spec: str) -> tuple[str, str | None]:
     """``hf:DIR_OR_CONFIG_JSON[:CLASS]`` -> (path of the config.json, CLASS or None). A ':' followed by a class name

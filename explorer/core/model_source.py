@@ -3,11 +3,9 @@ into an ``nn.Module`` (on the meta device when it is over the memory budget, see
 state: parameters, buffers (persistent or not), extra state, module classes and tied tensors."""
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.util
 import os
-import re
 import sys
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -18,87 +16,13 @@ import torch.nn as nn
 
 from ..errors import KeyNotFoundError, ModelSpecError, NoDataError
 from .meta import meta_like
-from .model_build import HF_PREFIX, BuiltModel, build_hf, build_model, is_hf_spec
+from .model_build import BuiltModel, build_hf, build_model
+from .model_spec import is_model_hf_spec, parse_spec, quoted
 from .records import (BUFFER, EXTRA_STATE, NON_PERSISTENT, PARAMETER, TENSOR, EntryPath, ModuleInfo, TensorInfo,
                       copy_metadata, dtype_name)
 from .records import MODEL
 
 _EXTRA_STATE_SUFFIX = "_extra_state"  # torch.nn.modules.module._EXTRA_STATE_KEY_SUFFIX
-
-
-_CALLABLE_PART = re.compile(r"[A-Za-z_]\w*(?:\(.*)?\Z", re.S)   # NAME or NAME(... (checked by parse_spec)
-_LITERALS = "numbers, strings, bytes, True/False/None, and tuples, lists, dicts and sets of them"
-
-
-def _q(spec: str, limit: int = 120) -> str:
-    """A spec quoted for a message, cut when long."""
-    return repr(spec) if len(spec) <= limit else repr(spec[:limit]) + f"… ({len(spec):,} characters)"
-
-
-def _split_spec(text: str) -> tuple[str, str] | None:
-    """``(MODULE_OR_FILE, CALLABLE_PART)`` at the first ':' after which comes ``NAME`` or ``NAME(...)`` (a path may hold
-    ':' before it, an argument after it: ``C:\\m\\f.py:build(d={'a': 1})``); None when there is none."""
-    at = text.find(":")
-    while at != -1:
-        left, right = text[:at], text[at + 1:]
-        if left and _CALLABLE_PART.match(right) and not (len(left) == 1 and left.isalpha()):
-            return left, right
-        at = text.find(":", at + 1)
-    return None
-
-
-def is_model_hf_spec(text: str) -> bool:
-    """``hf:DIR_OR_CONFIG_JSON[:CLASS]`` (a model transformers builds) — not ``hf://`` (a file on the Hub)."""
-    return is_hf_spec(text) and not text.startswith(HF_PREFIX + "//")
-
-
-def looks_like_model_spec(text: str) -> bool:
-    """``pkg.mod:make`` / ``file.py:make`` / ``demo:Name`` / ``file.py:build(hidden=32)`` / ``hf:DIR`` — not a path
-    that exists."""
-    if os.path.exists(text) or ":" not in text:
-        return False
-    return is_model_hf_spec(text) or _split_spec(text) is not None
-
-
-def parse_spec(spec: str) -> tuple[str, str, tuple, dict, bool]:
-    """``(module or file, callable name, args, kwargs, called)`` of a spec. The arguments of ``NAME(...)`` must be
-    literals: each is read by ``ast.literal_eval`` from its own node of the parsed call; nothing is evaluated, looked
-    up or imported for them. ``called``: the spec spells the call (``build()``), else the factory is called with no
-    arguments if it is not a module already."""
-    split = _split_spec(spec)
-    if split is None:
-        raise ModelSpecError(f"{_q(spec)}: a model spec is MODULE:CALLABLE, path/to/file.py:CALLABLE or demo:NAME, "
-                             "optionally with literal arguments: file.py:build(hidden=32)")
-    left, right = split
-    if "(" not in right:
-        return left, right, (), {}, False
-    try:
-        tree = ast.parse(right, mode="eval")
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        raise ModelSpecError(f"{_q(spec)}: the call is not valid Python ({type(e).__name__}: "
-                             f"{getattr(e, 'msg', None) or e}); write NAME(arg, key=value) with literal values") from None
-    call = tree.body
-    if not isinstance(call, ast.Call) or not isinstance(call.func, ast.Name):
-        raise ModelSpecError(f"{_q(spec)}: after ':' comes NAME or NAME(arguments), e.g. build(hidden=32)")
-
-    def literal(node, prefix: str = ""):
-        if isinstance(node, ast.Starred):
-            raise ModelSpecError(f"{_q(spec)}: *{ast.unparse(node.value)} is not allowed; write the arguments out")
-        try:
-            return ast.literal_eval(node)
-        except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError):
-            text = prefix + (ast.get_source_segment(right, node) or ast.unparse(node))
-            raise ModelSpecError(f"{_q(spec)}: {text[:80]!r} is not a literal; a model spec takes literal "
-                                 f"arguments only ({_LITERALS}) — nothing in it is evaluated") from None
-    args = tuple(map(literal, call.args))
-    kwargs = {}
-    for kw in call.keywords:
-        if kw.arg is None:
-            raise ModelSpecError(f"{_q(spec)}: **{ast.unparse(kw.value)} is not allowed; write key=value arguments")
-        if kw.arg in kwargs:
-            raise ModelSpecError(f"{_q(spec)}: {kw.arg}= is given twice")
-        kwargs[kw.arg] = literal(kw.value, f"{kw.arg}=")
-    return left, call.func.id, args, kwargs, True
 
 
 def _factory(spec: str) -> tuple[Callable[[], Any], str]:
@@ -108,14 +32,14 @@ def _factory(spec: str) -> tuple[Callable[[], Any], str]:
         from .demo_models import DEMO_MODELS
         factory = DEMO_MODELS.get(name)
         if factory is None:
-            raise ModelSpecError(f"{_q(spec)}: no demo model {name!r}; demo models: {', '.join(DEMO_MODELS)}")
+            raise ModelSpecError(f"{quoted(spec)}: no demo model {name!r}; demo models: {', '.join(DEMO_MODELS)}")
     else:
         module = _import(left, spec)
         factory = getattr(module, name, None)
         if factory is None:
-            raise ModelSpecError(f"{_q(spec)}: {left} has no attribute {name!r}")
+            raise ModelSpecError(f"{quoted(spec)}: {left} has no attribute {name!r}")
     if called and (isinstance(factory, nn.Module) or not callable(factory)):
-        raise ModelSpecError(f"{_q(spec)}: {name} is a {type(factory).__name__}, not something to call; "
+        raise ModelSpecError(f"{quoted(spec)}: {name} is a {type(factory).__name__}, not something to call; "
                              f"write {left}:{name} without arguments")
     call_text = name + "(" + ", ".join([*map(repr, args), *(f"{k}={v!r}" for k, v in kwargs.items())])[:200] + ")"
     if callable(factory) and not isinstance(factory, nn.Module):
@@ -132,7 +56,7 @@ def resolve_spec(spec: str) -> nn.Module:
     try:
         model = make()
     except Exception as e:  # the user's own code failed: say so, with its message
-        raise ModelSpecError(f"{_q(spec)}: calling {call_text} raised {type(e).__name__}: {e}") from e
+        raise ModelSpecError(f"{quoted(spec)}: calling {call_text} raised {type(e).__name__}: {e}") from e
     return _checked(spec, call_text, model)
 
 
@@ -146,14 +70,14 @@ def build_spec(spec: str, *, budget_bytes: int | None = None) -> BuiltModel:
     try:
         built = build_model(make, budget_bytes=budget_bytes)
     except Exception as e:  # the user's own code failed: say so, with its message
-        raise ModelSpecError(f"{_q(spec)}: calling {call_text} raised {type(e).__name__}: {e}") from e
+        raise ModelSpecError(f"{quoted(spec)}: calling {call_text} raised {type(e).__name__}: {e}") from e
     _checked(spec, call_text, built.module)
     return built
 
 
 def _checked(spec: str, call_text: str, model: Any) -> nn.Module:
     if not isinstance(model, nn.Module):
-        raise ModelSpecError(f"{_q(spec)}: {call_text} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelSpecError(f"{quoted(spec)}: {call_text} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

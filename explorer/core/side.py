@@ -56,9 +56,10 @@ class Side(Protocol):
 
 def open_side(text: str | os.PathLike) -> Any:
     """A path opens as a checkpoint; ``MODULE:CALLABLE``, ``file.py:CALLABLE`` or ``demo:NAME`` builds a model."""
-    from .model_source import ModelSide, looks_like_model_spec
+    from .model_spec import looks_like_model_spec   # torch-free: a path never imports the model code
     text = os.fspath(text)
     if looks_like_model_spec(text):
+        from .model_source import ModelSide
         return ModelSide.from_spec(text)
     from .loaders import open_checkpoint
     return open_checkpoint(text)

@@ -115,7 +115,12 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         self._prewarm_timer.start(300)
 
     def _prewarm(self) -> None:
-        """Start the compute process while the user looks at the window (it imports torch: ~1-2 s)."""
+        """Start the compute process while the user looks at the window (it imports torch: ~1-2 s). Not while a
+        side is being opened: listing needs no torch, and importing it would hold this process's interpreter lock
+        for a second before the tree shows; it starts once the tree is there."""
+        if self._loads_pending():
+            self._prewarm_timer.start(300)
+            return
         self.runner.start("prewarm", "Starting the compute process…", jobs.start_engine, engine())
         self.runner.start("prewarm-parse", "Starting the parse process…", warm_parse_process)
 

@@ -70,7 +70,7 @@ def load_side_data(text: str, entry: tuple | None = None, *, progress=None, shou
     with _INIT_LOCK:   # two panes open at once: the core's reader registry must be complete before either uses it
         from explorer.core.loaders import readers
         readers()
-        from explorer.core.side import open_side   # imports torch: only ever in a worker
+        from explorer.core.side import open_side   # a file lists without torch; a model spec imports it
         freeze_heap()
     with gc_paused():
         data = settled(side_data(open_side(text), text, entry))

@@ -31,14 +31,15 @@ class CallTimeout(Exception):
     """A job ran past its ``timeout``; the child was killed (it restarts on the next request)."""
 
 
-def _child_main(conn, cancel, nice: int = 10) -> None:  # the child process
+def _child_main(conn, cancel, nice: int = 10, tensors: bool = True) -> None:  # the child process
     import os
     try:  # number crunching yields the CPU to the window: on 2 cores a busy child otherwise delays the GUI thread
         if nice:
             os.nice(nice)
     except (AttributeError, OSError):
         pass
-    importlib.import_module("torch.multiprocessing")   # tensors arrive through shared memory
+    if tensors:
+        importlib.import_module("torch.multiprocessing")   # tensors arrive through shared memory
     while True:
         try:
             msg = conn.recv()
@@ -79,9 +80,12 @@ class ComputeProcess:
     """The parent's handle: ``call(function, *args, progress=..., should_stop=...)`` from a worker
     thread (one call at a time; a lock queues the rest)."""
 
-    def __init__(self, nice: int = 10, name: str = "state-dict-explorer-compute"):
+    def __init__(self, nice: int = 10, name: str = "state-dict-explorer-compute", tensors: bool = True):
         self.nice = nice      # number crunching yields the CPU to the window; a parse the user waits for does not
         self.name = name
+        # tensors cross the pipe (torch's shared-memory pickling, which imports torch in both processes); a process
+        # that only opens files (the parse engine) imports no torch: the listing never waits for it
+        self.tensors = tensors
         self._lock = threading.Lock()
         self._proc = None
         self._conn = None
@@ -97,12 +101,13 @@ class ComputeProcess:
                 return
             import multiprocessing as mp
 
-            importlib.import_module("torch.multiprocessing")   # registers shared-memory pickling of tensors
+            if self.tensors:
+                importlib.import_module("torch.multiprocessing")   # registers shared-memory pickling of tensors
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
             self._cancel = ctx.Value("q", -1, lock=False)
-            self._proc = ctx.Process(target=_child_main, args=(child, self._cancel, self.nice), daemon=True,
-                                     name=self.name)
+            self._proc = ctx.Process(target=_child_main, args=(child, self._cancel, self.nice, self.tensors),
+                                     daemon=True, name=self.name)
             # The child needs only this package. Hide the main module while the spawn data is prepared, so the
             # child never re-runs whatever script started the window (an unguarded one would open a second
             # window in the child and never answer).
@@ -255,7 +260,7 @@ def parse_engine() -> ComputeProcess:
     global _PARSE_ENGINE
     if _PARSE_ENGINE is None:
         import atexit
-        _PARSE_ENGINE = ComputeProcess(nice=0, name="state-dict-explorer-parse")
+        _PARSE_ENGINE = ComputeProcess(nice=0, name="state-dict-explorer-parse", tensors=False)
         atexit.register(shutdown)
     return _PARSE_ENGINE
 

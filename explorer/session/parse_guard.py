@@ -43,8 +43,8 @@ def warm(*, progress=None, should_stop=None) -> None:
 
 
 def warm_parse_process(*, progress=None, should_stop=None) -> None:
-    """Start the parse process and import the readers in it (worker thread; the window does this at start: starting
-    it and importing torch there takes 1.5-2.5 s, which the first File -> Open otherwise waited for)."""
+    """Start the parse process and import the readers in it (worker thread; the window does this after its first
+    paint: starting a process and importing the readers takes 0.3-1 s, which the first File -> Open waited for)."""
     from .compute_process import parse_engine
     eng = parse_engine()
     if not eng.ever_started:    # an open got there first: it starts the process itself (and a killed one stays so)
@@ -55,7 +55,7 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
                  progress=None, should_stop=None):
     """``compare.load_side_data(text, entry)`` once ``text`` has parsed in the compute process within ``timeout_s``
     (the worker half of File -> Open)."""
-    from explorer.core.model_source import looks_like_model_spec
+    from explorer.core.model_spec import looks_like_model_spec
 
     from . import compare as C
     from explorer.core.remote.files import is_remote

@@ -20,7 +20,8 @@ from safetensors.torch import load_file, save_file
 
 from explorer.core import open_checkpoint
 from explorer.core.model_build import BUDGET_ENV, build_model
-from explorer.core.model_source import ModelSide, build_spec, looks_like_model_spec
+from explorer.core.model_source import ModelSide, build_spec
+from explorer.core.model_spec import looks_like_model_spec
 from explorer.core.side import open_side
 from explorer.core.simulate.run import simulate_load
 from explorer.errors import NoDataError

@@ -23,12 +23,10 @@ import struct
 import pickle
 import threading
 from collections import OrderedDict
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from ...errors import CorruptFileError, ExplorerError, UnsafePathError, shorten
-from ..bytesource import TORCH_DTYPES, ByteSource, read_record
+from ..bytesource import ByteSource, read_record, torch_dtypes
 from ..checkpoint import Checkpoint
 from ..gc_pause import gc_paused
 from ..safe_pickle.inert import Inert
@@ -37,6 +35,9 @@ from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord, TorchDtype
 from ..safe_pickle.unpickler import SafeUnpickler
 from ..remote.files import basename, files_in, getsize, is_remote, isdir
 from . import Reader, open_regular, register
+
+if TYPE_CHECKING:   # listing needs no torch; a value's chunks are assembled into a tensor in storage_bytes
+    import torch
 
 METADATA = ".metadata"
 DATA_SUFFIX = ".distcp"
@@ -152,11 +153,12 @@ class DcpSource(ByteSource):
         c = chunks[0]
         return c.file, None, c.offset
 
-    def storage_bytes(self, ref: StorageRef) -> torch.Tensor:
+    def storage_bytes(self, ref: StorageRef) -> "torch.Tensor":
+        import torch
         key = ref.key
         chunks = self.chunks.get(key)
         shape = self.shapes[key]
-        dtype = TORCH_DTYPES.get(ref.dtype or "")
+        dtype = torch_dtypes().get(ref.dtype or "")
         if not chunks or dtype is None:
             raise CorruptFileError(f"{self.folder}: tensor {shorten(key)} has no readable chunks (dtype {ref.dtype})")
         if len(chunks) == 1 and all(o == 0 for o in chunks[0].offsets) and tuple(chunks[0].sizes) == shape:
@@ -210,7 +212,7 @@ class DcpSource(ByteSource):
                                    f"{numel * itemsize:,} bytes but its chunks' files hold {present:,}; the "
                                    "checkpoint is truncated or its metadata is corrupt — copy it again")
 
-    def _read_chunk(self, key: str, c: _Chunk, dtype) -> torch.Tensor:
+    def _read_chunk(self, key: str, c: _Chunk, dtype) -> "torch.Tensor":
         label = f"{c.file} (chunk of {shorten(key)} at byte {c.offset})"
         if c.transforms:
             raise CorruptFileError(f"{label}: stored through DCP storage extensions {list(c.transforms)} (e.g. "

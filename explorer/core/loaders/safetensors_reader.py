@@ -12,11 +12,10 @@ import json
 import math
 import re
 import struct
+from array import array
 from collections import OrderedDict
-from itertools import chain, repeat
-from operator import itemgetter, mul
-
-import numpy as np
+from itertools import accumulate, chain, islice, repeat
+from operator import ge, gt, itemgetter, mul, sub
 
 from ...errors import CorruptFileError, shorten
 from ..bytesource import ByteSource
@@ -149,28 +148,29 @@ def _parse_compact(text: str, data_len: int):
             if shape and max(shape) >= 1 << 62:  # a size no tensor can have: the careful check names it
                 return None
             numel_of[t] = math.prod(shape)
-        if max(numel_of.values()) >= 1 << 56:  # the int64 arithmetic below could wrap: the careful check decides
+        if max(numel_of.values()) >= 1 << 56:  # a size no tensor can have: the careful check names it
             return None
-        begins = np.fromiter(map(int, parts[4::6]), dtype=np.int64, count=n)
-        ends = np.fromiter(map(int, parts[5::6]), dtype=np.int64, count=n)
+        begins = list(map(int, parts[4::6]))
+        ends = list(map(int, parts[5::6]))
     except (ValueError, OverflowError):
         return None
     del parts
-    numels = np.fromiter(map(numel_of.__getitem__, shape_texts), dtype=np.int64, count=n)
-    if not _spans_fit(begins, ends, numels, codes, data_len):
+    if not _spans_fit(begins, ends, list(map(numel_of.__getitem__, shape_texts)), codes, data_len):
         return None
-    return meta, keys, codes, list(map(shape_of.__getitem__, shape_texts)), begins
+    return meta, keys, codes, list(map(shape_of.__getitem__, shape_texts)), array("q", begins)
 
 
-def _spans_fit(begins, ends, numels, codes: list, data_len: int) -> bool:
-    """Does every tensor's byte span (int64 arrays) hold its elements exactly, end inside the data section, and
-    overlap no other? (The check both parses make; the careful one names the first bad entry.)"""
-    sizes = np.fromiter(map(ITEMSIZES.__getitem__, codes), dtype=np.int64, count=len(codes))
-    if (ends > data_len).any() or not np.array_equal(ends - begins, numels * sizes):
+def _spans_fit(begins: list, ends: list, numels: list, codes: list, data_len: int) -> bool:
+    """Does every tensor's byte span (lists of ints) hold its elements exactly, end inside the data section, and
+    overlap no other? (The check both parses make; the careful one names the first bad entry.) Each test is a pass
+    in C (``map`` of an operator) on exact integers, as fast as numpy's once the texts are ints, and with no numpy:
+    listing a file does not import it."""
+    if max(ends, default=0) > data_len \
+            or list(map(sub, ends, begins)) != list(map(mul, numels, map(ITEMSIZES.__getitem__, codes))):
         return False
-    if not (begins[1:] >= ends[:-1]).all():  # not in file order: sort, then look for overlaps
-        order = np.argsort(begins, kind="stable")
-        if (ends[order[:-1]] > begins[order[1:]]).any():
+    if not all(map(ge, islice(begins, 1, None), ends)):  # not in file order: sort, then look for overlaps
+        order = sorted(range(len(begins)), key=begins.__getitem__)   # stable
+        if any(map(gt, map(ends.__getitem__, order), islice(map(begins.__getitem__, order), 1, None))):
             return False
     return True
 
@@ -237,18 +237,15 @@ def _validate_fast(specs: list, data_len: int):
         flat = list(chain.from_iterable(offsets))
         if len(flat) != 2 * len(offsets) or set(map(len, offsets)) != {2} or not set(map(type, flat)) <= {int}:
             return None
-        spans = np.array(flat, dtype=np.int64)
-        begins, ends = spans[0::2], spans[1::2]
+        begins = flat[0::2]
         prods = list(map(math.prod, shapes))
-        if prods and max(prods) >= 1 << 56:  # the int64 arithmetic below could wrap: the careful check decides
+        if prods and max(prods) >= 1 << 56:  # a size no tensor can have: the careful check names it
             return None
-        if (begins < 0).any() or not _spans_fit(begins, ends, np.array(prods, dtype=np.int64), codes, data_len):
+        if min(begins) < 0 or not _spans_fit(begins, flat[1::2], prods, codes, data_len):
             return None
         # shapes as one flat list of sizes plus where each starts: no per-tensor container outlives the parse
         # (the cyclic GC would otherwise walk 50,000 small lists as soon as it runs again)
-        starts = np.zeros(len(shapes) + 1, dtype=np.int64)
-        np.cumsum(np.fromiter(map(len, shapes), dtype=np.int64, count=len(shapes)), out=starts[1:])
-        return codes, (dims, starts.tolist()), begins
+        return codes, (dims, list(accumulate(map(len, shapes), initial=0))), array("q", begins)
     except (TypeError, ValueError, KeyError, OverflowError):
         return None
 
@@ -312,7 +309,7 @@ def open_safetensors(path: str) -> Checkpoint:
         part = shapes[start:stop]
         for shape in set(part).difference(strides):
             strides[shape] = contiguous_strides(shape)
-        return list(map(Location, repeat(path), repeat(None), (begins[start:stop] + data_start).tolist(), nbytes,
+        return list(map(Location, repeat(path), repeat(None), map(data_start.__add__, begins[start:stop]), nbytes,
                         repeat(0), map(strides.__getitem__, part), map("#{}".format, range(start, stop))))
 
     def columns(start: int, stop: int):  # what a listing shows of entries start..stop, column-wise

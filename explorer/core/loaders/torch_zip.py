@@ -14,8 +14,7 @@ import pickle
 import struct
 import threading
 from collections import OrderedDict
-
-import torch
+from typing import TYPE_CHECKING
 
 from ...errors import CorruptFileError
 from ..bytesource import ByteSource
@@ -27,6 +26,9 @@ from ..safe_pickle.unpickler import SafeUnpickler
 from . import Reader, isfile, open_binary, read_head, register, size_of
 from .zip_directory import (DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO, STORAGE_LIMIT, STORED,
                              ZipDirectory)
+
+if TYPE_CHECKING:   # opening a file needs no torch; a stored value becomes a tensor in storage_bytes
+    import torch
 
 ZIP_MAGIC = b"PK\x03\x04"
 
@@ -122,7 +124,8 @@ class ZipSource(ByteSource):
                                    "it too) — re-download or re-save it")
         return self._file, self._base + start, e.usize
 
-    def storage_bytes(self, ref) -> torch.Tensor:
+    def storage_bytes(self, ref) -> "torch.Tensor":
+        import torch
         e, start = self._record(ref)
         if e.method == STORED:
             return super().storage_bytes(ref)

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import pickle
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from .inert import Inert, placeholder, sealed
 from .records import StorageRef, TensorRecord, int_tuple
+
+if TYPE_CHECKING:   # numpy is imported where a pickle holds numpy values: a file without any lists without it
+    import numpy as np
 
 
 class NumpyDtype(Inert):
@@ -43,6 +45,7 @@ def _numpy_scalar(dtype, data=None, *rest):
     code = dtype._args[0] if isinstance(dtype, NumpyDtype) and dtype._args else None
     if isinstance(code, str) and code in _NUMPY_SIMPLE and isinstance(data, bytes):
         try:
+            import numpy as np
             np_dtype = np.dtype(code)
             if np_dtype.itemsize == len(data):
                 return np.frombuffer(data, dtype=np_dtype)[0].item()
@@ -75,6 +78,7 @@ def numpy_dtype(obj) -> "np.dtype | None":
             return None
         order = st[1]
     try:
+        import numpy as np
         dt = np.dtype(code)
         return dt.newbyteorder(order) if order in ("<", ">") else dt
     except (TypeError, ValueError):
@@ -91,6 +95,7 @@ class InlineBytes:
         self.label = label
 
     def storage_bytes(self, ref):
+        import numpy as np
         import torch
         return torch.from_numpy(np.frombuffer(self.data, dtype=np.uint8).copy())
 
@@ -127,6 +132,7 @@ def numpy_record(obj) -> "NumpyRecord | None":
         return None
     if dt.byteorder == ">":   # the values, little-endian (what torch and this reader use)
         dt = dt.newbyteorder("<")
+        import numpy as np
         data = np.frombuffer(data, dtype=dt.newbyteorder(">")).astype(dt).tobytes()
     stride, acc = [], 1
     for d in (shape if fortran else reversed(shape)):
@@ -139,7 +145,8 @@ def numpy_record(obj) -> "NumpyRecord | None":
     return rec
 
 
-def numpy_array(rec: NumpyRecord) -> np.ndarray:
+def numpy_array(rec: NumpyRecord) -> "np.ndarray":
     """The array itself (what ``torch.load`` gives), built from its bytes."""
+    import numpy as np
     arr = np.frombuffer(bytearray(rec.storage.source.data), dtype=rec.np_dtype)
     return arr.reshape(rec.shape, order="F" if rec.fortran else "C")
