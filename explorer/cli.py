@@ -155,6 +155,10 @@ def build_parser(imported=tuple(COMMANDS)) -> argparse.ArgumentParser:
         if module is not None:
             module.add_arguments(p)
             p.set_defaults(_run=module.run)
+            if name != "demo":
+                p.add_argument("--download", action="store_true",
+                               help="a URL whose server does not support range requests is fetched whole, once "
+                                    "(into the cache), instead of refused")
     return parser
 
 
@@ -195,6 +199,17 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    if getattr(args, "download", False):
+        from .core.remote.mirror import allow_whole_files
+        allow_whole_files(True, note=lambda text: print(text, file=sys.stderr, flush=True))
+        try:
+            return _run(args)
+        finally:
+            allow_whole_files(False)
+    return _run(args)
+
+
+def _run(args) -> int:
     # A command is one short run that builds many small objects (10**6 entries for a big file) and few cycles: the
     # cyclic GC would re-scan everything torch and the file's structure allocated, again and again (PERFORMANCE.md).
     with gc_paused(), _Streams(text_stdout=not getattr(args, "json", False)):

@@ -141,6 +141,10 @@ def run(args) -> int:
         print_json(answer)
     else:
         render_text(report, sys.stdout, None if args.all else LISTED)
-    if report.summary.get(NOT_COMPARED):
-        return 2                          # values that could not be read: no answer to "are they the same?"
+    unread = report.summary.get(NOT_COMPARED)
+    if unread:                            # values that could not be read: no answer to "are they the same?"
+        first = next(k for k in report.keys if k.status == NOT_COMPARED)
+        print(f"error: {unread:,} key{'s' if unread != 1 else ''} not compared, values unreadable (the first: "
+              f"{first.error})", file=sys.stderr)
+        return 2
     return 1 if report.different else 0   # as diff and cmp: 0 identical, 1 different, 2 trouble

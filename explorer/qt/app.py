@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             window.open_path(side, text)
     QTimer.singleShot(0, start)       # the window paints first, then work starts (torch is imported in a worker)
     if args.screenshot:
+        window.interactive = False    # nobody is there to answer a question
         _schedule_screenshot(app, window, args.screenshot, state)
     app.exec()
     from ..session.compute_process import shutdown

@@ -28,6 +28,18 @@ def model_spec(parent, history: list[str]) -> str:
     return spec.strip() if ok else ""
 
 
+def confirm_download(parent, url: str, size: int | None) -> bool:
+    """Ask before fetching a whole file from a server that ignores Range requests."""
+    from PySide6.QtWidgets import QMessageBox
+    how_much = f"{size / 1e6:,.1f} MB" if size else "its whole size"
+    answer = QMessageBox.question(
+        parent, "Download the whole file?",
+        f"The server of\n{url}\ndoes not support range requests, so its header cannot be read alone.\n\n"
+        f"Download the whole file ({how_much}) once into the cache?", QMessageBox.Yes | QMessageBox.No,
+        QMessageBox.No)
+    return answer == QMessageBox.Yes
+
+
 def export_path(parent, suggested: str) -> str:
     path, _ = QFileDialog.getSaveFileName(parent, "Export the fixed checkpoint", suggested, EXPORT_FILTER)
     return path

@@ -10,6 +10,7 @@ from PySide6.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
 
 from ..core.remote.files import basename, is_remote
 from ..session import compare as C
+from ..errors import RangeNotSupportedError
 from ..session import dispose, jobs, series_job
 from ..session.compare import LEFT, RIGHT, Pane
 from ..session.compute_process import engine
@@ -160,7 +161,9 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         if spec:
             self.open_path(LEFT, spec)
 
-    def open_path(self, side: int, text: str, entry=None) -> None:
+    interactive = True      # may ask the user (a --screenshot run asks nothing: app.py sets False)
+
+    def open_path(self, side: int, text: str, entry=None, download: bool = False) -> None:
         """Open a file, folder, URL or model spec in a pane, in a worker; what was open stays until it succeeds."""
         text = os.fspath(text)
         self.banner_clear_message()
@@ -168,8 +171,9 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         header.set_error("")
         # parsed first in the compute process, with a time limit: a parse stuck in C code there cannot freeze this
         # window (it would hold the interpreter lock of this process), and is stopped and reported
-        self.runner.start(f"load{side}", f"Opening {basename(text) or text}…", open_guarded, text,
-                          entry, timeout_s=self.parse_timeout_s, probe_fn=self.parse_probe,
+        doing = "Downloading" if download else "Opening"
+        self.runner.start(f"load{side}", f"{doing} {basename(text) or text}…", open_guarded, text, entry,
+                          timeout_s=self.parse_timeout_s, probe_fn=self.parse_probe, download=download,
                           on_result=lambda data: self._side_loaded(side, data),
                           on_error=lambda exc: self._load_failed(side, text, exc))
 
@@ -206,6 +210,10 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         self.rebuild()
 
     def _load_failed(self, side: int, text: str, exc: BaseException) -> None:
+        if isinstance(exc, RangeNotSupportedError) and is_remote(text) and self.interactive \
+                and dialogs.confirm_download(self, text, getattr(exc, "size", None)):
+            self.open_path(side, text, download=True)     # the same open, the file fetched whole first
+            return
         msg = str(exc) or type(exc).__name__
         header = self.compare.left_header if side == LEFT else self.compare.right_header
         if is_expected(exc):

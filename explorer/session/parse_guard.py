@@ -51,10 +51,22 @@ def warm_parse_process(*, progress=None, should_stop=None) -> None:
         eng.call(warm, timeout=120.0, should_stop=should_stop)
 
 
+def probe_whole(text: str, *, progress=None, should_stop=None) -> None:
+    """:func:`probe`, for a URL the user agreed to download whole (its server ignores Range requests)."""
+    from explorer.core.remote.mirror import allow_whole_file
+    allow_whole_file(text)
+    probe(text)
+
+
 def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_fn: Callable[..., Any] = probe,
-                 progress=None, should_stop=None):
+                 download: bool = False, progress=None, should_stop=None):
     """``compare.load_side_data(text, entry)`` once ``text`` has parsed in the compute process within ``timeout_s``
-    (the worker half of File -> Open)."""
+    (the worker half of File -> Open). ``download``: the URL ``text`` may be fetched whole (the user agreed: its
+    server ignores Range requests); the parse process downloads it into the shared cache, this one reads it there."""
+    if download:
+        from explorer.core.remote.mirror import allow_whole_file
+        allow_whole_file(text)
+        probe_fn = probe_whole
     from explorer.core.model_spec import looks_like_model_spec
 
     from . import compare as C

@@ -48,6 +48,7 @@ def test_the_command_says_so_once_and_exits_2(meta_pair):
     assert run.returncode == 2, run.stderr
     assert "1 not compared" in run.stdout and "0 changed" in run.stdout
     assert "could not be read, so they were not compared" in run.stdout
+    assert run.stderr.startswith("error: 1 key not compared") and run.stderr.count("\n") == 1   # exit 2: one line
     run = _cli("diff", *meta_pair, "--json")
     assert run.returncode == 2
     answer = json.loads(run.stdout)

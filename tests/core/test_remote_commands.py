@@ -193,7 +193,26 @@ def test_not_found_and_access_denied(cli, srv):
 def test_a_server_without_range_support(cli, srv):
     srv.served.ranges = False
     url = srv.url("/m.safetensors")
-    assert "does not support range requests" in _one_error_line(cli("inspect", url), url)
+    line = _one_error_line(cli("inspect", url), url)
+    assert "does not support range requests" in line and "--download" in line
+
+
+@pytest.mark.parametrize("name", ["m.safetensors", "m.pt"])
+def test_download_fetches_a_file_whole_once_when_the_server_has_no_ranges(cli, srv, name):
+    srv.served.ranges = False
+    url, local = srv.url(f"/{name}"), str(srv.local / name)
+    size = (srv.local / name).stat().st_size
+    r = cli("inspect", url, "--download", "--json")
+    assert r.returncode == 0, r.stderr
+    assert f"does not support range requests; downloading the whole file ({size:,} bytes) once" in r.stderr
+    got = json.loads(r.stdout.replace(json.dumps(url)[1:-1], json.dumps(local)[1:-1]))
+    assert got.pop("transferred_bytes") == size
+    _, want = _answer(cli, "inspect", local)
+    assert got == want
+    # the values come from the downloaded copy: no request more, the same statistics as the local file
+    before = len(srv.served.requests)
+    _same(cli, ["stats", local, "extra.half"], ["stats", url, "extra.half", "--download"], url, local)
+    assert [m for m, _, _ in srv.served.requests[before:] if m == "GET"] == []
 
 
 def test_a_truncated_answer(cli, srv):

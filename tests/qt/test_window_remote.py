@@ -119,7 +119,10 @@ def test_open_url_dialog_opens_the_url_in_the_pane_chosen(qtbot, make_window, sr
 
 
 @pytest.mark.parametrize("how", ["404", "403", "no range"])
-def test_a_refused_url_keeps_the_pane_as_it_was_and_names_the_url(qtbot, make_window, srv, how):
+def test_a_refused_url_keeps_the_pane_as_it_was_and_names_the_url(qtbot, make_window, srv, how, monkeypatch):
+    from explorer.qt import dialogs
+    asked = []      # a server without ranges: the window offers to download the file; here the user says no
+    monkeypatch.setattr(dialogs, "confirm_download", lambda parent, url, size: asked.append((url, size)) and False)
     w = make_window()
     w.open_path(0, str(srv.local / "b.pt"))
     qtbot.waitUntil(lambda: w.sides[0] is not None and w.is_idle(), timeout=30000)
@@ -143,6 +146,29 @@ def test_a_refused_url_keeps_the_pane_as_it_was_and_names_the_url(qtbot, make_wi
     assert w.compare.left_header.error.text() == f"⚠ {message}"
     assert w.statusBar().currentMessage() == f"Could not open {message}"      # the URL said once
     assert w.unmet_requests() == [f"the left side did not open ({message})"]
+    if how == "no range":
+        assert asked == [(url, len(srv.served.files[url[len(srv.base):]]))]
+    else:
+        assert asked == []
+
+
+def test_a_server_without_ranges_the_user_agrees_to_download_from(qtbot, make_window, srv, monkeypatch):
+    """The offer says the size; on yes, the file is fetched whole once (in the parse process, into the shared cache)
+    and the pane shows the rows and values of the local copy."""
+    from explorer.qt import dialogs
+    asked = []
+    monkeypatch.setattr(dialogs, "confirm_download", lambda parent, url, size: asked.append((url, size)) or True)
+    url = fresh_url(srv, "a.safetensors")
+    srv.served.ranges = False
+    try:
+        w = make_window()
+        open_both(qtbot, w, url, srv.local / "a.safetensors")
+        comp = w.comparison
+        qtbot.waitUntil(lambda: all(comp.status(r) == C.IDENTICAL for r in comp.rows.values()), timeout=60000)
+    finally:
+        srv.served.ranges = True
+    assert asked == [(url, len(srv.served.files[url[len(srv.base):]]))]
+    assert w.sides[0].text == url and row_table(comp, C.LEFT) == row_table(comp, C.RIGHT)
 
 
 # ---- drops ---------------------------------------------------------------------------------------------------------

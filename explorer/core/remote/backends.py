@@ -158,9 +158,12 @@ class HttpBackend:
             self._final = resp.geturl()
         with resp:
             if resp.status == 200 and not (start == 0 and end == self.size):
-                raise RangeNotSupportedError(
+                e = RangeNotSupportedError(
                     f"{self.url}: the server does not support range requests (it sends the whole "
-                    f"{self.size:,}-byte file for any part) — download it whole, or download the file and open the local copy")
+                    f"{self.size:,}-byte file for any part) — run again with --download to fetch it whole once, or "
+                    "download the file and open the local copy")
+                e.size = self.size      # what the window's offer to download says
+                raise e
             etag = resp.headers.get("ETag")
             if (etag and resp.geturl() == self._stat_url and self.version and self.version.startswith(('"', "W/"))
                     and not _same_etag(etag, self.version)):

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 from . import cache
 from .backends import TransientError, TruncatedBody, backend_for
-from ...errors import Cancelled, RemoteError, RemoteTruncatedError, RemoteUnavailableError
+from ...errors import Cancelled, RangeNotSupportedError, RemoteError, RemoteTruncatedError, RemoteUnavailableError
 
 BLOCK = 32 << 10        # the unit fetched and recorded: a safetensors header of a shard fits one
 CHUNK = 8 << 20         # the most one request asks for; a longer run is split and fetched in parallel
@@ -30,6 +30,22 @@ _by_path: dict[str, "Mirror"] = {}     # local path -> open mirror (the readers'
 _by_url: dict[str, "Mirror"] = {}
 _total = [0]                           # bytes fetched by this process
 _failures: list[RemoteError] = []      # every remote failure raised in this process, oldest first
+# [allowed, note(text) or None]: a server without Range support has the whole file fetched once instead of a refusal
+# (the command line's --download; the window asks first)
+WHOLE_FILES_OK: list = [False, None]
+_WHOLE_URLS: set[str] = set()          # URLs the user agreed to download whole (the window asks, per URL)
+
+
+def allow_whole_files(allowed: bool = True, note: Callable[[str], None] | None = None) -> None:
+    """Let a URL whose server ignores Range requests be downloaded whole (once, into the mirror), saying so through
+    ``note``; otherwise such a URL is refused with a line that says how to allow it."""
+    WHOLE_FILES_OK[:] = [allowed, note]
+
+
+def allow_whole_file(url: str) -> None:
+    """Let this one URL be downloaded whole if its server ignores Range requests (the user said yes to it)."""
+    with _open_lock:
+        _WHOLE_URLS.add(url)
 
 
 def transferred_total() -> int:
@@ -165,6 +181,15 @@ class Mirror:
                     for f in futures:
                         if f.done() and not f.cancelled() and f.exception() is not None:
                             raise f.exception()
+            except RangeNotSupportedError as e:
+                if not (WHOLE_FILES_OK[0] or self.url in _WHOLE_URLS):
+                    raise _noted(e)
+                self._lock.release()        # download() takes the lock itself
+                try:
+                    self._say_download()
+                    self.download(should_stop)
+                finally:
+                    self._lock.acquire()
             except RemoteError as e:
                 raise _noted(e)
             finally:
@@ -173,6 +198,12 @@ class Mirror:
                     self._entry.save()
                     self._maybe_evict(self.transferred - before)
             return self.transferred - before
+
+    def _say_download(self) -> None:
+        note = WHOLE_FILES_OK[1]
+        if note is not None:
+            note(f"{self.url}: the server does not support range requests; downloading the whole file "
+                 f"({self.size:,} bytes) once")
 
     def download(self, should_stop: Callable[[], bool] | None = None) -> int:
         """Fetch the whole file in one request (what a server without Range support allows; ``size`` says how much
