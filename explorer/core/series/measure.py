@@ -113,7 +113,7 @@ class _Buffers:
         self.same = np.empty(CHUNK, dtype=bool)
 
     def sub(self, c: np.ndarray, r: np.ndarray) -> np.ndarray:
-        kind = np.result_type(c, r)
+        kind = c.dtype if c.dtype == r.dtype else np.result_type(c, r)
         if self.diff is None or self.diff.dtype != kind:
             self.diff = np.empty(CHUNK, dtype=kind)
         return np.subtract(c, r, out=self.diff[:len(c)])
@@ -135,10 +135,9 @@ class _Step:
     def __init__(self, i: int, x: torch.Tensor, prev: "_Step | None", first: "_Step | None", mean: bool,
                  is_first: bool = False):
         self.i, self.x, self.shape, self.dtype, self.mean = i, x.reshape(-1), tuple(x.shape), x.dtype, mean
+        self.a = _array(self.x) if x.dtype in _NATIVE else None   # the values as numpy sees them: a view, no copy
         self.is_first = is_first   # the first checkpoint that holds the key
-        self.prev_step, self.first_step = prev, first
-        self.prev = prev.x if prev is not None else None
-        self.first = first.x if first is not None else None
+        self.prev, self.first = prev, first
         self.again = first is not None and first is prev
         self.memo = prev.mine if prev is not None and prev.dtype == x.dtype else None
         self.sq = self.total = self.to_prev = self.to_first = 0.0
@@ -148,7 +147,12 @@ class _Step:
 
     def release(self) -> None:
         """Measured: keep only what a later checkpoint compares with (the values and the chunks' figures)."""
-        self.prev_step = self.first_step = self.prev = self.first = self.memo = None
+        self.prev = self.first = self.memo = None
+
+    def part(self, start: int) -> np.ndarray:
+        """Elements ``start`` to ``start + CHUNK`` as numpy computes the figures (see ``_array``)."""
+        a = self.a
+        return a[start:start + CHUNK] if a is not None else _array(self.x[start:start + CHUNK])
 
     def _add(self, s: float, nf: int, tot: float, sf: float) -> None:
         m = self.mine
@@ -156,22 +160,25 @@ class _Step:
         m.nonfinite.append(nf)
         m.total.append(tot)
         m.to_first.append(sf)
-        self.sq, self.nonfinite, self.total, self.to_first = self.sq + s, self.nonfinite + nf, self.total + tot, \
-            self.to_first + sf
+        self.sq += s
+        self.nonfinite += nf
+        self.total += tot
+        self.to_first += sf
 
     def chunk(self, k: int, start: int, bufs: _Buffers) -> None:
         """Add chunk ``k`` (elements ``start`` to ``start + CHUNK``) to every figure."""
-        c = _array(self.x[start:start + CHUNK])
+        c = self.part(start)
         sp = 0.0
         if self.prev is not None:
-            r = _array(self.prev[start:start + CHUNK])
+            r = self.prev.part(start)
             same = np.equal(c, r, out=bufs.same[:len(c)])
-            unchanged = int(np.count_nonzero(same)) == len(c)
-            self.same = self.same and unchanged
-            memo = self.memo
-            if unchanged and memo is not None and math.isfinite(memo.sq[k]):   # difference 0: prev's figures hold
-                self._add(memo.sq[k], memo.nonfinite[k], memo.total[k], memo.to_first[k])
-                return
+            if np.count_nonzero(same) == len(c):
+                memo = self.memo
+                if memo is not None and math.isfinite(memo.sq[k]):   # difference 0: prev's figures hold
+                    self._add(memo.sq[k], memo.nonfinite[k], memo.total[k], memo.to_first[k])
+                    return
+            else:
+                self.same = False
             sp = _sq(bufs.sub(c, r))
             self.to_prev += sp
             self.changed += _changed(c, r, same, sp)
@@ -181,7 +188,7 @@ class _Step:
         if self.again:
             sf = sp
         else:
-            sf = _sq(bufs.sub(c, _array(self.first[start:start + CHUNK]))) if self.first is not None else 0.0
+            sf = _sq(bufs.sub(c, self.first.part(start))) if self.first is not None else 0.0
         self._add(s, nonfinite, total, sf)
 
     def result(self, prev_norm: float | None, first_norm: float | None) -> dict:
@@ -215,15 +222,15 @@ def _run(window: list[_Step], t: Track, should_stop) -> None:
     for s in window:
         i, mean = s.i, s.mean
         if s.memo is not None and s.same:   # unchanged (a frozen key): the previous checkpoint's figures
-            j = s.prev_step.i
+            j = s.prev.i
             t.norm[i], t.nonfinite[i] = t.norm[j], t.nonfinite[j]
             t.rel_change_prev[i], t.frac_changed[i] = 0.0, 0.0
             t.rel_change_first[i] = t.rel_change_first[j]
             if mean:
                 t.mean[i] = t.mean[j]
         else:
-            got = s.result(t.norm[s.prev_step.i] if s.prev is not None else None,
-                           t.norm[s.first_step.i] if s.first is not None else None)
+            got = s.result(t.norm[s.prev.i] if s.prev is not None else None,
+                           t.norm[s.first.i] if s.first is not None else None)
             t.norm[i], t.nonfinite[i] = got["norm"], got["nonfinite"]
             t.rel_change_prev[i], t.frac_changed[i] = got.get("rel_prev"), got.get("frac_prev")
             t.rel_change_first[i] = got.get("rel_first", 0.0 if s.is_first else None)
