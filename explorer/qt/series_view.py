@@ -53,6 +53,7 @@ class SeriesView(QWidget):
     sig_key_shown = Signal(str)     # a key's trajectories plotted
     sig_hist_shown = Signal(str)    # a key's histograms plotted
     sig_exported = Signal(str)      # path written
+    sig_measured = Signal(bool)     # a measured run is there to export (True), or none is (False)
 
     def __init__(self, runner, parent=None):
         super().__init__(parent)
@@ -232,6 +233,7 @@ class SeriesView(QWidget):
 
     def _measure_failed(self, exc) -> None:
         self.measuring = False
+        self.sig_measured.emit(self.data is not None)
         self.cancel_button.hide()
         self.failed = "measuring was cancelled" if exc is None else (str(exc) or type(exc).__name__)
         self.title.setText(f"⚠ The run was not measured: {self.failed}")
@@ -241,6 +243,7 @@ class SeriesView(QWidget):
         if self.data is not None:
             self.data.close()
             self.data = None
+            self.sig_measured.emit(False)
 
     def _measured(self, data: J.SeriesData) -> None:
         self._close_data()
@@ -268,6 +271,7 @@ class SeriesView(QWidget):
         self.slider.setEnabled(data.n > 0)
         if data.keys:
             self.select_key(self._first_key(data))
+        self.sig_measured.emit(True)
         self.sig_ready.emit()
 
     @staticmethod
@@ -478,6 +482,7 @@ def show_series(window, on: bool) -> SeriesView | None:
     if view is None:
         view = window.series_view = SeriesView(window.runner)
         view.sig_failed.connect(lambda msg: window.unmet.__setitem__("series", f"the run was not measured ({msg})"))
+        view.sig_measured.connect(lambda _: sync_exports(window))
         window.centralWidget().layout().addWidget(view, 1)
     for w in (window.filter_bar, window.splitter):
         w.setVisible(not on)
@@ -485,5 +490,15 @@ def show_series(window, on: bool) -> SeriesView | None:
         window.banner.hide()
         window.setWindowTitle("Training run — State-Dict Explorer")
     view.setVisible(on)
+    sync_exports(window)
     return view
 
+
+def sync_exports(window) -> None:
+    """The window's run exports (CSV table, PNG plots): enabled while a measured run is shown, else disabled."""
+    view = getattr(window, "series_view", None)
+    ok = view is not None and not view.isHidden() and view.data is not None
+    for name in ("act_export_series_csv", "act_export_series_png"):
+        action = getattr(window, name, None)
+        if action is not None:
+            action.setEnabled(ok)

@@ -125,6 +125,22 @@ def test_module_tree_with_the_heat_map_rows(qtbot, make_window, run_dir):
     wait_idle(qtbot, w)
 
 
+def test_exports_are_enabled_once_a_run_is_measured(qtbot, make_window, run_dir, two_checkpoints):
+    w = make_window()
+    acts = (w.act_export_series_csv, w.act_export_series_png)
+    assert not any(a.isEnabled() for a in acts)                   # no run open
+    w.open_series([str(run_dir)])
+    assert not any(a.isEnabled() for a in acts)                   # measuring
+    qtbot.waitUntil(lambda: w.series_view.settled and w.is_idle(), timeout=60000)
+    assert all(a.isEnabled() for a in acts)
+    w.open_path(0, str(two_checkpoints[0]))                       # the panes come back: no run shown
+    qtbot.waitUntil(lambda: w.sides[0] is not None and w.is_idle(), timeout=60000)
+    assert not any(a.isEnabled() for a in acts)
+    w.open_series([str(run_dir / "nothing")])                     # a run that does not open
+    qtbot.waitUntil(lambda: w.series_view.settled and w.is_idle(), timeout=60000)
+    assert w.series_view.failed and not any(a.isEnabled() for a in acts)
+
+
 def test_csv_export_matches_series_json(qtbot, make_window, run_dir, tmp_path):
     w = make_window()
     view = open_run(qtbot, w, run_dir)
