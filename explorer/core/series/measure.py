@@ -119,12 +119,13 @@ class _Buffers:
         return np.subtract(c, r, out=self.diff[:len(c)])
 
 
-def _changed(c: np.ndarray, r: np.ndarray, same: np.ndarray, sq: float) -> int:
-    """Elements of ``c`` that differ from ``r`` (``same`` holds ``c == r``); a NaN at the same place on both sides
-    is no change (only looked for when ``sq``, ‖c − r‖², says a NaN or an Inf is there)."""
+def _changed(c: np.ndarray, r: np.ndarray, same: np.ndarray, equal: int, sq: float) -> int:
+    """Elements of ``c`` that differ from ``r`` (``same`` holds ``c == r``, ``equal`` its count); a NaN at the same
+    place on both sides is no change (only looked for when ``sq``, ‖c − r‖², says a NaN or an Inf is there)."""
     if not math.isfinite(sq):
         same |= np.isnan(c) & np.isnan(r)
-    return len(c) - int(np.count_nonzero(same))
+        equal = int(np.count_nonzero(same))
+    return len(c) - equal
 
 
 class _Step:
@@ -172,7 +173,8 @@ class _Step:
         if self.prev is not None:
             r = self.prev.part(start)
             same = np.equal(c, r, out=bufs.same[:len(c)])
-            if np.count_nonzero(same) == len(c):
+            equal = int(np.count_nonzero(same))
+            if equal == len(c):
                 memo = self.memo
                 if memo is not None and math.isfinite(memo.sq[k]):   # difference 0: prev's figures hold
                     self._add(memo.sq[k], memo.nonfinite[k], memo.total[k], memo.to_first[k])
@@ -181,7 +183,7 @@ class _Step:
                 self.same = False
             sp = _sq(bufs.sub(c, r))
             self.to_prev += sp
-            self.changed += _changed(c, r, same, sp)
+            self.changed += _changed(c, r, same, equal, sp)
         s = _sq(c)
         nonfinite = len(c) - int(np.count_nonzero(np.isfinite(c))) if not math.isfinite(s) else 0
         total = float(c.sum(dtype=np.complex128 if np.iscomplexobj(c) else np.float64).real) if self.mean else 0.0
