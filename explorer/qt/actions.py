@@ -60,6 +60,8 @@ def install_actions(w) -> None:
                                   None, "Every key's figures at every checkpoint, one row per key and checkpoint")
     w.act_export_series_png = act("Export run plots (PNG)…", lambda: w.series_view and w.series_view.ask_export_png(),
                                   None, "The selected key's trajectories and histograms as a picture")
+    for a in (w.act_export_series_csv, w.act_export_series_png):
+        a.setEnabled(False)     # until a run is measured (series_view.sync_exports)
     _build_menus(w)
     _build_toolbar(w)
 

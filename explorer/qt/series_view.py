@@ -5,147 +5,22 @@ window's ``Runner``; this module only paints."""
 from __future__ import annotations
 
 import html
-import math
 import os
 
-import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QAbstractTableModel, QBuffer, QByteArray, QIODevice, QModelIndex, QSortFilterProxyModel, \
-    Qt, Signal
-from PySide6.QtGui import QBrush, QColor, QPen
+from PySide6.QtCore import QBuffer, QByteArray, QIODevice, QSortFilterProxyModel, Qt, Signal
+from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QGridLayout, QHBoxLayout, QHeaderView,
-                               QLabel, QLineEdit, QPushButton, QSlider, QSplitter, QStyle, QStyledItemDelegate, QTableView,
-                               QVBoxLayout, QWidget)
+                               QLabel, QLineEdit, QPushButton, QSlider, QSplitter, QTreeView, QVBoxLayout, QWidget)
 
 from ..session import series_job as J
 from ..session.compute_process import engine
+from .series_heat import NONFINITE, PATH_ROLE, UNCHANGED, CellDelegate, HeatModel
 
-ABSENT = QColor("#f4f4f4")       # the key is not in this checkpoint
-NOT_APPLICABLE = QColor("#fbfbfb")   # no previous checkpoint: nothing to compare with
-UNCHANGED = QColor("#d6dde6")    # exactly 0: not a single value moved
-NONFINITE = QColor("#C0392B")    # NaN/Inf in the tensor
 CELL_W = 26
-ABSENT_ROLE = Qt.UserRole + 1    # True where the key is not in the checkpoint (painted hatched)
+ROWS_OPEN = 80                   # the key tree opens as deep as keeps its rows under this many (all, when it fits)
 A_COLOR, B_COLOR, ONE_COLOR = "#0072B2", "#D55E00", "#009E73"
 ALARM = ("nonfinite", "unread")
-
-
-def _lut() -> list[QColor]:
-    cmap = pg.colormap.get("viridis")
-    return [QColor(*[int(v) for v in c[:3]]) for c in cmap.getLookupTable(0.0, 1.0, 256, alpha=False)]
-
-
-class HeatModel(QAbstractTableModel):
-    """Column 0: the key; column 1 + i: its figure at checkpoint i, painted (tooltip: the exact figure)."""
-
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        self.data_ = None
-        self.matrix = np.zeros((0, 0))
-        self.metric = "rel_change_prev"
-        self.lut = _lut()
-        self.lo, self.hi = -6.0, 0.0     # log10 of the change at the bottom and top of the colour scale
-
-    def set_data(self, data, metric: str) -> None:
-        self.beginResetModel()
-        self.data_, self.metric = data, metric
-        self.matrix = np.zeros((0, 0)) if data is None else \
-            data.matrices[metric] if metric in data.matrices else J.heat_matrix(data, metric)
-        self.lo, self.hi = J.log_range(self.matrix)
-        self.endResetModel()
-
-    def rowCount(self, parent=QModelIndex()):
-        return 0 if parent.isValid() else self.matrix.shape[0]
-
-    def columnCount(self, parent=QModelIndex()):
-        return 0 if parent.isValid() or self.data_ is None else 1 + self.matrix.shape[1]
-
-    def color(self, r: int, c: int) -> QColor:
-        t = self.data_.result.tracks[r]
-        v = self.matrix[r, c]
-        if not t.present[c]:
-            return ABSENT
-        if t.nonfinite[c]:
-            return NONFINITE
-        if math.isnan(v):
-            return NOT_APPLICABLE
-        if v == 0:
-            return UNCHANGED
-        if math.isinf(v):      # a change from an all-zero reference: off the scale
-            return self.lut[255]
-        x = v if self.metric == "frac_changed" else (math.log10(v) - self.lo) / (self.hi - self.lo)
-        return self.lut[int(round(255 * min(max(x, 0.0), 1.0)))]
-
-    def tooltip(self, r: int, c: int) -> str:
-        t = self.data_.result.tracks[r]
-        where = self.data_.label(c)
-        if not t.present[c]:
-            return f"{t.key}\n{where}: not in this checkpoint"
-        v = getattr(t, self.metric)[c]
-        lines = [t.key, where, f"{self.metric}: {'—' if v is None else format(v, '.4g')}",
-                 f"norm: {'—' if t.norm[c] is None else format(t.norm[c], '.6g')}"]
-        if t.nonfinite[c]:
-            lines.append(f"⚠ {t.nonfinite[c]:,} NaN/Inf values")
-        return "\n".join(lines)
-
-    def data(self, index, role=Qt.DisplayRole):
-        if not index.isValid() or self.data_ is None:
-            return None
-        r, c = index.row(), index.column()
-        if c == 0:
-            if role == Qt.DisplayRole:
-                return self.data_.keys[r]
-            if role == Qt.ToolTipRole:
-                return self.data_.keys[r]
-            return None
-        if role == Qt.BackgroundRole:
-            return self.color(r, c - 1)
-        if role == ABSENT_ROLE:
-            return not self.data_.result.tracks[r].present[c - 1]
-        if role == Qt.ToolTipRole:
-            return self.tooltip(r, c - 1)
-        if role == Qt.DisplayRole and self.data_.result.tracks[r].nonfinite[c - 1]:
-            return "⚠"
-        if role == Qt.ForegroundRole:
-            return QColor("white")
-        if role == Qt.TextAlignmentRole:
-            return Qt.AlignCenter
-        return None
-
-    def headerData(self, section, orientation, role=Qt.DisplayRole):
-        if orientation != Qt.Horizontal or self.data_ is None:
-            return None
-        if role == Qt.DisplayRole:
-            if section == 0:
-                return "key"
-            m = self.data_.result.checkpoints[section - 1]
-            return str(m.step) if m.step is not None else f"#{section - 1}"
-        if role == Qt.ToolTipRole and section > 0:
-            return self.data_.label(section - 1) + "\n" + self.data_.result.checkpoints[section - 1].path
-        return None
-
-
-class CellDelegate(QStyledItemDelegate):
-    """Heat cells keep their colour when their row is selected (the selection is a frame, not a fill)."""
-
-    def paint(self, painter, option, index):
-        if index.column() == 0:
-            super().paint(painter, option, index)
-            return
-        painter.save()
-        painter.fillRect(option.rect, index.data(Qt.BackgroundRole) or QColor("white"))
-        if index.data(ABSENT_ROLE):
-            painter.fillRect(option.rect, QBrush(QColor("#c8c8c8"), Qt.BDiagPattern))
-        text = index.data(Qt.DisplayRole)
-        if text:
-            painter.setPen(QColor("white"))
-            painter.drawText(option.rect, Qt.AlignCenter, text)
-        if option.state & QStyle.State_Selected:
-            painter.setPen(QPen(option.palette.highlight().color(), 2))
-            r = option.rect.adjusted(0, 1, 0, -1)
-            painter.drawLine(r.topLeft(), r.topRight())
-            painter.drawLine(r.bottomLeft(), r.bottomRight())
-        painter.restore()
 
 
 class _Plot(pg.PlotWidget):
@@ -178,6 +53,7 @@ class SeriesView(QWidget):
     sig_key_shown = Signal(str)     # a key's trajectories plotted
     sig_hist_shown = Signal(str)    # a key's histograms plotted
     sig_exported = Signal(str)      # path written
+    sig_measured = Signal(bool)     # a measured run is there to export (True), or none is (False)
 
     def __init__(self, runner, parent=None):
         super().__init__(parent)
@@ -240,16 +116,17 @@ class SeriesView(QWidget):
         self.proxy = QSortFilterProxyModel(self)
         self.proxy.setSourceModel(self.model)
         self.proxy.setFilterKeyColumn(0)
+        self.proxy.setFilterRole(PATH_ROLE)          # a key's or module's full dotted path
+        self.proxy.setRecursiveFilteringEnabled(True)   # a module shows while any of its keys matches
         self.proxy.setFilterCaseSensitivity(Qt.CaseInsensitive)
-        self.filter.textChanged.connect(self.proxy.setFilterFixedString)
-        self.table = QTableView()
+        self.filter.textChanged.connect(self._filter_changed)
+        self.table = QTreeView()
         self.table.setModel(self.proxy)
         self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setShowGrid(False)
-        self.table.verticalHeader().hide()
-        self.table.verticalHeader().setDefaultSectionSize(18)
-        self.table.horizontalHeader().setMinimumSectionSize(CELL_W)
+        self.table.setUniformRowHeights(True)
+        self.table.setIndentation(12)
+        self.table.setAllColumnsShowFocus(True)
         self.table.selectionModel().currentRowChanged.connect(self._row_changed)
         self.table.setItemDelegate(CellDelegate(self.table))
         self.legend = QLabel(self._legend_text())
@@ -356,6 +233,7 @@ class SeriesView(QWidget):
 
     def _measure_failed(self, exc) -> None:
         self.measuring = False
+        self.sig_measured.emit(self.data is not None)
         self.cancel_button.hide()
         self.failed = "measuring was cancelled" if exc is None else (str(exc) or type(exc).__name__)
         self.title.setText(f"⚠ The run was not measured: {self.failed}")
@@ -365,6 +243,7 @@ class SeriesView(QWidget):
         if self.data is not None:
             self.data.close()
             self.data = None
+            self.sig_measured.emit(False)
 
     def _measured(self, data: J.SeriesData) -> None:
         self._close_data()
@@ -377,6 +256,7 @@ class SeriesView(QWidget):
         self.findings.show()
         self.model.set_data(data, self.metric.currentData())
         self.legend.setText(self._legend_text())
+        self._expand()
         self._fit_columns()
         for box in (self.pick_a, self.pick_b):
             box.blockSignals(True)
@@ -391,6 +271,7 @@ class SeriesView(QWidget):
         self.slider.setEnabled(data.n > 0)
         if data.keys:
             self.select_key(self._first_key(data))
+        self.sig_measured.emit(True)
         self.sig_ready.emit()
 
     @staticmethod
@@ -401,11 +282,28 @@ class SeriesView(QWidget):
                 return f.keys[0]
         return data.keys[0]
 
+    def _expand(self) -> None:
+        """The tree open as deep as keeps ROWS_OPEN rows or fewer (every module while filtering)."""
+        depth = J.open_depth(self.data.tree, ROWS_OPEN)
+        if depth is None or self.filter.text():
+            self.table.expandAll()
+        elif depth < 0:
+            self.table.collapseAll()
+        else:
+            self.table.expandToDepth(depth)
+
+    def _filter_changed(self, text: str) -> None:
+        self.proxy.setFilterFixedString(text)
+        if self.data is not None:
+            self._expand()
+
     def _fit_columns(self) -> None:
-        h = self.table.horizontalHeader()
+        h = self.table.header()
+        h.setStretchLastSection(False)
         h.setSectionResizeMode(0, QHeaderView.Interactive)
-        longest = max((len(k) for k in self.data.keys), default=10)
-        self.table.setColumnWidth(0, min(max(120, 7 * longest + 12), 320))
+        tree = self.data.tree
+        widest = max((len(n.name) + 2 * n.path.count(".") for n in tree.by_path.values() if n.path), default=10)
+        self.table.setColumnWidth(0, min(max(120, 7 * widest + 28), 320))
         for c in range(1, self.model.columnCount()):
             h.setSectionResizeMode(c, QHeaderView.Fixed)
             self.table.setColumnWidth(c, max(CELL_W, 7 * len(str(self.model.headerData(c, Qt.Horizontal))) + 8))
@@ -418,6 +316,7 @@ class SeriesView(QWidget):
         if self.data is not None:
             key = self.key
             self.model.set_data(self.data, self.metric.currentData())
+            self._expand()
             self._fit_columns()
             if key:
                 self.select_key(key)
@@ -425,24 +324,30 @@ class SeriesView(QWidget):
 
     # ---- one key -----------------------------------------------------------------------------------------------
     def select_key(self, key: str) -> None:
-        """Select ``key`` in the table (its trajectories and histograms follow)."""
-        if self.data is None or key not in self.data.keys:
+        """Select ``key`` in the tree, its modules opened (its trajectories and histograms follow)."""
+        if self.data is None or key not in self.data.tree.by_key:
             return
-        src = self.model.index(self.data.keys.index(key), 0)
+        src = self.model.index_of_key(key)
         idx = self.proxy.mapFromSource(src)
         if not idx.isValid():
             self.filter.clear()
             idx = self.proxy.mapFromSource(src)
-        if self.table.currentIndex().row() == idx.row() and self.key == key:
+        if self.table.currentIndex() == idx and self.key == key:
             return
+        up = idx.parent()
+        while up.isValid():
+            self.table.expand(up)
+            up = up.parent()
         self.table.setCurrentIndex(idx)
         self.table.scrollTo(idx)
 
     def _row_changed(self, current, _previous=None) -> None:
+        """A key's row shows its plots; a module's row leaves them on the last key (its cells say the rest)."""
         if self.data is None or not current.isValid():
             return
-        key = self.data.keys[self.proxy.mapToSource(current).row()]
-        self.show_key(key)
+        node = self.proxy.mapToSource(current).internalPointer()
+        if node.is_leaf:
+            self.show_key(node.key)
 
     def show_key(self, key: str) -> None:
         data = self.data
@@ -510,7 +415,10 @@ class SeriesView(QWidget):
         self.hist_plot.clear()
         self.hist_plot.plot(h["edges"], counts, stepMode="center", fillLevel=0, brush=_hist_brush(ONE_COLOR),
                             pen=pg.mkPen(ONE_COLOR, width=1.5))
-        self.hist_plot.setTitle(f"histogram at {self.data.label(i)}", color="#333", size="9pt")
+        bad = self.data.result.track(self.key).nonfinite[i]
+        note = f" — {bad:,} NaN/Inf not shown" if bad else ""
+        self.hist_plot.setTitle(f"histogram at {self.data.label(i)}{note}", color=NONFINITE.name() if bad else "#333",
+                                size="9pt")
         self.sig_hist_shown.emit(self.key)
 
     def _overlay_ready(self, h: dict) -> None:
@@ -574,6 +482,7 @@ def show_series(window, on: bool) -> SeriesView | None:
     if view is None:
         view = window.series_view = SeriesView(window.runner)
         view.sig_failed.connect(lambda msg: window.unmet.__setitem__("series", f"the run was not measured ({msg})"))
+        view.sig_measured.connect(lambda _: sync_exports(window))
         window.centralWidget().layout().addWidget(view, 1)
     for w in (window.filter_bar, window.splitter):
         w.setVisible(not on)
@@ -581,4 +490,15 @@ def show_series(window, on: bool) -> SeriesView | None:
         window.banner.hide()
         window.setWindowTitle("Training run — State-Dict Explorer")
     view.setVisible(on)
+    sync_exports(window)
     return view
+
+
+def sync_exports(window) -> None:
+    """The window's run exports (CSV table, PNG plots): enabled while a measured run is shown, else disabled."""
+    view = getattr(window, "series_view", None)
+    ok = view is not None and not view.isHidden() and view.data is not None
+    for name in ("act_export_series_csv", "act_export_series_png"):
+        action = getattr(window, name, None)
+        if action is not None:
+            action.setEnabled(ok)

@@ -28,6 +28,8 @@ class SeriesData:
     result: object              # explorer.core.series.run.SeriesResult
     keys: list[str] = field(default_factory=list)
     matrices: dict = field(default_factory=dict)     # metric -> heat_matrix (made in the worker)
+    tree: object = None         # the keys as a module tree (explorer.core.tree.Tree; a leaf's data: its row)
+    cells: dict = field(default_factory=dict)        # metric -> {dotted path: Cells} of every node of ``tree``
     engine: object = None       # the compute process (session.compute_process) holding the run open, or None
     columns: list = field(default_factory=list)      # per checkpoint: the keys it holds
 
@@ -117,8 +119,10 @@ def open_and_measure(paths: list[str], *, engine=None, progress=None, should_sto
             raise
         data = SeriesData(paths, series, result, [t.key for t in result.tracks],
                           columns=[set(c) for c in series.columns])
+    data.tree = key_tree(data.keys)
     for metric in METRICS:       # the heat maps of every metric, here rather than in the GUI thread
         data.matrices[metric] = heat_matrix(data, metric)
+        data.cells[metric] = tree_cells(data, metric)
     return data
 
 
@@ -139,6 +143,80 @@ def heat_matrix(data: SeriesData, metric: str = "rel_change_prev") -> np.ndarray
             elif t.present[c] and values[c] is not None:
                 m[r, c] = values[c]
     return m
+
+
+@dataclass
+class Cells:
+    """One row of the heat map: a key's, or a module's (the largest figure of its keys at each checkpoint)."""
+
+    values: np.ndarray      # per checkpoint: the figure; NaN where none applies; +inf where NaN/Inf values are
+    present: np.ndarray     # per checkpoint: the key (any key of the module) is there
+    nonfinite: np.ndarray   # per checkpoint: NaN/Inf values of the key (of the module's keys)
+    keys: int = 1           # the keys the row stands for
+
+
+def key_tree(keys: list[str]):
+    """The keys as the dotted-name module tree the compare view shows (``core.tree``); a leaf's ``data``: its row
+    in ``keys`` (and in the result's tracks)."""
+    from ..core.tree import Tree
+    tree = Tree(keys)
+    for row, key in enumerate(keys):
+        tree.by_key[key].data = row
+    return tree
+
+
+def open_depth(tree, most: int) -> int | None:
+    """How deep to open the key tree for at most ``most`` rows: None when every row fits; else the depth to expand
+    to (0: the top level opened, its children showing; -1: nothing opened)."""
+    per_depth: dict[int, int] = {}
+    for path in tree.by_path:
+        if path:
+            d = path.count(".")
+            per_depth[d] = per_depth.get(d, 0) + 1
+    if sum(per_depth.values()) <= most:
+        return None
+    shown, depth = 0, -1
+    for d in sorted(per_depth):
+        shown += per_depth[d]
+        if shown > most:
+            break
+        depth = d - 1
+    return depth
+
+
+def tree_cells(data: SeriesData, metric: str) -> dict:
+    """{dotted path: Cells} of every node of ``data.tree`` (the root's path is ""): a key's own figures; a
+    module's, at each checkpoint, the largest of its keys' (those that apply), present where any of its keys is,
+    its keys' NaN/Inf values summed. A key that is also a module (``a`` and ``a.b``) counts among its own keys."""
+    m = data.matrices[metric] if metric in data.matrices else heat_matrix(data, metric)
+    tracks = data.result.tracks
+    out: dict[str, Cells] = {}
+    for node in reversed(list(data.tree.root.walk())):     # children before their parent
+        rows = [out[c.path] for c in node.children]
+        if node.is_leaf:
+            t = tracks[node.data]
+            rows.append(Cells(m[node.data], np.array(t.present, dtype=bool),
+                              np.array([n or 0 for n in t.nonfinite], dtype=np.int64)))
+        if not rows:        # an empty run's root
+            out[node.path] = Cells(np.full(data.n, np.nan), np.zeros(data.n, bool), np.zeros(data.n, np.int64), 0)
+        elif len(rows) == 1 and not node.children:
+            out[node.path] = rows[0]
+        else:
+            out[node.path] = Cells(np.fmax.reduce([r.values for r in rows]), np.any([r.present for r in rows], 0),
+                                   np.sum([r.nonfinite for r in rows], 0), sum(r.keys for r in rows))
+    return out
+
+
+def largest_key(data: SeriesData, path: str, metric: str, i: int) -> tuple[str, float] | None:
+    """The key of module ``path`` with the largest ``metric`` at checkpoint ``i`` (its figure), or None."""
+    node = data.tree.by_path.get(path)
+    m = data.matrices[metric]
+    best = None
+    for leaf in (node.leaves() if node is not None else ()):
+        v = m[leaf.data, i]
+        if not math.isnan(v) and (best is None or v > best[1]):
+            best = (leaf.key, float(v))
+    return best
 
 
 SPAN = 1.0     # the colour scale of a relative change spans at least one decade (log10)

@@ -257,3 +257,86 @@ def test_fraction_changed_counts_subnormal_and_signed_zero_differences(tmp_path)
         t = s.measure().track("w")
     assert float((b != a).sum()) == 1000
     assert t.frac_changed[1] == float((b != a).sum()) / a.numel()
+
+
+def _reference(xs: list):
+    """The figures of one key straight from torch: ``xs[i]`` its tensor at checkpoint i (None: absent)."""
+    out = {"norm": [], "prev": [], "first": [], "frac": [], "nonfinite": []}
+    first = prev = None
+    for x in xs:
+        if x is None:
+            for v in out.values():
+                v.append(None)
+            prev = None
+            continue
+        w = x.double()
+        out["norm"].append(float(torch.linalg.vector_norm(w)))
+        out["nonfinite"].append(int((~torch.isfinite(x)).sum()))
+        if prev is not None and prev.shape == x.shape:
+            if prev.dtype == x.dtype and torch.equal(x, prev):
+                out["prev"].append(0.0)
+            else:
+                out["prev"].append(float(torch.linalg.vector_norm(w - prev.double()) / torch.linalg.vector_norm(
+                    prev.double())))
+            out["frac"].append(float(((x != prev) & ~(x.isnan() & prev.isnan())).sum()) / x.numel())
+        else:
+            out["prev"].append(None)
+            out["frac"].append(None)
+        if first is None:
+            out["first"].append(0.0)
+        elif first.shape == x.shape:
+            out["first"].append(float(torch.linalg.vector_norm(w - first.double()) / torch.linalg.vector_norm(
+                first.double())))
+        else:
+            out["first"].append(None)
+        first = x if first is None else first
+        prev = x
+    return out
+
+
+def test_chunk_major_windows_match_torch(tmp_path, monkeypatch):
+    """Checkpoints measured a window at a time, chunk by chunk (tiny chunks and windows here, so a tensor spans
+    many of each): a chunk left unchanged reuses its figures, a frozen stretch, a NaN, a key absent for a
+    checkpoint, a shape change, a dtype change and a non-contiguous tensor all give torch's figures."""
+    from explorer.core.series import measure
+    monkeypatch.setattr(measure, "CHUNK", 64)
+    monkeypatch.setattr(measure, "WINDOW", 3)
+    g = torch.Generator().manual_seed(3)
+    run = tmp_path / "run"
+    run.mkdir()
+    w = torch.randn(40, 16, generator=g)
+    seen = []
+    for step in range(20):
+        if step in (4, 5, 6):
+            pass                                   # frozen stretch
+        elif step % 3 == 0:
+            w = w.clone()
+            w[step % 40, :] += 1.0                 # one chunk of ten changes
+        else:
+            w = w + 0.01 * torch.randn(w.shape, generator=g)
+        x = w
+        if step == 8:
+            x = w.clone()
+            x[3, 3] = float("nan")
+        if step == 12:
+            x = torch.randn(16, 40, generator=g)   # another shape
+        if step >= 15:
+            x = w.double()                          # another dtype
+        if step == 17:
+            x = w.t().contiguous().t()              # same values, column-major: not contiguous
+            assert not x.is_contiguous()
+        sd = {} if step == 10 else {"w": x}       # absent at step 10
+        torch.save(sd, run / f"step_{step}.pt")
+        seen.append(sd.get("w"))
+    with open_series([run]) as s:
+        t = s.measure(use_cache=False).track("w")
+    ref = _reference(seen)
+    assert t.present == [x is not None for x in seen]
+    assert t.nonfinite == ref["nonfinite"]
+    assert t.frac_changed == ref["frac"]
+    for mine, theirs in ((t.norm, ref["norm"]), (t.rel_change_prev, ref["prev"]), (t.rel_change_first, ref["first"])):
+        assert [v is None for v in mine] == [v is None for v in theirs]
+        for a, b in zip(mine, theirs):
+            if b is not None:
+                assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5)
+    assert t.rel_change_prev[5] == 0.0 and t.frac_changed[5] == 0.0 and t.norm[5] == t.norm[4]

@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
+from PySide6.QtCore import Qt
 
+from explorer.qt.series_heat import ABSENT_ROLE, NONFINITE, PATH_ROLE, UNCHANGED
 from tests.core.test_series import make_run
 from tests.qt.conftest import wait_idle
 
@@ -53,10 +55,11 @@ def test_findings_heat_map_and_trajectory(qtbot, make_window, run_dir):
     assert "first appear at checkpoint 4" in text and "fc.weight" in text   # the NaN's first checkpoint
     assert "head.bias (checkpoint 2)" in text                          # added mid-run
     model = view.model
-    n_keys = len(view.data.keys)
-    assert model.rowCount() == n_keys == 7 and model.columnCount() == 1 + len(STEPS)
-    fc = view.data.keys.index("fc.weight")
-    assert model.data(model.index(fc, 1 + 4)) == "⚠" and model.data(model.index(fc, 1 + 3)) is None
+    assert len(view.data.keys) == 7 and model.columnCount() == 1 + len(STEPS)
+    assert [model.data(model.index(r, 0)) for r in range(model.rowCount())] == ["fc", "emb", "bn", "proj", "head"]
+    fc = model.index_of_key("fc.weight")
+    assert model.data(fc) == "weight" and model.data(fc.parent()) == "fc"
+    assert model.data(fc.siblingAtColumn(1 + 4)) == "⚠" and model.data(fc.siblingAtColumn(1 + 3)) is None
     with qtbot.waitSignal(view.sig_key_shown, timeout=5000):
         view.select_key("head.bias")
     xs, ys = view.norm_curve.getData()
@@ -69,6 +72,73 @@ def test_findings_heat_map_and_trajectory(qtbot, make_window, run_dir):
     with qtbot.waitSignal(view.sig_hist_shown, timeout=20000):
         view.slider.setValue(2)
     assert "step 300" in view.slider_label.text()
+
+
+def visible_rows(view) -> list[str]:
+    """The dotted paths of the tree's rows as shown (expanded modules' rows in order, filtered)."""
+    out, idx = [], view.table.indexAt(view.table.viewport().rect().topLeft())
+    while idx.isValid():
+        out.append(idx.data(PATH_ROLE))
+        idx = view.table.indexBelow(idx)
+    return out
+
+
+def test_module_tree_with_the_heat_map_rows(qtbot, make_window, run_dir):
+    """Keys grouped by module (the compare view's dotted-name tree); a module's cell is the largest figure of its
+    keys; the heat map's rows are the tree's rows, collapsed and filtered with it."""
+    w = make_window()
+    view = open_run(qtbot, w, run_dir)
+    model, proxy, tree = view.model, view.proxy, view.table
+    assert visible_rows(view) == ["fc", "fc.weight", "emb", "emb.weight", "bn", "bn.running_mean", "bn.running_var",
+                                  "bn.num_batches_tracked", "proj", "proj.weight", "head", "head.bias"]
+    bn_keys = ["bn.running_mean", "bn.running_var", "bn.num_batches_tracked"]
+    bn = model.index_of_key("bn.running_mean").parent()
+    assert model.rowCount(bn) == 3 and "3 keys" in model.data(bn, Qt.ToolTipRole)
+    rel = {k: view.data.result.track(k).rel_change_prev for k in bn_keys}
+    for c in range(1, len(STEPS)):     # the module's cell: its keys' largest change, painted as that figure is
+        top = max(rel[k][c] for k in bn_keys)
+        assert view.data.cells["rel_change_prev"]["bn"].values[c] == top
+        cell = bn.siblingAtColumn(1 + c)
+        assert model.data(cell, Qt.BackgroundRole) == model.color(view.data.cells["rel_change_prev"][
+            next(k for k in bn_keys if rel[k][c] == top)], c)
+        assert f"{top:.4g}" in model.data(cell, Qt.ToolTipRole)
+    emb = model.index_of_key("emb.weight").parent()
+    assert model.data(emb.siblingAtColumn(2), Qt.BackgroundRole) == UNCHANGED          # a frozen module
+    fc = model.index_of_key("fc.weight").parent()
+    assert model.data(fc.siblingAtColumn(1 + 4)) == "⚠" and model.data(fc.siblingAtColumn(1 + 4),
+                                                                       Qt.BackgroundRole) == NONFINITE
+    head = model.index_of_key("head.bias").parent()
+    assert model.data(head.siblingAtColumn(1), ABSENT_ROLE) and not model.data(head.siblingAtColumn(3), ABSENT_ROLE)
+    tree.collapse(proxy.mapFromSource(bn))                                                # rows follow the tree
+    assert "bn" in visible_rows(view) and "bn.running_var" not in visible_rows(view)
+    view.filter.setText("running")                                                        # a module shows with its keys
+    assert visible_rows(view) == ["bn", "bn.running_mean", "bn.running_var"]
+    view.filter.clear()
+    with qtbot.waitSignal(view.sig_key_shown, timeout=5000):
+        view.select_key("bn.running_var")                                                 # its module opens
+    assert tree.isExpanded(proxy.mapFromSource(bn)) and view.key == "bn.running_var"
+    tree.setCurrentIndex(proxy.mapFromSource(emb))     # a module's row: the plots stay on the last key
+    assert view.key == "bn.running_var"
+    view.metric.setCurrentIndex(2)                     # another metric: same rows, the key still selected
+    assert view.key == "bn.running_var" and "bn.running_var" in visible_rows(view)
+    assert proxy.mapToSource(tree.currentIndex()) == model.index_of_key("bn.running_var")
+    wait_idle(qtbot, w)
+
+
+def test_exports_are_enabled_once_a_run_is_measured(qtbot, make_window, run_dir, two_checkpoints):
+    w = make_window()
+    acts = (w.act_export_series_csv, w.act_export_series_png)
+    assert not any(a.isEnabled() for a in acts)                   # no run open
+    w.open_series([str(run_dir)])
+    assert not any(a.isEnabled() for a in acts)                   # measuring
+    qtbot.waitUntil(lambda: w.series_view.settled and w.is_idle(), timeout=60000)
+    assert all(a.isEnabled() for a in acts)
+    w.open_path(0, str(two_checkpoints[0]))                       # the panes come back: no run shown
+    qtbot.waitUntil(lambda: w.sides[0] is not None and w.is_idle(), timeout=60000)
+    assert not any(a.isEnabled() for a in acts)
+    w.open_series([str(run_dir / "nothing")])                     # a run that does not open
+    qtbot.waitUntil(lambda: w.series_view.settled and w.is_idle(), timeout=60000)
+    assert w.series_view.failed and not any(a.isEnabled() for a in acts)
 
 
 def test_csv_export_matches_series_json(qtbot, make_window, run_dir, tmp_path):

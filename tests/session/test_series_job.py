@@ -116,3 +116,49 @@ def test_colour_scale_is_the_runs_own_and_at_least_a_decade():
     lo, hi = J.log_range(np.array([[0.01, 0.0101]]))
     assert hi - lo == pytest.approx(J.SPAN) and lo < -2 < hi
     assert J.log_range(np.full((2, 2), np.nan)) == (-6.0, 0.0)
+
+
+def test_module_rows_are_the_largest_figure_of_their_keys(run):
+    """The heat map's tree (the compare view's dotted-name tree): a module's cell at a checkpoint is the largest
+    figure of its keys there (NaN where none applies), present where any key is, NaN/Inf counts summed."""
+    assert [c.name for c in run.tree.root.children] == ["fc", "emb", "bn", "proj", "head"]
+    bn = [run.keys.index(k) for k in ("bn.running_mean", "bn.running_var", "bn.num_batches_tracked")]
+    for metric in J.METRICS:
+        m, cells = run.matrices[metric], run.cells[metric]
+        for c in range(1, len(STEPS)):
+            assert cells["bn"].values[c] == max(m[r, c] for r in bn)
+        assert cells["bn"].keys == 3 and cells[""].keys == len(run.keys)
+        np.testing.assert_array_equal(cells["fc.weight"].values, m[run.keys.index("fc.weight")])
+    cells = run.cells["rel_change_prev"]
+    assert np.isnan(cells["bn"].values[0]) and np.isnan(cells[""].values[0])      # nothing to compare with
+    assert (cells["emb"].values[1:] == 0).all()                                   # frozen: unchanged
+    assert cells["head"].present.tolist() == [False, False, True, True, True, True]
+    assert cells[""].nonfinite.tolist() == [0, 0, 0, 1, 1, 1] == cells["fc"].nonfinite.tolist()
+    assert np.isinf(cells[""].values[3:]).all()                                   # NaN/Inf: the top of the scale
+    key, v = J.largest_key(run, "bn", "rel_change_prev", 1)
+    assert key == "bn.num_batches_tracked" and v == cells["bn"].values[1] == 1.0   # 1000 -> 2000 batches
+
+
+def test_a_key_that_is_also_a_module(tmp_path):
+    import torch
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for i in range(3):
+        torch.save({"a": torch.full((2,), 1.0 + i), "a.b": torch.full((3,), 1.0 + 10 * i)}, folder / f"s{i}.pt")
+    data = J.open_and_measure([str(folder)])
+    try:
+        cells = data.cells["rel_change_prev"]
+        assert data.tree.by_path["a"].is_leaf and data.tree.by_path["a"].children
+        assert cells["a"].keys == 2 and cells["a"].values[1] == pytest.approx(10.0)   # its own 1.0, a.b's 10.0
+        assert cells["a.b"].values[1] == pytest.approx(10.0)
+    finally:
+        data.close()
+
+
+def test_the_tree_opens_as_deep_as_its_rows_allow():
+    tree = J.key_tree([f"layers.{i}.{m}.weight" for i in range(10) for m in ("attn", "mlp")] + ["head.bias"])
+    # rows by depth: 2 (layers, head), 11 (0..9, bias), 20 (attn, mlp), 20 (weight): 53 in all
+    assert J.open_depth(tree, 60) is None
+    assert J.open_depth(tree, 52) == 1 and J.open_depth(tree, 33) == 1    # layers open, and each layer: 33 rows
+    assert J.open_depth(tree, 32) == 0 and J.open_depth(tree, 13) == 0    # the top level open: 13 rows
+    assert J.open_depth(tree, 12) == -1 and J.open_depth(tree, 1) == -1

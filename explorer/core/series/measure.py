@@ -1,10 +1,12 @@
 """Per key, per checkpoint figures of a series, streamed.
 
-A key is measured across every checkpoint in the run's order before the next key is read: the worker holds the
-key's tensor at the first checkpoint it appears in, at the previous checkpoint and at the current one (memory-mapped
-views of the files where the format allows, so no copy), and computes every figure in chunks of ``CHUNK``
-elements: the memory a worker adds is a few chunks, not a tensor, and never a checkpoint. Each tensor of each file is
-read once. Keys are spread over a small pool of threads; ``should_stop()`` is asked between tensors.
+A key is measured across every checkpoint in the run's order before the next key is read. Its tensors are
+memory-mapped views of the files (no copy), taken ``WINDOW`` checkpoints at a time and measured chunk-major: chunk k
+(``CHUNK`` elements) of every checkpoint of the window before chunk k + 1, each checkpoint's chunk compared with
+the previous and the first checkpoint's chunk while those are still in the processor's cache. So each file's bytes
+come from memory once, every figure of a chunk is taken in one visit, and the memory a worker adds is a few chunks,
+never a tensor or a checkpoint. A chunk equal to the previous checkpoint's costs one comparison (its figures are
+the previous ones). Keys are spread over a small pool of threads; ``should_stop()`` is asked between chunks.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..records import RUNNING_STAT_NAMES, dtype_name
 
 CHUNK = 1 << 18          # elements per step of the figures (1 MB of float32: stays in the processor cache)
 THREADS = 2              # keys measured at once
+WINDOW = 16              # checkpoints of a key measured together, chunk-major
 MEAN_TRACKED = tuple(n for n in RUNNING_STAT_NAMES if n.startswith("running_"))   # running_mean, running_var
 
 
@@ -82,33 +85,6 @@ def _sq(a: np.ndarray) -> float:
     return s
 
 
-class _Pair:
-    """‖x − ref‖² (and, when ``count``, the number of differing elements) summed over chunks."""
-
-    __slots__ = ("sq", "changed", "count")
-
-    def __init__(self, count: bool):
-        self.sq = 0.0
-        self.changed = 0
-        self.count = count
-
-    def add(self, c: np.ndarray, r: np.ndarray, buf: np.ndarray) -> None:
-        d = np.subtract(c, r, out=buf[:len(c)]) if buf.dtype == np.result_type(c, r) else c - r
-        sq = _sq(d)
-        self.sq += sq
-        if self.count:
-            same = c == r
-            if not math.isfinite(sq):   # a NaN at the same place on both sides is no change
-                same |= np.isnan(c) & np.isnan(r)
-            self.changed += len(c) - int(np.count_nonzero(same))
-
-
-def _equal(x: torch.Tensor, y: torch.Tensor) -> bool:
-    """Every element equal (NaN never is), chunk by chunk: a trained tensor differs in its first chunk already."""
-    xf, yf = x.reshape(-1), y.reshape(-1)
-    return all(np.array_equal(_array(xf[i:i + CHUNK]), _array(yf[i:i + CHUNK])) for i in range(0, xf.numel(), CHUNK))
-
-
 def _rel(sq: float, ref_norm: float) -> float:
     diff = math.sqrt(sq) if not math.isnan(sq) else float("nan")
     if ref_norm == 0:
@@ -116,41 +92,117 @@ def _rel(sq: float, ref_norm: float) -> float:
     return diff / ref_norm
 
 
-def figures(x: torch.Tensor, prev: torch.Tensor | None, prev_norm: float | None, first: torch.Tensor | None,
-            first_norm: float | None, mean: bool = False) -> dict:
-    """norm and non-finite count of ``x``; against ``prev`` / ``first`` (of ``x``'s shape, or None; their norms
-    given): relative change (and against ``prev`` the fraction of elements changed); the mean when ``mean``. One
-    pass over chunks of CHUNK elements, which stay in the processor's cache while each figure reads them."""
-    xf = x.reshape(-1)
-    pf = prev.reshape(-1) if prev is not None else None
-    ff = first.reshape(-1) if first is not None else None
-    sq, total = 0.0, 0.0
-    to_prev, to_first = _Pair(count=True), _Pair(count=False)
-    nonfinite = 0
-    numel = xf.numel()
-    buf = None
-    for start in range(0, numel, CHUNK):
-        c = _array(xf[start:start + CHUNK])
-        if buf is None:
-            buf = np.empty(len(c), dtype=c.dtype)
+class _Memo:
+    """The figures of one checkpoint's tensor, chunk by chunk: ‖c‖², non-finite count, sum, ‖c − first‖². A chunk of
+    the next checkpoint equal to it element for element has the same figures: it is compared, not measured again."""
+
+    __slots__ = ("sq", "nonfinite", "total", "to_first")
+
+    def __init__(self):
+        self.sq: list[float] = []
+        self.nonfinite: list[int] = []
+        self.total: list[float] = []
+        self.to_first: list[float] = []
+
+
+class _Buffers:
+    """Scratch space of one chunk (a difference, a comparison), reused from chunk to chunk."""
+
+    def __init__(self):
+        self.diff: np.ndarray | None = None
+        self.same = np.empty(CHUNK, dtype=bool)
+
+    def sub(self, c: np.ndarray, r: np.ndarray) -> np.ndarray:
+        kind = c.dtype if c.dtype == r.dtype else np.result_type(c, r)
+        if self.diff is None or self.diff.dtype != kind:
+            self.diff = np.empty(CHUNK, dtype=kind)
+        return np.subtract(c, r, out=self.diff[:len(c)])
+
+
+def _changed(c: np.ndarray, r: np.ndarray, same: np.ndarray, equal: int, sq: float) -> int:
+    """Elements of ``c`` that differ from ``r`` (``same`` holds ``c == r``, ``equal`` its count); a NaN at the same
+    place on both sides is no change (only looked for when ``sq``, ‖c − r‖², says a NaN or an Inf is there)."""
+    if not math.isfinite(sq):
+        same |= np.isnan(c) & np.isnan(r)
+        equal = int(np.count_nonzero(same))
+    return len(c) - equal
+
+
+class _Step:
+    """One checkpoint's figures of a key, summed chunk by chunk: of ``x``, against the ``prev`` and ``first`` steps
+    (of ``x``'s shape, or None; ``first is prev`` is measured once), with ``memo`` the chunks' figures of ``prev``
+    when it has ``x``'s dtype (a chunk equal to ``prev``'s costs one comparison)."""
+
+    def __init__(self, i: int, x: torch.Tensor, prev: "_Step | None", first: "_Step | None", mean: bool,
+                 is_first: bool = False):
+        self.i, self.x, self.shape, self.dtype, self.mean = i, x.reshape(-1), tuple(x.shape), x.dtype, mean
+        self.a = _array(self.x) if x.dtype in _NATIVE else None   # the values as numpy sees them: a view, no copy
+        self.is_first = is_first   # the first checkpoint that holds the key
+        self.prev, self.first = prev, first
+        self.again = first is not None and first is prev
+        self.memo = prev.mine if prev is not None and prev.dtype == x.dtype else None
+        self.sq = self.total = self.to_prev = self.to_first = 0.0
+        self.nonfinite = self.changed = 0
+        self.same = prev is not None   # every element equal to prev's so far
+        self.mine = _Memo()
+
+    def release(self) -> None:
+        """Measured: keep only what a later checkpoint compares with (the values and the chunks' figures)."""
+        self.prev = self.first = self.memo = None
+
+    def part(self, start: int) -> np.ndarray:
+        """Elements ``start`` to ``start + CHUNK`` as numpy computes the figures (see ``_array``)."""
+        a = self.a
+        return a[start:start + CHUNK] if a is not None else _array(self.x[start:start + CHUNK])
+
+    def _add(self, s: float, nf: int, tot: float, sf: float) -> None:
+        m = self.mine
+        m.sq.append(s)
+        m.nonfinite.append(nf)
+        m.total.append(tot)
+        m.to_first.append(sf)
+        self.sq += s
+        self.nonfinite += nf
+        self.total += tot
+        self.to_first += sf
+
+    def chunk(self, k: int, start: int, bufs: _Buffers) -> None:
+        """Add chunk ``k`` (elements ``start`` to ``start + CHUNK``) to every figure."""
+        c = self.part(start)
+        sp = 0.0
+        if self.prev is not None:
+            r = self.prev.part(start)
+            same = np.equal(c, r, out=bufs.same[:len(c)])
+            equal = int(np.count_nonzero(same))
+            if equal == len(c):
+                memo = self.memo
+                if memo is not None and math.isfinite(memo.sq[k]):   # difference 0: prev's figures hold
+                    self._add(memo.sq[k], memo.nonfinite[k], memo.total[k], memo.to_first[k])
+                    return
+            else:
+                self.same = False
+            sp = _sq(bufs.sub(c, r))
+            self.to_prev += sp
+            self.changed += _changed(c, r, same, equal, sp)
         s = _sq(c)
-        sq += s
-        if not math.isfinite(s):   # a finite norm means every element is finite
-            nonfinite += len(c) - int(np.count_nonzero(np.isfinite(c)))
-        if mean:
-            total += float(c.sum(dtype=np.complex128 if np.iscomplexobj(c) else np.float64).real)
-        if pf is not None:
-            to_prev.add(c, _array(pf[start:start + CHUNK]), buf)
-        if ff is not None:
-            to_first.add(c, _array(ff[start:start + CHUNK]), buf)
-    out = {"norm": math.sqrt(sq) if not math.isnan(sq) else sq, "nonfinite": nonfinite,
-           "mean": (total / numel if numel else None) if mean else None}
-    if pf is not None:
-        out["rel_prev"] = _rel(to_prev.sq, prev_norm)
-        out["frac_prev"] = to_prev.changed / numel if numel else 0.0
-    if ff is not None:
-        out["rel_first"] = _rel(to_first.sq, first_norm)
-    return out
+        nonfinite = len(c) - int(np.count_nonzero(np.isfinite(c))) if not math.isfinite(s) else 0
+        total = float(c.sum(dtype=np.complex128 if np.iscomplexobj(c) else np.float64).real) if self.mean else 0.0
+        if self.again:
+            sf = sp
+        else:
+            sf = _sq(bufs.sub(c, self.first.part(start))) if self.first is not None else 0.0
+        self._add(s, nonfinite, total, sf)
+
+    def result(self, prev_norm: float | None, first_norm: float | None) -> dict:
+        numel = self.x.numel()
+        out = {"norm": math.sqrt(self.sq) if not math.isnan(self.sq) else self.sq, "nonfinite": self.nonfinite,
+               "mean": (self.total / numel if numel else None) if self.mean else None}
+        if self.prev is not None:
+            out["rel_prev"] = _rel(self.to_prev, prev_norm)
+            out["frac_prev"] = self.changed / numel if numel else 0.0
+        if self.first is not None:
+            out["rel_first"] = _rel(self.to_first, first_norm)
+        return out
 
 
 def _check(should_stop) -> None:
@@ -158,15 +210,49 @@ def _check(should_stop) -> None:
         raise Cancelled("cancelled")
 
 
+def _run(window: list[_Step], t: Track, should_stop) -> None:
+    """Measure the checkpoints of ``window`` chunk-major: chunk k of every checkpoint before chunk k + 1, so the
+    previous and the first checkpoint's chunk are still in the processor's cache when a checkpoint compares with
+    them (each file's bytes come from memory once). Then fill ``t`` in checkpoint order."""
+    bufs = _Buffers()
+    longest = max(s.x.numel() for s in window)
+    for k, start in enumerate(range(0, longest, CHUNK)):
+        _check(should_stop)
+        for s in window:
+            if start < s.x.numel():
+                s.chunk(k, start, bufs)
+    for s in window:
+        i, mean = s.i, s.mean
+        if s.memo is not None and s.same:   # unchanged (a frozen key): the previous checkpoint's figures
+            j = s.prev.i
+            t.norm[i], t.nonfinite[i] = t.norm[j], t.nonfinite[j]
+            t.rel_change_prev[i], t.frac_changed[i] = 0.0, 0.0
+            t.rel_change_first[i] = t.rel_change_first[j]
+            if mean:
+                t.mean[i] = t.mean[j]
+        else:
+            got = s.result(t.norm[s.prev.i] if s.prev is not None else None,
+                           t.norm[s.first.i] if s.first is not None else None)
+            t.norm[i], t.nonfinite[i] = got["norm"], got["nonfinite"]
+            t.rel_change_prev[i], t.frac_changed[i] = got.get("rel_prev"), got.get("frac_prev")
+            t.rel_change_first[i] = got.get("rel_first", 0.0 if s.is_first else None)
+            if mean:
+                t.mean[i] = got["mean"]
+        s.release()
+
+
 def measure_key(key: str, reads: list[Callable[[], torch.Tensor] | None], should_stop=None) -> Track:
-    """The figures of one key: ``reads[i]()`` gives its tensor at checkpoint i (None: the key is not there). Holds
-    the tensors at the first, the previous and the current checkpoint; an unchanged tensor costs one comparison."""
+    """The figures of one key: ``reads[i]()`` gives its tensor at checkpoint i (None: the key is not there).
+
+    Checkpoints are measured WINDOW at a time, chunk-major (see ``_run``): the tensors held are memory-mapped views
+    (no copy), except a non-contiguous one, which flattening copies: it closes its window, so at most the first, the
+    previous and the current tensor are ever copies. An unchanged tensor costs one comparison per element."""
     n = len(reads)
     t = Track(key, [r is not None for r in reads], *([None] * n for _ in range(7)))
     mean = t.is_running_stat
     t.mean = [None] * n if mean else None
     first = prev = None
-    first_norm = prev_norm = None
+    window: list[_Step] = []
     for i, read in enumerate(reads):
         if read is None:
             prev = None
@@ -179,27 +265,18 @@ def measure_key(key: str, reads: list[Callable[[], torch.Tensor] | None], should
             prev = None
             continue
         t.shape[i], t.dtype[i] = tuple(x.shape), dtype_name(x.dtype)
-        p = prev if prev is not None and prev.shape == x.shape else None
-        f = first if first is not None and first.shape == x.shape else None
-        if p is not None and p.dtype == x.dtype and _equal(x, p):   # unchanged (a frozen key): no other pass
-            t.norm[i], t.nonfinite[i] = t.norm[i - 1], t.nonfinite[i - 1]
-            t.rel_change_prev[i], t.frac_changed[i] = 0.0, 0.0
-            t.rel_change_first[i] = t.rel_change_first[i - 1]
-            if mean:
-                t.mean[i] = t.mean[i - 1]
-        else:
-            again = f is not None and f is p   # the previous checkpoint is the first: one comparison serves both
-            got = figures(x, p, prev_norm, None if again else f, first_norm, mean)
-            if again:
-                got["rel_first"] = got["rel_prev"]
-            t.norm[i], t.nonfinite[i] = got["norm"], got["nonfinite"]
-            t.rel_change_prev[i], t.frac_changed[i] = got.get("rel_prev"), got.get("frac_prev")
-            t.rel_change_first[i] = got.get("rel_first", 0.0 if first is None else None)
-            if mean:
-                t.mean[i] = got["mean"]
+        p = prev if prev is not None and prev.shape == t.shape[i] else None
+        f = first if first is not None and first.shape == t.shape[i] else None
+        step = _Step(i, x, p, f, mean, is_first=first is None)
+        window.append(step)
         if first is None:
-            first, first_norm = x, t.norm[i]
-        prev, prev_norm = x, t.norm[i]
+            first = step
+        prev = step
+        if len(window) >= WINDOW or not x.is_contiguous():
+            _run(window, t, should_stop)
+            window = []
+    if window:
+        _run(window, t, should_stop)
     return t
 
 
