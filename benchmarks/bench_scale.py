@@ -182,6 +182,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model-budget", default=None, help="passed to simulate (default: its own)")
     ap.add_argument("--inspect-runs", type=int, default=5, help="runs of inspect and of the header reader each")
     ap.add_argument("--skip-simulate", action="store_true", help="only the inspect figures")
+    ap.add_argument("--window", action="store_true",
+                    help="also the window's figures (open -> tree painted, GUI stalls, RSS over 10 re-opens)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     total, keys = make_checkpoint(args.dir, args.shards)
@@ -190,6 +192,9 @@ def main(argv=None) -> int:
           f"({disk / 1e6:.1f} MB on disk; written/checked in {time.perf_counter() - t0:.1f} s)")
     if args.inspect_runs and not bench_inspect(args.dir, keys, args.inspect_runs):
         return 2
+    if args.window:      # the window's figures: benchmarks/bench_window_scale.py, in its own process (offscreen Qt)
+        subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                     "bench_window_scale.py"), "--reopens", "10"], check=False)
     if args.skip_simulate:
         return 0
     extra = ["--json"] + (["--model-budget", args.model_budget] if args.model_budget else [])

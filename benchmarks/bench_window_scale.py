@@ -96,7 +96,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", default="/tmp/sde-window-scale")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--reopens", type=int, default=5)
+    ap.add_argument("--reopens", type=int, default=10)
     args = ap.parse_args(argv)
 
     files = make_files(args.dir)
@@ -164,8 +164,9 @@ def main(argv=None) -> int:
     for _ in range(args.reopens):
         open_once(files["50k .pt"])
         rss.append(rss_mb())
-    print("window RSS over re-opens of the 50k .pt (MB): " + " -> ".join(f"{r:.0f}" for r in rss)
-          + f"  (growth per open after the first: {(rss[-1] - rss[1]) / max(1, args.reopens - 1):.1f} MB)")
+    print("window RSS over re-opens of the 50k .pt (MB): " + " -> ".join(f"{r:.0f}" for r in rss))
+    print(f"RSS after {args.reopens} re-opens {rss[-1]:.0f} MB vs after the first {rss[1]:.0f} MB: "
+          f"{rss[-1] - rss[1]:+.0f} MB (target: within 20 MB)")
     win.close()
     return 0
 
