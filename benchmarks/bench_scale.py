@@ -140,6 +140,40 @@ print(n)
 """
 
 
+# the floor for a torch.save zip: a bare Python process that reads its central directory and its data.pkl (no unpickling)
+READ_ZIP = """import sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    pkl = [n for n in z.namelist() if n.endswith("/data.pkl")][0]
+    print(len(z.read(pkl)) > 0, len(z.namelist()))
+"""
+
+
+def make_big_pt(folder: str) -> str:
+    """A ~2 GB torch.save file of 2,000 float32 tensors of 512 x 512 (written once, kept in ``folder``)."""
+    path = os.path.join(folder, "big_2k.pt")
+    if not os.path.exists(path):
+        import torch
+        sd = {f"layers.{i // 8}.block.{i % 8}.weight": torch.full((512, 512), float(i)) for i in range(2000)}
+        torch.save(sd, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    return path
+
+
+def bench_inspect_pt(path: str, runs: int) -> None:
+    """``main.py inspect FILE.pt`` against :data:`READ_ZIP`, alternately ``runs`` times each."""
+    walls, floors = [], []
+    for _ in range(runs):
+        wall, _, rc, out = timed([sys.executable, os.path.join(ROOT, "main.py"), "inspect", path])
+        if rc != 0 or "totals: 2000 tensors" not in out:
+            print(f"inspect {path}: exit {rc}, not the listing of 2000 tensors")
+            return
+        walls.append(wall)
+        floors.append(timed([sys.executable, "-c", READ_ZIP, path])[0])
+    median, f_median = sorted(walls)[len(walls) // 2], sorted(floors)[len(floors) // 2]
+    print(f"inspect of a 2 GB .pt (2,000 tensors): median {median:.3f} s; a bare Python process reading its zip "
+          f"directory and data.pkl: median {f_median:.3f} s -> {median / f_median:.1f}x (target <= 10x)")
+
+
 def bench_inspect(folder: str, keys: int, runs: int) -> bool:
     """``main.py inspect DIR`` against :data:`READ_HEADERS`, alternately ``runs`` times each; prints the figures and
     returns whether both gave an answer (``inspect`` listed every tensor and imported no torch)."""
@@ -182,6 +216,8 @@ def main(argv=None) -> int:
     ap.add_argument("--model-budget", default=None, help="passed to simulate (default: its own)")
     ap.add_argument("--inspect-runs", type=int, default=5, help="runs of inspect and of the header reader each")
     ap.add_argument("--skip-simulate", action="store_true", help="only the inspect figures")
+    ap.add_argument("--big-pt", default=os.path.join("/tmp", "bench_scale_big_pt"), metavar="DIR",
+                    help="where the 2 GB .pt for the inspect ratio is kept ('' skips it)")
     ap.add_argument("--window", action="store_true",
                     help="also the window's figures (open -> tree painted, GUI stalls, RSS over 10 re-opens)")
     args = ap.parse_args(argv)
@@ -192,6 +228,8 @@ def main(argv=None) -> int:
           f"({disk / 1e6:.1f} MB on disk; written/checked in {time.perf_counter() - t0:.1f} s)")
     if args.inspect_runs and not bench_inspect(args.dir, keys, args.inspect_runs):
         return 2
+    if args.inspect_runs and args.big_pt:
+        bench_inspect_pt(make_big_pt(args.big_pt), args.inspect_runs)
     if args.window:      # the window's figures: benchmarks/bench_window_scale.py, in its own process (offscreen Qt)
         subprocess.run([sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                      "bench_window_scale.py"), "--reopens", "10"], check=False)
