@@ -100,6 +100,32 @@ _ENTRY = re.compile(r'"([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)":\{"dtype":"([
                     + "(?:," + _NUM + r')*)?)\],"data_offsets":\[(' + _NUM + "),(" + _NUM + r")\]\}")
 
 
+SPLIT_SLICE = 1 << 21     # characters of header split per regex call
+
+
+def _split_entries(text: str) -> list[str]:
+    """``_ENTRY.split(text)``, ~2 MB of text per call. One regex call holds the interpreter lock for its whole run:
+    over the 78 MB header of 10**6 tensors that was 0.6 s in which a window's GUI thread could not run. Slices are
+    cut after a ``]}`` followed by ``,"`` -- where one member ends and the next begins -- so no member spans a cut,
+    and the pieces joined give exactly the whole text's split. A cut that falls inside a key (a key may hold
+    ``]},``) leaves a gap that is not ``,``: :func:`_parse_compact` then returns None and the JSON parser decides."""
+    if len(text) <= SPLIT_SLICE:
+        return _ENTRY.split(text)
+    out: list[str] = []
+    start = 0
+    while start < len(text):
+        cut = text.find(']},"', start + SPLIT_SLICE) if len(text) - start > SPLIT_SLICE else -1
+        end = len(text) if cut < 0 else cut + 2
+        parts = _ENTRY.split(text[start:end])
+        if out:
+            out[-1] += parts[0]        # the gap across the cut: "" + ","
+            out.extend(parts[1:])
+        else:
+            out = parts
+        start = end
+    return out
+
+
 def _parse_compact(text: str, data_len: int):
     """A header written the usual way, parsed and checked without a dict and two lists per tensor (10**6 tensors:
     one regex pass instead of the JSON parser, a third of the memory): ``(metadata, keys, codes, shapes, begins)``,
@@ -109,7 +135,7 @@ def _parse_compact(text: str, data_len: int):
     Exact: ``_ENTRY.split`` cuts the text into tensor members and what lies between them, which must be ``{``, then
     commas, then ``}`` (with ``"__metadata__"`` allowed first or last, parsed by json); escaped keys are decoded by
     json; every check of :func:`_validate_fast` is made on the same values."""
-    parts = _ENTRY.split(text.strip(" \t\n\r"))  # the library pads the header with spaces
+    parts = _split_entries(text.strip(" \t\n\r"))  # the library pads the header with spaces
     n = len(parts) // 6
     if not n:
         return None
