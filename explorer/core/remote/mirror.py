@@ -30,22 +30,30 @@ _by_path: dict[str, "Mirror"] = {}     # local path -> open mirror (the readers'
 _by_url: dict[str, "Mirror"] = {}
 _total = [0]                           # bytes fetched by this process
 _failures: list[RemoteError] = []      # every remote failure raised in this process, oldest first
-# [allowed, note(text) or None]: a server without Range support has the whole file fetched once instead of a refusal
-# (the command line's --download; the window asks first)
-WHOLE_FILES_OK: list = [False, None]
-_WHOLE_URLS: set[str] = set()          # URLs the user agreed to download whole (the window asks, per URL)
+
+
+class _WholeFiles:
+    """Which URLs whose server ignores Range requests may be fetched whole, once, into their mirror instead of being
+    refused: every one (the command line's ``--download``, which says so through ``note``) or those the user agreed
+    to (the window asks, per URL)."""
+    every = False
+    note: Callable[[str], None] | None = None
+    urls: set[str] = set()
+
+    @classmethod
+    def allowed(cls, url: str) -> bool:
+        return cls.every or url in cls.urls
 
 
 def allow_whole_files(allowed: bool = True, note: Callable[[str], None] | None = None) -> None:
-    """Let a URL whose server ignores Range requests be downloaded whole (once, into the mirror), saying so through
-    ``note``; otherwise such a URL is refused with a line that says how to allow it."""
-    WHOLE_FILES_OK[:] = [allowed, note]
+    """Let any URL whose server ignores Range requests be downloaded whole, saying so through ``note`` (or stop)."""
+    _WholeFiles.every, _WholeFiles.note = allowed, note
 
 
 def allow_whole_file(url: str) -> None:
     """Let this one URL be downloaded whole if its server ignores Range requests (the user said yes to it)."""
     with _open_lock:
-        _WHOLE_URLS.add(url)
+        _WholeFiles.urls.add(url)
 
 
 def transferred_total() -> int:
@@ -162,6 +170,17 @@ class Mirror:
         one request, requests in parallel) and record it. Returns the bytes fetched. Raises the first failure
         (after retries) or :class:`Cancelled`; the blocks that did arrive stay recorded."""
         should_stop = should_stop if should_stop is not None else self.should_stop
+        try:
+            return self._ensure(ranges, should_stop)
+        except RangeNotSupportedError as e:
+            if not _WholeFiles.allowed(self.url):
+                raise _noted(e)
+        if _WholeFiles.note is not None:
+            _WholeFiles.note(f"{self.url}: the server does not support range requests; downloading the whole file "
+                             f"({self.size:,} bytes) once")
+        return self.download(should_stop)
+
+    def _ensure(self, ranges, should_stop) -> int:
         with self._lock:
             if self._fd < 0:
                 raise ValueError(f"{self.url}: the mirror is closed")
@@ -181,15 +200,8 @@ class Mirror:
                     for f in futures:
                         if f.done() and not f.cancelled() and f.exception() is not None:
                             raise f.exception()
-            except RangeNotSupportedError as e:
-                if not (WHOLE_FILES_OK[0] or self.url in _WHOLE_URLS):
-                    raise _noted(e)
-                self._lock.release()        # download() takes the lock itself
-                try:
-                    self._say_download()
-                    self.download(should_stop)
-                finally:
-                    self._lock.acquire()
+            except RangeNotSupportedError:
+                raise                      # ensure() decides: refused, or the whole file fetched
             except RemoteError as e:
                 raise _noted(e)
             finally:
@@ -198,12 +210,6 @@ class Mirror:
                     self._entry.save()
                     self._maybe_evict(self.transferred - before)
             return self.transferred - before
-
-    def _say_download(self) -> None:
-        note = WHOLE_FILES_OK[1]
-        if note is not None:
-            note(f"{self.url}: the server does not support range requests; downloading the whole file "
-                 f"({self.size:,} bytes) once")
 
     def download(self, should_stop: Callable[[], bool] | None = None) -> int:
         """Fetch the whole file in one request (what a server without Range support allows; ``size`` says how much
