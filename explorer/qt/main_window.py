@@ -291,8 +291,8 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
             self._simulate_impossible()     # says why at once, and stops waiting for it
         self._auto_select()
         self.sig_comparison_ready.emit()
-        if replaced[0] is not None:     # taken apart in a worker: dropped here, it stalls this thread (see dispose)
-            self.runner.start(f"dispose{id(replaced)}", "", dispose.release, replaced)
+        if replaced[0] is not None:     # taken apart in a thread: dropped here, it stalls this one (see dispose)
+            dispose.release_later(replaced)
 
     def start_diff(self) -> None:
         """Compare values (identical / changed, max |Δ|) in the compute process."""

@@ -10,10 +10,16 @@ in the other pane, a row the detail pane holds, a job still reading the old comp
 from __future__ import annotations
 
 import sys
+import threading
 import time
 
 SLICE = 4096      # objects freed between two pauses (about 1-2 ms of work)
 _OWN = 3          # references to a container we hold alone: its owner's attribute, our local, getrefcount's argument
+
+
+def release_later(objects: list) -> None:
+    """:func:`release` in a thread of its own: not a window job (nothing to show, cancel or wait for)."""
+    threading.Thread(target=release, args=(objects,), name="dispose", daemon=True).start()
 
 
 def release(objects: list, *, progress=None, should_stop=None) -> None:
