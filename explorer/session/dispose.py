@@ -17,9 +17,27 @@ SLICE = 4096      # objects freed between two pauses (about 1-2 ms of work)
 _OWN = 3          # references to a container we hold alone: its owner's attribute, our local, getrefcount's argument
 
 
+_pending = [0]
+_pending_lock = threading.Lock()
+
+
 def release_later(objects: list) -> None:
-    """:func:`release` in a thread of its own: not a window job (nothing to show, cancel or wait for)."""
-    threading.Thread(target=release, args=(objects,), name="dispose", daemon=True).start()
+    """:func:`release` in a thread of its own: not a window job (nothing to show or cancel); :func:`pending` says
+    whether one still runs (a window is not idle until its memory is given back)."""
+    def run():
+        try:
+            release(objects)
+        finally:
+            with _pending_lock:
+                _pending[0] -= 1
+    with _pending_lock:
+        _pending[0] += 1
+    threading.Thread(target=run, name="dispose", daemon=True).start()
+
+
+def pending() -> int:
+    """How many :func:`release_later` threads are still taking something apart."""
+    return _pending[0]
 
 
 def release(objects: list, *, progress=None, should_stop=None) -> None:
