@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFileDialog, QGridL
 
 from ..session import series_job as J
 from ..session.compute_process import engine
+from .plot_parts import legend_below, translucent_brush
 from .series_heat import NONFINITE, PATH_ROLE, UNCHANGED, CellDelegate, HeatModel
 
 CELL_W = 26
@@ -35,14 +36,6 @@ class _Plot(pg.PlotWidget):
         for axis in ("bottom", "left"):
             self.getPlotItem().getAxis(axis).enableAutoSIPrefix(False)
 
-    def legend_(self) -> pg.LegendItem:
-        return self.getPlotItem().addLegend(offset=(6, 6), labelTextColor="#333", brush=pg.mkBrush(255, 255, 255, 200))
-
-
-def _hist_brush(color: str, alpha: int = 70):
-    c = QColor(color)
-    c.setAlpha(alpha)
-    return pg.mkBrush(c)
 
 
 class SeriesView(QWidget):
@@ -150,10 +143,10 @@ class SeriesView(QWidget):
         grid.setContentsMargins(0, 0, 0, 0)
         self.norm_plot = _Plot("norm ‖x‖", "step", "‖x‖")
         self.rel_plot = _Plot("relative change", "step", "‖Δ‖/‖ref‖")
-        self.rel_plot.legend_()
+        legend_below(self.rel_plot)
         self.hist_plot = _Plot("histogram", "value", "count")
         self.overlay_plot = _Plot("two checkpoints overlaid", "value", "count")
-        self.overlay_plot.legend_()
+        legend_below(self.overlay_plot)
         self.norm_curve = self.norm_plot.plot([], [], pen=pg.mkPen(A_COLOR, width=2), symbol="o", symbolSize=6,
                                               symbolBrush=A_COLOR, connect="finite")
         self.rel_prev_curve = self.rel_plot.plot([], [], pen=pg.mkPen(A_COLOR, width=2), symbol="o", symbolSize=6,
@@ -413,7 +406,7 @@ class SeriesView(QWidget):
             return
         (i, counts), = h["counts"].items()
         self.hist_plot.clear()
-        self.hist_plot.plot(h["edges"], counts, stepMode="center", fillLevel=0, brush=_hist_brush(ONE_COLOR),
+        self.hist_plot.plot(h["edges"], counts, stepMode="center", fillLevel=0, brush=translucent_brush(ONE_COLOR),
                             pen=pg.mkPen(ONE_COLOR, width=1.5))
         bad = self.data.result.track(self.key).nonfinite[i]
         note = f" — {bad:,} NaN/Inf not shown" if bad else ""
@@ -429,7 +422,7 @@ class SeriesView(QWidget):
         for i, color in ((a, A_COLOR), (b, B_COLOR)):
             if i in h["counts"]:
                 self.overlay_plot.plot(h["edges"], h["counts"][i], stepMode="center", fillLevel=0,
-                                       brush=_hist_brush(color, 60), pen=pg.mkPen(color, width=1.5),
+                                       brush=translucent_brush(color, 60), pen=pg.mkPen(color, width=1.5),
                                        name=self.data.label(i))
                 if a == b:
                     break

@@ -109,6 +109,15 @@ def test_frozen_nan_added_key_and_settling_statistics(tmp_path, cli):
     last = keys["bn.running_mean"]["rel_change_prev"][-1]
     assert last < STILL_MOVING < keys["bn.running_mean"]["rel_change_prev"][1]
     assert "still_moving" not in kinds
+    # the norms that grow fastest are the floating tensors', named from torch's own norms; the integer counter
+    # bn.num_batches_tracked (×9 here, the largest growth) is no drift and is not named
+    def ratio(key):
+        held = [saved[s][key] for s in steps if key in saved[s] and saved[s][key].isfinite().all()]
+        return float(held[-1].double().norm() / held[0].double().norm())
+    floats = [k for k in saved[steps[-1]] if saved[steps[-1]][k].is_floating_point() and "running" not in k]
+    expected = sorted((k for k in floats if ratio(k) > 1), key=ratio, reverse=True)
+    assert ratio("bn.num_batches_tracked") > max(ratio(k) for k in expected)
+    assert kinds["fastest_growth"]["keys"] == expected[:5]
     text = cli("series", tmp_path / "run")
     assert text.returncode == 0
     assert "emb.weight" in text.stdout and "NaN/Inf first appear at checkpoint 4" in text.stdout

@@ -72,6 +72,11 @@ def test_findings_heat_map_and_trajectory(qtbot, make_window, run_dir):
     with qtbot.waitSignal(view.sig_hist_shown, timeout=20000):
         view.slider.setValue(2)
     assert "step 300" in view.slider_label.text()
+    for plot in (view.rel_plot, view.overlay_plot):   # each legend lies outside its data area: it covers no bar
+        item = plot.getPlotItem()
+        assert item.legend is not None and len(item.legend.items) == 2
+        data_area = item.getViewBox().sceneBoundingRect()
+        assert not item.legend.sceneBoundingRect().intersects(data_area)
 
 
 def visible_rows(view) -> list[str]:

@@ -59,6 +59,13 @@ def first_nonfinite(tracks: list[Track]) -> dict[str, int]:
     return out
 
 
+def is_counter(t: Track) -> bool:
+    """An integer or bool tensor (``num_batches_tracked``, a step count, position ids): its norm growing says the
+    counter counted, not that weights drifted."""
+    names = [d for d in t.dtype if d is not None]
+    return bool(names) and not any(d.startswith(("float", "bfloat", "complex")) for d in names)
+
+
 def growth(t: Track) -> tuple[float, int, int] | None:
     """(last norm / first norm, first index, last index) over the checkpoints holding the key with a finite norm."""
     seen = [(i, n) for i, n in enumerate(t.norm) if n is not None and math.isfinite(n)]
@@ -93,9 +100,10 @@ def findings(tracks: list[Track], n: int) -> list[Finding]:
         named = _names([f"{k} (last in checkpoint {i})" for k, i in vanish])
         out.append(Finding("vanishes", f"{_plural(len(vanish), 'key')} {_verb(vanish, 'vanish')} before the end: "
                            f"{named}", [k for k, _ in vanish], sorted({i for _, i in vanish})))
-    grown = sorted(((g, t.key) for t in tracks if not t.is_running_stat and (g := growth(t)) is not None
+    grown = sorted(((g, t.key) for t in tracks if not t.is_running_stat and not is_counter(t)
+                    and (g := growth(t)) is not None
                     and g[0] > 1), key=lambda x: -x[0][0])[:FASTEST]
-    if grown:
+    if grown:   # weights and floating buffers only: a counter's growth is its counting
         parts = [f"{k} ×{g:.3g} (checkpoint {a} → {b})" for (g, a, b), k in grown]
         out.append(Finding("fastest_growth", "norms that grow fastest (last / first): " + ", ".join(parts),
                            [k for _, k in grown]))
