@@ -42,7 +42,8 @@ from .chunks import CHUNK, PARALLEL_MIN, THREADS, ProgressFn, StopFn, check_stop
     run_chunked, single_intraop
 from .diff_report import DiffReport, KeyDiff
 from .float_sums import aligned_empty, dot, total
-from .np_values import COMPLEX, FLOAT8, FLOATING, Values, bits_of, tensor_array, widen
+from .np_values import COMPLEX, FLOAT8, FLOATING, Values, bits_of, numpy_dtype, tensor_array, torch_scalar_name, \
+    widen
 from .records import CHANGED, DTYPE_DIFFERS, IDENTICAL, NOT_COMPARED, ONLY_A, ONLY_B, SHAPE_DIFFERS
 
 
@@ -64,6 +65,8 @@ def _work_view(c: np.ndarray, dtype: str) -> np.ndarray:
         return c.view(c.real.dtype).reshape(-1)
     if dtype == "bfloat16" or dtype in FLOAT8:
         return widen(c, dtype)
+    if numpy_dtype(dtype) is None:   # raw bytes of a sub-byte/bits dtype: no numbers (as torch's copy_ says)
+        raise NotImplementedError(f'"copy_" not implemented for {torch_scalar_name(dtype)!r}')
     return c
 
 
@@ -157,8 +160,9 @@ def _metrics_chunk(acc: _Acc, ca: np.ndarray, cb: np.ndarray, dta: str, dtb: str
 
 def _metrics(acc: _Acc, raw_a: np.ndarray, raw_b: np.ndarray, ca: np.ndarray, cb: np.ndarray, bits: bool) -> None:
     n = total_n = ca.size
-    if cb.size != n:
-        raise ValueError(f"cannot compare {n} numbers with {cb.size} (a complex tensor with a real one)")
+    if cb.size != n:   # a complex tensor facing a real one: torch's copy_ refuses it so
+        raise RuntimeError(f"The size of tensor a ({n}) must match the size of tensor b ({cb.size}) at non-singleton "
+                           "dimension 0")
     fa, fb, d = acc.fa[:n], acc.fb[:n], acc.d[:n]
     np.copyto(fa, ca, casting="unsafe")
     np.copyto(fb, cb, casting="unsafe")

@@ -8,6 +8,7 @@ do. :func:`tensor_array` hands a torch tensor (a model side's) over the same way
 """
 from __future__ import annotations
 
+import sys
 from functools import cache
 from typing import NamedTuple
 
@@ -83,6 +84,14 @@ def widen(a: np.ndarray, dtype: str) -> np.ndarray:
     return a
 
 
+def torch_scalar_name(name: str) -> str:
+    """torch's C++ name of a dtype (``uint4`` -> ``UInt4``), as its messages say it."""
+    for prefix, cap in (("uint", "UInt"), ("int", "Int"), ("bits", "Bits"), ("float", "Float")):
+        if name.startswith(prefix):
+            return cap + name[len(prefix):]
+    return name
+
+
 def bits_of(a: np.ndarray) -> np.ndarray:
     """The raw bits of ``a`` as unsigned integers of its item size (complex: one per part)."""
     if a.dtype.kind == "c":
@@ -105,8 +114,12 @@ def tensor_array(t) -> Values:
         t = t.cpu()     # a meta tensor raises here, as any read of its values does
     if name in RAW:
         return Values(t.view(_torch_views()[name]).numpy().view(RAW[name]), name)
-    if name not in NATIVE:
-        raise UnsupportedDtypeError(f"values of {name} tensors cannot be read as numbers")
+    if name not in NATIVE:   # sub-byte, bits, packed float4: their raw bytes (compared as bytes, not as numbers)
+        if t.is_quantized:
+            raise UnsupportedDtypeError(f"values of {name} tensors cannot be read as numbers; dequantize them first")
+        size = t.element_size()
+        ints = {1: "uint8", 2: "int16", 4: "int32", 8: "int64"}[size]
+        return Values(t.view(getattr(sys.modules["torch"], ints)).numpy().view(f"u{size}"), name)
     if t.is_conj() or t.is_neg():
         t = t.resolve_conj().resolve_neg()
     return Values(t.numpy(), name)
