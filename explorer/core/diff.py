@@ -28,6 +28,11 @@ such numbers); ``null`` means "not computed".
 
 Sums run in float64 per chunk of ~1M elements (integers are compared as float64: exact below 2**53). Complex
 tensors are compared on their real and imaginary parts as separate numbers.
+
+One engine, numpy: a checkpoint's values are read as numpy (``read_key_array``: no torch), a model's tensors handed
+over as numpy (``np_values.tensor_array``). Bytes are compared, values widened (bfloat16/float8 exactly), NaN/Inf
+counted and differences taken in numpy; only the float64 sums and dot products behind max/mean/rel/cos are torch's
+own kernels (:mod:`.float_sums`, imported then), which define those figures to the last bit.
 """
 from __future__ import annotations
 
@@ -77,8 +82,8 @@ def _raw_bits(c: np.ndarray) -> np.ndarray:
 
 def _count_nonfinite(w: np.ndarray) -> tuple[int, int]:
     """(NaN, +-Inf) counts of a work view (float or real parts); one cheap sum when there are none."""
-    with np.errstate(all="ignore"):
-        if np.isfinite(w.sum()):
+    with np.errstate(all="ignore"):   # (float16 summed in float32, as torch sums it: a sum of big halves stays finite)
+        if np.isfinite(w.sum(dtype=np.float32) if w.dtype == np.float16 else w.sum()):
             return 0, 0
         return int(np.count_nonzero(np.isnan(w))), int(np.count_nonzero(np.isinf(w)))
 
