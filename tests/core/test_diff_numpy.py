@@ -73,3 +73,23 @@ def test_complex_facing_real_is_refused_with_torchs_message():
         compare_tensors(a, b)
     with pytest.raises(RuntimeError, match=r"tensor a \(3\) must match the size of tensor b \(6\)"):
         compare_tensors(b, a)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.complex64,
+                                   torch.float8_e5m2, torch.float8_e4m3fn])
+def test_identical_scan_counts_nan_and_inf_as_torch_does(dtype):
+    g = torch.Generator().manual_seed(1)
+    t = (torch.randn(3 * 2 ** 20 + 5, generator=g) * 1e3).to(dtype)
+    if not dtype.is_complex:
+        t[::1001] = float("nan")
+        if dtype != torch.float8_e4m3fn:   # (no Inf in e4m3fn)
+            t[5::2003] = float("inf")
+            t[7::3001] = float("-inf")
+    else:
+        t.real[::999] = float("nan")
+        t.imag[3::1999] = float("inf")
+    parts = torch.view_as_real(t) if dtype.is_complex else t.float() if dtype.itemsize == 1 else t
+    want = (True, int(torch.isnan(parts).sum()), int(torch.isinf(parts).sum()))
+    assert want[1] > 0
+    assert identical_scan(t, t.clone()) == want
+    assert identical_scan(tensor_array(t), tensor_array(t.clone())) == want
