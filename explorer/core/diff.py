@@ -75,9 +75,11 @@ def _work_view(c: np.ndarray, dtype: str) -> np.ndarray:
     return c
 
 
-def _raw_bits(c: np.ndarray) -> np.ndarray:
-    """The bit patterns of a 1-D chunk as integers, one per compared number (complex: one per part)."""
-    return bits_of(np.ascontiguousarray(c))
+def _raw_bits(c: np.ndarray, dtype: str) -> np.ndarray:
+    """The bit patterns of a 1-D chunk as integers, one per compared number (complex: one per part; complex32's
+    raw bits are two float16 per element)."""
+    c = np.ascontiguousarray(c)
+    return c.view(np.uint16) if dtype == "complex32" else bits_of(c)
 
 
 _EXPONENT = {"float16": 0x7C00, "bfloat16": 0x7F80}   # all exponent bits: Inf with a zero mantissa, else NaN
@@ -171,10 +173,12 @@ def _metrics_chunk(acc: _Acc, ca: np.ndarray, cb: np.ndarray, dta: str, dtb: str
     """Add one chunk to ``acc``. ``bits`` (same dtype): also count the positions whose bits differ, to tell -0.0
     facing +0.0 and NaN payloads apart -- only needed, and only done, in a chunk where some values are equal."""
     with np.errstate(all="ignore"):
-        _metrics(acc, ca, cb, _work_view(ca, dta), _work_view(cb, dtb), bits)
+        _metrics(acc, ca, cb, _work_view(ca, dta), _work_view(cb, dtb), dta if bits else None)
 
 
-def _metrics(acc: _Acc, raw_a: np.ndarray, raw_b: np.ndarray, ca: np.ndarray, cb: np.ndarray, bits: bool) -> None:
+def _metrics(acc: _Acc, raw_a: np.ndarray, raw_b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
+             bits: str | None) -> None:
+    """``bits``: the dtype of both raw chunks when they share it (their bits are then compared), else None."""
     n = total_n = ca.size
     if cb.size != n:   # a complex tensor facing a real one: torch's copy_ refuses it so
         raise RuntimeError(f"The size of tensor a ({n}) must match the size of tensor b ({cb.size}) at non-singleton "
@@ -205,7 +209,7 @@ def _metrics(acc: _Acc, raw_a: np.ndarray, raw_b: np.ndarray, ca: np.ndarray, cb
         acc.nonfinite += nf
         differing += nf
         if bits and both_nan.any():
-            acc.nan_bits += int(np.count_nonzero(_raw_bits(raw_a)[both_nan] != _raw_bits(raw_b)[both_nan]))
+            acc.nan_bits += int(np.count_nonzero(_raw_bits(raw_a, bits)[both_nan] != _raw_bits(raw_b, bits)[both_nan]))
         xa, xb, xd = fa[other], fb[other], d[other]
         if xd.size:
             acc.x_n += xd.size
@@ -233,7 +237,7 @@ def _metrics(acc: _Acc, raw_a: np.ndarray, raw_b: np.ndarray, ca: np.ndarray, cb
     acc.differing += differing
     if bits:   # every value differs: so do the bits; else count them (-0.0/+0.0, NaN payloads among the equal ones)
         acc.bits_differ += total_n if differing == total_n else \
-            int(np.count_nonzero(_raw_bits(raw_a) != _raw_bits(raw_b)))
+            int(np.count_nonzero(_raw_bits(raw_a, bits) != _raw_bits(raw_b, bits)))
 
 
 def _figures(n: int, max_abs: float, sum_abs: float, dd: float, aa: float, bb: float, ab: float) -> dict:

@@ -30,7 +30,8 @@ def _figures(a: torch.Tensor, b: torch.Tensor) -> dict:
     d = fb - fa
     dd, aa, bb, ab = (float(torch.dot(x, y)) for x, y in ((d, d), (fa, fa), (fb, fb), (fa, fb)))
     return {"max_abs_diff": float(d.abs().max()), "mean_abs_diff": float(d.abs().sum()) / d.numel(),
-            "rel_l2": math.sqrt(dd) / math.sqrt(aa), "cosine": max(-1.0, min(1.0, ab / (math.sqrt(aa) * math.sqrt(bb)))),
+            "rel_l2": math.sqrt(dd) / math.sqrt(aa),
+            "cosine": max(-1.0, min(1.0, ab / (math.sqrt(aa) * math.sqrt(bb)))),
             "differing": int(torch.count_nonzero(d))}
 
 
@@ -93,3 +94,25 @@ def test_identical_scan_counts_nan_and_inf_as_torch_does(dtype):
     assert want[1] > 0
     assert identical_scan(t, t.clone()) == want
     assert identical_scan(tensor_array(t), tensor_array(t.clone())) == want
+
+
+def test_complex32_and_complex64_compare_part_by_part():
+    import warnings
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(1000, dtype=torch.complex64, generator=g)
+    b = a.clone()
+    b.real[::7] = float("nan")
+    a.real[::7] = float("nan")
+    b.imag[1::9] += 1
+    b[3] = complex(-0.0, 0.0)
+    a[3] = complex(0.0, 0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pairs = [(a, b), (a.to(torch.complex32), b.to(torch.complex32))]
+    for x, y in pairs:
+        got = compare_tensors(x, y)
+        ra, rb = torch.view_as_real(x.to(torch.complex64)), torch.view_as_real(y.to(torch.complex64))
+        fin = torch.isfinite(ra) & torch.isfinite(rb)
+        assert got["differing"] == int(((ra != rb) & ~(torch.isnan(ra) & torch.isnan(rb))).sum())
+        assert got["signed_zeros_differ"] == 1 and got["nan_bits_differ"] == 0
+        assert got["finite"]["positions"] == int(fin.sum())

@@ -1,8 +1,8 @@
 """Issue 15 point 3: listing a file needs no torch. ``python main.py inspect`` of safetensors (one file, a sharded
 folder, the sparse 70B layout of ``benchmarks/bench_scale.py``) and of torch.save zip files runs without importing
 torch (1+ s), and answers byte for byte what it answers when torch is imported first; so does ``diff`` of such files
-(values read and compared through numpy) as long as no figure needs a float sum (see ``core/float_sums``). Commands run in subprocesses,
-as a user runs them; ``-X importtime`` lists every module the run imported."""
+(values read and compared through numpy) as long as no figure needs a float sum (see ``core/float_sums``).
+Commands run in subprocesses, as a user runs them; ``-X importtime`` lists every module the run imported."""
 from __future__ import annotations
 
 import importlib.util
