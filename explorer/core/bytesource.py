@@ -2,7 +2,8 @@
 
 Listing a checkpoint makes sources but reads nothing through them: numpy and torch are imported only where bytes
 are mapped and become a tensor (``bytes_of``, ``storage_bytes``, :func:`read_record`), so ``inspect`` of a file runs
-without them."""
+without them. :func:`read_array` gives the same values as numpy (``np_values.Values``) without importing torch
+wherever the format maps its bytes in place (safetensors, a torch zip's stored records, plain regions)."""
 from __future__ import annotations
 
 import threading
@@ -12,11 +13,14 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import CorruptFileError, RemoteError, shorten
 from .remote.files import getsize, mapped
 from .safe_pickle.limits import address_space_lock
+from .safe_pickle.numpy_values import InlineBytes
 from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
+
+    from .np_values import Values
 
 
 @cache
@@ -79,6 +83,12 @@ class ByteSource:
 
     def storage_bytes(self, ref: StorageRef) -> "torch.Tensor":
         import torch
+        raw = self.mapped_bytes(ref)
+        return torch.from_numpy(raw) if raw.size else torch.empty(0, dtype=torch.uint8)
+
+    def mapped_bytes(self, ref: StorageRef) -> "np.ndarray":
+        """The storage's bytes as a numpy ``uint8`` view on the file's private map (no torch)."""
+        import numpy as np
         file, offset, length = self.region(ref)
         need = ref.nbytes
         if length < need:
@@ -86,32 +96,48 @@ class ByteSource:
                 f"{file}: storage {shorten(ref.key)} holds {length} bytes but its tensors need {need}; "
                 "the file is truncated or corrupt — re-download or re-save it")
         if need == 0:
-            return torch.empty(0, dtype=torch.uint8)
+            return np.empty(0, dtype=np.uint8)
         size = getsize(file)
         if offset < 0 or offset + need > size:
             raise CorruptFileError(
                 f"{file}: storage {shorten(ref.key)} lies at bytes {offset}..{offset + need} but the file has {size} "
                 "bytes; "
                 "the file is truncated — re-download or re-save it")
-        return torch.from_numpy(self.maps.bytes_of(file, offset, need, size))
+        return self.maps.bytes_of(file, offset, need, size)
 
 
-def read_record(record: TensorRecord, *, file_label: str = "") -> "torch.Tensor":
-    """The values of one tensor, read on demand (a view on a private memory map, no bytes copied up front)."""
-    import torch
+def _storage_array(ref: StorageRef) -> "np.ndarray":
+    """A storage's bytes as numpy: mapped in place where the format stores them so (a plain region, a torch zip's
+    stored record), else as the source gives them (a compressed record, DCP chunks: through torch)."""
+    import numpy as np
+    src = ref.source
+    if isinstance(src, ByteSource):
+        method = type(src).storage_bytes
+        if method is ByteSource.storage_bytes:
+            return src.mapped_bytes(ref)
+        if method.__qualname__ == "ZipSource.storage_bytes":   # a stored record is mapped by ByteSource's own code
+            try:
+                src.region(ref)
+            except CorruptFileError:
+                pass    # compressed (or broken: storage_bytes says how)
+            else:
+                return src.mapped_bytes(ref)
+    if isinstance(src, InlineBytes):
+        return np.frombuffer(src.data, dtype=np.uint8).copy()
+    return src.storage_bytes(ref).numpy()
+
+
+def _checked_bytes(record: TensorRecord, file_label: str, read: Callable[[StorageRef], object]):
+    """The storage bytes of ``record`` through ``read``, after checking its layout; errors said for the user."""
     ref = record.storage
     if not isinstance(ref, StorageRef) or ref.source is None:
         raise CorruptFileError(f"{file_label}: tensor has no readable storage")
-    dtype = torch_dtypes().get(record.dtype or "")
-    if dtype is None:
-        raise CorruptFileError(f"{file_label}: cannot read tensors of dtype {record.dtype!r}")
-    itemsize = ITEMSIZE[record.dtype]
     if (len(record.stride) != len(record.shape) or record.storage_offset < 0
             or not all(type(st) is int and st >= 0 for st in record.stride)):
         raise CorruptFileError(f"{file_label}: a tensor of shape {list(record.shape)} has an invalid stride "
                                f"{list(record.stride)} or storage offset {record.storage_offset}; the file is corrupt")
     try:
-        raw = ref.source.storage_bytes(ref)
+        return read(ref)
     except RemoteError:   # a remote read that failed names its URL and what to do
         raise
     except PermissionError as e:
@@ -121,17 +147,51 @@ def read_record(record: TensorRecord, *, file_label: str = "") -> "torch.Tensor"
     except OSError as e:
         raise CorruptFileError(f"{e.filename or file_label}: could not read a tensor of {file_label} "
                                f"({e.strerror or e}); check that every file of the checkpoint is present") from e
-    base_offset = 0
-    if ref.view is not None:  # legacy format view into a root storage
-        base_offset = int(ref.view[1])
-    usable = raw.numel() - raw.numel() % itemsize
-    flat = raw[:usable].view(dtype) if usable else torch.empty(0, dtype=dtype)
-    numel = record.numel
-    if numel == 0:
-        return torch.empty(record.shape, dtype=dtype)
+
+
+def _last_element(record: TensorRecord, base_offset: int, available: int, file_label: str) -> None:
     last = base_offset + record.storage_offset + sum((s - 1) * st for s, st in zip(record.shape, record.stride))
-    if last >= flat.numel():
+    if last >= available:
         raise CorruptFileError(
             f"{file_label}: a tensor of shape {list(record.shape)} needs element {last} of a storage holding "
-            f"{flat.numel()}; the file is corrupt — re-save it")
+            f"{available}; the file is corrupt — re-save it")
+
+
+def read_array(record: TensorRecord, *, file_label: str = "") -> "Values":
+    """The values of one tensor as numpy (:class:`~.np_values.Values`: raw bits for bfloat16/float8/complex32), a
+    view on a private memory map like :func:`read_record`'s, without torch where the bytes are mapped in place."""
+    import numpy as np
+    from .np_values import Values, numpy_dtype, tensor_array
+    np_dtype = numpy_dtype(record.dtype or "")
+    if np_dtype is None:   # quantized, packed, sub-byte dtypes: as torch reads them
+        return tensor_array(read_record(record, file_label=file_label))
+    raw = _checked_bytes(record, file_label, _storage_array)
+    itemsize = ITEMSIZE[record.dtype]
+    ref = record.storage
+    base_offset = int(ref.view[1]) if ref.view is not None else 0  # legacy format view into a root storage
+    usable = raw.size - raw.size % itemsize
+    flat = raw[:usable].view(np_dtype)
+    if record.numel == 0:
+        return Values(np.empty(record.shape, dtype=np_dtype), record.dtype)
+    _last_element(record, base_offset, flat.size, file_label)
+    start = base_offset + record.storage_offset
+    return Values(np.lib.stride_tricks.as_strided(flat[start:], record.shape, [st * itemsize for st in record.stride]),
+                  record.dtype)
+
+
+def read_record(record: TensorRecord, *, file_label: str = "") -> "torch.Tensor":
+    """The values of one tensor, read on demand (a view on a private memory map, no bytes copied up front)."""
+    import torch
+    dtype = torch_dtypes().get(record.dtype or "")
+    if isinstance(record.storage, StorageRef) and record.storage.source is not None and dtype is None:
+        raise CorruptFileError(f"{file_label}: cannot read tensors of dtype {record.dtype!r}")
+    raw = _checked_bytes(record, file_label, lambda ref: ref.source.storage_bytes(ref))
+    itemsize = ITEMSIZE[record.dtype]
+    ref = record.storage
+    base_offset = int(ref.view[1]) if ref.view is not None else 0  # legacy format view into a root storage
+    usable = raw.numel() - raw.numel() % itemsize
+    flat = raw[:usable].view(dtype) if usable else torch.empty(0, dtype=dtype)
+    if record.numel == 0:
+        return torch.empty(record.shape, dtype=dtype)
+    _last_element(record, base_offset, flat.numel(), file_label)
     return torch.as_strided(flat, record.shape, record.stride, base_offset + record.storage_offset)

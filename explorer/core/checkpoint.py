@@ -382,6 +382,16 @@ class Checkpoint:
     def read_key(self, key: str, entry: str | EntryPath | None = None) -> "torch.Tensor":
         return self.read(self.resolve_entry(entry) + (key,))
 
+    def read_key_array(self, key: str, entry: str | EntryPath | None = None):
+        """One tensor's values as numpy (``np_values.Values``: raw bits for bfloat16/float8), the same view
+        :meth:`read` gives, without importing torch where the format maps its bytes in place."""
+        from .bytesource import read_array
+        path = self.resolve_entry(entry) + (key,)
+        rec = self.record(path)
+        if not has_data(rec):
+            return self.read(path)   # raises NoDataError, saying why
+        return read_array(rec, file_label=self.path)
+
     def load_object(self, entry: str | EntryPath | None = None, *, device: str = "meta") -> Any:
         """What ``torch.load`` would return at ``entry``, with tensors as ``device`` tensors.
 

@@ -1,13 +1,15 @@
-"""Bulk work over many tensors or many keys, shared by :mod:`.stats` and :mod:`.diff`: chunking a tensor, spreading
-the chunks over threads (torch's own intra-op threads set to 1 meanwhile), cancellation."""
+"""Bulk work over many tensors or many keys, shared by :mod:`.stats` and :mod:`.diff`: chunking a tensor (a numpy
+array or a torch tensor), spreading the chunks over threads (torch's own intra-op threads set to 1 meanwhile, when
+torch is imported at all), cancellation. Nothing here imports torch."""
 from __future__ import annotations
 
 import contextlib
 import itertools
+import sys
 import threading
 from typing import Callable, Iterator
 
-import torch
+import numpy as np
 
 from ..errors import Cancelled
 
@@ -22,17 +24,17 @@ StopFn = Callable[[], bool]
 # ---- threads ---------------------------------------------------------------------------------------------------------
 _intraop_lock = threading.Lock()
 _intraop_users = 0
-_intraop_saved = 1
+_intraop_saved: int | None = None   # torch's thread count before the first user (None: torch was not imported)
 
 
 @contextlib.contextmanager
 def single_intraop():
-    """torch intra-op threads = 1 while our own threads run (restored by the last user)."""
-    global _intraop_users, _intraop_saved
+    """torch intra-op threads = 1 while our own threads run (restored by the last user); nothing when torch is not
+    imported (a later import inside the scope calls :func:`torch_imported`)."""
+    global _intraop_users
     with _intraop_lock:
         if _intraop_users == 0:
-            _intraop_saved = torch.get_num_threads()
-            torch.set_num_threads(1)
+            _take_threads()
         _intraop_users += 1
     try:
         yield
@@ -40,7 +42,29 @@ def single_intraop():
         with _intraop_lock:
             _intraop_users -= 1
             if _intraop_users == 0:
-                torch.set_num_threads(_intraop_saved)
+                _give_threads()
+
+
+def _take_threads() -> None:
+    global _intraop_saved
+    torch = sys.modules.get("torch")
+    if torch is not None and _intraop_saved is None:
+        _intraop_saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+
+def _give_threads() -> None:
+    global _intraop_saved
+    if _intraop_saved is not None:
+        sys.modules["torch"].set_num_threads(_intraop_saved)
+        _intraop_saved = None
+
+
+def torch_imported() -> None:
+    """Called after importing torch lazily: inside a :func:`single_intraop` scope, its threads become 1 now."""
+    with _intraop_lock:
+        if _intraop_users:
+            _take_threads()
 
 
 def check_stop(should_stop: StopFn | None) -> None:
@@ -118,39 +142,58 @@ def run_chunked(n_chunks: int, make_state: Callable[[], object], work: Callable[
 
 
 # ---- chunks ----------------------------------------------------------------------------------------------------------
-def dense_order(t: torch.Tensor) -> torch.Tensor:
+# A chunk source is a numpy array or a torch tensor: the same split either way (it depends only on the shape and on
+# whether the values are contiguous, which numpy and torch judge alike, size-1 dimensions aside).
+def _is_np(t) -> bool:
+    return isinstance(t, np.ndarray)
+
+
+def _contiguous(t) -> bool:
+    return t.flags.c_contiguous if _is_np(t) else t.is_contiguous()
+
+
+def _size(t) -> int:
+    return t.size if _is_np(t) else t.numel()
+
+
+def _dense_copy(t):
+    return np.ascontiguousarray(t) if _is_np(t) else t.contiguous()
+
+
+def dense_order(t):
     """A permutation of ``t``'s dimensions that is contiguous when ``t`` is a permuted dense block (a saved
     transpose); order-free statistics use it to read memory sequentially."""
-    if t.is_contiguous() or t.dim() < 2:
+    if _contiguous(t) or t.ndim < 2:
         return t
-    order = sorted(range(t.dim()), key=lambda d: (-t.stride(d), -t.shape[d]))
-    p = t.permute(order)
-    return p if p.is_contiguous() else t
+    strides = t.strides if _is_np(t) else t.stride()
+    order = sorted(range(t.ndim), key=lambda d: (-strides[d], -t.shape[d]))
+    p = t.transpose(order) if _is_np(t) else t.permute(order)
+    return p if _contiguous(p) else t
 
 
-def iter_chunks(t: torch.Tensor, chunk: int = CHUNK) -> Iterator[torch.Tensor]:
+def iter_chunks(t, chunk: int = CHUNK) -> Iterator:
     """1-D chunks of ``t`` in its logical (row-major) order, each at most ``chunk`` elements; views when possible,
     a bounded copy per chunk otherwise. The split depends only on the shape and whether ``t`` is contiguous."""
-    n = t.numel()
+    n = _size(t)
     if n == 0:
         return
-    if t.dim() == 0:
+    if t.ndim == 0:
         yield t.reshape(1)
         return
-    if t.is_contiguous():
-        flat = t.view(-1)
+    if _contiguous(t):
+        flat = t.reshape(-1)
         for i in range(0, n, chunk):
             yield flat[i:i + chunk]
         return
     yield from _row_chunks(t, chunk)
 
 
-def _row_chunks(t: torch.Tensor, chunk: int) -> Iterator[torch.Tensor]:
-    if t.dim() <= 1:
-        for i in range(0, t.numel(), chunk):
-            yield t[i:i + chunk].contiguous()
+def _row_chunks(t, chunk: int) -> Iterator:
+    if t.ndim <= 1:
+        for i in range(0, _size(t), chunk):
+            yield _dense_copy(t[i:i + chunk])
         return
-    row = t[0].numel() if t.shape[0] else 0
+    row = _size(t[0]) if t.shape[0] else 0
     if row == 0:
         return
     if row > chunk:
@@ -162,10 +205,10 @@ def _row_chunks(t: torch.Tensor, chunk: int) -> Iterator[torch.Tensor]:
         yield t[i:i + rows].reshape(-1)
 
 
-def paired_chunks(a: torch.Tensor, b: torch.Tensor, chunk: int = CHUNK) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Aligned 1-D chunks of two tensors of the same shape, in logical order."""
-    if a.is_contiguous() and b.is_contiguous():
+def paired_chunks(a, b, chunk: int = CHUNK) -> Iterator[tuple]:
+    """Aligned 1-D chunks of two tensors (or arrays) of the same shape, in logical order."""
+    if _contiguous(a) and _contiguous(b):
         return zip(iter_chunks(a, chunk), iter_chunks(b, chunk))
-    if a.dim() == 0:
+    if a.ndim == 0:
         return iter([(a.reshape(1), b.reshape(1))])
     return zip(_row_chunks(a, chunk), _row_chunks(b, chunk))

@@ -28,6 +28,11 @@ such numbers); ``null`` means "not computed".
 
 Sums run in float64 per chunk of ~1M elements (integers are compared as float64: exact below 2**53). Complex
 tensors are compared on their real and imaginary parts as separate numbers.
+
+One engine, numpy: a checkpoint's values are read as numpy (``read_key_array``: no torch), a model's tensors handed
+over as numpy (``np_values.tensor_array``). Bytes are compared, values widened (bfloat16/float8 exactly), NaN/Inf
+counted and differences taken in numpy; only the float64 sums and dot products behind max/mean/rel/cos are torch's
+own kernels (:mod:`.float_sums`, imported then), which define those figures to the last bit.
 """
 from __future__ import annotations
 
@@ -36,62 +41,77 @@ from itertools import compress, repeat
 from typing import Callable, Mapping
 
 import numpy as np
-import torch
 
 from ..errors import Cancelled, ExplorerError
 from .chunks import CHUNK, PARALLEL_MIN, THREADS, ProgressFn, StopFn, check_stop, iter_chunks, paired_chunks, \
     run_chunked, single_intraop
 from .diff_report import DiffReport, KeyDiff
+from .float_sums import aligned_empty, dot, total
+from .np_values import COMPLEX, FLOAT8, FLOATING, Values, bits_of, numpy_dtype, tensor_array, torch_scalar_name, \
+    widen
 from .records import CHANGED, DTYPE_DIFFERS, IDENTICAL, NOT_COMPARED, ONLY_A, ONLY_B, SHAPE_DIFFERS
 
 
 # ---- comparing one pair of tensors ----------------------------------------------------------------------------------
-def _as_bytes(c: torch.Tensor) -> np.ndarray:
-    c = c.contiguous()
-    u8 = c.reshape(-1).view(torch.uint8).numpy()
+def as_values(t) -> Values:
+    """``t`` as :class:`~.np_values.Values`: as it is, or a torch tensor (a model side's) handed over."""
+    return t if isinstance(t, Values) else tensor_array(t)
+
+
+def _as_bytes(c: np.ndarray) -> np.ndarray:
+    u8 = np.ascontiguousarray(c).reshape(-1).view(np.uint8)
     return u8.view(np.int64) if u8.size % 8 == 0 else u8
 
 
-def _work_view(c: torch.Tensor) -> torch.Tensor:
-    """Numbers to compare: complex as (re, im) pairs, bool/float8 as something ``copy_`` into float64 takes."""
-    if c.is_complex():
-        if c.dtype == torch.complex32:
-            c = c.to(torch.complex64)
-        return torch.view_as_real(c.contiguous()).reshape(-1)
-    if c.dtype.is_floating_point and c.element_size() == 1:
-        return c.float()
+def _work_view(c: np.ndarray, dtype: str) -> np.ndarray:
+    """Numbers to compare: complex as (re, im) pairs, bfloat16/float8 widened to float32 (exact)."""
+    if dtype in COMPLEX:
+        c = np.ascontiguousarray(widen(c, dtype))
+        return c.view(c.real.dtype).reshape(-1)
+    if dtype == "bfloat16" or dtype in FLOAT8:
+        return widen(c, dtype)
+    if numpy_dtype(dtype) is None:   # raw bytes of a sub-byte/bits dtype: no numbers (as torch's copy_ says)
+        raise NotImplementedError(f'"copy_" not implemented for {torch_scalar_name(dtype)!r}')
     return c
 
 
-def _raw_bits(c: torch.Tensor) -> np.ndarray:
-    """The bit patterns of a 1-D chunk as integers, one per compared number (complex: one per part)."""
-    size = c.element_size() // (2 if c.is_complex() else 1)
-    return c.contiguous().view(_INT_OF_SIZE[size]).numpy()
+def _raw_bits(c: np.ndarray, dtype: str) -> np.ndarray:
+    """The bit patterns of a 1-D chunk as integers, one per compared number (complex: one per part; complex32's
+    raw bits are two float16 per element)."""
+    c = np.ascontiguousarray(c)
+    return c.view(np.uint16) if dtype == "complex32" else bits_of(c)
 
 
-_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_EXPONENT = {"float16": 0x7C00, "bfloat16": 0x7F80}   # all exponent bits: Inf with a zero mantissa, else NaN
 
 
-def _may_hold_nonfinite(c: torch.Tensor) -> bool:
-    return c.is_floating_point() or c.is_complex()
+def _count_nonfinite(c: np.ndarray, dtype: str) -> tuple[int, int]:
+    """(NaN, +-Inf) counts of a chunk (complex: of its parts); one cheap pass when there are none."""
+    with np.errstate(all="ignore"):
+        top = _EXPONENT.get(dtype)
+        if top is not None:   # on the bits (numpy's float16 arithmetic is slow; bfloat16 needs no widening)
+            m = np.bitwise_and(c.view(np.uint16), 0x7FFF)
+            if m.max() < top:
+                return 0, 0
+            return int(np.count_nonzero(m > top)), int(np.count_nonzero(m == top))
+        w = _work_view(c, dtype)
+        if np.isfinite(np.dot(w, w)):   # NaN/Inf propagate into a sum of squares (an overflow just counts below)
+            return 0, 0
+        return int(np.count_nonzero(np.isnan(w))), int(np.count_nonzero(np.isinf(w)))
 
 
-def _count_nonfinite(w: torch.Tensor) -> tuple[int, int]:
-    """(NaN, +-Inf) counts of a work view (float or real parts); one cheap sum when there are none."""
-    if math.isfinite(float(w.sum())):
-        return 0, 0
-    return int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
-
-
-def identical_scan(a: torch.Tensor, b: torch.Tensor, *, threads: int = THREADS, should_stop: StopFn | None = None,
+def identical_scan(a, b, *, threads: int = THREADS, should_stop: StopFn | None = None,
                    progress: ProgressFn | None = None) -> tuple[bool, int, int]:
-    """(same bytes in logical order, NaN count, +-Inf count) of a and b of the same shape and dtype; the counts
-    (numbers: two per complex element) are complete only when the bytes are the same."""
-    if a.numel() == 0:
+    """(same bytes in logical order, NaN count, +-Inf count) of a and b (tensors or :class:`Values`) of the same
+    shape and dtype; the counts (numbers: two per complex element) are complete only when the bytes are the same."""
+    a, b = as_values(a), as_values(b)
+    dtype = a.dtype
+    a, b = a.array, b.array
+    if a.size == 0:
         return True, 0, 0
     pairs = list(paired_chunks(a, b, CHUNK))
     state = {"equal": True}
-    count = _may_hold_nonfinite(a)
+    count = dtype in FLOATING or dtype in COMPLEX
 
     def work(st, i):
         if not state["equal"]:
@@ -100,13 +120,13 @@ def identical_scan(a: torch.Tensor, b: torch.Tensor, *, threads: int = THREADS, 
         if not np.array_equal(_as_bytes(ca), _as_bytes(cb)):
             state["equal"] = False
         elif count:
-            n, f = _count_nonfinite(_work_view(ca))
+            n, f = _count_nonfinite(ca, dtype)
             st[0] += n
             st[1] += f
-        return ca.numel()
+        return ca.size
 
-    parallel = a.numel() >= PARALLEL_MIN and a.is_contiguous() and b.is_contiguous()
-    states = run_chunked(len(pairs), lambda: [0, 0], work, total=a.numel(), progress=progress,
+    parallel = a.size >= PARALLEL_MIN and a.flags.c_contiguous and b.flags.c_contiguous
+    states = run_chunked(len(pairs), lambda: [0, 0], work, total=a.size, progress=progress,
                          should_stop=should_stop, threads=threads if parallel else 1)
     return state["equal"], sum(s[0] for s in states), sum(s[1] for s in states)
 
@@ -116,9 +136,10 @@ class _Acc:
     IEEE way (NaN and Inf propagate)."""
 
     def __init__(self, n: int):
-        self.fa = torch.empty(n, dtype=torch.float64)
-        self.fb = torch.empty(n, dtype=torch.float64)
-        self.d = torch.empty(n, dtype=torch.float64)
+        self.fa = aligned_empty(n)   # aligned as torch's tensors are: the sums are torch's (see float_sums)
+        self.fb = aligned_empty(n)
+        self.d = aligned_empty(n)
+        self.mask = np.empty(n, dtype=np.bool_)
         self.n = 0                 # positions finite on both sides
         self.max_abs = 0.0
         self.sum_abs = 0.0
@@ -148,68 +169,75 @@ def _ieee_max(a: float, b: float) -> float:
     return math.nan if a != a or b != b else max(a, b)
 
 
-def _metrics_chunk(acc: _Acc, ca: torch.Tensor, cb: torch.Tensor, bits: bool) -> None:
+def _metrics_chunk(acc: _Acc, ca: np.ndarray, cb: np.ndarray, dta: str, dtb: str, bits: bool) -> None:
     """Add one chunk to ``acc``. ``bits`` (same dtype): also count the positions whose bits differ, to tell -0.0
     facing +0.0 and NaN payloads apart -- only needed, and only done, in a chunk where some values are equal."""
-    raw_a, raw_b = ca, cb
-    ca, cb = _work_view(ca), _work_view(cb)
-    n = total = ca.numel()
+    with np.errstate(all="ignore"):
+        _metrics(acc, ca, cb, _work_view(ca, dta), _work_view(cb, dtb), dta if bits else None)
+
+
+def _metrics(acc: _Acc, raw_a: np.ndarray, raw_b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
+             bits: str | None) -> None:
+    """``bits``: the dtype of both raw chunks when they share it (their bits are then compared), else None."""
+    n = total_n = ca.size
+    if cb.size != n:   # a complex tensor facing a real one: torch's copy_ refuses it so
+        raise RuntimeError(f"The size of tensor a ({n}) must match the size of tensor b ({cb.size}) at non-singleton "
+                           "dimension 0")
     fa, fb, d = acc.fa[:n], acc.fb[:n], acc.d[:n]
-    fa.copy_(ca)
-    fb.copy_(cb)
-    torch.sub(fb, fa, out=d)
-    dd = float(torch.dot(d, d))
+    fa[...] = ca
+    fb[...] = cb
+    np.subtract(fb, fa, out=d)
+    dd = dot(d, d)
     differing = 0
     if not math.isfinite(dd):  # NaN/Inf somewhere in this chunk (or a float64 overflow): counted and summed aside
-        nan_a, nan_b = torch.isnan(fa), torch.isnan(fb)
-        inf_a, inf_b = torch.isinf(fa), torch.isinf(fb)
+        nan_a, nan_b = np.isnan(fa), np.isnan(fb)
+        inf_a, inf_b = np.isinf(fa), np.isinf(fb)
         fin_a, fin_b = ~(nan_a | inf_a), ~(nan_b | inf_b)
         fin = fin_a & fin_b
-        acc.nan_a += int(nan_a.sum())
-        acc.nan_b += int(nan_b.sum())
-        acc.inf_a += int(inf_a.sum())
-        acc.inf_b += int(inf_b.sum())
-        acc.fin_differs += int((fin_a ^ fin_b).sum())
-        acc.nan_app += int((nan_b & ~nan_a).sum())
-        acc.nan_gone += int((nan_a & ~nan_b).sum())
-        acc.inf_app += int((inf_b & ~inf_a).sum())
-        acc.inf_gone += int((inf_a & ~inf_b).sum())
+        acc.nan_a += int(np.count_nonzero(nan_a))
+        acc.nan_b += int(np.count_nonzero(nan_b))
+        acc.inf_a += int(np.count_nonzero(inf_a))
+        acc.inf_b += int(np.count_nonzero(inf_b))
+        acc.fin_differs += int(np.count_nonzero(fin_a ^ fin_b))
+        acc.nan_app += int(np.count_nonzero(nan_b & ~nan_a))
+        acc.nan_gone += int(np.count_nonzero(nan_a & ~nan_b))
+        acc.inf_app += int(np.count_nonzero(inf_b & ~inf_a))
+        acc.inf_gone += int(np.count_nonzero(inf_a & ~inf_b))
         both_nan = nan_a & nan_b
         other = ~fin
-        nf = int((other & ~((fa == fb) | both_nan)).sum())
+        nf = int(np.count_nonzero(other & ~((fa == fb) | both_nan)))
         acc.nonfinite += nf
         differing += nf
-        if bits and bool(both_nan.any()):
-            where = both_nan.numpy()
-            acc.nan_bits += int(np.count_nonzero(_raw_bits(raw_a)[where] != _raw_bits(raw_b)[where]))
+        if bits and both_nan.any():
+            acc.nan_bits += int(np.count_nonzero(_raw_bits(raw_a, bits)[both_nan] != _raw_bits(raw_b, bits)[both_nan]))
         xa, xb, xd = fa[other], fb[other], d[other]
-        if xd.numel():
-            acc.x_n += xd.numel()
-            acc.x_dd += float(torch.dot(xd, xd))
-            acc.x_aa += float(torch.dot(xa, xa))
-            acc.x_bb += float(torch.dot(xb, xb))
-            acc.x_ab += float(torch.dot(xa, xb))
-            xd = xd.abs()
-            acc.x_sum_abs += float(xd.sum())
+        if xd.size:
+            acc.x_n += xd.size
+            acc.x_dd += dot(xd, xd)
+            acc.x_aa += dot(xa, xa)
+            acc.x_bb += dot(xb, xb)
+            acc.x_ab += dot(xa, xb)
+            xd = np.abs(xd)
+            acc.x_sum_abs += total(xd)
             acc.x_max = _ieee_max(acc.x_max, float(xd.max()))
         fa, fb = fa[fin], fb[fin]
         d = fb - fa
-        dd = float(torch.dot(d, d))
-        n = fa.numel()
+        dd = dot(d, d)
+        n = fa.size
     if n:
         acc.n += n
         acc.dd += dd
-        acc.aa += float(torch.dot(fa, fa))
-        acc.bb += float(torch.dot(fb, fb))
-        acc.ab += float(torch.dot(fa, fb))
-        differing += int(torch.count_nonzero(d))
-        d.abs_()
+        acc.aa += dot(fa, fa)
+        acc.bb += dot(fb, fb)
+        acc.ab += dot(fa, fb)
+        differing += int(np.count_nonzero(np.not_equal(d, 0, out=acc.mask[:n])))
+        np.abs(d, out=d)
         acc.max_abs = max(acc.max_abs, float(d.max()))
-        acc.sum_abs += float(d.sum())
+        acc.sum_abs += total(d)
     acc.differing += differing
     if bits:   # every value differs: so do the bits; else count them (-0.0/+0.0, NaN payloads among the equal ones)
-        acc.bits_differ += total if differing == total else \
-            int(np.count_nonzero(_raw_bits(raw_a) != _raw_bits(raw_b)))
+        acc.bits_differ += total_n if differing == total_n else \
+            int(np.count_nonzero(_raw_bits(raw_a, bits) != _raw_bits(raw_b, bits)))
 
 
 def _figures(n: int, max_abs: float, sum_abs: float, dd: float, aa: float, bb: float, ab: float) -> dict:
@@ -231,7 +259,7 @@ def _figures(n: int, max_abs: float, sum_abs: float, dd: float, aa: float, bb: f
     return out
 
 
-def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, should_stop: StopFn | None = None,
+def compare_tensors(a, b, *, should_stop: StopFn | None = None,
                     progress: ProgressFn | None = None) -> dict:
     """Metrics of ``b - a`` for two tensors of the same shape (any dtypes): see the module docstring."""
     with single_intraop():
@@ -239,34 +267,36 @@ def compare_tensors(a: torch.Tensor, b: torch.Tensor, *, should_stop: StopFn | N
 
 
 def _compare_tensors(a, b, should_stop, progress) -> dict:
-    a, b = a.detach().cpu(), b.detach().cpu()
+    a, b = as_values(a), as_values(b)
+    dta, dtb = a.dtype, b.dtype
+    a, b = a.array, b.array
     if tuple(a.shape) != tuple(b.shape):
         raise ExplorerError(f"cannot compare shapes {list(a.shape)} and {list(b.shape)}")
-    bits = a.dtype == b.dtype
-    if not (a.is_contiguous() and b.is_contiguous()):
+    bits = dta == dtb
+    if not (a.flags.c_contiguous and b.flags.c_contiguous):
         pairs_iter = paired_chunks(a, b, CHUNK)
         pairs = None
     else:
         pairs = list(zip(iter_chunks(a, CHUNK), iter_chunks(b, CHUNK)))
-    width = 2 if a.is_complex() or b.is_complex() else 1
-    size = max(1, min(a.numel(), CHUNK) * width)
+    width = 2 if dta in COMPLEX or dtb in COMPLEX else 1
+    size = max(1, min(a.size, CHUNK) * width)
     if pairs is not None:
         def work(acc, i):
             ca, cb = pairs[i]
-            _metrics_chunk(acc, ca, cb, bits)
-            return ca.numel()
-        threads = THREADS if a.numel() >= PARALLEL_MIN else 1
-        accs = run_chunked(len(pairs), lambda: _Acc(size), work, total=a.numel(), progress=progress,
+            _metrics_chunk(acc, ca, cb, dta, dtb, bits)
+            return ca.size
+        threads = THREADS if a.size >= PARALLEL_MIN else 1
+        accs = run_chunked(len(pairs), lambda: _Acc(size), work, total=a.size, progress=progress,
                            should_stop=should_stop, threads=threads)
     else:
         acc = _Acc(size)
         done = 0
         for ca, cb in pairs_iter:
             check_stop(should_stop)
-            _metrics_chunk(acc, ca, cb, bits)
-            done += ca.numel()
+            _metrics_chunk(acc, ca, cb, dta, dtb, bits)
+            done += ca.size
             if progress is not None:
-                progress(done, a.numel())
+                progress(done, a.size)
         accs = [acc]
     acc = accs[0]
     for o in accs[1:]:
@@ -300,6 +330,12 @@ def _remap_fn(remap) -> Callable[[str], str]:
     if callable(remap):
         return remap
     raise ExplorerError(f"remap must be a mapping or a callable, not {type(remap).__name__}")
+
+
+def _read(side, key: str, entry):
+    """A key's values: as numpy from a checkpoint (no torch), as the side gives them otherwise (a model's tensor)."""
+    read_array = getattr(side, "read_key_array", None)
+    return read_array(key, entry) if read_array is not None else side.read_key(key, entry)
 
 
 def _label(side) -> str:
@@ -376,8 +412,8 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
         sub = None if progress is None else (lambda d, t, base=base, nb=nb_a + nb_b:
                                              progress(min(base + (nb * d // max(t, 1)), total), total))
         try:
-            ta = a.read_key(ka, entry_a)
-            tb = b.read_key(kb, entry_b)
+            ta = _read(a, ka, entry_a)
+            tb = _read(b, kb, entry_b)
         except Cancelled:
             raise
         except ExplorerError as e:
@@ -386,6 +422,7 @@ def _diff_sides(a, b, entry_a, entry_b, remap, progress, should_stop) -> DiffRep
             tick(nb_a + nb_b)
             continue
         try:
+            ta, tb = as_values(ta), as_values(tb)
             if dtype_a == dtype_b and ta.dtype == tb.dtype:
                 same, nan, inf = identical_scan(ta, tb, should_stop=should_stop, progress=sub)
                 if same:

@@ -1,7 +1,8 @@
 """Issue 15 point 3: listing a file needs no torch. ``python main.py inspect`` of safetensors (one file, a sharded
 folder, the sparse 70B layout of ``benchmarks/bench_scale.py``) and of torch.save zip files runs without importing
-torch (1+ s), and answers byte for byte what it answers when torch is imported first. Commands run in subprocesses,
-as a user runs them; ``-X importtime`` lists every module the run imported."""
+torch (1+ s), and answers byte for byte what it answers when torch is imported first; so does ``diff`` of such files
+(values read and compared through numpy) as long as no figure needs a float sum (see ``core/float_sums``).
+Commands run in subprocesses, as a user runs them; ``-X importtime`` lists every module the run imported."""
 from __future__ import annotations
 
 import importlib.util
@@ -145,6 +146,59 @@ def test_help_lists_every_command_as_before():
     assert rc == 0 and out == cli.build_parser().format_help()
     for name in cli.COMMANDS:
         assert f"    {name} " in out
+
+
+@pytest.fixture(scope="module")
+def twins(files) -> dict[str, Path]:
+    """Files to diff against ``files``: the mixed safetensors with a key reshaped, one dropped and one added
+    (values alike), and with bfloat16/float16/float32 values changed."""
+    from safetensors.torch import load_file
+    d = files["safetensors"].parent
+    mixed = load_file(files["safetensors"])
+    twin = dict(mixed, f32=mixed["f32"].reshape(4, 3), extra=torch.ones(2, dtype=torch.bfloat16))
+    del twin["flag"]
+    save_file(twin, d / "twin.safetensors")
+    changed = dict(mixed, bf16=mixed["bf16"] * 2, f16=mixed["f16"] + 1, f32=mixed["f32"] - 0.5)
+    save_file(changed, d / "changed.safetensors")
+    return {"twin": d / "twin.safetensors", "changed": d / "changed.safetensors"}
+
+
+def _path(files, twins, name) -> Path:
+    return files[name] if name in files else twins[name]
+
+
+@pytest.mark.parametrize("a,b", [("safetensors", "safetensors"), ("safetensors", "twin"),
+                                 ("torch-zip", "sharded"), ("torch-zip", "torch-zip"),
+                                 ("sharded", "torch-zip")])
+@pytest.mark.parametrize("mode", [[], ["--json"]])
+def test_diff_imports_no_torch_and_answers_the_same(files, twins, a, b, mode):
+    """Identical values (bf16, fp16, fp8, ints, bool included), keys only on one side, shapes that differ: read,
+    compared byte for byte and counted (NaN/Inf) through numpy."""
+    pa, pb = _path(files, twins, a), _path(files, twins, b)
+    rc, out, err, torch_modules = run("diff", pa, pb, *mode)
+    assert rc in (0, 1) and err == "", err
+    assert torch_modules == []
+    if mode == ["--json"]:
+        summary = json.loads(out)["summary"]
+        assert summary["identical"] > 0
+        assert (summary["only_a"], summary["only_b"], summary["shape_differs"]) == \
+            ((1, 1, 1) if b == "twin" else (0, 0, 0))
+    rc2, out2, err2, _ = run("diff", pa, pb, *mode, torch_first=True)
+    assert (rc2, out2, err2) == (rc, out, err)
+
+
+@pytest.mark.parametrize("mode", [[], ["--json"]])
+def test_diff_of_changed_values_answers_the_same(files, twins, mode):
+    """Changed bf16/fp16/fp32 values: read and compared through numpy; the float64 sums behind max/mean/rel/cos are
+    torch's own kernels (``core/float_sums``: numpy would round them differently in the last bits), so torch is
+    imported for them, and the answer is the one a run with torch imported first gives."""
+    rc, out, err, torch_modules = run("diff", files["safetensors"], twins["changed"], *mode)
+    assert rc == 1 and err == "", err
+    rc2, out2, err2, _ = run("diff", files["safetensors"], twins["changed"], *mode, torch_first=True)
+    assert (rc2, out2, err2) == (rc, out, err)
+    if mode:
+        changed = {k["key"] for k in json.loads(out)["keys"] if k["status"] == "changed"}
+        assert changed == {"bf16", "f16", "f32"}
 
 
 def test_a_command_that_needs_torch_imports_it(files):
