@@ -31,8 +31,8 @@ tensors are compared on their real and imaginary parts as separate numbers.
 
 One engine, numpy: a checkpoint's values are read as numpy (``read_key_array``: no torch), a model's tensors handed
 over as numpy (``np_values.tensor_array``). Bytes are compared, values widened (bfloat16/float8 exactly), NaN/Inf
-counted and differences taken in numpy; only the float64 sums and dot products behind max/mean/rel/cos are torch's
-own kernels (:mod:`.float_sums`, imported then), which define those figures to the last bit.
+counted, differences taken and summed in numpy (the float64 sums: :mod:`.float_sums`). Torch is imported only when
+a side is a model (its tensors are torch's) or a format only torch reads.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from ..errors import Cancelled, ExplorerError
 from .chunks import CHUNK, PARALLEL_MIN, THREADS, ProgressFn, StopFn, check_stop, iter_chunks, paired_chunks, \
     run_chunked, single_intraop
 from .diff_report import DiffReport, KeyDiff
-from .float_sums import aligned_empty, dot, total
+from .float_sums import dot, total
 from .np_values import COMPLEX, FLOAT8, FLOATING, Values, bits_of, numpy_dtype, tensor_array, torch_scalar_name, \
     widen
 from .records import CHANGED, DTYPE_DIFFERS, IDENTICAL, NOT_COMPARED, ONLY_A, ONLY_B, SHAPE_DIFFERS
@@ -136,9 +136,9 @@ class _Acc:
     IEEE way (NaN and Inf propagate)."""
 
     def __init__(self, n: int):
-        self.fa = aligned_empty(n)   # aligned as torch's tensors are: the sums are torch's (see float_sums)
-        self.fb = aligned_empty(n)
-        self.d = aligned_empty(n)
+        self.fa = np.empty(n, dtype=np.float64)
+        self.fb = np.empty(n, dtype=np.float64)
+        self.d = np.empty(n, dtype=np.float64)
         self.mask = np.empty(n, dtype=np.bool_)
         self.n = 0                 # positions finite on both sides
         self.max_abs = 0.0

@@ -1,6 +1,7 @@
-"""diff's numpy engine gives torch's figures bit for bit: the float64 sums are torch's own kernels on 64-byte
-aligned buffers (MKL's ddot rounds differently by alignment), every other figure is exact either way. Inputs may be
-torch tensors (a model side) or numpy ``Values`` (a file), with the same answer."""
+"""diff's numpy engine against torch's own figures: the maximum difference and the count of differing elements are
+exact; the float64 sums behind mean |Δ|, relative L2 and cosine are numpy's (pairwise sum, OpenBLAS ddot), which add
+in another order than torch's kernels: equal to torch's within 1e-12 (relative), not to the bit. Inputs may be torch
+tensors (a model side) or numpy ``Values`` (a file), with the same answer."""
 from __future__ import annotations
 
 import math
@@ -10,7 +11,6 @@ import pytest
 import torch
 
 from explorer.core.diff import compare_tensors, identical_scan
-from explorer.core.float_sums import aligned_empty, dot
 from explorer.core.np_values import tensor_array
 
 
@@ -35,29 +35,23 @@ def _figures(a: torch.Tensor, b: torch.Tensor) -> dict:
             "differing": int(torch.count_nonzero(d))}
 
 
+EXACT = ("max_abs_diff", "differing")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16, torch.int32,
                                    torch.float8_e4m3fn])
-@pytest.mark.parametrize("n", [5, 216, 4097, 300_001])
-def test_figures_are_torchs_to_the_bit(dtype, n):
+@pytest.mark.parametrize("n", [5, 216, 4097, 300_001, 2_500_001])
+def test_figures_are_torchs(dtype, n):
     g = torch.Generator().manual_seed(n)
     a = (torch.randn(n, generator=g) * 100).to(dtype)
     b = (a.to(torch.float32) + torch.randn(n, generator=g)).to(dtype)
     want = _reference(a, b)
-    for x, y in ((a, b), (tensor_array(a), tensor_array(b))):
-        got = compare_tensors(x, y)
-        assert {k: got[k] for k in want} == want
-
-
-def test_dot_is_torchs_whatever_the_alignment():
-    rng = np.random.default_rng(0)
-    x, y = rng.standard_normal(10_001), rng.standard_normal(10_001)
-    want = float(torch.dot(torch.from_numpy(x).clone(), torch.from_numpy(y).clone()))
-    buf = aligned_empty(10_010)
-    assert buf.ctypes.data % 64 == 0
-    for off in range(8):
-        xs = buf[off:off + 10_001]
-        xs[:] = x
-        assert dot(xs, y.copy()) == want
+    answers = [compare_tensors(x, y) for x, y in ((a, b), (tensor_array(a), tensor_array(b)))]
+    assert {k: answers[0][k] for k in want} == {k: answers[1][k] for k in want}   # a model's tensor = a file's
+    got = answers[0]
+    assert {k: got[k] for k in EXACT} == {k: want[k] for k in EXACT}
+    for k in set(want) - set(EXACT):
+        assert got[k] == pytest.approx(want[k], rel=1e-12, abs=0), k
 
 
 @pytest.mark.parametrize("dtype", ["uint4", "bits8", "uint1"])
