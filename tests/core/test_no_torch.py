@@ -263,3 +263,26 @@ def test_inconsistent_spans_are_refused(tmp_path, spaced, members, match):
     path = _safetensors(tmp_path / "bad.safetensors", members, spaced, bytes(16))
     with pytest.raises(CorruptFileError, match=match):
         open_checkpoint(path)
+
+
+@pytest.mark.parametrize("fmt", ["step_{}.pt", "step_{}.safetensors"])
+def test_series_imports_no_torch_and_answers_the_same(tmp_path, monkeypatch, fmt):
+    """``series`` measures a run (bf16, int64 and float32 keys, a NaN, a key added mid-run) through numpy views of the
+    files: no torch, and the figures a run with torch imported first gives."""
+    from tests.core.test_series import make_run
+    make_run(tmp_path / "run", [100, 200, 300, 400], nan_at=300, added_at=200)
+    if fmt.endswith(".safetensors"):
+        for pt in sorted((tmp_path / "run").glob("*.pt")):
+            save_file(torch.load(pt), str(pt.with_suffix(".safetensors")))
+            pt.unlink()
+    answers = []
+    for first in (False, True):
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / f"cache-{first}"))   # measured both times
+        rc, out, err, torch_modules = run("series", tmp_path / "run", "--json", torch_first=first)
+        assert rc == 0, err
+        answers.append(out)
+        if not first:
+            assert not torch_modules, sorted(torch_modules)[:5]
+    assert answers[0] == answers[1]
+    got = json.loads(answers[0])
+    assert got["first_nonfinite"] == {"fc.weight": 2} and got["frozen"] == ["emb.weight"]

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-import torch
 
-from ...errors import Cancelled, ExplorerError
-from ..records import RUNNING_STAT_NAMES, dtype_name
+from ...errors import Cancelled, ExplorerError, UnsupportedDtypeError
+from ..np_values import NATIVE, RAW, Values, widen
+from ..records import RUNNING_STAT_NAMES
 
 CHUNK = 1 << 18          # elements per step of the figures (1 MB of float32: stays in the processor cache)
 THREADS = 2              # keys measured at once
@@ -64,15 +64,17 @@ class Track:
                    d["frac_changed"], d["nonfinite"], d["mean"], d["errors"])
 
 
-_NATIVE = (torch.float32, torch.float64, torch.complex64, torch.complex128)
+AS_THEY_ARE = ("float32", "float64", "complex64", "complex128")   # measured in their own type (a view, no copy)
 
 
-def _array(t: torch.Tensor) -> np.ndarray:
-    """The values as numpy computes the figures: float16/bfloat16/float8 widened to float32, integers and bool to
-    float64 (exact up to 2**53); float32/float64/complex as they are (a view, no copy)."""
-    if t.dtype in _NATIVE:
-        return t.resolve_conj().resolve_neg().numpy()
-    return (t.float() if t.is_floating_point() else t.double()).numpy()
+def _numbers(a: np.ndarray, dtype: str) -> np.ndarray:
+    """The values as numpy computes the figures: float16, bfloat16 and float8 widened to float32 (exactly), complex32
+    to complex64, integers and bool to float64 (exact up to 2**53); float32/float64/complex as they are."""
+    if dtype in AS_THEY_ARE:
+        return a
+    if dtype in RAW:
+        return widen(a, dtype)
+    return a.astype(np.float32 if dtype == "float16" else np.float64)
 
 
 def _sq(a: np.ndarray) -> float:
@@ -133,10 +135,11 @@ class _Step:
     (of ``x``'s shape, or None; ``first is prev`` is measured once), with ``memo`` the chunks' figures of ``prev``
     when it has ``x``'s dtype (a chunk equal to ``prev``'s costs one comparison)."""
 
-    def __init__(self, i: int, x: torch.Tensor, prev: "_Step | None", first: "_Step | None", mean: bool,
+    def __init__(self, i: int, x: Values, prev: "_Step | None", first: "_Step | None", mean: bool,
                  is_first: bool = False):
-        self.i, self.x, self.shape, self.dtype, self.mean = i, x.reshape(-1), tuple(x.shape), x.dtype, mean
-        self.a = _array(self.x) if x.dtype in _NATIVE else None   # the values as numpy sees them: a view, no copy
+        a = x.array
+        self.i, self.x, self.shape, self.dtype, self.mean = i, a.reshape(-1), tuple(a.shape), x.dtype, mean
+        self.a = self.x if x.dtype in AS_THEY_ARE else None   # the values as numpy sees them: a view, no copy
         self.is_first = is_first   # the first checkpoint that holds the key
         self.prev, self.first = prev, first
         self.again = first is not None and first is prev
@@ -151,9 +154,9 @@ class _Step:
         self.prev = self.first = self.memo = None
 
     def part(self, start: int) -> np.ndarray:
-        """Elements ``start`` to ``start + CHUNK`` as numpy computes the figures (see ``_array``)."""
+        """Elements ``start`` to ``start + CHUNK`` as numpy computes the figures (see ``_numbers``)."""
         a = self.a
-        return a[start:start + CHUNK] if a is not None else _array(self.x[start:start + CHUNK])
+        return a[start:start + CHUNK] if a is not None else _numbers(self.x[start:start + CHUNK], self.dtype)
 
     def _add(self, s: float, nf: int, tot: float, sf: float) -> None:
         m = self.mine
@@ -194,7 +197,7 @@ class _Step:
         self._add(s, nonfinite, total, sf)
 
     def result(self, prev_norm: float | None, first_norm: float | None) -> dict:
-        numel = self.x.numel()
+        numel = self.x.size
         out = {"norm": math.sqrt(self.sq) if not math.isnan(self.sq) else self.sq, "nonfinite": self.nonfinite,
                "mean": (self.total / numel if numel else None) if self.mean else None}
         if self.prev is not None:
@@ -215,11 +218,11 @@ def _run(window: list[_Step], t: Track, should_stop) -> None:
     previous and the first checkpoint's chunk are still in the processor's cache when a checkpoint compares with
     them (each file's bytes come from memory once). Then fill ``t`` in checkpoint order."""
     bufs = _Buffers()
-    longest = max(s.x.numel() for s in window)
+    longest = max(s.x.size for s in window)
     for k, start in enumerate(range(0, longest, CHUNK)):
         _check(should_stop)
         for s in window:
-            if start < s.x.numel():
+            if start < s.x.size:
                 s.chunk(k, start, bufs)
     for s in window:
         i, mean = s.i, s.mean
@@ -241,7 +244,15 @@ def _run(window: list[_Step], t: Track, should_stop) -> None:
         s.release()
 
 
-def measure_key(key: str, reads: list[Callable[[], torch.Tensor] | None], should_stop=None) -> Track:
+def _values(read: Callable[[], Values]) -> Values:
+    """What ``read()`` gives, refused when its values are no numbers numpy can hold (sub-byte, packed, quantized)."""
+    x = read()
+    if x.dtype not in NATIVE and x.dtype not in RAW:
+        raise UnsupportedDtypeError(f"values of {x.dtype} tensors are not measured (no numbers to take a norm of)")
+    return x
+
+
+def measure_key(key: str, reads: list[Callable[[], Values] | None], should_stop=None) -> Track:
     """The figures of one key: ``reads[i]()`` gives its tensor at checkpoint i (None: the key is not there).
 
     Checkpoints are measured WINDOW at a time, chunk-major (see ``_run``): the tensors held are memory-mapped views
@@ -259,12 +270,12 @@ def measure_key(key: str, reads: list[Callable[[], torch.Tensor] | None], should
             continue
         _check(should_stop)
         try:
-            x = read()
+            x = _values(read)
         except (ExplorerError, RuntimeError, TypeError, ValueError) as e:
             t.errors.append(f"checkpoint {i}: {e}")
             prev = None
             continue
-        t.shape[i], t.dtype[i] = tuple(x.shape), dtype_name(x.dtype)
+        t.shape[i], t.dtype[i] = tuple(x.array.shape), x.dtype
         p = prev if prev is not None and prev.shape == t.shape[i] else None
         f = first if first is not None and first.shape == t.shape[i] else None
         step = _Step(i, x, p, f, mean, is_first=first is None)
@@ -272,7 +283,7 @@ def measure_key(key: str, reads: list[Callable[[], torch.Tensor] | None], should
         if first is None:
             first = step
         prev = step
-        if len(window) >= WINDOW or not x.is_contiguous():
+        if len(window) >= WINDOW or not x.array.flags.c_contiguous:
             _run(window, t, should_stop)
             window = []
     if window:
@@ -283,7 +294,7 @@ def measure_key(key: str, reads: list[Callable[[], torch.Tensor] | None], should
 ProgressFn = Callable[[int, int], None]
 
 
-def measure(columns: list[dict], read: Callable[[int, str], torch.Tensor], *, threads: int = THREADS,
+def measure(columns: list[dict], read: Callable[[int, str], Values], *, threads: int = THREADS,
             should_stop: Callable[[], bool] | None = None, progress: ProgressFn | None = None) -> list[Track]:
     """Every key of ``columns`` (one ``{key: TensorInfo}`` per checkpoint, in the run's order) measured across the
     checkpoints; ``read(i, key)`` reads one tensor (called from worker threads, one at a time per checkpoint).

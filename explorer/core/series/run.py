@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from ...errors import ExplorerError, UnsupportedFormatError, shorten
 from ..side import CHECKPOINT, open_side
@@ -22,6 +21,11 @@ from . import cache
 from .discover import Member, discover, file_step, order
 from .findings import Finding, findings, first_nonfinite, frozen_keys
 from .measure import THREADS, ProgressFn, Track, measure
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..np_values import Values
 
 NUMBERS = 'figures that are NaN or +-Inf are the strings "nan", "inf", "-inf"; null: the key is not there or the ' \
           "figure does not apply"
@@ -84,16 +88,17 @@ class Series:
         self.entries = entries
         self.columns = [side.state_dict_infos(entry) for side, entry in zip(sides, entries)]
 
-    def read(self, key: str, index: int) -> torch.Tensor:
+    def read(self, key: str, index: int) -> "torch.Tensor":
         """The tensor of ``key`` at checkpoint ``index`` (KeyError when it is not there)."""
         if key not in self.columns[index]:
             raise KeyError(f"{shorten(key)} is not in checkpoint {index}")
         return self.sides[index].read_key(key, self.entries[index])
 
     def histogram(self, key: str, index: int, bins: int = 128,
-                  value_range: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  value_range: tuple[float, float] | None = None) -> "tuple[torch.Tensor, torch.Tensor]":
         """(edges, counts) of the finite values of ``key`` at checkpoint ``index``; give ``value_range`` to overlay two
         checkpoints on the same bins."""
+        import torch
         x = self.read(key, index).reshape(-1)
         x = x.abs() if x.is_complex() else x   # of a complex tensor: its magnitudes, as the stats command
         x = x.double() if not x.is_floating_point() else x.float()
@@ -118,8 +123,8 @@ class Series:
                 tracks = [Track.from_json(d) for d in data["tracks"]]
                 return SeriesResult(self.members, tracks, findings(tracks, len(self.members)), cached=True)
 
-        def read(i: int, key: str) -> torch.Tensor:
-            return self.sides[i].read_key(key, self.entries[i])
+        def read(i: int, key: str) -> "Values":   # numpy views of the files' bytes: measuring imports no torch
+            return self.sides[i].read_key_array(key, self.entries[i])
 
         tracks = measure(self.columns, read, threads=threads, should_stop=should_stop, progress=progress)
         if name is not None:
