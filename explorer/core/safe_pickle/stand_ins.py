@@ -6,9 +6,11 @@ from __future__ import annotations
 import pickle
 import weakref
 from collections import OrderedDict
+from itertools import repeat
+from operator import attrgetter, eq, itemgetter, mul
 
 from .inert import Inert, NoState, Sealed, SealedClass, placeholder, sealed
-from .records import (LIMIT, QuantizedRecord, StorageRef, StorageType, TensorRecord, TorchDtype, quote,
+from .records import (ITEMSIZE, LIMIT, QuantizedRecord, StorageRef, StorageType, TensorRecord, TorchDtype, quote,
                       storage_from_pid)
 
 
@@ -164,6 +166,7 @@ class PickleContext:
         self.source = source
         self.label = label
         self.refs: dict[str, StorageRef] = {}
+        self.listed: dict[str, tuple] = {}   # key -> the persistent id a listing took for it (no StorageRef made)
         # The stand-ins reach this context weakly, the records it makes strongly: no reference cycle, so when a
         # checkpoint's records go, its storages and file maps go with them (a per-file class is always in a cycle
         # of its own, freed only by a full collection: it must not hold the file's 10**5 storages).
@@ -189,6 +192,8 @@ class PickleContext:
         key = pid[2] if type(pid) is tuple and len(pid) > 2 else None
         ref = self.refs.get(key) if type(key) is str else None
         if ref is None:
+            if type(key) is str:   # a storage listed before (see storage_columns) is the one its key stands for
+                pid = self.listed.get(key, pid)
             try:
                 ref = storage_from_pid(pid, self.source)
             except pickle.UnpicklingError as e:
@@ -196,6 +201,46 @@ class PickleContext:
                 raise CorruptFileError(f"{self.label}: {e}; the file is corrupt") from None
             self.refs[ref.key] = ref
         return ref
+
+
+    def storage_columns(self, pids: list) -> tuple[list, list, list] | None:
+        """``(keys, devices, storage nbytes)`` of raw persistent ids of this file, one per id, exactly as
+        :meth:`resolve` would give them (the :class:`StorageRef` of each), column-wise and without making any: 10**5
+        storages cost no Python call each. None unless every id is a regular torch.save one (``('storage', typed
+        storage, str key, str location, int numel)``, valid) and ids sharing a key agree with each other and with
+        any resolved or listed before (then which of them is resolved first does not matter): the careful way then.
+        The ids' first one per key is remembered as listed (:meth:`resolve` takes it for that key)."""
+        if not pids or set(map(len, pids)) != {5}:
+            return None
+        heads, types, keys, places, numels = (list(map(f, pids)) for f in _PID_FIELDS)
+        if set(map(type, heads)) != {str} or set(heads) != {"storage"} or set(map(type, types)) != {StorageType} \
+                or set(map(type, keys)) != {str} or set(map(type, places)) != {str} \
+                or set(map(type, numels)) != {int} or min(numels) < 0 or max(numels) >= LIMIT:
+            return None
+        first = dict(zip(reversed(keys), reversed(pids)))   # the first id of each key
+        if len(first) != len(pids) and not all(map(eq, map(first.__getitem__, keys), pids)):
+            return None
+        listed, refs = self.listed, self.refs
+        if listed or refs:
+            for key in filter(listed.__contains__, first) if listed else ():
+                if listed[key] != first[key]:
+                    return None
+            for key in filter(refs.__contains__, first) if refs else ():
+                ref, pid = refs[key], first[key]
+                if (ref.dtype, ref.device, ref.numel, ref.view, ref.source) != (pid[1].dtype, pid[3], pid[4], None,
+                                                                               self.source):
+                    return None
+        listed.update(first)   # equal to what it held for those keys
+        dtypes = list(map(_DTYPE, types))
+        if None in dtypes:   # untyped storages count bytes
+            nbytes = [n * ITEMSIZE.get(d, 1) if d else n for n, d in zip(numels, dtypes)]
+        else:
+            nbytes = list(map(mul, numels, map(ITEMSIZE.get, dtypes, repeat(1))))
+        return keys, places, nbytes
+
+
+_PID_FIELDS = [itemgetter(i) for i in range(5)]
+_DTYPE = attrgetter("dtype")
 
 
 def _file_tensor_v2(ctx: "weakref.ref[PickleContext]") -> type:
