@@ -166,7 +166,8 @@ class PickleContext:
         self.source = source
         self.label = label
         self.refs: dict[str, StorageRef] = {}
-        self.listed: dict[str, tuple] = {}   # key -> the persistent id a listing took for it (no StorageRef made)
+        self._listed: dict[str, tuple] = {}   # key -> the persistent id a listing took for it (no StorageRef made)
+        self._listed_parts: list[tuple[list, list]] = []   # (keys, ids) listed since, not yet in _listed
         # The stand-ins reach this context weakly, the records it makes strongly: no reference cycle, so when a
         # checkpoint's records go, its storages and file maps go with them (a per-file class is always in a cycle
         # of its own, freed only by a full collection: it must not hold the file's 10**5 storages).
@@ -192,8 +193,8 @@ class PickleContext:
         key = pid[2] if type(pid) is tuple and len(pid) > 2 else None
         ref = self.refs.get(key) if type(key) is str else None
         if ref is None:
-            if type(key) is str:   # a storage listed before (see storage_columns) is the one its key stands for
-                pid = self.listed.get(key, pid)
+            if type(key) is str and (self._listed or self._listed_parts):
+                pid = self.listed.get(key, pid)   # a key listed before (storage_columns) stands for the id listed
             try:
                 ref = storage_from_pid(pid, self.source)
             except pickle.UnpicklingError as e:
@@ -202,6 +203,14 @@ class PickleContext:
             self.refs[ref.key] = ref
         return ref
 
+    @property
+    def listed(self) -> dict[str, tuple]:
+        """Key -> the persistent id a listing took for it (ids of one key listed so far are equal)."""
+        if self._listed_parts:
+            parts, self._listed_parts = self._listed_parts, []
+            for keys, pids in parts:
+                self._listed.update(zip(keys, pids))
+        return self._listed
 
     def storage_columns(self, pids: list) -> tuple[list, list, list] | None:
         """``(keys, devices, storage nbytes)`` of raw persistent ids of this file, one per id, exactly as
@@ -217,11 +226,15 @@ class PickleContext:
                 or set(map(type, keys)) != {str} or set(map(type, places)) != {str} \
                 or set(map(type, numels)) != {int} or min(numels) < 0 or max(numels) >= LIMIT:
             return None
-        first = dict(zip(reversed(keys), reversed(pids)))   # the first id of each key
-        if len(first) != len(pids) and not all(map(eq, map(first.__getitem__, keys), pids)):
-            return None
-        listed, refs = self.listed, self.refs
-        if listed or refs:
+        first = None
+        if len(set(keys)) != len(keys):   # ids sharing a key must agree
+            first = dict(zip(reversed(keys), reversed(pids)))
+            if not all(map(eq, map(first.__getitem__, keys), pids)):
+                return None
+        refs = self.refs
+        if refs or self._listed or self._listed_parts:   # ... and agree with those resolved or listed before
+            listed = self.listed
+            first = first if first is not None else dict(zip(keys, pids))
             for key in filter(listed.__contains__, first) if listed else ():
                 if listed[key] != first[key]:
                     return None
@@ -230,7 +243,7 @@ class PickleContext:
                 if (ref.dtype, ref.device, ref.numel, ref.view, ref.source) != (pid[1].dtype, pid[3], pid[4], None,
                                                                                self.source):
                     return None
-        listed.update(first)   # equal to what it held for those keys
+        self._listed_parts.append((keys, pids))
         dtypes = list(map(_DTYPE, types))
         if None in dtypes:   # untyped storages count bytes
             nbytes = [n * ITEMSIZE.get(d, 1) if d else n for n, d in zip(numels, dtypes)]
