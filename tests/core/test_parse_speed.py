@@ -149,3 +149,40 @@ def test_real_file_with_views_and_tied_weights(monkeypatch, tmp_path):
     for info in fast:
         if info.has_data:
             assert torch.equal(fast_ck.read(info.path), sd[info.path[-1]])
+
+
+# ---- the hash-work walk's batch pattern ------------------------------------------------------------------------
+
+def _layouts(i: int):
+    base = torch.arange(24, dtype=torch.float32).reshape(2, 3, 4)
+    cases = [torch.tensor(1.5), torch.zeros(3), torch.zeros(2, 3), base, base.reshape(1, 2, 3, 4),
+             base.reshape(1, 1, 2, 3, 4), base[1], base.transpose(0, 2), torch.zeros(0, 5), torch.zeros(300),
+             torch.zeros(1, 70_000, dtype=torch.int8), torch.ones(2, dtype=torch.bool), torch.zeros(2).requires_grad_(),
+             torch.zeros(3, dtype=torch.float16), base.flatten()[5:9]]
+    return cases[i % len(cases)]
+
+
+def test_usual_tensor_pattern_stays_inside_the_grammar(monkeypatch):
+    """The batch pattern tries torch.save's usual tensor first: whatever a batch it accepts, the grammar alone
+    (whose every string hashes within the bound) accepts too, and real pickles are still checked at once."""
+    from explorer.core.safe_pickle import hash_work as H
+    import zipfile
+    sd = {("k" * (i % 250)) + str(i): _layouts(i) for i in range(3000)}
+    sd["p"] = torch.nn.Parameter(torch.zeros(2))   # not the usual shape: its batch is walked
+    buf = io.BytesIO()
+    torch.save({"state_dict": sd, "nested": {"x": sd[next(iter(sd))]}}, buf)
+    with zipfile.ZipFile(buf) as z:
+        pkl = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))
+    checked = []
+    orig = H._TorchBatches.match
+
+    def match(self, data, pos, end):
+        stop = orig(self, data, pos, end)
+        if stop is not None:
+            checked.append((pos, stop, self._compile(grammar_only=True)))
+        return stop
+    monkeypatch.setattr(H._TorchBatches, "match", match)
+    assert H.check_hash_work(pkl) == len(pkl)
+    assert sum(stop - pos for pos, stop, _ in checked) > len(pkl) // 2   # most of the pickle checked at once
+    for pos, stop, grammar in checked:
+        assert grammar.fullmatch(pkl, pos, stop) is not None
