@@ -74,7 +74,7 @@ def record_columns(recs: list, start: int, kinds: dict) -> tuple[list, list, lis
     one resolved once (:func:`resolved_storages`)."""
     shapes = list(map(_SHAPE_OF, recs))
     raw_dtypes = list(map(_DTYPE_OF, recs))
-    dtypes = [d or "unknown" for d in raw_dtypes]
+    dtypes = raw_dtypes if all(raw_dtypes) else [d or "unknown" for d in raw_dtypes]
     if all(t.nbytes is _RECORD_NBYTES for t in set(map(type, recs))):  # rec.nbytes, without the calls
         nbytes = list(map(mul, map(_NUMEL_OF, recs), map(ITEMSIZE.get, raw_dtypes, repeat(1))))
     else:
@@ -116,11 +116,16 @@ def raw_storages(recs: list) -> RawStorages | None:
     raws = list(map(_RAW_STORAGE_OF, recs))
     if not raws or set(map(type, raws)) != {tuple}:
         return None
-    try:
-        ctxs = set(map(_CTX_OF, recs))
-    except AttributeError:   # a record without a context: its storage resolves (or fails) the careful way
-        return None
-    ctx = ctxs.pop() if len(ctxs) == 1 else None
+    types = set(map(type, recs))
+    ref = getattr(types.pop(), "file_context", None) if len(types) == 1 else None
+    if ref is not None:   # the records of one file's _rebuild_tensor_v2, the usual case
+        ctx = ref()
+    else:
+        try:
+            ctxs = set(map(_CTX_OF, recs))
+        except AttributeError:   # a record without a context: its storage resolves (or fails) the careful way
+            return None
+        ctx = ctxs.pop() if len(ctxs) == 1 else None
     if type(ctx) is not PickleContext:
         return None
     columns = ctx.storage_columns(raws)

@@ -264,6 +264,7 @@ def _file_tensor_v2(ctx: "weakref.ref[PickleContext]") -> type:
     class TensorV2(TensorRecord, metaclass=SealedClass):
         __slots__ = ()
         __setstate__ = NoState()
+        file_context = ctx   # every record of this class has this context (a weak reference: no cycle)
 
         def __init__(self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                      metadata=None):
