@@ -77,7 +77,11 @@ U = torch.UntypedStorage
                   "b": _Tensor(_Storage("storage", H, "1", "cuda:0", 6), (2, 3))}),
     ("shared", {"a": _Tensor(_Storage("storage", F, "0", "cpu", 8), (4,)),
                 "b": _Tensor(_Storage("storage", F, "0", "cpu", 8), (4,), offset=4),
-                "c": _Tensor(_Storage("storage", F, "0", "cpu", 8), (2, 2), stride=(1, 2))}),
+                "c": _Tensor(_Storage("storage", F, "1", "cpu", 8), (2, 2), stride=(1, 2)),
+                "d": _Tensor(_Storage("storage", F, "2", "cpu", 2), (2,))}),
+    ("mostly-shared", {"a": _Tensor(_Storage("storage", F, "0", "cpu", 8), (4,)),
+                       "b": _Tensor(_Storage("storage", F, "0", "cpu", 8), (4,), offset=4),
+                       "c": _Tensor(_Storage("storage", F, "0", "cpu", 8), (2, 2), stride=(1, 2))}),
     ("untyped", {"a": _Tensor(_Storage("storage", U, "0", "cpu", 16), (4,))}),
     ("conflicting", {"a": _Tensor(_Storage("storage", F, "0", "cpu", 4), (4,)),
                      "b": _Tensor(_Storage("storage", F, "0", "cpu", 400), (4,))}),
@@ -186,3 +190,16 @@ def test_usual_tensor_pattern_stays_inside_the_grammar(monkeypatch):
     assert sum(stop - pos for pos, stop, _ in checked) > len(pkl) // 2   # most of the pickle checked at once
     for pos, stop, grammar in checked:
         assert grammar.fullmatch(pkl, pos, stop) is not None
+
+
+@pytest.mark.parametrize("pid", [("storage",), ("storage", F), ("storage", F, ["0"], "cpu", 4), [1, 2, 3, 4, 5]])
+def test_malformed_ids_fail_as_before(monkeypatch, pid):
+    obj = {"a": _Tensor(_Storage(*pid) if isinstance(pid, tuple) else _Storage(pid), (4,))}
+    from explorer.errors import CorruptFileError
+    with pytest.raises(CorruptFileError) as fast:
+        list(_open(obj).entries)
+    with monkeypatch.context() as m:
+        m.setattr(PickleContext, "storage_columns", lambda self, pids: None)
+        with pytest.raises(CorruptFileError) as slow:
+            list(_open(obj).entries)
+    assert str(fast.value) == str(slow.value)

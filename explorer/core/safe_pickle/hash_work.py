@@ -431,7 +431,8 @@ class _TorchBatches:
         tup = b"\\((?:" + a0p + b"){0,8}t" + put
         arg = (b"(?:" + tup + b"(?:Q" + put + b")?|\\)" + put + b"|" + geta + b"(?:\\)R)?" + put + b"|" + a0p
                + b"(?:Q" + put + b"|\x85" + put + b"|" + a0p + b"(?:\x86" + put + b"|" + a0p + b"\x87" + put + b"))?)")
-        tensor = geta + put + b"\\((?:" + arg + b"){0,8}t" + put + b"R" + put
+        args = b"(?:" + arg + b"){0,8}t" + put + b"R" + put
+        tensor = geta + put + b"\\(" + args
         # the same grammar's usual case, tried first (no alternatives to try and give up): a tensor as torch.save
         # writes it, _rebuild_tensor_v2((pid), offset, shape, stride, requires_grad, OrderedDict()); every part is
         # one of ``arg``'s (the persistent id a tuple of five ``a0p`` and Q, the sizes ``a0p``s and a tuple opcode or
@@ -441,9 +442,9 @@ class _TorchBatches:
                  + put + b"))|\\((?:" + ip + b"){0,8}t" + put + b")")
         pid = (b"\\((?:(?:" + geta + b"|X(?:" + lengths(24, "<I") + b")|K.|M..|J....)" + put + b"){5}t" + put + b"Q"
                + put)
-        usual = (geta + put + b"\\(" + pid + ip + sizes + sizes + b"[\x88\x89]" + put + geta + b"\\)R" + put + b"t"
-                 + put + b"R" + put)
-        pair = b"X(?:" + lengths(255, "<I") + b")" + put + b"(?:" + usual + b"|" + tensor + b")"
+        usual = pid + ip + sizes + sizes + b"[\x88\x89]" + put + geta + b"\\)R" + put + b"t" + put + b"R" + put
+        # the tensor's callable and mark read once: any other first argument passes on to ``args`` at one byte's cost
+        pair = b"X(?:" + lengths(255, "<I") + b")" + put + geta + put + b"\\((?:" + usual + b"|" + args + b")"
         if grammar_only:
             return re.compile(b"(?:X(?:" + lengths(255, "<I") + b")" + put + tensor + b")+u", re.DOTALL)
         if len(_COMPILED) >= 64:

@@ -216,18 +216,29 @@ class PickleContext:
         """``(keys, devices, storage nbytes)`` of raw persistent ids of this file, one per id, exactly as
         :meth:`resolve` would give them (the :class:`StorageRef` of each), column-wise and without making any: 10**5
         storages cost no Python call each. None unless every id is a regular torch.save one (``('storage', typed
-        storage, str key, str location, int numel)``, valid) and ids sharing a key agree with each other and with
-        any resolved or listed before (then which of them is resolved first does not matter): the careful way then.
+        storage, str key, str location, int numel)``, valid), at most half of them share a key with another (views
+        of a few storages resolve each storage once at less cost), and ids sharing a key agree with each other and
+        with any resolved or listed before (then which of them is resolved first does not matter): the careful way
+        then.
         The ids' first one per key is remembered as listed (:meth:`resolve` takes it for that key)."""
         if not pids or set(map(len, pids)) != {5}:
             return None
-        heads, types, keys, places, numels = (list(map(f, pids)) for f in _PID_FIELDS)
+        sample = list(map(_KEY, pids[:1024]))   # views of a few storages are seen from the first ids on
+        if set(map(type, sample)) != {str} or 2 * len(set(sample)) < len(sample):
+            return None
+        keys = list(map(_KEY, pids))
+        if set(map(type, keys)) != {str}:
+            return None
+        distinct = len(set(keys))
+        if 2 * distinct < len(keys):   # mostly views of a few storages: resolving each storage once costs less
+            return None
+        heads, types, places, numels = (list(map(f, pids)) for f in _PID_FIELDS)
         if set(map(type, heads)) != {str} or set(heads) != {"storage"} or set(map(type, types)) != {StorageType} \
-                or set(map(type, keys)) != {str} or set(map(type, places)) != {str} \
+                or set(map(type, places)) != {str} \
                 or set(map(type, numels)) != {int} or min(numels) < 0 or max(numels) >= LIMIT:
             return None
         first = None
-        if len(set(keys)) != len(keys):   # ids sharing a key must agree
+        if distinct != len(keys):   # ids sharing a key must agree
             first = dict(zip(reversed(keys), reversed(pids)))
             if not all(map(eq, map(first.__getitem__, keys), pids)):
                 return None
@@ -252,7 +263,8 @@ class PickleContext:
         return keys, places, nbytes
 
 
-_PID_FIELDS = [itemgetter(i) for i in range(5)]
+_PID_FIELDS = [itemgetter(i) for i in (0, 1, 3, 4)]   # of a persistent id: all but its key
+_KEY = itemgetter(2)
 _DTYPE = attrgetter("dtype")
 
 
