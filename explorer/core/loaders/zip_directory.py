@@ -97,7 +97,8 @@ class ZipDirectory:
         # lowercased name -> entry index, or a list of them (miniz compares names ASCII-case-insensitively)
         lowered = list(map(bytes.lower, map(_NAME, rows)))
         keys = self._by_key = dict(zip(lowered, range(len(lowered))))
-        if len(keys) != len(lowered):   # repeated names: keep every index, in directory order
+        self._repeats = len(keys) != len(lowered)
+        if self._repeats:   # repeated names: keep every index, in directory order
             for k in keys:
                 keys[k] = []
             for i, k in enumerate(lowered):
@@ -213,6 +214,8 @@ class ZipDirectory:
 
     def duplicates(self) -> list[list[Entry]]:
         """Entries sharing a name (as torch's reader compares names), in directory order."""
+        if not self._repeats:
+            return []
         return [[self.entry(i) for i in v] for v in self._by_key.values() if type(v) is list]
 
     def _binary_search(self, key: bytes) -> int:
