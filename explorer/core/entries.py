@@ -15,6 +15,7 @@ from typing import Callable, Iterator
 from .gc_pause import gc_paused
 from .records import EntryPath, Location, TensorInfo
 from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
+from .safe_pickle.stand_ins import PickleContext
 
 _SHAPE_OF = attrgetter("shape")
 _DTYPE_OF = attrgetter("dtype")
@@ -25,6 +26,7 @@ _IS_PARAMETER_OF = attrgetter("is_parameter")
 _REQUIRES_GRAD_OF = attrgetter("requires_grad")
 _STORAGE_OFFSET_OF = attrgetter("storage_offset")
 _RAW_STORAGE_OF = attrgetter("_storage")
+_CTX_OF = attrgetter("_ctx")
 _DEVICE_OF = attrgetter("device")
 _RECORD_NBYTES = TensorRecord.nbytes
 _FIELDS = [itemgetter(i) for i in range(5)]
@@ -65,13 +67,14 @@ class FlatTable:
                      repeat(False))
 
 
-def record_columns(recs: list, start: int, kinds: dict) -> tuple[list, list, list, list, list]:
+def record_columns(recs: list, start: int, kinds: dict) -> tuple[list, list, list, list, list | RawStorages]:
     """``(shapes, dtypes, nbytes, kinds, storages)`` of records (entries ``start``..): ``kinds`` maps an entry's index
-    to its kind when the walk knew it; each distinct storage is resolved once (a ``StorageRef``, or something else
-    for a tensor without data)."""
+    to its kind when the walk knew it; ``storages`` (for :func:`devices_of` and :func:`record_locations`): the
+    records' persistent ids described column-wise (:class:`RawStorages`), else each record's storage, each distinct
+    one resolved once (:func:`resolved_storages`)."""
     shapes = list(map(_SHAPE_OF, recs))
     raw_dtypes = list(map(_DTYPE_OF, recs))
-    dtypes = [d or "unknown" for d in raw_dtypes]
+    dtypes = raw_dtypes if all(raw_dtypes) else [d or "unknown" for d in raw_dtypes]
     if all(t.nbytes is _RECORD_NBYTES for t in set(map(type, recs))):  # rec.nbytes, without the calls
         nbytes = list(map(mul, map(_NUMEL_OF, recs), map(ITEMSIZE.get, raw_dtypes, repeat(1))))
     else:
@@ -82,23 +85,78 @@ def record_columns(recs: list, start: int, kinds: dict) -> tuple[list, list, lis
                                                                                    params)]
     else:
         kind_col = ["tensor"] * len(recs)
-    # each distinct storage (or persistent id not yet resolved) once, through one of its records
+    storages = raw_storages(recs)
+    return shapes, dtypes, nbytes, kind_col, storages if storages is not None else resolved_storages(recs)
+
+
+def resolved_storages(recs: list) -> list:
+    """Each record's storage (a ``StorageRef``, or something else for a tensor without data); each distinct storage
+    (or persistent id not yet resolved) resolved once, through one of its records."""
     ids = list(map(id, map(_RAW_STORAGE_OF, recs)))
     resolved = dict(zip(ids, recs))
     for key, rec in resolved.items():
         resolved[key] = rec.storage
-    return shapes, dtypes, nbytes, kind_col, list(map(resolved.__getitem__, ids))
+    return list(map(resolved.__getitem__, ids))
 
 
-def devices_of(storages: list) -> list[str]:
+class RawStorages:
+    """The storages of records whose persistent ids are not resolved yet, column-wise (no ``StorageRef`` each):
+    per record its storage's key, device and size in bytes, as the ``StorageRef`` would say; ``source`` is the
+    file's ``ByteSource`` (see ``PickleContext.storage_columns``)."""
+
+    __slots__ = ("keys", "devices", "nbytes", "source")
+
+    def __init__(self, keys: list, devices: list, nbytes: list, source):
+        self.keys, self.devices, self.nbytes, self.source = keys, devices, nbytes, source
+
+
+def raw_storages(recs: list) -> RawStorages | None:
+    """The storages of ``recs`` column-wise when they are all raw persistent ids of one file that its context can
+    describe in bulk; None otherwise (:func:`resolved_storages` then)."""
+    raws = list(map(_RAW_STORAGE_OF, recs))
+    if not raws or set(map(type, raws)) != {tuple}:
+        return None
+    types = set(map(type, recs))
+    ref = getattr(types.pop(), "file_context", None) if len(types) == 1 else None
+    if ref is not None:   # the records of one file's _rebuild_tensor_v2, the usual case
+        ctx = ref()
+    else:
+        try:
+            ctxs = set(map(_CTX_OF, recs))
+        except AttributeError:   # a record without a context: its storage resolves (or fails) the careful way
+            return None
+        ctx = ctxs.pop() if len(ctxs) == 1 else None
+    if type(ctx) is not PickleContext:
+        return None
+    columns = ctx.storage_columns(raws)
+    return RawStorages(*columns, ctx.source) if columns is not None else None
+
+
+def devices_of(storages) -> list[str]:
     """The device each storage was saved from ("meta": no data)."""
+    if type(storages) is RawStorages:
+        return storages.devices
     if all(t is StorageRef for t in set(map(type, storages))):
         return list(map(_DEVICE_OF, storages))
     return [st.device if isinstance(st, StorageRef) else "meta" for st in storages]
 
 
-def record_locations(recs: list, storages: list, fallback_file: str) -> list[Location | None]:
+def record_locations(recs: list, storages, fallback_file: str) -> list[Location | None]:
     """Where each record's bytes are (None for a tensor without data); each storage described once."""
+    if type(storages) is RawStorages:
+        source = storages.source
+        keys = storages.keys
+        if source is None:
+            file, names, offsets = fallback_file, None, None
+        else:
+            describe = getattr(source, "describe_keys", None)
+            if describe is None:
+                return record_locations(recs, resolved_storages(recs), fallback_file)
+            file, names, offsets = describe(keys)
+        if names is None:
+            names = ["data/" + k for k in keys]
+        return list(map(Location, repeat(file), names, offsets if offsets is not None else repeat(None),
+                        storages.nbytes, map(_STORAGE_OFFSET_OF, recs), map(_STRIDE_OF, recs), keys))
     ids = list(map(id, storages))
     places: dict[int, tuple | None] = dict(zip(ids, storages))
     describers: dict[int, Callable | None] = {}

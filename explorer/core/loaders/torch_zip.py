@@ -14,6 +14,8 @@ import pickle
 import struct
 import threading
 from collections import OrderedDict
+from itertools import repeat
+from operator import add
 from typing import TYPE_CHECKING
 
 from ...errors import CorruptFileError
@@ -95,6 +97,10 @@ class ZipSource(ByteSource):
         self._found: dict[str, tuple] = {}
         self._inflated: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
+
+    def describe_keys(self, keys: list[str]) -> tuple[str, list[str], None]:
+        """:meth:`describe` of storages given by key, at once: ``(file, their records, None)``."""
+        return self._file, list(map(add, repeat("data/"), keys)), None
 
     def _record(self, ref):
         with self._lock:

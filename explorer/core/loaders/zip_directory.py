@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import struct
 import zlib
+from itertools import repeat
+from operator import itemgetter
 
 from ...errors import CorruptFileError
 
@@ -34,6 +36,7 @@ DATA_PKL_MAX_RATIO = 64           # ... and at most this many times its compress
                                   # real checkpoints deflate 4-6x, zeros up to 1,030x
 STORAGE_LIMIT = 1 << 30           # bytes a deflated storage record may inflate to (it is inflated whole)
 CHUNK = 1 << 20
+_NAME, _LOCAL = itemgetter(0), itemgetter(5)   # of a directory row
 
 
 class Entry:
@@ -92,9 +95,10 @@ class ZipDirectory:
             raise _fail(label, f"its first record {first[:80]!r} is not inside a folder")
         self.prefix = first[:cut + 1]
         # lowercased name -> entry index, or a list of them (miniz compares names ASCII-case-insensitively)
-        lowered = [r[0].lower() for r in rows]
+        lowered = list(map(bytes.lower, map(_NAME, rows)))
         keys = self._by_key = dict(zip(lowered, range(len(lowered))))
-        if len(keys) != len(lowered):   # repeated names: keep every index, in directory order
+        self._repeats = len(keys) != len(lowered)
+        if self._repeats:   # repeated names: keep every index, in directory order
             for k in keys:
                 keys[k] = []
             for i, k in enumerate(lowered):
@@ -210,6 +214,8 @@ class ZipDirectory:
 
     def duplicates(self) -> list[list[Entry]]:
         """Entries sharing a name (as torch's reader compares names), in directory order."""
+        if not self._repeats:
+            return []
         return [[self.entry(i) for i in v] for v in self._by_key.values() if type(v) is list]
 
     def _binary_search(self, key: bytes) -> int:
@@ -342,7 +348,7 @@ class ZipDirectory:
             notes.append(f"(zip) the directory's {chosen.text!r} points at a local header named "
                          f"{chosen_local_name.decode('utf-8', 'backslashreplace')!r}: torch reads it, listed here")
         prefix = self.prefix
-        outside = sum(1 for r in self.rows if not r[0].startswith(prefix))
+        outside = len(self.rows) - sum(map(bytes.startswith, map(_NAME, self.rows), repeat(prefix)))
         if outside:
             notes.append(f"(zip) {outside} record(s) lie outside the archive folder "
                          f"{self.prefix.decode('utf-8', 'backslashreplace')!r} (torch.load refuses such a file)")
@@ -353,6 +359,6 @@ class ZipDirectory:
             if chosen.local != 0 and first.lower().endswith(b"data.pkl"):
                 notes.append(f"(zip) the file's first record is {first.decode('utf-8', 'backslashreplace')!r} but "
                              f"the zip directory sends torch to the data.pkl at byte {chosen.local}, listed here")
-            elif not any(r[5] == 0 for r in self.rows):
+            elif 0 not in map(_LOCAL, self.rows):
                 notes.append("(zip) the file's first record is not in the zip directory (torch never reads it)")
         return notes

@@ -393,7 +393,9 @@ class _TorchBatches:
         m = self._rx.match(buf, pos, end)
         return m.end() if m is not None else None
 
-    def _compile(self):
+    def _compile(self, grammar_only: bool = False):
+        """The batch pattern for the memo as it is; ``grammar_only``: the grammar alone, without the usual case
+        tried first nor the atomic group (what the usual case must stay inside of; for the tests)."""
         cheap_h, cheap_j, taken = [], [], set()
         for idx, item in self.memo.items():
             cheap = isinstance(item, _GLOBALS) or (_w(item) <= 8 and type(item) in (int, list))
@@ -404,14 +406,20 @@ class _TorchBatches:
             elif isinstance(item, _GLOBALS) and len(cheap_j) < 64:
                 cheap_j.append(struct.pack("<I", idx))
 
-        def cls(values):
-            return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(values)) + b"]" if values else b"(?!)"
+        def cls(values):   # a byte in ``values``: as a class of those bytes, or of all but the others when shorter
+            values = set(values)
+            if not values:
+                return b"(?!)"
+            if len(values) <= 128:
+                return b"[" + b"".join(re.escape(bytes([v])) for v in sorted(values)) + b"]"
+            others = set(range(256)) - values
+            return b"[^" + b"".join(re.escape(bytes([v])) for v in sorted(others)) + b"]" if others else b"[\x00-\xff]"
 
         def lengths(n, fmt):
             return b"|".join(re.escape(struct.pack(fmt, k)) + (b".{%d}" % k if k else b"") for k in range(n + 1))
 
         key = (bytes(sorted(cheap_h)), bytes(sorted(taken)), tuple(cheap_j))
-        rx = _COMPILED.get(key)
+        rx = _COMPILED.get(key) if not grammar_only else None
         if rx is not None:
             return rx
         aj = b"|".join(re.escape(x) for x in cheap_j)
@@ -423,8 +431,22 @@ class _TorchBatches:
         tup = b"\\((?:" + a0p + b"){0,8}t" + put
         arg = (b"(?:" + tup + b"(?:Q" + put + b")?|\\)" + put + b"|" + geta + b"(?:\\)R)?" + put + b"|" + a0p
                + b"(?:Q" + put + b"|\x85" + put + b"|" + a0p + b"(?:\x86" + put + b"|" + a0p + b"\x87" + put + b"))?)")
-        tensor = geta + put + b"\\((?:" + arg + b"){0,8}t" + put + b"R" + put
-        pair = b"X(?:" + lengths(255, "<I") + b")" + put + tensor
+        args = b"(?:" + arg + b"){0,8}t" + put + b"R" + put
+        tensor = geta + put + b"\\(" + args
+        # the same grammar's usual case, tried first (no alternatives to try and give up): a tensor as torch.save
+        # writes it, _rebuild_tensor_v2((pid), offset, shape, stride, requires_grad, OrderedDict()); every part is
+        # one of ``arg``'s (the persistent id a tuple of five ``a0p`` and Q, the sizes ``a0p``s and a tuple opcode or
+        # ``tup``, the flag an ``a0p``, the hooks ``geta)R``), so it matches nothing ``tensor`` does not
+        ip = b"(?:K.|M..|J....)" + put
+        sizes = (b"(?:\\)" + put + b"|" + ip + b"(?:\x85" + put + b"|" + ip + b"(?:\x86" + put + b"|" + ip + b"\x87"
+                 + put + b"))|\\((?:" + ip + b"){0,8}t" + put + b")")
+        pid = (b"\\((?:(?:" + geta + b"|X(?:" + lengths(24, "<I") + b")|K.|M..|J....)" + put + b"){5}t" + put + b"Q"
+               + put)
+        usual = pid + ip + sizes + sizes + b"[\x88\x89]" + put + geta + b"\\)R" + put + b"t" + put + b"R" + put
+        # the tensor's callable and mark read once: any other first argument passes on to ``args`` at one byte's cost
+        pair = b"X(?:" + lengths(255, "<I") + b")" + put + geta + put + b"\\((?:" + usual + b"|" + args + b")"
+        if grammar_only:
+            return re.compile(b"(?:X(?:" + lengths(255, "<I") + b")" + put + tensor + b")+u", re.DOTALL)
         if len(_COMPILED) >= 64:
             _COMPILED.clear()
         rx = _COMPILED[key] = re.compile(b"(?>" + pair + b")+u", re.DOTALL)

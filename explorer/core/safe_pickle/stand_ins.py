@@ -6,9 +6,11 @@ from __future__ import annotations
 import pickle
 import weakref
 from collections import OrderedDict
+from itertools import repeat
+from operator import attrgetter, eq, itemgetter, mul
 
 from .inert import Inert, NoState, Sealed, SealedClass, placeholder, sealed
-from .records import (LIMIT, QuantizedRecord, StorageRef, StorageType, TensorRecord, TorchDtype, quote,
+from .records import (ITEMSIZE, LIMIT, QuantizedRecord, StorageRef, StorageType, TensorRecord, TorchDtype, quote,
                       storage_from_pid)
 
 
@@ -164,6 +166,8 @@ class PickleContext:
         self.source = source
         self.label = label
         self.refs: dict[str, StorageRef] = {}
+        self._listed: dict[str, tuple] = {}   # key -> the persistent id a listing took for it (no StorageRef made)
+        self._listed_parts: list[tuple[list, list]] = []   # (keys, ids) listed since, not yet in _listed
         # The stand-ins reach this context weakly, the records it makes strongly: no reference cycle, so when a
         # checkpoint's records go, its storages and file maps go with them (a per-file class is always in a cycle
         # of its own, freed only by a full collection: it must not hold the file's 10**5 storages).
@@ -189,6 +193,8 @@ class PickleContext:
         key = pid[2] if type(pid) is tuple and len(pid) > 2 else None
         ref = self.refs.get(key) if type(key) is str else None
         if ref is None:
+            if type(key) is str and (self._listed or self._listed_parts):
+                pid = self.listed.get(key, pid)   # a key listed before (storage_columns) stands for the id listed
             try:
                 ref = storage_from_pid(pid, self.source)
             except pickle.UnpicklingError as e:
@@ -196,6 +202,70 @@ class PickleContext:
                 raise CorruptFileError(f"{self.label}: {e}; the file is corrupt") from None
             self.refs[ref.key] = ref
         return ref
+
+    @property
+    def listed(self) -> dict[str, tuple]:
+        """Key -> the persistent id a listing took for it (ids of one key listed so far are equal)."""
+        if self._listed_parts:
+            parts, self._listed_parts = self._listed_parts, []
+            for keys, pids in parts:
+                self._listed.update(zip(keys, pids))
+        return self._listed
+
+    def storage_columns(self, pids: list) -> tuple[list, list, list] | None:
+        """``(keys, devices, storage nbytes)`` of raw persistent ids of this file, one per id, exactly as
+        :meth:`resolve` would give them (the :class:`StorageRef` of each), column-wise and without making any: 10**5
+        storages cost no Python call each. None unless every id is a regular torch.save one (``('storage', typed
+        storage, str key, str location, int numel)``, valid), at most half of them share a key with another (views
+        of a few storages resolve each storage once at less cost), and ids sharing a key agree with each other and
+        with any resolved or listed before (then which of them is resolved first does not matter): the careful way
+        then.
+        The ids' first one per key is remembered as listed (:meth:`resolve` takes it for that key)."""
+        if not pids or set(map(len, pids)) != {5}:
+            return None
+        sample = list(map(_KEY, pids[:1024]))   # views of a few storages are seen from the first ids on
+        if set(map(type, sample)) != {str} or 2 * len(set(sample)) < len(sample):
+            return None
+        keys = list(map(_KEY, pids))
+        if set(map(type, keys)) != {str}:
+            return None
+        distinct = len(set(keys))
+        if 2 * distinct < len(keys):   # mostly views of a few storages: resolving each storage once costs less
+            return None
+        heads, types, places, numels = (list(map(f, pids)) for f in _PID_FIELDS)
+        if set(map(type, heads)) != {str} or set(heads) != {"storage"} or set(map(type, types)) != {StorageType} \
+                or set(map(type, places)) != {str} \
+                or set(map(type, numels)) != {int} or min(numels) < 0 or max(numels) >= LIMIT:
+            return None
+        first = None
+        if distinct != len(keys):   # ids sharing a key must agree
+            first = dict(zip(reversed(keys), reversed(pids)))
+            if not all(map(eq, map(first.__getitem__, keys), pids)):
+                return None
+        refs = self.refs
+        if refs or self._listed or self._listed_parts:   # ... and agree with those resolved or listed before
+            listed = self.listed
+            first = first if first is not None else dict(zip(keys, pids))
+            for key in filter(listed.__contains__, first) if listed else ():
+                if listed[key] != first[key]:
+                    return None
+            for key in filter(refs.__contains__, first) if refs else ():
+                ref, pid = refs[key], first[key]
+                if (ref.dtype, ref.device, ref.numel, ref.view, ref.source) != (pid[1].dtype, pid[3], pid[4], None,
+                                                                               self.source):
+                    return None
+        self._listed_parts.append((keys, pids))
+        dtypes = list(map(_DTYPE, types))
+        if None in dtypes:   # untyped storages count bytes
+            nbytes = [n * ITEMSIZE.get(d, 1) if d else n for n, d in zip(numels, dtypes)]
+        else:
+            nbytes = list(map(mul, numels, map(ITEMSIZE.get, dtypes, repeat(1))))
+        return keys, places, nbytes
+
+
+_PID_FIELDS = [itemgetter(i) for i in (0, 1, 3, 4)]   # of a persistent id: all but its key
+_KEY = itemgetter(2)
+_DTYPE = attrgetter("dtype")
 
 
 def _file_tensor_v2(ctx: "weakref.ref[PickleContext]") -> type:
@@ -206,6 +276,7 @@ def _file_tensor_v2(ctx: "weakref.ref[PickleContext]") -> type:
     class TensorV2(TensorRecord, metaclass=SealedClass):
         __slots__ = ()
         __setstate__ = NoState()
+        file_context = ctx   # every record of this class has this context (a weak reference: no cycle)
 
         def __init__(self, storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
                      metadata=None):
