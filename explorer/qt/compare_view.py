@@ -114,7 +114,7 @@ class PaneHeader(QFrame):
         self._elide_path()
         self.path.setToolTip(data.label)
         n = len(data.infos)
-        nbytes = sum(i.nbytes for i in data.infos.values())
+        nbytes = data.nbytes if data.nbytes is not None else C.total_bytes(data.infos)   # counted in the worker
         kind = side.format               # "model", or the checkpoint's format
         refs = side.references           # objects a checkpoint names (a model: none)
         extra = f", names {len(refs)} objects" if refs else ""
