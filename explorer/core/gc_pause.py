@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import time
+from itertools import islice
 from typing import Callable, Iterable, Iterator
 
 SLICE = 50_000     # items per C-level pass: 3-10 ms of work for the passes the readers make
@@ -72,3 +73,16 @@ def distinct(items: list, step: int | None = None) -> set:
 def each_slice(items: list, step: int | None = None) -> Iterable[list]:
     """``items`` as consecutive slices of at most ``step`` (other threads let run between two)."""
     return (items[a:b] for a, b in slices(len(items), step))
+
+
+def batches(iterable: Iterable, step: int | None = None) -> Iterator[list]:
+    """The items of ``iterable`` as lists of at most ``step`` (default ``SLICE``), other threads let run between two
+    (``list(d.items())`` of 10**6 items is itself a long C call: this takes them ``step`` at a time)."""
+    step = step or SLICE
+    items = iter(iterable)
+    part = list(islice(items, step))
+    while part:
+        yield part
+        part = list(islice(items, step))
+        if part:
+            let_others_run()

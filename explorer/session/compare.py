@@ -16,7 +16,7 @@ from enum import IntEnum
 from operator import attrgetter
 from typing import Any, Callable, Iterable
 
-from ..core.gc_pause import each_slice, gc_paused
+from ..core.gc_pause import batches, gc_paused
 from ..core.side import MODEL
 from ..core.records import (  # noqa: F401  (re-exported for the views; records imports no torch)
     CHANGED, DTYPE_CAST, DTYPE_DIFFERS, IDENTICAL, MATCHED, MISSING, NOT_COMPARED, NOT_LOADED, NON_PERSISTENT, ONLY_A,
@@ -117,15 +117,15 @@ def side_data(side, text: str, entry: tuple | None = None) -> SideData:
         classes = side.module_classes(entry)
     except Exception:   # classes are decoration: never fail a load for them
         classes = {}
-    infos = copied(infos)
+    if type(infos) is not dict:    # a side's state_dict_infos is a dict of its own (10**6 items: copied in slices)
+        infos = copied(infos)
     return SideData(side, text, entry, infos, dict(classes), nbytes=total_bytes(infos))
 
 
 def copied(mapping) -> dict:
     """``dict(mapping)``, 50,000 items per C call (one copy of 10**6 items holds the interpreter lock ~30 ms)."""
-    items = list(mapping.items())
     out: dict = {}
-    for part in each_slice(items):
+    for part in batches(mapping.items()):
         out.update(part)
     return out
 
@@ -135,7 +135,7 @@ _NBYTES = attrgetter("nbytes")
 
 def total_bytes(infos: dict) -> int:
     """The bytes of every tensor of ``infos`` (key -> TensorInfo), a slice at a time."""
-    return sum(sum(map(_NBYTES, part)) for part in each_slice(list(infos.values())))
+    return sum(sum(map(_NBYTES, part)) for part in batches(infos.values()))
 
 
 class Row:

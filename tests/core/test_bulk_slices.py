@@ -146,3 +146,10 @@ def test_a_header_that_is_not_utf8_is_refused_by_the_sliced_split_too(tmp_path, 
         S._split_entries(raw)
     with pytest.raises(CorruptFileError, match="not valid JSON"):
         _listing(str(path))
+
+
+@pytest.mark.parametrize("n, step", [(0, 3), (2, 3), (3, 3), (10, 3)])
+def test_batches_of_any_iterable_yield_between_batches(n, step, yields):
+    parts = list(G.batches((i for i in range(n)), step))
+    assert [x for p in parts for x in p] == list(range(n)) and all(0 < len(p) <= step for p in parts)
+    assert yields[0] == max(0, len(parts) - 1)
