@@ -459,4 +459,4 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
 
     def is_idle(self) -> bool:
         return not self.runner.is_busy() and not self._filter_pending and not self.simulate_wanted \
-            and not self._diff_deferred and not dispose.pending()
+            and not self._diff_deferred and not dispose.pending() and not self.compare.expanding
