@@ -86,3 +86,13 @@ def batches(iterable: Iterable, step: int | None = None) -> Iterator[list]:
         part = list(islice(items, step))
         if part:
             let_others_run()
+
+
+def drop(items: list, step: int | None = None) -> None:
+    """Empty ``items`` from the end, ``step`` (default ``SLICE``) items per C call, other threads let run between two:
+    the last reference to 10**6 strings, dropped at once, frees them all in one C-level cascade (~50 ms)."""
+    step = step or SLICE
+    while items:
+        del items[-step:]
+        if items:
+            let_others_run()

@@ -153,3 +153,20 @@ def test_batches_of_any_iterable_yield_between_batches(n, step, yields):
     parts = list(G.batches((i for i in range(n)), step))
     assert [x for p in parts for x in p] == list(range(n)) and all(0 < len(p) <= step for p in parts)
     assert yields[0] == max(0, len(parts) - 1)
+
+
+@pytest.mark.parametrize("n, step", [(0, 3), (3, 3), (10, 3)])
+def test_drop_empties_a_list_a_slice_at_a_time(n, step, yields):
+    items = [str(i) for i in range(n)]
+    G.drop(items, step)
+    assert items == [] and yields[0] == max(0, -(-n // step) - 1)
+
+
+def test_dtype_codes_are_the_readers_own_strings(tmp_path):
+    path = _write(tmp_path / "codes.safetensors", _entries(20))
+    with open(path, "rb") as f:
+        raw = f.read(int.from_bytes(f.read(8), "little"))
+    meta, keys, codes, shapes, begins = S._parse_compact(raw, 10**6)
+    assert codes == ["F32"] * 20 and all(c is S._CODE["F32"] for c in codes)   # not 10**6 copies to free one by one
+    bad = raw.replace(b'"dtype":"F32"', b'"dtype":"F33"', 1)
+    assert S._parse_compact(bad, 10**6) is None

@@ -22,7 +22,7 @@ from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..entries import FlatTable
 from ..records import TENSOR, Location, contiguous_strides
-from ..gc_pause import distinct, each_slice, gc_paused, let_others_run, mapped, slices
+from ..gc_pause import distinct, drop, each_slice, gc_paused, let_others_run, mapped, slices
 from ..safe_pickle.printable import printable_key, unprintable
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 from . import Reader, getsize, isfile, open_regular, read_head, register
@@ -33,6 +33,7 @@ DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat1
           "C128": "complex128", "F8_E8M0": "float8_e8m0fnu"}
 ITEMSIZES = {code: ITEMSIZE[name] for code, name in DTYPES.items()}
 DTYPE_SET = set(DTYPES)
+_CODE = {code: code for code in DTYPES}
 _ITEMSIZE_OF = {name: ITEMSIZE[name] for name in DTYPES.values()}
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
@@ -186,7 +187,7 @@ def _parse_compact(raw: bytes, data_len: int):
             keys = [json.loads('"' + k + '"') if "\\" in k else k for k in keys]
     except (ValueError, RecursionError):
         return None
-    codes = parts[2::6]
+    codes = mapped(_CODE.get, parts[2::6])   # the 18 codes' own strings (None: unknown), not 10**6 copies
     seen = distinct(keys)
     if len(seen) != n or "__metadata__" in seen or not distinct(codes) <= DTYPE_SET:
         return None
@@ -205,10 +206,12 @@ def _parse_compact(raw: bytes, data_len: int):
         ends = mapped(int, parts[5::6])
     except (ValueError, OverflowError):
         return None
-    del parts
-    if not _spans_fit(begins, ends, mapped(numel_of.__getitem__, shape_texts), codes, data_len):
+    numels, shapes = mapped(numel_of.__getitem__, shape_texts), mapped(shape_of.__getitem__, shape_texts)
+    for texts in (gaps, shape_texts, parts):   # 5 * 10**6 strings, freed a slice at a time, not in one cascade
+        drop(texts)
+    if not _spans_fit(begins, ends, numels, codes, data_len):
         return None
-    return meta, keys, codes, mapped(shape_of.__getitem__, shape_texts), array("q", begins)
+    return meta, keys, codes, shapes, array("q", begins)
 
 
 def _spans_fit(begins: list, ends: list, numels: list, codes: list, data_len: int) -> bool:
