@@ -11,17 +11,21 @@ import weakref
 from typing import Any, Iterable, Iterator
 
 
+_NO_CHILDREN: tuple = ()   # every leaf's children and index, shared: 10**6 leaves make no list and no dict each
+_NO_INDEX: dict = {}       # (never written to: a node makes its own at its first child)
+
+
 class Node:
     __slots__ = ("name", "_parent", "children", "row", "key", "data", "_index", "path", "__weakref__")
 
     def __init__(self, name: str, parent: "Node | None" = None, path: str = ""):
         self.name = name
         self._parent = None if parent is None else weakref.ref(parent)
-        self.children: list[Node] = []
+        self.children: list[Node] = _NO_CHILDREN     # type: ignore[assignment]  (a list from the first child on)
         self.row = 0
         self.key: str | None = None     # the full state-dict key for a leaf
         self.data: Any = None            # what the owner attaches (TensorInfo, per-side pair, ...)
-        self._index: dict[str, Node] = {}
+        self._index: dict[str, Node] = _NO_INDEX
         self.path = path                 # dotted path of this node ("" for the root)
 
     @property
@@ -39,6 +43,8 @@ class Node:
     def _add(self, name: str) -> "Node":
         node = self._index.get(name)
         if node is None:
+            if self._index is _NO_INDEX:      # the first child: this node's own list and index
+                self.children, self._index = [], {}
             node = Node(name, self, f"{self.path}.{name}" if self.path else name)
             self._index[name] = node
             self.children.append(node)
@@ -46,8 +52,8 @@ class Node:
 
     def unlink(self) -> None:
         """Forget the children (taking a dropped tree apart a slice at a time: ``session/dispose.py``)."""
-        self.children = []
-        self._index = {}
+        self.children = _NO_CHILDREN     # type: ignore[assignment]
+        self._index = _NO_INDEX
 
     def walk(self) -> Iterator["Node"]:
         """Pre-order, iteratively (trees can be 100k nodes deep in width, and deep in nesting)."""

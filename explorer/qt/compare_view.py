@@ -6,7 +6,7 @@ folders or checkpoint URLs land here: one onto a pane opens it there, two fill b
 """
 from __future__ import annotations
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, Qt, QUrl, Signal
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter,
                                QToolButton, QTreeView, QVBoxLayout, QWidget)
@@ -18,6 +18,7 @@ from .tree_model import (COLUMNS, LEFT_COLUMNS, NAME_COLUMN, RIGHT_COLUMNS, STAT
                          is_group, row_key)
 
 HEADER_HEIGHT = 62   # every panel's header has this height, so the three views start at the same y
+EXPAND_BATCH = 500   # module rows expanded per turn of the event loop by "expand all"
 
 
 def urls_to_paths(mime) -> list[str]:
@@ -114,7 +115,7 @@ class PaneHeader(QFrame):
         self._elide_path()
         self.path.setToolTip(data.label)
         n = len(data.infos)
-        nbytes = sum(i.nbytes for i in data.infos.values())
+        nbytes = data.nbytes if data.nbytes is not None else C.total_bytes(data.infos)   # counted in the worker
         kind = side.format               # "model", or the checkpoint's format
         refs = side.references           # objects a checkpoint names (a model: none)
         extra = f", names {len(refs)} objects" if refs else ""
@@ -200,6 +201,7 @@ class CompareView(QWidget):
         self.selection.currentChanged.connect(self._on_current)
         self._configure_columns()
         self._syncing = False
+        self.expanding = False       # "expand all" still expanding rows, a batch per turn of the event loop
         for v in self.views:
             v.expanded.connect(lambda idx, src=v: self._mirror(src, idx, True))
             v.collapsed.connect(lambda idx, src=v: self._mirror(src, idx, False))
@@ -285,12 +287,31 @@ class CompareView(QWidget):
                 for v in self.views:
                     v.expandAll()
                 return
-            for node in modules:
+            self._expand_nodes(modules, model.node(QModelIndex()))
+        finally:
+            self._syncing = False
+
+    def _expand_nodes(self, nodes: list, root) -> None:
+        """Expand ``nodes`` of the tree whose root is ``root``, ``EXPAND_BATCH`` at a time with the event loop
+        running between batches (10**4 modules of 10**6 keys: three views, 0.3 s in one go); given up once the model
+        shows another tree."""
+        model = self.model
+        if model.node(QModelIndex()) is not root:
+            self.expanding = False
+            return
+        was, self._syncing = self._syncing, True
+        try:
+            for node in nodes[:EXPAND_BATCH]:
                 idx = model.index_of_node(node)
                 for v in self.views:
                     v.expand(idx)
         finally:
-            self._syncing = False
+            self._syncing = was
+        if len(nodes) > EXPAND_BATCH:
+            self.expanding = True
+            QTimer.singleShot(0, lambda: self._expand_nodes(nodes[EXPAND_BATCH:], root))
+        else:
+            self.expanding = False
 
     def expanded_paths(self) -> set[str]:
         out = set()

@@ -30,6 +30,7 @@ from .window_simulate import SimulationWiring
 from .workers import Runner
 
 BIG_FILTER_RESULT = 5000   # above this many matched keys, the filtered tree is built in a worker
+BIG_FILTER_SCAN = 100_000  # above this many keys, even the scan for matches runs in a worker (10**6 keys: 0.1-0.5 s)
 
 
 class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
@@ -342,17 +343,22 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         comp = self.comparison
         if comp is None:
             return
+        text, query = self.filter_edit.text(), self.filter_bar.query()
+        if len(comp.rows) > BIG_FILTER_SCAN and (text or self.filter_bar.by_status()):
+            if self.compare.model.comparison is not comp:   # never keep showing a replaced comparison meanwhile
+                self._show_filtered(comp, None)
+            self.runner.start("filter", "Filtering…", jobs.filter_tree, comp, text, query,
+                              on_result=lambda res, c=comp: self._filter_done(c, res),
+                              on_error=lambda e: self._filter_failed(e))
+            return
         try:
-            keys = comp.filtered_keys(self.filter_edit.text(), **self.filter_bar.query())
+            keys = comp.filtered_keys(text, **query)
             self.filter_bar.show_error("")
         except ValueError as e:
             self.filter_bar.show_error(str(e))
             return
         if keys is None:
-            self.compare.set_tree(comp, None, expand="auto")
-            self.compare.fit_shape_columns()
-            self.filter_count.setText(f"{len(comp.rows):,} key{'' if len(comp.rows) == 1 else 's'}")
-            self.sig_filter_applied.emit()
+            self._show_filtered(comp, None)
             return
         self.filter_count.setText(f"{len(keys):,} of {len(comp.rows):,} keys")
         if len(keys) > BIG_FILTER_RESULT:
@@ -362,6 +368,30 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         else:
             self.runner.cancel("filter")
             self._show_subtree(comp, comp.subtree(keys))
+
+    def _filter_done(self, comp, result) -> None:
+        """A filter of a large comparison, scanned and built in a worker: ``(keys matched, tree)``."""
+        if comp is not self.comparison:
+            return
+        self.filter_bar.show_error("")
+        self._show_filtered(comp, *result)
+
+    def _filter_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, ValueError):       # a regular expression that does not compile
+            self.filter_bar.show_error(str(exc))
+        else:
+            self._failed("Filtering", exc)
+
+    def _show_filtered(self, comp, count: int | None, tree=None) -> None:
+        """Show ``tree`` (``count`` keys of ``comp``), or the whole comparison when ``count`` is None."""
+        if count is None:
+            self.compare.set_tree(comp, None, expand="auto")
+            self.compare.fit_shape_columns()
+            self.filter_count.setText(f"{len(comp.rows):,} key{'' if len(comp.rows) == 1 else 's'}")
+            self.sig_filter_applied.emit()
+            return
+        self.filter_count.setText(f"{count:,} of {len(comp.rows):,} keys")
+        self._show_subtree(comp, tree)
 
     def _show_subtree(self, comp, tree) -> None:
         if comp is not self.comparison:
@@ -429,4 +459,4 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
 
     def is_idle(self) -> bool:
         return not self.runner.is_busy() and not self._filter_pending and not self.simulate_wanted \
-            and not self._diff_deferred and not dispose.pending()
+            and not self._diff_deferred and not dispose.pending() and not self.compare.expanding

@@ -96,6 +96,10 @@ class StateTreeModel(QAbstractItemModel):
 
     def module_nodes(self) -> list:
         """Every node of the tree shown that has children (not the root, not the group rows), parents first."""
+        comp = self.comparison
+        if comp is not None and self._root is comp.tree.root:    # the whole tree: the comparison listed its modules
+            by_path = comp.tree.by_path                          # (10**6 keys: no walk over every leaf here)
+            return [by_path[path] for path in comp.modules if path]
         out: list = []
         stack = [self._root] if self.comparison is not None else []
         while stack:

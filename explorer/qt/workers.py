@@ -7,6 +7,7 @@ every long core function; it raises ``explorer.errors.Cancelled`` when told to s
 """
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -34,6 +35,19 @@ class _Heartbeat:
     def yield_if_starved(cls) -> None:
         if time.monotonic() - cls.last > cls.STARVED_S:
             time.sleep(cls.YIELD_S)     # releases the GIL long enough for the GUI thread to take it
+
+
+SWITCH_INTERVAL_S = 0.001
+
+
+def share_the_lock_often() -> None:
+    """Let a thread waiting for the interpreter lock have it after 1 ms, not Python's 5. A worker running bytecode
+    keeps the lock until a waiting thread has waited the switch interval, and the GUI thread waits anew each time it
+    comes back from Qt into Python (every slot, every ``data()`` of a repaint, every tick): a dozen 5 ms waits per
+    turn of the event loop made 100-200 ms stalls while a worker parsed a 10**6-tensor header. Process-wide; only
+    ever lowered."""
+    if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 class WorkerSignals(QObject):
@@ -137,6 +151,7 @@ class Runner(QObject):
 
     def __init__(self, parent=None, max_threads: int = 3):
         super().__init__(parent)
+        share_the_lock_often()
         self.pool = QThreadPool(self)
         self.pool.setMaxThreadCount(max_threads)
         self.heavy_pool = QThreadPool(self)

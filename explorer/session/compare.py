@@ -13,9 +13,10 @@ import sys
 import threading
 from dataclasses import dataclass, field
 from enum import IntEnum
+from operator import attrgetter
 from typing import Any, Callable, Iterable
 
-from ..core.gc_pause import gc_paused
+from ..core.gc_pause import batches, gc_paused
 from ..core.side import MODEL
 from ..core.records import (  # noqa: F401  (re-exported for the views; records imports no torch)
     CHANGED, DTYPE_CAST, DTYPE_DIFFERS, IDENTICAL, MATCHED, MISSING, NOT_COMPARED, NOT_LOADED, NON_PERSISTENT, ONLY_A,
@@ -55,6 +56,7 @@ class SideData:
     infos: dict                    # key -> TensorInfo (a model: non-persistent buffers included)
     classes: dict                  # module name -> ModuleInfo
     config_model: tuple[str, str] | None = None   # ("hf:FOLDER", class) when the folder's config.json names a model
+    nbytes: int | None = None      # the tensors' bytes in all (counted in the worker; None: not counted yet)
 
     @property
     def is_model(self) -> bool:
@@ -115,7 +117,25 @@ def side_data(side, text: str, entry: tuple | None = None) -> SideData:
         classes = side.module_classes(entry)
     except Exception:   # classes are decoration: never fail a load for them
         classes = {}
-    return SideData(side, text, entry, dict(infos), dict(classes))
+    if type(infos) is not dict:    # a side's state_dict_infos is a dict of its own (10**6 items: copied in slices)
+        infos = copied(infos)
+    return SideData(side, text, entry, infos, dict(classes), nbytes=total_bytes(infos))
+
+
+def copied(mapping) -> dict:
+    """``dict(mapping)``, 50,000 items per C call (one copy of 10**6 items holds the interpreter lock ~30 ms)."""
+    out: dict = {}
+    for part in batches(mapping.items()):
+        out.update(part)
+    return out
+
+
+_NBYTES = attrgetter("nbytes")
+
+
+def total_bytes(infos: dict) -> int:
+    """The bytes of every tensor of ``infos`` (key -> TensorInfo), a slice at a time."""
+    return sum(sum(map(_NBYTES, part)) for part in batches(infos.values()))
 
 
 class Row:
@@ -196,6 +216,7 @@ class Comparison:
         self.simulated = False
         self.report = None                           # LoadReport of the last simulation
         self.rows: dict[str, Row] = {}
+        self.first_of: dict[str | None, str] = {}    # a status that is a problem or a difference -> its first key
         lk = left.infos if left else {}
         rk = right.infos if right else {}
         with gc_paused():
@@ -261,14 +282,19 @@ class Comparison:
             below[node] = (p0, p1, b0, b1)
 
     def recount(self) -> None:
+        """Problems and differences below each module, and :attr:`first_of` (the first key of each such status: the
+        window picks the row it shows first from it, without a pass over 10**6 rows on its GUI thread)."""
         for md in self.modules.values():
             md.problems = md.differences = 0
+        first_of: dict[str | None, str] = {}
         for key, row in self.rows.items():
             st = self.status(row)
             problem = st in PROBLEM_STATUSES
             different = st not in SAME_STATUSES
             if not (problem or different):
                 continue
+            if st not in first_of:
+                first_of[st] = key
             parts = key.split(".")
             prefix = ""
             targets = [self.modules[""]]
@@ -280,6 +306,7 @@ class Comparison:
             for md in targets:
                 md.problems += problem
                 md.differences += different
+        self.first_of = first_of
 
     # ---- statuses -----------------------------------------------------------------------------------------------
     def status(self, row: Row) -> str | None:
@@ -392,7 +419,7 @@ class Comparison:
             t = Tree(keys)
             for key, node in t.by_key.items():
                 node.data = self.rows[key]
-            return t
+            return settled(t)     # 10**5 nodes left to the collector: its next pass walks them all (50 ms)
 
 
 def human_bytes(n: int | None) -> str:

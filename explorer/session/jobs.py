@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 from ..core.side import CHECKPOINT
+from ..errors import Cancelled
 from . import compare as C
 from .checkpoint_model import CAVEAT, checkpoint_as_model
 from .compute_process import engine
@@ -35,6 +36,17 @@ def build_comparison(left, right, rename, *, progress=None, should_stop=None) ->
 
 def build_subtree(comparison: C.Comparison, keys, *, progress=None, should_stop=None):
     return comparison.subtree(keys)
+
+
+def filter_tree(comparison: C.Comparison, text: str, query: dict, *, progress=None, should_stop=None):
+    """``(keys matched, their tree)`` for a filter (``Comparison.filtered_keys``'s arguments), or ``(None, None)``
+    when nothing is filtered; ``ValueError`` for a regular expression that does not compile."""
+    keys = comparison.filtered_keys(text, **query)
+    if keys is None:
+        return None, None
+    if should_stop is not None and should_stop():
+        raise Cancelled("filtering: cancelled")
+    return len(keys), comparison.subtree(keys)
 
 
 def start_engine(eng, *, progress=None, should_stop=None) -> None:
@@ -126,10 +138,5 @@ def auto_select_key(comp: C.Comparison) -> str | None:
     report = comp.report if comp.simulated else None
     if report is not None and report.raises:
         order = RAISING + tuple(o for o in order if o not in RAISING)
-    rank = {st: i for i, st in enumerate(order)}
-    best, best_rank = None, len(order)
-    for row in comp.rows.values():
-        r = rank.get(comp.status(row), best_rank)
-        if r < best_rank:
-            best, best_rank = row, r
-    return best.key if best is not None else None
+    first_of = comp.first_of     # the first key of each problem or difference (Comparison.recount)
+    return next((first_of[st] for st in order if st in first_of), None)

@@ -26,9 +26,11 @@ def test_sliced_split_equals_the_whole_split_and_the_library(tmp_path, monkeypat
     save_file(sd, str(path))
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
-        text = f.read(n).decode().strip()
+        raw = f.read(n)
+    text = raw.decode().strip()
     monkeypatch.setattr(S, "SPLIT_SLICE", slice_chars)
-    assert S._split_entries(text) == S._ENTRY.split(text)
+    assert S._split_entries(raw) == S._ENTRY.split(text)
+    assert S._split_entries(b"\n " + raw + b" \t") == S._ENTRY.split(text)
     side = open_side(str(path))
     infos = side.state_dict_infos(side.default_state_dict)
     with safe_open(str(path), "pt") as lib:

@@ -22,7 +22,7 @@ from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..entries import FlatTable
 from ..records import TENSOR, Location, contiguous_strides
-from ..gc_pause import gc_paused
+from ..gc_pause import distinct, drop, each_slice, gc_paused, let_others_run, mapped, slices
 from ..safe_pickle.printable import printable_key, unprintable
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 from . import Reader, getsize, isfile, open_regular, read_head, register
@@ -33,6 +33,7 @@ DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat1
           "C128": "complex128", "F8_E8M0": "float8_e8m0fnu"}
 ITEMSIZES = {code: ITEMSIZE[name] for code, name in DTYPES.items()}
 DTYPE_SET = set(DTYPES)
+_CODE = {code: code for code in DTYPES}
 _ITEMSIZE_OF = {name: ITEMSIZE[name] for name in DTYPES.values()}
 MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
 
@@ -100,33 +101,56 @@ _ENTRY = re.compile(r'"([^"\\\x00-\x1f]*(?:\\.[^"\\\x00-\x1f]*)*)":\{"dtype":"([
                     + "(?:," + _NUM + r')*)?)\],"data_offsets":\[(' + _NUM + "),(" + _NUM + r")\]\}")
 
 
-SPLIT_SLICE = 1 << 21     # characters of header split per regex call
+SPLIT_SLICE = 1 << 19     # bytes of header split (and decoded) per regex call: a few milliseconds each
+_BLANK = b" \t\n\r"
 
 
-def _split_entries(text: str) -> list[str]:
-    """``_ENTRY.split(text)``, ~2 MB of text per call. One regex call holds the interpreter lock for its whole run:
-    over the 78 MB header of 10**6 tensors that was 0.6 s in which a window's GUI thread could not run. Slices are
-    cut after a ``]}`` followed by ``,"`` -- where one member ends and the next begins -- so no member spans a cut,
-    and the pieces joined give exactly the whole text's split. A cut that falls inside a key (a key may hold
-    ``]},``) leaves a gap that is not ``,``: :func:`_parse_compact` then returns None and the JSON parser decides."""
-    if len(text) <= SPLIT_SLICE:
-        return _ENTRY.split(text)
+def _stripped_bounds(raw: bytes) -> tuple[int, int]:
+    """Where ``raw.strip(b" \\t\\n\\r")`` begins and ends, without copying the 78 MB between (the library pads the
+    header with a few spaces; a header of nothing but blanks is looked at 64 kB per step)."""
+    lo, hi = 0, len(raw)
+    while lo < hi:
+        head = raw[lo:lo + 65536]
+        skip = len(head) - len(head.lstrip(_BLANK))
+        lo += skip
+        if skip < len(head):
+            break
+    while hi > lo:
+        tail = raw[max(lo, hi - 65536):hi]
+        skip = len(tail) - len(tail.rstrip(_BLANK))
+        hi -= skip
+        if skip < len(tail):
+            break
+    return lo, hi
+
+
+def _split_entries(raw: bytes) -> list[str]:
+    """``_ENTRY.split(raw.strip(b" \\t\\n\\r").decode())``, ~0.5 MB of header per call. One regex call (or one
+    decode) holds the interpreter lock for its whole run: over the 78 MB header of 10**6 tensors the split was 0.6 s,
+    the decode and the strip 50 ms each, in which a window's GUI thread could not run. Slices are cut after a ``]}``
+    followed by ``,"`` -- where one member ends and the next begins -- so no member spans a cut, and the pieces
+    joined give exactly the whole text's split; these four bytes never occur inside a UTF-8 sequence, so each piece
+    decodes as it would inside the whole (invalid UTF-8 raises ``UnicodeDecodeError`` all the same). A cut that falls
+    inside a key (a key may hold ``]},``) leaves a gap that is not ``,``: :func:`_parse_compact` then returns None and
+    the JSON parser decides."""
+    start, stop = _stripped_bounds(raw)
     out: list[str] = []
-    start = 0
-    while start < len(text):
-        cut = text.find(']},"', start + SPLIT_SLICE) if len(text) - start > SPLIT_SLICE else -1
-        end = len(text) if cut < 0 else cut + 2
-        parts = _ENTRY.split(text[start:end])
+    while True:
+        cut = raw.find(b']},"', start + SPLIT_SLICE, stop) if stop - start > SPLIT_SLICE else -1
+        end = stop if cut < 0 else cut + 2
+        parts = _ENTRY.split(raw[start:end].decode("utf-8"))
         if out:
             out[-1] += parts[0]        # the gap across the cut: "" + ","
             out.extend(parts[1:])
+            let_others_run()
         else:
             out = parts
         start = end
-    return out
+        if start >= stop:
+            return out
 
 
-def _parse_compact(text: str, data_len: int):
+def _parse_compact(raw: bytes, data_len: int):
     """A header written the usual way, parsed and checked without a dict and two lists per tensor (10**6 tensors:
     one regex pass instead of the JSON parser, a third of the memory): ``(metadata, keys, codes, shapes, begins)``,
     or None when the header is anything else (whitespace, other member order, a bad value, a duplicate key...):
@@ -135,13 +159,13 @@ def _parse_compact(text: str, data_len: int):
     Exact: ``_ENTRY.split`` cuts the text into tensor members and what lies between them, which must be ``{``, then
     commas, then ``}`` (with ``"__metadata__"`` allowed first or last, parsed by json); escaped keys are decoded by
     json; every check of :func:`_validate_fast` is made on the same values."""
-    parts = _split_entries(text.strip(" \t\n\r"))  # the library pads the header with spaces
+    parts = _split_entries(raw)  # the library pads the header with spaces: stripped there
     n = len(parts) // 6
     if not n:
         return None
     gaps = parts[0::6]
     first, last, meta = gaps[0], gaps[-1], None
-    if n > 1 and set(gaps[1:-1]) != {","}:
+    if n > 1 and distinct(gaps[1:-1]) != {","}:
         return None
     try:
         if first != "{":
@@ -159,42 +183,52 @@ def _parse_compact(text: str, data_len: int):
                 return None
             meta = tail["__metadata__"]
         keys = parts[1::6]
-        if "\\" in "".join(keys):  # escapes: json decodes (and checks) them
+        if any("\\" in "".join(part) for part in each_slice(keys)):  # escapes: json decodes (and checks) them
             keys = [json.loads('"' + k + '"') if "\\" in k else k for k in keys]
     except (ValueError, RecursionError):
         return None
-    codes = parts[2::6]
-    if len(set(keys)) != n or "__metadata__" in keys or not set(codes) <= DTYPE_SET:
+    codes = mapped(_CODE.get, parts[2::6])   # the 18 codes' own strings (None: unknown), not 10**6 copies
+    seen = distinct(keys)
+    if len(seen) != n or "__metadata__" in seen or not distinct(codes) <= DTYPE_SET:
         return None
+    del seen
     shape_texts = parts[3::6]
     try:
         shape_of, numel_of = {}, {}
-        for t in set(shape_texts):
+        for t in distinct(shape_texts):
             shape = shape_of[t] = tuple(map(int, t.split(","))) if t else ()
             if shape and max(shape) >= 1 << 62:  # a size no tensor can have: the careful check names it
                 return None
             numel_of[t] = math.prod(shape)
         if max(numel_of.values()) >= 1 << 56:  # a size no tensor can have: the careful check names it
             return None
-        begins = list(map(int, parts[4::6]))
-        ends = list(map(int, parts[5::6]))
+        begins = mapped(int, parts[4::6])
+        ends = mapped(int, parts[5::6])
     except (ValueError, OverflowError):
         return None
-    del parts
-    if not _spans_fit(begins, ends, list(map(numel_of.__getitem__, shape_texts)), codes, data_len):
+    numels, shapes = mapped(numel_of.__getitem__, shape_texts), mapped(shape_of.__getitem__, shape_texts)
+    for texts in (gaps, shape_texts, parts):   # 5 * 10**6 strings, freed a slice at a time, not in one cascade
+        drop(texts)
+    if not _spans_fit(begins, ends, numels, codes, data_len):
         return None
-    return meta, keys, codes, list(map(shape_of.__getitem__, shape_texts)), array("q", begins)
+    return meta, keys, codes, shapes, array("q", begins)
 
 
 def _spans_fit(begins: list, ends: list, numels: list, codes: list, data_len: int) -> bool:
     """Does every tensor's byte span (lists of ints) hold its elements exactly, end inside the data section, and
     overlap no other? (The check both parses make; the careful one names the first bad entry.) Each test is a pass
     in C (``map`` of an operator) on exact integers, as fast as numpy's once the texts are ints, and with no numpy:
-    listing a file does not import it."""
-    if max(ends, default=0) > data_len \
-            or list(map(sub, ends, begins)) != list(map(mul, numels, map(ITEMSIZES.__getitem__, codes))):
-        return False
-    if not all(map(ge, islice(begins, 1, None), ends)):  # not in file order: sort, then look for overlaps
+    listing a file does not import it. ``SLICE`` tensors per pass (:mod:`explorer.core.gc_pause`): one pass over
+    10**6 held the interpreter lock ~0.1 s."""
+    in_order = True
+    for a, b in slices(len(begins)):
+        part = ends[a:b]
+        if max(part) > data_len \
+                or list(map(sub, part, begins[a:b])) != list(map(mul, numels[a:b], map(ITEMSIZES.__getitem__,
+                                                                                         codes[a:b]))):
+            return False
+        in_order = in_order and all(map(ge, begins[a + 1:b + 1], part))
+    if not in_order:  # not in file order: sort, then look for overlaps
         order = sorted(range(len(begins)), key=begins.__getitem__)   # stable
         if any(map(gt, map(ends.__getitem__, order), islice(map(begins.__getitem__, order), 1, None))):
             return False
@@ -293,7 +327,7 @@ def open_safetensors(path: str) -> Checkpoint:
         data_len = size - data_start
         try:
             # escapes (\" \u...) go to the JSON parser: the member regex would backtrack over a key of 10**5 \"
-            compact = _parse_compact(raw.decode("utf-8"), data_len) if b"\\" not in raw else None
+            compact = _parse_compact(raw, data_len) if b"\\" not in raw else None
         except UnicodeDecodeError:
             compact = None
         if compact is not None:
@@ -333,15 +367,15 @@ def open_safetensors(path: str) -> Checkpoint:
 
     def locations(start: int, stop: int, nbytes: list) -> list[Location]:  # entries start..stop's, column-wise
         part = shapes[start:stop]
-        for shape in set(part).difference(strides):
+        for shape in distinct(part).difference(strides):
             strides[shape] = contiguous_strides(shape)
         return list(map(Location, repeat(path), repeat(None), map(data_start.__add__, begins[start:stop]), nbytes,
                         repeat(0), map(strides.__getitem__, part), map("#{}".format, range(start, stop))))
 
     def columns(start: int, stop: int):  # what a listing shows of entries start..stop, column-wise
         part = shapes[start:stop]
-        dtypes = list(map(DTYPES.__getitem__, codes[start:stop]))
-        nbytes = list(map(mul, map(math.prod, part), map(_ITEMSIZE_OF.__getitem__, dtypes)))
+        dtypes = mapped(DTYPES.__getitem__, codes[start:stop])
+        nbytes = mapped(mul, mapped(math.prod, part), mapped(_ITEMSIZE_OF.__getitem__, dtypes))
         return part, dtypes, nbytes, [TENSOR] * len(part), ["cpu"] * len(part)
 
     metadata = meta if isinstance(meta, dict) else {}

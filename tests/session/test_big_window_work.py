@@ -1,0 +1,77 @@
+"""What the window used to do over every key on its GUI thread is done in the worker, or a slice at a time, with the
+same answers: the row chosen first (from the statuses counted in ``recount``), a side's byte total, the filter."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from explorer.core import gc_pause as G
+from explorer.core.records import TensorInfo
+from explorer.session import compare as C
+from explorer.session import jobs
+
+
+def _side(infos: dict) -> C.SideData:
+    return C.SideData(side=None, text="x", entry=(), infos=infos, classes={})
+
+
+def _info(key: str, shape=(2,), dtype="float32") -> TensorInfo:
+    return TensorInfo(path=(key,), shape=shape, dtype=dtype, nbytes=4 * shape[0])
+
+
+def _scan(comp: C.Comparison):
+    """The pass over every row ``auto_select_key`` made before (kept here as the reference)."""
+    rank = {st: i for i, st in enumerate(jobs.AUTO_SELECT_ORDER)}
+    best, best_rank = None, len(rank)
+    for row in comp.rows.values():
+        r = rank.get(comp.status(row), best_rank)
+        if r < best_rank:
+            best, best_rank = row, r
+    return best.key if best is not None else None
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_row_shown_first_is_the_one_a_scan_of_every_row_finds(seed):
+    rng = random.Random(seed)
+    left, right = {}, {}
+    for i in range(200):
+        key = f"m{i % 7}.k{i}"
+        kind = rng.choice(["same", "shape", "dtype", "left", "right"])
+        if kind != "right":
+            left[key] = _info(key)
+        if kind != "left":
+            right[key] = _info(key, (3,) if kind == "shape" else (2,), "float16" if kind == "dtype" else "float32")
+    comp = C.Comparison(_side(left), _side(right))
+    assert jobs.auto_select_key(comp) == _scan(comp)
+    statuses = [C.CHANGED, C.IDENTICAL, C.NONFINITE, C.SAME_LAYOUT]
+    for row in comp.rows.values():           # a diff landed: values changed here and there
+        if row.left is not None and row.right is not None and rng.random() < 0.3:
+            row.diff_status = rng.choice(statuses)
+    comp.recount()
+    assert jobs.auto_select_key(comp) == _scan(comp)
+    one_side = C.Comparison(_side(left), None)
+    assert jobs.auto_select_key(one_side) is None and _scan(one_side) is None
+
+
+def test_a_side_copied_and_counted_a_slice_at_a_time_is_the_same(monkeypatch):
+    monkeypatch.setattr(G, "SLICE", 3)
+    infos = {f"k{i}": _info(f"k{i}", (i + 1,)) for i in range(10)}
+    copy = C.copied(infos)
+    assert copy == infos and list(copy) == list(infos) and copy is not infos
+    assert C.total_bytes(infos) == sum(i.nbytes for i in infos.values())
+    assert C.total_bytes({}) == 0 and C.copied({}) == {}
+
+
+def test_the_filter_job_gives_the_keys_and_the_tree_the_window_showed():
+    infos = {f"blocks.{i // 10}.p{i % 10}": _info(f"blocks.{i // 10}.p{i % 10}") for i in range(300)}
+    comp = C.Comparison(_side(infos), _side({k: v for k, v in list(infos.items())[::2]}))
+    for text, query in [("p5", {}), ("blocks.1", {}), (r"\.p[12]$", {"regex": True}),
+                        ("", {"differences_only": True}), ("p3", {"problems_only": True})]:
+        count, tree = jobs.filter_tree(comp, text, query)
+        keys = comp.filtered_keys(text, **query)
+        assert count == len(keys) and list(tree.by_key) == keys
+        assert all(node.data is comp.rows[key] for key, node in tree.by_key.items())
+    assert jobs.filter_tree(comp, "", {"regex": True}) == (None, None)
+    with pytest.raises(ValueError, match="regular expression"):
+        jobs.filter_tree(comp, "p[", {"regex": True})
