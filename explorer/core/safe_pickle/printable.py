@@ -10,6 +10,7 @@ import re
 from collections import OrderedDict
 
 from ...errors import CorruptFileError, shorten
+from ..gc_pause import slices
 from .inert import Inert
 
 
@@ -24,13 +25,17 @@ def printable_key(key: str) -> str:
 
 
 def unprintable(keys) -> bool:
-    """Does any of these strings hold a lone surrogate? (One encode of them all, at C speed.)"""
+    """Does any of these strings hold a lone surrogate? (An encode of ``SLICE`` of them at a time, at C speed: no
+    Python frame per key, and no single C call over 10**6 keys holding the interpreter lock.)"""
+    keys = keys if isinstance(keys, list) else list(keys)
     try:
-        try:
-            text = "".join(keys)  # at C speed: no Python frame per key
-        except TypeError:  # keys that are not all str (a pickle's dict)
-            text = "".join([k for k in keys if type(k) is str])
-        text.encode("utf-8")
+        for a, b in slices(len(keys)):
+            part = keys[a:b]
+            try:
+                text = "".join(part)
+            except TypeError:  # keys that are not all str (a pickle's dict)
+                text = "".join([k for k in part if type(k) is str])
+            text.encode("utf-8")
         return False
     except UnicodeEncodeError:
         return True
