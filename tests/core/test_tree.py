@@ -24,3 +24,46 @@ def test_a_key_can_be_a_tensor_and_a_parent():
     tree = Tree(["a", "a.b"])
     node = tree.by_key["a"]
     assert node.is_leaf and [c.name for c in node.children] == ["b"]
+
+
+def _reference(keys):
+    """The tree the keys describe, built the plain way: each key walked part by part from the root, children in
+    first-seen order, then numeric siblings sorted numerically in the slots numeric names held."""
+    root = {"children": {}, "key": None}
+    for key in keys:
+        node = root
+        for part in key.split("."):
+            node = node["children"].setdefault(part, {"children": {}, "key": None})
+        node["key"] = key
+
+    def rows(node, path):
+        names = list(node["children"])
+        numeric = iter(sorted((n for n in names if n.isdigit()), key=int))
+        if sum(n.isdigit() for n in names) >= 2:
+            names = [next(numeric) if n.isdigit() else n for n in names]
+        out = []
+        for row, name in enumerate(names):
+            child = node["children"][name]
+            here = f"{path}.{name}" if path else name
+            out.append((here, name, row, child["key"], rows(child, here)))
+        return out
+    return rows(root, "")
+
+
+def _shape(node):
+    return [(c.path, c.name, c.row, c.key, _shape(c)) for c in node.children]
+
+
+def test_tree_equals_the_part_by_part_walk_for_odd_keys():
+    import random
+    rnd = random.Random(7)
+    parts = ["a", "b", "0", "1", "2", "10", "", "layers", "w"]
+    for _ in range(300):
+        keys = list(dict.fromkeys(".".join(rnd.choice(parts) for _ in range(rnd.randint(1, 4)))
+                                  for _ in range(rnd.randint(1, 30))))
+        tree = Tree(keys)
+        assert _shape(tree.root) == _reference(keys), keys
+        assert set(tree.by_key) == set(keys) and all(tree.by_key[k].key == k for k in keys)
+        assert len(tree.nodes) == 1 + sum(1 for _ in tree.root.walk()) - 1
+        for node in tree.nodes[1:]:   # made parents first
+            assert tree.nodes.index(node.parent) < tree.nodes.index(node)

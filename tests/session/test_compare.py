@@ -90,3 +90,21 @@ def test_the_session_imports_no_qt():
     code = ("import sys, explorer.session.jobs, explorer.session.parse_guard; "
             "assert not [m for m in sys.modules if m.startswith(('PySide6', 'pyqtgraph', 'explorer.qt'))]")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_module_totals_count_every_tensor_below_on_each_side(tmp_path):
+    """Tensors and bytes below each module, per side, equal a count over the keys themselves (keys that are both a
+    tensor and a module's prefix included: "a.b" and "a.b.c")."""
+    import random
+    rnd = random.Random(3)
+    names = ["a", "b", "0", "1", "10", "c"]
+    for trial in range(25):
+        keys = list(dict.fromkeys(".".join(rnd.choice(names) for _ in range(rnd.randint(1, 4)))
+                                  for _ in range(rnd.randint(1, 25))))
+        sides = [{k: torch.zeros(rnd.randint(1, 5)) for k in keys if rnd.random() < 0.8} for _ in range(2)]
+        a, b = (C.load_side_data(_save(tmp_path, f"{trial}{i}.pt", sd)) for i, sd in enumerate(sides))
+        comp = C.Comparison(a, b)
+        for path, md in comp.modules.items():
+            below = [[k for k in sd if not path or k.startswith(path + ".")] for sd in sides]
+            assert md.present == [len(below[0]), len(below[1])], (path, keys)
+            assert md.nbytes == [sum(sides[i][k].nbytes for k in below[i]) for i in (0, 1)], (path, keys)
