@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QHBoxLayout, QHeaderView,
 from ..core.atomic import atomic_write_bytes
 from ..session import compare as C
 from . import theme
+from .plot_parts import legend_below, translucent_brush
 from ..session.detail_compute import DetailResult
 
 STAT_ROWS = [("shape", "shape"), ("dtype", "dtype"), ("elements", "numel"), ("finite", "count"), ("min", "min"), ("max", "max"),
@@ -85,21 +86,6 @@ class _Plot(pg.PlotWidget):
         self.setMinimumWidth(max(160, int(math.ceil(need)) + 6))
 
 
-def _legend_below(plot: pg.PlotWidget) -> pg.LegendItem:
-    """A one-row legend under the plot's axis, outside the data area (a legend inside it covers data)."""
-    pi = plot.getPlotItem()
-    legend = pg.LegendItem(colCount=4, labelTextColor="#333", horSpacing=6, verSpacing=-6)
-    pi.legend = legend          # curves made with ``name=`` enter it, as with addLegend
-    pi.layout.addItem(legend, 4, 1, Qt.AlignHCenter)
-    return legend
-
-
-def _brush(color: str, alpha: int = 70):
-    c = QColor(color)
-    c.setAlpha(alpha)
-    return pg.mkBrush(c)
-
-
 class DetailPane(QWidget):
     sig_bins_changed = Signal(int)
 
@@ -160,18 +146,19 @@ class DetailPane(QWidget):
 
     def _build_plots(self) -> None:
         self.hist = _Plot("Histogram (both sides)", "value", "count")
-        _legend_below(self.hist)
+        legend_below(self.hist)
         self.left_item = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, name="left",
-                                        pen=pg.mkPen(theme.LEFT_COLOR, width=1.5), brush=_brush(theme.LEFT_COLOR))
+                                        pen=pg.mkPen(theme.LEFT_COLOR, width=1.5),
+                                        brush=translucent_brush(theme.LEFT_COLOR))
         self.right_item = self.hist.plot([0, 1], [0], stepMode="center", fillLevel=0, name="right",
                                          pen=pg.mkPen(theme.RIGHT_COLOR, width=1.5),
-                                         brush=_brush(theme.RIGHT_COLOR))
+                                         brush=translucent_brush(theme.RIGHT_COLOR))
         self.delta = _Plot("Delta (right − left)", "difference", "count")
         self.delta_item = self.delta.plot([0, 1], [0], stepMode="center", fillLevel=0,
                                           pen=pg.mkPen(theme.DELTA_COLOR, width=1.5),
-                                          brush=_brush(theme.DELTA_COLOR))
+                                          brush=translucent_brush(theme.DELTA_COLOR))
         self.channel = _Plot("Per channel", "channel", "value")
-        _legend_below(self.channel)
+        legend_below(self.channel)
         self.channel_left = self.channel.plot([], [], name="left (before)", pen=pg.mkPen(theme.LEFT_COLOR, width=2),
                                               symbol="o", symbolSize=5, symbolBrush=theme.LEFT_COLOR)
         self.channel_right = self.channel.plot([], [], name="right (after)",
@@ -294,8 +281,8 @@ class DetailPane(QWidget):
                     text = C.shape_text(sv.shape) if sv.present else "(absent)"
                 elif attr == "dtype":
                     text = sv.dtype
-                elif sv.error:
-                    text = "error" if attr == "count" else ""
+                elif sv.error:   # a side with no values at all (meta, a model over its budget) is no error
+                    text = ("no values" if sv.error.startswith("NoDataError") else "error") if attr == "count" else ""
                 else:
                     text = fmt(getattr(st, attr, None)) if st is not None else ""
                 item = _cell(text, tip=attr == "shape", align=Qt.AlignRight | Qt.AlignVCenter)

@@ -3,6 +3,8 @@ views was 0.3 s of GUI thread in one go): in the end every module row is open, i
 meanwhile stops it. The modules listed for it are those a walk of the tree finds."""
 from __future__ import annotations
 
+import pytest
+
 from PySide6.QtCore import QModelIndex
 
 from explorer.qt import compare_view as V
@@ -33,12 +35,19 @@ def _expanded(view, model, nodes) -> int:
     return sum(view.isExpanded(model.index_of_node(n)) for n in nodes)
 
 
-def test_expand_all_opens_every_module_a_batch_at_a_time(qtbot, monkeypatch):
+@pytest.fixture
+def shown(qtbot, monkeypatch):
+    """(a compare view showing a comparison of many modules, the comparison), expanding 100 modules a batch."""
     monkeypatch.setattr(V, "EXPAND_BATCH", 100)
     cv = CompareView()
     qtbot.addWidget(cv)
     comp = _comparison()
     cv.set_tree(comp)
+    return cv, comp
+
+
+def test_expand_all_opens_every_module_a_batch_at_a_time(qtbot, shown):
+    cv, comp = shown
     model = cv.model
     modules = model.module_nodes()
     assert sorted(n.path for n in modules) == sorted(n.path for n in _walked(model))
@@ -50,12 +59,8 @@ def test_expand_all_opens_every_module_a_batch_at_a_time(qtbot, monkeypatch):
         assert _expanded(view, model, modules) == len(modules)
 
 
-def test_a_tree_shown_while_expanding_stops_the_batches(qtbot, monkeypatch):
-    monkeypatch.setattr(V, "EXPAND_BATCH", 100)
-    cv = CompareView()
-    qtbot.addWidget(cv)
-    comp = _comparison()
-    cv.set_tree(comp)
+def test_a_tree_shown_while_expanding_stops_the_batches(qtbot, monkeypatch, shown):
+    cv, comp = shown
     cv.expand_all()
     assert cv.expanding
     few = comp.subtree(comp.filtered_keys("m1"))
@@ -70,5 +75,5 @@ def test_a_tree_shown_while_expanding_stops_the_batches(qtbot, monkeypatch):
     qtbot.waitUntil(lambda: not cv.expanding, timeout=10000)
     qtbot.wait(50)
     assert _expanded(cv.left, cv.model, sub) == kept
-    shown = {id(n) for n in few.by_path.values()}
-    assert all(id(n) in shown for n in asked)          # never a node of the tree no longer shown
+    on_screen = {id(n) for n in few.by_path.values()}
+    assert all(id(n) in on_screen for n in asked)          # never a node of the tree no longer shown

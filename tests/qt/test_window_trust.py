@@ -293,3 +293,24 @@ def test_small_tensors_need_no_compute_process(qtbot, make_window, two_checkpoin
         with qtbot.waitSignal(w.sig_detail_shown, timeout=30000, check_params_cb=lambda k, key=key: k == key):
             w.compare.select_path(key)
     assert "fc1.weight" in isolated and "fc1.bias" not in isolated and "bn.running_mean" not in isolated
+
+
+def test_a_side_without_values_says_so_in_the_statistics(qtbot, make_window, tmp_path):
+    """A checkpoint saved from the meta device has shapes and no values: its statistics column says "no values" (the
+    line under the table says why), not "error"; the other side's figures are torch's."""
+    from explorer.qt.detail_pane import STAT_ROWS
+    meta = {"fc.weight": torch.empty(4, 3, device="meta")}
+    real = {"fc.weight": torch.arange(12.0).reshape(4, 3)}
+    pa, pb = tmp_path / "meta.pt", tmp_path / "real.pt"
+    torch.save(meta, pa)
+    torch.save(real, pb)
+    w = make_window()
+    open_both(qtbot, w, pa, pb)
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=30000, check_params_cb=lambda k: k == "fc.weight"):
+        w.compare.select_path("fc.weight")
+    qtbot.waitUntil(lambda: w.detail.result is not None and not w.detail.result.estimated, timeout=30000)
+    rows = [attr for _, attr in STAT_ROWS]
+    t = w.detail.table
+    assert t.item(rows.index("count"), 0).text() == "no values"
+    assert t.item(rows.index("count"), 1).text() == "12"
+    assert float(t.item(rows.index("max"), 1).text()) == float(real["fc.weight"].max())
