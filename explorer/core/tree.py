@@ -80,14 +80,12 @@ def _numeric_order(children: list[Node]) -> list[Node]:
 
 
 class Tree:
-    """A tree over an ordered set of dotted keys, with a key -> node and path -> node index, and every node in the
-    order it was made (``nodes``: a parent before its children)."""
+    """A tree over an ordered set of dotted keys, with a key -> node and path -> node index."""
 
     def __init__(self, keys: Iterable[str] = ()):
         self.root = Node("")
         self.by_key: dict[str, Node] = {}
         self.by_path: dict[str, Node] = {"": self.root}
-        self.nodes: list[Node] = [self.root]
         for key in keys:
             self.add(key)
         self.finish()
@@ -103,7 +101,6 @@ class Tree:
                 if found is None:
                     found = node._add(part)
                     by_path.setdefault(found.path, found)   # the first node of a path keeps it ("" is the root's)
-                    self.nodes.append(found)
                 node = found
             node.key = key
             self.by_key[key] = node

@@ -11,7 +11,7 @@ import gc
 import re
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from operator import attrgetter
 from typing import Any, Callable, Iterable
@@ -193,22 +193,16 @@ def structural_status(left, right) -> str | None:
     return SAME_LAYOUT
 
 
+@dataclass
 class ModuleData:
-    """A module row: classes on each side, totals, and how many problems/differences lie below (a plain class with
-    slots: a comparison makes one per module, 60,000 for a 50,000-tensor file)."""
+    """A module row: classes on each side, totals, and how many problems/differences lie below."""
 
-    __slots__ = ("path", "classes", "present", "nbytes", "problems", "differences")
-
-    def __init__(self, path: str):
-        self.path = path
-        self.classes: list = [None, None]
-        self.present: list = [0, 0]     # tensors below, per side
-        self.nbytes: list = [0, 0]
-        self.problems = 0
-        self.differences = 0
-
-    def __repr__(self):
-        return f"ModuleData({self.path!r}, present={self.present}, problems={self.problems})"
+    path: str
+    classes: list = field(default_factory=lambda: [None, None])
+    present: list = field(default_factory=lambda: [0, 0])     # tensors below, per side
+    nbytes: list = field(default_factory=lambda: [0, 0])
+    problems: int = 0
+    differences: int = 0
 
 
 class Comparison:
@@ -253,37 +247,39 @@ class Comparison:
 
     # ---- modules ------------------------------------------------------------------------------------------------
     def _build_modules(self) -> None:
-        tree, modules, own = self.tree, self.modules, {}
-        for node in tree.nodes:     # parents first: a module row for every node with children (and the root)
-            if node.children or node.key is None:
-                md = own[id(node)] = ModuleData(node.path)
-                modules.setdefault(node.path, md)
+        tree = self.tree
+        for path, node in tree.by_path.items():
+            if not node.is_leaf or node.children:
+                self.modules[path] = ModuleData(path)
         for i, sd in enumerate((self.left, self.right)):
             if sd is None:
                 continue
             for name, mi in sd.classes.items():
-                md = modules.get(name)
+                md = self.modules.get(name)
                 if md is not None:
                     md.classes[i] = mi.class_name
-        # tensors and bytes below each module: children before parents, each node once as a child
-        for node in reversed(tree.nodes):
-            children = node.children
-            if not children:
-                continue
+        # tensors and bytes below each module: children before parents, each node once (not once per key and level)
+        modules, below = self.modules, {}
+        for node in reversed(list(tree.root.walk())):
             p0 = p1 = b0 = b1 = 0
+            children = node.children
             for child in children:
-                if child.children:
-                    below = own[id(child)]
-                    q, c = below.present, below.nbytes
-                    p0, p1, b0, b1 = p0 + q[0], p1 + q[1], b0 + c[0], b1 + c[1]
-                if child.key is not None:
-                    row = child.data
-                    if row.left is not None:
-                        p0, b0 = p0 + 1, b0 + row.left.nbytes
-                    if row.right is not None:
-                        p1, b1 = p1 + 1, b1 + row.right.nbytes
-            md = own[id(node)]
-            md.present, md.nbytes = [p0, p1], [b0, b1]
+                q0, q1, c0, c1 = below.pop(child)
+                p0, p1, b0, b1 = p0 + q0, p1 + q1, b0 + c0, b1 + c1
+            leaf = node.key is not None
+            md = modules.get(node.path) if children or not leaf else None
+            if md is not None:
+                md.present[0] += p0
+                md.present[1] += p1
+                md.nbytes[0] += b0
+                md.nbytes[1] += b1
+            if leaf:
+                row = node.data
+                if row.left is not None:
+                    p0, b0 = p0 + 1, b0 + row.left.nbytes
+                if row.right is not None:
+                    p1, b1 = p1 + 1, b1 + row.right.nbytes
+            below[node] = (p0, p1, b0, b1)
 
     def recount(self) -> None:
         """Problems and differences below each module, and :attr:`first_of` (the first key of each such status: the

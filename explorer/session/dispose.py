@@ -9,6 +9,9 @@ in the other pane, a row the detail pane holds, a job still reading the old comp
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import sys
 import threading
 import time
@@ -27,12 +30,33 @@ def release_later(objects: list) -> None:
     def run():
         try:
             release(objects)
+            give_back_free_memory()
         finally:
             with _pending_lock:
                 _pending[0] -= 1
     with _pending_lock:
         _pending[0] += 1
     threading.Thread(target=run, name="dispose", daemon=True).start()
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` (None elsewhere)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    return trim
+
+
+def give_back_free_memory() -> None:
+    """Return the C heap's free pages to the system once a replaced comparison is gone: its big dicts and lists come
+    from malloc, and glibc keeps freed pages in its arenas (ctypes drops the interpreter lock for the call)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def pending() -> int:

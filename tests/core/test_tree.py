@@ -64,6 +64,3 @@ def test_tree_equals_the_part_by_part_walk_for_odd_keys():
         tree = Tree(keys)
         assert _shape(tree.root) == _reference(keys), keys
         assert set(tree.by_key) == set(keys) and all(tree.by_key[k].key == k for k in keys)
-        assert len(tree.nodes) == 1 + sum(1 for _ in tree.root.walk()) - 1
-        for node in tree.nodes[1:]:   # made parents first
-            assert tree.nodes.index(node.parent) < tree.nodes.index(node)

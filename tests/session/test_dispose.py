@@ -67,3 +67,20 @@ def test_the_taking_apart_pauses_between_slices(tmp_path, monkeypatch):
     dispose.release(objects)
     # rows (9,000), the tree's two indexes and its ~18,000 nodes, the side's infos: each at least 3 slices of 4,096
     assert len(pauses) >= 10
+
+
+def test_the_heap_is_trimmed_once_a_release_is_done(monkeypatch):
+    """After a replaced comparison is taken apart, the C heap's free pages go back to the system (glibc's
+    malloc_trim: the window's resident size grew with each re-open while no Python object was left alive)."""
+    import time
+
+    from explorer.session import dispose as D
+    calls = []
+    monkeypatch.setattr(D, "give_back_free_memory", lambda: calls.append(D.pending()))
+    D.release_later([{"a": list(range(10))}])
+    deadline = time.monotonic() + 10
+    while D.pending() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert calls == [1]            # once, after the release, while it still counted as pending
+    monkeypatch.undo()
+    D.give_back_free_memory()      # the real call returns (or does nothing where there is no glibc)
