@@ -86,6 +86,17 @@ class _Plot(pg.PlotWidget):
         self.setMinimumWidth(max(160, int(math.ceil(need)) + 6))
 
 
+NO_DATA = "NoDataError: "
+
+
+def _said(error: str) -> tuple[str, str]:
+    """(the statistics cell, the line under the table) for a side's error text (``Class: message``): a side that has
+    no values (saved from meta, a model over its budget) is no failure -- its message says why, without the class."""
+    if error.startswith(NO_DATA):
+        return "no values", error[len(NO_DATA):]
+    return "error", error
+
+
 class DetailPane(QWidget):
     sig_bins_changed = Signal(int)
 
@@ -282,7 +293,7 @@ class DetailPane(QWidget):
                 elif attr == "dtype":
                     text = sv.dtype
                 elif sv.error:   # a side with no values at all (meta, a model over its budget) is no error
-                    text = ("no values" if sv.error.startswith("NoDataError") else "error") if attr == "count" else ""
+                    text = _said(sv.error)[0] if attr == "count" else ""
                 else:
                     text = fmt(getattr(st, attr, None)) if st is not None else ""
                 item = _cell(text, tip=attr == "shape", align=Qt.AlignRight | Qt.AlignVCenter)
@@ -369,7 +380,7 @@ class DetailPane(QWidget):
         parts = []
         for side, sv in (("left", res.left), ("right", res.right)):
             if sv.error:
-                parts.append(f"<span style='color:#C0392B'>⚠ {side}: {sv.error}</span>")
+                parts.append(f"<span style='color:#C0392B'>⚠ {side}: {_said(sv.error)[1]}</span>")
             for flag in (getattr(sv.stats, "flags", None) or []):
                 parts.append(f"<span style='color:#C0392B'>⚠ {side}: {flag}</span>")
         self.flags.setText(" &nbsp; ".join(parts) if parts else

@@ -314,3 +314,5 @@ def test_a_side_without_values_says_so_in_the_statistics(qtbot, make_window, tmp
     assert t.item(rows.index("count"), 0).text() == "no values"
     assert t.item(rows.index("count"), 1).text() == "12"
     assert float(t.item(rows.index("max"), 1).text()) == float(real["fc.weight"].max())
+    line = w.detail.flags.text()
+    assert "holds no data (meta)" in line and "NoDataError" not in line   # the reason, in the user's words
