@@ -110,6 +110,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         os.environ["XDG_CACHE_HOME"] = os.path.join(folder, "cache")
         paths = make_run(folder, args.n, args.mb, args.format)
+        os.sync()   # the files just written are flushed now, not by the kernel's writeback in the middle of the pairs
         largest = max(torch.Size(s).numel() for _, s in shapes_for(args.mb * 2**20)) * 4
         read_plain(paths)   # warm the page cache
         series_once(paths, args.threads, use_cache=False)   # warm
