@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import CorruptFileError, RemoteError, shorten
 from .remote.files import getsize, mapped
 from .safe_pickle.limits import address_space_lock
-from .safe_pickle.numpy_values import InlineBytes
 from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 
 if TYPE_CHECKING:
@@ -86,6 +85,11 @@ class ByteSource:
         raw = self.mapped_bytes(ref)
         return torch.from_numpy(raw) if raw.size else torch.empty(0, dtype=torch.uint8)
 
+    def array_bytes(self, ref: StorageRef) -> "np.ndarray":
+        """The storage's bytes as numpy ``uint8``: mapped in place here (a plain region: no torch). A source whose
+        bytes are not one region of a file (compressed, assembled from chunks) overrides this."""
+        return self.mapped_bytes(ref)
+
     def mapped_bytes(self, ref: StorageRef) -> "np.ndarray":
         """The storage's bytes as a numpy ``uint8`` view on the file's private map (no torch)."""
         import numpy as np
@@ -107,24 +111,8 @@ class ByteSource:
 
 
 def _storage_array(ref: StorageRef) -> "np.ndarray":
-    """A storage's bytes as numpy: mapped in place where the format stores them so (a plain region, a torch zip's
-    stored record), else as the source gives them (a compressed record, DCP chunks: through torch)."""
-    import numpy as np
-    src = ref.source
-    if isinstance(src, ByteSource):
-        method = type(src).storage_bytes
-        if method is ByteSource.storage_bytes:
-            return src.mapped_bytes(ref)
-        if method.__qualname__ == "ZipSource.storage_bytes":   # a stored record is mapped by ByteSource's own code
-            try:
-                src.region(ref)
-            except CorruptFileError:
-                pass    # compressed (or broken: storage_bytes says how)
-            else:
-                return src.mapped_bytes(ref)
-    if isinstance(src, InlineBytes):
-        return np.frombuffer(src.data, dtype=np.uint8).copy()
-    return src.storage_bytes(ref).numpy()
+    """A storage's bytes as numpy, as its source gives them (:meth:`ByteSource.array_bytes`)."""
+    return ref.source.array_bytes(ref)
 
 
 def _checked_bytes(record: TensorRecord, file_label: str, read: Callable[[StorageRef], object]):

@@ -153,6 +153,10 @@ class DcpSource(ByteSource):
         c = chunks[0]
         return c.file, None, c.offset
 
+    def array_bytes(self, ref: StorageRef):
+        """The tensor's bytes, assembled from its chunks (through torch)."""
+        return self.storage_bytes(ref).numpy()
+
     def storage_bytes(self, ref: StorageRef) -> "torch.Tensor":
         import torch
         key = ref.key

@@ -130,6 +130,11 @@ class ZipSource(ByteSource):
                                    "it too) — re-download or re-save it")
         return self._file, self._base + start, e.usize
 
+    def array_bytes(self, ref):
+        """A stored record's bytes mapped in place (no torch); a deflated one's inflated, as :meth:`storage_bytes`."""
+        e, _ = self._record(ref)
+        return super().array_bytes(ref) if e.method == STORED else self.storage_bytes(ref).numpy()
+
     def storage_bytes(self, ref) -> "torch.Tensor":
         import torch
         e, start = self._record(ref)

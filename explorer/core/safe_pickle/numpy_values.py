@@ -94,10 +94,13 @@ class InlineBytes:
         self.data = data
         self.label = label
 
-    def storage_bytes(self, ref):
+    def array_bytes(self, ref):
         import numpy as np
+        return np.frombuffer(self.data, dtype=np.uint8).copy()
+
+    def storage_bytes(self, ref):
         import torch
-        return torch.from_numpy(np.frombuffer(self.data, dtype=np.uint8).copy())
+        return torch.from_numpy(self.array_bytes(ref))
 
     def describe(self, ref):
         return self.label, "numpy array (inside the pickle)", None
