@@ -6,6 +6,9 @@ folders or checkpoint URLs land here: one onto a pane opens it there, two fill b
 """
 from __future__ import annotations
 
+from itertools import islice
+from typing import Iterator
+
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter,
@@ -19,6 +22,7 @@ from .tree_model import (COLUMNS, LEFT_COLUMNS, NAME_COLUMN, RIGHT_COLUMNS, STAT
 
 HEADER_HEIGHT = 62   # every panel's header has this height, so the three views start at the same y
 EXPAND_BATCH = 500   # module rows expanded per turn of the event loop by "expand all"
+EXPAND_AT_ONCE = 20_000   # "expand all" of a tree of more keys: batches from the start, levels made as they come
 
 
 def urls_to_paths(mime) -> list[str]:
@@ -278,38 +282,44 @@ class CompareView(QWidget):
 
     def expand_all(self) -> None:
         """Open every module row; rows of 1,000 keys (a level with more than 1,000 entries) stay closed: opening them
-        all would lay out every key, a long freeze with 10**6 keys."""
+        all would lay out every key, a long freeze with 10**6 keys. A large tree opens a batch of modules per turn
+        of the event loop, each level made (``core/tree.py``) as its batch reaches it."""
         self._syncing = True
         try:
             model = self.model
+            root = model.node(QModelIndex())
+            if model.keys_shown() > EXPAND_AT_ONCE:
+                self._expand_nodes(model.iter_module_nodes(), root)
+                return
             modules = model.module_nodes()
             if not model.has_groups(modules):
                 for v in self.views:
                     v.expandAll()
                 return
-            self._expand_nodes(modules, model.node(QModelIndex()))
+            self._expand_nodes(iter(modules), root)
         finally:
             self._syncing = False
 
-    def _expand_nodes(self, nodes: list, root) -> None:
-        """Expand ``nodes`` of the tree whose root is ``root``, ``EXPAND_BATCH`` at a time with the event loop
-        running between batches (10**4 modules of 10**6 keys: three views, 0.3 s in one go); given up once the model
-        shows another tree."""
+    def _expand_nodes(self, nodes: Iterator, root) -> None:
+        """Expand the nodes ``nodes`` yields (of the tree whose root is ``root``), ``EXPAND_BATCH`` at a time with the
+        event loop running between batches (10**4 modules of 10**6 keys: three views, 0.3 s in one go); given up
+        once the model shows another tree."""
         model = self.model
         if model.node(QModelIndex()) is not root:
             self.expanding = False
             return
         was, self._syncing = self._syncing, True
         try:
-            for node in nodes[:EXPAND_BATCH]:
+            batch = list(islice(nodes, EXPAND_BATCH))
+            for node in batch:
                 idx = model.index_of_node(node)
                 for v in self.views:
                     v.expand(idx)
         finally:
             self._syncing = was
-        if len(nodes) > EXPAND_BATCH:
+        if len(batch) == EXPAND_BATCH:
             self.expanding = True
-            QTimer.singleShot(0, lambda: self._expand_nodes(nodes[EXPAND_BATCH:], root))
+            QTimer.singleShot(0, lambda: self._expand_nodes(nodes, root))
         else:
             self.expanding = False
 

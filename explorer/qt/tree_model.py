@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Iterator
 
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
@@ -95,19 +95,22 @@ class StateTreeModel(QAbstractItemModel):
         return groups
 
     def module_nodes(self) -> list:
-        """Every node of the tree shown that has children (not the root, not the group rows), parents first."""
-        comp = self.comparison
-        if comp is not None and self._root is comp.tree.root:    # the whole tree: the comparison listed its modules
-            by_path = comp.tree.by_path                          # (10**6 keys: no walk over every leaf here)
-            return [by_path[path] for path in comp.modules if path]
-        out: list = []
+        """Every node of the tree shown that has children (not the root, not the group rows), parents first (makes
+        every level of the tree: :meth:`iter_module_nodes` makes them as it goes)."""
+        return list(self.iter_module_nodes())
+
+    def iter_module_nodes(self) -> Iterator:
+        """:meth:`module_nodes` one at a time, each level made when the walk reaches it."""
         stack = [self._root] if self.comparison is not None else []
         while stack:
             node = stack.pop()
-            kids = [k for k in node.children if k.children]
-            out += kids
-            stack += kids
-        return out
+            kids = [k for k in node.children if k.has_children]
+            yield from kids
+            stack += reversed(kids)
+
+    def keys_shown(self) -> int:
+        """How many keys the tree shown holds."""
+        return len(self._root.below)
 
     def has_groups(self, modules: list | None = None) -> bool:
         """Does any level of the tree shown have more than GROUP entries (shown in rows of GROUP)? ``modules``:
@@ -182,7 +185,7 @@ class StateTreeModel(QAbstractItemModel):
     def hasChildren(self, parent: QModelIndex = QModelIndex()) -> bool:
         if parent.isValid() and parent.column() != 0:
             return False
-        return bool(self.node(parent).children)
+        return self.node(parent).has_children
 
     def flags(self, index: QModelIndex):
         return _FLAGS if index.isValid() else _NO_FLAGS
@@ -222,7 +225,7 @@ class StateTreeModel(QAbstractItemModel):
                                         f"{node.parent.path or 'the top level'}, shown {GROUP:,} at a time"}
             return {}
         try:
-            if node.is_leaf and not node.children:
+            if node.is_leaf and not node.has_children:
                 return self._leaf_cell(node, node.data, col)
             return self._module_cell(node, col)
         except Exception as e:  # noqa: BLE001 - one odd tensor shows an error text; painting carries on
@@ -361,6 +364,7 @@ class _Group:
     key = None
     data = None
     is_leaf = False
+    has_children = True
 
     def __init__(self, parent, row: int, children: list):
         self.parent, self.row, self.children = parent, row, children
@@ -372,6 +376,8 @@ class _Group:
 class _EmptyRoot:
     """The root shown before anything is open."""
     children: list = []
+    below: tuple = ()
+    has_children = False
     parent = None
     row = 0
     path = ""

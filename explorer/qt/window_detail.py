@@ -22,7 +22,7 @@ class DetailWiring:
         if node is None or comp is None:
             self.runner.cancel("detail")
             return
-        if not (node.is_leaf and not node.children) or node.data is None:
+        if not (node.is_leaf and not node.has_children) or node.data is None:
             self.runner.cancel("detail")
             self.detail.show_module(node.path, comp.modules.get(node.path))
             return

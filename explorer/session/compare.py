@@ -14,10 +14,11 @@ import threading
 from dataclasses import dataclass, field
 from enum import IntEnum
 from operator import attrgetter
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..core.gc_pause import batches, gc_paused
 from ..core.side import MODEL
+from ..core.tree import PREBUILD_ABOVE, Tree
 from ..core.records import (  # noqa: F401  (re-exported for the views; records imports no torch)
     CHANGED, DTYPE_CAST, DTYPE_DIFFERS, IDENTICAL, MATCHED, MISSING, NOT_COMPARED, NOT_LOADED, NON_PERSISTENT, ONLY_A,
     ONLY_B, RUNNING_STAT, SHAPE_DIFFERS, SHAPE_MISMATCH, UNEXPECTED)
@@ -205,11 +206,85 @@ class ModuleData:
     differences: int = 0
 
 
+class ModuleTable(Mapping):
+    """dotted path -> :class:`ModuleData` of every module row (a node with keys below it, or no key of its own), each
+    made when first asked for: its totals are a pass over the keys below it. :meth:`prebuild` makes those of the nodes
+    with many keys below (in the worker), so a module made later, on the GUI thread, is a short pass. Iterating it
+    makes the whole tree."""
+
+    def __init__(self, tree, rows: dict, classes: tuple[dict, dict]):
+        self._tree, self._rows, self._classes = tree, rows, classes
+        self._made: dict[str, ModuleData] = {}
+        self._counts: dict[str, list[int]] = {}
+
+    def set_counts(self, counts: dict[str, list[int]]) -> None:
+        """Problems and differences below each module path (:meth:`Comparison.recount`)."""
+        self._counts = counts
+        for path, md in self._made.items():
+            md.problems, md.differences = counts.get(path, _NONE)
+
+    def prebuild(self, above: int) -> None:
+        """Make the module data of every node made so far with more than ``above`` keys below it."""
+        for node in self._tree.root.walk_built():
+            if len(node.below) > above:
+                self.of_node(node)
+
+    def of_node(self, node) -> "ModuleData | None":
+        """The module data of a node of this table's tree (None for a leaf with nothing below)."""
+        path = node.path
+        md = self._made.get(path)
+        if md is not None or (node.key is not None and not node.has_children):
+            return md
+        md = ModuleData(path)
+        rows = self._rows
+        p0 = p1 = b0 = b1 = 0
+        for key in node.below:
+            row = rows[key]
+            info = row.left
+            if info is not None:
+                p0 += 1
+                b0 += info.nbytes
+            info = row.right
+            if info is not None:
+                p1 += 1
+                b1 += info.nbytes
+        md.present, md.nbytes = [p0, p1], [b0, b1]
+        for i, classes in enumerate(self._classes):
+            mi = classes.get(path)
+            if mi is not None:
+                md.classes[i] = mi.class_name
+        md.problems, md.differences = self._counts.get(path, _NONE)
+        self._made[path] = md
+        return md
+
+    def __getitem__(self, path: str) -> ModuleData:
+        node = self._tree.by_path.get(path)
+        md = self.of_node(node) if node is not None else None
+        if md is None:
+            raise KeyError(path)
+        return md
+
+    def __iter__(self) -> Iterator[str]:
+        return (path for path, node in self._tree.by_path.items() if node.key is None or node.has_children)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def items(self):     # type: ignore[override]
+        return ((path, self.of_node(node)) for path, node in self._tree.by_path.items()
+                if node.key is None or node.has_children)
+
+    def values(self):    # type: ignore[override]
+        return (md for _, md in self.items())
+
+
+_NONE = (0, 0)
+
+
 class Comparison:
     """Union of the left and right keys as one tree (``explorer.core.tree.Tree``), leaves carrying ``Row``."""
 
     def __init__(self, left: SideData | None, right: SideData | None, rename: dict | None = None):
-        from explorer.core.tree import Tree
         self.left = left
         self.right = right
         self.rename = dict(rename or {})            # right key -> key it is shown (and loaded) as
@@ -237,76 +312,44 @@ class Comparison:
             if left is None or right is None:  # with one side open nothing is "only left": there is no comparison
                 for row in self.rows.values():
                     row.diff_status = None
-            self.tree = Tree(self.rows.keys())
-            for key, row in self.rows.items():
-                self.tree.by_key[key].data = row
-            self.modules: dict[str, ModuleData] = {}
-            self._build_modules()
+            # the tree is made a level at a time (core/tree.py): here only the levels too long to make later
+            self.tree = Tree(self.rows, data=self.rows).prebuild(PREBUILD_ABOVE)
+            classes = ((left.classes if left else {}), (right.classes if right else {}))
+            self.modules = ModuleTable(self.tree, self.rows, classes)
             self.recount()
+            self.modules.prebuild(PREBUILD_ABOVE)
             settled(None)
-
-    # ---- modules ------------------------------------------------------------------------------------------------
-    def _build_modules(self) -> None:
-        tree = self.tree
-        for path, node in tree.by_path.items():
-            if not node.is_leaf or node.children:
-                self.modules[path] = ModuleData(path)
-        for i, sd in enumerate((self.left, self.right)):
-            if sd is None:
-                continue
-            for name, mi in sd.classes.items():
-                md = self.modules.get(name)
-                if md is not None:
-                    md.classes[i] = mi.class_name
-        # tensors and bytes below each module: children before parents, each node once (not once per key and level)
-        modules, below = self.modules, {}
-        for node in reversed(list(tree.root.walk())):
-            p0 = p1 = b0 = b1 = 0
-            children = node.children
-            for child in children:
-                q0, q1, c0, c1 = below.pop(child)
-                p0, p1, b0, b1 = p0 + q0, p1 + q1, b0 + c0, b1 + c1
-            leaf = node.key is not None
-            md = modules.get(node.path) if children or not leaf else None
-            if md is not None:
-                md.present[0] += p0
-                md.present[1] += p1
-                md.nbytes[0] += b0
-                md.nbytes[1] += b1
-            if leaf:
-                row = node.data
-                if row.left is not None:
-                    p0, b0 = p0 + 1, b0 + row.left.nbytes
-                if row.right is not None:
-                    p1, b1 = p1 + 1, b1 + row.right.nbytes
-            below[node] = (p0, p1, b0, b1)
 
     def recount(self) -> None:
         """Problems and differences below each module, and :attr:`first_of` (the first key of each such status: the
         window picks the row it shows first from it, without a pass over 10**6 rows on its GUI thread)."""
-        for md in self.modules.values():
-            md.problems = md.differences = 0
         first_of: dict[str | None, str] = {}
+        counts: dict[str, list[int]] = {}
+        total = [0, 0]
+        status = self.status
         for key, row in self.rows.items():
-            st = self.status(row)
-            problem = st in PROBLEM_STATUSES
-            different = st not in SAME_STATUSES
+            st = status(row)
+            problem = int(st in PROBLEM_STATUSES)
+            different = int(st not in SAME_STATUSES)
             if not (problem or different):
                 continue
             if st not in first_of:
                 first_of[st] = key
-            parts = key.split(".")
-            prefix = ""
-            targets = [self.modules[""]]
-            for p in parts[:-1]:
-                prefix = f"{prefix}.{p}" if prefix else p
-                md = self.modules.get(prefix)
-                if md is not None:
-                    targets.append(md)
-            for md in targets:
-                md.problems += problem
-                md.differences += different
+            total[0] += problem
+            total[1] += different
+            end = key.find(".")
+            while end >= 0:         # every module above the key: the key's dotted prefixes
+                if end:
+                    c = counts.get(key[:end])
+                    if c is None:
+                        counts[key[:end]] = [problem, different]
+                    else:
+                        c[0] += problem
+                        c[1] += different
+                end = key.find(".", end + 1)
+        counts[""] = total
         self.first_of = first_of
+        self.modules.set_counts(counts)
 
     # ---- statuses -----------------------------------------------------------------------------------------------
     def status(self, row: Row) -> str | None:
@@ -414,12 +457,8 @@ class Comparison:
 
     def subtree(self, keys: Iterable[str]):
         """A Tree over some keys, sharing this comparison's rows."""
-        from explorer.core.tree import Tree
         with gc_paused():
-            t = Tree(keys)
-            for key, node in t.by_key.items():
-                node.data = self.rows[key]
-            return settled(t)     # 10**5 nodes left to the collector: its next pass walks them all (50 ms)
+            return settled(Tree(keys, data=self.rows).prebuild(PREBUILD_ABOVE))
 
 
 def human_bytes(n: int | None) -> str:

@@ -99,11 +99,9 @@ def _attribute_names(obj) -> list[str]:
 
 
 def _take_apart_tree(tree) -> None:
-    """A :class:`explorer.core.tree.Tree`: its indexes emptied, then its nodes unlinked and dropped a slice at a time
+    """A :class:`explorer.core.tree.Tree`: its nodes unlinked and dropped a slice at a time
     (dropping the root would free every node in one cascade)."""
-    _shrink(tree.by_key)
-    _shrink(tree.by_path)
-    nodes = list(tree.root.walk())
+    nodes = list(tree.root.walk_built())     # the levels made so far (the tree makes the others only when asked)
     for i, node in enumerate(nodes):
         node.unlink()
         if i % SLICE == SLICE - 1:

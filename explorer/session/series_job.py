@@ -159,10 +159,7 @@ def key_tree(keys: list[str]):
     """The keys as the dotted-name module tree the compare view shows (``core.tree``); a leaf's ``data``: its row
     in ``keys`` (and in the result's tracks)."""
     from ..core.tree import Tree
-    tree = Tree(keys)
-    for row, key in enumerate(keys):
-        tree.by_key[key].data = row
-    return tree
+    return Tree(keys, data={key: row for row, key in enumerate(keys)})
 
 
 def open_depth(tree, most: int) -> int | None:

@@ -36,7 +36,7 @@ def _reference(keys):
             node = node["children"].setdefault(part, {"children": {}, "key": None})
         node["key"] = key
 
-    def rows(node, path):
+    def rows(node, path, depth=0):
         names = list(node["children"])
         numeric = iter(sorted((n for n in names if n.isdigit()), key=int))
         if sum(n.isdigit() for n in names) >= 2:
@@ -44,8 +44,8 @@ def _reference(keys):
         out = []
         for row, name in enumerate(names):
             child = node["children"][name]
-            here = f"{path}.{name}" if path else name
-            out.append((here, name, row, child["key"], rows(child, here)))
+            here = f"{path}.{name}" if depth else name      # the parts joined by dots: a leaf's path is its key
+            out.append((here, name, row, child["key"], rows(child, here, depth + 1)))
         return out
     return rows(root, "")
 
@@ -64,3 +64,36 @@ def test_tree_equals_the_part_by_part_walk_for_odd_keys():
         tree = Tree(keys)
         assert _shape(tree.root) == _reference(keys), keys
         assert set(tree.by_key) == set(keys) and all(tree.by_key[k].key == k for k in keys)
+
+
+def test_a_tree_makes_a_level_only_when_asked_and_the_same_tree_whatever_the_order():
+    """Levels are made on demand (``core/tree.py``): nothing below the root exists until asked for; keys looked up
+    in any order, before or after a walk, give the tree the part-by-part walk gives."""
+    import random
+    rnd = random.Random(11)
+    parts = ["a", "b", "0", "1", "2", "10", "", "w"]
+    for _ in range(200):
+        keys = list(dict.fromkeys(".".join(rnd.choice(parts) for _ in range(rnd.randint(1, 5)))
+                                  for _ in range(rnd.randint(1, 40))))
+        tree = Tree(keys)
+        assert not tree.root.is_built
+        probe = rnd.sample(keys, k=min(len(keys), 5))
+        for key in probe:               # a lookup makes the levels on its way only
+            assert tree.by_key[key].key == key
+        built = list(tree.root.walk_built())
+        assert all(n.parent is None or n.parent.is_built for n in built)
+        assert _shape(tree.root) == _reference(keys), keys
+        for path, node in tree.by_path.items():
+            assert tree.by_path[path] is node or (path == "" and node.name == "")
+
+
+def test_prebuild_makes_exactly_the_long_levels():
+    """``prebuild(above)`` makes every level with more than ``above`` keys below (the work kept off the GUI thread),
+    and no other: a level left to make later is a pass over at most ``above`` keys."""
+    keys = [f"blocks.{i // 10}.sub.{i % 10}.weight" for i in range(5000)] + ["head.w", "head.b"]
+    tree = Tree(keys).prebuild(100)
+    built = {n.path for n in tree.root.walk_built() if n.is_built}
+    assert built == {"", "blocks"}
+    unbuilt = [n for n in tree.root.walk_built() if not n.is_built]
+    assert len(unbuilt) == 500 + 1 and max(len(n.below) for n in unbuilt) == 10     # blocks.N (10 keys), head
+    assert _shape(tree.root) == _reference(keys)

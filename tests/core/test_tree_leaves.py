@@ -14,8 +14,6 @@ def test_leaves_share_one_empty_children_and_index_and_a_parent_gets_its_own():
     assert b._index is not T._NO_INDEX and type(b.children) is list
     assert [c.name for c in t.by_path["c"].children] == ["0", "2", "10"]
     assert t.by_key["a.x"].child("anything") is None and list(t.by_key["a.x"].walk()) == [t.by_key["a.x"]]
-    t.add("a.x.deeper")                 # a leaf that becomes a parent later
-    assert [c.path for c in t.by_key["a.x"].children] == ["a.x.deeper"]
     assert T._NO_INDEX == {} and T._NO_CHILDREN == ()
     for node in list(t.root.walk()):
         node.unlink()

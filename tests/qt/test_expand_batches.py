@@ -77,3 +77,23 @@ def test_a_tree_shown_while_expanding_stops_the_batches(qtbot, monkeypatch, show
     assert _expanded(cv.left, cv.model, sub) == kept
     on_screen = {id(n) for n in few.by_path.values()}
     assert all(id(n) in on_screen for n in asked)          # never a node of the tree no longer shown
+
+
+def test_expand_all_of_a_large_tree_makes_its_levels_a_batch_at_a_time(qtbot, monkeypatch):
+    """Above ``EXPAND_AT_ONCE`` keys, "expand all" makes the tree's levels as its batches reach them (a 50,000-key
+    tree's 60,000 modules are not made in one go on the GUI thread); in the end every module is open."""
+    monkeypatch.setattr(V, "EXPAND_BATCH", 100)
+    monkeypatch.setattr(V, "EXPAND_AT_ONCE", 50)
+    cv = CompareView()
+    qtbot.addWidget(cv)
+    comp = C.Comparison(side([info(f"b.{i}.s{j}.w", (1,)) for i in range(150) for j in range(2)]), None)
+    cv.set_tree(comp)
+    cv.expand_all()
+    assert cv.expanding
+    made = sum(n.is_built for n in comp.tree.root.walk_built())
+    assert made < 150                        # the first batch's levels, not the whole tree's
+    qtbot.waitUntil(lambda: not cv.expanding, timeout=10000)
+    modules = _walked(cv.model)
+    assert len(modules) == 1 + 150 + 300
+    for view in cv.views:
+        assert _expanded(view, cv.model, modules) == len(modules)

@@ -108,3 +108,31 @@ def test_module_totals_count_every_tensor_below_on_each_side(tmp_path):
             below = [[k for k in sd if not path or k.startswith(path + ".")] for sd in sides]
             assert md.present == [len(below[0]), len(below[1])], (path, keys)
             assert md.nbytes == [sum(sides[i][k].nbytes for k in below[i]) for i in (0, 1)], (path, keys)
+
+
+def test_module_problem_counts_equal_a_count_over_the_keys_made_before_or_after(tmp_path, monkeypatch):
+    """Problems and differences below each module equal a count over the statuses of the keys below it, whether a
+    module's data was made before a recount (a diff landing) or after, and with the levels made ahead or not."""
+    import random
+    rnd = random.Random(5)
+    names = ["a", "b", "0", "1", "10"]
+    for trial in range(12):
+        monkeypatch.setattr(C, "PREBUILD_ABOVE", rnd.choice([0, 2, 1000]))
+        keys = list(dict.fromkeys(".".join(rnd.choice(names) for _ in range(rnd.randint(1, 4)))
+                                  for _ in range(rnd.randint(2, 25))))
+        sides = [{k: torch.zeros(rnd.choice([1, 2])) for k in keys if rnd.random() < 0.8} for _ in range(2)]
+        a, b = (C.load_side_data(_save(tmp_path, f"p{trial}{i}.pt", sd)) for i, sd in enumerate(sides))
+        comp = C.Comparison(a, b)
+        early = [comp.modules.get(p) for p in rnd.sample(keys, k=3)]     # made before the statuses change
+        for row in comp.rows.values():                                    # as a diff would: some keys changed
+            if row.diff_status == C.SAME_LAYOUT and rnd.random() < 0.5:
+                row.diff_status = C.CHANGED
+        comp.recount()
+
+        def below(path):
+            return [r for k, r in comp.rows.items() if not path or k.startswith(path + ".")]
+        for path, md in comp.modules.items():
+            sts = [comp.status(r) for r in below(path)]
+            assert md.problems == sum(s in C.PROBLEM_STATUSES for s in sts), (path, keys)
+            assert md.differences == sum(s not in C.SAME_STATUSES for s in sts), (path, keys)
+        assert all(md is None or md is comp.modules[md.path] for md in early)
