@@ -145,11 +145,12 @@ class Row:
     __slots__ = ("key", "left", "right", "diff_status", "sim_status", "_explanation", "_explain_from", "max_abs_diff",
                  "renamed_from", "alert")
 
-    def __init__(self, key: str, left=None, right=None):
+    def __init__(self, key: str, left=None, right=None, compared: bool = True):
         self.key = key
         self.left = left                 # TensorInfo or None
         self.right = right
-        self.diff_status: str | None = structural_status(left, right)
+        # with one side open nothing is "only left": there is no comparison
+        self.diff_status: str | None = structural_status(left, right) if compared else None
         self.sim_status: str | None = None
         self._explanation = ""
         self._explain_from = None        # (report key table, key): an unexpected key's report, made when first read
@@ -279,6 +280,7 @@ class ModuleTable(Mapping):
 
 
 _NONE = (0, 0)
+_QUIET = SAME_STATUSES - PROBLEM_STATUSES     # neither a problem nor a difference
 
 
 class Comparison:
@@ -302,16 +304,18 @@ class Comparison:
                 right_by_shown[shown] = info
                 if shown != key:
                     origin[shown] = key
-            for key, info in lk.items():
-                self.rows[key] = Row(key, info, right_by_shown.get(key))
+            rows, compared = self.rows, left is not None and right is not None
+            if compared:
+                for key, info in lk.items():
+                    rows[key] = Row(key, info, right_by_shown.get(key))
+            else:
+                for key, info in lk.items():
+                    rows[key] = Row(key, info, None, False)
             for key, info in right_by_shown.items():
-                if key not in self.rows:
-                    self.rows[key] = Row(key, None, info)
+                if key not in rows:
+                    rows[key] = Row(key, None, info, compared)
             for key, orig in origin.items():
-                self.rows[key].renamed_from = orig
-            if left is None or right is None:  # with one side open nothing is "only left": there is no comparison
-                for row in self.rows.values():
-                    row.diff_status = None
+                rows[key].renamed_from = orig
             # the tree is made a level at a time (core/tree.py): here only the levels too long to make later
             self.tree = Tree(self.rows, data=self.rows).prebuild(PREBUILD_ABOVE)
             classes = ((left.classes if left else {}), (right.classes if right else {}))
@@ -326,9 +330,10 @@ class Comparison:
         first_of: dict[str | None, str] = {}
         counts: dict[str, list[int]] = {}
         total = [0, 0]
-        status = self.status
-        for key, row in self.rows.items():
-            st = status(row)
+        statuses = map(attrgetter("sim_status" if self.simulated else "diff_status"), self.rows.values())
+        for key, st in zip(self.rows, statuses):
+            if st in _QUIET:
+                continue
             problem = int(st in PROBLEM_STATUSES)
             different = int(st not in SAME_STATUSES)
             if not (problem or different):
