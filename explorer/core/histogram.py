@@ -28,9 +28,9 @@ def bin_values(v: np.ndarray, f: np.ndarray, idx: np.ndarray, lo: float, norm: f
         np.clip(f, -0.5, nb + 0.5, out=f)
         np.add(f, 1, out=f)
     np.copyto(idx, f, casting="unsafe")    # f >= 0: truncation is floor
+    np.subtract(f, idx, out=f)        # the fraction, in [0, 1) (exact)
     if clip:                          # x >= lo exactly, so f >= 0; x == max may give f == nb: clamped
         np.minimum(idx, nb - 1, out=idx)
-    np.fmod(f, 1.0, out=f)            # f >= 0: the fraction, in [0, 1) (exact)
     if f.min() < EDGE_EPS or f.max() > 1 - EDGE_EPS:
         np.subtract(f, 0.5, out=f)
         np.abs(f, out=f)              # distance of the fraction from 1/2

@@ -61,6 +61,7 @@ from .value_buckets import kth, lerp, ranks_of
 from .wide_stats import WidePasses, WideState, WideSteps, finite_values
 
 STATS_CHUNK = CHUNK // 2     # elements per chunk of tensor_stats: its ~8 ops per chunk then mostly hit L2
+NARROW_CHUNK = 2 * CHUNK     # narrow dtypes: one bincount per chunk (its fixed cost, a 65,536-entry output, amortised)
 DEFAULT_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
 
@@ -104,7 +105,7 @@ def with_context(s: TensorStats, key: str, siblings) -> TensorStats:
 def _prepare(t):
     a, plan = values_of(t)
     a = dense_order(a)
-    chunks = list(iter_chunks(a, STATS_CHUNK))
+    chunks = list(iter_chunks(a, NARROW_CHUNK if plan.narrow else STATS_CHUNK))
     # a strided view that no permutation makes dense is read in bounded copies, by one thread
     parallel = a.flags.c_contiguous and a.size >= PARALLEL_MIN
     return a, plan, chunks, parallel

@@ -220,8 +220,7 @@ class Pass2:
         """The values of ``v`` whose top-16 bucket is selected (one table lookup per value, then compaction)."""
         n = v.size
         raw = top16(v, st.ibuf[:n], 32)
-        mask = np.take(self.select, raw, out=st.mbuf[:n])
-        return v[mask]
+        return np.compress(self.select[raw], v)
 
     def _piece(self, st: WideState, v: np.ndarray) -> None:
         n = v.size
@@ -243,8 +242,7 @@ class Pass2:
         16 bits."""
         n = v.size
         raw = top16(v, st.ibuf[:n], 32)
-        mask = np.take(self.refine_sel, raw, out=st.mbuf[:n])
-        sb = v.view(np.uint32)[mask]
+        sb = np.compress(self.refine_sel[raw], v.view(np.uint32))
         if sb.size:
             slot = np.take(self.lut, sb >> 16)
             slot <<= 16
