@@ -25,7 +25,9 @@ def add_arguments(p):
 
 
 def resolve_tensor(side, key: str):
-    """(tensor, display key) for KEY: a key of the default state dict, else an entry path joined by "/"."""
+    """(values, display key) for KEY: a key of the default state dict, else an entry path joined by "/". A
+    checkpoint's values come as numpy (``np_values.Values``: no torch where the format maps its bytes in place), a
+    model's as its tensor."""
     if side.kind == "model":
         infos = side.all_infos()
         if key in infos:
@@ -35,11 +37,11 @@ def resolve_tensor(side, key: str):
     if default is not None:
         infos = side.state_dict_infos(default)
         if key in infos:
-            return side.read_key(key, default), key
+            return side.read_key_array(key, default), key
     path = tuple(p for p in key.strip("/").split("/") if p)
     known = {info.path: info for info in side.entries}
     if path in known:
-        return side.read(path), key
+        return side.read_array(path), key
     # the names KEY can take: a key of the default state dict, an entry's path. The two coincide for a state dict at
     # the top of the file ('conv1.weight' is both): each name once
     names = dict.fromkeys(side.state_dict_infos(default) if default is not None else ())
@@ -76,10 +78,14 @@ def _fmt(v) -> str:
     return f"{v:.6g}"
 
 
+def _shape(t) -> tuple:
+    return tuple((t.array if hasattr(t, "array") else t).shape)
+
+
 def render_text(key, t, s, out) -> None:
     w = out.write
     measured = ", measured as |z|" if s.measured != "value" else ""
-    w(f"{key}  {list(t.shape)} {s.dtype}  ({s.numel:,} elements{measured})\n")
+    w(f"{key}  {list(_shape(t))} {s.dtype}  ({s.numel:,} elements{measured})\n")
     w(f"  finite   {s.count:,}    NaN {s.nan:,}    +Inf {s.posinf:,}    -Inf {s.neginf:,}\n")
     w(f"  min      {_fmt(s.min)}\n  max      {_fmt(s.max)}\n  mean     {_fmt(s.mean)}\n"
       f"  std      {_fmt(s.std)}   (population, ddof=0)\n  L2       {_fmt(s.l2)}\n  max |x|  {_fmt(s.absmax)}\n")
@@ -115,7 +121,7 @@ def run(args) -> int:
     t, key = resolve_tensor(side, args.key)
     s = with_context(tensor_stats(t, bins=args.bins, percentiles=DEFAULT_PERCENTILES), key, _siblings(side, key))
     if args.json:
-        answer = s.to_json(key, tuple(t.shape), s.dtype)
+        answer = s.to_json(key, _shape(t), s.dtype)
         if remote:   # only for a URL: a local file's answer stays byte for byte as it was
             answer["transferred_bytes"] = transferred() - start
         print_json(answer)

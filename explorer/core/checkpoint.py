@@ -395,8 +395,12 @@ class Checkpoint:
     def read_key_array(self, key: str, entry: str | EntryPath | None = None):
         """One tensor's values as numpy (``np_values.Values``: raw bits for bfloat16/float8), the same view
         :meth:`read` gives, without importing torch where the format maps its bytes in place."""
+        return self.read_array(self.resolve_entry(entry) + (key,))
+
+    def read_array(self, path: EntryPath):
+        """The values of the tensor at ``path`` as numpy, as :meth:`read_key_array`."""
         from .bytesource import read_array
-        path = self.resolve_entry(entry) + (key,)
+        path = tuple(path)
         rec = self.record(path)
         if not has_data(rec):
             return self.read(path)   # raises NoDataError, saying why

@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
-import torch
+import numpy as np
 
 from ..errors import Cancelled, ExplorerError
 from .chunks import CHUNK, ProgressFn, StopFn, check_stop, dense_order, iter_chunks, single_intraop
-from .dtype_plan import Plan, plan_for
+from .dtype_plan import Plan, values_of
+from .np_values import widen
 from .records import RUNNING_STAT_NAMES
 
 NAN, INF, ALL_ZEROS, CONSTANT, EXTREME_FLAG = "nan", "inf", "all_zeros", "constant", "extreme"
@@ -82,42 +83,49 @@ def explain_flags(key: str, flags: Sequence[str], siblings, constant: float | No
     return flags, info
 
 
-def tensor_flags(t: torch.Tensor, should_stop: StopFn | None = None) -> list[str]:
-    """Health flags of one tensor from one cheap min/max pass (NaN/Inf counted only in chunks that hold them)."""
+def tensor_flags(t, should_stop: StopFn | None = None) -> list[str]:
+    """Health flags of one tensor (numpy values, :class:`~.np_values.Values` or a torch tensor) from one cheap
+    min/max pass (NaN/Inf counted only in chunks that hold them)."""
     with single_intraop():
         return _tensor_flags(t, should_stop)
 
 
-def _tensor_flags(t: torch.Tensor, should_stop: StopFn | None) -> list[str]:
-    t = t.detach()
-    if t.device.type == "meta":
+def _tensor_flags(t, should_stop: StopFn | None) -> list[str]:
+    device = getattr(t, "device", None)
+    if device is not None and getattr(device, "type", None) == "meta":
         return [NO_DATA]
-    plan = plan_for(t)
-    t = dense_order(t)
+    a, plan = values_of(t)
+    a = dense_order(a)
     mn, mx = math.inf, -math.inf
     nan = posinf = neginf = count = 0
-    numel = t.numel()
-    for c in iter_chunks(t, 4 * CHUNK):
+    numel = a.size
+    for c in iter_chunks(a, 4 * CHUNK):
         check_stop(should_stop)
-        if plan.measured == "magnitude":
-            c = plan.convert(c)
-        elif plan.name == "bool" or plan.name.startswith("float8"):
-            c = c.view(torch.uint8) if plan.name == "bool" else c.float()
-        a, b = torch.aminmax(c)
-        a, b = float(a), float(b)
-        if not (math.isfinite(a) and math.isfinite(b)) and c.is_floating_point():
-            nan += int(torch.isnan(c).sum())
-            posinf += int(torch.isposinf(c).sum())
-            neginf += int(torch.isneginf(c).sum())
-            c = c[torch.isfinite(c)]
-            if c.numel() == 0:
-                continue
-            a, b = (float(x) for x in torch.aminmax(c))
-        count += c.numel()
-        mn, mx = min(mn, a), max(mx, b)
+        with np.errstate(invalid="ignore"):   # min/max over signalling NaN bits
+            mn, mx, count, nan, posinf, neginf = _chunk_flags(plan, c, mn, mx, count, nan, posinf, neginf)
     if not count:
         return flags_of(plan, 0, None, None, None, nan, posinf, neginf, numel)
     return flags_of(plan, count, mn, mx, max(abs(mn), abs(mx)), nan, posinf, neginf, numel)
+
+
+def _chunk_flags(plan, c, mn, mx, count, nan, posinf, neginf):
+    """One chunk's part of the min/max pass: the running (min, max, finite count, NaN, +Inf, -Inf)."""
+    if plan.measured == "magnitude":
+        c = plan.convert(c)
+    elif plan.name == "bool":
+        c = c.view(np.uint8)
+    else:
+        c = widen(c, plan.name)   # bfloat16, float8: their values as float32
+    a_, b_ = float(c.min()), float(c.max())
+    if not (math.isfinite(a_) and math.isfinite(b_)) and c.dtype.kind == "f":
+        nan += int(np.count_nonzero(np.isnan(c)))
+        posinf += int(np.count_nonzero(np.isposinf(c)))
+        neginf += int(np.count_nonzero(np.isneginf(c)))
+        c = c[np.isfinite(c)]
+        if c.size == 0:
+            return mn, mx, count, nan, posinf, neginf
+        a_, b_ = float(c.min()), float(c.max())
+    return min(mn, a_), max(mx, b_), count + c.size, nan, posinf, neginf
 
 
 def health_scan(side, entry=None, progress: ProgressFn | None = None,

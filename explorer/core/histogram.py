@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 from ..errors import ExplorerError
 
@@ -13,51 +12,38 @@ from ..errors import ExplorerError
 EDGE_EPS = 1e-9   # in bin widths: float64 binning can misplace only values this close to an edge
 
 
-def _ambiguous(f: torch.Tensor, thr: float, block: int = 1024) -> torch.Tensor:
-    """Indices where ``f > thr``, found block by block (few blocks hold any: values exactly on an edge)."""
-    n = f.numel()
-    m = n - n % block
-    parts = []
-    if m:
-        fb = f[:m].view(-1, block)
-        blocks = torch.nonzero(fb.amax(dim=1) > thr).squeeze(1)
-        if blocks.numel():
-            local = torch.nonzero(fb[blocks] > thr)
-            parts.append(blocks[local[:, 0]] * block + local[:, 1])
-    if m < n:
-        parts.append(torch.nonzero(f[m:] > thr).squeeze(1) + m)
-    return torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
-
-
-def bin_values(v: torch.Tensor, f: torch.Tensor, idx: torch.Tensor, lo: float, norm: float, nb: int,
-                edges: torch.Tensor, clip: bool) -> torch.Tensor:
-    """Bin index of each value into ``idx``, exactly as ``edges[i] <= x < edges[i+1]`` (last bin closed).
+def bin_values(v: np.ndarray, f: np.ndarray, idx: np.ndarray, lo: float, norm: float, nb: int,
+               edges: np.ndarray, clip: bool) -> np.ndarray:
+    """Bin index of each value into ``idx`` (an intp buffer as long as ``v``; ``f`` a float64 one), exactly as
+    ``edges[i] <= x < edges[i+1]`` (last bin closed).
 
     ``clip``: every value is inside, bins 0..nb-1. Otherwise 0 = below, 1..nb = the bins, nb+1 = above.
     Binning is ``(x - lo) * norm`` in float64; the few values within ``EDGE_EPS`` bin widths of an edge are then
     placed by comparing them with the edges themselves (as numpy.histogram does).
     """
-    f.copy_(v)
-    f.sub_(lo).mul_(norm)
-    if clip:                          # x >= lo exactly, so f >= 0; x == max may give f == nb: clamped below
-        pass
-    else:                             # (clamped values sit mid-bin, away from the ambiguity test)
-        f.clamp_(-0.5, nb + 0.5).add_(1)
-    idx.copy_(f)                      # f >= 0: truncation is floor
-    if clip:
-        idx.clamp_(max=nb - 1)
-    fmin, fmax = (float(x) for x in torch.aminmax(f.frac_()))     # f >= 0: the fraction, in [0, 1)
-    if fmin < EDGE_EPS or fmax > 1 - EDGE_EPS:
-        f.sub_(0.5).abs_()            # distance of the fraction from 1/2
-        amb = _ambiguous(f, 0.5 - EDGE_EPS)
-        x = v[amb].to(torch.float64)
-        b = torch.searchsorted(edges, x, right=True) - 1
+    np.copyto(f, v, casting="unsafe")
+    np.subtract(f, lo, out=f)
+    np.multiply(f, norm, out=f)
+    if not clip:                      # (clamped values sit mid-bin, away from the ambiguity test)
+        np.clip(f, -0.5, nb + 0.5, out=f)
+        np.add(f, 1, out=f)
+    np.copyto(idx, f, casting="unsafe")    # f >= 0: truncation is floor
+    np.subtract(f, idx, out=f)        # the fraction, in [0, 1) (exact)
+    if clip:                          # x >= lo exactly, so f >= 0; x == max may give f == nb: clamped
+        np.minimum(idx, nb - 1, out=idx)
+    if f.min() < EDGE_EPS or f.max() > 1 - EDGE_EPS:
+        np.subtract(f, 0.5, out=f)
+        np.abs(f, out=f)              # distance of the fraction from 1/2
+        amb = np.flatnonzero(f > 0.5 - EDGE_EPS)
+        x = v[amb].astype(np.float64)
+        b = np.searchsorted(edges, x, side="right") - 1
         b[x == edges[-1]] = nb - 1
         if clip:
-            b.clamp_(0, nb - 1)
+            np.clip(b, 0, nb - 1, out=b)
         else:
-            b.clamp_(-1, nb).add_(1)
-        idx[amb] = b.to(idx.dtype)
+            np.clip(b, -1, nb, out=b)
+            b += 1
+        idx[amb] = b
     return idx
 
 

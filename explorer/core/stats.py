@@ -2,8 +2,12 @@
 
 How it is computed:
 
-* The tensor is read in chunks of 512K elements straight from its memory map, by two threads (torch intra-op threads
-  set to 1 meanwhile), each reusing its own buffers: memory stays bounded (a few tens of MB) whatever the size.
+* The values are numpy arrays (a checkpoint's read as numpy views of its memory map, ``Checkpoint.read_key_array``;
+  a torch tensor -- a model's -- handed over as numpy without a copy, ``np_values.tensor_array``): torch is never
+  imported here. bfloat16 and float8 come as their raw bits (``np_values``), their values from a table.
+* The tensor is read in chunks of 512K elements straight from its memory map, by two threads (numpy's ufuncs and
+  reductions release the GIL), each reusing its own buffers: memory stays bounded (a few tens of MB) whatever the
+  size.
 * **Narrow dtypes** (bool, int8, uint8, int16, uint16, float16, bfloat16, every float8): one pass counts each raw bit
   pattern (at most 65,536 of them). Every figure then follows *exactly* from those counts: each pattern is one value.
 * **Wide dtypes** (float32, float64, int32, uint32, int64, uint64, and the magnitude of complex numbers):
@@ -23,7 +27,8 @@ How it is computed:
   With ``exact=False`` there is no pass 2: histogram and percentiles are interpolated from the 65,536 buckets
   (a bucket spans <= 0.8% of its value for float32), float32 zeros are the zero buckets (|x| < 2**-133);
   ``TensorStats.exact`` is then False and ``notes`` says what was estimated. Roughly 3-4x faster.
-* Threads: while our two threads run, torch's intra-op threads are set to 1 (process-wide; restored after).
+* Threads: while our two threads run, torch's intra-op threads are set to 1 when torch is imported (process-wide;
+  restored after).
 
 Health flags (``nan``, ``inf``, ``all_zeros``, ``constant``, ``extreme``) say what the values are; what a key is
 meant to hold (a fresh BatchNorm's zero ``running_mean``, ones ``running_var``, 0 ``num_batches_tracked``, its
@@ -44,12 +49,11 @@ import math
 from typing import Iterator, Sequence
 
 import numpy as np
-import torch
 
 from ..errors import ExplorerError
 from .chunks import CHUNK, PARALLEL_MIN, THREADS, ProgressFn, StopFn, dense_order, iter_chunks, run_chunked, \
     single_intraop
-from .dtype_plan import Plan, plan_for, value_table
+from .dtype_plan import Plan, value_table, values_of
 from .health import explain_flags, flags_of
 from .histogram import bin_values, choose_edges, hist_from_support
 from .stats_records import Histogram, TensorStats
@@ -57,28 +61,23 @@ from .value_buckets import kth, lerp, ranks_of
 from .wide_stats import WidePasses, WideState, WideSteps, finite_values
 
 STATS_CHUNK = CHUNK // 2     # elements per chunk of tensor_stats: its ~8 ops per chunk then mostly hit L2
+NARROW_CHUNK = 2 * CHUNK     # narrow dtypes: one bincount per chunk (its fixed cost, a 65,536-entry output, amortised)
 DEFAULT_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
 
 class _NarrowState:
     def __init__(self, bits: int):
         self.bits = bits
-        self.counts = torch.zeros(1 << bits, dtype=torch.int64)
-        self.buf = torch.empty(CHUNK, dtype=torch.int32) if bits == 16 else None
+        self.counts = np.zeros(1 << bits, dtype=np.int64)
 
 
 def _narrow_work(chunks: list, bits: int):
+    view = np.uint8 if bits == 8 else np.uint16
+
     def work(st: _NarrowState, i: int) -> int:
         c = chunks[i]
-        n = c.numel()
-        if bits == 8:
-            st.counts += torch.bincount(c.view(torch.uint8), minlength=256)
-        else:
-            buf = st.buf[:n]
-            buf.copy_(c.view(torch.int16))
-            buf.bitwise_and_(0xFFFF)
-            st.counts += torch.bincount(buf, minlength=65536)
-        return n
+        st.counts += np.bincount(c.view(view), minlength=1 << bits)
+        return c.size
     return work
 
 
@@ -103,21 +102,16 @@ def with_context(s: TensorStats, key: str, siblings) -> TensorStats:
     return dataclasses.replace(s, flags=flags, info=list(s.info) + info)
 
 
-def _prepare(t: torch.Tensor):
-    if not isinstance(t, torch.Tensor):
-        raise ExplorerError(f"expected a tensor, got {type(t).__name__}")
-    t = t.detach()
-    if t.device.type not in ("cpu", "meta"):
-        t = t.cpu()
-    plan = plan_for(t)
-    t = dense_order(t)
-    chunks = list(iter_chunks(t, STATS_CHUNK))
+def _prepare(t):
+    a, plan = values_of(t)
+    a = dense_order(a)
+    chunks = list(iter_chunks(a, NARROW_CHUNK if plan.narrow else STATS_CHUNK))
     # a strided view that no permutation makes dense is read in bounded copies, by one thread
-    parallel = t.is_contiguous() and t.numel() >= PARALLEL_MIN
-    return t, plan, chunks, parallel
+    parallel = a.flags.c_contiguous and a.size >= PARALLEL_MIN
+    return a, plan, chunks, parallel
 
 
-def tensor_stats(t: torch.Tensor, *, bins: int = 256, range: tuple[float, float] | None = None,
+def tensor_stats(t, *, bins: int = 256, range: tuple[float, float] | None = None,
                  percentiles: Sequence[float] = DEFAULT_PERCENTILES, progress: ProgressFn | None = None,
                  should_stop: StopFn | None = None, exact: bool = True) -> TensorStats:
     """Statistics, percentiles, histogram and health flags of ``t`` (any dtype, any size; read in chunks).
@@ -136,7 +130,7 @@ def tensor_stats(t: torch.Tensor, *, bins: int = 256, range: tuple[float, float]
         return next(_stats_steps(t, bins, range, percentiles, progress, should_stop, exact, False))
 
 
-def tensor_stats_steps(t: torch.Tensor, *, bins: int = 256, range: tuple[float, float] | None = None,
+def tensor_stats_steps(t, *, bins: int = 256, range: tuple[float, float] | None = None,
                        percentiles: Sequence[float] = DEFAULT_PERCENTILES, progress: ProgressFn | None = None,
                        should_stop: StopFn | None = None) -> Iterator[TensorStats]:
     """The exact statistics of ``t`` (as ``tensor_stats``), in two steps, with no work done twice.
@@ -154,17 +148,17 @@ def tensor_stats_steps(t: torch.Tensor, *, bins: int = 256, range: tuple[float, 
 
 def _stats_steps(t, bins, range, percentiles, progress, should_stop, exact, estimate_first) -> Iterator[TensorStats]:
     t, plan, chunks, parallel = _prepare(t)
-    numel = t.numel()
+    numel = t.size
     threads = THREADS if parallel else 1
     total = numel * (1 if plan.narrow or not (exact or range is not None) else 2)
     if plan.narrow:
         states = run_chunked(len(chunks), lambda: _NarrowState(plan.bits), _narrow_work(chunks, plan.bits),
                              total=total, progress=progress, should_stop=should_stop, threads=threads, dynamic=True)
         counts = sum(s.counts for s in states[1:]) + states[0].counts if len(states) > 1 else states[0].counts
-        first = _finish_narrow(plan, counts.numpy(), numel, bins, range, percentiles)
+        first = _finish_narrow(plan, counts, numel, bins, range, percentiles)
         rng2 = yield first
         if estimate_first:   # steps: the second value, on the range sent (every figure follows from the counts)
-            yield first if rng2 is None else _finish_narrow(plan, counts.numpy(), numel, bins, rng2, percentiles)
+            yield first if rng2 is None else _finish_narrow(plan, counts, numel, bins, rng2, percentiles)
         return
     yield from _wide_steps(WideSteps(plan, chunks, numel, threads, bins, percentiles, exact, progress, should_stop,
                                      total), range, bool(exact) or range is not None, estimate_first)
@@ -188,7 +182,7 @@ def _wide_steps(steps: WideSteps, rng, second_pass: bool, estimate_first: bool) 
 
 
 def _finish_narrow(plan: Plan, counts: np.ndarray, numel: int, bins: int, rng, percentiles) -> TensorStats:
-    table = value_table(plan.name, getattr(torch, plan.name))
+    table = value_table(plan.name)
     v, c, nan, posinf, neginf = _sorted_support(counts, table)
     count = int(c.sum())
     if count:
@@ -216,7 +210,7 @@ def _finish_narrow(plan: Plan, counts: np.ndarray, numel: int, bins: int, rng, p
                        hist, flags, True, [], plan.measured)
 
 
-def histogram(t: torch.Tensor, bins: int = 256, range: tuple[float, float] | None = None, *,
+def histogram(t, bins: int = 256, range: tuple[float, float] | None = None, *,
               progress: ProgressFn | None = None, should_stop: StopFn | None = None) -> Histogram:
     """The exact histogram of ``t`` alone (e.g. to re-bin, or of ``right - left`` for a delta histogram).
 
@@ -230,42 +224,45 @@ def histogram(t: torch.Tensor, bins: int = 256, range: tuple[float, float] | Non
 
 
 def _range_histogram(t, bins, range, progress, should_stop) -> Histogram:
+    original = t
     t, plan, chunks, parallel = _prepare(t)
-    if plan.narrow:
-        return tensor_stats(t, bins=bins, range=range, percentiles=(), progress=progress,
+    if plan.narrow:   # (the values as given: a bfloat16's raw bits are no uint16 values)
+        return tensor_stats(original, bins=bins, range=range, percentiles=(), progress=progress,
                             should_stop=should_stop).histogram
     edges, _, _ = choose_edges(None, None, bins, plan.integer, range)
     lo, hi = float(edges[0]), float(edges[-1])
     nb = len(edges) - 1
     norm = nb / (hi - lo)
-    edges_t = torch.from_numpy(edges.astype(np.float64))
+    edges = np.ascontiguousarray(edges, dtype=np.float64)
     eng = WidePasses(plan, chunks, True)
 
     def work(st: WideState, i: int) -> int:
+        with np.errstate(all="ignore"):   # values far outside the range: binned below/above (inf in float64)
+            return _work(st, i)
+
+    def _work(st: WideState, i: int) -> int:
         v = eng.values(i)
-        n_all = v.numel()
-        if eng.float:
-            a, b = torch.aminmax(v)
-            if not (math.isfinite(float(a)) and math.isfinite(float(b))):
-                v = finite_values(v, st)
-        n = v.numel()
+        n_all = v.size
+        if eng.float and not (math.isfinite(float(v.min())) and math.isfinite(float(v.max()))):
+            v = finite_values(v, st)
+        n = v.size
         if n == 0:
             return n_all
-        idx = bin_values(v, st.f64[:n], st.ibuf[:n], lo, norm, nb, edges_t, False)
-        h = torch.bincount(idx, minlength=nb + 2)
+        idx = bin_values(v, st.f64[:n], st.ibuf[:n], lo, norm, nb, edges, False)
+        h = np.bincount(idx, minlength=nb + 2)
         if st.hist is None:
             st.hist = h
         else:
             st.hist += h
         return n_all
 
-    chunk_len = max((c.numel() for c in chunks), default=1)
+    chunk_len = max((c.size for c in chunks), default=1)
     states = run_chunked(len(chunks), lambda: WideState(plan, max(chunk_len, 1), second=True), work,
-                         total=t.numel(), progress=progress, should_stop=should_stop,
+                         total=t.size, progress=progress, should_stop=should_stop,
                          threads=THREADS if parallel else 1, dynamic=True)
     st = states[0]
     for o in states[1:]:
         st.merge(o)
-    h = st.hist.numpy() if st.hist is not None else np.zeros(nb + 2, np.int64)
+    h = st.hist if st.hist is not None else np.zeros(nb + 2, np.int64)
     return Histogram(edges, h[1:nb + 1].copy(), st.nan, st.posinf, st.neginf, int(h[0]), int(h[nb + 1]), False,
                      True)

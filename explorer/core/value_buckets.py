@@ -9,7 +9,6 @@ import math
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from ..errors import ExplorerError
 
@@ -46,10 +45,11 @@ def bucket_bounds(raws: np.ndarray, bits: int, is_float: bool) -> tuple[np.ndarr
     return np.minimum(a, b), np.maximum(a, b)
 
 
-def top16(bits_view: torch.Tensor, out: torch.Tensor, width: int) -> torch.Tensor:
-    """Raw top 16 bits of each value (0..65535), into ``out``."""
-    torch.bitwise_right_shift(bits_view, width - 16, out=out)
-    return out.bitwise_and_(0xFFFF)
+def top16(values: np.ndarray, out: np.ndarray, width: int) -> np.ndarray:
+    """Raw top 16 bits of each value (0..65535), into ``out`` (an intp buffer of the same length: ready for
+    ``numpy.bincount`` and table lookups without a conversion)."""
+    return np.right_shift(values.view(np.uint32 if width == 32 else np.uint64), width - 16, out=out,
+                          casting="unsafe")
 
 
 def bucket_bins(counts: np.ndarray, is_float: bool, edges: np.ndarray, mn: float, mx: float):

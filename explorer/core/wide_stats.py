@@ -10,10 +10,9 @@ import math
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from .chunks import CHUNK, ProgressFn, StopFn, run_chunked
-from .dtype_plan import INT_VIEW, Plan
+from .dtype_plan import Plan
 from .health import flags_of
 from .histogram import bin_values, choose_edges
 from .stats_records import Histogram, TensorStats
@@ -38,20 +37,19 @@ class WideState:
         self.sumsq = 0.0
         self.nan = self.posinf = self.neginf = 0
         self.zeros = 0
-        self.buckets = torch.zeros(65536, dtype=torch.int64)
+        self.buckets = np.zeros(65536, dtype=np.int64)
         self.nonfinite_chunks: set[int] = set()
-        fl = plan.wide.is_floating_point
-        self.ibuf = torch.empty(chunk, dtype=INT_VIEW[plan.bits])
-        if second:   # pass 2: float64 binning, LUT slots
+        fl = plan.wide.kind == "f"
+        self.ibuf = np.empty(chunk, dtype=np.intp)     # top-16 bucket numbers, bin indices
+        if second:   # pass 2: float64 binning, table lookups
             self.fbuf = None
-            self.f64 = torch.empty(chunk, dtype=torch.float64)
-            self.sbuf = self.f64.view(torch.int32)[:chunk]   # used once the float64 binning is done
-            self.mbuf = torch.empty(chunk, dtype=torch.bool)
+            self.f64 = np.empty(chunk, dtype=np.float64)
+            self.mbuf = np.empty(chunk, dtype=np.bool_)
         else:
-            self.fbuf = torch.empty(chunk, dtype=plan.wide if fl else torch.float64)
-        self.hist: torch.Tensor | None = None
-        self.refine: torch.Tensor | None = None
-        self.gathered: list[torch.Tensor] = []
+            self.fbuf = np.empty(chunk, dtype=plan.wide if fl else np.float64)
+        self.hist: np.ndarray | None = None
+        self.refine: np.ndarray | None = None
+        self.gathered: list[np.ndarray] = []
 
     def merge(self, o: "WideState"):
         if o.n:
@@ -78,30 +76,19 @@ class WideState:
         self.gathered += o.gathered
 
 
-def finite_values(v: torch.Tensor, st: WideState) -> torch.Tensor:
-    nan = torch.isnan(v)
-    st.nan += int(nan.sum())
-    st.posinf += int(torch.isposinf(v).sum())
-    st.neginf += int(torch.isneginf(v).sum())
-    return v[torch.isfinite(v)]
+def finite_values(v: np.ndarray, st: WideState) -> np.ndarray:
+    st.nan += int(np.count_nonzero(np.isnan(v)))
+    st.posinf += int(np.count_nonzero(np.isposinf(v)))
+    st.neginf += int(np.count_nonzero(np.isneginf(v)))
+    return v[np.isfinite(v)]
 
 
-_ONES = torch.ones(1, dtype=torch.int64)
-
-
-def _count_into(st, idx: torch.Tensor, size: int) -> None:
+def _count_into(st, idx: np.ndarray, size: int) -> None:
     """st.refine[idx] += 1 for each index, into one persistent accumulator (a large fresh bincount output per
-    chunk costs more in page faults and allocator contention than the counting itself)."""
+    chunk costs more in page faults than the counting itself)."""
     if st.refine is None:
-        st.refine = torch.zeros(size, dtype=torch.int64)
-    st.refine.index_add_(0, idx, _ONES.expand(idx.numel()))
-
-
-def _compact(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``v[mask]`` for 1-D ``v`` and ``mask``, through numpy (``flatnonzero`` + ``take``): for sparse masks ~10x
-    faster than torch's boolean indexing, whose nonzero costs ~2 ms per 1M elements whatever the density."""
-    a = v.numpy()
-    return torch.from_numpy(a.take(np.flatnonzero(mask.numpy())))
+        st.refine = np.zeros(size, dtype=np.int64)
+    np.add.at(st.refine, idx, 1)
 
 
 class WidePasses:
@@ -110,7 +97,7 @@ class WidePasses:
     def __init__(self, plan: Plan, chunks: list, exact: bool):
         self.plan = plan
         self.chunks = chunks
-        self.float = plan.wide.is_floating_point
+        self.float = plan.wide.kind == "f"
         self.zero_raw = (0, 0x8000) if self.float else (0,)
         # zeros: 32-bit data counts them exactly in pass 2 (refining the zero buckets) or, estimated, takes the zero
         # buckets (|x| < 2**-133 for float32); otherwise they are counted here, in the chunks whose zero bucket is hit
@@ -134,52 +121,55 @@ class WidePasses:
             st.n += n
             st.sumsq += m2_c + n * mean_c * mean_c
 
-    def values(self, i: int) -> torch.Tensor:
+    def values(self, i: int) -> np.ndarray:
         c = self.chunks[i]
         return self.plan.convert(c) if self.plan.convert is not None else c
 
     # pass 1: moments, min/max, nan/inf, zeros, top-16-bit buckets
     def pass1(self, st: WideState, i: int) -> int:
+        with np.errstate(all="ignore"):   # float32 sums overflowing near 3e38 are redone in float64 below
+            return self._pass1(st, i)
+
+    def _pass1(self, st: WideState, i: int) -> int:
         v = self.values(i)
-        n_all = v.numel()
+        n_all = v.size
         if self.float:
-            mn, mx = torch.aminmax(v)
-            mn, mx = float(mn), float(mx)
+            mn, mx = float(v.min()), float(v.max())
             if not (math.isfinite(mn) and math.isfinite(mx)):
                 st.nonfinite_chunks.add(i)
                 v = finite_values(v, st)
-                if v.numel() == 0:
+                if v.size == 0:
                     return n_all
-                mn, mx = (float(x) for x in torch.aminmax(v))
-            n = v.numel()
+                mn, mx = float(v.min()), float(v.max())
+            n = v.size
             s = float(v.sum())
             mean_c = s / n
             buf = st.fbuf[:n]
-            torch.sub(v, mean_c, out=buf)
-            buf.mul_(buf)
+            np.subtract(v, mean_c, out=buf)
+            np.multiply(buf, buf, out=buf)
             m2_c = float(buf.sum())
             if not (math.isfinite(s) and math.isfinite(m2_c)):  # float32 overflow near 3e38: redo in float64
-                w = v.double()
+                w = v.astype(np.float64)
                 mean_c = float(w.sum()) / n
-                w.sub_(mean_c)
-                m2_c = float(torch.dot(w, w))
+                w -= mean_c
+                m2_c = float(np.dot(w, w))
         else:
-            mn, mx = (int(x) for x in torch.aminmax(v))
-            n = v.numel()
+            mn, mx = int(v.min()), int(v.max())
+            n = v.size
             buf = st.fbuf[:n]
-            buf.copy_(v)
+            np.copyto(buf, v, casting="unsafe")
             mean_c = float(buf.sum()) / n
-            buf.sub_(mean_c)
-            buf.mul_(buf)
+            np.subtract(buf, mean_c, out=buf)
+            np.multiply(buf, buf, out=buf)
             m2_c = float(buf.sum())
         self.moments[i] = (n, mean_c, m2_c)    # merged in chunk order afterwards, whichever thread took it
         st.min = min(st.min, mn)
         st.max = max(st.max, mx)
-        raw = top16(v.view(INT_VIEW[self.plan.bits]), st.ibuf[:n], self.plan.bits)
-        bc = torch.bincount(raw, minlength=65536)
+        raw = top16(v, st.ibuf[:n], self.plan.bits)
+        bc = np.bincount(raw, minlength=65536)
         st.buckets += bc
         if self.count_zeros and any(int(bc[r]) for r in self.zero_raw):
-            st.zeros += n - int(torch.count_nonzero(v))
+            st.zeros += n - int(np.count_nonzero(v))
         return n_all
 
 
@@ -193,13 +183,13 @@ class Pass2:
     values of the selected buckets are binned/refined (the other buckets' histogram bins follow from pass 1's counts).
     """
 
-    def __init__(self, passes: WidePasses, edges: np.ndarray | None, clip: bool, lut: torch.Tensor | None,
-                 gather_lut: torch.Tensor | None, select: torch.Tensor | None = None):
+    def __init__(self, passes: WidePasses, edges: np.ndarray | None, clip: bool, lut: np.ndarray | None,
+                 gather_lut: np.ndarray | None, select: np.ndarray | None = None):
         self.passes = passes
         self.nb = nb = len(edges) - 1 if edges is not None else 0
         self.lo = float(edges[0]) if nb else 0.0
         self.norm = nb / (float(edges[-1]) - self.lo) if nb else 0.0
-        self.edges_t = torch.from_numpy(np.ascontiguousarray(edges, dtype=np.float64)) if nb else None
+        self.edges = np.ascontiguousarray(edges, dtype=np.float64) if nb else None
         self.clip = clip
         self.lut = lut
         self.refine_size = (int(lut.max()) + 1) << 16 if lut is not None else 0
@@ -209,31 +199,34 @@ class Pass2:
 
     def work(self, st: WideState, i: int) -> int:
         """One chunk, in half chunks (pass 2 needs more buffers per element); returns its element count."""
+        with np.errstate(all="ignore"):   # values far outside the range: binned below/above (inf in float64)
+            return self._work(st, i)
+
+    def _work(self, st: WideState, i: int) -> int:
         v = self.passes.values(i)
-        n_all = v.numel()
+        n_all = v.size
         if i in self.passes.nonfinite_chunks:
-            v = v[torch.isfinite(v)]
-        for off in range(0, v.numel(), PASS2_CHUNK):
+            v = v[np.isfinite(v)]
+        for off in range(0, v.size, PASS2_CHUNK):
             p = v[off:off + PASS2_CHUNK]
             if self.select is not None:
                 p = self._selected(st, p)
-                if not p.numel():
+                if not p.size:
                     continue
             self._piece(st, p)
         return n_all
 
-    def _selected(self, st: WideState, v: torch.Tensor) -> torch.Tensor:
+    def _selected(self, st: WideState, v: np.ndarray) -> np.ndarray:
         """The values of ``v`` whose top-16 bucket is selected (one table lookup per value, then compaction)."""
-        n = v.numel()
-        raw = top16(v.view(torch.int32), st.ibuf[:n], 32)
-        mask = torch.index_select(self.select, 0, raw, out=st.mbuf[:n])
-        return _compact(v, mask)
+        n = v.size
+        raw = top16(v, st.ibuf[:n], 32)
+        return np.compress(self.select[raw], v)
 
-    def _piece(self, st: WideState, v: torch.Tensor) -> None:
-        n = v.numel()
+    def _piece(self, st: WideState, v: np.ndarray) -> None:
+        n = v.size
         if self.nb:
-            idx = bin_values(v, st.f64[:n], st.ibuf[:n], self.lo, self.norm, self.nb, self.edges_t, self.clip)
-            h = torch.bincount(idx, minlength=self.nb if self.clip else self.nb + 2)
+            idx = bin_values(v, st.f64[:n], st.ibuf[:n], self.lo, self.norm, self.nb, self.edges, self.clip)
+            h = np.bincount(idx, minlength=self.nb if self.clip else self.nb + 2)
             if st.hist is None:
                 st.hist = h
             else:
@@ -241,25 +234,19 @@ class Pass2:
         if self.lut is not None:
             self._refine32(st, v)
         if self.gather_lut is not None:
-            bits = self.passes.plan.bits
-            raw = top16(v.view(INT_VIEW[bits]), st.ibuf[:n], bits)
-            mask = torch.index_select(self.gather_lut, 0, raw)
-            st.gathered.append(v[mask].clone())
+            raw = top16(v, st.ibuf[:n], self.passes.plan.bits)
+            st.gathered.append(v[np.take(self.gather_lut, raw, out=st.mbuf[:n])])
 
-    def _refine32(self, st: WideState, v: torch.Tensor) -> None:
+    def _refine32(self, st: WideState, v: np.ndarray) -> None:
         """Count the values of the refined buckets (picked out by one table lookup and compaction) by slot and low
         16 bits."""
-        n = v.numel()
-        bits = v.view(torch.int32)
-        raw = top16(bits, st.ibuf[:n], 32)
-        mask = torch.index_select(self.refine_sel, 0, raw, out=st.mbuf[:n])
-        sb = _compact(bits, mask)
-        k = sb.numel()
-        if k:
-            raw = top16(sb, st.ibuf[:k], 32)
-            slot = torch.index_select(self.lut, 0, raw, out=st.sbuf[:k])
-            low = torch.bitwise_and(sb, 0xFFFF, out=raw)
-            slot.bitwise_left_shift_(16).bitwise_or_(low)
+        n = v.size
+        raw = top16(v, st.ibuf[:n], 32)
+        sb = np.compress(self.refine_sel[raw], v.view(np.uint32))
+        if sb.size:
+            slot = np.take(self.lut, sb >> 16)
+            slot <<= 16
+            slot |= sb & 0xFFFF
             _count_into(st, slot, self.refine_size)
 
 
@@ -277,7 +264,7 @@ class WideSteps:
         self.progress, self.should_stop, self.total = progress, should_stop, total
         self.passes = WidePasses(plan, chunks, exact)
         self.is_float = self.passes.float
-        self.chunk_len = max((c.numel() for c in chunks), default=0)
+        self.chunk_len = max((c.size for c in chunks), default=0)
 
     def _progress_from(self, offset: int) -> ProgressFn | None:
         if self.progress is None:
@@ -326,7 +313,7 @@ class WideSteps:
     def _locate_buckets(self) -> None:
         st, passes = self.st, self.passes
         self.order = key_order(self.plan.bits, self.is_float)
-        self.kc = st.buckets.numpy()[self.order]            # bucket counts in value order
+        self.kc = st.buckets[self.order]            # bucket counts in value order
         self.cum = np.cumsum(self.kc)
         self.ranks = ranks_of(self.count, self.percentiles) if self.count else {}
         self.need = sorted({r for lo, hi, _ in self.ranks.values() for r in (lo, hi)})
@@ -369,41 +356,41 @@ class WideSteps:
         values_at, exact_all, notes, zeros = self._order_statistics(s2, lut, gather_lut)
         return self._assemble(hc, below, above, True, values_at, exact_all, notes, zeros)
 
-    def _refine_tables(self) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _refine_tables(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(lut, gather_lut) of :class:`Pass2`: how the percentile and zero buckets are refined, if at all."""
         if not (self.exact and self.refine_raws):
             return None, None
         if self.plan.bits == 32:
-            lut = torch.zeros(65536, dtype=torch.int32)
+            lut = np.zeros(65536, dtype=np.int64)
             for s, r in enumerate(self.refine_raws, 1):
                 lut[r] = s
             return lut, None
         if int(sum(int(self.st.buckets[r]) for r in self.target_raws)) <= GATHER_LIMIT:
-            gather_lut = torch.zeros(65536, dtype=torch.bool)
+            gather_lut = np.zeros(65536, dtype=np.bool_)
             gather_lut[self.target_raws] = True
             return None, gather_lut
         return None, None
 
-    def _selection(self) -> tuple[torch.Tensor | None, np.ndarray | None]:
+    def _selection(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(select, base): for 32-bit data on range = min..max, a bucket whose whole value span lies in one bin gives
         that bin its count (``base``) straight from pass 1; pass 2 then bins only the values of the ``select``-ed
         buckets (straddling an edge, or refined) -- unless they are most of the values: (None, None)."""
         if not (self.exact and self.plan.bits == 32 and self.clipped and 0 < self.nb < 65536):
             return None, None
-        buckets = self.st.buckets.numpy()
+        buckets = self.st.buckets
         raws, bins_of, straddle = bucket_bins(buckets, self.is_float, self.edges, self.mn, self.mx)
         chosen = straddle | np.isin(raws, np.array(self.refine_raws, dtype=np.int64))
         bc = buckets[raws]
         if int(bc[chosen].sum()) > SELECT_MAX * self.count:
             return None, None
         base = np.bincount(bins_of[~chosen], weights=bc[~chosen], minlength=self.nb)[:self.nb].astype(np.int64)
-        select = torch.zeros(65536, dtype=torch.bool)
-        select[torch.from_numpy(raws[chosen])] = True
+        select = np.zeros(65536, dtype=np.bool_)
+        select[raws[chosen]] = True
         return select, base
 
     def _histogram(self, s2: WideState, base: np.ndarray | None) -> tuple[np.ndarray, int, int]:
         nb = self.nb
-        h = s2.hist.numpy() if s2.hist is not None else np.zeros(nb + (0 if self.clipped else 2), np.int64)
+        h = s2.hist if s2.hist is not None else np.zeros(nb + (0 if self.clipped else 2), np.int64)
         if not self.clipped:
             return h[1:nb + 1].copy(), int(h[0]), int(h[nb + 1])
         hc = h[:nb].copy()
@@ -418,7 +405,7 @@ class WideSteps:
         if lut is not None:
             zeros = self._refined32(s2, values_at)
         elif gather_lut is not None:
-            g = torch.cat(s2.gathered).double().numpy() if s2.gathered else np.zeros(0)
+            g = np.concatenate(s2.gathered).astype(np.float64) if s2.gathered else np.zeros(0)
             g.sort()
             store_gathered(values_at, g, self.target_raws, self.order, self.kc, self.cum, self.need, self.pos)
         elif self.exact and self.target_raws:
@@ -434,7 +421,7 @@ class WideSteps:
 
     def _refined32(self, s2: WideState, values_at: dict[int, float]) -> int:
         """32-bit data: the exact values at the needed ranks from the refined buckets' full counts; the zero count."""
-        ref = s2.refine.numpy() if s2.refine is not None else np.zeros((len(self.refine_raws) + 1) << 16, np.int64)
+        ref = s2.refine if s2.refine is not None else np.zeros((len(self.refine_raws) + 1) << 16, np.int64)
         low = np.arange(65536, dtype=np.int64)
         zeros = 0
         for s, r in enumerate(self.refine_raws, 1):

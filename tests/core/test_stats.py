@@ -551,3 +551,38 @@ def test_steps_of_empty_and_all_nan_tensors():
     for x in (torch.empty(0), torch.full((10,), float("nan"))):
         first, final = S.tensor_stats_steps(x)
         assert final.exact and final.count == 0
+
+
+# ---- numpy engine: torch tensors, numpy arrays and raw bits measured alike ----------------------------------------
+NARROW_TORCH = [torch.bool, torch.int8, torch.uint8, torch.int16, torch.uint16, torch.float16, torch.bfloat16,
+                torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e4m3fnuz, torch.float8_e5m2fnuz,
+                torch.float8_e8m0fnu]
+
+
+@pytest.mark.parametrize("dtype", NARROW_TORCH, ids=lambda d: str(d).replace("torch.", ""))
+def test_value_table_is_torchs_conversion(dtype):
+    """The value of every bit pattern of a narrow dtype, computed without torch, is what torch converts it to."""
+    from explorer.core.dtype_plan import value_table
+    from explorer.core.records import dtype_name
+    bits = 8 if torch.empty((), dtype=dtype).element_size() == 1 else 16
+    raw = torch.arange(1 << bits, dtype=torch.int32).to(torch.uint8 if bits == 8 else torch.int16)
+    ref = raw.view(dtype).to(torch.float64).numpy() if dtype != torch.bool else (raw != 0).double().numpy()
+    got = value_table(dtype_name(dtype))
+    assert np.array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(got[~np.isnan(got)], ref[~np.isnan(ref)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float8_e5m2, torch.int64, torch.complex64,
+                                   torch.complex128, torch.bool], ids=str)
+def test_numpy_values_and_torch_tensors_give_the_same_figures(dtype):
+    """A checkpoint's values come as numpy (raw bits for bfloat16/float8), a model's as a torch tensor: one engine,
+    the same figures to the last bit."""
+    from explorer.core.np_values import tensor_array
+    x = make(dtype, 3 * C.CHUNK + 11, seed=13)
+    a = tensor_array(x)
+    assert isinstance(a.array, np.ndarray)
+    s_t, s_np = tensor_stats(x, bins=33), tensor_stats(a, bins=33)
+    assert s_t.to_json("k", [1], "d") == s_np.to_json("k", [1], "d")
+    check(x, s_np, rtol=2e-6)
+    if dtype in (torch.float32, torch.int64):   # a plain numpy array is measured as its own dtype
+        assert tensor_stats(x.numpy(), bins=33).to_json("k", [1], "d") == s_t.to_json("k", [1], "d")
