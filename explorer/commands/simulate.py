@@ -16,6 +16,7 @@ from ..core.model_build import BUDGET_ENV, parse_size
 from ..core.model_source import ModelSide
 from ..core.model_spec import looks_like_model_spec
 from ..core.records import CHANGED, MATCHED, UNEXPECTED
+from ..core.simulate.explain import UNCOMPARED_WORD
 from ..core.side import open_side
 from ..core.simulate.explain import fmt_shape
 from ..core.simulate.report import LoadReport, key_runs
@@ -140,19 +141,26 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False, listed: int | No
                 _write_unexpected(w, run, keys.context, width)
             continue
         for key, r in run:
-            n = shown[r.status] = shown.get(r.status, 0) + 1
+            flag = "*" if r.changed and r.status != UNEXPECTED else " "
+            word = r.status
+            if not r.certain:     # written by the load; whether its value differs is not known
+                flag = "?"
+                if r.status == CHANGED:
+                    word = UNCOMPARED_WORD
+            n = shown[word] = shown.get(word, 0) + 1
             if listed is not None and n > listed:
                 continue
-            flag = "*" if r.changed and r.status != UNEXPECTED else " "
             cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else ""
-            w(f" {flag} {key:<{width}} {r.status:<26}{cast}\n")
+            w(f" {flag} {key:<{width}} {word:<26}{cast}\n")
             if verbose or r.status not in (MATCHED, CHANGED):
                 w(f"     {r.explanation}\n")
     for status, n in shown.items():
         if listed is not None and n > listed:
             w(f"   … and {n - listed:,} more {status} keys (--all lists them, --json gives every key)\n")
-    w(f"\n(* = value, dtype or shape changes)  changed: {len(rep.changed_keys)}, "
-      f"changed buffers: {len(rep.changed_buffers)}\n")
+    uncompared = sum(1 for _, r in keys.made_items() if not r.certain)
+    w(f"\n(* = value, dtype or shape changes"
+      + (f"; ? = written, values not compared: assumed changed, {uncompared:,} keys" if uncompared else "")
+      + f")  changed: {len(rep.changed_keys)}, changed buffers: {len(rep.changed_buffers)}\n")
     if rep.running_stats:
         w("running statistics overwritten:\n")
         for k, v in rep.running_stats.items():

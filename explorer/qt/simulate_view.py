@@ -29,8 +29,10 @@ def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, s
     unexpected_keys = report.unexpected_keys
     counts: dict[str, int] = {}
     running = []
+    uncompared = 0
     for k, kr in report.keys.made_items():   # the unexpected keys' reports (not made yet) are counted below
         counts[kr.status] = counts.get(kr.status, 0) + 1
+        uncompared += kr.status == C.CHANGED and not kr.certain
         if kr.status == C.RUNNING_STAT:
             running.append(k)
     raises = report.raises
@@ -39,7 +41,7 @@ def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, s
     unexpected = len(unexpected_keys)
     shape = counts.get(C.SHAPE_MISMATCH, 0)
     total = sum(n for st, n in counts.items() if st != C.UNEXPECTED)
-    changed = counts.get(C.CHANGED, 0) + counts.get(C.RUNNING_STAT, 0) + counts.get(C.DTYPE_CAST, 0)
+    changed = counts.get(C.CHANGED, 0) - uncompared + counts.get(C.RUNNING_STAT, 0) + counts.get(C.DTYPE_CAST, 0)
     kept = max(total - loads - missing - shape, 0)
     if raises:
         head = f"<b>✗ load_state_dict would raise {report.error_type or 'an error'}.</b>"
@@ -49,7 +51,10 @@ def summarize(report, comparison: "C.Comparison | None" = None) -> tuple[bool, s
     if explanation:
         head += " " + escape(explanation, quote=False)
     verb = "are copied before it raises" if raises else "load"
-    parts = [f"{loads} {verb}" + (f" ({changed} with new values)" if loads else "")]
+    news = [f"{changed} with new values"] if changed or not uncompared else []
+    if uncompared:     # a model side not materialized: whether these values differ is not known
+        news.append(f"{uncompared} whose values were not compared")
+    parts = [f"{loads} {verb}" + (f" ({', '.join(news)})" if loads else "")]
     if missing:
         parts.append(f"{missing} missing")
     if shape:

@@ -27,6 +27,7 @@ STATUS_STYLE = {
     C.RUNNING_STAT: ("running stat overwritten", "⟳", "#8E44AD"),
     C.NOT_LOADED: ("not loaded", "–", "#7f8c8d"),
     C.NOT_COMPARED: ("values not read", "?", "#7f8c8d"),
+    C.UNCOMPARED: ("loads, not compared", "?", "#5D6D7E"),
 }
 
 KIND_STYLE = {  # kind -> (text, letter, colour)

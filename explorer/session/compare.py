@@ -25,12 +25,13 @@ from ..core.records import (  # noqa: F401  (re-exported for the views; records 
 
 SAME_LAYOUT = "same_layout"        # ours: both sides have the key, same shape and dtype, values not compared yet
 NONFINITE = "nonfinite"            # ours: values changed and a NaN/Inf appeared, went or changed (Row.alert says which)
+UNCOMPARED = "uncompared"          # ours: a simulated load writes the key, its values not compared (a meta model side)
 
 # What counts for "problems only": what would break or silently change a load, or a NaN/Inf that appeared or went.
 PROBLEM_STATUSES = frozenset({MISSING, UNEXPECTED, SHAPE_MISMATCH, DTYPE_CAST, RUNNING_STAT, NOT_LOADED,
                               ONLY_A, ONLY_B, SHAPE_DIFFERS, DTYPE_DIFFERS, NONFINITE})
-# What counts for "differences only": anything but "the same".
-SAME_STATUSES = frozenset({MATCHED, IDENTICAL, SAME_LAYOUT, None})
+# What counts for "differences only": anything but "the same" (or not known to differ: values not compared).
+SAME_STATUSES = frozenset({MATCHED, IDENTICAL, SAME_LAYOUT, UNCOMPARED, None})
 
 
 class Pane(IntEnum):
@@ -403,7 +404,7 @@ class Comparison:
             made.add(key)
             row = row_of(key)
             if row is not None:
-                row.sim_status = kr.status
+                row.sim_status = UNCOMPARED if kr.status == CHANGED and not kr.certain else kr.status
                 row.explanation = kr.explanation or ""
         for key in report.unexpected_keys:   # the reports not made yet: read only when a row is shown
             if key not in made and key in keys:

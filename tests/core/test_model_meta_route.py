@@ -313,3 +313,36 @@ def test_hf_spec_without_transformers_says_how_to_install(hf_dirs, tmp_path):
     assert out.returncode == 2
     said = (out.stdout + out.stderr).strip().splitlines()
     assert len(said) == 1 and 'pip install -e ".[hf]"' in said[0]
+
+
+def test_keys_of_a_model_not_materialized_load_with_their_values_not_compared(factory_file, tmp_path, cli):
+    """Over the budget, a key that loads is not called "changed": its values were not compared. The text says
+    "loads, not compared" (flag "?"), the JSON keeps torch's status and adds ``values_compared: false``; the window's
+    rows say it too, and its module rows count no difference. Within the budget the same keys are compared."""
+    from explorer.session import compare as C
+    sd = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)).state_dict()
+    ck = tmp_path / "same_layout.pt"
+    torch.save(sd, ck)
+    weight_line = lambda out: next(line for line in out.splitlines() if " 0.weight " in line)  # noqa: E731
+    over = cli("simulate", "--model", f"{factory_file}:small", "--checkpoint", ck, "--model-budget", "16")
+    assert over.returncode == 0, over.stderr
+    assert weight_line(over.stdout).split()[:2] == ["?", "0.weight"] and "loads, not compared" in weight_line(
+        over.stdout)
+    assert "? = written, values not compared: assumed changed, 7 keys" in over.stdout
+    assert "? 1.running_mean" in over.stdout      # overwritten: that is exact; by other values: not known
+    fits = cli("simulate", "--model", f"{factory_file}:small", "--checkpoint", ck)
+    assert "not compared" not in fits.stdout and weight_line(fits.stdout).split()[:3] == ["*", "0.weight", "changed"]
+    js = json.loads(cli("simulate", "--model", f"{factory_file}:small", "--checkpoint", ck, "--model-budget", "16",
+                        "--json").stdout)
+    weights = [k for k in js["keys"] if k["key"] == "0.weight"]
+    assert weights and weights[0]["status"] == "changed" and weights[0]["values_compared"] is False
+    js = json.loads(cli("simulate", "--model", f"{factory_file}:small", "--checkpoint", ck, "--json").stdout)
+    assert all("values_compared" not in k for k in js["keys"])
+
+    model = ModelSide.from_spec(f"{factory_file}:small", budget_bytes=16)
+    left = C.side_data(model, "small")
+    right = C.side_data(open_side(str(ck)), str(ck))
+    comp = C.Comparison(left, right)
+    comp.apply_simulation(simulate_load(model, right.side))
+    assert comp.rows["0.weight"].sim_status == C.UNCOMPARED
+    assert comp.modules["0"].differences == 0 and comp.modules["0"].problems == 0

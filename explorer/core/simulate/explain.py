@@ -18,6 +18,8 @@ from .report import KeyReport, LoadReport, made_items
 
 NOT_A_MAPPING = "Expected state_dict to be dict-like, got "   # how torch's TypeError for a non-mapping begins
 
+UNCOMPARED_WORD = "loads, not compared"   # a changed key whose values could not be compared (a meta model)
+
 
 def fmt_shape(s) -> str:
     return "[" + ", ".join(str(x) for x in s) + "]" if s is not None else "?"

@@ -36,9 +36,12 @@ class KeyReport:
     no_data: bool = False                       # the checkpoint's tensor has no data (saved from the meta device)
 
     def to_json(self) -> dict:
-        return {"key": self.key, "kind": self.kind, "status": self.status, "changed": bool(self.changed),
-                "dtype_cast": list(self.dtype_cast) if self.dtype_cast else None,
-                "running_stat": bool(self.running_stat)}
+        out = {"key": self.key, "kind": self.kind, "status": self.status, "changed": bool(self.changed),
+               "dtype_cast": list(self.dtype_cast) if self.dtype_cast else None,
+               "running_stat": bool(self.running_stat)}
+        if not self.certain:      # "changed" assumed: the values could not be compared (a model not materialized)
+            out["values_compared"] = False
+        return out
 
 
 class KeyTable(Mapping):
