@@ -131,6 +131,7 @@ class Node:
         self._children = _NO_CHILDREN     # type: ignore[assignment]
         self._index = _NO_INDEX
         self._below = ()
+        self._data_of = None
 
     def walk(self) -> Iterator["Node"]:
         """Pre-order, iteratively (trees can be 100k nodes deep in width, and deep in nesting); makes every level."""
@@ -188,6 +189,10 @@ class Tree:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def forget_keys(self) -> None:
+        """Drop the tree's reference to its key set (the owner's dict: ``session/dispose.py`` takes that apart)."""
+        self._keys = self.by_key._keys = {}
 
 
 def _walk_to(root: Node, parts: list[str]) -> "Node | None":

@@ -11,6 +11,7 @@ import gc
 import re
 import sys
 import threading
+import weakref
 from dataclasses import dataclass, field
 from enum import IntEnum
 from operator import attrgetter
@@ -214,8 +215,10 @@ class ModuleTable(Mapping):
     with many keys below (in the worker), so a module made later, on the GUI thread, is a short pass. Iterating it
     makes the whole tree."""
 
-    def __init__(self, tree, rows: dict, classes: tuple[dict, dict]):
-        self._tree, self._rows, self._classes = tree, rows, classes
+    def __init__(self, comparison: "Comparison"):
+        # the comparison's tree, rows and classes, through a weak reference: this table adds no owner to them (a
+        # replaced comparison is taken apart container by container, ``session/dispose.py``, only what one owner holds)
+        self._of = weakref.ref(comparison)
         self._made: dict[str, ModuleData] = {}
         self._counts: dict[str, list[int]] = {}
 
@@ -227,7 +230,7 @@ class ModuleTable(Mapping):
 
     def prebuild(self, above: int) -> None:
         """Make the module data of every node made so far with more than ``above`` keys below it."""
-        for node in self._tree.root.walk_built():
+        for node in self._of().tree.root.walk_built():
             if len(node.below) > above:
                 self.of_node(node)
 
@@ -237,8 +240,9 @@ class ModuleTable(Mapping):
         md = self._made.get(path)
         if md is not None or (node.key is not None and not node.has_children):
             return md
+        comp = self._of()
         md = ModuleData(path)
-        rows = self._rows
+        rows = comp.rows
         p0 = p1 = b0 = b1 = 0
         for key in node.below:
             row = rows[key]
@@ -251,8 +255,8 @@ class ModuleTable(Mapping):
                 p1 += 1
                 b1 += info.nbytes
         md.present, md.nbytes = [p0, p1], [b0, b1]
-        for i, classes in enumerate(self._classes):
-            mi = classes.get(path)
+        for i, sd in enumerate((comp.left, comp.right)):
+            mi = sd.classes.get(path) if sd is not None else None
             if mi is not None:
                 md.classes[i] = mi.class_name
         md.problems, md.differences = self._counts.get(path, _NONE)
@@ -260,20 +264,20 @@ class ModuleTable(Mapping):
         return md
 
     def __getitem__(self, path: str) -> ModuleData:
-        node = self._tree.by_path.get(path)
+        node = self._of().tree.by_path.get(path)
         md = self.of_node(node) if node is not None else None
         if md is None:
             raise KeyError(path)
         return md
 
     def __iter__(self) -> Iterator[str]:
-        return (path for path, node in self._tree.by_path.items() if node.key is None or node.has_children)
+        return (path for path, node in self._of().tree.by_path.items() if node.key is None or node.has_children)
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
     def items(self):     # type: ignore[override]
-        return ((path, self.of_node(node)) for path, node in self._tree.by_path.items()
+        return ((path, self.of_node(node)) for path, node in self._of().tree.by_path.items()
                 if node.key is None or node.has_children)
 
     def values(self):    # type: ignore[override]
@@ -319,8 +323,7 @@ class Comparison:
                 rows[key].renamed_from = orig
             # the tree is made a level at a time (core/tree.py): here only the levels too long to make later
             self.tree = Tree(self.rows, data=self.rows).prebuild(PREBUILD_ABOVE)
-            classes = ((left.classes if left else {}), (right.classes if right else {}))
-            self.modules = ModuleTable(self.tree, self.rows, classes)
+            self.modules = ModuleTable(self)
             self.recount()
             self.modules.prebuild(PREBUILD_ABOVE)
             settled(None)

@@ -17,6 +17,8 @@ import threading
 import time
 
 SLICE = 4096      # objects freed between two pauses (about 1-2 ms of work)
+PAUSE = 0.001     # seconds between two slices: the GUI thread and an open's worker go first (a yield, sleep(0),
+                  # left the GUI thread 250-500 ms stalls while a 10**6-key comparison was taken apart beside an open)
 _OWN = 3          # references to a container we hold alone: its owner's attribute, our local, getrefcount's argument
 
 
@@ -101,11 +103,12 @@ def _attribute_names(obj) -> list[str]:
 def _take_apart_tree(tree) -> None:
     """A :class:`explorer.core.tree.Tree`: its nodes unlinked and dropped a slice at a time
     (dropping the root would free every node in one cascade)."""
+    tree.forget_keys()
     nodes = list(tree.root.walk_built())     # the levels made so far (the tree makes the others only when asked)
     for i, node in enumerate(nodes):
         node.unlink()
         if i % SLICE == SLICE - 1:
-            time.sleep(0)
+            time.sleep(PAUSE)
     _shrink(nodes)
 
 
@@ -115,8 +118,8 @@ def _shrink(container) -> None:
         while container:
             for _ in range(min(SLICE, len(container))):
                 pop()
-            time.sleep(0)              # lets the GUI thread take the interpreter lock
+            time.sleep(PAUSE)              # lets the GUI thread take the interpreter lock
     else:
         while container:
             del container[-SLICE:]
-            time.sleep(0)
+            time.sleep(PAUSE)

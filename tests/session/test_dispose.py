@@ -84,3 +84,20 @@ def test_the_heap_is_trimmed_once_a_release_is_done(monkeypatch):
     assert calls == [1]            # once, after the release, while it still counted as pending
     monkeypatch.undo()
     D.give_back_free_memory()      # the real call returns (or does nothing where there is no glibc)
+
+
+def test_the_rows_are_emptied_in_slices_not_dropped_whole(tmp_path, monkeypatch):
+    """The comparison's rows dict (and what its rows hold) is emptied a slice at a time: nothing else of the
+    comparison -- its module table, its tree's nodes and key lookup -- keeps a reference that would leave it to one
+    cascade when the comparison is dropped (a 312 ms GUI stall at a re-open of 50,000 keys)."""
+    comp = Comparison(_side(tmp_path, "a.pt", 9000), None)
+    comp.modules.get("blocks")                 # module data made, as the window's paint makes them
+    comp.tree.by_key["blocks.17.w"]            # a lookup made levels
+    rows_id = id(comp.rows)
+    shrunk = []
+    real = dispose._shrink
+    monkeypatch.setattr(dispose, "_shrink", lambda c: (shrunk.append((id(c), len(c))), real(c))[1])
+    objects = [comp]
+    del comp
+    dispose.release(objects)
+    assert (rows_id, 9000) in shrunk
