@@ -12,7 +12,8 @@ _EXPORTS = {
     "resolve_spec": "model_source", "TensorInfo": "records", "StateDictRef": "records", "Location": "records",
     "open_side": "side", "Side": "side", "Tree": "tree", "Node": "tree", "build_tree": "tree",
     "simulate_load": "simulate.run", "LoadReport": "simulate.report", "apply_remap": "remap.export",
-    "tensor_stats": "stats", "tensor_stats_steps": "stats", "histogram": "stats", "health_scan": "stats", "TensorStats": "stats",
+    "tensor_stats": "stats", "tensor_stats_steps": "stats", "histogram": "stats", "health_scan": "health",
+    "TensorStats": "stats_records",
     "diff_sides": "diff", "DiffReport": "diff",
 }
 

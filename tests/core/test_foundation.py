@@ -113,3 +113,11 @@ def test_import_contract_keeps_qt_out_of_the_core():
 def test_core_package_import_is_lazy():
     r = run("-c", "import sys, explorer.core, explorer.core.tree; sys.exit('torch' in sys.modules)")
     assert r.returncode == 0, r.stderr
+
+
+def test_every_name_the_core_package_exports_resolves():
+    """``from explorer.core import NAME`` works for every name of ``__all__`` (``health_scan`` pointed at the module
+    that does not define it)."""
+    import explorer.core as core
+    for name in core.__all__:
+        assert getattr(core, name) is not None, name
