@@ -249,11 +249,7 @@ class ByPath(Mapping):
         return isinstance(path, str) and _walk_to(self._root, path.split(".") if path else ()) is not None
 
     def __iter__(self) -> Iterator[str]:
-        seen = set()
-        for node in self._root.walk():
-            if node.path not in seen:      # a node named "" under the root shares the root's path ""
-                seen.add(node.path)
-                yield node.path
+        return (path for path, _ in self.items())
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
@@ -261,7 +257,7 @@ class ByPath(Mapping):
     def items(self) -> Iterator[tuple[str, Node]]:    # type: ignore[override]  (one walk, not a lookup per path)
         seen = set()
         for node in self._root.walk():
-            if node.path not in seen:
+            if node.path not in seen:      # a node named "" under the root shares the root's path ""
                 seen.add(node.path)
                 yield node.path, node
 

@@ -238,7 +238,7 @@ class ModuleTable(Mapping):
         """The module data of a node of this table's tree (None for a leaf with nothing below)."""
         path = node.path
         md = self._made.get(path)
-        if md is not None or (node.key is not None and not node.has_children):
+        if md is not None or not _is_module(node):
             return md
         comp = self._of()
         md = ModuleData(path)
@@ -271,17 +271,21 @@ class ModuleTable(Mapping):
         return md
 
     def __iter__(self) -> Iterator[str]:
-        return (path for path, node in self._of().tree.by_path.items() if node.key is None or node.has_children)
+        return (path for path, node in self._of().tree.by_path.items() if _is_module(node))
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
 
     def items(self):     # type: ignore[override]
-        return ((path, self.of_node(node)) for path, node in self._of().tree.by_path.items()
-                if node.key is None or node.has_children)
+        return ((path, self.of_node(node)) for path, node in self._of().tree.by_path.items() if _is_module(node))
 
     def values(self):    # type: ignore[override]
         return (md for _, md in self.items())
+
+
+def _is_module(node) -> bool:
+    """A module row: keys below it, or no key of its own (the root of an empty tree)."""
+    return node.key is None or node.has_children
 
 
 _NONE = (0, 0)
