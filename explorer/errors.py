@@ -45,6 +45,10 @@ class ParseTimeout(ExplorerError):
     """Reading a file did not finish in time; it was stopped."""
 
 
+class FileChangedError(ExplorerError):
+    """A local file changed on disk after it was opened (what was shown of it is no longer what it holds)."""
+
+
 class ReaderDied(ExplorerError):
     """The process reading a file died (memory exhausted, a crash in a native reader)."""
 

@@ -14,6 +14,7 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from enum import IntEnum
+from itertools import repeat
 from operator import attrgetter
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
@@ -242,19 +243,10 @@ class ModuleTable(Mapping):
             return md
         comp = self._of()
         md = ModuleData(path)
-        rows = comp.rows
-        p0 = p1 = b0 = b1 = 0
-        for key in node.below:
-            row = rows[key]
-            info = row.left
-            if info is not None:
-                p0 += 1
-                b0 += info.nbytes
-            info = row.right
-            if info is not None:
-                p1 += 1
-                b1 += info.nbytes
-        md.present, md.nbytes = [p0, p1], [b0, b1]
+        below = list(map(comp.rows.__getitem__, node.below))
+        for i, side_of in enumerate(_SIDE_OF):   # column-wise: a TensorInfo is always true, None false
+            there = list(filter(None, map(side_of, below)))
+            md.present[i], md.nbytes[i] = len(there), sum(map(_NBYTES, there))
         for i, sd in enumerate((comp.left, comp.right)):
             mi = sd.classes.get(path) if sd is not None else None
             if mi is not None:
@@ -289,6 +281,7 @@ def _is_module(node) -> bool:
 
 
 _NONE = (0, 0)
+_SIDE_OF = (attrgetter("left"), attrgetter("right"))
 _QUIET = SAME_STATUSES - PROBLEM_STATUSES     # neither a problem nor a difference
 
 
@@ -314,12 +307,10 @@ class Comparison:
                 if shown != key:
                     origin[shown] = key
             rows, compared = self.rows, left is not None and right is not None
-            if compared:
-                for key, info in lk.items():
-                    rows[key] = Row(key, info, right_by_shown.get(key))
+            if compared:     # (column-wise: the loop is Row's own __init__ alone)
+                rows.update(zip(lk, map(Row, lk, lk.values(), map(right_by_shown.get, lk))))
             else:
-                for key, info in lk.items():
-                    rows[key] = Row(key, info, None, False)
+                rows.update(zip(lk, map(Row, lk, lk.values(), repeat(None), repeat(False))))
             for key, info in right_by_shown.items():
                 if key not in rows:
                     rows[key] = Row(key, None, info, compared)

@@ -307,14 +307,10 @@ _SIDES: dict = {}
 
 def open_cached(text: str):
     """A checkpoint opened in this (compute) process, cached while the file is unchanged."""
-    import os
-
     from explorer.core.side import open_side
-    try:
-        st = os.stat(text)
-        stamp = (text, st.st_mtime_ns, st.st_size)
-    except OSError:
-        stamp = (text, 0, 0)
+
+    from .listing import stamp_of
+    stamp = stamp_of(text)
     side = _SIDES.get(stamp)
     if side is None:
         if len(_SIDES) > 8:

@@ -11,6 +11,7 @@ from typing import Any
 from ..core.side import CHECKPOINT
 from ..errors import Cancelled
 from . import compare as C
+from .listing import ListedSide
 from .checkpoint_model import CAVEAT, checkpoint_as_model
 from .compute_process import engine
 from .detail_compute import compute_detail, compute_detail_isolated, diff_paths
@@ -109,9 +110,15 @@ def module_available(name: str) -> bool:
         return False
 
 
-def detail_job(row: C.Row):
-    """The statistics job for a row: small tensors in a worker thread here, larger ones in the compute process."""
-    return compute_detail if elements(row) <= SMALL_DETAIL_ELEMENTS else compute_detail_isolated
+def detail_job(row: C.Row, comparison: C.Comparison | None = None):
+    """The statistics job for a row: small tensors in a worker thread here, larger ones in the compute process -- and
+    any tensor of a file this process has not opened itself (known from the parse process's listing: the compute
+    process opens it, so that the window never parses a file only to show one tensor of it)."""
+    if elements(row) > SMALL_DETAIL_ELEMENTS or (comparison is not None and any(
+            sd is not None and isinstance(sd.side, ListedSide) and not sd.side.is_opened
+            for sd in (comparison.left, comparison.right))):
+        return compute_detail_isolated
+    return compute_detail
 
 
 def elements(row: C.Row) -> int:

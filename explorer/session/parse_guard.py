@@ -28,10 +28,12 @@ def _timeout_from_env(default: float = 60.0) -> float:
 PARSE_TIMEOUT_S = _timeout_from_env()     # STATE_DICT_EXPLORER_PARSE_TIMEOUT=SECONDS changes it
 
 
-def probe(text: str, *, progress=None, should_stop=None) -> None:
-    """In the parse process: open ``text`` (kept in its cache of open files while unchanged)."""
+def probe(text: str, *, progress=None, should_stop=None):
+    """In the parse process: open ``text`` (kept in its cache of open files while unchanged) and give what it
+    listed (a :class:`~.listing.Listing`, or None: the window then parses the file itself)."""
     from .detail_compute import open_cached
-    open_cached(text)
+    from .listing import listing_of
+    return listing_of(text, open_cached(text))
 
 
 def warm(*, progress=None, should_stop=None) -> None:
@@ -51,11 +53,11 @@ def warm_parse_process(*, progress=None, should_stop=None) -> None:
         eng.call(warm, timeout=120.0, should_stop=should_stop)
 
 
-def probe_whole(text: str, *, progress=None, should_stop=None) -> None:
+def probe_whole(text: str, *, progress=None, should_stop=None):
     """:func:`probe`, for a URL the user agreed to download whole (its server ignores Range requests)."""
     from explorer.core.remote.mirror import allow_whole_file
     allow_whole_file(text)
-    probe(text)
+    return probe(text)
 
 
 def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_fn: Callable[..., Any] = probe,
@@ -70,11 +72,13 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
     from explorer.core.model_spec import looks_like_model_spec
 
     from . import compare as C
+    from .listing import Listing
     from explorer.core.remote.files import is_remote
     if (is_remote(text) or os.path.lexists(text)) and not looks_like_model_spec(text):
         from .compute_process import CallTimeout, parse_engine
+        listed = None
         try:
-            parse_engine().call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
+            listed = parse_engine().call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
         except CallTimeout:
             raise ParseTimeout(
                 f"{text}: reading it did not finish within {timeout_s:g} s and was stopped (a file built to make "
@@ -91,4 +95,16 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
             # any other failure: the window's own parse below reports it as it would
         except Exception:  # noqa: BLE001 - the same: the parse below reports it (with its traceback, if unexpected)
             pass
+        if isinstance(listed, Listing) and entry in (None, listed.entry):   # parsed once there: not again here
+            return listed_side_data(listed)
     return C.load_side_data(text, entry, progress=progress, should_stop=should_stop)
+
+
+def listed_side_data(listing):
+    """The window's side data of a file the parse process listed (see :mod:`.listing`): nothing parsed here."""
+    from . import compare as C
+    from .config_model import config_model
+    from .listing import side_data_of
+    data = C.settled(side_data_of(listing))
+    data.config_model = config_model(listing.text)
+    return data

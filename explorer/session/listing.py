@@ -1,0 +1,217 @@
+"""A checkpoint parsed once: the parse process hands the window what it listed.
+
+Every file the window opens is parsed first in the parse process (:mod:`.parse_guard`), within a time limit. That
+parse already knows everything the window shows at once -- every key's shape, dtype, size and place, the state
+dicts, the objects the file names -- so it sends that back (a :class:`Listing`, column-wise, a chunk at a time) and
+the window builds its side from it instead of parsing the file a second time: the open a user waits for pays one
+parse, and a file the parse process still holds (a re-open) pays none.
+
+The window's side is then a :class:`ListedSide`: the listed state dict's infos as the parse process made them, and
+anything else (another state dict, values, a simulation's records) from the checkpoint opened in this process the
+first time it is asked for -- in the worker that asks -- after checking the file is still the one listed.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import threading
+from dataclasses import dataclass, fields
+from itertools import compress, repeat
+from operator import attrgetter, is_, is_not
+from typing import Any
+
+from ..core.gc_pause import gc_paused, let_others_run
+from ..core.records import CHECKPOINT, Location, TensorInfo
+from ..errors import FileChangedError
+
+LISTING_MAX = 250_000     # tensors: a larger state dict is listed by the window itself, a slice at a time
+LISTINGS_KEPT = 1_000_000  # tensors the parse process keeps listed (of the last few files it read)
+CHUNK = 25_000            # tensors per pickled chunk (the window decodes one per C call: ~25 ms each at most)
+
+_INFO_FIELDS = [f.name for f in fields(TensorInfo)]
+_LOCATION_FIELDS = [f.name for f in fields(Location)]
+_AT = _INFO_FIELDS.index("location")
+_INFO_GETTERS = [attrgetter(name) for name in _INFO_FIELDS]
+_LOCATION_GETTERS = [attrgetter(name) for name in _LOCATION_FIELDS]
+
+
+def stamp_of(text: str) -> tuple:
+    """What says a local file (or folder) is unchanged: its path, modification time and size (a URL: its text)."""
+    try:
+        st = os.stat(text)
+    except (OSError, ValueError):
+        return (text, 0, 0)
+    return (text, st.st_mtime_ns, st.st_size)
+
+
+@dataclass
+class Listing:
+    """What the window shows of a checkpoint at once, as the parse process read it (plain data: strings, numbers,
+    tuples and the core's records)."""
+
+    text: str
+    stamp: tuple
+    label: str
+    path: str | None
+    format: str
+    references: list
+    state_dicts: list            # StateDictRef, best first
+    entry: tuple                 # the state dict listed (the side's default)
+    classes: dict                # module name -> ModuleInfo
+    names: frozenset             # the checkpoint's public attributes (what the window's side answers by opening it)
+    nbytes: int
+    count: int
+    chunks: list                 # pickled (keys, info columns, location columns, has-location mask) per CHUNK tensors
+
+
+def encode(infos: dict) -> list[bytes]:
+    """``infos`` (key -> TensorInfo) column-wise, pickled :data:`CHUNK` entries at a time."""
+    keys, values = list(infos), list(infos.values())
+    chunks = []
+    for start in range(0, len(keys), CHUNK):
+        part = values[start:start + CHUNK]
+        columns = [list(map(g, part)) for g in _INFO_GETTERS]
+        locations = columns[_AT]
+        mask = list(map(is_not, locations, repeat(None)))
+        if all(mask):
+            mask = None
+        else:
+            locations = list(compress(locations, mask))
+        columns[_AT] = None
+        location_columns = [list(map(g, locations)) for g in _LOCATION_GETTERS]
+        chunks.append(pickle.dumps((keys[start:start + CHUNK], columns, location_columns, mask),
+                                   protocol=pickle.HIGHEST_PROTOCOL))
+    return chunks
+
+
+def decode(chunks: list[bytes]) -> dict:
+    """The key -> TensorInfo dict :func:`encode` took apart (other threads let run between two chunks)."""
+    out: dict = {}
+    with gc_paused():
+        for i, chunk in enumerate(chunks):
+            if i:
+                let_others_run()
+            keys, columns, location_columns, mask = pickle.loads(chunk)
+            locations: Any = list(map(Location, *location_columns))
+            if mask is not None:
+                made = iter(locations)
+                locations = [next(made) if m else None for m in mask]
+            columns[_AT] = locations
+            out.update(zip(keys, map(TensorInfo, *columns)))
+    return out
+
+
+# ---- in the parse process ------------------------------------------------------------------------------------
+_LISTINGS: dict[tuple, Listing] = {}
+
+
+def listing_of(text: str, side) -> Listing | None:
+    """The listing of ``side`` (opened from ``text`` in this process); None for a model, or a state dict of more
+    than :data:`LISTING_MAX` tensors (the window lists those itself, a slice at a time). Kept while the file is
+    unchanged: a re-open sends it again without making it again."""
+    if side.kind != CHECKPOINT:
+        return None
+    stamp = stamp_of(text)
+    hit = _LISTINGS.get(stamp)
+    if hit is not None:
+        return hit
+    refs = list(side.state_dicts)
+    if refs and refs[0].tensors > LISTING_MAX:
+        return None
+    from .compare import side_data
+    data = side_data(side, text, None)
+    if len(data.infos) > LISTING_MAX:
+        return None
+    if len(_LISTINGS) > 8 or sum(hit.count for hit in _LISTINGS.values()) > LISTINGS_KEPT:
+        _LISTINGS.clear()
+    listing = _LISTINGS[stamp] = Listing(
+        text, stamp, str(side.label), getattr(side, "path", None), side.format, list(side.references), refs,
+        tuple(data.entry) if data.entry is not None else (), dict(data.classes),
+        frozenset(name for name in dir(side) if not name.startswith("_")), data.nbytes or 0, len(data.infos),
+        encode(data.infos))
+    return listing
+
+
+# ---- in the window -------------------------------------------------------------------------------------------
+class ListedSide:
+    """A checkpoint side made from a :class:`Listing`: its listed state dict's infos and module classes, its state
+    dicts, format and the objects it names are the parse process's; anything else is asked of the checkpoint opened
+    here (once, by the first caller -- a worker -- after checking the file is unchanged since it was listed)."""
+
+    kind = CHECKPOINT
+
+    def __init__(self, listing: Listing, infos: dict):
+        self.text = listing.text
+        self.label = listing.label
+        self.format = listing.format
+        self.references = listing.references
+        self.state_dicts = listing.state_dicts
+        self._stamp = listing.stamp
+        self._entry = listing.entry
+        self._infos = infos
+        self._classes = listing.classes
+        self._names = listing.names
+        self._default = listing.state_dicts[0].path if listing.state_dicts else None
+        if listing.path is not None:
+            self.path = listing.path
+        self._side = None
+        self._lock = threading.Lock()
+
+    @property
+    def default_state_dict(self):
+        return self._default
+
+    @property
+    def is_opened(self) -> bool:
+        """Has this process opened the checkpoint itself (something beyond the listing was asked for)?"""
+        return self._side is not None
+
+    def opened(self):
+        """The checkpoint, opened in this process (the first call opens it)."""
+        with self._lock:
+            if self._side is None:
+                if stamp_of(self.text) != self._stamp:
+                    raise FileChangedError(f"{self.text}: the file changed since it was opened; open it again to "
+                                           "see what it holds now")
+                from ..core.side import open_side
+                self._side = open_side(self.text)
+            return self._side
+
+    def _listed(self, entry) -> bool:
+        return entry is None or (isinstance(entry, (tuple, list)) and tuple(entry) == self._entry)
+
+    def resolve_entry(self, entry=None):
+        if entry is None and self._default is not None:
+            return self._default
+        return self.opened().resolve_entry(entry)
+
+    def state_dict_infos(self, entry=None):
+        return self._infos if self._listed(entry) else self.opened().state_dict_infos(entry)
+
+    def module_classes(self, entry=None):
+        return dict(self._classes) if self._listed(entry) else self.opened().module_classes(entry)
+
+    def read_key(self, key: str, entry=None):
+        return self.opened().read_key(key, entry)
+
+    def close(self) -> None:
+        side, self._side = self._side, None
+        if side is not None:
+            side.close()
+
+    def __getattr__(self, name: str):
+        # only what the checkpoint has opens it: a probe for anything else (getattr(side, "tree", None)) must not
+        if name not in self.__dict__.get("_names", ()):
+            raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+        return getattr(self.opened(), name)
+
+    def __repr__(self) -> str:
+        return f"ListedSide({self.text!r}, {len(self._infos)} tensors{', opened' if self._side else ''})"
+
+
+def side_data_of(listing: Listing):
+    """The window's :class:`~.compare.SideData` of a listing (nothing parsed here)."""
+    from .compare import SideData
+    infos = decode(listing.chunks)
+    return SideData(ListedSide(listing, infos), listing.text, listing.entry, infos, dict(listing.classes),
+                    nbytes=listing.nbytes)

@@ -1,0 +1,152 @@
+"""A file parsed once: the window's side made from the parse process's listing is the side the window's own parse
+gives -- key for key, field for field -- and opens the file itself only when asked for more."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from explorer.core.side import Side, open_side
+from explorer.errors import FileChangedError
+from explorer.session import listing as L
+from explorer.session.compare import load_side_data
+from explorer.session.parse_guard import open_guarded
+
+
+class Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 3, 3)
+        self.bn = torch.nn.BatchNorm2d(3)
+        self.head = torch.nn.Linear(3, 2)
+
+    def forward(self, x):
+        return self.head(self.bn(self.conv(x)).mean((2, 3)))
+
+
+def corpus(tmp_path) -> dict[str, str]:
+    """Checkpoints of the shapes users open: flat, nested with an optimizer, legacy, views of one storage, a meta
+    tensor, a whole pickled model, safetensors, a sharded folder."""
+    torch.manual_seed(0)
+    files = {}
+    net = Net()
+    sd = net.state_dict()
+    files["flat.pt"] = sd
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    net(torch.randn(1, 2, 5, 5)).sum().backward()
+    opt.step()
+    files["nested.pt"] = {"model": sd, "optimizer": opt.state_dict(), "epoch": 3, "ema": {"w": torch.ones(2)}}
+    base = torch.arange(24.0)
+    files["views.pt"] = {"a": base, "b": base[4:10], "c": base.view(4, 6)[:, 1], "half": torch.ones(3).half(),
+                         "meta": torch.empty(5, 7, device="meta"), "i8": torch.arange(4, dtype=torch.int8)}
+    files["model.pt"] = net
+    out = {}
+    for name, obj in files.items():
+        out[name] = str(tmp_path / name)
+        torch.save(obj, out[name])
+    out["legacy.pt"] = str(tmp_path / "legacy.pt")
+    torch.save(sd, out["legacy.pt"], _use_new_zipfile_serialization=False)
+    plain = {k: v.contiguous() for k, v in sd.items()}
+    out["st.safetensors"] = str(tmp_path / "st.safetensors")
+    save_file(plain, out["st.safetensors"])
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    keys = list(plain)
+    weight_map = {}
+    for i, part in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        name = f"model-0000{i + 1}-of-00002.safetensors"
+        save_file({k: plain[k] for k in part}, str(shards / name))
+        weight_map.update(dict.fromkeys(part, name))
+    (shards / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    out["shards"] = str(shards)
+    return out
+
+
+def test_a_listed_side_is_the_side_the_window_would_parse(tmp_path):
+    for name, path in corpus(tmp_path).items():
+        real = load_side_data(path)
+        listing = L.listing_of(path, open_side(path))
+        listed = L.side_data_of(listing)
+        assert list(listed.infos.items()) == list(real.infos.items()), name   # same keys, same order, same fields
+        assert listed.entry == tuple(real.entry) and listed.classes == real.classes, name
+        assert listed.nbytes == real.nbytes and listed.label == real.label and not listed.is_model, name
+        side, true = listed.side, real.side
+        assert (side.format, side.references, side.state_dicts, side.default_state_dict) == \
+            (true.format, true.references, true.state_dicts, true.default_state_dict), name
+        assert not side.is_opened, name      # all of that without opening the file in this process
+
+
+def test_a_listed_side_opens_the_file_for_values_and_other_state_dicts(tmp_path):
+    path = corpus(tmp_path)["nested.pt"]
+    data = L.side_data_of(L.listing_of(path, open_side(path)))
+    side, true = data.side, open_side(path)
+    assert getattr(side, "tree", None) is None and not hasattr(side, "no_such_thing")   # probes open nothing
+    assert isinstance(side, Side)          # nor does asking whether it is a side (runtime protocol check)
+    assert not side.is_opened
+    loaded = torch.load(path, weights_only=False)
+    for key in data.infos:
+        assert torch.equal(side.read_key(key, data.entry), loaded["model"][key])
+    assert side.is_opened
+    assert dict(side.state_dict_infos(("ema",))) == dict(true.state_dict_infos(("ema",)))
+    assert side.resolve_entry("ema") == ("ema",)
+    side.close()
+
+
+def test_a_file_changed_after_its_listing_is_said_never_read_as_listed(tmp_path):
+    path = tmp_path / "a.pt"
+    torch.save({"w": torch.ones(3)}, path)
+    data = L.side_data_of(L.listing_of(str(path), open_side(str(path))))
+    time.sleep(0.01)
+    torch.save({"w": torch.ones(300), "other": torch.zeros(2)}, path)
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    with pytest.raises(FileChangedError, match=str(path).replace("\\", "\\\\") + ": the file changed"):
+        data.side.read_key("w", data.entry)
+
+
+def test_chunks_and_tensors_without_data_round_trip(tmp_path, monkeypatch):
+    path = corpus(tmp_path)["views.pt"]
+    infos = load_side_data(path).infos
+    assert infos["meta"].location is None and infos["a"].location is not None    # a tensor saved without data
+    monkeypatch.setattr(L, "CHUNK", 2)
+    chunks = L.encode(infos)
+    assert len(chunks) == -(-len(infos) // 2)
+    assert list(L.decode(chunks).items()) == list(infos.items())
+
+
+def test_the_window_uses_the_parse_process_listing_and_parses_nothing_itself(tmp_path):
+    path = corpus(tmp_path)["flat.pt"]
+    data = open_guarded(path)              # the window's open: parsed in the parse process, listed from there
+    assert type(data.side) is L.ListedSide and not data.side.is_opened
+    assert list(data.infos.items()) == list(load_side_data(path).infos.items())
+    again = open_guarded(path, data.entry)    # the same state dict named: still the listing
+    assert type(again.side) is L.ListedSide
+
+
+def test_a_state_dict_too_large_to_send_is_listed_by_the_window_itself(tmp_path, monkeypatch):
+    path = corpus(tmp_path)["flat.pt"]
+    monkeypatch.setattr(L, "LISTING_MAX", 2)
+    assert L.listing_of(path, open_side(path)) is None
+    assert L.listing_of(path, open_side("demo:MyBatchNormModel")) is None      # a model is never listed
+
+
+def test_statistics_of_a_listed_file_are_computed_where_it_is_open(tmp_path):
+    """A file the window only knows from its listing: even a small tensor's statistics come from the compute process
+    (which opens the file itself), never from a parse here; once opened here, here as usual."""
+    from explorer.session import jobs
+    from explorer.session.compare import Comparison
+    from explorer.session.detail_compute import compute_detail, compute_detail_isolated
+    path = corpus(tmp_path)["flat.pt"]
+    data = L.side_data_of(L.listing_of(path, open_side(path)))
+    comp = Comparison(data, None)
+    row = comp.rows["bn.running_mean"]
+    assert jobs.detail_job(row, comp) is compute_detail_isolated
+    got = compute_detail_isolated(comp, "bn.running_mean")
+    true = torch.load(path)["bn.running_mean"]
+    assert not data.side.is_opened and got.left.stats.numel == 3
+    assert got.left.stats.mean == pytest.approx(float(true.mean()), rel=1e-6)
+    data.side.read_key("bn.running_mean", data.entry)
+    assert jobs.detail_job(row, comp) is compute_detail
