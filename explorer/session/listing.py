@@ -56,7 +56,7 @@ class Listing:
     format: str
     references: list
     state_dicts: list            # StateDictRef, best first
-    entry: tuple                 # the state dict listed (the side's default)
+    entry: tuple | None          # the state dict listed (the side's default; None: it holds none)
     classes: dict                # module name -> ModuleInfo
     names: frozenset             # the checkpoint's public attributes (what the window's side answers by opening it)
     nbytes: int
@@ -126,7 +126,7 @@ def listing_of(text: str, side) -> Listing | None:
         _LISTINGS.clear()
     listing = _LISTINGS[stamp] = Listing(
         text, stamp, str(side.label), getattr(side, "path", None), side.format, list(side.references), refs,
-        tuple(data.entry) if data.entry is not None else (), dict(data.classes),
+        tuple(data.entry) if data.entry is not None else None, dict(data.classes),
         frozenset(name for name in dir(side) if not name.startswith("_")), data.nbytes or 0, len(data.infos),
         encode(data.infos))
     return listing
@@ -178,7 +178,7 @@ class ListedSide:
             return self._side
 
     def _listed(self, entry) -> bool:
-        return entry is None or (isinstance(entry, (tuple, list)) and tuple(entry) == self._entry)
+        return entry is None or (self._entry is not None and isinstance(entry, (tuple, list)) and tuple(entry) == self._entry)
 
     def resolve_entry(self, entry=None):
         if entry is None and self._default is not None:

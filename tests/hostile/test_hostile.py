@@ -207,3 +207,33 @@ def test_hostile_references_are_listed_not_run(quick_corpus):
     assert json.loads(json.dumps(got["entries"])) == by["zip:lightning-with-payload"].entries
     assert {"os.system", "omegaconf.dictconfig.DictConfig"} <= set(got["references"])
     assert os.listdir(os.path.join(root, "markers")) == []
+
+
+def test_the_window_shown_a_listing_sees_what_its_own_parse_would(quick_corpus, monkeypatch):
+    """Every quick input that opens: the side the window makes from the parse process's listing (session/listing.py)
+    holds the same keys, infos, state dicts, classes and named objects as the side its own parse gives; nothing runs."""
+    from explorer.core.side import open_side
+    from explorer.errors import ExplorerError
+    from explorer.session import listing as L
+    from explorer.session.compare import load_side_data
+    root, inputs = quick_corpus
+    monkeypatch.setenv("BROWSER", os.path.join(root, "browser.sh"))
+    compared, differ = 0, []
+    for inp in inputs:
+        if _known_in_process(inp.name) or inp.nobody:
+            continue
+        try:
+            real = load_side_data(inp.path)
+        except ExplorerError:
+            continue
+        got = L.side_data_of(L.listing_of(inp.path, open_side(inp.path)))
+        same = (list(got.infos.items()) == list(real.infos.items())
+                and got.entry == (tuple(real.entry) if real.entry is not None else None)
+                and (got.classes, got.nbytes, got.label) == (real.classes, real.nbytes, real.label)
+                and (got.side.state_dicts, got.side.references, got.side.format, got.side.default_state_dict)
+                == (real.side.state_dicts, real.side.references, real.side.format, real.side.default_state_dict))
+        compared += 1
+        if not same or got.side.is_opened:
+            differ.append(inp.name)
+    assert compared >= 50 and not differ, differ
+    assert os.listdir(os.path.join(root, "markers")) == [], "hostile code ran"

@@ -133,9 +133,10 @@ def test_a_state_dict_too_large_to_send_is_listed_by_the_window_itself(tmp_path,
     assert L.listing_of(path, open_side("demo:MyBatchNormModel")) is None      # a model is never listed
 
 
-def test_statistics_of_a_listed_file_are_computed_where_it_is_open(tmp_path):
-    """A file the window only knows from its listing: even a small tensor's statistics come from the compute process
-    (which opens the file itself), never from a parse here; once opened here, here as usual."""
+def test_statistics_of_a_listed_file_are_computed_where_it_is_open(tmp_path, monkeypatch):
+    """A file of many tensors the window only knows from its listing: even a small tensor's statistics come from the
+    compute process (which opens the file itself), not from a parse here; once opened here, or for a file of a few
+    tensors (parsed here in milliseconds), here as usual."""
     from explorer.session import jobs
     from explorer.session.compare import Comparison
     from explorer.session.detail_compute import compute_detail, compute_detail_isolated
@@ -143,6 +144,8 @@ def test_statistics_of_a_listed_file_are_computed_where_it_is_open(tmp_path):
     data = L.side_data_of(L.listing_of(path, open_side(path)))
     comp = Comparison(data, None)
     row = comp.rows["bn.running_mean"]
+    assert jobs.detail_job(row, comp) is compute_detail     # a few tensors: here
+    monkeypatch.setattr(jobs, "OPEN_HERE_MAX", 2)
     assert jobs.detail_job(row, comp) is compute_detail_isolated
     got = compute_detail_isolated(comp, "bn.running_mean")
     true = torch.load(path)["bn.running_mean"]
@@ -150,3 +153,20 @@ def test_statistics_of_a_listed_file_are_computed_where_it_is_open(tmp_path):
     assert got.left.stats.mean == pytest.approx(float(true.mean()), rel=1e-6)
     data.side.read_key("bn.running_mean", data.entry)
     assert jobs.detail_job(row, comp) is compute_detail
+
+
+def test_a_simulated_load_into_a_model_reads_a_listed_side_as_the_file(tmp_path):
+    """Simulate load with a listed checkpoint: the same report (raise, message, keys, changed values) as with the
+    checkpoint opened directly -- and as torch itself says."""
+    from explorer.core.simulate.run import simulate_load
+    path = corpus(tmp_path)["nested.pt"]
+    data = L.side_data_of(L.listing_of(path, open_side(path)))
+    for strict in (True, False):
+        model = Net()
+        model.head = torch.nn.Linear(3, 5)          # a size mismatch: torch raises
+        got = simulate_load(model, data.side, entry=data.entry, strict=strict)
+        want = simulate_load(model, open_side(path), entry=data.entry, strict=strict)
+        assert got.to_json() == want.to_json()
+        with pytest.raises(RuntimeError) as torch_says:
+            model.load_state_dict(torch.load(path)["model"], strict=strict)
+        assert got.raises and got.error_message == str(torch_says.value)
