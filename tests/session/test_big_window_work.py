@@ -75,3 +75,22 @@ def test_the_filter_job_gives_the_keys_and_the_tree_the_window_showed():
     assert jobs.filter_tree(comp, "", {"regex": True}) == (None, None)
     with pytest.raises(ValueError, match="regular expression"):
         jobs.filter_tree(comp, "p[", {"regex": True})
+
+
+def test_module_totals_are_counted_a_slice_at_a_time_and_are_the_plain_counts(monkeypatch):
+    """A module's tensors and bytes per side (the root's: every key, 10**6 of them) are summed a slice of rows per C
+    call, the lock offered between two, and are what a plain count over its keys gives."""
+    yields = [0]
+    monkeypatch.setattr(G, "SLICE", 7)
+    monkeypatch.setattr(G, "let_others_run", lambda: yields.__setitem__(0, yields[0] + 1))
+    rng = random.Random(3)
+    left = {f"m{i % 4}.p{i}": _info(f"m{i % 4}.p{i}", (rng.randint(1, 9),)) for i in range(60)}
+    right = {k: _info(k, (rng.randint(1, 9),)) for k in list(left)[::2] + ["m9.extra"]}
+    comp = C.Comparison(_side(left), _side(right))
+    for path in ("", "m0", "m1", "m9"):
+        keys = [k for k in comp.rows if k.startswith(path + ".") or not path]
+        md = comp.modules[path]
+        for i, side in enumerate((left, right)):
+            there = [side[k] for k in keys if k in side]
+            assert md.present[i] == len(there) and md.nbytes[i] == sum(t.nbytes for t in there), (path, i)
+    assert yields[0] >= 60 // 7      # the root's 61 keys: a slice of 7 per call
