@@ -88,7 +88,14 @@ class Node:
         start = self._start
         groups: dict[str, list] = {}     # name -> [the key ending there or None, the keys going on below, or None]
         get = groups.get
-        for key in self._below:
+        below = self._below
+        if len(below) > 1:   # one name for every key (a "model." prefix): one child, all the keys below it
+            first, last = min(below), max(below)
+            end = first.find(".", start)
+            if end >= 0 and last.startswith(first[:end + 1]):
+                groups[first[start:end]] = [None, below]
+                below = ()
+        for key in below:
             end = key.find(".", start)
             if end < 0:
                 name = key[start:]

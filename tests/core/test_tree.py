@@ -97,3 +97,21 @@ def test_prebuild_makes_exactly_the_long_levels():
     unbuilt = [n for n in tree.root.walk_built() if not n.is_built]
     assert len(unbuilt) == 500 + 1 and max(len(n.below) for n in unbuilt) == 10     # blocks.N (10 keys), head
     assert _shape(tree.root) == _reference(keys)
+
+
+def test_levels_where_every_key_shares_the_next_name_are_made_as_any_other():
+    """A prefix above every key ("model.", then "model.layers.") is made without a pass over the keys: the same
+    nodes, keys and rows as the plain way, also where a key ends at the shared name or one key leaves it."""
+    import random
+    rng = random.Random(11)
+    for trial in range(200):
+        keys = [f"model.layers.{rng.randint(0, 12)}.{rng.choice(['w', 'b', 'attn.q', 'attn.k'])}"
+                for _ in range(rng.randint(1, 40))]
+        if trial % 4 == 1:
+            keys.append("model.layers")          # a key ending at the shared name
+        if trial % 4 == 2:
+            keys.append("model.zz.other")        # one key leaving the second shared name
+        if trial % 4 == 3:
+            keys.insert(0, "modelx.y")            # ... or the first (same letters, no dot)
+        keys = list(dict.fromkeys(keys))
+        assert _shape(Tree(keys).root) == _reference(keys), keys

@@ -77,17 +77,19 @@ def test_the_filter_job_gives_the_keys_and_the_tree_the_window_showed():
         jobs.filter_tree(comp, "p[", {"regex": True})
 
 
-def test_module_totals_are_counted_a_slice_at_a_time_and_are_the_plain_counts(monkeypatch):
+@pytest.mark.parametrize("top", ["", "model."])
+def test_module_totals_are_counted_a_slice_at_a_time_and_are_the_plain_counts(monkeypatch, top):
     """A module's tensors and bytes per side (the root's: every key, 10**6 of them) are summed a slice of rows per C
-    call, the lock offered between two, and are what a plain count over its keys gives."""
+    call, the lock offered between two, and are what a plain count over its keys gives (with every key below one
+    module, ``model.``: that module's totals are the root's)."""
     yields = [0]
     monkeypatch.setattr(G, "SLICE", 7)
     monkeypatch.setattr(G, "let_others_run", lambda: yields.__setitem__(0, yields[0] + 1))
     rng = random.Random(3)
-    left = {f"m{i % 4}.p{i}": _info(f"m{i % 4}.p{i}", (rng.randint(1, 9),)) for i in range(60)}
-    right = {k: _info(k, (rng.randint(1, 9),)) for k in list(left)[::2] + ["m9.extra"]}
+    left = {f"{top}m{i % 4}.p{i}": _info(f"{top}m{i % 4}.p{i}", (rng.randint(1, 9),)) for i in range(60)}
+    right = {k: _info(k, (rng.randint(1, 9),)) for k in list(left)[::2] + [f"{top}m9.extra"]}
     comp = C.Comparison(_side(left), _side(right))
-    for path in ("", "m0", "m1", "m9"):
+    for path in ("", top + "m0", top + "m1", top + "m9") + (("model",) if top else ()):
         keys = [k for k in comp.rows if k.startswith(path + ".") or not path]
         md = comp.modules[path]
         for i, side in enumerate((left, right)):
