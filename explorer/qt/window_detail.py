@@ -32,7 +32,8 @@ class DetailWiring:
             self.runner.cancel("diff")
             self._diff_deferred = True
         self.detail.show_pending(key, row, comp.status(row))
-        self.runner.start("detail", f"Statistics of {key}…", jobs.detail_job(row, comp), comp, key, self.detail.bins.value(),
+        self.runner.start("detail", f"Statistics of {key}…", jobs.detail_job(row, comp), comp, key,
+                          self.detail.bins.value(),
                           on_result=lambda res, r=row, c=comp: self._detail_ready(c, r, res),
                           on_partial=lambda res, r=row, c=comp: self._detail_first_look(c, r, res),
                           on_error=lambda e, k=key: self._detail_failed(k, e),

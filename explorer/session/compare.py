@@ -245,8 +245,9 @@ class ModuleTable(Mapping):
         md = ModuleData(path)
         below, rows = node.below, comp.rows
         only = node.children[0] if node.is_built and len(node.children) == 1 else None
-        if only is not None and len(only.below) == len(below) and only.key is None:   # "model." above everything
-            md.present, md.nbytes = list(self.of_node(only).present), list(self.of_node(only).nbytes)
+        if only is not None and len(only.below) == len(below):   # "model." above everything: its totals are ours
+            sub = self.of_node(only)
+            md.present, md.nbytes = list(sub.present), list(sub.nbytes)
             below = ()
         for a, b in slices(len(below)):     # column-wise, a slice per C call (10**6 keys below the root)
             part = list(map(rows.__getitem__, below[a:b]))

@@ -17,7 +17,7 @@ import pickle
 import threading
 from dataclasses import dataclass, fields
 from itertools import compress, repeat
-from operator import attrgetter, is_, is_not
+from operator import attrgetter, is_not
 from typing import Any
 
 from ..core.gc_pause import gc_paused, let_others_run
@@ -178,7 +178,9 @@ class ListedSide:
             return self._side
 
     def _listed(self, entry) -> bool:
-        return entry is None or (self._entry is not None and isinstance(entry, (tuple, list)) and tuple(entry) == self._entry)
+        if entry is None:
+            return True
+        return self._entry is not None and isinstance(entry, (tuple, list)) and tuple(entry) == self._entry
 
     def resolve_entry(self, entry=None):
         if entry is None and self._default is not None:
@@ -211,7 +213,8 @@ class ListedSide:
 
 def side_data_of(listing: Listing):
     """The window's :class:`~.compare.SideData` of a listing (nothing parsed here)."""
-    from .compare import SideData
+    from .compare import SideData, settled
+    from .config_model import config_model
     infos = decode(listing.chunks)
-    return SideData(ListedSide(listing, infos), listing.text, listing.entry, infos, dict(listing.classes),
-                    nbytes=listing.nbytes)
+    return settled(SideData(ListedSide(listing, infos), listing.text, listing.entry, infos, dict(listing.classes),
+                            nbytes=listing.nbytes, config_model=config_model(listing.text)))

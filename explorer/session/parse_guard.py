@@ -62,8 +62,9 @@ def probe_whole(text: str, *, progress=None, should_stop=None):
 
 def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_fn: Callable[..., Any] = probe,
                  download: bool = False, progress=None, should_stop=None):
-    """``compare.load_side_data(text, entry)`` once ``text`` has parsed in the compute process within ``timeout_s``
-    (the worker half of File -> Open). ``download``: the URL ``text`` may be fetched whole (the user agreed: its
+    """``compare.load_side_data(text, entry)`` once ``text`` has parsed in the parse process within ``timeout_s``
+    (the worker half of File -> Open) -- or, when that parse sent its listing, the side made from it (nothing parsed
+    here: :mod:`.listing`). ``download``: the URL ``text`` may be fetched whole (the user agreed: its
     server ignores Range requests); the parse process downloads it into the shared cache, this one reads it there."""
     if download:
         from explorer.core.remote.mirror import allow_whole_file
@@ -72,7 +73,7 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
     from explorer.core.model_spec import looks_like_model_spec
 
     from . import compare as C
-    from .listing import Listing
+    from . import listing
     from explorer.core.remote.files import is_remote
     if (is_remote(text) or os.path.lexists(text)) and not looks_like_model_spec(text):
         from .compute_process import CallTimeout, parse_engine
@@ -95,16 +96,6 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
             # any other failure: the window's own parse below reports it as it would
         except Exception:  # noqa: BLE001 - the same: the parse below reports it (with its traceback, if unexpected)
             pass
-        if isinstance(listed, Listing) and entry in (None, listed.entry):   # parsed once there: not again here
-            return listed_side_data(listed)
+        if isinstance(listed, listing.Listing) and entry in (None, listed.entry):   # parsed there: not again here
+            return listing.side_data_of(listed)
     return C.load_side_data(text, entry, progress=progress, should_stop=should_stop)
-
-
-def listed_side_data(listing):
-    """The window's side data of a file the parse process listed (see :mod:`.listing`): nothing parsed here."""
-    from . import compare as C
-    from .config_model import config_model
-    from .listing import side_data_of
-    data = C.settled(side_data_of(listing))
-    data.config_model = config_model(listing.text)
-    return data

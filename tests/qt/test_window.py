@@ -254,7 +254,7 @@ def test_unexpected_error_goes_to_a_dialog(qtbot, make_window, two_checkpoints, 
     def boom(text, entry=None, **kw):
         raise ZeroDivisionError("a bug")
     monkeypatch.setattr(mw.C, "load_side_data", boom)                       # the window's own parse
-    monkeypatch.setattr("explorer.session.parse_guard.listed_side_data", boom)  # ... or the parse process's listing
+    monkeypatch.setattr("explorer.session.listing.side_data_of", boom)       # ... or the parse process's listing
     w = make_window()
     with qtbot.waitSignal(w.sig_load_failed, timeout=10000):
         w.open_path(0, str(two_checkpoints[0]))
