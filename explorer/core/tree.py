@@ -19,6 +19,8 @@ from __future__ import annotations
 import weakref
 from typing import Any, Iterable, Iterator, Mapping
 
+from .gc_pause import slices
+
 _NO_CHILDREN: tuple = ()   # every leaf's children and index, shared: 10**6 leaves make no list and no dict each
 _NO_INDEX: dict = {}       # (never written to)
 
@@ -90,7 +92,7 @@ class Node:
         get = groups.get
         below = self._below
         if len(below) > 1:   # one name for every key (a "model." prefix): one child, all the keys below it
-            first, last = min(below), max(below)
+            first, last = _bounds(below)
             end = first.find(".", start)
             if end >= 0 and last.startswith(first[:end + 1]):
                 groups[first[start:end]] = [None, below]
@@ -162,6 +164,16 @@ class Node:
 
     def __repr__(self):
         return f"Node({self.path!r}{', leaf' if self.is_leaf else ''})"
+
+
+def _bounds(keys: list) -> tuple[str, str]:
+    """``(min(keys), max(keys))``, a slice per C call (10**6 keys: the lock offered between two)."""
+    lows, highs = [], []
+    for a, b in slices(len(keys)):
+        part = keys[a:b]
+        lows.append(min(part))
+        highs.append(max(part))
+    return min(lows), max(highs)
 
 
 def _numeric_order(names: list[str]) -> list[str]:

@@ -115,3 +115,19 @@ def test_levels_where_every_key_shares_the_next_name_are_made_as_any_other():
             keys.insert(0, "modelx.y")            # ... or the first (same letters, no dot)
         keys = list(dict.fromkeys(keys))
         assert _shape(Tree(keys).root) == _reference(keys), keys
+
+
+def test_the_shared_name_check_reads_the_keys_a_slice_at_a_time(monkeypatch):
+    """The min and max key of a level (10**6 keys below the root) are taken a slice per C call, the lock offered
+    between two, and are the keys' min and max."""
+    import random
+
+    from explorer.core import gc_pause as G
+    from explorer.core import tree as T
+    yields = [0]
+    monkeypatch.setattr(G, "SLICE", 4)
+    monkeypatch.setattr(G, "let_others_run", lambda: yields.__setitem__(0, yields[0] + 1))
+    rng = random.Random(5)
+    keys = [f"m.{rng.randint(0, 999)}.w" for _ in range(30)]
+    assert T._bounds(keys) == (min(keys), max(keys)) and yields[0] == 30 // 4
+    assert T._bounds(["a"]) == ("a", "a")
