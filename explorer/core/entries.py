@@ -13,7 +13,7 @@ from operator import attrgetter, is_, itemgetter, mul
 from typing import Callable, Iterator
 
 from .gc_pause import gc_paused, slices
-from .records import EntryPath, Location, TensorInfo
+from .records import EntryPath, Location, Locations, Same, TensorInfo
 from .safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
 from .safe_pickle.stand_ins import PickleContext
 
@@ -33,7 +33,11 @@ _FIELDS = [itemgetter(i) for i in range(5)]
 
 
 def infos(paths, shapes, dtypes, nbytes, locations, devices, kinds, grads) -> list[TensorInfo]:
-    """:class:`TensorInfo` of entries given column-wise (``grads``: requires_grad, any iterable)."""
+    """:class:`TensorInfo` of entries given column-wise (``grads``: requires_grad, any iterable; ``locations``: one
+    per entry, or a :class:`Locations` of them all, each made when first read)."""
+    if type(locations) is Locations:
+        return list(map(TensorInfo, paths, shapes, dtypes, nbytes, repeat(locations), devices, kinds, grads,
+                        range(len(paths))))
     return list(map(TensorInfo, paths, shapes, dtypes, nbytes, locations, devices, kinds, grads))
 
 
@@ -42,13 +46,13 @@ class FlatTable:
     every key, shape, dtype and byte range; records are made on demand by ``make_record(i)``.
 
     ``columns(start, stop)``: entries start..stop as ``(shapes, dtypes, nbytes, kinds, devices)`` lists;
-    ``locations(start, stop, nbytes)``: their :class:`Location` (``nbytes``: their column from ``columns``)."""
+    ``locations(start, stop, nbytes)``: their :class:`Locations` (``nbytes``: their column from ``columns``)."""
 
     __slots__ = ("keys", "make_record", "records", "columns", "locations")
 
     def __init__(self, keys: list[str], make_record: Callable[[int], TensorRecord],
                  columns: Callable[[int, int], tuple[list, list, list, list, list]],
-                 locations: Callable[[int, int, list], list[Location]]):
+                 locations: Callable[[int, int, list], Locations]):
         self.keys = keys
         self.make_record = make_record
         self.records: list[TensorRecord | None] = [None] * len(keys)
@@ -141,8 +145,9 @@ def devices_of(storages) -> list[str]:
     return [st.device if isinstance(st, StorageRef) else "meta" for st in storages]
 
 
-def record_locations(recs: list, storages, fallback_file: str) -> list[Location | None]:
-    """Where each record's bytes are (None for a tensor without data); each storage described once."""
+def record_locations(recs: list, storages, fallback_file: str) -> Locations | list[Location | None]:
+    """Where each record's bytes are (None for a tensor without data); each storage described once. Column-wise
+    (:class:`Locations`, each made when read) unless some record has no data."""
     if type(storages) is RawStorages:
         source = storages.source
         keys = storages.keys
@@ -155,8 +160,8 @@ def record_locations(recs: list, storages, fallback_file: str) -> list[Location 
             file, names, offsets = describe(keys)
         if names is None:
             names = ["data/" + k for k in keys]
-        return list(map(Location, repeat(file), names, offsets if offsets is not None else repeat(None),
-                        storages.nbytes, map(_STORAGE_OFFSET_OF, recs), map(_STRIDE_OF, recs), keys))
+        return Locations(Same(file), names, offsets if offsets is not None else Same(None), storages.nbytes,
+                         list(map(_STORAGE_OFFSET_OF, recs)), list(map(_STRIDE_OF, recs)), keys)
     ids = list(map(id, storages))
     places: dict[int, tuple | None] = dict(zip(ids, storages))
     describers: dict[int, Callable | None] = {}
@@ -174,7 +179,7 @@ def record_locations(recs: list, storages, fallback_file: str) -> list[Location 
         return [None if w is None else Location(w[0], w[1], w[2], w[3], r.storage_offset, r.stride, w[4])
                 for w, r in zip(where, recs)]
     file, name, offset, nbytes, key = (list(map(f, where)) for f in _FIELDS)
-    return list(map(Location, file, name, offset, nbytes, map(_STORAGE_OFFSET_OF, recs), map(_STRIDE_OF, recs), key))
+    return Locations(file, name, offset, nbytes, list(map(_STORAGE_OFFSET_OF, recs)), list(map(_STRIDE_OF, recs)), key)
 
 
 def record_infos(paths: list, recs: list, start: int, kinds: dict, fallback_file: str) -> list[TensorInfo]:

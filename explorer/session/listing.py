@@ -15,24 +15,23 @@ from __future__ import annotations
 import os
 import pickle
 import threading
-from dataclasses import dataclass, fields
-from itertools import compress, repeat
-from operator import attrgetter, is_not
-from typing import Any
+from dataclasses import dataclass
+from itertools import accumulate, compress, repeat
+from operator import attrgetter, is_not, sub
 
 from ..core.gc_pause import gc_paused, let_others_run
-from ..core.records import CHECKPOINT, Location, TensorInfo
+from ..core.records import CHECKPOINT, INFO_FIELDS, LOCATION_FIELDS, Locations, Same, TensorInfo
 from ..errors import FileChangedError
 
 LISTING_MAX = 250_000     # tensors: a larger state dict is listed by the window itself, a slice at a time
 LISTINGS_KEPT = 1_000_000  # tensors the parse process keeps listed (of the last few files it read)
 CHUNK = 25_000            # tensors per pickled chunk (the window decodes one per C call: ~25 ms each at most)
 
-_INFO_FIELDS = [f.name for f in fields(TensorInfo)]
-_LOCATION_FIELDS = [f.name for f in fields(Location)]
-_AT = _INFO_FIELDS.index("location")
-_INFO_GETTERS = [attrgetter(name) for name in _INFO_FIELDS]
-_LOCATION_GETTERS = [attrgetter(name) for name in _LOCATION_FIELDS]
+_AT = INFO_FIELDS.index("location")
+_INFO_GETTERS = [attrgetter(name) if name != "location" else None for name in INFO_FIELDS]
+_LOCATION_GETTERS = [attrgetter(name) for name in LOCATION_FIELDS]
+_RAW_LOCATION = attrgetter("_location")
+_INDEX = attrgetter("_at")
 
 
 def stamp_of(text: str) -> tuple:
@@ -64,40 +63,53 @@ class Listing:
     chunks: list                 # pickled (keys, info columns, location columns, has-location mask) per CHUNK tensors
 
 
+def _location_columns(part: list) -> tuple[list, list | None]:
+    """The locations of the TensorInfos ``part`` column-wise, as :class:`Location`'s fields (of those that have one),
+    and which have one (None: all). Taken from their :class:`Locations` when they share one (no Location made)."""
+    raw = list(map(_RAW_LOCATION, part))
+    mask: list | None = list(map(is_not, raw, repeat(None)))
+    if all(mask):
+        mask = None
+    else:
+        part, raw = list(compress(part, mask)), list(compress(raw, mask))
+    tables = set(map(id, raw))
+    if len(tables) == 1 and type(raw[0]) is Locations:
+        ats = list(map(_INDEX, part))
+        return [[c.value] * len(ats) if type(c) is Same else list(map(c.__getitem__, ats))
+                for c in raw[0].columns], mask
+    locations = [info.location for info in part]
+    return [list(map(g, locations)) for g in _LOCATION_GETTERS], mask
+
+
 def encode(infos: dict) -> list[bytes]:
     """``infos`` (key -> TensorInfo) column-wise, pickled :data:`CHUNK` entries at a time."""
     keys, values = list(infos), list(infos.values())
     chunks = []
     for start in range(0, len(keys), CHUNK):
         part = values[start:start + CHUNK]
-        columns = [list(map(g, part)) for g in _INFO_GETTERS]
-        locations = columns[_AT]
-        mask = list(map(is_not, locations, repeat(None)))
-        if all(mask):
-            mask = None
-        else:
-            locations = list(compress(locations, mask))
-        columns[_AT] = None
-        location_columns = [list(map(g, locations)) for g in _LOCATION_GETTERS]
+        columns = [list(map(g, part)) if g is not None else None for g in _INFO_GETTERS]
+        location_columns, mask = _location_columns(part)
         chunks.append(pickle.dumps((keys[start:start + CHUNK], columns, location_columns, mask),
                                    protocol=pickle.HIGHEST_PROTOCOL))
     return chunks
 
 
 def decode(chunks: list[bytes]) -> dict:
-    """The key -> TensorInfo dict :func:`encode` took apart (other threads let run between two chunks)."""
+    """The key -> TensorInfo dict :func:`encode` took apart (other threads let run between two chunks); each
+    Location is made when first read."""
     out: dict = {}
     with gc_paused():
         for i, chunk in enumerate(chunks):
             if i:
                 let_others_run()
             keys, columns, location_columns, mask = pickle.loads(chunk)
-            locations: Any = list(map(Location, *location_columns))
-            if mask is not None:
-                made = iter(locations)
-                locations = [next(made) if m else None for m in mask]
-            columns[_AT] = locations
-            out.update(zip(keys, map(TensorInfo, *columns)))
+            table = Locations(*location_columns)
+            if mask is None:
+                columns[_AT], at = repeat(table), range(len(keys))
+            else:   # the i-th entry that has a location is the table's i-th
+                columns[_AT] = [table if m else None for m in mask]
+                at = list(map(sub, accumulate(mask), repeat(1)))
+            out.update(zip(keys, map(TensorInfo, *columns, at)))
     return out
 
 

@@ -14,14 +14,14 @@ import re
 import struct
 from array import array
 from collections import OrderedDict
-from itertools import accumulate, chain, islice, repeat
+from itertools import accumulate, chain, islice
 from operator import ge, gt, itemgetter, mul, sub
 
 from ...errors import CorruptFileError, shorten
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..entries import FlatTable
-from ..records import TENSOR, Location, contiguous_strides
+from ..records import TENSOR, Computed, Locations, Same, contiguous_strides
 from ..gc_pause import distinct, drop, each_slice, gc_paused, let_others_run, mapped, slices
 from ..safe_pickle.printable import printable_key, unprintable
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
@@ -354,23 +354,24 @@ def open_safetensors(path: str) -> Checkpoint:
 
     strides: dict[tuple, tuple] = {}
 
-    def make_record(i: int) -> TensorRecord:
+    def stride_of(i: int) -> tuple:
         shape = shapes[i]
         stride = strides.get(shape)
         if stride is None:
             stride = strides[shape] = contiguous_strides(shape)
+        return stride
+
+    def make_record(i: int) -> TensorRecord:
+        shape, stride = shapes[i], stride_of(i)
         dtype = DTYPES[codes[i]]
         numel = math.prod(shape)
         # the header was validated as a whole (_validate_fast): no per-record checks
         return TensorRecord.validated(StorageRef(f"#{i}", dtype, "cpu", numel, source=source), shape, stride, dtype,
                                       numel)
 
-    def locations(start: int, stop: int, nbytes: list) -> list[Location]:  # entries start..stop's, column-wise
-        part = shapes[start:stop]
-        for shape in distinct(part).difference(strides):
-            strides[shape] = contiguous_strides(shape)
-        return list(map(Location, repeat(path), repeat(None), map(data_start.__add__, begins[start:stop]), nbytes,
-                        repeat(0), map(strides.__getitem__, part), map("#{}".format, range(start, stop))))
+    def locations(start: int, stop: int, nbytes: list) -> Locations:  # entries start..stop's, made when read
+        return Locations(Same(path), Same(None), Computed(lambda i: data_start + begins[i], start), nbytes, Same(0),
+                         Computed(stride_of, start), Computed("#{}".format, start))
 
     def columns(start: int, stop: int):  # what a listing shows of entries start..stop, column-wise
         part = shapes[start:stop]
