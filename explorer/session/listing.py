@@ -17,7 +17,7 @@ import pickle
 import threading
 from dataclasses import dataclass
 from itertools import accumulate, compress, repeat
-from operator import attrgetter, is_not, sub
+from operator import add, attrgetter, eq, is_not, sub
 
 from ..core.gc_pause import gc_paused, let_others_run
 from ..core.records import CHECKPOINT, INFO_FIELDS, LOCATION_FIELDS, Locations, Same, TensorInfo
@@ -27,7 +27,9 @@ LISTING_MAX = 250_000     # tensors: a larger state dict is listed by the window
 LISTINGS_KEPT = 1_000_000  # tensors the parse process keeps listed (of the last few files it read)
 CHUNK = 25_000            # tensors per pickled chunk (the window decodes one per C call: ~25 ms each at most)
 
-_AT = INFO_FIELDS.index("location")
+_AT, _PATH = INFO_FIELDS.index("location"), INFO_FIELDS.index("path")
+_RECORD, _STORAGE_KEY = LOCATION_FIELDS.index("record"), LOCATION_FIELDS.index("storage_key")
+_DATA = "data/"
 _INFO_GETTERS = [attrgetter(name) if name != "location" else None for name in INFO_FIELDS]
 _LOCATION_GETTERS = [attrgetter(name) for name in LOCATION_FIELDS]
 _RAW_LOCATION = attrgetter("_location")
@@ -61,6 +63,7 @@ class Listing:
     nbytes: int
     count: int
     chunks: list                 # pickled (keys, info columns, location columns, has-location mask) per CHUNK tensors
+                                 # (paths as their shared prefix, torch.save's records as None, when they are the usual)
 
 
 def _location_columns(part: list) -> tuple[list, list | None]:
@@ -87,10 +90,17 @@ def encode(infos: dict) -> list[bytes]:
     chunks = []
     for start in range(0, len(keys), CHUNK):
         part = values[start:start + CHUNK]
+        names = keys[start:start + CHUNK]
         columns = [list(map(g, part)) if g is not None else None for g in _INFO_GETTERS]
+        paths = columns[_PATH]
+        prefix = paths[0][:-1]
+        if all(map(eq, paths, map(add, repeat(prefix), zip(names)))):   # the usual: the entry's path, then the key
+            columns[_PATH] = prefix
         location_columns, mask = _location_columns(part)
-        chunks.append(pickle.dumps((keys[start:start + CHUNK], columns, location_columns, mask),
-                                   protocol=pickle.HIGHEST_PROTOCOL))
+        records, storage_keys = location_columns[_RECORD], location_columns[_STORAGE_KEY]
+        if records == list(map(add, repeat(_DATA), storage_keys)):        # torch.save's "data/<storage key>"
+            location_columns[_RECORD] = None
+        chunks.append(pickle.dumps((names, columns, location_columns, mask), protocol=pickle.HIGHEST_PROTOCOL))
     return chunks
 
 
@@ -103,6 +113,11 @@ def decode(chunks: list[bytes]) -> dict:
             if i:
                 let_others_run()
             keys, columns, location_columns, mask = pickle.loads(chunk)
+            if type(columns[_PATH]) is tuple:
+                prefix = columns[_PATH]
+                columns[_PATH] = list(map(add, repeat(prefix), zip(keys))) if prefix else list(zip(keys))
+            if location_columns[_RECORD] is None:
+                location_columns[_RECORD] = list(map(add, repeat(_DATA), location_columns[_STORAGE_KEY]))
             table = Locations(*location_columns)
             if mask is None:
                 columns[_AT], at = repeat(table), range(len(keys))
