@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ..errors import CorruptFileError, KeyNotFoundError, NoDataError
 from .bytesource import read_record
 from .gc_pause import gc_paused, slices
-from .entries import EntryList, FlatTable, SegmentPaths, devices_of, record_columns, record_infos
+from .entries import EntryList, FlatTable, SegmentPaths, devices_of, infos, record_columns, record_info_columns
 from .loaded import (MAX_DEPTH, RecoveredModule, all_records, child, children, has_data, items_of, keys_of, normalize,
                      values_of)
 from .records import NUMPY_ARRAY, EntryPath, ModuleInfo, StateDictRef, TensorInfo
@@ -109,8 +109,8 @@ class Checkpoint:
                     raise CorruptFileError(f"{self.path}: {e}; the file is not a checkpoint (or is hostile) — "
                                            "nothing was loaded") from None
                 self._walk()
-        self.entries = EntryList(len(self._paths), info_maker(self._paths, self._table, self._recs, self._kinds,
-                                                              self.path), self.path)
+        self._columns_of = column_maker(self._paths, self._table, self._recs, self._kinds, self.path)
+        self.entries = EntryList(len(self._paths), info_maker(self._columns_of), self.path)
 
     # ---- structure ---------------------------------------------------------------------------------------------
     @property
@@ -332,6 +332,22 @@ class Checkpoint:
                 out.update(zip(map(_LAST, map(_PATH_OF, part)), part))
             return out
 
+    def state_dict_info_columns(self, entry: str | EntryPath | None = None) -> tuple[list, tuple] | None:
+        """``(keys, fields)``: one state dict's keys and the fields of the :class:`TensorInfo` :meth:`state_dict_infos`
+        gives them, column-wise (the arguments of :func:`~explorer.core.entries.infos`: no TensorInfo made), for a
+        state dict listed in bulk -- its entries contiguous, none made yet, no key repeated. None otherwise
+        (:meth:`state_dict_infos` then)."""
+        path = self.resolve_entry(entry)
+        idx = self._by_parent.get(path, ())
+        if type(idx) is not range or idx.step != 1 or not len(idx) or self.entries.made_any(idx.start, idx.stop):
+            return None
+        with gc_paused():
+            fields = self._columns_of(idx.start, idx.stop)
+            keys = list(map(_LAST, fields[0]))
+            if len(set(keys)) != len(keys):
+                return None
+            return keys, fields
+
     def state_dict_columns(self, entry: str | EntryPath | None = None) -> tuple[list, list, list, list, list, list]:
         """``(keys, shapes, dtypes, nbytes, kinds, devices)`` of one state dict's tensors, as
         :meth:`state_dict_infos` gives them, column-wise: a state dict listed in bulk (10**6 tiny tensors) costs no
@@ -469,12 +485,18 @@ class _KeysOnly:
         return self._keys
 
 
-def info_maker(paths, table: FlatTable | None, recs: list[TensorRecord] | None, kinds: dict[int, str],
-               label: str) -> Callable[[int, int], list[TensorInfo]]:
-    """What makes the :class:`TensorInfo` of entries ``start..stop``, column-wise (see :mod:`explorer.core.entries`).
-    It holds the checkpoint's columns, not the checkpoint: a checkpoint holding a method of its own would be a
-    reference cycle, kept (with its file maps) until a full collection."""
+def column_maker(paths, table: FlatTable | None, recs: list[TensorRecord] | None, kinds: dict[int, str],
+                 label: str) -> Callable[[int, int], tuple]:
+    """What makes the fields of the :class:`TensorInfo` of entries ``start..stop``, column-wise (the arguments of
+    :func:`~explorer.core.entries.infos`). It holds the checkpoint's columns, not the checkpoint: a checkpoint
+    holding a method of its own would be a reference cycle, kept (with its file maps) until a full collection."""
     if table is not None:
-        return lambda start, stop: table.infos(paths[start:stop], start, stop)
-    return lambda start, stop: record_infos(paths[start:stop], recs[start:stop], start, kinds, label)  # type: ignore
+        return lambda start, stop: table.info_columns(paths[start:stop], start, stop)
+    return lambda start, stop: record_info_columns(paths[start:stop], recs[start:stop], start, kinds,  # type: ignore
+                                                   label)
+
+
+def info_maker(columns: Callable[[int, int], tuple]) -> Callable[[int, int], list[TensorInfo]]:
+    """What makes the :class:`TensorInfo` of entries ``start..stop`` from :func:`column_maker`'s columns."""
+    return lambda start, stop: infos(*columns(start, stop))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from itertools import chain, repeat
-from operator import attrgetter, is_, itemgetter, mul
+from operator import attrgetter, is_, is_not, itemgetter, mul
 from typing import Callable, Iterator
 
 from .gc_pause import gc_paused, slices
@@ -65,10 +65,14 @@ class FlatTable:
             rec = self.records[i] = self.make_record(i)
         return rec
 
-    def infos(self, paths: list, start: int, stop: int) -> list[TensorInfo]:
+    def info_columns(self, paths: list, start: int, stop: int) -> tuple:
+        """The fields of entries start..stop's :class:`TensorInfo`, column-wise (the arguments of :func:`infos`)."""
         shapes, dtypes, nbytes, kinds, devices = self.columns(start, stop)
-        return infos(paths, shapes, dtypes, nbytes, self.locations(start, stop, nbytes), devices, kinds,
-                     repeat(False))
+        return (paths, shapes, dtypes, nbytes, self.locations(start, stop, nbytes), devices, kinds,
+                [False] * len(paths))
+
+    def infos(self, paths: list, start: int, stop: int) -> list[TensorInfo]:
+        return infos(*self.info_columns(paths, start, stop))
 
 
 def record_columns(recs: list, start: int, kinds: dict) -> tuple[list, list, list, list, list | RawStorages]:
@@ -182,11 +186,12 @@ def record_locations(recs: list, storages, fallback_file: str) -> Locations | li
     return Locations(file, name, offset, nbytes, list(map(_STORAGE_OFFSET_OF, recs)), list(map(_STRIDE_OF, recs)), key)
 
 
-def record_infos(paths: list, recs: list, start: int, kinds: dict, fallback_file: str) -> list[TensorInfo]:
-    """The :class:`TensorInfo` of records (entries ``start``..) at ``paths``."""
+def record_info_columns(paths: list, recs: list, start: int, kinds: dict, fallback_file: str) -> tuple:
+    """The fields of the :class:`TensorInfo` of records (entries ``start``..) at ``paths``, column-wise (the
+    arguments of :func:`infos`)."""
     shapes, dtypes, nbytes, kind_col, storages = record_columns(recs, start, kinds)
-    return infos(paths, shapes, dtypes, nbytes, record_locations(recs, storages, fallback_file),
-                 devices_of(storages), kind_col, map(_REQUIRES_GRAD_OF, recs))
+    return (paths, shapes, dtypes, nbytes, record_locations(recs, storages, fallback_file), devices_of(storages),
+            kind_col, list(map(_REQUIRES_GRAD_OF, recs)))
 
 
 class EntryList(Sequence):
@@ -218,6 +223,10 @@ class EntryList(Sequence):
                 i += len(self._infos)
             info = self._infos[i] = self._make(i, i + 1)[0]
         return info
+
+    def made_any(self, start: int, stop: int) -> bool:
+        """Has any of entries ``start..stop`` been made?"""
+        return self._complete or any(map(is_not, self._infos[start:stop], repeat(None)))
 
     def span(self, start: int, stop: int) -> list[TensorInfo]:
         """Entries ``start..stop`` (a copy of that part of the list), the missing ones made in one call."""

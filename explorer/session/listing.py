@@ -27,7 +27,7 @@ LISTING_MAX = 250_000     # tensors: a larger state dict is listed by the window
 LISTINGS_KEPT = 1_000_000  # tensors the parse process keeps listed (of the last few files it read)
 CHUNK = 25_000            # tensors per pickled chunk (the window decodes one per C call: ~25 ms each at most)
 
-_AT, _PATH = INFO_FIELDS.index("location"), INFO_FIELDS.index("path")
+_AT, _PATH, _NBYTES = INFO_FIELDS.index("location"), INFO_FIELDS.index("path"), INFO_FIELDS.index("nbytes")
 _RECORD, _STORAGE_KEY = LOCATION_FIELDS.index("record"), LOCATION_FIELDS.index("storage_key")
 _DATA = "data/"
 _INFO_GETTERS = [attrgetter(name) if name != "location" else None for name in INFO_FIELDS]
@@ -66,22 +66,34 @@ class Listing:
                                  # (paths as their shared prefix, torch.save's records as None, when they are the usual)
 
 
-def _location_columns(part: list) -> tuple[list, list | None]:
-    """The locations of the TensorInfos ``part`` column-wise, as :class:`Location`'s fields (of those that have one),
-    and which have one (None: all). Taken from their :class:`Locations` when they share one (no Location made)."""
-    raw = list(map(_RAW_LOCATION, part))
+def _location_columns(raw: list, ats: list) -> tuple[list, list | None]:
+    """Locations column-wise, as :class:`Location`'s fields (of the tensors that have one), and which have one (None:
+    all). ``raw``: each tensor's Location, None, or the :class:`Locations` holding it at its index in ``ats``; taken
+    from those columns when all share one (no Location made)."""
     mask: list | None = list(map(is_not, raw, repeat(None)))
-    if all(mask):
+    if all(mask):   # type: ignore[arg-type]
         mask = None
     else:
-        part, raw = list(compress(part, mask)), list(compress(raw, mask))
-    tables = set(map(id, raw))
-    if len(tables) == 1 and type(raw[0]) is Locations:
-        ats = list(map(_INDEX, part))
+        raw, ats = list(compress(raw, mask)), list(compress(ats, mask))   # type: ignore[arg-type]
+    if len(set(map(id, raw))) == 1 and type(raw[0]) is Locations:
         return [[c.value] * len(ats) if type(c) is Same else list(map(c.__getitem__, ats))
                 for c in raw[0].columns], mask
-    locations = [info.location for info in part]
+    locations = [loc[at] if type(loc) is Locations else loc for loc, at in zip(raw, ats)]
     return [list(map(g, locations)) for g in _LOCATION_GETTERS], mask
+
+
+def _chunk(names: list, columns: list, raw_locations: list, ats: list) -> bytes:
+    """One pickled chunk: ``names`` (keys), the other fields' ``columns`` (the location's None) and the locations
+    (see :func:`_location_columns`)."""
+    paths = columns[_PATH]
+    prefix = paths[0][:-1]
+    if all(map(eq, paths, map(add, repeat(prefix), zip(names)))):   # the usual: the entry's path, then the key
+        columns[_PATH] = prefix
+    location_columns, mask = _location_columns(raw_locations, ats)
+    records, storage_keys = location_columns[_RECORD], location_columns[_STORAGE_KEY]
+    if records == list(map(add, repeat(_DATA), storage_keys)):        # torch.save's "data/<storage key>"
+        location_columns[_RECORD] = None
+    return pickle.dumps((names, columns, location_columns, mask), protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def encode(infos: dict) -> list[bytes]:
@@ -90,17 +102,26 @@ def encode(infos: dict) -> list[bytes]:
     chunks = []
     for start in range(0, len(keys), CHUNK):
         part = values[start:start + CHUNK]
+        chunks.append(_chunk(keys[start:start + CHUNK], [list(map(g, part)) if g is not None else None
+                                                         for g in _INFO_GETTERS],
+                             list(map(_RAW_LOCATION, part)), list(map(_INDEX, part))))
+    return chunks
+
+
+def encode_columns(keys: list, fields: tuple) -> list[bytes]:
+    """What :func:`encode` makes of the TensorInfos whose fields are ``fields`` (column-wise, as
+    ``Checkpoint.state_dict_info_columns`` gives them), without making them."""
+    locations = fields[_AT]
+    chunks = []
+    for start in range(0, len(keys), CHUNK):
         names = keys[start:start + CHUNK]
-        columns = [list(map(g, part)) if g is not None else None for g in _INFO_GETTERS]
-        paths = columns[_PATH]
-        prefix = paths[0][:-1]
-        if all(map(eq, paths, map(add, repeat(prefix), zip(names)))):   # the usual: the entry's path, then the key
-            columns[_PATH] = prefix
-        location_columns, mask = _location_columns(part)
-        records, storage_keys = location_columns[_RECORD], location_columns[_STORAGE_KEY]
-        if records == list(map(add, repeat(_DATA), storage_keys)):        # torch.save's "data/<storage key>"
-            location_columns[_RECORD] = None
-        chunks.append(pickle.dumps((names, columns, location_columns, mask), protocol=pickle.HIGHEST_PROTOCOL))
+        stop = start + len(names)
+        columns = [list(f[start:stop]) if j != _AT else None for j, f in enumerate(fields)]
+        if type(locations) is Locations:
+            raw, ats = [locations] * len(names), list(range(start, stop))
+        else:
+            raw, ats = list(locations[start:stop]), [0] * len(names)
+        chunks.append(_chunk(names, columns, raw, ats))
     return chunks
 
 
@@ -145,17 +166,31 @@ def listing_of(text: str, side) -> Listing | None:
     refs = list(side.state_dicts)
     if refs and refs[0].tensors > LISTING_MAX:
         return None
-    from .compare import side_data
-    data = side_data(side, text, None)
-    if len(data.infos) > LISTING_MAX:
+    entry = side.default_state_dict
+    columns = getattr(side, "state_dict_info_columns", None)
+    bulk = columns(entry) if columns is not None and entry is not None else None
+    if bulk is not None:   # listed in bulk: no TensorInfo made (what side_data would give, field for field)
+        keys, fields = bulk
+        count, nbytes, chunks = len(keys), sum(fields[_NBYTES]), encode_columns(keys, fields)
+        try:
+            classes = side.module_classes(entry)
+        except Exception:   # classes are decoration (as side_data has it)
+            classes = {}
+    else:
+        from .compare import side_data
+        data = side_data(side, text, None)
+        if len(data.infos) > LISTING_MAX:
+            return None
+        entry, classes, count, nbytes, chunks = data.entry, data.classes, len(data.infos), data.nbytes or 0, \
+            encode(data.infos)
+    if count > LISTING_MAX:
         return None
     if len(_LISTINGS) > 8 or sum(hit.count for hit in _LISTINGS.values()) > LISTINGS_KEPT:
         _LISTINGS.clear()
     listing = _LISTINGS[stamp] = Listing(
         text, stamp, str(side.label), getattr(side, "path", None), side.format, list(side.references), refs,
-        tuple(data.entry) if data.entry is not None else None, dict(data.classes),
-        frozenset(name for name in dir(side) if not name.startswith("_")), data.nbytes or 0, len(data.infos),
-        encode(data.infos))
+        tuple(entry) if entry is not None else None, dict(classes),
+        frozenset(name for name in dir(side) if not name.startswith("_")), nbytes, count, chunks)
     return listing
 
 

@@ -80,6 +80,25 @@ def test_a_listed_side_is_the_side_the_window_would_parse(tmp_path):
         assert not side.is_opened, name      # all of that without opening the file in this process
 
 
+def test_the_parse_process_lists_a_state_dict_without_making_a_tensorinfo(tmp_path):
+    """A state dict whose entries lie together (most files) is listed from the reader's columns: no TensorInfo is
+    made there, and the window's side is the same, field for field (views, a meta tensor, nested, safetensors)."""
+    bulk = 0
+    for name, path in corpus(tmp_path).items():
+        side = open_side(path)
+        listing = L.listing_of(path, side)
+        entries = getattr(side, "entries", None)
+        if entries is not None and listing.entry is not None and \
+                side.state_dict_info_columns(listing.entry) is not None:
+            L._LISTINGS.clear()
+            side = open_side(path)
+            listing = L.listing_of(path, side)
+            assert not side.entries.made_any(0, len(side.entries)), name
+            bulk += 1
+        assert list(L.side_data_of(listing).infos.items()) == list(load_side_data(path).infos.items()), name
+    assert bulk == 7     # every one of them
+
+
 def test_a_listed_side_opens_the_file_for_values_and_other_state_dicts(tmp_path):
     path = corpus(tmp_path)["nested.pt"]
     data = L.side_data_of(L.listing_of(path, open_side(path)))
