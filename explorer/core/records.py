@@ -77,15 +77,32 @@ class Same:
 
 
 class Computed:
-    """A column of :class:`Locations` whose value at ``i`` is ``fn(start + i)`` (made when read)."""
+    """A column of :class:`Locations` whose value at ``i`` is ``fn(start + i)`` (made when read); ``bulk(first,
+    stop)``, when given, makes the values of ``first..stop`` at once (in C)."""
 
-    __slots__ = ("fn", "start")
+    __slots__ = ("fn", "start", "bulk")
 
-    def __init__(self, fn, start: int = 0):
-        self.fn, self.start = fn, start
+    def __init__(self, fn, start: int = 0, bulk=None):
+        self.fn, self.start, self.bulk = fn, start, bulk
 
     def __getitem__(self, i):
         return self.fn(self.start + i)
+
+    def span(self, a: int, b: int) -> list:
+        first, stop = self.start + a, self.start + b
+        return self.bulk(first, stop) if self.bulk is not None else list(map(self.fn, range(first, stop)))
+
+
+class Numbered:
+    """A column of :class:`Locations` holding ``f"{prefix}{start + i}"`` at ``i`` (made when read; pickled as it is)."""
+
+    __slots__ = ("prefix", "start")
+
+    def __init__(self, prefix: str, start: int = 0):
+        self.prefix, self.start = prefix, start
+
+    def __getitem__(self, i):
+        return f"{self.prefix}{self.start + i}"
 
 
 class Locations:
@@ -94,8 +111,8 @@ class Locations:
     a listing, a comparison or a simulation reads none of them.
 
     Each column (``file``, ``record``, ``offset``, ``storage_nbytes``, ``storage_offset``, ``stride``,
-    ``storage_key``, as :class:`Location`'s fields) is a sequence with one value per tensor, :class:`Same` or
-    :class:`Computed`."""
+    ``storage_key``, as :class:`Location`'s fields) is a sequence with one value per tensor, :class:`Same`,
+    :class:`Numbered` or :class:`Computed`."""
 
     __slots__ = ("columns",)
 
@@ -104,6 +121,12 @@ class Locations:
 
     def __getitem__(self, i: int) -> Location:
         return Location(*[c[i] for c in self.columns])
+
+    def span(self, a: int, b: int) -> list:
+        """The columns of tensors ``a..b`` (no Location made): lists, but :class:`Same` and :class:`Numbered` ones as
+        they are (small to pickle, and a column all the same)."""
+        return [c if type(c) is Same else Numbered(c.prefix, c.start + a) if type(c) is Numbered
+                else c.span(a, b) if type(c) is Computed else list(c[a:b]) for c in self.columns]
 
     def __reduce__(self):
         raise TypeError("Locations are not pickled: a TensorInfo pickles its own location")

@@ -77,19 +77,36 @@ def release(objects: list, *, progress=None, should_stop=None) -> None:
 
 
 def _take_apart(obj, depth: int) -> None:
+    """Take apart ``obj`` (held by nobody else): its objects first -- each held by nobody else is taken apart and
+    let go of what it holds, so a container it shared with ``obj`` (a listed side's infos are its SideData's too) is
+    then ``obj``'s alone -- then its containers, a slice at a time."""
     tree = getattr(obj, "tree", None)
     if tree is not None and sys.getrefcount(tree) == _OWN and hasattr(tree, "root") and hasattr(tree, "by_key"):
         _take_apart_tree(tree)
     del tree
-    for name in _attribute_names(obj):
+    names = _attribute_names(obj)
+    if depth > 0:
+        for name in names:
+            value = getattr(obj, name, None)
+            if value is not None and sys.getrefcount(value) == _OWN \
+                    and not isinstance(value, (dict, list, str, bytes, int, float, tuple)):
+                _take_apart(value, depth - 1)
+                _let_go(value)
+            del value
+    for name in names:
         value = getattr(obj, name, None)
-        if value is None or sys.getrefcount(value) != _OWN:
-            continue
-        if isinstance(value, (dict, list)):
+        if isinstance(value, (dict, list)) and sys.getrefcount(value) == _OWN:
             _shrink(value)
-        elif depth > 0 and not isinstance(value, (str, bytes, int, float, tuple)):
-            _take_apart(value, depth - 1)
         del value
+
+
+def _let_go(obj) -> None:
+    """Drop what ``obj`` (taken apart, held by nobody else) still refers to."""
+    for name in _attribute_names(obj):
+        try:
+            setattr(obj, name, None)
+        except (AttributeError, TypeError, ValueError):   # read-only, frozen: left as it is
+            pass
 
 
 def _attribute_names(obj) -> list[str]:

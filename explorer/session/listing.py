@@ -23,8 +23,10 @@ from ..core.gc_pause import gc_paused, let_others_run
 from ..core.records import CHECKPOINT, INFO_FIELDS, LOCATION_FIELDS, Locations, Same, TensorInfo
 from ..errors import FileChangedError
 
-LISTING_MAX = 250_000     # tensors: a larger state dict is listed by the window itself, a slice at a time
-LISTINGS_KEPT = 1_000_000  # tensors the parse process keeps listed (of the last few files it read)
+LISTING_MAX = 2_000_000   # tensors: a larger state dict is listed by the window itself, a slice at a time
+                          # (10**6 tensors list here in ~1 s, ~30 MB, and decode there in ~0.9 s: the window's own
+                          # parse of the same file took 2.8 s, and a re-open pays it again)
+LISTINGS_KEPT = 3_000_000  # tensors the parse process keeps listed (of the last few files it read)
 CHUNK = 25_000            # tensors per pickled chunk (the window decodes one per C call: ~25 ms each at most)
 
 _AT, _PATH, _NBYTES = INFO_FIELDS.index("location"), INFO_FIELDS.index("path"), INFO_FIELDS.index("nbytes")
@@ -66,7 +68,7 @@ class Listing:
                                  # (paths as their shared prefix, torch.save's records as None, when they are the usual)
 
 
-def _location_columns(raw: list, ats: list) -> tuple[list, list | None]:
+def _location_columns(raw: list, ats: list | range) -> tuple[list, list | None]:
     """Locations column-wise, as :class:`Location`'s fields (of the tensors that have one), and which have one (None:
     all). ``raw``: each tensor's Location, None, or the :class:`Locations` holding it at its index in ``ats``; taken
     from those columns when all share one (no Location made)."""
@@ -76,6 +78,8 @@ def _location_columns(raw: list, ats: list) -> tuple[list, list | None]:
     else:
         raw, ats = list(compress(raw, mask)), list(compress(ats, mask))   # type: ignore[arg-type]
     if len(set(map(id, raw))) == 1 and type(raw[0]) is Locations:
+        if type(ats) is range:   # a run of the table: its columns' own bulk
+            return raw[0].span(ats.start, ats.stop), mask
         return [[c.value] * len(ats) if type(c) is Same else list(map(c.__getitem__, ats))
                 for c in raw[0].columns], mask
     locations = [loc[at] if type(loc) is Locations else loc for loc, at in zip(raw, ats)]
@@ -89,9 +93,13 @@ def _chunk(names: list, columns: list, raw_locations: list, ats: list) -> bytes:
     prefix = paths[0][:-1]
     if all(map(eq, paths, map(add, repeat(prefix), zip(names)))):   # the usual: the entry's path, then the key
         columns[_PATH] = prefix
+    for j, column in enumerate(columns):   # a column all one value (dtype, device, kind...): that value once
+        if j != _PATH and j != _AT and column.count(column[0]) == len(column):
+            columns[j] = Same(column[0])
     location_columns, mask = _location_columns(raw_locations, ats)
     records, storage_keys = location_columns[_RECORD], location_columns[_STORAGE_KEY]
-    if records == list(map(add, repeat(_DATA), storage_keys)):        # torch.save's "data/<storage key>"
+    if type(records) is list and type(storage_keys) is list \
+            and records == list(map(add, repeat(_DATA), storage_keys)):   # torch.save's "data/<storage key>"
         location_columns[_RECORD] = None
     return pickle.dumps((names, columns, location_columns, mask), protocol=pickle.HIGHEST_PROTOCOL)
 
@@ -118,7 +126,7 @@ def encode_columns(keys: list, fields: tuple) -> list[bytes]:
         stop = start + len(names)
         columns = [list(f[start:stop]) if j != _AT else None for j, f in enumerate(fields)]
         if type(locations) is Locations:
-            raw, ats = [locations] * len(names), list(range(start, stop))
+            raw, ats = [locations] * len(names), range(start, stop)
         else:
             raw, ats = list(locations[start:stop]), [0] * len(names)
         chunks.append(_chunk(names, columns, raw, ats))
@@ -140,6 +148,7 @@ def decode(chunks: list[bytes]) -> dict:
             if location_columns[_RECORD] is None:
                 location_columns[_RECORD] = list(map(add, repeat(_DATA), location_columns[_STORAGE_KEY]))
             table = Locations(*location_columns)
+            columns = [repeat(c.value) if type(c) is Same else c for c in columns]
             if mask is None:
                 columns[_AT], at = repeat(table), range(len(keys))
             else:   # the i-th entry that has a location is the table's i-th
@@ -277,6 +286,7 @@ def side_data_of(listing: Listing):
     """The window's :class:`~.compare.SideData` of a listing (nothing parsed here)."""
     from .compare import SideData, settled
     from .config_model import config_model
-    infos = decode(listing.chunks)
-    return settled(SideData(ListedSide(listing, infos), listing.text, listing.entry, infos, dict(listing.classes),
-                            nbytes=listing.nbytes, config_model=config_model(listing.text)))
+    with gc_paused():   # frozen before the collector runs again: its first young collection would walk them all
+        infos = decode(listing.chunks)
+        return settled(SideData(ListedSide(listing, infos), listing.text, listing.entry, infos, dict(listing.classes),
+                                nbytes=listing.nbytes, config_model=config_model(listing.text)))

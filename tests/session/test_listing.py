@@ -189,3 +189,25 @@ def test_a_simulated_load_into_a_model_reads_a_listed_side_as_the_file(tmp_path)
         with pytest.raises(RuntimeError) as torch_says:
             model.load_state_dict(torch.load(path)["model"], strict=strict)
         assert got.raises and got.error_message == str(torch_says.value)
+
+
+def test_a_listed_side_is_out_of_the_collectors_reach_before_it_runs_again(tmp_path):
+    """The window's side of a listing (10**5-10**6 objects) is frozen before the collector runs again: left in its
+    young generation, the first collection after the decode walks every one of them (a 200 ms GUI-thread stall for
+    10**6 tensors, on whichever thread allocates next)."""
+    import gc
+    path = tmp_path / "a.pt"
+    torch.save({f"blocks.{i}.w": torch.zeros(2) for i in range(20_000)}, path)
+    listing = L.listing_of(str(path), open_side(str(path)))
+    runs = []
+    gc.collect()
+    frozen = gc.get_freeze_count()
+    gc.callbacks.append(lambda phase, info: runs.append(info["generation"]) if phase == "start" else None)
+    try:
+        assert gc.isenabled()
+        data = L.side_data_of(listing)
+    finally:
+        gc.callbacks.pop()
+    assert len(data.infos) == 20_000
+    assert runs == []                                   # no collection walked them
+    assert gc.get_freeze_count() - frozen >= 20_000     # they are out of its reach

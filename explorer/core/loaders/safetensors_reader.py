@@ -21,7 +21,7 @@ from ...errors import CorruptFileError, shorten
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..entries import FlatTable
-from ..records import TENSOR, Computed, Locations, Same, contiguous_strides
+from ..records import TENSOR, Computed, Locations, Numbered, Same, contiguous_strides
 from ..gc_pause import distinct, drop, each_slice, gc_paused, let_others_run, mapped, slices
 from ..safe_pickle.printable import printable_key, unprintable
 from ..safe_pickle.records import ITEMSIZE, StorageRef, TensorRecord
@@ -369,9 +369,17 @@ def open_safetensors(path: str) -> Checkpoint:
         return TensorRecord.validated(StorageRef(f"#{i}", dtype, "cpu", numel, source=source), shape, stride, dtype,
                                       numel)
 
+    def strides_of(first: int, stop: int) -> list:
+        part = shapes[first:stop]
+        for shape in distinct(part).difference(strides):
+            strides[shape] = contiguous_strides(shape)
+        return list(map(strides.__getitem__, part))
+
     def locations(start: int, stop: int, nbytes: list) -> Locations:  # entries start..stop's, made when read
-        return Locations(Same(path), Same(None), Computed(lambda i: data_start + begins[i], start), nbytes, Same(0),
-                         Computed(stride_of, start), Computed("#{}".format, start))
+        return Locations(Same(path), Same(None),
+                         Computed(lambda i: data_start + begins[i], start,
+                                  lambda first, stop: list(map(data_start.__add__, begins[first:stop]))),
+                         nbytes, Same(0), Computed(stride_of, start, strides_of), Numbered("#", start))
 
     def columns(start: int, stop: int):  # what a listing shows of entries start..stop, column-wise
         part = shapes[start:stop]
