@@ -39,12 +39,27 @@ _INDEX = attrgetter("_at")
 
 
 def stamp_of(text: str) -> tuple:
-    """What says a local file (or folder) is unchanged: its path, modification time and size (a URL: its text)."""
+    """What says a local file (or folder) is unchanged: its path, modification time and size (a URL: its text). A
+    folder's (a sharded checkpoint) holds those of every file in it too: a shard saved again under its own name
+    changes the shard, not the folder."""
     try:
         st = os.stat(text)
     except (OSError, ValueError):
         return (text, 0, 0)
-    return (text, st.st_mtime_ns, st.st_size)
+    if not os.path.isdir(text):
+        return (text, st.st_mtime_ns, st.st_size)
+    files = []
+    try:
+        with os.scandir(text) as entries:
+            for entry in entries:
+                try:
+                    est = entry.stat()
+                except OSError:
+                    continue
+                files.append((entry.name, est.st_mtime_ns, est.st_size))
+    except OSError:
+        pass
+    return (text, st.st_mtime_ns, st.st_size, tuple(sorted(files)))
 
 
 @dataclass

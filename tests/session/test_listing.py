@@ -8,7 +8,7 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from explorer.core.side import Side, open_side
 from explorer.errors import FileChangedError
@@ -124,6 +124,25 @@ def test_a_file_changed_after_its_listing_is_said_never_read_as_listed(tmp_path)
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     with pytest.raises(FileChangedError, match=str(path).replace("\\", "\\\\") + ": the file changed"):
         data.side.read_key("w", data.entry)
+
+
+def test_a_shard_saved_again_in_place_is_a_changed_folder(tmp_path):
+    """A sharded folder is unchanged only while every file in it is: a shard saved again under its own name (the
+    folder's own time and size stay as they were) is not shown from the listing of what it held before."""
+    folder = corpus(tmp_path)["shards"]
+    first = L.listing_of(folder, open_side(folder))
+    data = L.side_data_of(first)
+    shard = os.path.join(folder, "model-00001-of-00002.safetensors")
+    before = os.stat(folder)
+    old = load_file(shard)
+    save_file({k: torch.zeros(7) for k in old}, shard)       # rewritten in place: same name, other shapes
+    os.utime(folder, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(folder).st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(FileChangedError, match="the file changed"):
+        data.side.read_key(next(iter(old)), data.entry)
+    again = L.listing_of(folder, open_side(folder))
+    assert again is not first
+    assert {k: i.shape for k, i in L.side_data_of(again).infos.items() if k in old} == dict.fromkeys(old, (7,))
 
 
 def test_chunks_and_tensors_without_data_round_trip(tmp_path, monkeypatch):
