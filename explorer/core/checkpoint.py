@@ -376,9 +376,15 @@ class Checkpoint:
         return ([k for k, _ in infos], [i.shape for _, i in infos], [i.dtype for _, i in infos],
                 [i.nbytes for _, i in infos], [i.kind for _, i in infos], [i.device for _, i in infos])
 
+    @property
+    def is_flat(self) -> bool:
+        """A flat table of tensors (safetensors, a sharded folder): no pickled object, no module, a record made per
+        tensor only when asked for (its ``root`` makes them all)."""
+        return self._table is not None
+
     def module_classes(self, entry: str | EntryPath | None = None) -> dict[str, ModuleInfo]:
         """Module classes recovered from a pickled module, when the state dict came from one."""
-        if self._table is not None and self._root is None:   # a flat table (safetensors...) pickles no module
+        if self.is_flat:   # a flat table (safetensors...) pickles no module
             return {}
         try:
             obj = self.get(self.resolve_entry(entry))

@@ -109,6 +109,8 @@ class CheckpointInput:
                 raise
             self.entry_path = ()
         self.record_of = lambda key: side.record(self.entry_path + (key,))
+        if getattr(side, "is_flat", False):   # holds no pickled module (and 10**6 records are not made to see so)
+            return
         try:
             obj = side.get(self.entry_path)
         except Exception:
