@@ -94,13 +94,9 @@ def test_the_rows_are_emptied_in_slices_not_dropped_whole(tmp_path, monkeypatch)
     comp.modules.get("blocks")                 # module data made, as the window's paint makes them
     comp.tree.by_key["blocks.17.w"]            # a lookup made levels
     rows_id = id(comp.rows)
-    shrunk = []
-    real = dispose._shrink
-    monkeypatch.setattr(dispose, "_shrink", lambda c: (shrunk.append((id(c), len(c))), real(c))[1])
     objects = [comp]
     del comp
-    dispose.release(objects)
-    assert (rows_id, 9000) in shrunk
+    assert (rows_id, 9000) in _shrunk_releasing(objects, monkeypatch)
 
 
 def test_a_listed_side_is_taken_apart_though_its_infos_are_held_twice(tmp_path, monkeypatch):
@@ -115,11 +111,16 @@ def test_a_listed_side_is_taken_apart_though_its_infos_are_held_twice(tmp_path, 
     assert data.side._infos is data.infos
     comp = Comparison(data, None)
     infos_id = id(data.infos)
-    del data
+    objects = [comp]
+    del data, comp
+    assert (infos_id, 9000) in _shrunk_releasing(objects, monkeypatch)
+
+
+def _shrunk_releasing(objects: list, monkeypatch) -> list[tuple[int, int]]:
+    """(id, length) of every container :func:`dispose.release` of ``objects`` (the caller's only reference to them)
+    empties a slice at a time."""
     shrunk = []
     real = dispose._shrink
     monkeypatch.setattr(dispose, "_shrink", lambda c: (shrunk.append((id(c), len(c))), real(c))[1])
-    objects = [comp]
-    del comp
     dispose.release(objects)
-    assert (infos_id, 9000) in shrunk
+    return shrunk
