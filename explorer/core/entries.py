@@ -71,9 +71,6 @@ class FlatTable:
         return (paths, shapes, dtypes, nbytes, self.locations(start, stop, nbytes), devices, kinds,
                 [False] * len(paths))
 
-    def infos(self, paths: list, start: int, stop: int) -> list[TensorInfo]:
-        return infos(*self.info_columns(paths, start, stop))
-
 
 def record_columns(recs: list, start: int, kinds: dict) -> tuple[list, list, list, list, list | RawStorages]:
     """``(shapes, dtypes, nbytes, kinds, storages)`` of records (entries ``start``..): ``kinds`` maps an entry's index

@@ -88,6 +88,10 @@ class Computed:
     def __getitem__(self, i):
         return self.fn(self.start + i)
 
+    def take(self, ats: list) -> list[list]:
+        """The columns of the tensors at indexes ``ats``, as lists (no Location made)."""
+        return [[c.value] * len(ats) if type(c) is Same else list(map(c.__getitem__, ats)) for c in self.columns]
+
     def span(self, a: int, b: int) -> list:
         first, stop = self.start + a, self.start + b
         return self.bulk(first, stop) if self.bulk is not None else list(map(self.fn, range(first, stop)))
@@ -121,6 +125,10 @@ class Locations:
 
     def __getitem__(self, i: int) -> Location:
         return Location(*[c[i] for c in self.columns])
+
+    def take(self, ats: list) -> list[list]:
+        """The columns of the tensors at indexes ``ats``, as lists (no Location made)."""
+        return [[c.value] * len(ats) if type(c) is Same else list(map(c.__getitem__, ats)) for c in self.columns]
 
     def span(self, a: int, b: int) -> list:
         """The columns of tensors ``a..b`` (no Location made): lists, but :class:`Same` and :class:`Numbered` ones as

@@ -95,8 +95,7 @@ def _location_columns(raw: list, ats: list | range) -> tuple[list, list | None]:
     if len(set(map(id, raw))) == 1 and type(raw[0]) is Locations:
         if type(ats) is range:   # a run of the table: its columns' own bulk
             return raw[0].span(ats.start, ats.stop), mask
-        return [[c.value] * len(ats) if type(c) is Same else list(map(c.__getitem__, ats))
-                for c in raw[0].columns], mask
+        return raw[0].take(ats), mask
     locations = [loc[at] if type(loc) is Locations else loc for loc, at in zip(raw, ats)]
     return [list(map(g, locations)) for g in _LOCATION_GETTERS], mask
 

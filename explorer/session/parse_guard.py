@@ -31,19 +31,16 @@ PARSE_TIMEOUT_S = _timeout_from_env()     # STATE_DICT_EXPLORER_PARSE_TIMEOUT=SE
 def probe(text: str, *, progress=None, should_stop=None):
     """In the parse process: open ``text`` (kept in its cache of open files while unchanged) and give what it
     listed (a :class:`~.listing.Listing`, or None: the window then parses the file itself)."""
-    import gc
-
     from explorer.core.gc_pause import gc_paused
 
+    from .compare import settled
     from .detail_compute import open_cached
     from .listing import listing_of
-    with gc_paused():
-        listed = listing_of(text, open_cached(text))
     # what this process keeps of the parse (the open file, its listing: ~10**5 objects per 50k tensors, of up to 9
-    # files) is never walked by a collection: they cost 40-130 ms of each open here, the walks growing with the
-    # files kept. Evicted files are freed by their reference counts (a checkpoint holds no cycle).
-    gc.freeze()
-    return listed
+    # files) is never walked by a collection: those walks cost 40-130 ms of each open here, growing with the files
+    # kept. Evicted files are freed by their reference counts (a checkpoint holds no cycle).
+    with gc_paused():
+        return settled(listing_of(text, open_cached(text)))
 
 
 def warm(*, progress=None, should_stop=None) -> None:
