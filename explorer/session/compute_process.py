@@ -31,6 +31,11 @@ class CallTimeout(Exception):
     """A job ran past its ``timeout``; the child was killed (it restarts on the next request)."""
 
 
+class CallAborted(Exception):
+    """The caller's ``abort`` said the job's answer is not wanted; the child was killed (it restarts on the next
+    request)."""
+
+
 def _child_main(conn, cancel, nice: int = 10, tensors: bool = True) -> None:  # the child process
     import os
     try:  # number crunching yields the CPU to the window: on 2 cores a busy child otherwise delays the GUI thread
@@ -86,7 +91,7 @@ class ComputeProcess:
         # tensors cross the pipe (torch's shared-memory pickling, which imports torch in both processes); a process
         # that only opens files (the parse engine) imports no torch: the listing never waits for it
         self.tensors = tensors
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()   # held by a call (or a caller's sequence of them: ``held``)
         self._proc = None
         self._conn = None
         self._cancel = None
@@ -123,12 +128,14 @@ class ComputeProcess:
             self._conn = parent
 
     def call(self, fn: Callable[..., Any], *args, progress=None, should_stop=None, partial=None, timeout: float | None = None,
-             **kwargs) -> Any:
+             abort=None, **kwargs) -> Any:
         """Run ``fn(*args, **kwargs)`` in the child (``fn``: a module-level function). ``timeout``: seconds from the moment the job is sent;
         past it -- or ``CANCEL_GRACE_S`` after a cancel the job does not heed (a parse stuck in C code never
-        checks) -- the child is killed, so a runaway job never holds the caller, the lock or the next job."""
+        checks) -- the child is killed, so a runaway job never holds the caller, the lock or the next job.
+        ``abort``: a callable; once it returns true the child is killed at once (``CallAborted``): what it was doing,
+        and everything it holds, is not to be used."""
         with self._lock:
-            return self._call(fn, args, kwargs, progress, should_stop, partial, timeout)
+            return self._call(fn, args, kwargs, progress, should_stop, partial, timeout, abort)
 
     def call_if_idle(self, fn: Callable[..., Any], *args, timeout: float | None = None, **kwargs) -> Any:
         """``call`` when the child runs and no other call is in flight; else None at once (never waits for a busy
@@ -138,11 +145,11 @@ class ComputeProcess:
         try:
             if self._proc is None or not self._proc.is_alive():
                 return None
-            return self._call(fn, args, kwargs, None, None, None, timeout)
+            return self._call(fn, args, kwargs, None, None, None, timeout, None)
         finally:
             self._lock.release()
 
-    def _call(self, fn, args, kwargs, progress, should_stop, partial, timeout) -> Any:
+    def _call(self, fn, args, kwargs, progress, should_stop, partial, timeout, abort) -> Any:
         """One job's whole conversation with the child (send, poll, progress, cancel, timeout, answer)."""
         name = f"{fn.__module__}.{fn.__qualname__}"
         self.start()
@@ -158,6 +165,9 @@ class ComputeProcess:
                 self._cancel.value = job   # the child raises Cancelled at its next check
                 cancelled = True
                 cancelled_at = time.monotonic()
+            if abort is not None and abort():
+                self._kill()
+                raise CallAborted(f"{name}: its answer is not wanted; the child was stopped")
             now = time.monotonic()
             if cancelled and now - cancelled_at > CANCEL_GRACE_S:
                 self._kill()
@@ -195,6 +205,16 @@ class ComputeProcess:
             if cancelled:
                 raise Cancelled(f"{name}: cancelled")
             return payload
+
+    def held(self):
+        """``with eng.held():`` -- no other thread's call runs in between this thread's calls in the block."""
+        return self._lock
+
+    def stop_now(self) -> None:
+        """Kill the child at once, with everything it holds (it restarts on the next request). Waits for a call in
+        flight to end first."""
+        with self._lock:
+            self._kill()
 
     def _kill(self) -> None:
         """Stop the child at once (it restarts on the next request)."""

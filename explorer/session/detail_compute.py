@@ -319,6 +319,11 @@ def open_cached(text: str):
     return side
 
 
+def forget_opened(stamp: tuple) -> None:
+    """Drop the checkpoint :func:`open_cached` keeps for ``stamp`` (``listing.stamp_of``), if any."""
+    _SIDES.pop(stamp, None)
+
+
 def diff_paths(text_a: str, entry_a, text_b: str, entry_b, remap=None, *, progress=None, should_stop=None):
     """``explorer.core.diff.diff_sides`` of two checkpoint files, opened here by path (for the compute process)."""
     from explorer.core.diff import diff_sides

@@ -217,6 +217,11 @@ def listing_of(text: str, side) -> Listing | None:
     return listing
 
 
+def forget(stamp: tuple) -> None:
+    """Drop the listing kept for ``stamp``, if any."""
+    _LISTINGS.pop(stamp, None)
+
+
 # ---- in the window -------------------------------------------------------------------------------------------
 class ListedSide:
     """A checkpoint side made from a :class:`Listing`: its listed state dict's infos and module classes, its state

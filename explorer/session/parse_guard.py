@@ -8,6 +8,8 @@ time limit; only a file that parses there within it is parsed in the window's pr
 stopped (the parse process is killed and restarts on the next request) and reported as an expected error. Model
 specs are not probed: building a model runs the user's own code, once. A URL is probed too (its header is fetched
 there, into the mirror this process then reads from: a hostile remote pickle is as dangerous as a local one).
+A first open of a local torch.save file walks its ``data.pkl`` for hashing work here, while the parse process
+unpickles it without that walk (:func:`_parse_there`).
 """
 from __future__ import annotations
 
@@ -28,19 +30,33 @@ def _timeout_from_env(default: float = 60.0) -> float:
 PARSE_TIMEOUT_S = _timeout_from_env()     # STATE_DICT_EXPLORER_PARSE_TIMEOUT=SECONDS changes it
 
 
-def probe(text: str, *, progress=None, should_stop=None):
-    """In the parse process: open ``text`` (kept in its cache of open files while unchanged) and give what it
-    listed (a :class:`~.listing.Listing`, or None: the window then parses the file itself)."""
-    from explorer.core.gc_pause import gc_paused
+_UNCHECKED: set = set()   # (in the parse process) stamps of files opened with data.pkl's walk left to the window
 
+
+def probe(text: str, *, checked_elsewhere: tuple | None = None, progress=None, should_stop=None):
+    """In the parse process: open ``text`` (kept in its cache of open files while unchanged) and give what it
+    listed (a :class:`~.listing.Listing`, or None: the window then parses the file itself). ``checked_elsewhere``:
+    the file's ``torch_zip.file_token``, when the window walks its ``data.pkl`` itself (``torch_zip.precheck``):
+    this parse then skips that walk; the window uses its answer only once the walk passed."""
+    from explorer.core.gc_pause import gc_paused
+    from explorer.core.loaders.torch_zip import hash_checked_elsewhere
+
+    from . import detail_compute, listing
     from .compare import settled
-    from .detail_compute import open_cached
-    from .listing import listing_of
     # what this process keeps of the parse (the open file, its listing: ~10**5 objects per 50k tensors, of up to 9
     # files) is never walked by a collection: those walks cost 40-130 ms of each open here, growing with the files
     # kept. Evicted files are freed by their reference counts (a checkpoint holds no cycle).
     with gc_paused():
-        return settled(listing_of(text, open_cached(text)))
+        stamp = listing.stamp_of(text)
+        if checked_elsewhere is None and stamp in _UNCHECKED:   # no walk in the window this time: parse it afresh
+            _UNCHECKED.discard(stamp)
+            detail_compute.forget_opened(stamp)
+            listing.forget(stamp)
+        with hash_checked_elsewhere(checked_elsewhere) as scope:
+            side = detail_compute.open_cached(text)
+        if scope.skipped:
+            _UNCHECKED.add(stamp)
+        return settled(listing.listing_of(text, side))
 
 
 def warm(*, progress=None, should_stop=None) -> None:
@@ -83,10 +99,10 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
     from . import listing
     from explorer.core.remote.files import is_remote
     if (is_remote(text) or os.path.lexists(text)) and not looks_like_model_spec(text):
-        from .compute_process import CallTimeout, parse_engine
+        from .compute_process import CallTimeout
         listed = None
         try:
-            listed = parse_engine().call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
+            listed = _parse_there(text, probe_fn, timeout_s, should_stop)
         except CallTimeout:
             raise ParseTimeout(
                 f"{text}: reading it did not finish within {timeout_s:g} s and was stopped (a file built to make "
@@ -106,3 +122,89 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
         if isinstance(listed, listing.Listing) and entry in (None, listed.entry):   # parsed there: not again here
             return listing.side_data_of(listed)
     return C.load_side_data(text, entry, progress=progress, should_stop=should_stop)
+
+
+PRECHECK_MIN = 1 << 20   # bytes: a smaller file's data.pkl is walked in the parse process (a few ms there)
+
+
+def _parse_there(text: str, probe_fn, timeout_s: float, should_stop):
+    """``probe_fn(text)`` in the parse process. A local torch.save file of :data:`PRECHECK_MIN` bytes or more has
+    its ``data.pkl`` walked for hashing work here meanwhile (``torch_zip.precheck``; that parse skips the walk), and
+    the parse's answer -- a listing or an error -- is the answer only once the walk passed. When it did not, the
+    parse process may be building what the walk refuses, or hold it: it is killed, and the file parsed there again
+    the usual way (walk first), which gives the usual answer."""
+    from .compute_process import CallAborted, parse_engine
+    eng = parse_engine()
+    check = _Precheck.of(text) if probe_fn is probe else None
+    if check is None:
+        return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
+    with eng.held():   # another open's parse runs before this one or after it, never killed by it
+        try:
+            listed = eng.call(probe_fn, text, checked_elsewhere=check.token, timeout=timeout_s,
+                              should_stop=should_stop, abort=check.failed)
+        except CallAborted:
+            pass
+        except BaseException:
+            if check.passed():
+                raise
+        else:
+            if check.passed():
+                return listed
+        eng.stop_now()
+        return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
+
+
+class _Precheck:
+    """``torch_zip.precheck`` of one file, in a thread of the window's process (a file it passed before, unchanged
+    since -- a re-open -- is not walked again)."""
+
+    passed_before: set = set()   # tokens of the files whose walk passed (bounded below)
+
+    def __init__(self, text: str, token: tuple):
+        import threading
+        self.token = token
+        self._ok = False
+        self._done = threading.Event()
+        if token in self.passed_before:
+            self._ok = True
+            self._done.set()
+        else:
+            threading.Thread(target=self._run, args=(text,), name="data.pkl hashing-work walk", daemon=True).start()
+
+    @classmethod
+    def of(cls, text: str) -> "_Precheck | None":
+        """The walk of ``text``'s ``data.pkl``, started; None unless ``text`` is a local torch.save file of
+        :data:`PRECHECK_MIN` bytes or more."""
+        from explorer.core.loaders import torch_zip
+        from explorer.core.remote.files import is_remote
+        if is_remote(text):
+            return None
+        try:
+            st = os.stat(text)
+            if not os.path.isfile(text) or st.st_size < PRECHECK_MIN or not torch_zip.identify(text):
+                return None
+        except (OSError, ValueError):
+            return None
+        return cls(text, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+
+    def _run(self, text: str) -> None:
+        from explorer.core.loaders.torch_zip import precheck
+        try:
+            precheck(text, self.token)   # walked and within budget, or left to the parse process: either passes
+            self._ok = True
+            if len(self.passed_before) > 1000:
+                self.passed_before.clear()
+            self.passed_before.add(self.token)
+        except BaseException:  # noqa: BLE001 - refused, or could not walk: the parse process's answer is not used
+            self._ok = False
+        finally:
+            self._done.set()
+
+    def failed(self) -> bool:
+        """Done and did not pass (without waiting)."""
+        return self._done.is_set() and not self._ok
+
+    def passed(self) -> bool:
+        """Waits for the walk: did it pass?"""
+        self._done.wait()
+        return self._ok

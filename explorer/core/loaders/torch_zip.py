@@ -10,6 +10,7 @@ same way as a whole file.
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import struct
 import threading
@@ -22,6 +23,7 @@ from ...errors import CorruptFileError
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..gc_pause import gc_paused
+from ..safe_pickle.hash_work import check_pickle_stream
 from ..safe_pickle.limits import BoundedReader
 from ..safe_pickle.stand_ins import PickleContext
 from ..safe_pickle.unpickler import SafeUnpickler
@@ -42,16 +44,22 @@ def identify(path: str) -> bool:
     return isfile(path) and read_head(path, 4) == ZIP_MAGIC
 
 
-def unpickle(stream, label: str, source: ByteSource):
-    """Parse a ``data.pkl`` stream into (root, references); storages become :class:`StorageRef` records lazily."""
+def unpickle(stream, label: str, source: ByteSource, hash_checked: bool = False):
+    """Parse a ``data.pkl`` stream into (root, references); storages become :class:`StorageRef` records lazily.
+    ``hash_checked``: its hashing work is being checked elsewhere (:func:`precheck`), not here."""
     up = SafeUnpickler(stream, context=PickleContext(source, label))
+    up.hash_checked_elsewhere = hash_checked
     try:
         with gc_paused():
             root = up.load()
     except PARSE_ERRORS as e:
-        raise CorruptFileError(f"{label}: data.pkl could not be parsed ({type(e).__name__}: {_first_line(e)}); "
-                               "the file is corrupt or truncated — re-save it") from e
+        raise _unparsable(label, e) from e
     return root, up.references
+
+
+def _unparsable(label: str, e: BaseException) -> CorruptFileError:
+    return CorruptFileError(f"{label}: data.pkl could not be parsed ({type(e).__name__}: {_first_line(e)}); the "
+                            "file is corrupt or truncated — re-save it")
 
 
 class _Window(BoundedReader):
@@ -166,6 +174,26 @@ def read_archive(f, size: int, label: str, file: str | None = None, base_offset:
     ``base_offset`` in ``file``): the ``data.pkl`` torch's reader would read (see :mod:`.zip_directory`), parsed by
     the safe unpickler; storages are found the same way when a value is read. Where the zip's directory and its
     local headers disagree, or names repeat, notes lead the references (listed with the objects the file names)."""
+    directory, entry, start, local_name = _data_pkl(f, size, label)
+    notes = directory.anomalies(f, entry, local_name)
+    source = ZipSource(file or label, directory, base_offset, maps)
+    f.seek(start)
+    checked = False
+    if entry.method != STORED:
+        limit = min(DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO * entry.csize + (1 << 20))
+        stream = io.BytesIO(directory.inflate(f, entry, start, limit, "data.pkl"))
+    elif hasattr(f, "peek"):   # streamed straight from the file, never past the record
+        stream = _Window(f, start + entry.usize)
+        checked = file is None and base_offset == 0 and _checked_elsewhere(f, entry)
+    else:
+        stream = io.BytesIO(f.read(entry.usize))
+    root, refs = unpickle(stream, label, source, hash_checked=checked)
+    return root, notes + refs
+
+
+def _data_pkl(f, size: int, label: str):
+    """``(directory, entry, start, local name)`` of the ``data.pkl`` torch's reader would read in the archive ``f``
+    (``start``: where its bytes begin)."""
     directory = ZipDirectory(f, size, label)
     entry = directory.find("data.pkl")
     if entry is None:
@@ -174,18 +202,77 @@ def read_archive(f, size: int, label: str, file: str | None = None, base_offset:
                                "torch.save file — open it with a zip tool to see what it holds")
     directory.check_readable(entry)
     start, local_name = directory.local_header(f, entry)
-    notes = directory.anomalies(f, entry, local_name)
-    source = ZipSource(file or label, directory, base_offset, maps)
-    f.seek(start)
-    if entry.method != STORED:
-        limit = min(DATA_PKL_LIMIT, DATA_PKL_MAX_RATIO * entry.csize + (1 << 20))
-        stream = io.BytesIO(directory.inflate(f, entry, start, limit, "data.pkl"))
-    elif hasattr(f, "peek"):   # streamed straight from the file, never past the record
-        stream = _Window(f, start + entry.usize)
-    else:
-        stream = io.BytesIO(f.read(entry.usize))
-    root, refs = unpickle(stream, label, source)
-    return root, notes + refs
+    return directory, entry, start, local_name
+
+
+# ---- the hashing-work check, made by the window while the parse process unpickles -----------------------------
+# A file's first open waits for its parse in the parse process (session/parse_guard.py): the zip directory, the
+# hashing-work walk of data.pkl (:mod:`..safe_pickle.hash_work`: ~65 ms of a 50,000-tensor file's ~0.45 s), the
+# unpickle, the listing. The walk needs no result of the others, and the window's process is idle meanwhile: so the
+# window walks it (:func:`precheck`) while the parse process unpickles without it, and the parse process's listing is
+# used only once the window's walk passed. A pickle the walk refuses may keep the C unpickler hashing for ever: the
+# window then kills the parse process (which runs nothing else) and parses the file again there the usual way, which
+# refuses it with the usual message. Only the top-level stored ``data.pkl`` of a local file is checked elsewhere, and
+# only while the file is the one the window checked (device, inode, modification time, size).
+PRECHECK_MAX = 32 << 20   # bytes of data.pkl: a larger one is walked in the parse process (the walk's longest call
+                          # holds the window's interpreter lock for a time that grows with one SETITEMS batch)
+
+
+def file_token(f) -> tuple:
+    """What says an open file is the one another process checked: its device, inode, modification time and size."""
+    st = os.fstat(f.fileno())
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class hash_checked_elsewhere:
+    """``with hash_checked_elsewhere(token) as scope:`` -- opening the file whose :func:`file_token` is ``token``
+    (not None) skips the walk of its ``data.pkl``, which :func:`precheck` makes in another process;
+    ``scope.skipped`` says whether it was skipped. The scope is the calling thread's."""
+
+    _local = threading.local()
+
+    def __init__(self, token: tuple | None):
+        self.token = tuple(token) if token is not None else None
+        self.skipped = False
+
+    def __enter__(self):
+        self._local.active = self if self.token is not None else None
+        return self
+
+    def __exit__(self, *exc):
+        self._local.active = None
+        return False
+
+
+def _checked_elsewhere(f, entry) -> bool:
+    scope = getattr(hash_checked_elsewhere._local, "active", None)
+    if scope is None or entry.usize > PRECHECK_MAX:
+        return False
+    try:
+        same = file_token(f) == scope.token
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return False
+    scope.skipped = scope.skipped or same
+    return same
+
+
+def precheck(path: str, token: tuple) -> bool:
+    """The hashing-work walk of the ``data.pkl`` the parse process unpickles unchecked when told ``token`` (the
+    file's :func:`file_token`): True when it was walked and is within budget; False when the parse process walks it
+    itself (not a stored ``data.pkl``, or too large for the window). Raises the reader's error when the walk refuses
+    it, and whatever else keeps it from walking (then the parse process's answer is not to be used)."""
+    with open_binary(path) as f:
+        if file_token(f) != tuple(token):
+            raise CorruptFileError(f"{path}: the file changed while it was being opened; open it again")
+        _, entry, start, _ = _data_pkl(f, size_of(f), path)
+        if entry.method != STORED or entry.usize > PRECHECK_MAX:
+            return False
+        f.seek(start)
+        try:
+            check_pickle_stream(_Window(f, start + entry.usize))
+        except PARSE_ERRORS as e:
+            raise _unparsable(path, e) from e
+    return True
 
 
 def open_zip(path: str) -> Checkpoint:

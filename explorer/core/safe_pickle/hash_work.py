@@ -474,3 +474,17 @@ def check_pickle_stream(file) -> bool:
     finally:
         if release is not None:
             release()
+
+
+def stream_surrogates(file) -> bool:
+    """What :func:`check_pickle_stream` returns, without the walk: whether the bytes ``file`` holds from its position
+    on spell a lone surrogate (for a pickle whose hashing work was checked elsewhere: ``torch_zip.precheck``)."""
+    got = pickle_buffer(file)
+    if got is None:
+        return False
+    buf, start, end, release = got
+    try:
+        return holds_surrogates(buf, start, end)
+    finally:
+        if release is not None:
+            release()

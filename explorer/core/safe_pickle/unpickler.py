@@ -15,7 +15,7 @@ import pickle
 from typing import Any, Callable
 
 from ..gc_pause import gc_paused
-from .hash_work import check_pickle_stream
+from .hash_work import check_pickle_stream, stream_surrogates
 from .inert import placeholder
 from .limits import memo_cap, quiet_bytearray_bug, size_of
 from .numpy_values import MULTIARRAY, NUMPY_RECONSTRUCT, NUMPY_SCALAR, NumpyDtype
@@ -30,6 +30,8 @@ class SafeUnpickler(pickle.Unpickler):
     Every object a global can stand for here is ours: records, inert placeholders, or sealed functions that build
     plain containers. Nothing the file names is imported, looked up or called.
     """
+
+    hash_checked_elsewhere = False   # True: the pickle's hashing work was checked by another process (torch_zip)
 
     def __init__(self, file, persistent_load: Callable[[Any], Any] | None = None,
                  context: PickleContext | None = None):
@@ -47,7 +49,7 @@ class SafeUnpickler(pickle.Unpickler):
 
     def load(self):
         # nothing the C unpickler would hash takes longer than the budget; note strings no output could print
-        surrogates = check_pickle_stream(self._file)
+        surrogates = stream_surrogates(self._file) if self.hash_checked_elsewhere else check_pickle_stream(self._file)
         with quiet_bytearray_bug(), memo_cap(size_of(self._file)):
             obj = super().load()
         if surrogates:

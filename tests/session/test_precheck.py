@@ -1,0 +1,172 @@
+"""A first open walks ``data.pkl`` for hashing work in the window while the parse process unpickles it unchecked
+(``parse_guard._parse_there``, ``torch_zip.precheck``): the answer is the one the usual parse gives -- for a benign
+file, and for a hash bomb the C unpickler would finish, which the walk refuses -- and nothing the unchecked parse
+built outlives a refusal."""
+from __future__ import annotations
+
+import os
+import pickle
+import time
+
+import pytest
+import torch
+
+from explorer.core.loaders import torch_zip
+from explorer.core.safe_pickle import hash_work
+from explorer.errors import CorruptFileError
+from explorer.session import detail_compute, listing as L, parse_guard as G
+from explorer.session.compare import load_side_data
+from explorer.session.compute_process import CallAborted, ComputeProcess, parse_engine
+from tests.hostile.corpus import write_torch_zip
+from tests.hostile.corpus_round2 import dag
+
+BIG = G.PRECHECK_MIN   # files of this size and more are walked in the window
+
+
+def _benign(tmp_path) -> str:
+    """A torch.save file over the size the window walks: many small tensors and one large one, views, a nested
+    optimizer-like dict."""
+    torch.manual_seed(0)
+    sd = {f"blocks.{i // 4}.w{i % 4}": torch.randn(3, i % 5 + 1) for i in range(400)}
+    base = torch.randn(BIG // 4)
+    sd["big"], sd["view"] = base, base[10:20].view(2, 5)
+    path = str(tmp_path / "benign.pt")
+    torch.save({"model": sd, "step": 3}, path)
+    assert os.path.getsize(path) >= BIG
+    return path
+
+
+def _bomb(tmp_path, levels: int = 23) -> str:
+    """A torch.save-style file over the size the window walks whose dict key is a ``levels``-deep tuple DAG:
+    ``2**levels`` hashing steps. Above the walk's budget (it refuses), yet the C unpickler gets through it in a
+    fraction of a second -- so an unchecked parse succeeds, and must not be what the window shows."""
+    pkl = b"\x80\x02}q\x00(" + dag(levels) + b"K\x01u."
+    assert 2 ** levels > hash_work.HASH_BUDGET + hash_work.HASH_BUDGET_PER_BYTE * len(pkl)
+    path = str(tmp_path / "bomb.pt")
+    write_torch_zip(path, pkl, {"0": bytes(BIG)})
+    return path
+
+
+def _token(path: str) -> tuple:
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@pytest.fixture
+def fresh_caches():
+    """The parse process's caches, as this process holds them when probe runs here."""
+    detail_compute._SIDES.clear()
+    L._LISTINGS.clear()
+    G._UNCHECKED.clear()
+    yield
+    detail_compute._SIDES.clear()
+    L._LISTINGS.clear()
+    G._UNCHECKED.clear()
+
+
+def test_the_walk_is_the_one_the_reader_makes(tmp_path):
+    """The window's walk passes a benign file and refuses the bomb with the reader's own words."""
+    assert torch_zip.precheck(_benign(tmp_path), _token(_benign(tmp_path))) is True
+    bomb = _bomb(tmp_path)
+    with pytest.raises(CorruptFileError) as refused:
+        torch_zip.precheck(bomb, _token(bomb))
+    with pytest.raises(CorruptFileError) as read:
+        torch_zip.open_zip(bomb)
+    assert "hash" in str(refused.value) and str(refused.value) == str(read.value)
+
+
+def test_a_parse_told_the_window_walks_skips_the_walk_and_only_for_that_file(tmp_path, monkeypatch, fresh_caches):
+    path = _benign(tmp_path)
+    walks = []
+    real = hash_work.check_hash_work
+    monkeypatch.setattr(hash_work, "check_hash_work", lambda *a: walks.append(1) or real(*a))
+    listed = G.probe(path, checked_elsewhere=_token(path))
+    assert walks == []     # skipped: the window walks it
+    assert list(L.side_data_of(listed).infos.items()) == list(load_side_data(path).infos.items())
+    walks.clear()
+    L._LISTINGS.clear(), detail_compute._SIDES.clear(), G._UNCHECKED.clear()
+    st = os.stat(path)
+    G.probe(path, checked_elsewhere=(st.st_dev, st.st_ino, st.st_mtime_ns + 1, st.st_size))   # another file's
+    assert walks == [1]
+
+
+def test_a_parse_without_the_window_walking_never_serves_what_an_unchecked_parse_kept(tmp_path, fresh_caches):
+    bomb = _bomb(tmp_path)
+    assert isinstance(G.probe(bomb, checked_elsewhere=_token(bomb)), L.Listing)   # the C unpickler got through it
+    with pytest.raises(CorruptFileError, match="hash"):
+        G.probe(bomb)          # the usual parse: walked first, refused (not the listing kept above)
+
+
+def test_the_window_shows_a_benign_file_as_the_usual_parse_does(tmp_path):
+    path = _benign(tmp_path)
+    data = G.open_guarded(path)
+    assert type(data.side) is L.ListedSide
+    assert list(data.infos.items()) == list(load_side_data(path).infos.items())
+    assert data.side.references == load_side_data(path).side.references
+
+
+def test_a_file_walked_once_is_walked_again_only_once_it_changed(tmp_path, monkeypatch):
+    """A re-open of an unchanged file waits for no walk (the parse process answers from what it keeps)."""
+    path = _benign(tmp_path)
+    walks = []
+    real = torch_zip.precheck
+    monkeypatch.setattr(torch_zip, "precheck", lambda *a: walks.append(1) or real(*a))
+    G.open_guarded(path)
+    G.open_guarded(path)
+    assert walks == [1]
+    later = os.stat(path).st_mtime_ns + 10**9
+    os.utime(path, ns=(later, later))
+    assert list(G.open_guarded(path).infos.items()) == list(load_side_data(path).infos.items())
+    assert walks == [1, 1]
+
+
+def test_the_window_refuses_a_bomb_the_unchecked_parse_got_through(tmp_path):
+    """The parse process, told the window walks, unpickles the bomb within a fraction of a second; the window's
+    walk refuses it: the answer is the usual refusal, every time, and the parse process that held the bomb's
+    parse is gone."""
+    bomb = _bomb(tmp_path)
+    eng = parse_engine()
+    assert isinstance(eng.call(G.probe, bomb, checked_elsewhere=_token(bomb), timeout=60), L.Listing)
+    before = eng._proc.pid
+    with pytest.raises(CorruptFileError) as first:
+        G.open_guarded(bomb)
+    assert "hash" in str(first.value)
+    assert eng._proc is None or eng._proc.pid != before     # restarted: nothing it built unchecked is kept
+    with pytest.raises(CorruptFileError) as again:
+        G.open_guarded(bomb)
+    with pytest.raises(CorruptFileError) as usual:
+        load_side_data(bomb)
+    assert str(first.value) == str(again.value) == str(usual.value)
+
+
+def test_a_bomb_the_unpickler_never_finishes_is_refused_long_before_the_time_limit(tmp_path):
+    bomb = _bomb(tmp_path, levels=64)
+    t = time.perf_counter()
+    with pytest.raises(CorruptFileError, match="hash"):
+        G.open_guarded(bomb, timeout_s=60)
+    assert time.perf_counter() - t < 30
+
+
+def _sleep(seconds, *, progress=None, should_stop=None):
+    time.sleep(seconds)
+    return seconds
+
+
+def test_an_aborted_call_kills_the_child_at_once():
+    eng = ComputeProcess(nice=0, name="abort-test", tensors=False)
+    try:
+        assert eng.call(_sleep, 0, timeout=60) == 0
+        t, start = time.perf_counter(), time.perf_counter()
+        with pytest.raises(CallAborted):
+            eng.call(_sleep, 30, timeout=60, abort=lambda: time.perf_counter() - start > 0.2)
+        assert time.perf_counter() - t < 5
+        assert eng.call(_sleep, 0, timeout=60) == 0       # restarted on the next call
+    finally:
+        eng.shutdown()
+
+
+def test_a_listing_pickles_the_same_whichever_parse_made_it(tmp_path, fresh_caches):
+    path = _benign(tmp_path)
+    checked = pickle.dumps(G.probe(path))
+    L._LISTINGS.clear(), detail_compute._SIDES.clear()
+    assert pickle.dumps(G.probe(path, checked_elsewhere=_token(path))) == checked
