@@ -176,6 +176,7 @@ class SyncedTree(QTreeView):
 class CompareView(QWidget):
     sig_current_changed = Signal(object)            # core tree Node or None
     sig_files_dropped = Signal(object, list)        # side (LEFT / RIGHT / None for "both"), paths
+    sig_files_entered = Signal(list)                # paths dragged over the panes (not dropped yet)
     sig_entry_chosen = Signal(int, object)          # side, entry path
     sig_open_clicked = Signal(int)
     sig_model_clicked = Signal(int)                 # side whose checkpoint's config.json model is wanted
@@ -422,8 +423,10 @@ class CompareView(QWidget):
         return LEFT if pos.x() < self.width() / 2 else RIGHT
 
     def dragEnterEvent(self, event):
-        if urls_to_paths(event.mimeData()):
+        paths = urls_to_paths(event.mimeData())
+        if paths:
             event.acceptProposedAction()
+            self.sig_files_entered.emit(paths[:2])
         else:
             event.ignore()
 

@@ -98,6 +98,7 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
     from . import compare as C
     from . import listing
     from explorer.core.remote.files import is_remote
+    _ReadAhead.wanted(text)
     if (is_remote(text) or os.path.lexists(text)) and not looks_like_model_spec(text):
         from .compute_process import CallTimeout
         listed = None
@@ -127,23 +128,94 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
 PRECHECK_MIN = 1 << 20   # bytes: a smaller file's data.pkl is walked in the parse process (a few ms there)
 
 
-def _parse_there(text: str, probe_fn, timeout_s: float, should_stop):
+class _ReadAhead:
+    """One drag's read-ahead (in the window): the files it reads, and whether it is to give way."""
+
+    running: "list[_ReadAhead]" = []
+    reading: dict = {}         # file some read-ahead is parsing now -> (threading.Event set when done, [timed out])
+
+    def __init__(self, texts: list[str]):
+        self.texts = set(texts)
+        self.give_way = False
+
+    @classmethod
+    def wait_for(cls, text: str, should_stop) -> None:
+        """An open of ``text`` while a read-ahead parses it: wait for that parse (the open's own then finds it
+        parsed), and raise ``CallTimeout`` when it ran out of time -- not parse it a second time, for as long."""
+        from .compute_process import CallTimeout
+        from explorer.errors import Cancelled
+        got = cls.reading.get(text)
+        if got is None:
+            return
+        done, timed_out = got
+        while not done.wait(0.05):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"{text}: cancelled")
+        if timed_out[0]:
+            raise CallTimeout(f"{text}: its parse ran out of time")
+
+    @classmethod
+    def wanted(cls, text: str) -> None:
+        """An open asks for ``text``: a read-ahead of other files gives way (the one of ``text`` is waited for)."""
+        for ahead in list(cls.running):
+            if text not in ahead.texts:
+                ahead.give_way = True
+
+
+def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> None:
+    """Parse ``texts`` -- local files and folders dragged over the window, not dropped yet -- in the parse process
+    (with the window's walk of a torch.save file's ``data.pkl``), so that the open that follows their drop finds
+    them parsed: a re-open there. What it parses is dropped unused; it gives way to an open of another file (the
+    parse process is stopped at once), and never reports anything. Blocking: for a thread of its own."""
+    import threading
+
+    from explorer.core.model_spec import looks_like_model_spec
+    from explorer.core.remote.files import is_remote
+
+    from .compute_process import CallTimeout
+    ahead = _ReadAhead(list(texts))
+    _ReadAhead.running.append(ahead)
+    try:
+        for text in texts:
+            if ahead.give_way or text in _ReadAhead.reading or is_remote(text) or not os.path.exists(text) \
+                    or looks_like_model_spec(text):
+                continue
+            done, timed_out = _ReadAhead.reading[text] = (threading.Event(), [False])
+            try:
+                _parse_there(text, probe_fn, timeout_s, None, give_way=lambda: ahead.give_way)
+            except CallTimeout:
+                timed_out[0] = True
+            except Exception:  # noqa: BLE001 - the open, if the file is dropped, parses it again and reports
+                pass
+            finally:
+                del _ReadAhead.reading[text]
+                done.set()
+    finally:
+        _ReadAhead.running.remove(ahead)
+
+
+def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=None):
     """``probe_fn(text)`` in the parse process. A local torch.save file of :data:`PRECHECK_MIN` bytes or more has
     its ``data.pkl`` walked for hashing work here meanwhile (``torch_zip.precheck``; that parse skips the walk), and
     the parse's answer -- a listing or an error -- is the answer only once the walk passed. When it did not, the
     parse process may be building what the walk refuses, or hold it: it is killed, and the file parsed there again
-    the usual way (walk first), which gives the usual answer."""
+    the usual way (walk first), which gives the usual answer. ``give_way`` (a read-ahead's): once it returns true,
+    the parse process is stopped at once and ``CallAborted`` raised; nothing is parsed again."""
     from .compute_process import CallAborted, parse_engine
+    if give_way is None:
+        _ReadAhead.wait_for(text, should_stop)
     eng = parse_engine()
     check = _Precheck.of(text) if probe_fn is probe else None
     if check is None:
-        return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
+        return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, abort=give_way)
+    aborts = check.failed if give_way is None else (lambda: check.failed() or give_way())
     with eng.held():   # another open's parse runs before this one or after it, never killed by it
         try:
             listed = eng.call(probe_fn, text, checked_elsewhere=check.token, timeout=timeout_s,
-                              should_stop=should_stop, abort=check.failed)
+                              should_stop=should_stop, abort=aborts)
         except CallAborted:
-            pass
+            if give_way is not None:
+                raise
         except BaseException:
             if check.passed():
                 raise
@@ -151,6 +223,8 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop):
             if check.passed():
                 return listed
         eng.stop_now()
+        if give_way is not None:
+            raise CallAborted(f"{text}: not read ahead (its data.pkl's walk did not pass)")
         return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
 
 

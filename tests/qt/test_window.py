@@ -127,6 +127,24 @@ def test_drop_one_file_on_the_right_pane(qtbot, make_window, two_checkpoints):
     assert w.sides[0] is None and w.sides[1].text == str(two_checkpoints[1])
 
 
+def test_a_file_dragged_over_the_window_is_parsed_before_it_is_dropped(qtbot, make_window, two_checkpoints):
+    from explorer.session.compute_process import parse_engine
+    from tests.in_parse_process import listing_kept
+    w = make_window()
+    cv = w.compare
+    path = str(two_checkpoints[0])
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(path)])
+    enter = QDragEnterEvent(cv.rect().center(), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier)
+    cv.dragEnterEvent(enter)
+    assert enter.isAccepted()
+    qtbot.waitUntil(lambda: parse_engine().call(listing_kept, path, timeout=30), timeout=20000)   # not dropped yet
+    assert w.sides == [None, None]                 # nothing shown of a drag
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=20000):
+        cv.dropEvent(QDropEvent(QPointF(cv.rect().center()), Qt.CopyAction, mime, Qt.LeftButton, Qt.NoModifier))
+    assert w.sides[0].text == path and list(w.sides[0].infos) == list(C.load_side_data(path).infos)
+
+
 def test_drop_of_non_files_is_refused(make_window):
     w = make_window()
     mime = QMimeData()

@@ -19,6 +19,7 @@ from explorer.session.compare import load_side_data
 from explorer.session.compute_process import CallAborted, ComputeProcess, parse_engine
 from tests.hostile.corpus import write_torch_zip
 from tests.hostile.corpus_round2 import dag
+from tests.in_parse_process import listing_kept, sleep, slow_probe
 
 BIG = G.PRECHECK_MIN   # files of this size and more are walked in the window
 
@@ -147,20 +148,15 @@ def test_a_bomb_the_unpickler_never_finishes_is_refused_long_before_the_time_lim
     assert time.perf_counter() - t < 30
 
 
-def _sleep(seconds, *, progress=None, should_stop=None):
-    time.sleep(seconds)
-    return seconds
-
-
 def test_an_aborted_call_kills_the_child_at_once():
     eng = ComputeProcess(nice=0, name="abort-test", tensors=False)
     try:
-        assert eng.call(_sleep, 0, timeout=60) == 0
+        assert eng.call(sleep, 0, timeout=60) == 0
         t, start = time.perf_counter(), time.perf_counter()
         with pytest.raises(CallAborted):
-            eng.call(_sleep, 30, timeout=60, abort=lambda: time.perf_counter() - start > 0.2)
+            eng.call(sleep, 30, timeout=60, abort=lambda: time.perf_counter() - start > 0.2)
         assert time.perf_counter() - t < 5
-        assert eng.call(_sleep, 0, timeout=60) == 0       # restarted on the next call
+        assert eng.call(sleep, 0, timeout=60) == 0       # restarted on the next call
     finally:
         eng.shutdown()
 
@@ -170,3 +166,61 @@ def test_a_listing_pickles_the_same_whichever_parse_made_it(tmp_path, fresh_cach
     checked = pickle.dumps(G.probe(path))
     L._LISTINGS.clear(), detail_compute._SIDES.clear()
     assert pickle.dumps(G.probe(path, checked_elsewhere=_token(path))) == checked
+
+
+# ---- read ahead: files dragged over the window are parsed before they are dropped ----------------------------------
+def _small(tmp_path, name: str) -> str:
+    path = str(tmp_path / name)
+    torch.save({"w": torch.ones(2, 3)}, path)
+    return path
+
+
+def _wait_reading(text: str) -> None:
+    t_end = time.perf_counter() + 20
+    while text not in G._ReadAhead.reading:
+        assert time.perf_counter() < t_end, "the read-ahead never started"
+        time.sleep(0.005)
+
+
+def test_a_file_read_ahead_is_parsed_before_its_open_asks(tmp_path, monkeypatch):
+    path = _benign(tmp_path)
+    walks = []
+    real = torch_zip.precheck
+    monkeypatch.setattr(torch_zip, "precheck", lambda *a: walks.append(1) or real(*a))
+    G.read_ahead([path])
+    assert parse_engine().call(listing_kept, path, timeout=30)     # parsed and kept there, before any open
+    data = G.open_guarded(path)
+    assert walks == [1]                                     # the open walks nothing again
+    assert list(data.infos.items()) == list(load_side_data(path).infos.items())
+
+
+def test_a_read_ahead_gives_way_to_an_open_of_another_file(tmp_path):
+    import threading
+    slow, other = _small(tmp_path, "slow.pt"), _small(tmp_path, "other.pt")
+    ahead = threading.Thread(target=G.read_ahead, args=([slow],), kwargs={"probe_fn": slow_probe})
+    ahead.start()
+    _wait_reading(slow)
+    t = time.perf_counter()
+    data = G.open_guarded(other)
+    assert time.perf_counter() - t < 15             # not after the read-ahead's 30 s parse
+    assert list(data.infos) == ["w"]
+    ahead.join(10)
+    assert not ahead.is_alive()
+
+
+def test_an_open_of_a_file_being_read_ahead_waits_for_that_parse_not_for_a_second_one(tmp_path):
+    """A file whose parse runs out of time, dragged over and dropped: the open reports the read-ahead's time-out,
+    not another whole time limit later."""
+    import threading
+
+    from explorer.errors import ParseTimeout
+    path = _small(tmp_path, "hangs.pt")
+    ahead = threading.Thread(target=G.read_ahead, args=([path],), kwargs={"probe_fn": slow_probe, "timeout_s": 3})
+    ahead.start()
+    _wait_reading(path)
+    t = time.perf_counter()
+    with pytest.raises(ParseTimeout):
+        G.open_guarded(path, timeout_s=3, probe_fn=slow_probe)
+    assert time.perf_counter() - t < 5.5             # the read-ahead's 3 s, not 3 + 3
+    ahead.join(10)
+    assert list(G.open_guarded(path).infos) == ["w"]   # and the next open parses afresh
