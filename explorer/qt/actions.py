@@ -125,5 +125,7 @@ def fill_recent_menu(w) -> None:
         a.setEnabled(False)
     for path in files:       # paths and URLs as written ("&" doubled: a URL's query must not become a mnemonic)
         sub = menu.addMenu(path.replace("&", "&&"))
+        # pointed at: parsed while the pointer goes on to "Open left" (the open then finds it parsed)
+        sub.menuAction().hovered.connect(lambda p=path: w.read_ahead([p]))
         sub.addAction("Open left", lambda p=path: w.open_path(LEFT, p))
         sub.addAction("Open right", lambda p=path: w.open_path(RIGHT, p))

@@ -136,7 +136,8 @@ class _ReadAhead:
 
     def __init__(self, texts: list[str]):
         self.texts = set(texts)
-        self.give_way = False
+        self.give_way = False      # an open asks for another file: stop (the parse process too, if it parses)
+        self.superseded = False    # a newer read-ahead came: parse nothing more (what is parsing finishes)
 
     @classmethod
     def wait_for(cls, text: str, should_stop) -> None:
@@ -174,15 +175,18 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
 
     from .compute_process import CallTimeout
     ahead = _ReadAhead(list(texts))
+    for older in _ReadAhead.running:
+        older.superseded = True
     _ReadAhead.running.append(ahead)
     try:
         for text in texts:
-            if ahead.give_way or text in _ReadAhead.reading or is_remote(text) or not os.path.exists(text) \
+            if ahead.give_way or ahead.superseded or text in _ReadAhead.reading or is_remote(text) or not os.path.exists(text) \
                     or looks_like_model_spec(text):
                 continue
             done, timed_out = _ReadAhead.reading[text] = (threading.Event(), [False])
             try:
-                _parse_there(text, probe_fn, timeout_s, None, give_way=lambda: ahead.give_way)
+                _parse_there(text, probe_fn, timeout_s, None, give_way=lambda: ahead.give_way,
+                             skip=lambda: ahead.give_way or ahead.superseded)
             except CallTimeout:
                 timed_out[0] = True
             except Exception:  # noqa: BLE001 - the open, if the file is dropped, parses it again and reports
@@ -194,22 +198,25 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
         _ReadAhead.running.remove(ahead)
 
 
-def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=None):
+def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=None, skip=None):
     """``probe_fn(text)`` in the parse process. A local torch.save file of :data:`PRECHECK_MIN` bytes or more has
     its ``data.pkl`` walked for hashing work here meanwhile (``torch_zip.precheck``; that parse skips the walk), and
     the parse's answer -- a listing or an error -- is the answer only once the walk passed. When it did not, the
     parse process may be building what the walk refuses, or hold it: it is killed, and the file parsed there again
     the usual way (walk first), which gives the usual answer. ``give_way`` (a read-ahead's): once it returns true,
-    the parse process is stopped at once and ``CallAborted`` raised; nothing is parsed again."""
+    the parse process is stopped at once and ``CallAborted`` raised; nothing is parsed again. ``skip`` (a
+    read-ahead's): when it returns true once the parse process is free, nothing is parsed (``CallAborted``)."""
     from .compute_process import CallAborted, parse_engine
     if give_way is None:
         _ReadAhead.wait_for(text, should_stop)
     eng = parse_engine()
-    check = _Precheck.of(text) if probe_fn is probe else None
-    if check is None:
-        return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, abort=give_way)
-    aborts = check.failed if give_way is None else (lambda: check.failed() or give_way())
     with eng.held():   # another open's parse runs before this one or after it, never killed by it
+        if skip is not None and skip():
+            raise CallAborted(f"{text}: not read ahead (no longer wanted)")
+        check = _Precheck.of(text) if probe_fn is probe else None
+        if check is None:
+            return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, abort=give_way)
+        aborts = check.failed if give_way is None else (lambda: check.failed() or give_way())
         try:
             listed = eng.call(probe_fn, text, checked_elsewhere=check.token, timeout=timeout_s,
                               should_stop=should_stop, abort=aborts)

@@ -145,6 +145,23 @@ def test_a_file_dragged_over_the_window_is_parsed_before_it_is_dropped(qtbot, ma
     assert w.sides[0].text == path and list(w.sides[0].infos) == list(C.load_side_data(path).infos)
 
 
+def test_a_recent_file_pointed_at_in_the_menu_is_parsed_before_it_is_chosen(qtbot, make_window, tmp_path):
+    import torch
+
+    from explorer.session.compute_process import parse_engine
+    from tests.in_parse_process import listing_kept
+    path = str(tmp_path / "recent.pt")            # a file no other test's window parsed
+    torch.save({"w": torch.ones(3)}, path)
+    w = make_window()
+    w.history.add_file(path)
+    w.fill_recent_menu()
+    sub = next(a for a in w.recent_menu.actions() if a.menu() is not None and a.text() == path)
+    assert not parse_engine().call(listing_kept, path, timeout=30)
+    sub.hover()
+    qtbot.waitUntil(lambda: parse_engine().call(listing_kept, path, timeout=30), timeout=20000)
+    assert w.sides == [None, None]
+
+
 def test_drop_of_non_files_is_refused(make_window):
     w = make_window()
     mime = QMimeData()

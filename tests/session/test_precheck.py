@@ -224,3 +224,24 @@ def test_an_open_of_a_file_being_read_ahead_waits_for_that_parse_not_for_a_secon
     assert time.perf_counter() - t < 5.5             # the read-ahead's 3 s, not 3 + 3
     ahead.join(10)
     assert list(G.open_guarded(path).infos) == ["w"]   # and the next open parses afresh
+
+
+def test_a_newer_read_ahead_supersedes_an_older_one_that_has_not_started(tmp_path):
+    """Pointing at one recent file, then another: the first is not parsed once the second is wanted (what a read-ahead
+    is parsing finishes; one waiting for the parse process parses nothing)."""
+    import threading
+    busy, first, second = (_small(tmp_path, f"{name}.pt") for name in ("busy", "first", "second"))
+    hold = threading.Thread(target=G.read_ahead, args=([busy],), kwargs={"probe_fn": slow_probe, "timeout_s": 3})
+    hold.start()
+    _wait_reading(busy)                          # the parse process is busy for 3 s
+    older = threading.Thread(target=G.read_ahead, args=([first],))
+    older.start()
+    t_end = time.perf_counter() + 10
+    while not any(first in a.texts for a in G._ReadAhead.running):
+        assert time.perf_counter() < t_end
+        time.sleep(0.005)
+    G.read_ahead([second])                       # waits for the busy parse, then parses the newer one
+    for t in (hold, older):
+        t.join(20)
+    eng = parse_engine()
+    assert eng.call(listing_kept, second, timeout=30) and not eng.call(listing_kept, first, timeout=30)
