@@ -14,8 +14,8 @@ import threading
 import weakref
 from dataclasses import dataclass, field
 from enum import IntEnum
-from itertools import compress, repeat
-from operator import attrgetter, not_
+from itertools import chain, compress, repeat
+from operator import attrgetter, itemgetter, not_
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 from ..core.gc_pause import batches, gc_paused, slices
@@ -291,6 +291,7 @@ def _is_module(node) -> bool:
 _NONE = (0, 0)
 _SIDE_OF = (attrgetter("left"), attrgetter("right"))
 _QUIET = SAME_STATUSES - PROBLEM_STATUSES     # neither a problem nor a difference
+_KEY_OF, _ROW_OF = itemgetter(0), itemgetter(1)
 
 
 class Comparison:
@@ -337,10 +338,12 @@ class Comparison:
         first_of: dict[str | None, str] = {}
         counts: dict[str, list[int]] = {}
         total = [0, 0]
-        statuses = list(map(attrgetter("sim_status" if self.simulated else "diff_status"), self.rows.values()))
-        # only the keys of a status that counts are walked (none, with one side open): picked out at C speed
-        loud = map(not_, map(_QUIET.__contains__, statuses))
-        for key, st in compress(zip(self.rows, statuses), loud):
+        status_of = attrgetter("sim_status" if self.simulated else "diff_status")
+        # only the keys of a status that counts are walked (none, with one side open): picked out at C speed, a slice
+        # of the rows per C call (one pass over 10**6 rows held the GUI thread ~100 ms)
+        loud = (compress(zip(map(_KEY_OF, part), statuses), map(not_, map(_QUIET.__contains__, statuses)))
+                for part in batches(self.rows.items()) for statuses in [list(map(status_of, map(_ROW_OF, part)))])
+        for key, st in chain.from_iterable(loud):
             problem = int(st in PROBLEM_STATUSES)
             different = int(st not in SAME_STATUSES)
             if not (problem or different):
