@@ -305,12 +305,13 @@ def _rebin(edges: np.ndarray, counts: np.ndarray, new_edges: np.ndarray) -> np.n
 _SIDES: dict = {}
 
 
-def open_cached(text: str):
-    """A checkpoint opened in this (compute) process, cached while the file is unchanged."""
+def open_cached(text: str, stamp: tuple | None = None):
+    """A checkpoint opened in this (compute) process, cached while the file is unchanged (``stamp``: its
+    ``listing.stamp_of``, when the caller took it)."""
     from explorer.core.side import open_side
 
     from .listing import stamp_of
-    stamp = stamp_of(text)
+    stamp = stamp if stamp is not None else stamp_of(text)
     side = _SIDES.get(stamp)
     if side is None:
         if len(_SIDES) > 8:

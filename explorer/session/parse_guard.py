@@ -53,7 +53,7 @@ def probe(text: str, *, checked_elsewhere: tuple | None = None, progress=None, s
             detail_compute.forget_opened(stamp)
             listing.forget(stamp)
         with hash_checked_elsewhere(checked_elsewhere) as scope:
-            side = detail_compute.open_cached(text)
+            side = detail_compute.open_cached(text, stamp)
         if scope.skipped:
             _UNCHECKED.add(stamp)
         return settled(listing.listing_of(text, side))
@@ -175,15 +175,18 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
 
     from .compute_process import CallTimeout
     ahead = _ReadAhead(list(texts))
-    for older in _ReadAhead.running:
+    for older in list(_ReadAhead.running):
         older.superseded = True
     _ReadAhead.running.append(ahead)
     try:
         for text in texts:
-            if ahead.give_way or ahead.superseded or text in _ReadAhead.reading or is_remote(text) or not os.path.exists(text) \
+            if ahead.give_way or ahead.superseded or is_remote(text) or not os.path.exists(text) \
                     or looks_like_model_spec(text):
                 continue
-            done, timed_out = _ReadAhead.reading[text] = (threading.Event(), [False])
+            mine = (threading.Event(), [False])
+            if _ReadAhead.reading.setdefault(text, mine) is not mine:   # another read-ahead parses it
+                continue
+            done, timed_out = mine
             try:
                 _parse_there(text, probe_fn, timeout_s, None, give_way=lambda: ahead.give_way,
                              skip=lambda: ahead.give_way or ahead.superseded)
@@ -192,8 +195,9 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
             except Exception:  # noqa: BLE001 - the open, if the file is dropped, parses it again and reports
                 pass
             finally:
-                del _ReadAhead.reading[text]
                 done.set()
+                if _ReadAhead.reading.get(text) is mine:
+                    del _ReadAhead.reading[text]
     finally:
         _ReadAhead.running.remove(ahead)
 
@@ -206,10 +210,16 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
     the usual way (walk first), which gives the usual answer. ``give_way`` (a read-ahead's): once it returns true,
     the parse process is stopped at once and ``CallAborted`` raised; nothing is parsed again. ``skip`` (a
     read-ahead's): when it returns true once the parse process is free, nothing is parsed (``CallAborted``)."""
+    import time
+
     from .compute_process import CallAborted, parse_engine
     if give_way is None:
         _ReadAhead.wait_for(text, should_stop)
     eng = parse_engine()
+    end = time.monotonic() + timeout_s
+
+    def passed() -> bool:   # the walk, waited for within what is left of the time limit
+        return check.passed(max(0.1, end - time.monotonic()), should_stop)
     with eng.held():   # another open's parse runs before this one or after it, never killed by it
         if skip is not None and skip():
             raise CallAborted(f"{text}: not read ahead (no longer wanted)")
@@ -224,10 +234,10 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
             if give_way is not None:
                 raise
         except BaseException:
-            if check.passed():
+            if passed():
                 raise
         else:
-            if check.passed():
+            if passed():
                 return listed
         eng.stop_now()
         if give_way is not None:
@@ -266,7 +276,7 @@ class _Precheck:
                 return None
         except (OSError, ValueError):
             return None
-        return cls(text, (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+        return cls(text, torch_zip.token_of_stat(st))
 
     def _run(self, text: str) -> None:
         from explorer.core.loaders.torch_zip import precheck
@@ -285,7 +295,12 @@ class _Precheck:
         """Done and did not pass (without waiting)."""
         return self._done.is_set() and not self._ok
 
-    def passed(self) -> bool:
-        """Waits for the walk: did it pass?"""
-        self._done.wait()
+    def passed(self, timeout: float | None = None, should_stop=None) -> bool:
+        """Waits for the walk (at most ``timeout`` seconds, and not past ``should_stop``): did it pass? A walk
+        that did not end -- a file on a mount that stopped answering -- did not."""
+        import time
+        end = None if timeout is None else time.monotonic() + timeout
+        while not self._done.wait(0.05):
+            if (should_stop is not None and should_stop()) or (end is not None and time.monotonic() > end):
+                return False
         return self._ok

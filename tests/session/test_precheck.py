@@ -49,8 +49,7 @@ def _bomb(tmp_path, levels: int = 23) -> str:
 
 
 def _token(path: str) -> tuple:
-    st = os.stat(path)
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    return torch_zip.token_of_stat(os.stat(path))
 
 
 @pytest.fixture
@@ -87,7 +86,7 @@ def test_a_parse_told_the_window_walks_skips_the_walk_and_only_for_that_file(tmp
     walks.clear()
     L._LISTINGS.clear(), detail_compute._SIDES.clear(), G._UNCHECKED.clear()
     st = os.stat(path)
-    G.probe(path, checked_elsewhere=(st.st_dev, st.st_ino, st.st_mtime_ns + 1, st.st_size))   # another file's
+    G.probe(path, checked_elsewhere=(st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns + 1, st.st_size))  # not it
     assert walks == [1]
 
 
@@ -245,3 +244,63 @@ def test_a_newer_read_ahead_supersedes_an_older_one_that_has_not_started(tmp_pat
         t.join(20)
     eng = parse_engine()
     assert eng.call(listing_kept, second, timeout=30) and not eng.call(listing_kept, first, timeout=30)
+
+
+# ---- what a review of the walk found: it never passes without walking, never waits for ever ---------------------
+def test_a_walk_that_cannot_see_the_bytes_does_not_pass(tmp_path, monkeypatch):
+    """The window's walk of bytes it cannot map (an address-space cap, a file system without mmap) raises: the
+    parse process skipped its own walk, so its answer must not be used -- the bomb is refused all the same."""
+    bomb = _bomb(tmp_path)
+    monkeypatch.setattr(hash_work, "pickle_buffer", lambda f: None)     # in this process only
+    with pytest.raises(OSError):
+        torch_zip.precheck(bomb, _token(bomb))
+    with pytest.raises(CorruptFileError, match="hash"):
+        G.open_guarded(bomb)
+
+
+def test_a_walk_that_never_ends_does_not_hold_the_open_past_its_time_limit(tmp_path, monkeypatch):
+    """A walk stuck in a read (a mount that stopped answering): the open gives up on it within its time limit and
+    parses the file the usual way."""
+    import threading
+    path = _benign(tmp_path)
+    stuck = threading.Event()
+    monkeypatch.setattr(torch_zip, "precheck", lambda *a: stuck.wait(60))
+    got = []
+    opener = threading.Thread(target=lambda: got.append(G.open_guarded(path, timeout_s=3)))
+    try:
+        opener.start()
+        opener.join(30)
+        assert not opener.is_alive(), "the open waited for the walk past its time limit"
+        assert list(got[0].infos.items()) == list(load_side_data(path).infos.items())
+    finally:
+        stuck.set()
+
+
+def test_a_file_rewritten_with_its_modification_time_set_back_is_another_file(tmp_path):
+    path = _benign(tmp_path)
+    before = os.stat(path)
+    with open(path, "r+b") as f:          # same size, same place, one byte changed
+        f.seek(before.st_size - 1)
+        last = f.read(1)
+        f.seek(before.st_size - 1)
+        f.write(bytes([last[0] ^ 1]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_mtime_ns, after.st_size) == (before.st_mtime_ns, before.st_size)
+    assert torch_zip.token_of_stat(after) != torch_zip.token_of_stat(before)
+
+
+def test_a_zip_that_is_not_a_torch_file_is_refused_without_restarting_the_parse_process(tmp_path):
+    import zipfile
+    path = str(tmp_path / "archive.zip")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("weights.bin", os.urandom(BIG))
+    eng = parse_engine()
+    eng.call(listing_kept, path, timeout=30)
+    before = eng._proc.pid
+    with pytest.raises(CorruptFileError) as got:
+        G.open_guarded(path)
+    with pytest.raises(CorruptFileError) as usual:
+        load_side_data(path)
+    assert str(got.value) == str(usual.value)
+    assert eng._proc is not None and eng._proc.pid == before     # the walk had nothing to walk: no kill

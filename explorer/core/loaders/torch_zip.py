@@ -219,9 +219,14 @@ PRECHECK_MAX = 32 << 20   # bytes of data.pkl: a larger one is walked in the par
 
 
 def file_token(f) -> tuple:
-    """What says an open file is the one another process checked: its device, inode, modification time and size."""
-    st = os.fstat(f.fileno())
-    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+    """What says an open file is the one another process checked: its device, inode, modification and change times
+    and size (the change time no one can set back)."""
+    return token_of_stat(os.fstat(f.fileno()))
+
+
+def token_of_stat(st: os.stat_result) -> tuple:
+    """:func:`file_token` of a file's ``os.stat``."""
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
 class hash_checked_elsewhere:
@@ -259,17 +264,22 @@ def _checked_elsewhere(f, entry) -> bool:
 def precheck(path: str, token: tuple) -> bool:
     """The hashing-work walk of the ``data.pkl`` the parse process unpickles unchecked when told ``token`` (the
     file's :func:`file_token`): True when it was walked and is within budget; False when the parse process walks it
-    itself (not a stored ``data.pkl``, or too large for the window). Raises the reader's error when the walk refuses
-    it, and whatever else keeps it from walking (then the parse process's answer is not to be used)."""
+    itself (not a stored ``data.pkl``, or too large for the window) or never gets to unpickle it (no readable
+    ``data.pkl``: the parse process stops at the same place with the same error). Raises the reader's error when
+    the walk refuses it, and whatever else keeps it from walking -- the file changed, its bytes could not be mapped
+    (then the parse process's answer is not to be used)."""
     with open_binary(path) as f:
         if file_token(f) != tuple(token):
             raise CorruptFileError(f"{path}: the file changed while it was being opened; open it again")
-        _, entry, start, _ = _data_pkl(f, size_of(f), path)
+        try:
+            _, entry, start, _ = _data_pkl(f, size_of(f), path)
+        except CorruptFileError:
+            return False
         if entry.method != STORED or entry.usize > PRECHECK_MAX:
             return False
         f.seek(start)
         try:
-            check_pickle_stream(_Window(f, start + entry.usize))
+            check_pickle_stream(_Window(f, start + entry.usize), strict=True)
         except PARSE_ERRORS as e:
             raise _unparsable(path, e) from e
     return True

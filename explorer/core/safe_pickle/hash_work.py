@@ -461,11 +461,14 @@ class _Stop(Exception):
     """The model reached something the unpickler itself rejects (it fails there, having built nothing worse)."""
 
 
-def check_pickle_stream(file) -> bool:
+def check_pickle_stream(file, strict: bool = False) -> bool:
     """:func:`check_hash_work` over what ``file`` holds from its position on (its position is left as it was).
-    Returns whether the pickle spells a lone surrogate (its keys must then be made printable)."""
+    Returns whether the pickle spells a lone surrogate (its keys must then be made printable). Bytes that cannot be
+    seen are not walked; ``strict``: they raise ``OSError`` instead (a walk made for another process must walk)."""
     got = pickle_buffer(file)
     if got is None:
+        if strict:
+            raise OSError("the pickle's bytes could not be mapped, so they were not walked")
         return False
     buf, start, end, release = got
     try:
