@@ -213,7 +213,7 @@ def _data_pkl(f, size: int, label: str):
 # used only once the window's walk passed. A pickle the walk refuses may keep the C unpickler hashing for ever: the
 # window then kills the parse process (which runs nothing else) and parses the file again there the usual way, which
 # refuses it with the usual message. Only the top-level stored ``data.pkl`` of a local file is checked elsewhere, and
-# only while the file is the one the window checked (device, inode, modification time, size).
+# only while the file is the one the window checked (device, inode, modification and change times, size).
 PRECHECK_MAX = 32 << 20   # bytes of data.pkl: a larger one is walked in the parse process (the walk's longest call
                           # holds the window's interpreter lock for a time that grows with one SETITEMS batch)
 
