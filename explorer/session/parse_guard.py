@@ -125,6 +125,16 @@ def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, p
     return C.load_side_data(text, entry, progress=progress, should_stop=should_stop)
 
 
+def _wait(done, should_stop=None, timeout: float | None = None) -> bool:
+    """Wait for the event ``done``, at most ``timeout`` seconds and not past ``should_stop``: was it set?"""
+    import time
+    end = None if timeout is None else time.monotonic() + timeout
+    while not done.wait(0.05):
+        if (should_stop is not None and should_stop()) or (end is not None and time.monotonic() > end):
+            return False
+    return True
+
+
 PRECHECK_MIN = 1 << 20   # bytes: a smaller file's data.pkl is walked in the parse process (a few ms there)
 
 
@@ -149,9 +159,8 @@ class _ReadAhead:
         if got is None:
             return
         done, timed_out = got
-        while not done.wait(0.05):
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"{text}: cancelled")
+        if not _wait(done, should_stop):
+            raise Cancelled(f"{text}: cancelled")
         if timed_out[0]:
             raise CallTimeout(f"{text}: its parse ran out of time")
 
@@ -298,9 +307,4 @@ class _Precheck:
     def passed(self, timeout: float | None = None, should_stop=None) -> bool:
         """Waits for the walk (at most ``timeout`` seconds, and not past ``should_stop``): did it pass? A walk
         that did not end -- a file on a mount that stopped answering -- did not."""
-        import time
-        end = None if timeout is None else time.monotonic() + timeout
-        while not self._done.wait(0.05):
-            if (should_stop is not None and should_stop()) or (end is not None and time.monotonic() > end):
-                return False
-        return self._ok
+        return _wait(self._done, should_stop, timeout) and self._ok

@@ -461,10 +461,12 @@ class _Stop(Exception):
     """The model reached something the unpickler itself rejects (it fails there, having built nothing worse)."""
 
 
-def check_pickle_stream(file, strict: bool = False) -> bool:
+def check_pickle_stream(file, strict: bool = False, walk: bool = True) -> bool:
     """:func:`check_hash_work` over what ``file`` holds from its position on (its position is left as it was).
     Returns whether the pickle spells a lone surrogate (its keys must then be made printable). Bytes that cannot be
-    seen are not walked; ``strict``: they raise ``OSError`` instead (a walk made for another process must walk)."""
+    seen are not walked; ``strict``: they raise ``OSError`` instead (a walk made for another process must walk).
+    ``walk=False``: only the surrogate answer, to the record's end (for a pickle walked elsewhere:
+    ``torch_zip.precheck``)."""
     got = pickle_buffer(file)
     if got is None:
         if strict:
@@ -472,22 +474,8 @@ def check_pickle_stream(file, strict: bool = False) -> bool:
         return False
     buf, start, end, release = got
     try:
-        stop = check_hash_work(buf, start, end)
+        stop = check_hash_work(buf, start, end) if walk else end
         return holds_surrogates(buf, start, stop)
-    finally:
-        if release is not None:
-            release()
-
-
-def stream_surrogates(file) -> bool:
-    """What :func:`check_pickle_stream` returns, without the walk: whether the bytes ``file`` holds from its position
-    on spell a lone surrogate (for a pickle whose hashing work was checked elsewhere: ``torch_zip.precheck``)."""
-    got = pickle_buffer(file)
-    if got is None:
-        return False
-    buf, start, end, release = got
-    try:
-        return holds_surrogates(buf, start, end)
     finally:
         if release is not None:
             release()

@@ -15,7 +15,7 @@ import pickle
 from typing import Any, Callable
 
 from ..gc_pause import gc_paused
-from .hash_work import check_pickle_stream, stream_surrogates
+from .hash_work import check_pickle_stream
 from .inert import placeholder
 from .limits import memo_cap, quiet_bytearray_bug, size_of
 from .numpy_values import MULTIARRAY, NUMPY_RECONSTRUCT, NUMPY_SCALAR, NumpyDtype
@@ -49,7 +49,7 @@ class SafeUnpickler(pickle.Unpickler):
 
     def load(self):
         # nothing the C unpickler would hash takes longer than the budget; note strings no output could print
-        surrogates = stream_surrogates(self._file) if self.hash_checked_elsewhere else check_pickle_stream(self._file)
+        surrogates = check_pickle_stream(self._file, walk=not self.hash_checked_elsewhere)
         with quiet_bytearray_bug(), memo_cap(size_of(self._file)):
             obj = super().load()
         if surrogates:
