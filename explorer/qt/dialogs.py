@@ -2,6 +2,8 @@
 says it with a signal."""
 from __future__ import annotations
 
+import os
+
 from PySide6.QtCore import Signal
 from PySide6.QtWidgets import (QCompleter, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QInputDialog, QLabel,
                                QLineEdit, QRadioButton, QVBoxLayout)
@@ -12,9 +14,22 @@ CHECKPOINT_FILTER = "Checkpoints (*.pt *.pth *.bin *.ckpt *.safetensors *.json *
 EXPORT_FILTER = "safetensors (*.safetensors);;PyTorch checkpoint (*.pt *.pth)"
 
 
-def checkpoint_path(parent, side_word: str, start: str) -> str:
-    path, _ = QFileDialog.getOpenFileName(parent, f"Open a checkpoint ({side_word})", start, CHECKPOINT_FILTER)
-    return path
+def checkpoint_path(parent, side_word: str, start: str, pointed_at=None) -> str:
+    """The checkpoint file the user chose ("" when cancelled). ``pointed_at(path)`` is called with each file the
+    user selects in the dialog before choosing (a click on a file, the arrow keys): the window reads it ahead, so
+    the open that follows a click on Open -- or the second click of a double-click -- finds it parsed."""
+    dialog = QFileDialog(parent, f"Open a checkpoint ({side_word})", start, CHECKPOINT_FILTER)
+    dialog.setFileMode(QFileDialog.ExistingFile)
+    dialog.setAcceptMode(QFileDialog.AcceptOpen)
+    if pointed_at is not None:
+        dialog.currentChanged.connect(lambda path: pointed_at(path) if path and os.path.isfile(path) else None)
+    try:
+        if dialog.exec() != QDialog.Accepted:
+            return ""
+        chosen = dialog.selectedFiles()
+        return chosen[0] if chosen else ""
+    finally:
+        dialog.deleteLater()
 
 
 def folder_path(parent, side_word: str) -> str:

@@ -149,7 +149,7 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
     def ask_open(self, side: int) -> None:
         local = [p for p in self.recent_files() if not is_remote(p)]    # a URL has no folder to start in
         start = os.path.dirname(local[0]) if local else ""
-        path = dialogs.checkpoint_path(self, Pane(side).word, start)
+        path = dialogs.checkpoint_path(self, Pane(side).word, start, pointed_at=lambda p: self.read_ahead([p]))
         if path:
             self.open_path(side, path)
 

@@ -1,7 +1,7 @@
 """The window with real files: aligned panes, drag and drop, simulate, the detail pane, errors, keyboard, settings."""
 from __future__ import annotations
 
-from PySide6.QtCore import QMimeData, QModelIndex, QPointF, Qt, QUrl
+from PySide6.QtCore import QMimeData, QModelIndex, QPointF, Qt, QTimer, QUrl
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QGuiApplication
 
 from explorer.session import compare as C
@@ -160,6 +160,39 @@ def test_a_recent_file_pointed_at_in_the_menu_is_parsed_before_it_is_chosen(qtbo
     sub.hover()
     qtbot.waitUntil(lambda: parse_engine().call(listing_kept, path, timeout=30), timeout=20000)
     assert w.sides == [None, None]
+
+
+def test_a_file_selected_in_file_open_is_parsed_before_open_is_clicked(qtbot, make_window, tmp_path):
+    import torch
+    from PySide6.QtWidgets import QAbstractItemView, QApplication, QFileDialog, QFileSystemModel
+
+    from explorer.session.compute_process import parse_engine
+    from tests.in_parse_process import listing_kept
+    path = str(tmp_path / "selected.pt")           # a file no other test's window parsed
+    torch.save({"w": torch.ones(3)}, path)
+    w = make_window()
+    w.history.add_file(path)                       # the dialog starts in the folder of the last file opened
+    seen = {}
+
+    def in_the_dialog():
+        dialog = QApplication.activeModalWidget()
+        if not isinstance(dialog, QFileDialog):
+            QTimer.singleShot(20, in_the_dialog)
+            return
+        try:
+            view = dialog.findChild(QAbstractItemView, "listView")
+            index = dialog.findChild(QFileSystemModel).index(path)
+            qtbot.waitUntil(lambda: view.visualRect(index).isValid(), timeout=10000)
+            qtbot.mouseClick(view.viewport(), Qt.LeftButton, pos=view.visualRect(index).center())   # a click on it
+            qtbot.waitUntil(lambda: parse_engine().call(listing_kept, path, timeout=30), timeout=20000)
+            seen["before open"] = list(w.sides)
+        finally:
+            dialog.accept()                        # ... and on Open
+    QTimer.singleShot(0, in_the_dialog)
+    with qtbot.waitSignal(w.sig_side_loaded, timeout=20000):
+        w.ask_open(0)
+    assert seen["before open"] == [None, None]     # parsed, nothing shown before Open
+    assert w.sides[0].text == path and list(w.sides[0].infos) == ["w"]
 
 
 def test_drop_of_non_files_is_refused(make_window):
