@@ -332,21 +332,31 @@ class Checkpoint:
                 out.update(zip(map(_LAST, map(_PATH_OF, part)), part))
             return out
 
-    def state_dict_info_columns(self, entry: str | EntryPath | None = None) -> tuple[list, tuple] | None:
-        """``(keys, fields)``: one state dict's keys and the fields of the :class:`TensorInfo` :meth:`state_dict_infos`
-        gives them, column-wise (the arguments of :func:`~explorer.core.entries.infos`: no TensorInfo made), for a
-        state dict listed in bulk -- its entries contiguous, none made yet, no key repeated. None otherwise
-        (:meth:`state_dict_infos` then)."""
+    def state_dict_info_columns(self, entry: str | EntryPath | None = None,
+                                size: int | None = None) -> tuple[list, Iterator[tuple]] | None:
+        """``(keys, parts)``: one state dict's keys, and the fields of the :class:`TensorInfo`
+        :meth:`state_dict_infos` gives them, column-wise (the arguments of :func:`~explorer.core.entries.infos`: no
+        TensorInfo made), ``size`` keys at a time (None: all at once) -- ``parts`` makes each run of them when the
+        one before has been taken (a listing sends each on while the next is made) -- for a state dict listed in
+        bulk: its entries contiguous, none made yet, no key repeated. None otherwise (:meth:`state_dict_infos`
+        then)."""
         path = self.resolve_entry(entry)
         idx = self._by_parent.get(path, ())
         if type(idx) is not range or idx.step != 1 or not len(idx) or self.entries.made_any(idx.start, idx.stop):
             return None
-        with gc_paused():
-            fields = self._columns_of(idx.start, idx.stop)
-            keys = list(map(_LAST, fields[0]))
-            if len(set(keys)) != len(keys):
-                return None
-            return keys, fields
+        paths = self._paths
+        keys = paths.last_keys(idx.start, idx.stop) if type(paths) is SegmentPaths else \
+            list(map(_LAST, paths[idx.start:idx.stop]))
+        if len(set(keys)) != len(keys):
+            return None
+        step = size or len(idx)
+
+        def parts() -> Iterator[tuple]:
+            for start in range(idx.start, idx.stop, step):
+                with gc_paused():
+                    part = self._columns_of(start, min(start + step, idx.stop))
+                yield part
+        return keys, parts()
 
     def state_dict_columns(self, entry: str | EntryPath | None = None) -> tuple[list, list, list, list, list, list]:
         """``(keys, shapes, dtypes, nbytes, kinds, devices)`` of one state dict's tensors, as

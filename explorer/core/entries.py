@@ -330,6 +330,17 @@ class SegmentPaths(Sequence):
             j += 1
         return out
 
+    def last_keys(self, start: int, stop: int) -> list[str]:
+        """The last element (the key) of paths ``start..stop``, no path made."""
+        out: list[str] = []
+        j = max(bisect_right(self.starts, start) - 1, 0)
+        while start < stop and j < len(self.starts):
+            at = self.starts[j]
+            out += self.keys[j][start - at:stop - at]
+            start = at + len(self.keys[j])
+            j += 1
+        return out
+
     def __iter__(self):  # C iterators, one per segment: no Python frame per path
         return chain.from_iterable(map(prefix.__add__, zip(keys)) if prefix else zip(keys)
                                    for prefix, keys in zip(self.prefixes, self.keys))

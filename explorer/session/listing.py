@@ -12,10 +12,11 @@ first time it is asked for -- in the worker that asks -- after checking the file
 """
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import accumulate, compress, repeat
 from operator import add, attrgetter, eq, is_not, sub
 
@@ -27,7 +28,7 @@ LISTING_MAX = 2_000_000   # tensors: a larger state dict is listed by the window
                           # (10**6 tensors list here in ~1 s, ~30 MB, and decode there in ~0.9 s: the window's own
                           # parse of the same file took 2.8 s, and a re-open pays it again)
 LISTINGS_KEPT = 3_000_000  # tensors the parse process keeps listed (of the last few files it read)
-CHUNK = 25_000            # tensors per pickled chunk (the window decodes one per C call: ~25 ms each at most)
+CHUNK = 10_000            # tensors per pickled chunk: the window decodes one (~10 ms) while the next is made
 
 _AT, _PATH, _NBYTES = INFO_FIELDS.index("location"), INFO_FIELDS.index("path"), INFO_FIELDS.index("nbytes")
 _RECORD, _STORAGE_KEY = LOCATION_FIELDS.index("record"), LOCATION_FIELDS.index("storage_key")
@@ -79,8 +80,10 @@ class Listing:
     names: frozenset             # the checkpoint's public attributes (what the window's side answers by opening it)
     nbytes: int
     count: int
-    chunks: list                 # pickled (keys, info columns, location columns, has-location mask) per CHUNK tensors
-                                 # (paths as their shared prefix, torch.save's records as None, when they are the usual)
+    chunks: "list | Received | None"   # pickled (keys, info columns, location columns, has-location mask) per CHUNK
+                                 # tensors (paths as their shared prefix, torch.save's records as None, when they are
+                                 # the usual); None: sent ahead, one by one, as each was made (the window's
+                                 # :class:`Received` holds them decoded)
 
 
 def _location_columns(raw: list, ats: list | range) -> tuple[list, list | None]:
@@ -155,46 +158,81 @@ def decode(chunks: list[bytes]) -> dict:
         for i, chunk in enumerate(chunks):
             if i:
                 let_others_run()
-            keys, columns, location_columns, mask = pickle.loads(chunk)
-            if type(columns[_PATH]) is tuple:
-                prefix = columns[_PATH]
-                columns[_PATH] = list(map(add, repeat(prefix), zip(keys))) if prefix else list(zip(keys))
-            if location_columns[_RECORD] is None:
-                location_columns[_RECORD] = list(map(add, repeat(_DATA), location_columns[_STORAGE_KEY]))
-            table = Locations(*location_columns)
-            columns = [repeat(c.value) if type(c) is Same else c for c in columns]
-            if mask is None:
-                columns[_AT], at = repeat(table), range(len(keys))
-            else:   # the i-th entry that has a location is the table's i-th
-                columns[_AT] = [table if m else None for m in mask]
-                at = list(map(sub, accumulate(mask), repeat(1)))
-            out.update(zip(keys, map(TensorInfo, *columns, at)))
+            decode_into(out, chunk)
     return out
+
+
+def decode_into(out: dict, chunk: bytes) -> None:
+    """Add one chunk's key -> TensorInfo items to ``out``."""
+    keys, columns, location_columns, mask = pickle.loads(chunk)
+    if type(columns[_PATH]) is tuple:
+        prefix = columns[_PATH]
+        columns[_PATH] = list(map(add, repeat(prefix), zip(keys))) if prefix else list(zip(keys))
+    if location_columns[_RECORD] is None:
+        location_columns[_RECORD] = list(map(add, repeat(_DATA), location_columns[_STORAGE_KEY]))
+    table = Locations(*location_columns)
+    columns = [repeat(c.value) if type(c) is Same else c for c in columns]
+    if mask is None:
+        columns[_AT], at = repeat(table), range(len(keys))
+    else:   # the i-th entry that has a location is the table's i-th
+        columns[_AT] = [table if m else None for m in mask]
+        at = list(map(sub, accumulate(mask), repeat(1)))
+    out.update(zip(keys, map(TensorInfo, *columns, at)))
+
+
+class Received:
+    """(In the window) the chunks of a listing the parse process sends ahead, decoded as they come -- while it makes
+    the next -- into :attr:`infos` (a ``partial`` callback of ``ComputeProcess.call``)."""
+
+    def __init__(self):
+        self.infos: dict = {}
+        self.chunks = 0
+
+    def __call__(self, chunk: bytes) -> None:
+        if self.chunks:
+            let_others_run()
+        with gc_paused():
+            decode_into(self.infos, chunk)
+        gc.freeze()    # out of the collector's walks at once (the side is settled so when it is made: see side_data_of)
+        self.chunks += 1
 
 
 # ---- in the parse process ------------------------------------------------------------------------------------
 _LISTINGS: dict[tuple, Listing] = {}
 
 
-def listing_of(text: str, side) -> Listing | None:
+def listing_of(text: str, side, send=None) -> Listing | None:
     """The listing of ``side`` (opened from ``text`` in this process); None for a model, or a state dict of more
     than :data:`LISTING_MAX` tensors (the window lists those itself, a slice at a time). Kept while the file is
-    unchanged: a re-open sends it again without making it again."""
+    unchanged: a re-open sends it again without making it again. ``send``: each chunk is passed to it as soon as it
+    is made (the window decodes it meanwhile), and the listing returned holds none (``chunks`` None)."""
     if side.kind != CHECKPOINT:
         return None
     stamp = stamp_of(text)
     hit = _LISTINGS.get(stamp)
     if hit is not None:
-        return hit
+        return _sent(hit, hit.chunks, send)
     refs = list(side.state_dicts)
     if refs and refs[0].tensors > LISTING_MAX:
         return None
     entry = side.default_state_dict
     columns = getattr(side, "state_dict_info_columns", None)
-    bulk = columns(entry) if columns is not None and entry is not None else None
+    bulk = columns(entry, CHUNK) if columns is not None and entry is not None else None
+    chunks: list[bytes] = []
     if bulk is not None:   # listed in bulk: no TensorInfo made (what side_data would give, field for field)
-        keys, fields = bulk
-        count, nbytes, chunks = len(keys), sum(fields[_NBYTES]), encode_columns(keys, fields)
+        keys, parts = bulk
+        count, nbytes = len(keys), 0
+        if count > LISTING_MAX:
+            return None
+        start = 0
+        for fields in parts:   # a run of CHUNK keys at a time, each sent on before the next is made
+            names = keys[start:start + len(fields[0])]
+            start += len(names)
+            nbytes += sum(fields[_NBYTES])
+            for chunk in encode_columns(names, fields):
+                chunks.append(chunk)
+                if send is not None:
+                    send(chunk)
         try:
             classes = side.module_classes(entry)
         except Exception:   # classes are decoration (as side_data has it)
@@ -204,17 +242,28 @@ def listing_of(text: str, side) -> Listing | None:
         data = side_data(side, text, None)
         if len(data.infos) > LISTING_MAX:
             return None
-        entry, classes, count, nbytes, chunks = data.entry, data.classes, len(data.infos), data.nbytes or 0, \
-            encode(data.infos)
-    if count > LISTING_MAX:
-        return None
+        entry, classes, count, nbytes = data.entry, data.classes, len(data.infos), data.nbytes or 0
+        for chunk in encode(data.infos):
+            chunks.append(chunk)
+            if send is not None:
+                send(chunk)
     if len(_LISTINGS) > 8 or sum(hit.count for hit in _LISTINGS.values()) > LISTINGS_KEPT:
         _LISTINGS.clear()
     listing = _LISTINGS[stamp] = Listing(
         text, stamp, str(side.label), getattr(side, "path", None), side.format, list(side.references), refs,
         tuple(entry) if entry is not None else None, dict(classes),
         frozenset(name for name in dir(side) if not name.startswith("_")), nbytes, count, chunks)
-    return listing
+    return _sent(listing, (), send)
+
+
+def _sent(listing: Listing, chunks, send) -> Listing:
+    """``listing`` as returned: whole without ``send``; else ``chunks`` (those not sent yet) sent, and a copy
+    holding none."""
+    if send is None:
+        return listing
+    for chunk in chunks:
+        send(chunk)
+    return replace(listing, chunks=None)
 
 
 def forget(stamp: tuple) -> None:
@@ -306,6 +355,7 @@ def side_data_of(listing: Listing):
     from .compare import SideData, settled
     from .config_model import config_model
     with gc_paused():   # frozen before the collector runs again: its first young collection would walk them all
-        infos = decode(listing.chunks)
+        got = listing.chunks
+        infos = got.infos if type(got) is Received else decode(got)
         return settled(SideData(ListedSide(listing, infos), listing.text, listing.entry, infos, dict(listing.classes),
                                 nbytes=listing.nbytes, config_model=config_model(listing.text)))

@@ -33,11 +33,13 @@ PARSE_TIMEOUT_S = _timeout_from_env()     # STATE_DICT_EXPLORER_PARSE_TIMEOUT=SE
 _UNCHECKED: set = set()   # (in the parse process) stamps of files opened with data.pkl's walk left to the window
 
 
-def probe(text: str, *, checked_elsewhere: tuple | None = None, progress=None, should_stop=None):
+def probe(text: str, *, checked_elsewhere: tuple | None = None, progress=None, should_stop=None, partial=None):
     """In the parse process: open ``text`` (kept in its cache of open files while unchanged) and give what it
     listed (a :class:`~.listing.Listing`, or None: the window then parses the file itself). ``checked_elsewhere``:
     the file's ``torch_zip.file_token``, when the window walks its ``data.pkl`` itself (``torch_zip.precheck``):
-    this parse then skips that walk; the window uses its answer only once the walk passed."""
+    this parse then skips that walk; the window uses its answer only once the walk passed. ``partial`` (a call's
+    own): the listing's chunks are sent ahead through it, each as soon as it is made (the window decodes one while
+    the next is made: ``listing.Received``)."""
     from explorer.core.gc_pause import gc_paused
     from explorer.core.loaders.torch_zip import hash_checked_elsewhere
 
@@ -56,7 +58,7 @@ def probe(text: str, *, checked_elsewhere: tuple | None = None, progress=None, s
             side = detail_compute.open_cached(text, stamp)
         if scope.skipped:
             _UNCHECKED.add(stamp)
-        return settled(listing.listing_of(text, side))
+        return settled(listing.listing_of(text, side, send=partial))
 
 
 def warm(*, progress=None, should_stop=None) -> None:
@@ -76,11 +78,11 @@ def warm_parse_process(*, progress=None, should_stop=None) -> None:
         eng.call(warm, timeout=120.0, should_stop=should_stop)
 
 
-def probe_whole(text: str, *, progress=None, should_stop=None):
+def probe_whole(text: str, *, progress=None, should_stop=None, partial=None):
     """:func:`probe`, for a URL the user agreed to download whole (its server ignores Range requests)."""
     from explorer.core.remote.mirror import allow_whole_file
     allow_whole_file(text)
-    return probe(text)
+    return probe(text, partial=partial)
 
 
 def open_guarded(text: str, entry=None, *, timeout_s: float = PARSE_TIMEOUT_S, probe_fn: Callable[..., Any] = probe,
@@ -222,10 +224,22 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
     import time
 
     from .compute_process import CallAborted, parse_engine
+    from .listing import Listing, Received
     if give_way is None:
         _ReadAhead.wait_for(text, should_stop)
     eng = parse_engine()
     end = time.monotonic() + timeout_s
+    # an open's listing is decoded here a chunk at a time as the parse process sends it, while it makes the next (a
+    # read-ahead's is never used: it is not sent ahead)
+    received = Received() if give_way is None and probe_fn in (probe, probe_whole) else None
+
+    def call(**kwargs):
+        got = eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, partial=received, **kwargs)
+        if isinstance(got, Listing) and got.chunks is None:   # sent ahead: what arrived must be all of it
+            if received is None or len(received.infos) != got.count:
+                raise RuntimeError(f"{text}: the parse process's listing arrived incomplete")
+            got.chunks = received
+        return got
 
     def passed() -> bool:   # the walk, waited for within what is left of the time limit
         return check.passed(max(0.1, end - time.monotonic()), should_stop)
@@ -234,11 +248,10 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
             raise CallAborted(f"{text}: not read ahead (no longer wanted)")
         check = _Precheck.of(text) if probe_fn is probe else None
         if check is None:
-            return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, abort=give_way)
+            return call(abort=give_way)
         aborts = check.failed if give_way is None else (lambda: check.failed() or give_way())
         try:
-            listed = eng.call(probe_fn, text, checked_elsewhere=check.token, timeout=timeout_s,
-                              should_stop=should_stop, abort=aborts)
+            listed = call(checked_elsewhere=check.token, abort=aborts)
         except CallAborted:
             if give_way is not None:
                 raise
@@ -251,7 +264,9 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
         eng.stop_now()
         if give_way is not None:
             raise CallAborted(f"{text}: not read ahead (its data.pkl's walk did not pass)")
-        return eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop)
+        if received is not None:
+            received = Received()   # what the killed parse sent is dropped
+        return call()
 
 
 class _Precheck:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -153,6 +154,40 @@ def test_chunks_and_tensors_without_data_round_trip(tmp_path, monkeypatch):
     chunks = L.encode(infos)
     assert len(chunks) == -(-len(infos) // 2)
     assert list(L.decode(chunks).items()) == list(infos.items())
+
+
+def test_a_listing_is_sent_ahead_a_chunk_at_a_time(tmp_path, monkeypatch):
+    """Each chunk goes out as soon as it is made (the window decodes it while the next is made), a re-open's too; the
+    listing returned then holds none, and the side decoded as they came is the window's own, field for field."""
+    monkeypatch.setattr(L, "CHUNK", 2)
+    streamed = 0
+    for name, path in corpus(tmp_path).items():
+        want = load_side_data(path).infos
+        side = open_side(path)
+        made = []     # the runs of keys whose fields were made (listed in bulk), when each chunk went out
+        if getattr(side, "_columns_of", None) is not None:
+            side._columns_of = lambda a, b, make=side._columns_of: (made.append(a), make(a, b))[1]
+        for _ in range(2):    # made, then kept (a re-open)
+            got, at_send = L.Received(), []
+            listing = L.listing_of(path, side, send=lambda chunk: (at_send.append(len(made)), got(chunk)))
+            assert listing.chunks is None and got.chunks == -(-len(want) // 2), name
+            assert list(L.side_data_of(replace(listing, chunks=got)).infos.items()) == list(want.items()), name
+            if made and len(at_send) > 1 and at_send[-1] > at_send[0]:
+                assert at_send == list(range(1, len(at_send) + 1)), name   # chunk k sent before run k + 1 was made
+                streamed += 1
+        assert len(L._LISTINGS[L.stamp_of(path)].chunks) == got.chunks, name   # what a later open is sent
+    assert streamed >= 5
+
+
+def test_the_window_decodes_an_open_s_listing_as_it_arrives(tmp_path, monkeypatch):
+    path = str(tmp_path / "many.pt")
+    torch.save({f"m{i // 10}.p{i % 10}": torch.full((1,), float(i)) for i in range(L.CHUNK * 2 + 5)}, path)
+    arrived = []
+    real = L.Received.__call__
+    monkeypatch.setattr(L.Received, "__call__", lambda self, chunk: (arrived.append(len(chunk)), real(self, chunk)))
+    data = open_guarded(path)
+    assert len(arrived) == 3                    # three chunks, each decoded on arrival, none in the answer
+    assert type(data.side) is L.ListedSide and list(data.infos.items()) == list(load_side_data(path).infos.items())
 
 
 def test_the_window_uses_the_parse_process_listing_and_parses_nothing_itself(tmp_path):
