@@ -79,6 +79,38 @@ DROP = "50k .pt, first drop"      # the same, dragged over the window ``--drag-s
 PICK = "50k .pt, File > Open"     # the same, clicked in File > Open ``--pick-s`` before Open is clicked
 
 
+# the floor of a first open of the 50k .pt: a bare Python process unpickling its data.pkl with the C unpickler and
+# stand-ins that do nothing (no zip directory, no checks, no listing, no window); timed inside the process. torch.save
+# writes data.pkl as the archive's first record, stored: found from the end record and the directory's first entry
+FLOOR = """import io, os, pickle, struct, sys, time
+with open(sys.argv[1], "rb") as f:   # the end record, the directory's first entry (data.pkl), its local header
+    f.seek(os.path.getsize(sys.argv[1]) - 22)
+    end = f.read(22)
+    assert end[:4] == b"PK\\x05\\x06"
+    f.seek(struct.unpack_from("<I", end, 16)[0])
+    entry = f.read(46)
+    size, local = struct.unpack_from("<I", entry, 20)[0], struct.unpack_from("<I", entry, 42)[0]
+    assert f.read(struct.unpack_from("<H", entry, 28)[0]).endswith(b"/data.pkl") and entry[10] == 0
+    f.seek(local)
+    head = f.read(30)
+    f.seek(local + 30 + sum(struct.unpack_from("<HH", head, 26)))
+    data = f.read(size)
+class Bare(pickle.Unpickler):
+    def find_class(self, module, name):
+        return dict if name == "OrderedDict" else (lambda *args: None)
+    persistent_load = tuple
+t = time.perf_counter()
+n = len(Bare(io.BytesIO(data)).load())
+print(time.perf_counter() - t, n)
+"""
+
+
+def floor_s(path: str) -> float:
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", FLOOR, path], capture_output=True, text=True, check=True).stdout
+    return float(out.split()[0])
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -249,6 +281,15 @@ def main(argv=None) -> int:
         cpu = max(c for _, _, c in rows)
         print(f"{name:<22} {statistics.median(times):>20.3f}  {min(times):>7.3f} {targets[name]:>8.2f} "
               f"{stall * 1000:>20.0f} {cpu * 1000:>20.0f}")
+
+    first = [name for name in (FIRST, DROP, PICK) if name in results]
+    if first:   # measured after the opens (not beside them: this process's own children would share the cores)
+        floors = [floor_s(files["50k .pt"]) for _ in range(max(args.runs, 3))]
+        floor = statistics.median(floors)
+        print(f"floor of a first open of the 50k .pt (a bare Python process: its data.pkl unpickled by the C "
+              f"unpickler, stand-ins doing nothing): median {floor:.3f} s, best {min(floors):.3f} s; "
+              + ", ".join(f"{name.split(', ')[1]} {statistics.median(t for t, _, _ in results[name]) / floor:.1f}x"
+                          for name in first) + " (medians)")
 
     rss = [rss_mb()]
     for _ in range(args.reopens if args.reopens > 1 else 0):

@@ -20,3 +20,11 @@ def sleep(seconds, *, progress=None, should_stop=None):
     """``time.sleep(seconds)``; returns ``seconds``."""
     time.sleep(seconds)
     return seconds
+
+
+def parts_then_sleep(n, seconds, *, progress=None, should_stop=None, partial=None):
+    """Send ``n`` partial answers (0, 1, ...), then sleep ``seconds`` (heeding no cancel)."""
+    for i in range(n):
+        partial(i)
+    time.sleep(seconds)
+    return n

@@ -11,6 +11,7 @@ slices, so the longest hold is a few milliseconds; their results equal the one-c
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from itertools import islice
 from typing import Callable, Iterable, Iterator
@@ -19,16 +20,28 @@ SLICE = 50_000     # items per C-level pass: 3-10 ms of work for the passes the 
 
 
 class gc_paused:
-    """Pause the cyclic garbage collector around bulk parsing: after ``import torch`` it costs 2-3x otherwise."""
+    """Pause the cyclic garbage collector around bulk parsing: after ``import torch`` it costs 2-3x otherwise.
+
+    The collector is one per process: pauses of several threads overlap, and it runs again when the last of them
+    ends (if it ran before the first began) -- not when the first ends, under another thread's bulk work."""
+
+    _lock = threading.Lock()
+    _depth = 0               # pauses in progress, in every thread
+    _was = False             # was the collector enabled when the first of them began?
 
     def __enter__(self):
-        self._was = gc.isenabled()
-        gc.disable()
+        with gc_paused._lock:
+            if gc_paused._depth == 0:
+                gc_paused._was = gc.isenabled()
+                gc.disable()
+            gc_paused._depth += 1
         return self
 
     def __exit__(self, *exc):
-        if self._was:
-            gc.enable()
+        with gc_paused._lock:
+            gc_paused._depth -= 1
+            if gc_paused._depth == 0 and gc_paused._was:
+                gc.enable()
         return False
 
 

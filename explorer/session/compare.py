@@ -245,7 +245,10 @@ class ModuleTable(Mapping):
         md = ModuleData(path)
         below, rows = node.below, comp.rows
         only = node.children[0] if node.is_built and len(node.children) == 1 else None
-        if only is not None and len(only.below) == len(below):   # "model." above everything: its totals are ours
+        if comp.totals is not None and len(below) == len(rows):   # every row lies below: the sides' own totals
+            md.present, md.nbytes = list(comp.totals[0]), list(comp.totals[1])
+            below = ()
+        elif only is not None and len(only.below) == len(below):   # "model." above everything: its totals are ours
             sub = self.of_node(only)
             md.present, md.nbytes = list(sub.present), list(sub.nbytes)
             below = ()
@@ -325,6 +328,13 @@ class Comparison:
                     rows[key] = Row(key, None, info, compared)
             for key, orig in origin.items():
                 rows[key].renamed_from = orig
+            # every row's tensors and bytes per side, where the sides know them: each key of a side is one row
+            # (nothing renamed onto another key). The module row above every key (the root, a "model." prefix)
+            # takes them, with no pass over the rows
+            self.totals: tuple[list, list] | None = None
+            sides = [sd for sd in (left, right) if sd is not None]
+            if not origin and all(sd.nbytes is not None for sd in sides):
+                self.totals = ([len(lk), len(rk)], [left.nbytes if left else 0, right.nbytes if right else 0])
             # the tree is made a level at a time (core/tree.py): here only the levels too long to make later
             self.tree = Tree(self.rows, data=self.rows).prebuild(PREBUILD_ABOVE)
             self.modules = ModuleTable(self)
@@ -338,6 +348,11 @@ class Comparison:
         first_of: dict[str | None, str] = {}
         counts: dict[str, list[int]] = {}
         total = [0, 0]
+        if not self.simulated and (self.left is None or self.right is None):   # one side: no status, nothing counts
+            counts[""] = total
+            self.first_of = first_of
+            self.modules.set_counts(counts)
+            return
         status_of = attrgetter("sim_status" if self.simulated else "diff_status")
         # only the keys of a status that counts are walked (none, with one side open): picked out at C speed, a slice
         # of the rows per C call (one pass over 10**6 rows held the GUI thread ~100 ms)

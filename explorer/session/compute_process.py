@@ -195,7 +195,11 @@ class ComputeProcess:
                 continue
             if kind == "partial":
                 if not cancelled:
-                    partial(payload)
+                    try:
+                        partial(payload)
+                    except BaseException:   # the job's answer cannot be taken: it must not run on into the next
+                        self._kill()
+                        raise
                 continue
             if kind == "error":
                 if isinstance(payload, BaseException):

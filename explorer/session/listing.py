@@ -12,7 +12,6 @@ first time it is asked for -- in the worker that asks -- after checking the file
 """
 from __future__ import annotations
 
-import gc
 import os
 import pickle
 import threading
@@ -182,7 +181,8 @@ def decode_into(out: dict, chunk: bytes) -> None:
 
 class Received:
     """(In the window) the chunks of a listing the parse process sends ahead, decoded as they come -- while it makes
-    the next -- into :attr:`infos` (a ``partial`` callback of ``ComputeProcess.call``)."""
+    the next -- into :attr:`infos` (a ``partial`` callback of ``ComputeProcess.call``; its caller pauses the
+    collector until the side made of them is settled: see ``parse_guard._parse_there``)."""
 
     def __init__(self):
         self.infos: dict = {}
@@ -191,9 +191,7 @@ class Received:
     def __call__(self, chunk: bytes) -> None:
         if self.chunks:
             let_others_run()
-        with gc_paused():
-            decode_into(self.infos, chunk)
-        gc.freeze()    # out of the collector's walks at once (the side is settled so when it is made: see side_data_of)
+        decode_into(self.infos, chunk)
         self.chunks += 1
 
 

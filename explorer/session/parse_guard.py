@@ -223,6 +223,10 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
     read-ahead's): when it returns true once the parse process is free, nothing is parsed (``CallAborted``)."""
     import time
 
+    import gc
+
+    from explorer.core.gc_pause import gc_paused
+
     from .compute_process import CallAborted, parse_engine
     from .listing import Listing, Received
     if give_way is None:
@@ -234,7 +238,12 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
     received = Received() if give_way is None and probe_fn in (probe, probe_whole) else None
 
     def call(**kwargs):
-        got = eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, partial=received, **kwargs)
+        if received is None:
+            got = eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, **kwargs)
+        else:    # no collection walks what arrives meanwhile; then it is frozen out of their reach (as settled does)
+            with gc_paused():
+                got = eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, partial=received, **kwargs)
+                gc.freeze()
         if isinstance(got, Listing) and got.chunks is None:   # sent ahead: what arrived must be all of it
             if received is None or len(received.infos) != got.count:
                 raise RuntimeError(f"{text}: the parse process's listing arrived incomplete")

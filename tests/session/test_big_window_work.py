@@ -129,3 +129,35 @@ def test_recount_picks_out_counted_rows_a_slice_at_a_time_with_the_plain_counts(
         total[0] += problem
         total[1] += different
     assert comp.first_of == first and comp.modules._counts == counts
+
+
+@pytest.mark.parametrize("top", ["", "model."])
+@pytest.mark.parametrize("sides", ["both", "left", "right", "renamed"])
+def test_the_module_above_every_key_takes_the_sides_totals_which_are_the_plain_counts(top, sides):
+    """The root's module row (and a ``model.`` above every key) takes each side's tensor count and byte total as the
+    side counted them when it was opened -- no pass over the rows -- and they are what a count of the rows shown
+    gives; with keys renamed (two onto one key: one of them is shown) they are counted over the rows."""
+    rng = random.Random(4)
+    left = {f"{top}m{i % 4}.p{i}": _info(f"{top}m{i % 4}.p{i}", (rng.randint(1, 9),)) for i in range(60)}
+    right = {k: _info(k, (rng.randint(1, 9),)) for k in list(left)[::2] + [f"{top}m9.extra"]}
+    rename = {f"{top}m9.extra": f"{top}m0.p0"} if sides == "renamed" else {}
+    opened = {name: C.SideData(side=None, text=name, entry=(), infos=infos, classes={}, nbytes=C.total_bytes(infos))
+              for name, infos in (("left", left), ("right", right))}
+    comp = C.Comparison(opened["left"] if sides != "right" else None, opened["right"] if sides != "left" else None,
+                        rename)
+    assert (comp.totals is None) == (sides == "renamed")
+    for path in ("", top + "m0") + (("model",) if top else ()):
+        rows = [row for key, row in comp.rows.items() if key.startswith(path + ".") or not path]
+        md = comp.modules[path]
+        for i, side in enumerate(("left", "right")):
+            there = [getattr(row, side) for row in rows if getattr(row, side) is not None]
+            assert md.present[i] == len(there) and md.nbytes[i] == sum(t.nbytes for t in there), (path, side)
+
+
+def test_recount_with_one_side_open_counts_what_the_pass_over_every_row_counts():
+    infos = {f"m{i % 3}.w{i}": _info(f"m{i % 3}.w{i}") for i in range(40)}
+    for comp in (C.Comparison(_side(infos), None), C.Comparison(None, _side(infos))):
+        first, counts = comp.first_of, comp.modules._counts      # one side: no pass
+        comp.left, comp.right = comp.left or _side({}), comp.right or _side({})
+        comp.recount()                                          # the pass (the rows unchanged: one side's)
+        assert (first, counts) == (comp.first_of, comp.modules._counts) == ({}, {"": [0, 0]})

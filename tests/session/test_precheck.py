@@ -19,7 +19,7 @@ from explorer.session.compare import load_side_data
 from explorer.session.compute_process import CallAborted, ComputeProcess, parse_engine
 from tests.hostile.corpus import write_torch_zip
 from tests.hostile.corpus_round2 import dag
-from tests.in_parse_process import listing_kept, sleep, slow_probe
+from tests.in_parse_process import listing_kept, parts_then_sleep, sleep, slow_probe
 
 BIG = G.PRECHECK_MIN   # files of this size and more are walked in the window
 
@@ -158,6 +158,40 @@ def test_an_aborted_call_kills_the_child_at_once():
         assert eng.call(sleep, 0, timeout=60) == 0       # restarted on the next call
     finally:
         eng.shutdown()
+
+
+def test_a_partial_answer_the_caller_cannot_take_stops_the_job():
+    """The window's decode of a listing chunk sent ahead fails (out of memory, say): the job it came from is stopped
+    with it, not left running into the next call's time."""
+    eng = ComputeProcess(nice=0, name="partial-test", tensors=False)
+    got = []
+
+    def take(part):
+        got.append(part)
+        raise MemoryError("decoding the chunk")
+    try:
+        with pytest.raises(MemoryError):
+            eng.call(parts_then_sleep, 3, 30, timeout=60, partial=take)
+        assert got == [0]
+        t = time.perf_counter()
+        assert eng.call(sleep, 0, timeout=20) == 0       # not behind the 30 s the stopped job had left
+        assert time.perf_counter() - t < 10
+    finally:
+        eng.shutdown()
+
+
+def test_pauses_of_the_collector_in_two_threads_end_when_both_have():
+    import gc
+
+    from explorer.core.gc_pause import gc_paused
+    assert gc.isenabled()
+    first, second = gc_paused(), gc_paused()
+    first.__enter__()
+    second.__enter__()                  # (another worker's pause, begun before the first ends)
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()           # the second worker's bulk work still runs without the collector
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
 
 
 def test_a_listing_pickles_the_same_whichever_parse_made_it(tmp_path, fresh_caches):
