@@ -145,6 +145,9 @@ class _ReadAhead:
 
     running: "list[_ReadAhead]" = []
     reading: dict = {}         # file some read-ahead is parsing now -> (threading.Event set when done, [timed out])
+    kept: dict = {}            # file -> (the listing the newest read-ahead made of it, decoded here; the files of
+                               # that read-ahead): the open of the file takes it, an open of none of them drops it
+    KEPT_MAX = 100_000         # tensors: a larger listing is not kept (the open is sent it again)
 
     def __init__(self, texts: list[str]):
         self.texts = set(texts)
@@ -152,42 +155,52 @@ class _ReadAhead:
         self.superseded = False    # a newer read-ahead came: parse nothing more (what is parsing finishes)
 
     @classmethod
-    def wait_for(cls, text: str, should_stop) -> None:
-        """An open of ``text`` while a read-ahead parses it: wait for that parse (the open's own then finds it
-        parsed), and raise ``CallTimeout`` when it ran out of time -- not parse it a second time, for as long."""
+    def wait_for(cls, text: str, should_stop):
+        """An open of ``text`` while a read-ahead parses it: wait for that parse (not parse it a second time, for as
+        long), and raise ``CallTimeout`` when it ran out of time. Then the listing a read-ahead made of ``text``,
+        decoded here, while the file is unchanged since (None: the open asks the parse process, which has it)."""
         from .compute_process import CallTimeout
         from explorer.errors import Cancelled
         got = cls.reading.get(text)
-        if got is None:
-            return
-        done, timed_out = got
-        if not _wait(done, should_stop):
-            raise Cancelled(f"{text}: cancelled")
-        if timed_out[0]:
-            raise CallTimeout(f"{text}: its parse ran out of time")
+        if got is not None:
+            done, timed_out = got
+            if not _wait(done, should_stop):
+                raise Cancelled(f"{text}: cancelled")
+            if timed_out[0]:
+                raise CallTimeout(f"{text}: its parse ran out of time")
+        from .listing import stamp_of
+        listed, _ = cls.kept.pop(text, (None, None))
+        return listed if listed is not None and listed.stamp == stamp_of(text) else None
 
     @classmethod
     def wanted(cls, text: str) -> None:
-        """An open asks for ``text``: a read-ahead of other files gives way (the one of ``text`` is waited for)."""
+        """An open asks for ``text``: a read-ahead of other files gives way (the one of ``text`` is waited for), and
+        what one kept of another file is dropped."""
         for ahead in list(cls.running):
             if text not in ahead.texts:
                 ahead.give_way = True
+        for other, (_, texts) in list(cls.kept.items()):
+            if text not in texts:
+                cls.kept.pop(other, None)
 
 
 def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> None:
     """Parse ``texts`` -- local files and folders dragged over the window, not dropped yet -- in the parse process
     (with the window's walk of a torch.save file's ``data.pkl``), so that the open that follows their drop finds
-    them parsed: a re-open there. What it parses is dropped unused; it gives way to an open of another file (the
-    parse process is stopped at once), and never reports anything. Blocking: for a thread of its own."""
+    them parsed: the listing, decoded here, is kept for that open (``_ReadAhead.kept``; the parse process keeps it
+    too). It gives way to an open of another file (the parse process is stopped at once), and never reports
+    anything. Blocking: for a thread of its own."""
     import threading
 
     from explorer.core.model_spec import looks_like_model_spec
     from explorer.core.remote.files import is_remote
 
     from .compute_process import CallTimeout
+    from .listing import Listing, Received
     ahead = _ReadAhead(list(texts))
     for older in list(_ReadAhead.running):
         older.superseded = True
+    _ReadAhead.kept.clear()     # what an older one kept: this one's files replace it
     _ReadAhead.running.append(ahead)
     try:
         for text in texts:
@@ -199,8 +212,11 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
                 continue
             done, timed_out = mine
             try:
-                _parse_there(text, probe_fn, timeout_s, None, give_way=lambda: ahead.give_way,
-                             skip=lambda: ahead.give_way or ahead.superseded)
+                listed = _parse_there(text, probe_fn, timeout_s, None, give_way=lambda: ahead.give_way,
+                                      skip=lambda: ahead.give_way or ahead.superseded)
+                if isinstance(listed, Listing) and isinstance(listed.chunks, Received) \
+                        and listed.count <= _ReadAhead.KEPT_MAX and not (ahead.give_way or ahead.superseded):
+                    _ReadAhead.kept[text] = (listed, ahead.texts)
             except CallTimeout:
                 timed_out[0] = True
             except Exception:  # noqa: BLE001 - the open, if the file is dropped, parses it again and reports
@@ -230,12 +246,13 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
     from .compute_process import CallAborted, parse_engine
     from .listing import Listing, Received
     if give_way is None:
-        _ReadAhead.wait_for(text, should_stop)
+        ahead = _ReadAhead.wait_for(text, should_stop)
+        if ahead is not None:    # read ahead, and decoded here already
+            return ahead
     eng = parse_engine()
     end = time.monotonic() + timeout_s
-    # an open's listing is decoded here a chunk at a time as the parse process sends it, while it makes the next (a
-    # read-ahead's is never used: it is not sent ahead)
-    received = Received() if give_way is None and probe_fn in (probe, probe_whole) else None
+    # the listing is decoded here a chunk at a time as the parse process sends it, while it makes the next
+    received = Received() if probe_fn in (probe, probe_whole) else None
 
     def call(**kwargs):
         if received is None:

@@ -227,6 +227,43 @@ def test_a_file_read_ahead_is_parsed_before_its_open_asks(tmp_path, monkeypatch)
     assert list(data.infos.items()) == list(load_side_data(path).infos.items())
 
 
+def _calls_to_the_parse_process(monkeypatch) -> list:
+    eng, calls = parse_engine(), []
+    real = eng.call
+    monkeypatch.setattr(eng, "call", lambda fn, *a, **k: calls.append(fn.__name__) or real(fn, *a, **k))
+    return calls
+
+
+def test_the_open_of_a_file_read_ahead_takes_the_listing_decoded_then(tmp_path, monkeypatch):
+    """Dropped after the read-ahead finished: the open asks the parse process nothing (the listing was decoded here
+    as it came); a file changed since is parsed again, and shows what it holds now."""
+    path = _benign(tmp_path)
+    G.read_ahead([path])
+    calls = _calls_to_the_parse_process(monkeypatch)
+    data = G.open_guarded(path)
+    assert calls == [] and type(data.side) is L.ListedSide
+    assert list(data.infos.items()) == list(load_side_data(path).infos.items())
+    G.read_ahead([path])
+    calls.clear()
+    torch.save({"w": torch.ones(5)}, path)                  # saved again between the drag and the drop
+    data = G.open_guarded(path)
+    assert calls == ["probe"] and list(data.infos) == ["w"] and data.infos["w"].shape == (5,)
+
+
+def test_what_a_read_ahead_kept_is_taken_by_both_files_of_a_drop_and_dropped_by_another_open(tmp_path, monkeypatch):
+    a, b, other = _small(tmp_path, "a.pt"), _small(tmp_path, "b.pt"), _small(tmp_path, "other.pt")
+    G.read_ahead([a, b])
+    calls = _calls_to_the_parse_process(monkeypatch)
+    G.open_guarded(a)                                       # both dropped: one open each
+    G.open_guarded(b)
+    assert calls == []
+    G.read_ahead([a, b])
+    assert set(G._ReadAhead.kept) == {a, b}
+    calls.clear()
+    G.open_guarded(other)                                   # the drag went elsewhere
+    assert G._ReadAhead.kept == {} and calls == ["probe"]
+
+
 def test_a_read_ahead_gives_way_to_an_open_of_another_file(tmp_path):
     import threading
     slow, other = _small(tmp_path, "slow.pt"), _small(tmp_path, "other.pt")
