@@ -39,7 +39,9 @@ _INDEX = attrgetter("_at")
 
 
 def stamp_of(text: str) -> tuple:
-    """What says a local file (or folder) is unchanged: its path, modification time and size (a URL: its text). A
+    """What says a local file (or folder) is unchanged: its path, modification time and size, and its inode and
+    change time (another file moved over it, or one rewritten in place with its modification time set back -- the
+    next checkpoint of a run, the same size, synced with its times -- is another stamp); a URL: its text. A
     folder's (a sharded checkpoint) holds those of every file in it too: a shard saved again under its own name
     changes the shard, not the folder."""
     try:
@@ -47,7 +49,7 @@ def stamp_of(text: str) -> tuple:
     except (OSError, ValueError):
         return (text, 0, 0)
     if not os.path.isdir(text):
-        return (text, st.st_mtime_ns, st.st_size)
+        return (text, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
     files = []
     try:
         with os.scandir(text) as entries:
@@ -56,10 +58,10 @@ def stamp_of(text: str) -> tuple:
                     est = entry.stat()
                 except OSError:
                     continue
-                files.append((entry.name, est.st_mtime_ns, est.st_size))
+                files.append((entry.name, est.st_mtime_ns, est.st_size, est.st_ino, est.st_ctime_ns))
     except OSError:
         pass
-    return (text, st.st_mtime_ns, st.st_size, tuple(sorted(files)))
+    return (text, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns, tuple(sorted(files)))
 
 
 @dataclass

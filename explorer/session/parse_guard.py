@@ -14,6 +14,7 @@ unpickles it without that walk (:func:`_parse_there`).
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Callable
 
 from explorer.errors import ExplorerError, ParseTimeout, ReaderDied
@@ -146,8 +147,10 @@ class _ReadAhead:
     running: "list[_ReadAhead]" = []
     reading: dict = {}         # file some read-ahead is parsing now -> (threading.Event set when done, [timed out])
     kept: dict = {}            # file -> (the listing the newest read-ahead made of it, decoded here; the files of
-                               # that read-ahead): the open of the file takes it, an open of none of them drops it
-    KEPT_MAX = 100_000         # tensors: a larger listing is not kept (the open is sent it again)
+                               # that read-ahead; the file's identity then): the open of the file takes it, an open
+                               # of none of those files drops it
+    KEPT_MAX = 100_000         # tensors: a larger listing is not kept (nor decoded past that: the open is sent it)
+    lock = threading.Lock()    # a read-ahead keeps a listing, or a newer one or an open drops them: one at a time
 
     def __init__(self, texts: list[str]):
         self.texts = set(texts)
@@ -168,9 +171,8 @@ class _ReadAhead:
                 raise Cancelled(f"{text}: cancelled")
             if timed_out[0]:
                 raise CallTimeout(f"{text}: its parse ran out of time")
-        from .listing import stamp_of
-        listed, _ = cls.kept.pop(text, (None, None))
-        return listed if listed is not None and listed.stamp == stamp_of(text) else None
+        listed, _, identity = cls.kept.pop(text, (None, None, None))
+        return listed if listed is not None and identity == _identity(text) else None
 
     @classmethod
     def wanted(cls, text: str) -> None:
@@ -179,9 +181,17 @@ class _ReadAhead:
         for ahead in list(cls.running):
             if text not in ahead.texts:
                 ahead.give_way = True
-        for other, (_, texts) in list(cls.kept.items()):
-            if text not in texts:
-                cls.kept.pop(other, None)
+        with cls.lock:
+            for other, (_, texts, _) in list(cls.kept.items()):
+                if text not in texts:
+                    del cls.kept[other]
+
+
+def _identity(text: str) -> tuple:
+    """What says ``text`` is still the file (or folder) a read-ahead listed: ``listing.stamp_of`` (path, times, size
+    and inode: a file swapped in under the same size and modification time is another)."""
+    from .listing import stamp_of
+    return stamp_of(text)
 
 
 def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> None:
@@ -200,7 +210,8 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
     ahead = _ReadAhead(list(texts))
     for older in list(_ReadAhead.running):
         older.superseded = True
-    _ReadAhead.kept.clear()     # what an older one kept: this one's files replace it
+    with _ReadAhead.lock:
+        _ReadAhead.kept.clear()     # what an older one kept: this one's files replace it
     _ReadAhead.running.append(ahead)
     try:
         for text in texts:
@@ -212,11 +223,14 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
                 continue
             done, timed_out = mine
             try:
+                before = _identity(text)     # the file as it was before its parse (the walk's, if any, went by it)
                 listed = _parse_there(text, probe_fn, timeout_s, None, give_way=lambda: ahead.give_way,
                                       skip=lambda: ahead.give_way or ahead.superseded)
                 if isinstance(listed, Listing) and isinstance(listed.chunks, Received) \
-                        and listed.count <= _ReadAhead.KEPT_MAX and not (ahead.give_way or ahead.superseded):
-                    _ReadAhead.kept[text] = (listed, ahead.texts)
+                        and listed.count <= _ReadAhead.KEPT_MAX and before == _identity(text):
+                    with _ReadAhead.lock:
+                        if not (ahead.give_way or ahead.superseded):
+                            _ReadAhead.kept[text] = (listed, ahead.texts, before)
             except CallTimeout:
                 timed_out[0] = True
             except Exception:  # noqa: BLE001 - the open, if the file is dropped, parses it again and reports
@@ -251,16 +265,26 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
             return ahead
     eng = parse_engine()
     end = time.monotonic() + timeout_s
-    # the listing is decoded here a chunk at a time as the parse process sends it, while it makes the next
+    # the listing is decoded here a chunk at a time as the parse process sends it, while it makes the next (a
+    # read-ahead's: its first KEPT_MAX tensors, kept for the open only if that is all of it)
     received = Received() if probe_fn in (probe, probe_whole) else None
 
     def call(**kwargs):
         if received is None:
             got = eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, **kwargs)
-        else:    # no collection walks what arrives meanwhile; then it is frozen out of their reach (as settled does)
-            with gc_paused():
+        elif give_way is None:   # an open: no collection walks what arrives meanwhile; then it is frozen out of their
+            with gc_paused():    # reach (as settled does)
                 got = eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, partial=received, **kwargs)
                 gc.freeze()
+        else:    # a read-ahead: the collector paused per chunk only, nothing frozen (what the GUI thread drops
+            # meanwhile stays collectable); the open that takes the listing settles it
+            def take(chunk: bytes) -> None:
+                if len(received.infos) < _ReadAhead.KEPT_MAX:
+                    with gc_paused():
+                        received(chunk)
+            got = eng.call(probe_fn, text, timeout=timeout_s, should_stop=should_stop, partial=take, **kwargs)
+            if isinstance(got, Listing) and got.chunks is None and len(received.infos) != got.count:
+                return got           # not all of it decoded here: not to be kept (the open is sent it again)
         if isinstance(got, Listing) and got.chunks is None:   # sent ahead: what arrived must be all of it
             if received is None or len(received.infos) != got.count:
                 raise RuntimeError(f"{text}: the parse process's listing arrived incomplete")

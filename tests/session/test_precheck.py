@@ -264,6 +264,47 @@ def test_what_a_read_ahead_kept_is_taken_by_both_files_of_a_drop_and_dropped_by_
     assert G._ReadAhead.kept == {} and calls == ["probe"]
 
 
+def test_a_file_swapped_in_after_its_read_ahead_is_not_shown_from_it(tmp_path, monkeypatch):
+    """Same path, size and modification time, another file (saved elsewhere and moved over it, its time set back --
+    the next checkpoint of a run, synced with its times): the open takes nothing the read-ahead, or the parse
+    process, kept of the file that was there."""
+    (tmp_path / "elsewhere").mkdir()
+    path, other = str(tmp_path / "ck.pt"), str(tmp_path / "elsewhere" / "ck.pt")   # (the name is in the archive)
+    torch.save({"w": torch.ones(2, 3)}, path)
+    torch.save({"v": torch.ones(2, 3)}, other)
+    assert os.path.getsize(path) == os.path.getsize(other)
+    G.read_ahead([path])
+    before = os.stat(path)
+    os.replace(other, path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_mtime_ns == before.st_mtime_ns and os.path.getsize(path) == before.st_size
+    calls = _calls_to_the_parse_process(monkeypatch)
+    data = G.open_guarded(path)
+    assert calls == ["probe"] and list(data.infos) == ["v"]    # (nor from what the parse process kept)
+
+
+def test_a_read_ahead_freezes_nothing_and_decodes_no_more_than_it_may_keep(tmp_path, monkeypatch):
+    """What the GUI thread drops while a read-ahead runs stays collectable (nothing is frozen: the open that takes
+    the listing settles it); a listing too large to keep is not decoded past that size, nor kept."""
+    import gc
+    path = _small(tmp_path, "small.pt")
+    freezes = []
+    real_freeze = gc.freeze
+    monkeypatch.setattr(gc, "freeze", lambda: freezes.append(1) or real_freeze())
+    G.read_ahead([path])
+    assert freezes == [] and path in G._ReadAhead.kept
+    G.open_guarded(path)
+    assert freezes                                       # settled by the open
+    many = str(tmp_path / "many.pt")
+    torch.save({f"m{i // 10}.p{i % 10}": torch.ones(1) for i in range(L.CHUNK * 2 + 5)}, many)
+    decoded = []
+    real = L.Received.__call__
+    monkeypatch.setattr(L.Received, "__call__", lambda self, chunk: (decoded.append(1), real(self, chunk)))
+    monkeypatch.setattr(G._ReadAhead, "KEPT_MAX", 5)
+    G.read_ahead([many])
+    assert decoded == [1] and many not in G._ReadAhead.kept     # the first chunk, then nothing
+
+
 def test_a_read_ahead_gives_way_to_an_open_of_another_file(tmp_path):
     import threading
     slow, other = _small(tmp_path, "slow.pt"), _small(tmp_path, "other.pt")
