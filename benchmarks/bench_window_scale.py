@@ -163,6 +163,7 @@ def main(argv=None) -> int:
                     "re-opens still use the 50k .pt")
     ap.add_argument("--drag-s", type=float, default=0.3, help="seconds from a drag entering the window to its drop "
                     "(the first-drop timing)")
+    ap.add_argument("--each", action="store_true", help="print every open's time, in order")
     ap.add_argument("--pick-s", type=float, default=0.3, help="seconds from the click on a file in File > Open to the "
                     "click on Open (the File > Open timing)")
     args = ap.parse_args(argv)
@@ -288,7 +289,8 @@ def main(argv=None) -> int:
         stall = max(s for _, s, _ in rows)
         cpu = max(c for _, _, c in rows)
         print(f"{name:<22} {statistics.median(times):>20.3f}  {min(times):>7.3f} {targets[name]:>8.2f} "
-              f"{stall * 1000:>20.0f} {cpu * 1000:>20.0f}")
+              f"{stall * 1000:>20.0f} {cpu * 1000:>20.0f}" + (f"   each: {' '.join(f'{t:.3f}' for t in times)}"
+                                                               if args.each else ""))
 
     first = [name for name in (FIRST, DROP, PICK) if name in results]
     if first:   # measured after the opens (not beside them: this process's own children would share the cores)

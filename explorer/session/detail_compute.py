@@ -312,11 +312,12 @@ def open_cached(text: str, stamp: tuple | None = None):
 
     from .listing import stamp_of
     stamp = stamp if stamp is not None else stamp_of(text)
-    side = _SIDES.get(stamp)
+    side = _SIDES.pop(stamp, None)
     if side is None:
-        if len(_SIDES) > 8:
-            _SIDES.clear()
-        side = _SIDES[stamp] = open_side(text)
+        while len(_SIDES) > 8:      # the least recently used go first (a file the user keeps coming back to stays)
+            del _SIDES[next(iter(_SIDES))]
+        side = open_side(text)
+    _SIDES[stamp] = side            # the most recently used last
     return side
 
 

@@ -36,6 +36,7 @@ _INFO_GETTERS = [attrgetter(name) if name != "location" else None for name in IN
 _LOCATION_GETTERS = [attrgetter(name) for name in LOCATION_FIELDS]
 _RAW_LOCATION = attrgetter("_location")
 _INDEX = attrgetter("_at")
+_COUNT = attrgetter("count")
 
 
 def stamp_of(text: str) -> tuple:
@@ -209,8 +210,9 @@ def listing_of(text: str, side, send=None) -> Listing | None:
     if side.kind != CHECKPOINT:
         return None
     stamp = stamp_of(text)
-    hit = _LISTINGS.get(stamp)
+    hit = _LISTINGS.pop(stamp, None)
     if hit is not None:
+        _LISTINGS[stamp] = hit      # the most recently used last
         return _sent(hit, hit.chunks, send)
     refs = list(side.state_dicts)
     if refs and refs[0].tensors > LISTING_MAX:
@@ -247,8 +249,8 @@ def listing_of(text: str, side, send=None) -> Listing | None:
             chunks.append(chunk)
             if send is not None:
                 send(chunk)
-    if len(_LISTINGS) > 8 or sum(hit.count for hit in _LISTINGS.values()) > LISTINGS_KEPT:
-        _LISTINGS.clear()
+    while _LISTINGS and (len(_LISTINGS) > 8 or sum(map(_COUNT, _LISTINGS.values())) + count > LISTINGS_KEPT):
+        del _LISTINGS[next(iter(_LISTINGS))]    # the least recently used go first
     listing = _LISTINGS[stamp] = Listing(
         text, stamp, str(side.label), getattr(side, "path", None), side.format, list(side.references), refs,
         tuple(entry) if entry is not None else None, dict(classes),

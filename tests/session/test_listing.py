@@ -285,3 +285,24 @@ def test_the_parse_process_keeps_what_it_parses_out_of_the_collectors_walks(tmp_
     assert listed.count == 20_000 and gc.isenabled()
     assert runs == []
     assert gc.get_freeze_count() - frozen >= 20_000
+
+
+def test_the_parse_process_keeps_the_files_used_last(tmp_path, monkeypatch):
+    """Its caches drop the least recently used file first: one the user keeps coming back to, between opens of
+    many others, is never parsed again."""
+    from explorer.session import detail_compute
+    monkeypatch.setattr(L, "_LISTINGS", {})
+    monkeypatch.setattr(detail_compute, "_SIDES", {})
+    paths = []
+    for i in range(12):
+        paths.append(str(tmp_path / f"f{i}.pt"))
+        torch.save({f"w{i}": torch.ones(i + 1)}, paths[-1])
+    home = paths[0]
+    first = L.listing_of(home, detail_compute.open_cached(home))
+    side = detail_compute.open_cached(home)
+    for other in paths[1:]:
+        L.listing_of(other, detail_compute.open_cached(other))
+        assert detail_compute.open_cached(home) is side           # back to it after each other file
+        assert L.listing_of(home, side) is first
+    assert len(L._LISTINGS) <= 9 and len(detail_compute._SIDES) <= 9
+    assert L.stamp_of(paths[1]) not in L._LISTINGS                 # the one left longest is gone
