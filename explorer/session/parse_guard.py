@@ -251,9 +251,8 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
     the usual way (walk first), which gives the usual answer. ``give_way`` (a read-ahead's): once it returns true,
     the parse process is stopped at once and ``CallAborted`` raised; nothing is parsed again. ``skip`` (a
     read-ahead's): when it returns true once the parse process is free, nothing is parsed (``CallAborted``)."""
-    import time
-
     import gc
+    import time
 
     from explorer.core.gc_pause import gc_paused
 
@@ -314,6 +313,9 @@ def _parse_there(text: str, probe_fn, timeout_s: float, should_stop, give_way=No
         eng.stop_now()
         if give_way is not None:
             raise CallAborted(f"{text}: not read ahead (its data.pkl's walk did not pass)")
+        if should_stop is not None and should_stop():    # cancelled while the walk ran: not parsed again
+            from explorer.errors import Cancelled
+            raise Cancelled(f"{text}: cancelled")
         if received is not None:
             received = Received()   # what the killed parse sent is dropped
         return call()

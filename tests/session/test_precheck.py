@@ -388,6 +388,24 @@ def test_a_walk_that_never_ends_does_not_hold_the_open_past_its_time_limit(tmp_p
         stuck.set()
 
 
+def test_an_open_cancelled_while_the_walk_runs_is_not_parsed_again(tmp_path, monkeypatch):
+    import threading
+
+    from explorer.errors import Cancelled
+    path = _benign(tmp_path)
+    stuck = threading.Event()
+    monkeypatch.setattr(torch_zip, "precheck", lambda *a: stuck.wait(60))
+    calls = _calls_to_the_parse_process(monkeypatch)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(Cancelled):
+            G.open_guarded(path, timeout_s=30, should_stop=lambda: time.perf_counter() - start > 0.5)
+        assert calls == ["probe"]               # the unchecked parse, stopped; no second parse to cancel
+        assert time.perf_counter() - start < 5
+    finally:
+        stuck.set()
+
+
 def test_a_file_rewritten_with_its_modification_time_set_back_is_another_file(tmp_path):
     path = _benign(tmp_path)
     before = os.stat(path)
