@@ -354,7 +354,7 @@ class Comparison:
             self.modules.set_counts(counts)
             return
         status_of = attrgetter("sim_status" if self.simulated else "diff_status")
-        # only the keys of a status that counts are walked (none, with one side open): picked out at C speed, a slice
+        # only the keys of a status that counts are walked: picked out at C speed, a slice
         # of the rows per C call (one pass over 10**6 rows held the GUI thread ~100 ms)
         loud = (compress(zip(map(_KEY_OF, part), statuses), map(not_, map(_QUIET.__contains__, statuses)))
                 for part in batches(self.rows.items()) for statuses in [list(map(status_of, map(_ROW_OF, part)))])

@@ -147,8 +147,8 @@ class _ReadAhead:
     running: "list[_ReadAhead]" = []
     reading: dict = {}         # file some read-ahead is parsing now -> (threading.Event set when done, [timed out])
     kept: dict = {}            # file -> (the listing the newest read-ahead made of it, decoded here; the files of
-                               # that read-ahead; the file's identity then): the open of the file takes it, an open
-                               # of none of those files drops it
+                               # that read-ahead): the open of the file takes it while the file is the one listed
+                               # (``listing.stamp_of``), an open of none of those files drops it
     KEPT_MAX = 100_000         # tensors: a larger listing is not kept (nor decoded past that: the open is sent it)
     lock = threading.Lock()    # a read-ahead keeps a listing, or a newer one or an open drops them: one at a time
 
@@ -171,8 +171,9 @@ class _ReadAhead:
                 raise Cancelled(f"{text}: cancelled")
             if timed_out[0]:
                 raise CallTimeout(f"{text}: its parse ran out of time")
-        listed, _, identity = cls.kept.pop(text, (None, None, None))
-        return listed if listed is not None and identity == _identity(text) else None
+        from .listing import stamp_of
+        listed, _ = cls.kept.pop(text, (None, None))
+        return listed if listed is not None and listed.stamp == stamp_of(text) else None
 
     @classmethod
     def wanted(cls, text: str) -> None:
@@ -182,16 +183,9 @@ class _ReadAhead:
             if text not in ahead.texts:
                 ahead.give_way = True
         with cls.lock:
-            for other, (_, texts, _) in list(cls.kept.items()):
+            for other, (_, texts) in list(cls.kept.items()):
                 if text not in texts:
                     del cls.kept[other]
-
-
-def _identity(text: str) -> tuple:
-    """What says ``text`` is still the file (or folder) a read-ahead listed: ``listing.stamp_of`` (path, times, size
-    and inode: a file swapped in under the same size and modification time is another)."""
-    from .listing import stamp_of
-    return stamp_of(text)
 
 
 def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> None:
@@ -206,7 +200,7 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
     from explorer.core.remote.files import is_remote
 
     from .compute_process import CallTimeout
-    from .listing import Listing, Received
+    from .listing import Listing, Received, stamp_of
     ahead = _ReadAhead(list(texts))
     for older in list(_ReadAhead.running):
         older.superseded = True
@@ -223,14 +217,13 @@ def read_ahead(texts, *, probe_fn=probe, timeout_s: float = PARSE_TIMEOUT_S) -> 
                 continue
             done, timed_out = mine
             try:
-                before = _identity(text)     # the file as it was before its parse (the walk's, if any, went by it)
                 listed = _parse_there(text, probe_fn, timeout_s, None, give_way=lambda: ahead.give_way,
                                       skip=lambda: ahead.give_way or ahead.superseded)
                 if isinstance(listed, Listing) and isinstance(listed.chunks, Received) \
-                        and listed.count <= _ReadAhead.KEPT_MAX and before == _identity(text):
+                        and listed.count <= _ReadAhead.KEPT_MAX and listed.stamp == stamp_of(text):
                     with _ReadAhead.lock:
                         if not (ahead.give_way or ahead.superseded):
-                            _ReadAhead.kept[text] = (listed, ahead.texts, before)
+                            _ReadAhead.kept[text] = (listed, ahead.texts)
             except CallTimeout:
                 timed_out[0] = True
             except Exception:  # noqa: BLE001 - the open, if the file is dropped, parses it again and reports
