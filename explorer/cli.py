@@ -74,6 +74,40 @@ class EscapedText:
         return getattr(self._raw, name)
 
 
+class _ReaderGone:
+    """stdout that outlives its reader: once the pipe is closed (``... | head -1``) the rest of the output is dropped
+    instead of raised, so the command runs to its end and exits with its own answer -- a ``simulate`` whose load
+    would raise still exits 1, a ``diff`` that found differences 1; not 0 for output cut short."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self.gone = False
+
+    def write(self, text: str) -> int:
+        try:
+            return self._raw.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._raw.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        self.gone = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:   # what is buffered and all that follows goes nowhere, without an error
+            os.dup2(devnull, self._raw.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name):   # fileno, isatty, encoding, buffer... of the real stream
+        return getattr(self._raw, name)
+
+
 class _Streams:
     """Within ``with``: ``sys.stderr`` (always) and ``sys.stdout`` (text mode) escaped, and both streams' encoders
     told to write what they cannot encode as ``\\u`` escapes rather than raise mid-output."""
@@ -91,6 +125,7 @@ class _Streams:
             except (AttributeError, ValueError, TypeError, OSError):
                 pass
         sys.stderr = EscapedText(sys.stderr)
+        sys.stdout = _ReaderGone(sys.stdout)
         if self.text_stdout:
             sys.stdout = EscapedText(sys.stdout)
         return self
@@ -221,8 +256,8 @@ def _run(args) -> int:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
-        except BrokenPipeError:
-            return 0
+        except BrokenPipeError:   # written past the guard (a closed stderr): the answer was not given
+            return 128 + 13      # as a shell reports a command its SIGPIPE ended
         except Exception as e:  # a bug of ours: still one line, and how to report it
             print(f"error: internal error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
                   "(please report this with the file's format)", file=sys.stderr)

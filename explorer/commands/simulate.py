@@ -150,7 +150,9 @@ def render_text(rep: LoadReport, out, *, verbose: bool = False, listed: int | No
             n = shown[word] = shown.get(word, 0) + 1
             if listed is not None and n > listed:
                 continue
-            cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else ""
+            cast = f" {r.dtype_cast[0]}->{r.dtype_cast[1]}" if r.dtype_cast else \
+                f" {r.dtype_assigned[0]}->{r.dtype_assigned[1]} (assigned: the model's dtype changes)" \
+                if r.dtype_assigned else ""
             w(f" {flag} {key:<{width}} {word:<26}{cast}\n")
             if verbose or r.status not in (MATCHED, CHANGED):
                 w(f"     {r.explanation}\n")

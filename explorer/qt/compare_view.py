@@ -9,10 +9,10 @@ from __future__ import annotations
 from itertools import islice
 from typing import Iterator
 
-from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QFontMetrics
 from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter,
-                               QToolButton, QTreeView, QVBoxLayout, QWidget)
+                               QStyle, QStyledItemDelegate, QToolButton, QTreeView, QVBoxLayout, QWidget)
 
 from ..core.remote.files import is_remote
 from ..session import compare as C
@@ -159,6 +159,20 @@ class PaneHeader(QFrame):
         self._elide_path()
 
 
+class _BadgeHighRows(QStyledItemDelegate):
+    """Every row as high as one with a kind badge. Each view takes the height of its first row for all (uniform
+    row heights): the status column shows text only, shorter than the panes' badge rows, so without this the
+    status column's rows drift off the keys they describe, by 2 px a row."""
+
+    def __init__(self, view: QTreeView):
+        super().__init__(view)
+        self._badge = view.style().pixelMetric(QStyle.PM_SmallIconSize, None, view)
+
+    def sizeHint(self, option, index):   # noqa: N802 - Qt API
+        hint = super().sizeHint(option, index)
+        return QSize(hint.width(), max(hint.height(), self._badge))
+
+
 class SyncedTree(QTreeView):
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -171,6 +185,8 @@ class SyncedTree(QTreeView):
         self.setAcceptDrops(False)               # drops go to the CompareView
         self.setExpandsOnDoubleClick(True)
         self.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self._rows = _BadgeHighRows(self)        # kept referenced: its Python sizeHint is the point
+        self.setItemDelegate(self._rows)
 
 
 class CompareView(QWidget):

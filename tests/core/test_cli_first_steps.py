@@ -306,3 +306,38 @@ def test_escape_controls_keeps_text_and_escapes_controls():
     plain = "a.b  [3, 4] float32 é 💡\ttab\n"
     assert escape_controls(plain) is plain
     assert escape_controls("x\x1b[2J\r\x7f\x85\ud800é\n") == "x\\x1b[2J\\r\\x7f\\x85\\ud800é\n"
+
+
+def _first_line_then_close(*args) -> tuple[str, int]:
+    """``main.py ARGS | head -1``: the first line read, then the pipe closed while the command still writes; (that
+    line, the command's exit status)."""
+    with subprocess.Popen([sys.executable, str(ROOT / "main.py"), *map(str, args)], cwd=ROOT,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))) as proc:
+        line = proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read()
+        proc.wait(timeout=120)
+    assert err == "", err
+    return line, proc.returncode
+
+
+def test_output_cut_short_by_its_reader_keeps_the_answer(tmp_path):
+    """``diff A B | head -1`` and ``simulate ... | head -1``: the reader goes away while the command writes (output
+    far larger than the pipe holds); the exit status is still the command's answer (1: the files differ, the load
+    would raise), never 0 -- a script with ``pipefail`` must not read a failing check as a pass."""
+    a = {f"layers.{i}.weight": torch.full((2,), float(i)) for i in range(3000)}
+    b = {k: v + 1 for k, v in a.items()}
+    torch.save(a, tmp_path / "a.pt")
+    torch.save(b, tmp_path / "b.pt")
+    line, rc = _first_line_then_close("diff", tmp_path / "a.pt", tmp_path / "b.pt")
+    assert line and rc == 1, (line, rc)
+    (tmp_path / "m.py").write_text("import torch.nn as nn\ndef make():\n    return nn.ModuleDict({'layers': "
+                                   "nn.ModuleList([nn.Linear(3, 1, bias=False) for _ in range(3000)])})\n")
+    line, rc = _first_line_then_close("simulate", "--model", f"{tmp_path / 'm.py'}:make", "--checkpoint",
+                                      tmp_path / "a.pt")
+    assert line and rc == 1, (line, rc)
+    full = subprocess.run([sys.executable, str(ROOT / "main.py"), "simulate", "--model", f"{tmp_path / 'm.py'}:make",
+                           "--checkpoint", str(tmp_path / "a.pt")], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
+    assert full.returncode == 1 and len(full.stdout) > 200_000, (full.returncode, len(full.stdout))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import io
 import json
 
 import pytest
@@ -468,3 +469,36 @@ def test_quantized_modules_load_as_torch_loads_them(tmp_path, build):
     torch.save(build(0).state_dict(), same)
     rep2, _, _ = agree(build(0), same)
     assert rep2.changed_keys == []
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_assign_that_changes_the_models_dtype_is_said(tmp_path, strict):
+    """``assign=True`` with a float16 / float64 checkpoint tensor: torch converts nothing, the model's tensor becomes
+    the checkpoint's dtype. Each key says so (``dtype_assigned``: [model's, checkpoint's], in the JSON and on the
+    key's text line) exactly where torch's own model changed dtype, and only there."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["0.weight"] = sd["0.weight"].half()
+    sd["1.running_var"] = sd["1.running_var"].double()
+    path = tmp_path / "mixed.pt"
+    torch.save(sd, path)
+    rep = simulate_load(ModelSide(copy.deepcopy(model), "m"), open_checkpoint(path), strict=strict, assign=True)
+    before = {k: v.dtype for k, v in model.state_dict().items()}
+    real = copy.deepcopy(model)
+    real.load_state_dict(torch.load(path), strict=strict, assign=True)
+    after = {k: v.dtype for k, v in real.state_dict().items()}
+    want = {k: [str(before[k]).replace("torch.", ""), str(after[k]).replace("torch.", "")]
+            for k in before if before[k] != after[k]}
+    assert set(want) == {"0.weight", "1.running_var"}
+    got = {k: r.to_json().get("dtype_assigned") for k, r in rep.keys.items()}
+    assert {k: v for k, v in got.items() if v} == want
+    assert all(r.dtype_cast is None for r in rep.keys.values())
+    buf = io.StringIO()
+    render_text(rep, buf)
+    text = buf.getvalue()
+    line = next(ln for ln in text.splitlines() if " 0.weight " in ln)
+    assert "float32->float16" in line and "assigned" in line, line
+    # without assign, the same file casts: copy_ keeps the model's dtype
+    rep = simulate_load(ModelSide(copy.deepcopy(model), "m"), open_checkpoint(path), strict=strict)
+    assert rep.keys["0.weight"].dtype_cast == ["float16", "float32"] and rep.keys["0.weight"].dtype_assigned is None

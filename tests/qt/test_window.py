@@ -70,6 +70,26 @@ def test_rows_aligned_and_in_step(qtbot, make_window, two_checkpoints):
     assert "only right" in status
 
 
+def test_rows_of_a_flat_checkpoint_aligned(qtbot, make_window, tmp_path):
+    """Keys without a module (``k00``...): no row has a module badge, and the status column's rows (text only) are
+    as tall as the panes' (text and a kind badge) -- a status beside another key's row is a wrong answer."""
+    import torch
+    a = {f"k{i:02d}": torch.full((2,), float(i)) for i in range(30)}
+    b = {k: v for k, v in a.items() if k != "k20"}
+    b["k05"] = torch.zeros(3)
+    torch.save(a, tmp_path / "flat_a.pt")
+    torch.save(b, tmp_path / "flat_b.pt")
+    w = make_window()
+    open_both(qtbot, w, tmp_path / "flat_a.pt", tmp_path / "flat_b.pt")
+    assert_aligned(w)
+    cv = w.compare
+    for key, word in (("k05", "shape"), ("k20", "only left")):
+        idx = cv.model.index_of_path(key)
+        rects = [v.visualRect(idx.siblingAtColumn(_shown_column(v))) for v in cv.views]
+        assert len({(r.top(), r.height()) for r in rects}) == 1, [(r.top(), r.height()) for r in rects]
+        assert word in cv.model.data(idx.siblingAtColumn(STATUS_COLUMN))
+
+
 def test_scrolling_in_step_with_many_rows(qtbot, make_window, tmp_path):
     import torch
     a = {f"blocks.{i}.w": torch.zeros(2) for i in range(600)}

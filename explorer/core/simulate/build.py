@@ -190,6 +190,8 @@ class _Builder:
         self.used_sources.add(kr.source_key)
         kr.dtype_checkpoint = dtype_name(s_now.dtype)
         kr.shape_checkpoint = tuple(s_now.shape)
+        if s_now.dtype != orig.dtype:
+            kr.dtype_assigned = [dtype_name(orig.dtype), dtype_name(s_now.dtype)]
         if tuple(s_now.shape) != tuple(orig.shape) or s_now.dtype != orig.dtype:
             return True, True
         if s_now.is_meta and not orig.is_meta and (self.compared or self.ckpt.no_data(kr.source_key)):
