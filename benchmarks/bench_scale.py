@@ -1,5 +1,6 @@
 """Benchmark: ``simulate --model hf:DIR --checkpoint DIR`` of a 70B Llama-shaped sharded safetensors checkpoint,
-against targets of 10 s wall time and 2 GB peak RSS; and ``inspect DIR`` of the same folder against a bare Python
+and the same with a ``file.py:make`` spec whose factory calls ``LlamaForCausalLM(config)``, each under a 16 GB
+address-space limit (``RLIMIT_AS``), against targets of 10 s wall time and 2 GB peak RSS; and ``inspect DIR`` of the same folder against a bare Python
 process that reads the shards' headers (issue 15: listing is as fast as reading the headers, torch is not imported).
 
     python benchmarks/bench_scale.py [--dir /tmp/bench_scale] [--shards 30] [--runs 1] [--model-budget SIZE]
@@ -32,6 +33,7 @@ LLAMA_70B = dict(model_type="llama", architectures=["LlamaForCausalLM"], hidden_
                  torch_dtype="bfloat16", hidden_act="silu")
 TARGET_SECONDS = 10.0
 TARGET_RSS = 2 * 2 ** 30
+ADDRESS_SPACE = 16 * 2 ** 30   # the simulate runs' RLIMIT_AS: a 70B model allocated for real fails under it
 
 
 def llama_layout(c: dict) -> list[tuple[str, tuple[int, ...]]]:
@@ -106,13 +108,20 @@ def _numel(shape) -> int:
     return n
 
 
-def timed(cmd: list[str]) -> tuple[float, int, int, str]:
-    """(wall seconds, peak RSS bytes of that process, exit status, stdout) of one command run in its own process.
+def timed(cmd: list[str], address_space: int | None = None) -> tuple[float, int, int, str]:
+    """(wall seconds, peak RSS bytes of that process, exit status, stdout) of one command run in its own process,
+    under an ``address_space`` limit (bytes) when given.
     (Linux counts into a child's peak RSS this process's own peak at the fork: keep this process small.)"""
     env = {**os.environ, "PYTHONPATH": ROOT}
+
+    def limit():
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env,
+                                preexec_fn=limit if address_space is not None else None)
         _, status, usage = os.wait4(proc.pid, 0)   # the child's own rusage: its peak RSS, not the largest child's
         wall = time.perf_counter() - t0
         proc.returncode = rc = os.waitstatus_to_exitcode(status)
@@ -124,10 +133,31 @@ def timed(cmd: list[str]) -> tuple[float, int, int, str]:
     return wall, usage.ru_maxrss * 1024, rc, text
 
 
-def run_simulate(folder: str, extra: list[str]) -> tuple[float, int, int, str]:
-    """(wall seconds, peak RSS bytes, exit status, stdout) of ``main.py simulate --model hf:DIR --checkpoint DIR``."""
-    return timed([sys.executable, os.path.join(ROOT, "main.py"), "simulate", "--model", f"hf:{folder}",
-                  "--checkpoint", folder, *extra])
+def run_simulate(folder: str, spec: str, extra: list[str]) -> tuple[float, int, int, str]:
+    """(wall seconds, peak RSS bytes, exit status, stdout) of ``main.py simulate --model SPEC --checkpoint DIR``,
+    under the :data:`ADDRESS_SPACE` limit."""
+    return timed([sys.executable, os.path.join(ROOT, "main.py"), "simulate", "--model", spec, "--checkpoint", folder,
+                  *extra], address_space=ADDRESS_SPACE)
+
+
+# a model spec whose factory builds the model itself, as users write them (no meta device of its own)
+FACTORY = """import json, os
+import transformers
+
+
+def make():
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "config.json")) as f:
+        config = transformers.LlamaConfig(**json.load(f))
+    return transformers.LlamaForCausalLM(config)
+"""
+
+
+def factory_spec(folder: str) -> str:
+    """``FOLDER/llama_factory.py:make`` (written beside the checkpoint's ``config.json``)."""
+    path = os.path.join(folder, "llama_factory.py")
+    with open(path, "w") as f:
+        f.write(FACTORY)
+    return f"{path}:make"
 
 
 # the floor: a bare Python process that reads every shard's header (8 bytes of length, then that much JSON)
@@ -246,18 +276,19 @@ def main(argv=None) -> int:
         return 0
     extra = ["--json"] + (["--model-budget", args.model_budget] if args.model_budget else [])
     worst = 0
-    for i in range(args.runs):
-        wall, peak, rc, out = run_simulate(args.dir, extra)
+    specs = (("hf:DIR", f"hf:{args.dir}"), ("DIR/llama_factory.py:make", factory_spec(args.dir)))
+    for i, (name, spec) in ((i, named) for i in range(args.runs) for named in specs):
+        wall, peak, rc, out = run_simulate(args.dir, spec, extra)
         try:
             rep = json.loads(out)
         except ValueError:
-            print(f"run {i + 1}: exit {rc}, no JSON answer")
+            print(f"run {i + 1}: simulate --model {name}: exit {rc}, no JSON answer")
             return 2
-        ok = wall <= TARGET_SECONDS and peak <= TARGET_RSS
+        ok = rc == 0 and wall <= TARGET_SECONDS and peak <= TARGET_RSS
         worst |= not ok
-        print(f"run {i + 1}: simulate --model hf:DIR --checkpoint DIR: {wall:.2f} s (target <= {TARGET_SECONDS:.0f} s), "
-              f"peak RSS {peak / 2 ** 30:.2f} GB (target <= {TARGET_RSS / 2 ** 30:.0f} GB) -> "
-              f"{'OK' if ok else 'OVER TARGET'}")
+        print(f"run {i + 1}: simulate --model {name} --checkpoint DIR, under a {ADDRESS_SPACE / 2 ** 30:.0f} GB "
+              f"address-space limit: {wall:.2f} s (target <= {TARGET_SECONDS:.0f} s), peak RSS {peak / 2 ** 30:.2f} GB "
+              f"(target <= {TARGET_RSS / 2 ** 30:.0f} GB) -> {'OK' if ok else 'OVER TARGET'}")
         casts = sum(1 for k in rep["keys"] if k.get("dtype_cast"))
         print(f"  exit {rc}; raises={rep['raises']}, missing={len(rep['missing_keys'])}, "
               f"unexpected={len(rep['unexpected_keys'])}, keys={len(rep['keys'])}, dtype casts={casts}")

@@ -52,6 +52,7 @@ def resolve_tensor(side, key: str):
 def _not_found(side, key: str, names) -> KeyNotFoundError:
     close = difflib.get_close_matches(key, list(names), n=3)
     hint = f"; did you mean {', '.join(shorten(c) for c in close)}?" if close else \
+        " — the file is one tensor: name it '/'" if "" in names else \
         " — list the keys with: python main.py inspect " + str(side.path)
     return KeyNotFoundError(f"{side.path}: no tensor {shorten(key)}{hint}")
 

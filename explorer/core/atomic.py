@@ -22,7 +22,10 @@ def atomic_output(path: str | os.PathLike, mode: str = "wb", encoding: str | Non
     on any failure (cancel included) it is removed and ``path`` is untouched."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix="-" + os.path.basename(path), dir=folder)
+    except OSError as e:   # named by the file asked for, not by the temporary file never made
+        raise type(e)(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, mode, encoding=encoding) as f:
             yield f

@@ -270,8 +270,14 @@ class Checkpoint:
             try:
                 obj = child(obj, part)
             except LookupError:
-                raise KeyNotFoundError(f"{self.path}: no entry {'/'.join(path)!r}") from None
+                raise KeyNotFoundError(f"{self.path}: no entry {'/'.join(path)!r}{self._entries_named()}") from None
         return obj
+
+    def _entries_named(self) -> str:
+        """What a missing entry's error adds: the state dicts the file holds, by their paths."""
+        paths = ["/".join(sd.path) or "/" for sd in self.state_dicts[:6]]
+        more = f" and {len(self.state_dicts) - 6} more" if len(self.state_dicts) > 6 else ""
+        return f" (its state dicts: {', '.join(map(repr, paths))}{more})" if paths else ""
 
     def _index_of(self, path: EntryPath) -> int | None:
         if self._table is not None:  # indexed by key: a flat table's paths are (key,)

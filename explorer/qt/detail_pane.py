@@ -7,6 +7,7 @@ The numbers come from ``detail_compute.compute_detail`` in a worker; this widget
 from __future__ import annotations
 
 import csv
+import html
 import io
 import math
 
@@ -327,13 +328,20 @@ class DetailPane(QWidget):
         else:
             self.delta.hide()
         if res.left.channel is not None or res.right.channel is not None:
+            undrawn = 0
             for item, sv in ((self.channel_left, res.left), (self.channel_right, res.right)):
                 if sv.channel is not None:
-                    item.setData(np.arange(len(sv.channel)), sv.channel)
+                    # NaN and +-Inf are not drawn (an infinite point would stretch the axis until nothing else
+                    # shows); the line breaks there, and the axis says how many
+                    y = np.asarray(sv.channel, dtype=np.float64)
+                    finite = np.isfinite(y)
+                    undrawn += int(y.size - np.count_nonzero(finite))
+                    item.setData(np.arange(len(y)), np.where(finite, y, np.nan), connect="finite")
                 else:
                     item.setData([], [])
                 item.setVisible(sv.channel is not None)
-            self.channel.setLabel("bottom", f"channel of {res.key.rsplit('.', 1)[-1]}")
+            self.channel.setLabel("bottom", f"channel of {res.key.rsplit('.', 1)[-1]}"
+                                  + (f" ({undrawn} not finite: not drawn)" if undrawn else ""))
             self.channel.show()
         else:
             self.channel.hide()
@@ -383,9 +391,15 @@ class DetailPane(QWidget):
                 parts.append(f"<span style='color:#C0392B'>⚠ {side}: {_said(sv.error)[1]}</span>")
             for flag in (getattr(sv.stats, "flags", None) or []):
                 parts.append(f"<span style='color:#C0392B'>⚠ {side}: {flag}</span>")
-        self.flags.setText(" &nbsp; ".join(parts) if parts else
-                           "<span style='color:#009E73'>✓ no NaN, Inf, all-zero or constant tensors</span>"
-                           if res.left.stats is not None or res.right.stats is not None else "")
+        # what a key is meant to hold (a fresh BatchNorm's zero running_mean): said, not flagged -- and the line
+        # does not then claim "no all-zero tensor" beside a table of zeros
+        said = [f"<span style='color:#555'>ℹ {side}: {html.escape(text)}</span>"
+                for side, sv in (("left", res.left), ("right", res.right))
+                for text in (getattr(sv.stats, "info", None) or [])]
+        if not parts and (res.left.stats is not None or res.right.stats is not None):
+            parts.append("<span style='color:#009E73'>✓ no NaN or Inf</span>" if said else
+                         "<span style='color:#009E73'>✓ no NaN, Inf, all-zero or constant tensors</span>")
+        self.flags.setText(" &nbsp; ".join(parts + said))
 
     def _apply_log(self, on: bool) -> None:
         for plot in (self.hist, self.delta):

@@ -341,3 +341,36 @@ def test_output_cut_short_by_its_reader_keeps_the_answer(tmp_path):
                            "--checkpoint", str(tmp_path / "a.pt")], cwd=ROOT, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=120)
     assert full.returncode == 1 and len(full.stdout) > 200_000, (full.returncode, len(full.stdout))
+
+
+def test_first_mistakes_are_named_for_what_they_are(tmp_path):
+    """A new user's first wrong inputs, each one line (exit 2) saying what the input is and what to do, not a
+    generic or wrong diagnosis: a zip that torch never wrote is not "truncated"; a .safetensors file whose header
+    length is wrong says so; a URL of a scheme no reader serves is not "no such file"; a file that is one tensor
+    says how to name it; a missing entry names the entries there are; a screenshot into a missing folder names the
+    file asked for (not a temporary file)."""
+    import struct
+    import zipfile
+    with zipfile.ZipFile(tmp_path / "notes.zip", "w") as z:
+        z.writestr("a.txt", "hello")
+    (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", 10 ** 12) + b"{}")
+    torch.save(torch.ones(3), tmp_path / "one.pt")
+    torch.save({"model": nn.BatchNorm1d(5).state_dict(), "ema": nn.BatchNorm1d(5).state_dict()},
+               tmp_path / "two.pt")
+    cases = [
+        (["inspect", str(tmp_path / "notes.zip")], ["a zip archive", "none of them a data.pkl", "right file"],
+         ["truncated"]),
+        (["inspect", str(tmp_path / "bad.safetensors")], ["header claims 1000000000000 bytes"], ["not a checkpoint"]),
+        (["inspect", "ftp://example.org/x.pt"], ["ftp:// is not a place", "http(s)://"], ["no such file"]),
+        (["stats", str(tmp_path / "one.pt"), "x"], ["one tensor", "'/'"], []),
+        (["simulate", "--model", "demo:MyBatchNormModel", "--checkpoint", str(tmp_path / "two.pt"), "--entry",
+          "emma"], ["no entry 'emma'", "'model', 'ema'"], []),
+        ([str(tmp_path / "one.pt"), "--screenshot", str(tmp_path / "nodir" / "x.png")],
+         [str(tmp_path / "nodir" / "x.png")], [".tmp-"]),
+    ]
+    for args, said, unsaid in cases:
+        rc, out, err, _ = run(*args, env={"QT_QPA_PLATFORM": "offscreen"})
+        lines = [ln for ln in err.decode().strip().splitlines() if "propagateSizeHints" not in ln]   # Qt's own
+        assert rc == 2 and len(lines) == 1, (args, rc, lines)
+        line = lines[0]
+        assert all(s in line for s in said) and not any(s in line for s in unsaid), (args, line)

@@ -115,7 +115,8 @@ def test_frozen_nan_added_key_and_settling_statistics(tmp_path, cli):
         held = [saved[s][key] for s in steps if key in saved[s] and saved[s][key].isfinite().all()]
         return float(held[-1].double().norm() / held[0].double().norm())
     floats = [k for k in saved[steps[-1]] if saved[steps[-1]][k].is_floating_point() and "running" not in k]
-    expected = sorted((k for k in floats if ratio(k) > 1), key=ratio, reverse=True)
+    # a growth that prints as "×1" (under 1.005) is no finding
+    expected = sorted((k for k in floats if float(f"{ratio(k):.3g}") > 1), key=ratio, reverse=True)
     assert ratio("bn.num_batches_tracked") > max(ratio(k) for k in expected)
     assert kinds["fastest_growth"]["keys"] == expected[:5]
     text = cli("series", tmp_path / "run")
@@ -349,3 +350,15 @@ def test_chunk_major_windows_match_torch(tmp_path, monkeypatch):
             if b is not None:
                 assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-5)
     assert t.rel_change_prev[5] == 0.0 and t.frac_changed[5] == 0.0 and t.norm[5] == t.norm[4]
+
+
+def test_a_growth_that_prints_as_one_is_no_finding(tmp_path, cli):
+    """Norms that grow by 0.05 % (printed "×1") are not named among those that grow fastest; one that doubles is."""
+    (tmp_path / "run").mkdir()
+    base = {"still.weight": torch.ones(100), "grows.weight": torch.ones(100)}
+    torch.save(base, tmp_path / "run" / "step_1.pt")
+    torch.save({"still.weight": torch.ones(100) * 1.0005, "grows.weight": torch.ones(100) * 2},
+               tmp_path / "run" / "step_2.pt")
+    out = series_json(cli, tmp_path / "run")
+    growth = {f["kind"]: f for f in out["findings"]}["fastest_growth"]
+    assert growth["keys"] == ["grows.weight"], growth

@@ -273,6 +273,38 @@ def test_simulate_with_one_side_says_why_at_once(qtbot, make_window, two_checkpo
     assert w.act_simulate.shortcut().toString() == "Ctrl+L"
 
 
+def test_per_channel_plot_of_non_finite_values_shows_the_finite_ones(qtbot, make_window, tmp_path):
+    """A 1-D tensor holding NaN, +Inf and -Inf beside finite values: the per-channel plot's axis spans the finite
+    values (an infinite point stretched it until none showed), and the axis says how many points it leaves out."""
+    import torch
+    torch.save({"t": torch.tensor([1.0, float("nan"), float("inf"), float("-inf"), -2.0, 3.0])}, tmp_path / "nf.pt")
+    w = make_window()
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000):
+        w.open_path(C.LEFT, str(tmp_path / "nf.pt"))
+        qtbot.waitUntil(lambda: w.comparison is not None, timeout=20000)
+        w.compare.select_path("t")
+    d = w.detail
+    assert d.channel.isVisible()
+    qtbot.wait(50)
+    (_, _), (y0, y1) = d.channel.getPlotItem().getViewBox().viewRange()
+    assert y0 <= -2 and y1 >= 3 and y1 - y0 < 10, (y0, y1)
+    assert "3 not finite" in d.channel.getPlotItem().getAxis("bottom").labelText
+
+
+def test_health_line_never_claims_no_all_zero_beside_zeros(qtbot, make_window, tmp_path):
+    """A fresh BatchNorm's running_mean is all zeros by design: said in words (not flagged), and the health line
+    does not say "no all-zero tensors" beside a table of 5 zeros."""
+    import torch
+    torch.save(torch.nn.BatchNorm1d(5).state_dict(), tmp_path / "bn.pt")
+    w = make_window()
+    with qtbot.waitSignal(w.sig_detail_shown, timeout=20000, check_params_cb=lambda key: key == "running_mean"):
+        w.open_path(C.LEFT, str(tmp_path / "bn.pt"))
+        qtbot.waitUntil(lambda: w.comparison is not None, timeout=20000)
+        w.compare.select_path("running_mean")
+    text = w.detail.flags.text()
+    assert "fresh BatchNorm running_mean" in text and "all-zero" not in text, text
+
+
 def test_selecting_a_key_draws_both_histograms(qtbot, make_window, two_checkpoints):
     w = make_window()
     open_both(qtbot, w, *two_checkpoints)

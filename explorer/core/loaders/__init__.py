@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import stat
 import threading
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ SUPPORTED = (".pt, .pth, .bin, .ckpt (torch.save zip or legacy), .safetensors, *
              "a folder of shards, a torch.distributed.checkpoint folder (.metadata + *.distcp)")
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
 def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Open a checkpoint file or folder (or a URL: see :mod:`explorer.core.remote`) with the first reader that
     recognises it."""
@@ -56,6 +60,10 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if is_remote(path):
         return _open_remote(path)
     if not os.path.exists(path):
+        scheme = _SCHEME.match(path)
+        if scheme:   # ftp://, file://, a typo in a scheme: said as such, not as a missing local path
+            raise UnsupportedFormatError(f"{path}: {scheme.group(0)} is not a place this tool reads from — use a "
+                                         "local path, or an http(s)://, hf://, s3:// or gs:// URL")
         raise InputNotFoundError(f"{path}: no such file or folder — check the path")
     is_dir = os.path.isdir(path)
     if not os.access(path, os.R_OK | (os.X_OK if is_dir else 0)):

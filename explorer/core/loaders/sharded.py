@@ -158,7 +158,8 @@ def open_folder(folder: str) -> Checkpoint:
         for key, rec in sd.items():
             if key in root:
                 raise CorruptFileError(f"{folder}: key {shorten(key)} is in more than one shard (again in "
-                                       f"{shorten(basename(path))}); open one file, or add an index")
+                                       f"{shorten(basename(path))}); open one file, or add an index — or, for "
+                                       f"the checkpoints of a training run: python main.py series {folder}")
             root[key] = rec
     return Checkpoint(folder, "sharded", root, refs)
 

@@ -18,7 +18,7 @@ import zlib
 from itertools import repeat
 from operator import itemgetter
 
-from ...errors import CorruptFileError
+from ...errors import CorruptFileError, UnsupportedFormatError
 
 CDH = struct.Struct("<IHHHHHHIIIHHHHHII")   # central directory header, 46 bytes
 # its fields the reader uses: signature, flags, method, sizes, name/extra/comment lengths, disk, attributes, offset
@@ -92,6 +92,11 @@ class ZipDirectory:
         first = rows[0][0].split(b"\0")[0]
         cut = first.find(b"/")
         if cut < 0:
+            if not any(name.split(b"\0")[0].lower().endswith(b"data.pkl") for name in map(_NAME, rows)):
+                raise UnsupportedFormatError(
+                    f"{label}: a zip archive of {len(rows)} record(s) (the first {first[:80]!r}), none of them a "
+                    "data.pkl: not a file torch.save wrote, and torch's reader refuses it too — check that it is "
+                    "the right file")
             raise _fail(label, f"its first record {first[:80]!r} is not inside a folder")
         self.prefix = first[:cut + 1]
         # lowercased name -> entry index, or a list of them (miniz compares names ASCII-case-insensitively)

@@ -102,7 +102,7 @@ def findings(tracks: list[Track], n: int) -> list[Finding]:
                            f"{named}", [k for k, _ in vanish], sorted({i for _, i in vanish})))
     grown = sorted(((g, t.key) for t in tracks if not t.is_running_stat and not is_counter(t)
                     and (g := growth(t)) is not None
-                    and g[0] > 1), key=lambda x: -x[0][0])[:FASTEST]
+                    and float(f"{g[0]:.3g}") > 1), key=lambda x: -x[0][0])[:FASTEST]   # as printed: no "×1"
     if grown:   # weights and floating buffers only: a counter's growth is its counting
         parts = [f"{k} ×{g:.3g} (checkpoint {a} → {b})" for (g, a, b), k in grown]
         out.append(Finding("fastest_growth", "norms that grow fastest (last / first): " + ", ".join(parts),
