@@ -81,7 +81,6 @@ class _ReaderGone:
 
     def __init__(self, raw):
         self._raw = raw
-        self.gone = False
 
     def write(self, text: str) -> int:
         try:
@@ -90,6 +89,10 @@ class _ReaderGone:
             self._drop()
             return len(text)
 
+    def writelines(self, lines) -> None:
+        for line in lines:
+            self.write(line)
+
     def flush(self) -> None:
         try:
             self._raw.flush()
@@ -97,7 +100,6 @@ class _ReaderGone:
             self._drop()
 
     def _drop(self) -> None:
-        self.gone = True
         devnull = os.open(os.devnull, os.O_WRONLY)
         try:   # what is buffered and all that follows goes nowhere, without an error
             os.dup2(devnull, self._raw.fileno())
@@ -124,15 +126,11 @@ class _Streams:
                 stream.reconfigure(errors="backslashreplace")
             except (AttributeError, ValueError, TypeError, OSError):
                 pass
-        sys.stderr = EscapedText(sys.stderr)
+        sys.stderr = EscapedText(_ReaderGone(sys.stderr))   # an error said to a closed stderr keeps its exit 2
         sys.stdout = _ReaderGone(sys.stdout)
         if self.text_stdout:
             sys.stdout = EscapedText(sys.stdout)
         return self
-
-    def json_stdout(self) -> None:
-        """The command turned out to write JSON: stdout as it was."""
-        sys.stdout = self.saved[0]
 
     def __exit__(self, *exc):
         sys.stdout, sys.stderr = self.saved
@@ -256,7 +254,7 @@ def _run(args) -> int:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             return 130
-        except BrokenPipeError:   # written past the guard (a closed stderr): the answer was not given
+        except BrokenPipeError:   # written past the guards (not through sys.stdout): the answer was not given
             return 128 + 13      # as a shell reports a command its SIGPIPE ended
         except Exception as e:  # a bug of ours: still one line, and how to report it
             print(f"error: internal error {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "

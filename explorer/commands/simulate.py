@@ -83,9 +83,27 @@ def run(args) -> int:
         sys.stdout.write("\n")
     else:
         render_text(report, sys.stdout, verbose=args.verbose, listed=None if args.all else LISTED)
+        others = _other_state_dicts(side, report.entry) if entry is None else []
+        if others:   # the default was picked among several: the others are named, not left to be guessed
+            shown = ", ".join(repr(p) for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            sys.stdout.write(f"note: the file holds other state dicts too: {shown} (--entry E simulates one)\n")
     if args.write_fixed:
         _write_fixed(report, side, entry, args.write_fixed, sys.stderr if args.json else sys.stdout)
     return 1 if report.raises else 0
+
+
+def _other_state_dicts(side, chosen) -> list[str]:
+    """The paths (as ``--entry`` takes them) of the checkpoint's other copies of the state dict simulated: state
+    dicts sharing at least half of its keys (an EMA beside the model, a teacher beside a student), not an
+    optimizer's per-parameter state."""
+    if side.kind == "model" or len(side.state_dicts) < 2:
+        return []
+    keys = set(side.state_dict_infos(tuple(chosen)))
+    out = []
+    for sd in side.state_dicts[:16]:
+        if tuple(sd.path) != tuple(chosen) and 2 * len(keys & set(side.state_dict_infos(sd.path))) >= len(keys) > 0:
+            out.append("/".join(sd.path) or "/")
+    return out
 
 
 def _write_fixed(report, side, entry, out_path, stream) -> None:

@@ -52,7 +52,7 @@ def resolve_tensor(side, key: str):
 def _not_found(side, key: str, names) -> KeyNotFoundError:
     close = difflib.get_close_matches(key, list(names), n=3)
     hint = f"; did you mean {', '.join(shorten(c) for c in close)}?" if close else \
-        " — the file is one tensor: name it '/'" if "" in names else \
+        " — the file is one tensor: name it '/'" if list(names) == [""] else \
         " — list the keys with: python main.py inspect " + str(side.path)
     return KeyNotFoundError(f"{side.path}: no tensor {shorten(key)}{hint}")
 
@@ -101,6 +101,9 @@ def render_text(key, t, s, out) -> None:
     for note in s.notes:
         w(f"  note: {note}\n")
     h = s.histogram
+    if not int(h.counts.sum()) and not (h.below or h.above):   # nothing finite to bin: no made-up range of bins
+        w("  histogram: no finite value to bin (NaN/Inf counted above)\n")
+        return
     nb = len(h.counts)
     group = max(1, math.ceil(nb / TEXT_ROWS))
     rows = [(h.edges[i], h.edges[min(i + group, nb)], int(h.counts[i:i + group].sum())) for i in range(0, nb, group)]

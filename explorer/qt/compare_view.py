@@ -11,8 +11,9 @@ from typing import Iterator
 
 from PySide6.QtCore import QItemSelectionModel, QModelIndex, QPoint, QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QFontMetrics
-from PySide6.QtWidgets import (QAbstractItemView, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter,
-                               QStyle, QStyledItemDelegate, QToolButton, QTreeView, QVBoxLayout, QWidget)
+from PySide6.QtWidgets import (QAbstractItemView, QApplication, QComboBox, QFrame, QHBoxLayout, QHeaderView, QLabel, QSizePolicy, QSplitter,
+                               QStyle, QStyledItemDelegate, QStyleOptionViewItem, QToolButton, QTreeView, QVBoxLayout,
+                               QWidget)
 
 from ..core.remote.files import is_remote
 from ..session import compare as C
@@ -69,7 +70,9 @@ class PaneHeader(QFrame):
         self.error = QLabel("")
         self.error.setObjectName("InlineError")
         self.error.setStyleSheet("color: #C0392B;")
-        self.error.setWordWrap(False)
+        self.error.setWordWrap(True)     # two lines fit the header: the "what to do" part too (whole: tooltip)
+        self.error.setAlignment(Qt.AlignLeft | Qt.AlignTop)
+        self.error.setMaximumHeight(2 * self.error.fontMetrics().lineSpacing())   # no third line cut in half
         self.error.hide()
         for label in (self.path, self.info, self.error):   # long texts must never widen the pane
             label.setMinimumWidth(1)
@@ -139,9 +142,10 @@ class PaneHeader(QFrame):
         self.entry.blockSignals(False)
         self.entry.setVisible(not data.is_model and len(sds) > 1)
 
-    def set_error(self, text: str) -> None:
+    def set_error(self, text: str, whole: str | None = None) -> None:
+        """The inline error line (``text``); ``whole``: the message at full length, its tooltip."""
         self.error.setText(text)
-        self.error.setToolTip(text)
+        self.error.setToolTip(whole or text)
         self.error.setVisible(bool(text))
         self.info.setVisible(not text)
 
@@ -160,17 +164,22 @@ class PaneHeader(QFrame):
 
 
 class _BadgeHighRows(QStyledItemDelegate):
-    """Every row as high as one with a kind badge. Each view takes the height of its first row for all (uniform
-    row heights): the status column shows text only, shorter than the panes' badge rows, so without this the
-    status column's rows drift off the keys they describe, by 2 px a row."""
-
-    def __init__(self, view: QTreeView):
-        super().__init__(view)
-        self._badge = view.style().pixelMetric(QStyle.PM_SmallIconSize, None, view)
+    """Every row as high as one with a line of text and a kind badge, as the style lays such a row out. Each view
+    takes the height of its first row for all (uniform row heights): the status column shows text only, shorter
+    than the panes' badge rows at any font size, so without this the status column's rows drift off the keys they
+    describe, by 2 px a row."""
 
     def sizeHint(self, option, index):   # noqa: N802 - Qt API
         hint = super().sizeHint(option, index)
-        return QSize(hint.width(), max(hint.height(), self._badge))
+        row = QStyleOptionViewItem(option)
+        row.text = "Xg"
+        row.features |= QStyleOptionViewItem.HasDisplay | QStyleOptionViewItem.HasDecoration
+        widget = option.widget
+        style = widget.style() if widget is not None else QApplication.style()
+        side = style.pixelMetric(QStyle.PM_SmallIconSize, None, widget)
+        row.decorationSize = QSize(side, side)
+        badge_row = style.sizeFromContents(QStyle.CT_ItemViewItem, row, QSize(), widget).height()
+        return QSize(hint.width(), max(hint.height(), badge_row))
 
 
 class SyncedTree(QTreeView):

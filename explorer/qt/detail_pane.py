@@ -328,20 +328,21 @@ class DetailPane(QWidget):
         else:
             self.delta.hide()
         if res.left.channel is not None or res.right.channel is not None:
-            undrawn = 0
-            for item, sv in ((self.channel_left, res.left), (self.channel_right, res.right)):
+            undrawn = []
+            for word, item, sv in (("left", self.channel_left, res.left), ("right", self.channel_right, res.right)):
                 if sv.channel is not None:
                     # NaN and +-Inf are not drawn (an infinite point would stretch the axis until nothing else
                     # shows); the line breaks there, and the axis says how many
                     y = np.asarray(sv.channel, dtype=np.float64)
                     finite = np.isfinite(y)
-                    undrawn += int(y.size - np.count_nonzero(finite))
+                    if not finite.all():
+                        undrawn.append(f"{word} {y.size - np.count_nonzero(finite)}")
                     item.setData(np.arange(len(y)), np.where(finite, y, np.nan), connect="finite")
                 else:
                     item.setData([], [])
                 item.setVisible(sv.channel is not None)
             self.channel.setLabel("bottom", f"channel of {res.key.rsplit('.', 1)[-1]}"
-                                  + (f" ({undrawn} not finite: not drawn)" if undrawn else ""))
+                                  + (f" (not finite, not drawn: {', '.join(undrawn)})" if undrawn else ""))
             self.channel.show()
         else:
             self.channel.hide()

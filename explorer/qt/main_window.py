@@ -219,8 +219,12 @@ class MainWindow(RemoteWiring, SimulationWiring, DetailWiring, QMainWindow):
         msg = str(exc) or type(exc).__name__
         header = self.compare.left_header if side == LEFT else self.compare.right_header
         if is_expected(exc):
-            header.set_error(f"⚠ {msg}")
-            said = msg if msg.startswith(f"{text}: ") else f"{text}: {msg}"    # the message names it already
+            named = msg.startswith(f"{text}: ")     # the message names the file already
+            said = msg if named else f"{text}: {msg}"
+            # the pane names a local file by its name (it may still show another; a URL in full: its host matters),
+            # then what is wrong and what to do
+            name = text if is_remote(text) else basename(text)
+            header.set_error(f"⚠ {name}: {msg[len(text) + 2:] if named else msg}", whole=said)
             self.statusBar().showMessage(f"Could not open {said}", 15000)
         else:
             header.set_error(f"⚠ unexpected error opening {basename(text)} (details in the dialog)")

@@ -368,9 +368,22 @@ def test_first_mistakes_are_named_for_what_they_are(tmp_path):
         ([str(tmp_path / "one.pt"), "--screenshot", str(tmp_path / "nodir" / "x.png")],
          [str(tmp_path / "nodir" / "x.png")], [".tmp-"]),
     ]
+    torch.save({"": torch.ones(2), "b": torch.ones(2)}, tmp_path / "emptykey.pt")   # a key "" is no one-tensor file
+    cases.append((["stats", str(tmp_path / "emptykey.pt"), "zzzzzz"], ["no tensor 'zzzzzz'"], ["one tensor"]))
     for args, said, unsaid in cases:
         rc, out, err, _ = run(*args, env={"QT_QPA_PLATFORM": "offscreen"})
         lines = [ln for ln in err.decode().strip().splitlines() if "propagateSizeHints" not in ln]   # Qt's own
         assert rc == 2 and len(lines) == 1, (args, rc, lines)
         line = lines[0]
         assert all(s in line for s in said) and not any(s in line for s in unsaid), (args, line)
+
+
+def test_an_error_said_to_a_closed_stderr_keeps_its_exit_status(tmp_path):
+    """``diff MISSING B 2>&1 | true``: the reader of stderr is gone before the error line is written; the exit status
+    is still 2 (a bad input), not 1 (the files differ) from an exception escaping the error handler."""
+    torch.save({"w": torch.ones(2)}, tmp_path / "b.pt")
+    with subprocess.Popen([sys.executable, str(ROOT / "main.py"), "diff", str(tmp_path / "missing.pt"),
+                           str(tmp_path / "b.pt")], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT))) as proc:
+        proc.stderr.close()   # before the child (a fresh Python, well over 50 ms to start) writes anything
+        assert proc.wait(timeout=120) == 2

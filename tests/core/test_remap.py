@@ -118,6 +118,29 @@ def test_apply_remap_refuses_to_overwrite_source(tmp_path):
     assert load_file(str(path))["module.w"].tolist() == [1.0, 1.0]
 
 
+@pytest.mark.parametrize("layout", ["index", "folder"])
+def test_apply_remap_never_replaces_a_file_of_a_sharded_checkpoint(tmp_path, layout):
+    """The fix of a sharded checkpoint written over one of its own shards (or its index) would destroy the
+    checkpoint it was read from: refused, every file unchanged; a new file beside the shards is written."""
+    import json
+    from explorer.errors import RemapError
+    folder = tmp_path / "ck"
+    folder.mkdir()
+    save_file({"module.w": torch.ones(2)}, str(folder / "model-00001-of-00002.safetensors"))
+    save_file({"module.b": torch.zeros(2)}, str(folder / "model-00002-of-00002.safetensors"))
+    if layout == "index":
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": {
+            "module.w": "model-00001-of-00002.safetensors", "module.b": "model-00002-of-00002.safetensors"}}))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    ck = open_checkpoint(folder)
+    for name in before:
+        with pytest.raises(RemapError, match="refusing to overwrite"):
+            apply_remap(ck, Remap("strip_prefix", old="module."), folder / name)
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    out = apply_remap(ck, Remap("strip_prefix", old="module."), tmp_path / "fixed.safetensors")
+    assert sorted(load_file(str(out))) == ["b", "w"]
+
+
 def test_module_renamed_everywhere(tmp_path):
     class Block(nn.Module):
         def __init__(self, name):

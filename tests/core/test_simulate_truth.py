@@ -502,3 +502,25 @@ def test_assign_that_changes_the_models_dtype_is_said(tmp_path, strict):
     # without assign, the same file casts: copy_ keeps the model's dtype
     rep = simulate_load(ModelSide(copy.deepcopy(model), "m"), open_checkpoint(path), strict=strict)
     assert rep.keys["0.weight"].dtype_cast == ["float16", "float32"] and rep.keys["0.weight"].dtype_assigned is None
+
+
+def test_other_copies_of_the_state_dict_are_named(tmp_path, cli):
+    """A file holding the model's state dict and an EMA of it: the simulation of the default one says the other is
+    there (and how to pick it); an optimizer's per-parameter state beside a model is no such copy."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+    (tmp_path / "m.py").write_text("import torch.nn as nn\n"
+                                   "def make():\n    return nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))\n")
+    spec = f"{tmp_path / 'm.py'}:make"
+    torch.save({"model": m.state_dict(), "ema": m.state_dict()}, tmp_path / "two.pt")
+    r = cli("simulate", "--model", spec, "--checkpoint", tmp_path / "two.pt")
+    assert r.returncode == 0 and "[entry model]" in r.stdout
+    assert "note: the file holds other state dicts too: 'ema'" in r.stdout, r.stdout
+    r = cli("simulate", "--model", spec, "--checkpoint", tmp_path / "two.pt", "--entry", "ema")
+    assert r.returncode == 0 and "other state dicts" not in r.stdout
+    opt = torch.optim.Adam(m.parameters())
+    m(torch.randn(3, 2)).sum().backward()
+    opt.step()
+    torch.save({"model": m.state_dict(), "optimizer": opt.state_dict()}, tmp_path / "train.pt")
+    r = cli("simulate", "--model", spec, "--checkpoint", tmp_path / "train.pt")
+    assert r.returncode == 0 and "other state dicts" not in r.stdout, r.stdout

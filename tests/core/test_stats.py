@@ -586,3 +586,17 @@ def test_numpy_values_and_torch_tensors_give_the_same_figures(dtype):
     check(x, s_np, rtol=2e-6)
     if dtype in (torch.float32, torch.int64):   # a plain numpy array is measured as its own dtype
         assert tensor_stats(x.numpy(), bins=33).to_json("k", [1], "d") == s_t.to_json("k", [1], "d")
+
+
+def test_text_of_a_tensor_with_nothing_finite_draws_no_made_up_bins(tmp_path, cli):
+    """``stats`` of an all-NaN or an empty tensor: one line says there is nothing to bin, instead of 256 empty bins
+    over an invented [0, 1) range; a tensor with a finite value still gets its bins."""
+    import torch
+    torch.save({"nan": torch.full((4,), float("nan")), "empty": torch.zeros(0),
+                "mixed": torch.tensor([float("nan"), 2.0, 3.0])}, tmp_path / "nf.pt")
+    for key in ("nan", "empty"):
+        r = cli("stats", tmp_path / "nf.pt", key)
+        assert r.returncode == 0, r.stderr
+        assert "no finite value to bin" in r.stdout and "\n    [" not in r.stdout, r.stdout
+    r = cli("stats", tmp_path / "nf.pt", "mixed")
+    assert r.returncode == 0 and "\n    [" in r.stdout and "no finite value" not in r.stdout

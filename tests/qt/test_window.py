@@ -79,15 +79,22 @@ def test_rows_of_a_flat_checkpoint_aligned(qtbot, make_window, tmp_path):
     b["k05"] = torch.zeros(3)
     torch.save(a, tmp_path / "flat_a.pt")
     torch.save(b, tmp_path / "flat_b.pt")
+    from PySide6.QtGui import QFont
     w = make_window()
     open_both(qtbot, w, tmp_path / "flat_a.pt", tmp_path / "flat_b.pt")
-    assert_aligned(w)
     cv = w.compare
-    for key, word in (("k05", "shape"), ("k20", "only left")):
-        idx = cv.model.index_of_path(key)
-        rects = [v.visualRect(idx.siblingAtColumn(_shown_column(v))) for v in cv.views]
-        assert len({(r.top(), r.height()) for r in rects}) == 1, [(r.top(), r.height()) for r in rects]
-        assert word in cv.model.data(idx.siblingAtColumn(STATUS_COLUMN))
+    for points in (None, 10, 11, 12, 16):   # the desktop's font: a badge is shorter than a line of text from 10 pt
+        if points is not None:
+            font = QFont(cv.font())
+            font.setPointSize(points)
+            cv.setFont(font)
+            qtbot.wait(20)
+        assert_aligned(w)
+        for key, word in (("k05", "shape"), ("k20", "only left")):
+            idx = cv.model.index_of_path(key)
+            rects = [v.visualRect(idx.siblingAtColumn(_shown_column(v))) for v in cv.views]
+            assert len({(r.top(), r.height()) for r in rects}) == 1, (points, [(r.top(), r.height()) for r in rects])
+            assert word in cv.model.data(idx.siblingAtColumn(STATUS_COLUMN))
 
 
 def test_scrolling_in_step_with_many_rows(qtbot, make_window, tmp_path):
@@ -288,7 +295,7 @@ def test_per_channel_plot_of_non_finite_values_shows_the_finite_ones(qtbot, make
     qtbot.wait(50)
     (_, _), (y0, y1) = d.channel.getPlotItem().getViewBox().viewRange()
     assert y0 <= -2 and y1 >= 3 and y1 - y0 < 10, (y0, y1)
-    assert "3 not finite" in d.channel.getPlotItem().getAxis("bottom").labelText
+    assert "not finite, not drawn: left 3" in d.channel.getPlotItem().getAxis("bottom").labelText
 
 
 def test_health_line_never_claims_no_all_zero_beside_zeros(qtbot, make_window, tmp_path):
@@ -357,6 +364,11 @@ def test_bad_file_shows_error_and_keeps_working(qtbot, make_window, two_checkpoi
     assert blocker.args[0] == 1
     header = w.compare.right_header
     assert header.error.isVisible() and "broken.pt" in header.error.text()
+    # the pane names the file by its name (it still shows another) and keeps the rest for what is wrong and what
+    # to do, on two lines; the whole message is the tooltip
+    said = header.error.text()
+    assert said.startswith("⚠ broken.pt: ") and str(tmp_path) not in said and header.error.wordWrap(), said
+    assert header.error.toolTip().startswith(f"{bad}: ")
     assert w.sides[1] is before and w.comparison.right is before      # what was open stays open
     # and the window still works
     with qtbot.waitSignal(w.sig_detail_shown, timeout=20000):

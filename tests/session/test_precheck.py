@@ -13,7 +13,7 @@ import torch
 
 from explorer.core.loaders import torch_zip
 from explorer.core.safe_pickle import hash_work
-from explorer.errors import CorruptFileError
+from explorer.errors import CorruptFileError, UnsupportedFormatError
 from explorer.session import detail_compute, listing as L, parse_guard as G
 from explorer.session.compare import load_side_data
 from explorer.session.compute_process import CallAborted, ComputeProcess, parse_engine
@@ -428,9 +428,10 @@ def test_a_zip_that_is_not_a_torch_file_is_refused_without_restarting_the_parse_
     eng = parse_engine()
     eng.call(listing_kept, path, timeout=30)
     before = eng._proc.pid
-    with pytest.raises(CorruptFileError) as got:
+    with pytest.raises(UnsupportedFormatError) as got:     # a zip, not one torch.save wrote
         G.open_guarded(path)
-    with pytest.raises(CorruptFileError) as usual:
+    with pytest.raises(UnsupportedFormatError) as usual:
         load_side_data(path)
-    assert str(got.value) == str(usual.value)
+    assert str(got.value) == str(usual.value) and "none of them a data.pkl" in str(got.value)
     assert eng._proc is not None and eng._proc.pid == before     # the walk had nothing to walk: no kill
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections import OrderedDict
 
 from ...errors import CorruptFileError, ExplorerError, UnsafePathError, UnsupportedFormatError, shorten
@@ -159,7 +160,7 @@ def open_folder(folder: str) -> Checkpoint:
             if key in root:
                 raise CorruptFileError(f"{folder}: key {shorten(key)} is in more than one shard (again in "
                                        f"{shorten(basename(path))}); open one file, or add an index — or, for "
-                                       f"the checkpoints of a training run: python main.py series {folder}")
+                                       f"the checkpoints of a training run: python main.py series {shlex.quote(folder)}")
             root[key] = rec
     return Checkpoint(folder, "sharded", root, refs)
 

@@ -19,7 +19,7 @@ from itertools import repeat
 from operator import add
 from typing import TYPE_CHECKING
 
-from ...errors import CorruptFileError
+from ...errors import CorruptFileError, UnsupportedFormatError
 from ..bytesource import ByteSource
 from ..checkpoint import Checkpoint
 from ..gc_pause import gc_paused
@@ -273,7 +273,7 @@ def precheck(path: str, token: tuple) -> bool:
             raise CorruptFileError(f"{path}: the file changed while it was being opened; open it again")
         try:
             _, entry, start, _ = _data_pkl(f, size_of(f), path)
-        except CorruptFileError:
+        except (CorruptFileError, UnsupportedFormatError):   # the parse process stops there with the same error
             return False
         if entry.method != STORED or entry.usize > PRECHECK_MAX:
             return False

@@ -63,6 +63,25 @@ def _write_safetensors(f, items: list[tuple[str, Callable[[], torch.Tensor], tup
             progress(i + 1, len(items))
 
 
+def _replaces_a_file_read(side, out_path: str) -> bool:
+    """Would writing ``out_path`` replace the checkpoint, or a file of the folder a sharded, DCP or folder
+    checkpoint reads (a shard, its index, a snapshot's link)?"""
+    src = side.label
+    if not src or not os.path.exists(src) or not os.path.lexists(out_path):
+        return False
+    if os.path.exists(out_path) and os.path.samefile(src, out_path):
+        return True
+    root = src if os.path.isdir(src) else os.path.dirname(src) \
+        if src.endswith(".index.json") or getattr(side, "format", "") in ("sharded", "dcp") else None
+    if root is None:
+        return False
+    for norm in (os.path.abspath, os.path.realpath):   # the folder as named, and the files its links point to
+        out, top = norm(out_path), norm(root)
+        if os.path.commonpath([out, top]) == top:
+            return True
+    return False
+
+
 def apply_remap(checkpoint_side, remap: Remap, out_path: str | os.PathLike, *, entry=None,
                 progress: Callable[[int, int], Any] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> str:
@@ -70,9 +89,9 @@ def apply_remap(checkpoint_side, remap: Remap, out_path: str | os.PathLike, *, e
     a temporary file in the same folder, then ``os.replace``. Tensors are read one at a time. Returns the path."""
     side = as_side(checkpoint_side)
     out_path = os.fspath(out_path)
-    src_path = side.label
-    if src_path and os.path.exists(src_path) and os.path.exists(out_path) and os.path.samefile(src_path, out_path):
-        raise RemapError(f"{out_path}: refusing to overwrite the checkpoint being read; choose a new file name")
+    if _replaces_a_file_read(side, out_path):
+        raise RemapError(f"{out_path}: refusing to overwrite the checkpoint being read (or a file of its folder); "
+                         "choose a new file name")
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
         raise RemapError(f"{out_path}: folder {folder} does not exist")

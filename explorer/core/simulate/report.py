@@ -23,7 +23,8 @@ class KeyReport:
     status: str                                 # one of the status constants of records.py
     changed: bool = False                       # value, dtype or shape after the load differs from before
     dtype_cast: list[str] | None = None         # [from, to] when copy_ converts
-    dtype_assigned: list[str] | None = None     # [model's, checkpoint's] when assign=True changes the model's dtype
+    dtype_assigned: list[str] | None = None     # [model's, checkpoint's] when the load puts a tensor of another
+                                                # dtype in the model (assign=True, or a module's own load code)
     running_stat: bool = False                  # a norm running statistic the checkpoint overwrites
     shape_model: tuple[int, ...] | None = None
     shape_checkpoint: tuple[int, ...] | None = None
@@ -42,7 +43,7 @@ class KeyReport:
                "running_stat": bool(self.running_stat)}
         if not self.certain:      # "changed" assumed: the values could not be compared (a model not materialized)
             out["values_compared"] = False
-        if self.dtype_assigned:   # assign=True: no cast, the model's tensor takes the checkpoint's dtype
+        if self.dtype_assigned:   # no cast: the model's tensor takes the checkpoint's dtype
             out["dtype_assigned"] = list(self.dtype_assigned)
         return out
 
