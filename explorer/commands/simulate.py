@@ -54,7 +54,8 @@ def add_arguments(p):
     p.add_argument("-v", "--verbose", action="store_true", help="explain every key and show the fix snippets")
     p.add_argument("--write-fixed", metavar="OUT", default=None,
                    help="apply the best remap suggestion and write the fixed state dict to OUT (.safetensors or .pt; "
-                        "written atomically, never over the input); the exit status still describes the original load")
+                        "a new file, written atomically: never over an existing one); the exit status still describes "
+                        "the original load")
 
 
 def _size(text: str) -> int:

@@ -6,6 +6,7 @@ host name, as the Hub does) and ``/api/models/{repo}/tree/{rev}/{path}``.
 """
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ class Served:
         self.requests: list[tuple[str, str, str | None]] = []   # (method, path, Range)
         self.auth: list[str | None] = []       # Authorization of each request
         self.sent = 0                          # body bytes sent
+        self.etags = True                      # False: no ETag, a Last-Modified that changes with the content
         self.lock = threading.Lock()
 
     def etag(self, path: str) -> str:
@@ -130,7 +132,11 @@ class Handler(BaseHTTPRequestHandler):
         body = b"" if head else s.slice(path, start, end)
         self.send_response(status)
         self.send_header("Content-Length", str(end - start))
-        self.send_header("ETag", s.etag(path))
+        if s.etags:
+            self.send_header("ETag", s.etag(path))
+        else:   # a date that changes with the content (as a file's modification time does)
+            self.send_header("Last-Modified", email.utils.formatdate(1.6e9 + int(s.etag(path)[1:7], 16),
+                                                                      usegmt=True))
         if s.ranges:
             self.send_header("Accept-Ranges", "bytes")
         if status == 206:

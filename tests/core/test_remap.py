@@ -161,3 +161,22 @@ def test_module_renamed_everywhere(tmp_path):
     real = copy.deepcopy(model)
     exec(best.snippet, {"model": real})
     assert torch.equal(real[1].attn.weight, src[1].atn.weight)
+
+
+def test_write_fixed_goes_to_a_new_file_only(tmp_path, cli):
+    """``--write-fixed`` onto the model's own source file, onto any existing file, or onto a folder: refused in one
+    line, nothing replaced (the README: exports go to new files); a new name is written."""
+    src = tmp_path / "nets.py"
+    src.write_text("import torch.nn as nn\ndef build():\n    return nn.Linear(2, 2)\n")
+    path = tmp_path / "ddp.pt"
+    torch.save({f"module.{k}": v for k, v in nn.Linear(2, 2).state_dict().items()}, path)
+    other = tmp_path / "other.pt"
+    other.write_bytes(b"keep me")
+    (tmp_path / "folder").mkdir()
+    for out, said in ((src, "already exists"), (other, "already exists"), (tmp_path / "folder", "is a folder")):
+        before = src.read_bytes(), other.read_bytes()
+        r = cli("simulate", "--model", f"{src}:build", "--checkpoint", path, "--write-fixed", out)
+        assert r.returncode == 2 and said in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert (src.read_bytes(), other.read_bytes()) == before
+    r = cli("simulate", "--model", f"{src}:build", "--checkpoint", path, "--write-fixed", tmp_path / "fixed.pt")
+    assert r.returncode == 1 and (tmp_path / "fixed.pt").exists()

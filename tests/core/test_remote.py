@@ -244,3 +244,25 @@ def test_opened_asks_the_server_once_and_torch_reads_a_zip_directory_through_the
     assert len(reader.get_record(pkl)) > 0
     assert [r[0] for r in srv.served.requests].count("HEAD") == 1
     assert m.transferred <= 4 * mirror.BLOCK < m.size // 20
+
+
+@pytest.mark.parametrize("etags", [True, False])
+@pytest.mark.parametrize("change", ["same size", "longer"])
+def test_a_file_changed_between_reads_is_refused_never_mixed(srv, tmp_path, etags, change):
+    """The server's file changes after the header was read and before a tensor is: with an ETag, or a server that
+    sends only Last-Modified, or a new size, the read is refused -- never the new file's bytes read into the old
+    file's layout (values that are neither file's)."""
+    from explorer.errors import RemoteChangedError
+    srv.served.etags = etags
+    data = make_safetensors(tmp_path / "m.safetensors", seed=0)
+    srv.served.files["/m.safetensors"] = data
+    m = Mirror.open(srv.url("/m.safetensors"))
+    n, header = header_of(m.file())
+    if change == "same size":   # the same layout, other values (a retrained checkpoint saved over the old one)
+        new = make_safetensors(tmp_path / "m2.safetensors", seed=1)
+        assert len(new) == len(data)
+    else:
+        new = data + b"\0" * 64
+    srv.served.files["/m.safetensors"] = new
+    with pytest.raises(RemoteChangedError, match="changed on the server"):
+        tensor_through_maps(m, n, header["big"])

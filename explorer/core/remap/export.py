@@ -92,6 +92,11 @@ def apply_remap(checkpoint_side, remap: Remap, out_path: str | os.PathLike, *, e
     if _replaces_a_file_read(side, out_path):
         raise RemapError(f"{out_path}: refusing to overwrite the checkpoint being read (or a file of its folder); "
                          "choose a new file name")
+    if os.path.isdir(out_path):
+        raise RemapError(f"{out_path}: is a folder; name the file to write (.safetensors or .pt)")
+    if os.path.lexists(out_path):   # a model's source, another checkpoint, a file open in the window...
+        raise RemapError(f"{out_path}: already exists; an export goes to a new file — choose a new name, or remove "
+                         "the old file first")
     folder = os.path.dirname(os.path.abspath(out_path))
     if not os.path.isdir(folder):
         raise RemapError(f"{out_path}: folder {folder} does not exist")

@@ -164,17 +164,32 @@ class HttpBackend:
                     "download the file and open the local copy")
                 e.size = self.size      # what the window's offer to download says
                 raise e
-            etag = resp.headers.get("ETag")
-            if (etag and resp.geturl() == self._stat_url and self.version and self.version.startswith(('"', "W/"))
-                    and not _same_etag(etag, self.version)):
-                raise RemoteChangedError(f"{self.url}: the file changed on the server while it was being read "
-                                         "(a new ETag) — open it again")
+            self._check_unchanged(resp)
             if resp.status == 206:
                 first = resp.headers.get("Content-Range", "").removeprefix("bytes ").partition("-")[0]
                 if first.isdigit() and int(first) != start:
                     raise RangeNotSupportedError(f"{self.url}: the server answered a different range than asked "
                                                  f"({resp.headers.get('Content-Range')}) — download the file")
             return _read_exactly(resp, end - start)
+
+    def _check_unchanged(self, resp) -> None:
+        """A ranged answer is of the file :meth:`stat` saw: the same ETag, or (a server that sends none) the same
+        Last-Modified, and the same size -- else its bytes would be mixed with the old file's, read before."""
+        same_url = resp.geturl() == self._stat_url
+        version = self.version or ""
+        etag = resp.headers.get("ETag")
+        if etag and same_url and version.startswith(('"', "W/")) and not _same_etag(etag, version):
+            raise RemoteChangedError(f"{self.url}: the file changed on the server while it was being read "
+                                     "(a new ETag) — open it again")
+        modified = resp.headers.get("Last-Modified")
+        if not etag and modified and same_url and version.startswith("modified ") \
+                and version != f"modified {modified}":
+            raise RemoteChangedError(f"{self.url}: the file changed on the server while it was being read "
+                                     f"(modified {modified}) — open it again")
+        total = resp.headers.get("Content-Range", "").rpartition("/")[2]
+        if resp.status == 206 and total.isdigit() and self._stat_url is not None and int(total) != self.size:
+            raise RemoteChangedError(f"{self.url}: the file changed on the server while it was being read (now "
+                                     f"{int(total):,} bytes, not {self.size:,}) — open it again")
 
     def read_whole(self, write: Callable[[int, bytes], None], should_stop: Callable[[], bool] | None) -> None:
         """The whole file in one request without a Range (for a server that has none), piece by piece to
