@@ -21,7 +21,7 @@ from ..core.side import open_side
 from ..core.simulate.explain import fmt_shape
 from ..core.simulate.report import LoadReport, key_runs
 from ..core.simulate.run import simulate_load
-from ..errors import ModelSpecError
+from ..errors import ExplorerError, ModelSpecError
 
 if TYPE_CHECKING:
     from ..core.simulate.explain import UnexpectedContext
@@ -93,17 +93,29 @@ def run(args) -> int:
     return 1 if report.raises else 0
 
 
+HINT_KEYS_MAX = 100_000
+
+
 def _other_state_dicts(side, chosen) -> list[str]:
     """The paths (as ``--entry`` takes them) of the checkpoint's other copies of the state dict simulated: state
     dicts sharing at least half of its keys (an EMA beside the model, a teacher beside a student), not an
     optimizer's per-parameter state."""
     if side.kind == "model" or len(side.state_dicts) < 2:
         return []
-    keys = set(side.state_dict_infos(tuple(chosen)))
-    out = []
-    for sd in side.state_dicts[:16]:
-        if tuple(sd.path) != tuple(chosen) and 2 * len(keys & set(side.state_dict_infos(sd.path))) >= len(keys) > 0:
-            out.append("/".join(sd.path) or "/")
+    sizes = {tuple(sd.path): sd.tensors for sd in side.state_dicts}
+    n = sizes.get(tuple(chosen), 0)
+    if not 0 < n <= HINT_KEYS_MAX:   # a hint: not worth listing a second state dict of 10**5+ keys for
+        return []
+    try:
+        keys = set(side.state_dict_infos(tuple(chosen)))
+        out = []
+        for sd in side.state_dicts[:16]:
+            if tuple(sd.path) == tuple(chosen) or not n <= 2 * sd.tensors <= 4 * n:   # other sizes: no copy
+                continue
+            if 2 * len(keys & set(side.state_dict_infos(sd.path))) >= len(keys) > 0:
+                out.append("/".join(sd.path) or "/")
+    except ExplorerError:   # a hint only: an entry that cannot be listed is not named, and the answer stands
+        return []
     return out
 
 

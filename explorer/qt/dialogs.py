@@ -56,7 +56,9 @@ def confirm_download(parent, url: str, size: int | None) -> bool:
 
 
 def export_path(parent, suggested: str) -> str:
-    path, _ = QFileDialog.getSaveFileName(parent, "Export the fixed checkpoint", suggested, EXPORT_FILTER)
+    """Where to export: a new file (the export refuses an existing one, so the dialog offers no replacing)."""
+    path, _ = QFileDialog.getSaveFileName(parent, "Export the fixed checkpoint (to a new file)", suggested,
+                                          EXPORT_FILTER, options=QFileDialog.DontConfirmOverwrite)
     return path
 
 

@@ -82,7 +82,11 @@ class SimulationWiring:
         if right is None:
             return
         base = os.path.splitext(os.path.basename(right.label))[0] if not right.is_model else "model"
-        path = dialogs.export_path(self, f"{base}_fixed.safetensors")
+        name, n = f"{base}_fixed.safetensors", 1
+        while os.path.lexists(name):   # exports go to new files: offer a name not taken
+            n += 1
+            name = f"{base}_fixed-{n}.safetensors"
+        path = dialogs.export_path(self, name)
         if path:
             self.export_fixed(suggestion, path)
 

@@ -38,6 +38,8 @@ class Served:
         self.auth: list[str | None] = []       # Authorization of each request
         self.sent = 0                          # body bytes sent
         self.etags = True                      # False: no ETag, a Last-Modified that changes with the content
+        self.fixed_date = False                # True (with etags False): a Last-Modified that never moves (a file
+        #                                        replaced within the same second: the header's resolution)
         self.lock = threading.Lock()
 
     def etag(self, path: str) -> str:
@@ -135,8 +137,8 @@ class Handler(BaseHTTPRequestHandler):
         if s.etags:
             self.send_header("ETag", s.etag(path))
         else:   # a date that changes with the content (as a file's modification time does)
-            self.send_header("Last-Modified", email.utils.formatdate(1.6e9 + int(s.etag(path)[1:7], 16),
-                                                                      usegmt=True))
+            stamp = 1.6e9 if s.fixed_date else 1.6e9 + int(s.etag(path)[1:7], 16)
+            self.send_header("Last-Modified", email.utils.formatdate(stamp, usegmt=True))
         if s.ranges:
             self.send_header("Accept-Ranges", "bytes")
         if status == 206:

@@ -134,8 +134,17 @@ def test_apply_remap_never_replaces_a_file_of_a_sharded_checkpoint(tmp_path, lay
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     ck = open_checkpoint(folder)
     for name in before:
-        with pytest.raises(RemapError, match="refusing to overwrite"):
+        with pytest.raises(RemapError, match="refusing to write into the checkpoint"):
             apply_remap(ck, Remap("strip_prefix", old="module."), folder / name)
+    # a new file beside the shards: a plain folder reads every checkpoint file in it (the fix would join the
+    # checkpoint it fixes: its keys twice); an index names its shards, so a new file is not read
+    new = folder / "fixed.safetensors"
+    if layout == "folder":
+        with pytest.raises(RemapError, match="refusing to write into the checkpoint"):
+            apply_remap(ck, Remap("strip_prefix", old="module."), new)
+    else:
+        apply_remap(ck, Remap("strip_prefix", old="module."), new)
+        new.unlink()
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     out = apply_remap(ck, Remap("strip_prefix", old="module."), tmp_path / "fixed.safetensors")
     assert sorted(load_file(str(out))) == ["b", "w"]

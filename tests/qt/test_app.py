@@ -63,7 +63,7 @@ def test_window_shows_before_torch_is_imported():
     assert r.stdout.strip() == "False"
 
 
-def test_remap_suggestion_applies_and_exports(qtbot, make_window, tmp_path):
+def test_remap_suggestion_applies_and_exports(qtbot, make_window, tmp_path, monkeypatch):
     import torch
     import torch.nn as nn
     (tmp_path / "wrapped.py").write_text("import torch.nn as nn\n\ndef build():\n"
@@ -94,6 +94,22 @@ def test_remap_suggestion_applies_and_exports(qtbot, make_window, tmp_path):
     from safetensors.torch import load_file
     fixed = load_file(str(out))
     assert set(fixed) == set(m.state_dict())
+    # Export fixed… from the banner, twice: the dialog is offered a name not taken each time (an export never
+    # replaces a file, so a name it would refuse is never suggested) and asks no "replace?"
+    import explorer.qt.dialogs as dialogs
+    offered = []
+
+    def pick(parent, suggested):
+        offered.append(suggested)
+        return str(tmp_path / suggested)
+
+    monkeypatch.setattr(dialogs, "export_path", pick)
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):
+        with qtbot.waitSignal(w.sig_exported, timeout=30000):
+            w.export_suggestion(suggestion)
+    assert offered == ["ddp_fixed.safetensors", "ddp_fixed-2.safetensors"]
+    assert set(load_file(str(tmp_path / offered[1]))) == set(m.state_dict())
 
 
 def test_demo_menu_opens_the_batchnorm_demo(qtbot, make_window):

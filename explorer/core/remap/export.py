@@ -64,10 +64,15 @@ def _write_safetensors(f, items: list[tuple[str, Callable[[], torch.Tensor], tup
 
 
 def _replaces_a_file_read(side, out_path: str) -> bool:
-    """Would writing ``out_path`` replace the checkpoint, or a file of the folder a sharded, DCP or folder
-    checkpoint reads (a shard, its index, a snapshot's link)?"""
+    """Would writing ``out_path`` replace the checkpoint, or a file of the folder a sharded or DCP checkpoint
+    reads (a shard, its index, a snapshot's link), or add a file to a folder the checkpoint is (its shards)?"""
     src = side.label
-    if not src or not os.path.exists(src) or not os.path.lexists(out_path):
+    if not src or not os.path.exists(src):
+        return False
+    if os.path.isdir(src):   # a folder of shards reads every checkpoint file in it: a new one would join it
+        top = os.path.realpath(src)
+        return os.path.commonpath([os.path.realpath(os.path.dirname(os.path.abspath(out_path))), top]) == top
+    if not os.path.lexists(out_path):
         return False
     if os.path.exists(out_path) and os.path.samefile(src, out_path):
         return True
@@ -90,8 +95,8 @@ def apply_remap(checkpoint_side, remap: Remap, out_path: str | os.PathLike, *, e
     side = as_side(checkpoint_side)
     out_path = os.fspath(out_path)
     if _replaces_a_file_read(side, out_path):
-        raise RemapError(f"{out_path}: refusing to overwrite the checkpoint being read (or a file of its folder); "
-                         "choose a new file name")
+        raise RemapError(f"{out_path}: refusing to write into the checkpoint being read (its file, or a file of "
+                         "its folder); choose a new file name outside it")
     if os.path.isdir(out_path):
         raise RemapError(f"{out_path}: is a folder; name the file to write (.safetensors or .pt)")
     if os.path.lexists(out_path):   # a model's source, another checkpoint, a file open in the window...
