@@ -106,13 +106,17 @@ def _other_state_dicts(side, chosen) -> list[str]:
     n = sizes.get(tuple(chosen), 0)
     if not 0 < n <= HINT_KEYS_MAX:   # a hint: not worth listing a second state dict of 10**5+ keys for
         return []
+    def keys_of(path) -> set:   # the keys alone when the file lists them in bulk (no TensorInfo made)
+        bulk = getattr(side, "state_dict_info_columns", lambda p: None)(path)
+        return set(bulk[0] if bulk is not None else side.state_dict_infos(path))
+
     try:
-        keys = set(side.state_dict_infos(tuple(chosen)))
+        keys = keys_of(tuple(chosen))
         out = []
         for sd in side.state_dicts[:16]:
             if tuple(sd.path) == tuple(chosen) or not n <= 2 * sd.tensors <= 4 * n:   # other sizes: no copy
                 continue
-            if 2 * len(keys & set(side.state_dict_infos(sd.path))) >= len(keys) > 0:
+            if 2 * len(keys & keys_of(tuple(sd.path))) >= len(keys) > 0:
                 out.append("/".join(sd.path) or "/")
     except ExplorerError:   # a hint only: an entry that cannot be listed is not named, and the answer stands
         return []
